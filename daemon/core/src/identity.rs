@@ -1,0 +1,49 @@
+//! Content identity: what a cached file is keyed by.
+
+use serde::{Deserialize, Serialize};
+
+/// A digest the origin publishes for a whole file, checked once the file is complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Digest {
+    /// SHA-256 of the content (Hub LFS files).
+    Sha256(String),
+    /// Git blob id: SHA-1 of `blob {len}\0` + content (Hub files stored in git).
+    GitBlobSha1(String),
+}
+
+impl Digest {
+    /// The hex digest.
+    pub fn hex(&self) -> &str {
+        match self {
+            Digest::Sha256(h) | Digest::GitBlobSha1(h) => h,
+        }
+    }
+}
+
+/// One file at an origin, as listed at an immutable revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    /// The URI a user would name this file by, at its immutable revision.
+    pub uri: String,
+    /// Path of the file inside its namespace (repo or prefix).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Cache key derived from immutable identity only (content digest or revision + path,
+    /// always with the size), so a moved branch can never alias stale bytes.
+    pub key: String,
+    /// Where the origin serves the bytes (origin-specific; for the Hub, the resolve path).
+    pub locator: String,
+    /// Whole-file digest, when the origin publishes one.
+    pub digest: Option<Digest>,
+}
+
+impl RemoteFile {
+    /// Key for content named by a digest: the same bytes in two repos or commits share one entry.
+    pub fn key_for_digest(digest: &Digest, size: u64) -> String {
+        match digest {
+            Digest::Sha256(h) => format!("sha256:{h}:{size}"),
+            Digest::GitBlobSha1(h) => format!("gitblob:{h}:{size}"),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Core types shared by every locus crate: names (URIs), sizes, the chunk layout of a file,
+//! content identity and secrets that never print.
+
+#![deny(missing_docs)]
+
+pub mod chunk;
+pub mod identity;
+pub mod secret;
+pub mod size;
+pub mod uri;
+
+pub use chunk::ChunkLayout;
+pub use identity::{Digest, RemoteFile};
+pub use secret::Secret;
+pub use size::{format_size, parse_size};
+pub use uri::{LocusUri, Namespace, RepoType, UriError};

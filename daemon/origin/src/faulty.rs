@@ -1,0 +1,56 @@
+//! A wrapper that makes any origin fail on demand, for tests of the layers above it.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use locus_core::{Namespace, RemoteFile};
+
+use crate::{ByteStream, Origin, OriginError};
+
+/// Wraps an origin; fails the next `fail_reads` reads with a transient error and counts reads.
+pub struct FaultyOrigin<O> {
+    inner: O,
+    /// Reads still to fail.
+    pub fail_reads: AtomicU32,
+    /// Reads attempted (failed ones included).
+    pub reads: AtomicU64,
+}
+
+impl<O: Origin> FaultyOrigin<O> {
+    /// Wraps `inner` with no faults armed.
+    pub fn new(inner: O) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fail_reads: AtomicU32::new(0),
+            reads: AtomicU64::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl<O: Origin> Origin for FaultyOrigin<O> {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        self.inner.resolve(ns, revision).await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        self.inner.list(ns, rev_id).await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let armed = self
+            .fail_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if armed {
+            return Err(OriginError::Transient {
+                what: file.uri.clone(),
+                detail: "injected fault".into(),
+            });
+        }
+        self.inner.read(file, range).await
+    }
+}

@@ -1,0 +1,508 @@
+//! The Hugging Face Hub origin.
+//!
+//! - Revisions: `GET /api/{models|datasets}/{repo}/revision/{rev}` → `sha` (a 40-hex commit needs
+//!   no request).
+//! - Listings: `GET /api/{..}/{repo}/tree/{commit}?recursive=true`, following `Link: rel="next"`.
+//! - Bytes: `GET /{repo}/resolve/{commit}/{path}` with `Range`. LFS files answer with a redirect
+//!   to a CDN; the CDN URL is kept per file for a while so that each chunk costs one CDN request,
+//!   not a Hub request too, and the token is never sent to the CDN.
+//!
+//! Transient failures (5xx, 429 with `Retry-After`, dropped connections) are retried with
+//! backoff and jitter; 401/403 and missing repos, revisions and files are one clear error.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures::{StreamExt, TryStreamExt};
+use locus_core::uri::RepoType;
+use locus_core::{Digest, Namespace, RemoteFile, Secret};
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::retry::{parse_retry_after, RetryPolicy};
+use crate::{ByteStream, Origin, OriginError};
+
+/// How long a CDN URL from a redirect is reused before asking the Hub again.
+const CDN_URL_TTL: Duration = Duration::from_secs(600);
+
+/// Settings of the Hub origin.
+#[derive(Clone, Debug)]
+pub struct HfConfig {
+    /// Base URL, `HF_ENDPOINT` (default `https://huggingface.co`).
+    pub endpoint: String,
+    /// `HF_TOKEN`, else the token file that `huggingface_hub` writes.
+    pub token: Option<Secret>,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response.
+    pub read_timeout: Duration,
+}
+
+impl HfConfig {
+    /// Settings from the environment, as `huggingface_hub` reads them: `HF_ENDPOINT`, `HF_TOKEN`,
+    /// `HF_TOKEN_PATH`, then `$HF_HOME/token`.
+    pub fn from_env() -> Self {
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "https://huggingface.co".to_string());
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: token_from_env(),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn token_from_env() -> Option<Secret> {
+    let clean = |s: String| {
+        let t = s.trim().to_string();
+        (!t.is_empty()).then(|| Secret::new(t))
+    };
+    if let Some(t) = std::env::var("HF_TOKEN").ok().and_then(clean) {
+        return Some(t);
+    }
+    if let Ok(p) = std::env::var("HF_TOKEN_PATH") {
+        return std::fs::read_to_string(p).ok().and_then(clean);
+    }
+    hf_hub::Cache::from_env().token().and_then(clean)
+}
+
+/// The Hub origin.
+pub struct HfOrigin {
+    cfg: HfConfig,
+    client: reqwest::Client,
+    /// resolve URL → (CDN URL, when it was learnt).
+    cdn_urls: DashMap<String, (Arc<str>, Instant)>,
+}
+
+#[derive(Deserialize)]
+struct RevisionInfo {
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct TreeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    lfs: Option<LfsInfo>,
+}
+
+#[derive(Deserialize)]
+struct LfsInfo {
+    oid: String,
+    size: u64,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Percent-encodes each segment of a path, keeping the slashes.
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let mut out = String::with_capacity(seg.len());
+            for b in seg.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn hf_parts(ns: &Namespace) -> (RepoType, &str) {
+    match ns {
+        Namespace::Hf { repo_type, repo_id } => (*repo_type, repo_id.as_str()),
+    }
+}
+
+impl HfOrigin {
+    /// A Hub origin with `cfg`.
+    pub fn new(cfg: HfConfig) -> Result<Self, OriginError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("locus/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OriginError::Protocol {
+                what: "HTTP client".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            cfg,
+            client,
+            cdn_urls: DashMap::new(),
+        })
+    }
+
+    /// The endpoint this origin talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.cfg.token {
+            Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
+            None => req,
+        }
+    }
+
+    /// Sends a request with retries. `build` makes a fresh request per attempt. Returns the first
+    /// response that is not transient (2xx, 3xx or a final 4xx).
+    async fn send(
+        &self,
+        what: &str,
+        kind: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, OriginError> {
+        let policy = self.cfg.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            metrics::counter!("locus_origin_requests_total", "kind" => kind).increment(1);
+            let (detail, retry_after) = match build().send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        let ra = parse_retry_after(
+                            resp.headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok()),
+                        );
+                        (format!("HTTP {status}"), ra)
+                    } else {
+                        return Ok(resp);
+                    }
+                }
+                // The URL carries no secret (the token is a header), so the error may name it.
+                Err(e) => (describe_reqwest(&e), None),
+            };
+            metrics::counter!("locus_origin_retries_total", "kind" => kind).increment(1);
+            if attempt >= policy.attempts {
+                return Err(OriginError::Unavailable {
+                    what: what.to_string(),
+                    attempts: attempt,
+                    detail,
+                });
+            }
+            let wait = policy.backoff(attempt, retry_after);
+            tracing::warn!(what, attempt, ?wait, detail, "origin request failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: &str,
+        what: &str,
+        kind: &'static str,
+        missing: &'static str,
+    ) -> Result<(T, HeaderMap), OriginError> {
+        let resp = self
+            .send(what, kind, || self.auth(self.client.get(url)))
+            .await?;
+        let resp = check_status(resp, what, missing)?;
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| OriginError::Transient {
+            what: what.to_string(),
+            detail: describe_reqwest(&e),
+        })?;
+        let value = serde_json::from_slice(&body).map_err(|e| OriginError::Protocol {
+            what: what.to_string(),
+            detail: format!("bad JSON: {e}"),
+        })?;
+        Ok((value, headers))
+    }
+
+    /// Finds where the bytes of `locator` are served: the CDN URL of a redirect, or the resolve
+    /// URL itself for files served directly.
+    async fn data_url(&self, file: &RemoteFile) -> Result<(Arc<str>, bool), OriginError> {
+        let resolve = format!("{}/{}", self.cfg.endpoint, file.locator);
+        if let Some(e) = self.cdn_urls.get(&resolve) {
+            if e.1.elapsed() < CDN_URL_TTL {
+                return Ok((e.0.clone(), true));
+            }
+        }
+        let what = file.uri.as_str();
+        let resp = self
+            .send(what, "resolve", || {
+                self.auth(self.client.request(Method::HEAD, &resolve))
+            })
+            .await?;
+        if resp.status().is_redirection() {
+            let loc = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| OriginError::Protocol {
+                    what: what.to_string(),
+                    detail: "redirect without Location".into(),
+                })?;
+            let url: Arc<str> = resp
+                .url()
+                .join(loc)
+                .map_err(|e| OriginError::Protocol {
+                    what: what.to_string(),
+                    detail: format!("bad redirect Location: {e}"),
+                })?
+                .to_string()
+                .into();
+            self.cdn_urls.insert(resolve, (url.clone(), Instant::now()));
+            return Ok((url, true));
+        }
+        check_status(resp, what, "file")?;
+        Ok((resolve.into(), false))
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Maps a final (non-transient) response to an error, or passes a 2xx through.
+fn check_status(
+    resp: reqwest::Response,
+    what: &str,
+    missing: &'static str,
+) -> Result<reqwest::Response, OriginError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let code = resp
+        .headers()
+        .get("x-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let what = what.to_string();
+    Err(match (status.as_u16(), code) {
+        (_, "RepoNotFound") => OriginError::NotFound {
+            what: format!("{what} (if the repo is private, set HF_TOKEN)"),
+            kind: "repository",
+        },
+        (_, "RevisionNotFound") => OriginError::NotFound {
+            what,
+            kind: "revision",
+        },
+        (_, "EntryNotFound") => OriginError::NotFound { what, kind: "file" },
+        (401 | 403, _) => OriginError::AccessDenied {
+            what,
+            status: status.as_u16(),
+        },
+        (404, _) => OriginError::NotFound {
+            what,
+            kind: missing,
+        },
+        (s, _) => OriginError::Protocol {
+            what,
+            detail: format!("HTTP {s}"),
+        },
+    })
+}
+
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .contains("rel=\"next\"")
+            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
+}
+
+#[async_trait]
+impl Origin for HfOrigin {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        if is_hex(revision, 40) {
+            return Ok(revision.to_ascii_lowercase());
+        }
+        let (rt, repo) = hf_parts(ns);
+        let url = format!(
+            "{}/api/{}/{repo}/revision/{}",
+            self.cfg.endpoint,
+            rt.api_plural(),
+            encode_path(&revision.replace('/', "%2F")).replace("%252F", "%2F")
+        );
+        let what = format!("{ns}@{revision}");
+        let (info, _) = self
+            .get_json::<RevisionInfo>(&url, &what, "revision", "revision")
+            .await?;
+        if !is_hex(&info.sha, 40) {
+            return Err(OriginError::Protocol {
+                what,
+                detail: format!("revision id {:?} is not a commit hash", info.sha),
+            });
+        }
+        Ok(info.sha.to_ascii_lowercase())
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        let (rt, repo) = hf_parts(ns);
+        let what = format!("{ns}@{rev_id}");
+        let mut url = format!(
+            "{}/api/{}/{repo}/tree/{rev_id}?recursive=true&expand=false",
+            self.cfg.endpoint,
+            rt.api_plural()
+        );
+        let mut files = Vec::new();
+        loop {
+            let (entries, headers) = self
+                .get_json::<Vec<TreeEntry>>(&url, &what, "list", "revision")
+                .await?;
+            for e in entries {
+                if e.kind != "file" {
+                    continue;
+                }
+                let path = locus_core::uri::normalize_path(&e.path).map_err(|r| {
+                    OriginError::Protocol {
+                        what: what.clone(),
+                        detail: format!("listing holds an unsafe path {:?}: {r}", e.path),
+                    }
+                })?;
+                if path.is_empty() {
+                    continue;
+                }
+                let (size, digest) = match (&e.lfs, &e.oid) {
+                    (Some(lfs), _) if is_hex(&lfs.oid, 64) => {
+                        (lfs.size, Some(Digest::Sha256(lfs.oid.to_ascii_lowercase())))
+                    }
+                    (None, Some(oid)) if is_hex(oid, 40) => {
+                        (e.size, Some(Digest::GitBlobSha1(oid.to_ascii_lowercase())))
+                    }
+                    _ => (e.size, None),
+                };
+                let key = match &digest {
+                    Some(d) => RemoteFile::key_for_digest(d, size),
+                    None => format!("hf:{ns}@{rev_id}/{path}:{size}"),
+                };
+                files.push(RemoteFile {
+                    uri: format!(
+                        "{ns}@{rev_id}/{path}"
+                    ),
+                    locator: format!(
+                        "{}{repo}/resolve/{rev_id}/{}",
+                        rt.url_prefix(),
+                        encode_path(&path)
+                    ),
+                    path,
+                    size,
+                    key,
+                    digest,
+                });
+            }
+            match next_link(&headers) {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let what = file.uri.clone();
+        if range.start >= range.end || range.end > file.size {
+            return Err(OriginError::Protocol {
+                what,
+                detail: format!("bad range {range:?} of a {}-byte file", file.size),
+            });
+        }
+        let range_header = format!("bytes={}-{}", range.start, range.end - 1);
+        let mut refreshed = false;
+        loop {
+            let (url, via_cdn) = self.data_url(file).await?;
+            let resp = self
+                .send(&what, "get", || {
+                    let req = self.client.get(&*url).header(RANGE, &range_header);
+                    // Signed CDN URLs need no token, and must never see it.
+                    if via_cdn {
+                        req
+                    } else {
+                        self.auth(req)
+                    }
+                })
+                .await?;
+            let status = resp.status();
+            if via_cdn && !refreshed && matches!(status.as_u16(), 403 | 404 | 410) {
+                // An expired signed URL: learn a fresh one once.
+                self.cdn_urls
+                    .remove(&format!("{}/{}", self.cfg.endpoint, file.locator));
+                refreshed = true;
+                continue;
+            }
+            let resp = check_status(resp, &what, "file")?;
+            let whole = range.start == 0 && range.end == file.size;
+            if resp.status() != StatusCode::PARTIAL_CONTENT
+                && !(resp.status() == StatusCode::OK && whole)
+            {
+                return Err(OriginError::Protocol {
+                    what,
+                    detail: format!("expected 206 for a ranged read, got {}", resp.status()),
+                });
+            }
+            let w = what.clone();
+            let stream = resp.bytes_stream().map_err(move |e| OriginError::Transient {
+                what: w.clone(),
+                detail: describe_reqwest(&e),
+            });
+            return Ok(stream.boxed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_paths() {
+        assert_eq!(encode_path("a b/c+d.bin"), "a%20b/c%2Bd.bin");
+        assert_eq!(encode_path("x/y_z-1.safetensors"), "x/y_z-1.safetensors");
+    }
+
+    #[test]
+    fn finds_next_link() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            "<https://h/api/models/a/b/tree/main?cursor=x>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://h/api/models/a/b/tree/main?cursor=x")
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The redb index and its single writer thread (group commit).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use locus_core::Digest;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// Key → JSON [`FileRecord`].
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// (file id, chunk index) → CRC32C.
+const CHUNKS: TableDefinition<(u64, u32), u32> = TableDefinition::new("chunks");
+/// Cached metadata (listings at immutable revisions, resolved branches).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// What the index keeps about a file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct FileRecord {
+    pub id: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub uri: String,
+    pub digest: Option<Digest>,
+    pub pinned: bool,
+    pub verified: bool,
+    pub last_access: u64,
+}
+
+pub(crate) enum Op {
+    PutFile {
+        key: String,
+        rec: FileRecord,
+    },
+    RemoveFile {
+        key: String,
+        id: u64,
+        chunks: u32,
+        /// Data file to unlink once the removal is durable.
+        unlink: Option<PathBuf>,
+    },
+    SetChunk {
+        id: u64,
+        idx: u32,
+        crc: u32,
+    },
+    DropChunk {
+        id: u64,
+        idx: u32,
+    },
+    PutMeta {
+        key: String,
+        value: Vec<u8>,
+    },
+    Flush(mpsc::Sender<()>),
+}
+
+pub(crate) type Loaded = Vec<(String, FileRecord, Vec<(u32, u32)>)>;
+
+pub(crate) struct Index {
+    db: std::sync::Arc<Database>,
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn idx_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Index(e.to_string())
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<(Index, Loaded), StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(e) => {
+                // An index that cannot be opened (torn by a crash of an old version, or foreign)
+                // is moved aside; the data files it described are then unknown and removed.
+                tracing::error!(path = %path.display(), error = %e, "cache index unreadable; starting an empty one");
+                let aside = path.with_extension("redb.broken");
+                std::fs::rename(path, &aside).map_err(idx_err)?;
+                Database::create(path).map_err(idx_err)?
+            }
+        };
+        let w = db.begin_write().map_err(idx_err)?;
+        {
+            w.open_table(FILES).map_err(idx_err)?;
+            w.open_table(CHUNKS).map_err(idx_err)?;
+            w.open_table(META).map_err(idx_err)?;
+        }
+        w.commit().map_err(idx_err)?;
+
+        let mut loaded = Vec::new();
+        {
+            let r = db.begin_read().map_err(idx_err)?;
+            let files = r.open_table(FILES).map_err(idx_err)?;
+            let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
+            for item in files.iter().map_err(idx_err)? {
+                let (k, v) = item.map_err(idx_err)?;
+                let Ok(rec) = serde_json::from_slice::<FileRecord>(v.value()) else {
+                    tracing::warn!(key = k.value(), "unreadable cache record skipped");
+                    continue;
+                };
+                let mut crcs = Vec::new();
+                for c in chunks
+                    .range((rec.id, 0)..=(rec.id, u32::MAX))
+                    .map_err(idx_err)?
+                {
+                    let (ck, cv) = c.map_err(idx_err)?;
+                    crcs.push((ck.value().1, cv.value()));
+                }
+                loaded.push((k.value().to_string(), rec, crcs));
+            }
+        }
+        let db = std::sync::Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let wdb = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("locus-index".into())
+            .spawn(move || writer(wdb, rx))
+            .map_err(idx_err)?;
+        Ok((
+            Index {
+                db,
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+            },
+            loaded,
+        ))
+    }
+
+    pub fn send(&self, op: Op) {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            let _ = tx.send(op);
+        }
+    }
+
+    /// Waits until everything sent before is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx));
+        let _ = rx.recv();
+    }
+
+    pub fn meta_get(&self, key: &str) -> Option<Vec<u8>> {
+        let r = self.db.begin_read().ok()?;
+        let t = r.open_table(META).ok()?;
+        let v = t.get(key).ok()??;
+        Some(v.value().to_vec())
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after it commits what is queued.
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let mut unlinks = Vec::new();
+        let mut waiters = Vec::new();
+        let result = (|| -> Result<(), redb::Error> {
+            let w = db.begin_write()?;
+            {
+                let mut files = w.open_table(FILES)?;
+                let mut chunks = w.open_table(CHUNKS)?;
+                let mut meta = w.open_table(META)?;
+                for op in ops {
+                    match op {
+                        Op::PutFile { key, rec } => {
+                            let v = serde_json::to_vec(&rec).unwrap_or_default();
+                            files.insert(key.as_str(), v.as_slice())?;
+                        }
+                        Op::RemoveFile {
+                            key,
+                            id,
+                            chunks: n,
+                            unlink,
+                        } => {
+                            // Only remove the record if it still names this id (the key may
+                            // have been registered again since).
+                            let same = files
+                                .get(key.as_str())?
+                                .and_then(|v| serde_json::from_slice::<FileRecord>(v.value()).ok())
+                                .is_some_and(|r| r.id == id);
+                            if same {
+                                files.remove(key.as_str())?;
+                            }
+                            for idx in 0..n {
+                                chunks.remove((id, idx))?;
+                            }
+                            unlinks.extend(unlink);
+                        }
+                        Op::SetChunk { id, idx, crc } => {
+                            chunks.insert((id, idx), crc)?;
+                        }
+                        Op::DropChunk { id, idx } => {
+                            chunks.remove((id, idx))?;
+                        }
+                        Op::PutMeta { key, value } => {
+                            meta.insert(key.as_str(), value.as_slice())?;
+                        }
+                        Op::Flush(tx) => waiters.push(tx),
+                    }
+                }
+            }
+            w.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for p in unlinks {
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        tracing::warn!(file = %p.display(), error = %e, "could not unlink evicted data file");
+                    }
+                }
+            }
+            // Memory stays ahead of the index; a restart refetches what was not recorded, and
+            // data files are kept since the index may still name them.
+            Err(e) => tracing::error!(error = %e, "cache index commit failed"),
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The node-local cache store.
+//!
+//! Each cached origin file is one sparse file `data/<id>` whose chunks sit at their own offsets,
+//! so a complete file can be mapped or handed to the kernel as it is. An embedded index (redb,
+//! `index.redb`) records for every file its identity and for every stored chunk its CRC32C.
+//!
+//! # Invariants
+//! - A chunk is recorded only after all its bytes were written; a chunk that is recorded but whose
+//!   bytes fail their CRC on read is dropped and never served.
+//! - The index is updated by one writer thread in group commits; a crash loses at most chunks
+//!   that were not yet recorded, which are fetched again. Nothing needs a manual clean-up: data
+//!   files that the index does not know are deleted at start, index entries without data are
+//!   dropped.
+//! - An evicted file leaves the index before its data file is unlinked, and data files are
+//!   never truncated or rewritten with other bytes, so a reader that mapped one keeps valid pages.
+//! - `used` counts the bytes of recorded and reserved chunks; above the capacity the least
+//!   recently used unpinned files that no one is using are evicted.
+
+mod index;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use locus_core::{ChunkLayout, Digest, RemoteFile};
+
+use index::{FileRecord, Index, Op};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The cache directory or index could not be used.
+    #[error("cache at {path}: {detail}")]
+    Io {
+        /// Where.
+        path: String,
+        /// What.
+        detail: String,
+    },
+    /// The index database failed.
+    #[error("cache index: {0}")]
+    Index(String),
+    /// No room even after evicting everything evictable.
+    #[error("cache full: {needed} more bytes needed, {used} of {capacity} bytes used by files that are pinned or in use; raise --cache-size, unpin, or free disk space")]
+    Full {
+        /// Bytes asked for.
+        needed: u64,
+        /// Bytes in use.
+        used: u64,
+        /// Capacity.
+        capacity: u64,
+    },
+    /// The disk has no space left even after evicting what could be evicted.
+    #[error("no space left on the cache disk at {path}; free disk space or lower --cache-size")]
+    DiskFull {
+        /// The cache directory.
+        path: String,
+    },
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Entry {
+    rec: FileRecord,
+    chunks: Vec<Option<u32>>,
+    present: u32,
+    /// Bytes of recorded chunks.
+    bytes: u64,
+    users: u32,
+    file: Option<Arc<File>>,
+}
+
+impl Entry {
+    fn layout(&self) -> ChunkLayout {
+        ChunkLayout::new(self.rec.size, self.rec.chunk_size)
+    }
+}
+
+struct State {
+    files: HashMap<String, Entry>,
+    used: u64,
+    next_id: u64,
+}
+
+/// Counts for `locus status`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreStats {
+    /// Bytes of cached (and reserved) chunks.
+    pub used: u64,
+    /// Capacity.
+    pub capacity: u64,
+    /// Files with at least one entry.
+    pub files: u64,
+    /// Pinned files.
+    pub pinned: u64,
+}
+
+/// The node-local cache.
+pub struct Store {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    capacity: u64,
+    state: Mutex<State>,
+    index: Index,
+}
+
+/// A file registered in the store. While a handle lives, the file is not evicted.
+pub struct FileHandle {
+    store: Arc<Store>,
+    key: String,
+    id: u64,
+    layout: ChunkLayout,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the cache at `dir` with `capacity` bytes, repairing whatever a crash
+    /// left: unknown data files are deleted, entries whose data file is gone are dropped.
+    pub fn open(dir: &Path, capacity: u64) -> Result<Arc<Store>, StoreError> {
+        let data_dir = dir.join("data");
+        std::fs::create_dir_all(&data_dir).map_err(|e| io_err(&data_dir, e))?;
+        let (index, loaded) = Index::open(&dir.join("index.redb"))?;
+        let mut files = HashMap::new();
+        let mut used = 0;
+        let mut next_id = 1;
+        let mut stale = Vec::new();
+        for (key, rec, chunk_crcs) in loaded {
+            next_id = next_id.max(rec.id + 1);
+            let path = data_dir.join(rec.id.to_string());
+            let layout = ChunkLayout::new(rec.size, rec.chunk_size.max(1));
+            if rec.chunk_size == 0 || !path.exists() {
+                stale.push((key, rec.id, layout.count()));
+                continue;
+            }
+            let mut chunks = vec![None; layout.count() as usize];
+            let mut present = 0;
+            let mut bytes = 0;
+            for (idx, crc) in chunk_crcs {
+                if let Some(slot) = chunks.get_mut(idx as usize) {
+                    *slot = Some(crc);
+                    present += 1;
+                    bytes += layout.len(idx);
+                }
+            }
+            used += bytes;
+            files.insert(
+                key,
+                Entry {
+                    rec,
+                    chunks,
+                    present,
+                    bytes,
+                    users: 0,
+                    file: None,
+                },
+            );
+        }
+        for (key, id, count) in stale {
+            tracing::warn!(key, "cache entry without data file dropped");
+            index.send(Op::RemoveFile {
+                key,
+                id,
+                chunks: count,
+                unlink: None,
+            });
+        }
+        // Data files the index does not know (a crash between creating and recording them).
+        let known: std::collections::HashSet<String> =
+            files.values().map(|e| e.rec.id.to_string()).collect();
+        if let Ok(rd) = std::fs::read_dir(&data_dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().to_string();
+                if !known.contains(&name) {
+                    tracing::info!(file = %ent.path().display(), "removing data file unknown to the index");
+                    let _ = std::fs::remove_file(ent.path());
+                }
+            }
+        }
+        let store = Arc::new(Store {
+            dir: dir.to_path_buf(),
+            data_dir,
+            capacity,
+            state: Mutex::new(State {
+                files,
+                used,
+                next_id,
+            }),
+            index,
+        });
+        store.publish_gauges(&store.lock());
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that serves
+        // wrong bytes (chunks are recorded last), so the poison flag is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_gauges(&self, st: &State) {
+        metrics::gauge!("locus_cache_bytes").set(st.used as f64);
+        metrics::gauge!("locus_cache_capacity_bytes").set(self.capacity as f64);
+        metrics::gauge!("locus_cache_files").set(st.files.len() as f64);
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Registers `file` (or finds it) and returns a handle that keeps it from eviction.
+    /// A new file takes `chunk_size`; a known one keeps the chunk size it was stored with.
+    pub fn register(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        chunk_size: u64,
+    ) -> Result<FileHandle, StoreError> {
+        let mut st = self.lock();
+        if !st.files.contains_key(&file.key) {
+            let id = st.next_id;
+            st.next_id += 1;
+            let rec = FileRecord {
+                id,
+                size: file.size,
+                chunk_size,
+                uri: file.uri.clone(),
+                digest: file.digest.clone(),
+                pinned: false,
+                verified: false,
+                last_access: now_ms(),
+            };
+            let layout = ChunkLayout::new(file.size, chunk_size);
+            self.index.send(Op::PutFile {
+                key: file.key.clone(),
+                rec: rec.clone(),
+            });
+            st.files.insert(
+                file.key.clone(),
+                Entry {
+                    rec,
+                    chunks: vec![None; layout.count() as usize],
+                    present: 0,
+                    bytes: 0,
+                    users: 0,
+                    file: None,
+                },
+            );
+            self.publish_gauges(&st);
+        }
+        let e = st.files.get_mut(&file.key).ok_or_else(|| {
+            StoreError::Index("entry vanished while registering".into())
+        })?;
+        e.users += 1;
+        Ok(FileHandle {
+            store: self.clone(),
+            key: file.key.clone(),
+            id: e.rec.id,
+            layout: e.layout(),
+            path: self.data_dir.join(e.rec.id.to_string()),
+        })
+    }
+
+    /// Fraction of `key` cached here (0 when unknown).
+    pub fn cached_fraction(&self, key: &str) -> f64 {
+        let st = self.lock();
+        match st.files.get(key) {
+            Some(e) if e.rec.size == 0 => 1.0,
+            Some(e) => e.bytes as f64 / e.rec.size as f64,
+            None => 0.0,
+        }
+    }
+
+    /// Whether `key` is fully cached and its digest was verified.
+    pub fn is_complete(&self, key: &str) -> bool {
+        let st = self.lock();
+        st.files
+            .get(key)
+            .is_some_and(|e| e.present as usize == e.chunks.len() && e.rec.verified)
+    }
+
+    /// Counts for status.
+    pub fn stats(&self) -> StoreStats {
+        let st = self.lock();
+        StoreStats {
+            used: st.used,
+            capacity: self.capacity,
+            files: st.files.len() as u64,
+            pinned: st.files.values().filter(|e| e.rec.pinned).count() as u64,
+        }
+    }
+
+    /// Cached metadata (listings, revisions) by key.
+    pub fn meta_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.index.meta_get(key)
+    }
+
+    /// Stores metadata by key (asynchronously durable).
+    pub fn meta_put(&self, key: &str, value: Vec<u8>) {
+        self.index.send(Op::PutMeta {
+            key: key.to_string(),
+            value,
+        });
+    }
+
+    /// Waits until every index update sent so far is durable.
+    pub fn flush(&self) {
+        self.index.flush();
+    }
+
+    /// Evicts least recently used files that are unpinned and unused until `needed` more bytes
+    /// fit under `limit`. Returns whether they fit.
+    fn evict_locked(&self, st: &mut State, needed: u64, limit: u64) -> bool {
+        if st.used + needed <= limit {
+            return true;
+        }
+        let mut victims: Vec<(u64, String)> = st
+            .files
+            .iter()
+            .filter(|(_, e)| !e.rec.pinned && e.users == 0 && e.bytes > 0)
+            .map(|(k, e)| (e.rec.last_access, k.clone()))
+            .collect();
+        victims.sort();
+        for (_, key) in victims {
+            if st.used + needed <= limit {
+                break;
+            }
+            if let Some(e) = st.files.remove(&key) {
+                st.used -= e.bytes;
+                tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
+                metrics::counter!("locus_evictions_total").increment(1);
+                metrics::counter!("locus_evicted_bytes_total").increment(e.bytes);
+                self.index.send(Op::RemoveFile {
+                    key,
+                    id: e.rec.id,
+                    chunks: e.chunks.len() as u32,
+                    unlink: Some(self.data_dir.join(e.rec.id.to_string())),
+                });
+            }
+        }
+        self.publish_gauges(st);
+        st.used + needed <= limit
+    }
+
+    /// Frees room after the disk said ENOSPC: evicts at least `needed` bytes beyond what is used.
+    fn evict_for_disk(&self, needed: u64) -> bool {
+        let ok = {
+            let mut st = self.lock();
+            let target = st.used.saturating_sub(needed);
+            self.evict_locked(&mut st, 0, target)
+        };
+        // Unlinks happen after the index commit: wait for them before writing again.
+        self.index.flush();
+        ok
+    }
+
+    /// Sets or clears the pin of `key`.
+    pub fn set_pinned(&self, key: &str, pinned: bool) {
+        let mut st = self.lock();
+        if let Some(e) = st.files.get_mut(key) {
+            if e.rec.pinned != pinned {
+                e.rec.pinned = pinned;
+                self.index.send(Op::PutFile {
+                    key: key.to_string(),
+                    rec: e.rec.clone(),
+                });
+            }
+        }
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        let mut st = self.store.lock();
+        if let Some(e) = st.files.get_mut(&self.key) {
+            if e.rec.id == self.id {
+                e.users = e.users.saturating_sub(1);
+                if e.users == 0 {
+                    e.file = None;
+                }
+            }
+        }
+    }
+}
+
+impl FileHandle {
+    /// The file's cache key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its chunk layout.
+    pub fn layout(&self) -> ChunkLayout {
+        self.layout
+    }
+
+    /// The sparse data file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let mut st = self.store.lock();
+        st.files
+            .get_mut(&self.key)
+            .filter(|e| e.rec.id == self.id)
+            .map(f)
+    }
+
+    /// CRC of chunk `idx` if it is stored.
+    pub fn crc(&self, idx: u32) -> Option<u32> {
+        self.with_entry(|e| e.chunks.get(idx as usize).copied().flatten())
+            .flatten()
+    }
+
+    /// Every chunk's CRC, or `None` if some are missing.
+    pub fn all_crcs(&self) -> Option<Vec<u32>> {
+        self.with_entry(|e| e.chunks.iter().copied().collect::<Option<Vec<u32>>>())
+            .flatten()
+    }
+
+    /// Chunks not stored yet.
+    pub fn missing(&self) -> Vec<u32> {
+        self.with_entry(|e| {
+            e.chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_none())
+                .map(|(i, _)| i as u32)
+                .collect()
+        })
+        .unwrap_or_else(|| (0..self.layout.count()).collect())
+    }
+
+    /// Whether the whole-file digest was checked.
+    pub fn verified(&self) -> bool {
+        self.with_entry(|e| e.rec.verified).unwrap_or(false)
+    }
+
+    /// The digest the origin published.
+    pub fn digest(&self) -> Option<Digest> {
+        self.with_entry(|e| e.rec.digest.clone()).flatten()
+    }
+
+    fn file(&self) -> Result<Arc<File>, StoreError> {
+        if let Some(Some(f)) = self.with_entry(|e| e.file.clone()) {
+            return Ok(f);
+        }
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+                .map_err(|e| io_err(&self.path, e))?,
+        );
+        self.with_entry(|e| e.file = Some(f.clone()));
+        Ok(f)
+    }
+
+    /// Reserves room for `bytes` before they are written, evicting LRU files if needed.
+    pub fn reserve(&self, bytes: u64) -> Result<(), StoreError> {
+        let store = &self.store;
+        let mut st = store.lock();
+        if !store.evict_locked(&mut st, bytes, store.capacity) {
+            return Err(StoreError::Full {
+                needed: bytes,
+                used: st.used,
+                capacity: store.capacity,
+            });
+        }
+        st.used += bytes;
+        store.publish_gauges(&st);
+        Ok(())
+    }
+
+    /// Gives back a reservation that was not used.
+    pub fn release(&self, bytes: u64) {
+        let mut st = self.store.lock();
+        st.used = st.used.saturating_sub(bytes);
+        self.store.publish_gauges(&st);
+    }
+
+    /// Writes `data` at `offset` of the data file. On a full disk, evicts and tries once more.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
+        let f = self.file()?;
+        match f.write_all_at(data, offset) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if self.store.evict_for_disk(data.len() as u64 * 4) {
+                    if f.write_all_at(data, offset).is_ok() {
+                        return Ok(());
+                    }
+                }
+                Err(StoreError::DiskFull {
+                    path: self.store.dir.display().to_string(),
+                })
+            }
+            Err(e) => Err(io_err(&self.path, e)),
+        }
+    }
+
+    /// Records chunk `idx` (its bytes already written and reserved) with its CRC.
+    pub fn commit_chunk(&self, idx: u32, crc: u32) {
+        let id = self.id;
+        self.with_entry(|e| {
+            let len = e.layout().len(idx);
+            if let Some(slot) = e.chunks.get_mut(idx as usize) {
+                if slot.is_none() {
+                    e.present += 1;
+                    e.bytes += len;
+                }
+                *slot = Some(crc);
+            }
+        });
+        self.store.index.send(Op::SetChunk { id, idx, crc });
+    }
+
+    /// Drops chunk `idx` (a failed check): it will be fetched again, never served.
+    pub fn drop_chunk(&self, idx: u32) {
+        let id = self.id;
+        let dropped = self
+            .with_entry(|e| {
+                e.rec.verified = false;
+                let len = e.layout().len(idx);
+                match e.chunks.get_mut(idx as usize) {
+                    Some(slot @ Some(_)) => {
+                        *slot = None;
+                        e.present -= 1;
+                        e.bytes -= len;
+                        Some((len, e.rec.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .flatten();
+        if let Some((len, rec)) = dropped {
+            let mut st = self.store.lock();
+            st.used = st.used.saturating_sub(len);
+            self.store.publish_gauges(&st);
+            drop(st);
+            self.store.index.send(Op::DropChunk { id, idx });
+            self.store.index.send(Op::PutFile {
+                key: self.key.clone(),
+                rec,
+            });
+        }
+    }
+
+    /// Reads chunk `idx` into `buf` (resized to the chunk's length) and checks its CRC. A chunk
+    /// that fails is dropped and `Ok(false)` returned.
+    pub fn read_chunk_verified(&self, idx: u32, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let Some(crc) = self.crc(idx) else {
+            return Ok(false);
+        };
+        let r = self.layout.range(idx);
+        buf.resize((r.end - r.start) as usize, 0);
+        let f = self.file()?;
+        f.read_exact_at(buf, r.start)
+            .map_err(|e| io_err(&self.path, e))?;
+        if crc32c::crc32c(buf) != crc {
+            tracing::error!(file = self.path.display().to_string(), chunk = idx, "chunk failed its checksum; dropping it");
+            metrics::counter!("locus_chunk_corruptions_total").increment(1);
+            self.drop_chunk(idx);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Marks the whole file as checked against its digest.
+    pub fn mark_verified(&self) {
+        if let Some(rec) = self.with_entry(|e| {
+            e.rec.verified = true;
+            e.rec.clone()
+        }) {
+            self.store.index.send(Op::PutFile {
+                key: self.key.clone(),
+                rec,
+            });
+        }
+    }
+
+    /// Records an access for LRU (persisted lazily).
+    pub fn touch(&self) {
+        let now = now_ms();
+        if let Some(Some(rec)) = self.with_entry(|e| {
+            let stale = now.saturating_sub(e.rec.last_access) > 5_000;
+            e.rec.last_access = now;
+            stale.then(|| e.rec.clone())
+        }) {
+            self.store.index.send(Op::PutFile {
+                key: self.key.clone(),
+                rec,
+            });
+        }
+    }
+
+    /// Pins or unpins the file.
+    pub fn set_pinned(&self, pinned: bool) {
+        self.store.set_pinned(&self.key, pinned);
+    }
+}
+
+#[cfg(test)]
+mod tests;
