@@ -3,7 +3,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
-    tonic_prost_build::configure().compile_protos(&["proto/locus/v1/local.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".locus.v1.DataChunk.data")
+        .compile_protos(&["proto/locus/v1/local.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -19,7 +19,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mi" | "mib" => 1 << 20,
         "gi" | "gib" => 1 << 30,
         "ti" | "tib" => 1 << 40,
-        _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} (use e.g. 512MiB, 50GiB)")),
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?} (use e.g. 512MiB, 50GiB)"
+            ))
+        }
     };
     if num.is_empty() {
         return Err(format!("invalid size {s:?}: expected a number, e.g. 50GiB"));

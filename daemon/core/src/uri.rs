@@ -122,11 +122,16 @@ impl LocusUri {
             }
         }
         if input.chars().any(|c| c.is_control() || c == '\\') {
-            return Err(malformed("control characters and backslashes are not allowed"));
+            return Err(malformed(
+                "control characters and backslashes are not allowed",
+            ));
         }
         let (repo_type, rest) = match rest.strip_prefix("datasets/") {
             Some(r) => (RepoType::Dataset, r),
-            None => (RepoType::Model, rest.strip_prefix("models/").unwrap_or(rest)),
+            None => (
+                RepoType::Model,
+                rest.strip_prefix("models/").unwrap_or(rest),
+            ),
         };
         let mut parts = rest.splitn(2, '/');
         let org = parts.next().unwrap_or_default();
@@ -142,7 +147,9 @@ impl LocusUri {
                 if rev.is_empty() {
                     return Err(malformed("empty revision after '@'"));
                 }
-                if rev.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+                if rev
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
                     || rev.chars().any(|c| c.is_whitespace() || c == '%')
                 {
                     return Err(malformed("invalid revision"));
@@ -211,9 +218,15 @@ fn validate_repo_segment(seg: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
-        return Err(format!("{seg:?} may only hold letters, digits, '-', '_' and '.'"));
+        return Err(format!(
+            "{seg:?} may only hold letters, digits, '-', '_' and '.'"
+        ));
     }
-    if seg.starts_with(['-', '.']) || seg.ends_with(['-', '.']) || seg.contains("..") || seg.contains("--") {
+    if seg.starts_with(['-', '.'])
+        || seg.ends_with(['-', '.'])
+        || seg.contains("..")
+        || seg.contains("--")
+    {
         return Err(format!("{seg:?} is not a valid repo name"));
     }
     Ok(())

@@ -209,7 +209,13 @@ impl HfOrigin {
                 });
             }
             let wait = policy.backoff(attempt, retry_after);
-            tracing::warn!(what, attempt, ?wait, detail, "origin request failed; retrying");
+            tracing::warn!(
+                what,
+                attempt,
+                ?wait,
+                detail,
+                "origin request failed; retrying"
+            );
             tokio::time::sleep(wait).await;
         }
     }
@@ -335,9 +341,12 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
     let link = headers.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
-        params
-            .contains("rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        params.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -407,9 +416,7 @@ impl Origin for HfOrigin {
                     None => format!("hf:{ns}@{rev_id}/{path}:{size}"),
                 };
                 files.push(RemoteFile {
-                    uri: format!(
-                        "{ns}@{rev_id}/{path}"
-                    ),
+                    uri: format!("{ns}@{rev_id}/{path}"),
                     locator: format!(
                         "{}{repo}/resolve/{rev_id}/{}",
                         rt.url_prefix(),
@@ -472,10 +479,12 @@ impl Origin for HfOrigin {
                 });
             }
             let w = what.clone();
-            let stream = resp.bytes_stream().map_err(move |e| OriginError::Transient {
-                what: w.clone(),
-                detail: describe_reqwest(&e),
-            });
+            let stream = resp
+                .bytes_stream()
+                .map_err(move |e| OriginError::Transient {
+                    what: w.clone(),
+                    detail: describe_reqwest(&e),
+                });
             return Ok(stream.boxed());
         }
     }

@@ -71,7 +71,10 @@ pub enum OriginError {
 impl OriginError {
     /// Whether trying again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, OriginError::Transient { .. } | OriginError::Unavailable { .. })
+        matches!(
+            self,
+            OriginError::Transient { .. } | OriginError::Unavailable { .. }
+        )
     }
 }
 

@@ -262,9 +262,10 @@ impl Store {
             );
             self.publish_gauges(&st);
         }
-        let e = st.files.get_mut(&file.key).ok_or_else(|| {
-            StoreError::Index("entry vanished while registering".into())
-        })?;
+        let e = st
+            .files
+            .get_mut(&file.key)
+            .ok_or_else(|| StoreError::Index("entry vanished while registering".into()))?;
         e.users += 1;
         Ok(FileHandle {
             store: self.clone(),
@@ -574,7 +575,11 @@ impl FileHandle {
         f.read_exact_at(buf, r.start)
             .map_err(|e| io_err(&self.path, e))?;
         if crc32c::crc32c(buf) != crc {
-            tracing::error!(file = self.path.display().to_string(), chunk = idx, "chunk failed its checksum; dropping it");
+            tracing::error!(
+                file = self.path.display().to_string(),
+                chunk = idx,
+                "chunk failed its checksum; dropping it"
+            );
             metrics::counter!("locus_chunk_corruptions_total").increment(1);
             self.drop_chunk(idx);
             return Ok(false);

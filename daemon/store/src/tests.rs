@@ -32,7 +32,11 @@ fn chunks_survive_reopen_and_corruption_is_dropped() {
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     let h = s.register(&file("a", 10), 8).unwrap();
-    assert_eq!(h.layout().chunk_size, 4, "chunk size kept from the first registration");
+    assert_eq!(
+        h.layout().chunk_size,
+        4,
+        "chunk size kept from the first registration"
+    );
     assert_eq!(h.missing(), vec![1]);
     assert_eq!(s.stats().used, 6);
     let mut buf = Vec::new();

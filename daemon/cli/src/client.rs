@@ -1,0 +1,408 @@
+//! Client subcommands: they talk to the node's daemon over its Unix socket.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressStyle};
+use locus_core::{format_size, LocusUri};
+use locus_grpc::v1 as pb;
+use locus_grpc::v1::local_client::LocalClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::Failure;
+
+pub type Client = LocalClient<Channel>;
+
+#[derive(Args)]
+pub struct WarmArgs {
+    /// Repos, folders or files, e.g. hf://ORG/NAME@REV.
+    #[arg(required = true)]
+    uris: Vec<String>,
+    /// Only files whose path matches (repeatable), e.g. '*.safetensors'.
+    #[arg(long)]
+    include: Vec<String>,
+    /// Skip files whose path matches (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Keep the files from eviction.
+    #[arg(long)]
+    pin: bool,
+    /// node: this node holds a full copy; cluster: the owners hold every chunk; all-nodes: every member holds a full copy.
+    #[arg(long, default_value = "node", value_parser = ["node", "cluster", "all-nodes"])]
+    scope: String,
+}
+
+fn check_uri(s: &str) -> Result<LocusUri, Failure> {
+    LocusUri::parse(s).map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn status_failure(s: tonic::Status) -> Failure {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => 2,
+        _ => 1,
+    };
+    let msg = match s.code() {
+        tonic::Code::Unavailable if s.message().contains("transport") || s.message().is_empty() => {
+            format!("the locus daemon stopped answering: {}", s.message())
+        }
+        _ => s.message().to_string(),
+    };
+    Failure::new(code, msg)
+}
+
+/// Connects to the daemon at `socket`.
+pub async fn connect(socket: &Path) -> Result<Client, Failure> {
+    let hint = "start `locus daemon`, or point --socket / LOCUS_SOCKET at its socket";
+    if !socket.exists() {
+        return Err(Failure::new(
+            1,
+            format!(
+                "cannot reach the locus daemon: no socket at {} ({hint})",
+                socket.display()
+            ),
+        ));
+    }
+    let path: PathBuf = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://locus.local")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            use std::error::Error as _;
+            let cause = e
+                .source()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Failure::new(
+                1,
+                format!(
+                    "cannot reach the locus daemon at {}: {cause} ({hint})",
+                    socket.display()
+                ),
+            )
+        })?;
+    Ok(LocalClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Progress reporting: a bar on a terminal, a line every few seconds otherwise.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Self {
+            bar,
+            last_line: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, p: &pb::WarmProgress) {
+        match &self.bar {
+            Some(b) => {
+                b.set_length(p.total_bytes);
+                b.set_position(p.done_bytes);
+                b.set_message(format!("{}/{} files", p.done_files, p.total_files));
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(5) => {
+                self.last_line = Instant::now();
+                let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+                eprintln!(
+                    "warm: {} / {} ({:.0}%), {}/{} files, {}/s",
+                    format_size(p.done_bytes),
+                    format_size(p.total_bytes),
+                    100.0 * p.done_bytes as f64 / p.total_bytes.max(1) as f64,
+                    p.done_files,
+                    p.total_files,
+                    format_size((p.done_bytes as f64 / secs) as u64)
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The outcome of a warm, for the summary and for the demo.
+pub struct WarmSummary {
+    pub files: u32,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub origin: u64,
+    pub peers: u64,
+    pub local: u64,
+}
+
+impl std::fmt::Display for WarmSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "warmed {} files, {} in {:.2} s ({}/s): {} from origin, {} from peers, {} local",
+            self.files,
+            format_size(self.bytes),
+            self.seconds,
+            format_size((self.bytes as f64 / self.seconds.max(1e-6)) as u64),
+            format_size(self.origin),
+            format_size(self.peers),
+            format_size(self.local)
+        )
+    }
+}
+
+pub async fn warm_with(
+    client: &mut Client,
+    req: pb::WarmRequest,
+    report: bool,
+) -> Result<WarmSummary, Failure> {
+    let started = Instant::now();
+    let mut stream = client.warm(req).await.map_err(status_failure)?.into_inner();
+    let mut rep = report.then(Reporter::new);
+    let mut last = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                if let Some(r) = rep.as_mut() {
+                    r.update(&p);
+                }
+                let done = p.finished;
+                last = Some(p);
+                if done {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(s) => {
+                if let Some(r) = &rep {
+                    r.finish();
+                }
+                return Err(status_failure(s));
+            }
+        }
+    }
+    if let Some(r) = &rep {
+        r.finish();
+    }
+    let p = last
+        .filter(|p| p.finished)
+        .ok_or_else(|| Failure::new(1, "the daemon ended the warm without finishing it"))?;
+    let t = p.transfer.unwrap_or_default();
+    Ok(WarmSummary {
+        files: p.total_files,
+        bytes: p.total_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        origin: t.origin_bytes,
+        peers: t.peer_bytes,
+        local: t.local_bytes,
+    })
+}
+
+pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
+    for u in &a.uris {
+        check_uri(u)?;
+    }
+    let mut client = connect(socket).await?;
+    let summary = warm_with(
+        &mut client,
+        pb::WarmRequest {
+            uris: a.uris,
+            include: a.include,
+            exclude: a.exclude,
+            pin: a.pin,
+            scope: a.scope,
+        },
+        true,
+    )
+    .await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Copies a cached file to `out`, checking every chunk against the CRC the daemon recorded.
+/// Returns the bytes written: fewer than the size if a chunk failed its check (nothing of that
+/// chunk was written; the caller asks the daemon for the rest).
+pub fn copy_verified(open: &pb::OpenResponse, out: &mut dyn Write) -> std::io::Result<u64> {
+    let f = std::fs::File::open(&open.path)?;
+    let cs = open.chunk_size as usize;
+    let mut buf = vec![0u8; cs];
+    for (idx, crc) in open.chunk_crc32c.iter().enumerate() {
+        let start = idx as u64 * open.chunk_size;
+        let len = (open.size - start).min(open.chunk_size) as usize;
+        let b = &mut buf[..len];
+        f.read_exact_at(b, start)?;
+        if crc32c::crc32c(b) != *crc {
+            return Ok(start);
+        }
+        out.write_all(b)?;
+    }
+    Ok(open.size)
+}
+
+pub async fn cat(socket: &Path, uri: &str) -> Result<(), Failure> {
+    check_uri(uri)?;
+    let mut client = connect(socket).await?;
+    let open = client
+        .open(pb::OpenRequest {
+            uri: uri.to_string(),
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    let size = open.size;
+    let stdout = std::io::stdout();
+    // Fast path: read the cache file directly (same node), verifying as we go. Nothing is
+    // written before its chunk passed its check.
+    let direct = tokio::task::spawn_blocking(move || {
+        let mut out = stdout.lock();
+        let r = copy_verified(&open, &mut out);
+        let _ = out.flush();
+        r
+    })
+    .await
+    .map_err(|e| Failure::new(1, e.to_string()))?;
+    let offset = match direct {
+        Ok(n) if n == size => return Ok(()),
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        // The cache file is not reachable from here (another mount namespace, permissions).
+        Err(_) => 0,
+    };
+    // The daemon reads the rest for us, checking (and fetching again) what fails its check.
+    let mut stream = client
+        .read(pb::ReadRequest {
+            uri: uri.to_string(),
+            offset,
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(msg) = stream.message().await.map_err(status_failure)? {
+        if let Err(e) = out.write_all(&msg.data) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(Failure::new(1, format!("writing to stdout: {e}")));
+        }
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+pub async fn ls(socket: &Path, uri: &str, json: bool) -> Result<(), Failure> {
+    check_uri(uri)?;
+    let mut client = connect(socket).await?;
+    let r = client
+        .list(pb::ListRequest {
+            uri: uri.to_string(),
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    if json {
+        let files: Vec<_> = r
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "uri": e.uri, "path": e.path, "size": e.size, "cached_fraction": e.cached_fraction,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "uri": uri, "revision": r.revision, "files": files })
+        );
+    } else {
+        for e in &r.entries {
+            println!(
+                "{:>12}  {:>5.1}%  {}",
+                format_size(e.size),
+                e.cached_fraction * 100.0,
+                e.path
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
+    let mut client = connect(socket).await?;
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    if json {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| serde_json::json!({ "addr": m.addr, "state": m.state }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "cache_bytes": s.cache_bytes,
+                "capacity_bytes": s.capacity_bytes,
+                "files": s.files,
+                "pinned": s.pinned,
+                "hit_ratio": s.hit_ratio,
+                "cache_hits": s.cache_hits,
+                "cache_misses": s.cache_misses,
+                "origin_bytes": s.origin_bytes,
+                "peer_bytes": s.peer_bytes,
+                "local_bytes": s.local_bytes,
+                "origin_requests": s.origin_requests,
+                "chunk_size": s.chunk_size,
+                "members": members,
+            })
+        );
+    } else {
+        println!("node        {}", s.node_addr);
+        println!(
+            "cache       {} / {} ({} files, {} pinned)",
+            format_size(s.cache_bytes),
+            format_size(s.capacity_bytes),
+            s.files,
+            s.pinned
+        );
+        println!("hit ratio   {:.3}", s.hit_ratio);
+        println!(
+            "bytes from  origin {}, peers {}, local {}",
+            format_size(s.origin_bytes),
+            format_size(s.peer_bytes),
+            format_size(s.local_bytes)
+        );
+        for m in &s.members {
+            println!("member      {} {}", m.addr, m.state);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `locus daemon`: wires the store, the origin and the node to the local API and the metrics
+//! endpoint, logs `ready`, and stops cleanly on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use locus_grpc::v1::local_server::LocalServer;
+use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
+use locus_origin::{HfConfig, HfOrigin};
+use locus_store::Store;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::DaemonConfig;
+
+/// Longest wait for requests in flight at shutdown.
+const DRAIN: Duration = Duration::from_secs(20);
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    init_logging();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metrics_defs::FETCH_SECONDS.to_string()),
+            metrics_defs::FETCH_BUCKETS,
+        )?
+        .build_recorder();
+    let prom = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    metrics_defs::describe();
+    metrics::gauge!(metrics_defs::RING_MEMBERS).set(1.0);
+
+    if !cfg.peers.is_empty() || cfg.membership.is_some() || cfg.listen.is_some() {
+        tracing::warn!(
+            peers = ?cfg.peers,
+            membership = ?cfg.membership,
+            "cluster membership is not served by this build yet; running as a single node"
+        );
+    }
+
+    let store = Store::open(&cfg.cache_dir, cfg.cache_size)
+        .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;
+    let hf = HfConfig::from_env();
+    tracing::info!(
+        endpoint = hf.endpoint,
+        token = hf.token.is_some(),
+        "Hugging Face origin"
+    );
+    let origin = Arc::new(HfOrigin::new(hf)?);
+    let advertise = cfg
+        .advertise
+        .clone()
+        .or(cfg.listen.map(|a| a.to_string()))
+        .unwrap_or_else(|| "local".into());
+    let node = Node::new(
+        origin,
+        store.clone(),
+        NodeConfig {
+            chunk_size: cfg.chunk_size,
+            concurrency: cfg.concurrency,
+            metadata_ttl: cfg.metadata_ttl,
+            advertise,
+            ..NodeConfig::default()
+        },
+    );
+
+    let listener = bind_socket(&cfg.socket).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                LocalServer::new(LocalService::new(node.clone()))
+                    .max_decoding_message_size(16 << 20),
+            )
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                wait_stop(stop_rx.clone()),
+            ),
+    );
+    let metrics_addr = match cfg.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            let local = l.local_addr()?;
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prom.render());
+            tokio::spawn(locus_node::http::serve(
+                l,
+                render,
+                wait_stop(stop_rx.clone()),
+            ));
+            Some(local.to_string())
+        }
+        None => None,
+    };
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        metrics = metrics_addr.as_deref().unwrap_or("off"),
+        cache_dir = %cfg.cache_dir.display(),
+        capacity = cfg.cache_size,
+        chunk_size = cfg.chunk_size,
+        "ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN, grpc).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "local API ended with an error"),
+        Err(_) => tracing::warn!("requests still running after {DRAIN:?}; stopping anyway"),
+        _ => {}
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    tokio::task::spawn_blocking(move || store.flush()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the local API socket, replacing a stale socket file but never a live daemon's.
+async fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "--socket {}: another locus daemon is already serving it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("--socket: cannot remove stale {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("--socket {}: cannot listen", path.display()))
+}

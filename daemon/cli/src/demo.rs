@@ -1,0 +1,267 @@
+//! `locus demo`: the offline quickstart. A local Hub (in this process) serves a generated
+//! safetensors model; a real `locus daemon` process caches it; the demo warms, warms again,
+//! reads every file back and checks it, and reports each step with its time and origin bytes.
+//! Everything lives in a temporary folder that is removed at the end, also on Ctrl-C.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use locus_core::format_size;
+use locus_grpc::v1 as pb;
+use locus_testorigin::{model, Faults, HubSim, SimOptions};
+use sha2::Digest;
+
+use crate::client;
+use crate::Failure;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Size of the generated model.
+    #[arg(long, default_value = "256MiB")]
+    model_size: String,
+    /// Shards of the generated model.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Per-connection bandwidth of the local Hub's CDN (the real one caps each connection).
+    #[arg(long, default_value = "40MB")]
+    throttle: String,
+    /// Keep the temporary folder (cache, logs) for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Step {
+    name: String,
+    seconds: f64,
+    origin_bytes: u64,
+    detail: String,
+}
+
+/// The daemon child; killed if the demo ends early.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn wait_ready(socket: &Path, log: &Path, child: &mut Child) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = client::connect(socket).await {
+            if c.status(pb::StatusRequest {}).await.is_ok() {
+                return Ok(());
+            }
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(Failure::new(
+                1,
+                format!(
+                    "the demo daemon exited ({status}): {}",
+                    tail.lines().last().unwrap_or("")
+                ),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(
+                1,
+                "the demo daemon did not become ready in 30 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(a: DemoArgs) -> Result<(), Failure> {
+    let size = locus_core::parse_size(&a.model_size)
+        .map_err(|e| Failure::usage(format!("--model-size: {e}")))?;
+    let throttle = locus_core::parse_size(&a.throttle)
+        .map_err(|e| Failure::usage(format!("--throttle: {e}")))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("locus-demo-")
+        .tempdir()
+        .map_err(|e| Failure::new(1, format!("creating a temporary folder: {e}")))?;
+    let root = tmp.path().to_path_buf();
+    let work = run_steps(&root, size, a.shards, throttle);
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(Failure::new(130, "interrupted; cleaned up")),
+    };
+    if a.keep {
+        let kept = tmp.keep();
+        println!("kept {}", kept.display());
+    }
+    result
+}
+
+async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Result<(), Failure> {
+    let mut steps = Vec::new();
+    let repo = "locus-demo/tiny-llm";
+    let uri = format!("hf://{repo}");
+
+    let t = Instant::now();
+    let files = model::generate_model(size, shards, 42);
+    let sim = HubSim::start(SimOptions {
+        faults: Faults {
+            throttle_bps: throttle,
+            ..Faults::default()
+        },
+        ..SimOptions::default()
+    })
+    .await
+    .map_err(|e| Failure::new(1, format!("starting the local Hub: {e}")))?;
+    sim.commit("model", repo, files.clone());
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    steps.push(Step {
+        name: "origin".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        origin_bytes: 0,
+        detail: format!(
+            "local Hub at {} serving {uri}: {} files, {} ({}/s per connection)",
+            sim.url(),
+            files.len(),
+            format_size(total),
+            format_size(throttle)
+        ),
+    });
+
+    let t = Instant::now();
+    let socket = root.join("locus.sock");
+    let log = root.join("daemon.log");
+    let exe = std::env::current_exe().map_err(|e| Failure::new(1, e.to_string()))?;
+    let log_file = std::fs::File::create(&log).map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut child = Child(
+        tokio::process::Command::new(exe)
+            .arg("daemon")
+            .arg("--cache-dir")
+            .arg(root.join("cache"))
+            .arg("--cache-size")
+            .arg("4GiB")
+            .arg("--socket")
+            .arg(&socket)
+            .env("HF_ENDPOINT", sim.url())
+            .env_remove("HF_TOKEN")
+            .env("HF_TOKEN_PATH", root.join("no-token"))
+            .env_remove("LOCUS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failure::new(1, format!("starting the demo daemon: {e}")))?,
+    );
+    wait_ready(&socket, &log, &mut child).await?;
+    steps.push(Step {
+        name: "daemon".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        origin_bytes: 0,
+        detail: format!("one node, cache in {}", root.join("cache").display()),
+    });
+
+    let mut c = client::connect(&socket).await?;
+    for (name, what) in [
+        ("warm (cold)", "from the origin, chunks in parallel"),
+        ("warm (again)", "already cached: no origin bytes"),
+    ] {
+        let before = sim.stats().data_bytes;
+        let s = client::warm_with(
+            &mut c,
+            pb::WarmRequest {
+                uris: vec![uri.clone()],
+                ..Default::default()
+            },
+            true,
+        )
+        .await?;
+        steps.push(Step {
+            name: name.into(),
+            seconds: s.seconds,
+            origin_bytes: sim.stats().data_bytes - before,
+            detail: format!("{what}; {s}"),
+        });
+    }
+
+    let t = Instant::now();
+    let before = sim.stats().data_bytes;
+    let mut tensors = 0;
+    for (path, want) in &files {
+        let open = c
+            .open(pb::OpenRequest {
+                uri: format!("{uri}/{path}"),
+            })
+            .await
+            .map_err(|s| Failure::new(1, s.message().to_string()))?
+            .into_inner();
+        let mut got = Vec::with_capacity(open.size as usize);
+        let n =
+            client::copy_verified(&open, &mut got).map_err(|e| Failure::new(1, e.to_string()))?;
+        if n != open.size || sha2::Sha256::digest(&got) != sha2::Sha256::digest(want) {
+            return Err(Failure::new(
+                1,
+                format!("{path}: bytes read back differ from the origin's"),
+            ));
+        }
+        if path.ends_with(".safetensors") {
+            let st = safetensors::SafeTensors::deserialize(&got)
+                .map_err(|e| Failure::new(1, format!("{path}: {e}")))?;
+            tensors += st.len();
+        }
+    }
+    steps.push(Step {
+        name: "read back".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        origin_bytes: sim.stats().data_bytes - before,
+        detail: format!(
+            "{} files equal the origin's (sha256); {tensors} tensors parsed with safetensors",
+            files.len()
+        ),
+    });
+
+    let st = c
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| Failure::new(1, s.message().to_string()))?
+        .into_inner();
+    // Stop the daemon as an operator would.
+    if let Some(pid) = child.0.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.0.wait()).await;
+
+    println!();
+    println!(
+        "locus demo: {uri}, {} in {} files",
+        format_size(total),
+        files.len()
+    );
+    println!(
+        "{:<14} {:>9} {:>12}  what happened",
+        "step", "seconds", "origin bytes"
+    );
+    for s in &steps {
+        println!(
+            "{:<14} {:>9.2} {:>12}  {}",
+            s.name,
+            s.seconds,
+            format_size(s.origin_bytes),
+            s.detail
+        );
+    }
+    let origin_total: u64 = steps.iter().map(|s| s.origin_bytes).sum();
+    println!(
+        "origin bytes in all: {} for a {} model ({:.3}x); node: {} cached, hit ratio {:.2}",
+        format_size(origin_total),
+        format_size(total),
+        origin_total as f64 / total.max(1) as f64,
+        format_size(st.cache_bytes),
+        st.hit_ratio
+    );
+    Ok(())
+}

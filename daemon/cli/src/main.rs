@@ -1,0 +1,131 @@
+//! `locus`: the node daemon and its client subcommands. See `../shared/interface.md` and the
+//! README for the interface; this file only parses and dispatches.
+
+mod client;
+mod config;
+mod daemon;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "locus",
+    version,
+    about = "A masterless cache of model artifacts for ML clusters"
+)]
+pub struct Cli {
+    /// A TOML file with defaults for any flag (keys as the flags, e.g. cache-dir = "/var/cache/locus").
+    #[arg(long, global = true, env = "LOCUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's local API socket [default: /run/locus/locus.sock].
+    #[arg(long, global = true, env = "LOCUS_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Daemon(config::DaemonArgs),
+    /// Make every selected file fully cached and verified.
+    Warm(client::WarmArgs),
+    /// Write a file's bytes to stdout.
+    Cat {
+        /// The file, e.g. hf://ORG/NAME/config.json.
+        uri: String,
+    },
+    /// List files under a URI with their sizes and the fraction cached here.
+    Ls {
+        /// A repo, folder or file.
+        uri: String,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's cache and counters.
+    Status {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The offline quickstart: a local Hub with a generated model, a node, warm, read back, report.
+    Demo(demo::DemoArgs),
+}
+
+/// A failure with the exit status it maps to: 1 for failures the message explains, 2 for bad usage.
+pub struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+        }
+    }
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Self::new(2, msg)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::new(1, format!("{e:#}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line a person can act on.
+            eprintln!("error: {}", f.msg.replace('\n', " "));
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let file = config::FileConfig::load(cli.config.as_deref())?;
+    let socket = cli
+        .socket
+        .clone()
+        .or_else(|| file.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+    match cli.cmd {
+        Cmd::Daemon(args) => {
+            let cfg = config::DaemonConfig::merge(args, file, socket)?;
+            daemon::run(cfg).await.map_err(Failure::from)
+        }
+        Cmd::Warm(args) => client::warm(&socket, args).await,
+        Cmd::Cat { uri } => client::cat(&socket, &uri).await,
+        Cmd::Ls { uri, json } => client::ls(&socket, &uri, json).await,
+        Cmd::Status { json } => client::status(&socket, json).await,
+        Cmd::Demo(args) => demo::run(args).await,
+    }
+}

@@ -1,0 +1,87 @@
+//! Every metric locus exports, in one place. Names follow Prometheus conventions: base units,
+//! counters end in `_total`.
+
+/// Origin requests, by `kind` (`revision`, `list`, `resolve`, `get`).
+pub const ORIGIN_REQUESTS: &str = "locus_origin_requests_total";
+/// Origin request retries, by `kind`.
+pub const ORIGIN_RETRIES: &str = "locus_origin_retries_total";
+/// Bytes received from origins.
+pub const ORIGIN_BYTES: &str = "locus_origin_bytes_total";
+/// Bytes exchanged with peers, by `direction` (`sent`, `received`).
+pub const PEER_BYTES: &str = "locus_peer_bytes_total";
+/// Chunk lookups found on local disk.
+pub const CACHE_HITS: &str = "locus_cache_hits_total";
+/// Chunk lookups that needed a fetch.
+pub const CACHE_MISSES: &str = "locus_cache_misses_total";
+/// Bytes held by the local cache.
+pub const CACHE_BYTES: &str = "locus_cache_bytes";
+/// The local cache's capacity.
+pub const CACHE_CAPACITY: &str = "locus_cache_capacity_bytes";
+/// Files known to the local cache.
+pub const CACHE_FILES: &str = "locus_cache_files";
+/// Files evicted.
+pub const EVICTIONS: &str = "locus_evictions_total";
+/// Bytes evicted.
+pub const EVICTED_BYTES: &str = "locus_evicted_bytes_total";
+/// Chunk fetch latency, by `source`.
+pub const FETCH_SECONDS: &str = "locus_fetch_seconds";
+/// Members of the ring.
+pub const RING_MEMBERS: &str = "locus_ring_members";
+/// Chunks that failed their checksum on read.
+pub const CHUNK_CORRUPTIONS: &str = "locus_chunk_corruptions_total";
+/// Files whose bytes did not match the origin's digest.
+pub const DIGEST_MISMATCHES: &str = "locus_digest_mismatches_total";
+
+/// Buckets of [`FETCH_SECONDS`].
+pub const FETCH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Describes every metric and sets the ones that must be visible from the start.
+pub fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(ORIGIN_REQUESTS, "Requests sent to origins, by kind");
+    metrics::describe_counter!(
+        ORIGIN_RETRIES,
+        "Origin requests retried after a transient failure"
+    );
+    metrics::describe_counter!(ORIGIN_BYTES, Unit::Bytes, "Bytes received from origins");
+    metrics::describe_counter!(
+        PEER_BYTES,
+        Unit::Bytes,
+        "Bytes exchanged with peers, by direction"
+    );
+    metrics::describe_counter!(CACHE_HITS, "Chunk lookups served from local disk");
+    metrics::describe_counter!(CACHE_MISSES, "Chunk lookups that needed a fetch");
+    metrics::describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the local cache");
+    metrics::describe_gauge!(CACHE_CAPACITY, Unit::Bytes, "Capacity of the local cache");
+    metrics::describe_gauge!(CACHE_FILES, "Files known to the local cache");
+    metrics::describe_counter!(EVICTIONS, "Files evicted from the local cache");
+    metrics::describe_counter!(
+        EVICTED_BYTES,
+        Unit::Bytes,
+        "Bytes evicted from the local cache"
+    );
+    metrics::describe_histogram!(FETCH_SECONDS, Unit::Seconds, "Time to fetch one chunk");
+    metrics::describe_gauge!(RING_MEMBERS, "Members of the consistent-hash ring");
+    metrics::describe_counter!(CHUNK_CORRUPTIONS, "Chunks that failed their checksum");
+    metrics::describe_counter!(
+        DIGEST_MISMATCHES,
+        "Files whose bytes did not match the origin's digest"
+    );
+    for c in [
+        ORIGIN_BYTES,
+        CACHE_HITS,
+        CACHE_MISSES,
+        EVICTIONS,
+        CHUNK_CORRUPTIONS,
+    ] {
+        metrics::counter!(c).absolute(0);
+    }
+    for d in ["sent", "received"] {
+        metrics::counter!(PEER_BYTES, "direction" => d).absolute(0);
+    }
+    for k in ["revision", "list", "resolve", "get"] {
+        metrics::counter!(ORIGIN_REQUESTS, "kind" => k).absolute(0);
+    }
+}

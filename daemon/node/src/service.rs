@@ -1,0 +1,349 @@
+//! The local API (gRPC over the node's Unix socket), see `grpc/proto/locus/v1/local.proto`.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use locus_core::uri::LocusUri;
+use locus_core::RemoteFile;
+use locus_grpc::v1 as pb;
+use locus_grpc::v1::local_server::Local;
+use locus_origin::OriginError;
+use locus_store::StoreError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{Node, NodeError, WarmProgress};
+
+/// Messages of `Read` carry at most this many bytes.
+const READ_MESSAGE: usize = 1 << 20;
+
+/// How often `Warm` reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Files warmed at once (their chunks share the node's origin connections).
+const FILES_AT_ONCE: usize = 8;
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        let msg = e.to_string();
+        match &e {
+            NodeError::Uri(_) | NodeError::IsFolder(_) => Status::invalid_argument(msg),
+            NodeError::NotFound(_) | NodeError::Origin(OriginError::NotFound { .. }) => {
+                Status::not_found(msg)
+            }
+            NodeError::Origin(OriginError::AccessDenied { .. }) => Status::permission_denied(msg),
+            NodeError::Origin(OriginError::Unavailable { .. } | OriginError::Transient { .. })
+            | NodeError::ShortBody { .. } => Status::unavailable(msg),
+            NodeError::Origin(OriginError::Protocol { .. }) => Status::unavailable(msg),
+            NodeError::Store(s)
+                if matches!(**s, StoreError::Full { .. } | StoreError::DiskFull { .. }) =>
+            {
+                Status::resource_exhausted(msg)
+            }
+            NodeError::DigestMismatch(_) => Status::data_loss(msg),
+            NodeError::Store(_) | NodeError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+fn parse_uri(s: &str) -> Result<LocusUri, Status> {
+    LocusUri::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn globset(patterns: &[String]) -> Result<Option<GlobSet>, Status> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).map_err(|e| Status::invalid_argument(format!("bad glob {p:?}: {e}")))?);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn transfer(p: &WarmProgress) -> pb::Transfer {
+    pb::Transfer {
+        origin_bytes: p.origin_bytes.load(Ordering::Relaxed),
+        peer_bytes: p.peer_bytes.load(Ordering::Relaxed),
+        local_bytes: p.local_bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn snapshot(p: &WarmProgress, finished: bool) -> pb::WarmProgress {
+    pb::WarmProgress {
+        total_bytes: p.total_bytes.load(Ordering::Relaxed),
+        done_bytes: p.done_bytes.load(Ordering::Relaxed),
+        total_files: p.total_files.load(Ordering::Relaxed) as u32,
+        done_files: p.done_files.load(Ordering::Relaxed) as u32,
+        transfer: Some(transfer(p)),
+        finished,
+        current_file: String::new(),
+    }
+}
+
+impl Node {
+    /// Files named by `uris`, filtered by globs on their paths, without duplicates.
+    pub async fn select(
+        &self,
+        uris: &[String],
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Vec<RemoteFile>, Status> {
+        let inc = globset(include)?;
+        let exc = globset(exclude)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in uris {
+            let uri = parse_uri(s)?;
+            for f in self.resolve(&uri).await?.files {
+                let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
+                    && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
+                if keep && seen.insert(f.uri.clone()) {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every file fully cached and verified here, `FILES_AT_ONCE` files at a time.
+    pub async fn warm(
+        self: &Arc<Self>,
+        files: Vec<RemoteFile>,
+        pin: bool,
+        progress: Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        futures::stream::iter(files)
+            .map(|f| {
+                let progress = progress.clone();
+                async move {
+                    let h = self.ensure_file(&f, &progress).await?;
+                    if pin {
+                        h.set_pinned(true);
+                    }
+                    progress.done_files.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, NodeError>(())
+                }
+            })
+            .buffer_unordered(FILES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+}
+
+/// The local API over a node.
+pub struct LocalService {
+    node: Arc<Node>,
+}
+
+impl LocalService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Local for LocalService {
+    type WarmStream = BoxStream<pb::WarmProgress>;
+    type ReadStream = BoxStream<pb::DataChunk>;
+
+    async fn warm(
+        &self,
+        request: Request<pb::WarmRequest>,
+    ) -> Result<Response<Self::WarmStream>, Status> {
+        let r = request.into_inner();
+        match r.scope.as_str() {
+            "" | "node" | "cluster" | "all-nodes" => {}
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown scope {s:?} (use node, cluster or all-nodes)"
+                )))
+            }
+        }
+        if r.uris.is_empty() {
+            return Err(Status::invalid_argument("name at least one URI to warm"));
+        }
+        let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
+        let progress = Arc::new(WarmProgress::default());
+        progress
+            .total_bytes
+            .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+        progress
+            .total_files
+            .store(files.len() as u64, Ordering::Relaxed);
+        tracing::info!(uris = ?r.uris, files = files.len(), "warm");
+        let (tx, rx) = mpsc::channel(8);
+        let node = self.node.clone();
+        let p = progress.clone();
+        let work = tokio::spawn(async move { node.warm(files, r.pin, p).await });
+        tokio::spawn(async move {
+            let mut work = work;
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let result = loop {
+                tokio::select! {
+                    res = &mut work => break res,
+                    _ = tick.tick() => {
+                        if tx.send(Ok(snapshot(&progress, false))).await.is_err() {
+                            // The client went away: stop warming on its behalf.
+                            work.abort();
+                            return;
+                        }
+                    }
+                }
+            };
+            let msg = match result {
+                Ok(Ok(())) => Ok(snapshot(&progress, true)),
+                Ok(Err(e)) => Err(Status::from(e)),
+                Err(e) => Err(Status::internal(e.to_string())),
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+
+    async fn open(
+        &self,
+        request: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        let uri = parse_uri(&request.into_inner().uri)?;
+        let file = self.node.resolve_file(&uri).await?;
+        let progress = WarmProgress::default();
+        let h = self.node.ensure_file(&file, &progress).await?;
+        let crcs = h
+            .all_crcs()
+            .ok_or_else(|| Status::unavailable("file was evicted while opening; try again"))?;
+        Ok(Response::new(pb::OpenResponse {
+            path: h.path().display().to_string(),
+            size: file.size,
+            chunk_size: h.layout().chunk_size,
+            chunk_crc32c: crcs,
+            transfer: Some(transfer(&progress)),
+        }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let req = request.into_inner();
+        let uri = parse_uri(&req.uri)?;
+        let file = self.node.resolve_file(&uri).await?;
+        if req.offset > file.size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of {} ({} bytes)",
+                req.offset, file.uri, file.size
+            )));
+        }
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let progress = WarmProgress::default();
+            let result: Result<(), Status> = async {
+                let mut h = node.ensure_file(&file, &progress).await?;
+                let layout = h.layout();
+                let mut idx = (req.offset / layout.chunk_size) as u32;
+                let mut skip = (req.offset % layout.chunk_size) as usize;
+                while idx < layout.count() {
+                    let hb = h.clone();
+                    let (ok, buf) = tokio::task::spawn_blocking(move || {
+                        let mut buf = Vec::new();
+                        hb.read_chunk_verified(idx, &mut buf).map(|ok| (ok, buf))
+                    })
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(NodeError::from)?;
+                    if !ok {
+                        // Dropped on a failed check: fetch it again, then go on.
+                        h = node.ensure_file(&file, &progress).await?;
+                        continue;
+                    }
+                    node.counters
+                        .local_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    let buf = bytes::Bytes::from(buf);
+                    let buf = buf.slice(skip.min(buf.len())..);
+                    skip = 0;
+                    for piece in buf.chunks(READ_MESSAGE) {
+                        let data = buf.slice_ref(piece);
+                        if tx.send(Ok(pb::DataChunk { data })).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    idx += 1;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(s) = result {
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let uri = parse_uri(&request.into_inner().uri)?;
+        let r = self.node.resolve(&uri).await?;
+        let entries = r
+            .files
+            .iter()
+            .map(|f| pb::ListEntry {
+                uri: f.uri.clone(),
+                path: f.path.clone(),
+                size: f.size,
+                cached_fraction: self.node.store.cached_fraction(&f.key),
+            })
+            .collect();
+        Ok(Response::new(pb::ListResponse {
+            entries,
+            revision: r.revision,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.node.store.stats();
+        let c = &self.node.counters;
+        let hits = c.hits.load(Ordering::Relaxed);
+        let misses = c.misses.load(Ordering::Relaxed);
+        Ok(Response::new(pb::StatusResponse {
+            cache_bytes: s.used,
+            capacity_bytes: s.capacity,
+            files: s.files,
+            pinned: s.pinned,
+            hit_ratio: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+            peer_bytes: c.peer_bytes.load(Ordering::Relaxed),
+            local_bytes: c.local_bytes.load(Ordering::Relaxed),
+            members: vec![pb::Member {
+                addr: self.node.cfg.advertise.clone(),
+                state: "up".into(),
+            }],
+            cache_hits: hits,
+            cache_misses: misses,
+            origin_requests: c.origin_requests.load(Ordering::Relaxed),
+            chunk_size: self.node.cfg.chunk_size,
+            node_addr: self.node.cfg.advertise.clone(),
+        }))
+    }
+}

@@ -1,0 +1,652 @@
+//! The HTTP side of the simulated Hub.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use axum::Router;
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::{Faults, SimFile, SimOptions, State, Stats, Tree};
+
+/// A running simulated Hub. Dropping it stops the server.
+pub struct HubSim {
+    state: Arc<State>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for HubSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+    }
+}
+
+impl HubSim {
+    /// Starts a Hub on `opts.listen` and its CDN on another loopback address.
+    pub async fn start(opts: SimOptions) -> std::io::Result<HubSim> {
+        let hub = tokio::net::TcpListener::bind(opts.listen).await?;
+        // A second host name for the CDN, so that clients treat the redirect as cross-origin
+        // (and must not forward the token), as with the real Hub.
+        let cdn = match tokio::net::TcpListener::bind("127.0.0.2:0").await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
+        let addr = hub.local_addr()?;
+        let cdn_addr = cdn.local_addr()?;
+        let state = Arc::new(State {
+            repos: RwLock::new(Default::default()),
+            faults: Mutex::new(opts.faults),
+            stats: Arc::new(Mutex::new(Stats::default())),
+            lfs_threshold: opts.lfs_threshold,
+            page_size: opts.page_size.max(1),
+            hub_url: format!("http://{addr}"),
+            cdn_url: format!("http://{cdn_addr}"),
+        });
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        for l in [hub, cdn] {
+            let app = app.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    })
+                    .await;
+            });
+        }
+        Ok(HubSim {
+            state,
+            addr,
+            stop: Some(stop),
+        })
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The Hub's base URL (what `HF_ENDPOINT` is set to).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn count(st: &State, kind: &str) {
+    let mut s = st.stats.lock().unwrap_or_else(|p| p.into_inner());
+    *s.requests.entry(kind.to_string()).or_default() += 1;
+}
+
+fn error(status: StatusCode, code: &str, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(json!({ "error": msg }).to_string()));
+    *r.status_mut() = status;
+    if !code.is_empty() {
+        r.headers_mut().insert(
+            "x-error-code",
+            HeaderValue::from_str(code).unwrap_or(HeaderValue::from_static("Error")),
+        );
+    }
+    r.headers_mut().insert(
+        "x-error-message",
+        HeaderValue::from_str(msg).unwrap_or(HeaderValue::from_static("error")),
+    );
+    r
+}
+
+fn json_response(v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Applies armed failures; returns a response when this request must fail.
+fn injected_failure(st: &State, kind: &str) -> Option<Response<Body>> {
+    let mut f = st.faults.lock().unwrap_or_else(|p| p.into_inner());
+    let group = if kind.starts_with("api") {
+        "api"
+    } else if kind.starts_with("cdn") {
+        "cdn"
+    } else {
+        "resolve"
+    };
+    let rule = f
+        .fail
+        .iter_mut()
+        .find(|r| r.count > 0 && (r.kind == "any" || r.kind == group))?;
+    rule.count -= 1;
+    let status = StatusCode::from_u16(rule.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ra = rule.retry_after;
+    drop(f);
+    count(st, "failed");
+    let mut r = error(status, "", "injected failure");
+    if let Some(s) = ra {
+        r.headers_mut().insert("retry-after", HeaderValue::from(s));
+    }
+    Some(r)
+}
+
+fn authorized(st: &State, headers: &HeaderMap) -> bool {
+    let f = st.faults.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(token) = &f.token else { return true };
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {token}"));
+    drop(f);
+    if ok {
+        st.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .authorized += 1;
+    }
+    ok
+}
+
+async fn handle(
+    AxState(st): AxState<Arc<State>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response<Body> {
+    let delay = st.faults.lock().unwrap_or_else(|p| p.into_inner()).delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let segs: Vec<String> = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let s: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
+    match s.as_slice() {
+        ["_sim", "stats"] => json_response(
+            serde_json::to_value(st.stats.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .unwrap_or_default(),
+        ),
+        ["_sim", "reset"] => {
+            *st.stats.lock().unwrap_or_else(|p| p.into_inner()) = Stats::default();
+            json_response(json!({}))
+        }
+        ["_sim", "faults"] if method == Method::POST => {
+            match serde_json::from_slice::<Faults>(&body) {
+                Ok(f) => {
+                    *st.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;
+                    json_response(json!({}))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "", &e.to_string()),
+            }
+        }
+        ["cdn", sha] => {
+            let kind = if method == Method::HEAD {
+                "cdn_head"
+            } else {
+                "cdn"
+            };
+            count(&st, kind);
+            if headers.contains_key("authorization") {
+                st.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .cdn_authorized += 1;
+            }
+            if let Some(r) = injected_failure(&st, kind) {
+                return r;
+            }
+            let file = find_blob(&st, sha);
+            match file {
+                Some(f) => serve_bytes(&st, &method, &headers, &f, HeaderMap::new()),
+                None => error(StatusCode::NOT_FOUND, "", "no such blob"),
+            }
+        }
+        ["api", plural @ ("models" | "datasets"), org, name, rest @ ..] => {
+            let kind = if *plural == "models" {
+                "model"
+            } else {
+                "dataset"
+            };
+            let repo_id = format!("{org}/{name}");
+            let what = match rest {
+                [] => "api_info",
+                ["revision", ..] => "api_revision",
+                ["tree", ..] => "api_tree",
+                _ => "api_other",
+            };
+            count(&st, what);
+            if let Some(r) = injected_failure(&st, what) {
+                return r;
+            }
+            if !authorized(&st, &headers) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "GatedRepo",
+                    "Access to this repo is restricted; you must be authenticated",
+                );
+            }
+            match rest {
+                [] => repo_info(&st, kind, &repo_id, "main"),
+                ["revision", rev @ ..] => repo_info(&st, kind, &repo_id, &rev.join("/")),
+                ["tree", rev, path @ ..] => tree(&st, kind, &repo_id, rev, &path.join("/"), &query),
+                _ => error(StatusCode::NOT_FOUND, "", "unknown API path"),
+            }
+        }
+        ["datasets", org, name, "resolve", rev, path @ ..] => resolve(
+            &st,
+            &method,
+            &headers,
+            "dataset",
+            &format!("{org}/{name}"),
+            rev,
+            &path.join("/"),
+        ),
+        [org, name, "resolve", rev, path @ ..] => resolve(
+            &st,
+            &method,
+            &headers,
+            "model",
+            &format!("{org}/{name}"),
+            rev,
+            &path.join("/"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "", "not found"),
+    }
+}
+
+fn find_blob(st: &State, sha: &str) -> Option<Arc<SimFile>> {
+    let repos = st.repos.read().unwrap_or_else(|p| p.into_inner());
+    repos
+        .values()
+        .flat_map(|r| r.commits.values())
+        .flat_map(|t| t.values())
+        .find(|f| f.sha256 == sha)
+        .cloned()
+}
+
+/// Looks up a repo and revision: the commit and its tree, or the Hub's error.
+#[allow(clippy::result_large_err)]
+fn lookup(
+    st: &State,
+    kind: &str,
+    repo_id: &str,
+    rev: &str,
+) -> Result<(String, Tree), Response<Body>> {
+    let repos = st.repos.read().unwrap_or_else(|p| p.into_inner());
+    let Some(repo) = repos.get(&(kind.to_string(), repo_id.to_string())) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            "Repository not found",
+        ));
+    };
+    let sha = repo.branches.get(rev).cloned().unwrap_or(rev.to_string());
+    match repo.commits.get(&sha) {
+        Some(t) => Ok((sha, t.clone())),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "RevisionNotFound",
+            &format!("Invalid rev id: {rev}"),
+        )),
+    }
+}
+
+fn repo_info(st: &State, kind: &str, repo_id: &str, rev: &str) -> Response<Body> {
+    let (sha, tree) = match lookup(st, kind, repo_id, rev) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let siblings: Vec<_> = tree.keys().map(|p| json!({ "rfilename": p })).collect();
+    let mut v = json!({
+        "_id": format!("{:x}", repo_id.len()),
+        "id": repo_id,
+        "sha": sha,
+        "private": false,
+        "gated": false,
+        "disabled": false,
+        "downloads": 0,
+        "likes": 0,
+        "tags": [],
+        "lastModified": "2026-01-01T00:00:00.000Z",
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "siblings": siblings,
+    });
+    if kind == "model" {
+        v["modelId"] = json!(repo_id);
+    }
+    json_response(v)
+}
+
+fn tree(
+    st: &State,
+    kind: &str,
+    repo_id: &str,
+    rev: &str,
+    path: &str,
+    query: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let (_, tree) = match lookup(st, kind, repo_id, rev) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let recursive = query
+        .get("recursive")
+        .is_some_and(|v| v == "true" || v == "1" || v == "True");
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    if !path.is_empty() && !tree.keys().any(|p| p.starts_with(&prefix)) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "EntryNotFound",
+            &format!("{path} does not exist"),
+        );
+    }
+    let mut entries = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for (p, f) in tree.iter() {
+        let Some(rest) = p.strip_prefix(&prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        // Folders on the way to the file.
+        let depth = if recursive {
+            parts.len() - 1
+        } else {
+            parts.len().min(2) - 1
+        };
+        for i in 0..depth {
+            let d = format!("{prefix}{}", parts[..=i].join("/"));
+            if dirs.insert(d.clone()) {
+                entries.push(
+                    json!({ "type": "directory", "oid": "0".repeat(40), "size": 0, "path": d }),
+                );
+            }
+        }
+        if !recursive && parts.len() > 1 {
+            continue;
+        }
+        let mut e = json!({ "type": "file", "oid": f.git_oid, "size": f.data.len(), "path": p });
+        if f.lfs {
+            e["lfs"] = json!({ "oid": f.sha256, "size": f.data.len(), "pointerSize": 134 });
+        }
+        entries.push(e);
+    }
+    let start: usize = query
+        .get("cursor")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let end = (start + st.page_size).min(entries.len());
+    let page: Vec<_> = entries.get(start..end).unwrap_or_default().to_vec();
+    let mut r = json_response(serde_json::Value::Array(page));
+    if end < entries.len() {
+        let plural = if kind == "model" {
+            "models"
+        } else {
+            "datasets"
+        };
+        let path_part = if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{path}")
+        };
+        let link = format!(
+            "<{}/api/{plural}/{repo_id}/tree/{rev}{path_part}?recursive={recursive}&cursor={end}>; rel=\"next\"",
+            st.hub_url
+        );
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            r.headers_mut().insert("link", v);
+        }
+    }
+    r
+}
+
+fn resolve(
+    st: &State,
+    method: &Method,
+    headers: &HeaderMap,
+    kind: &str,
+    repo_id: &str,
+    rev: &str,
+    path: &str,
+) -> Response<Body> {
+    let what = if *method == Method::HEAD {
+        "resolve_head"
+    } else {
+        "resolve"
+    };
+    count(st, what);
+    if let Some(r) = injected_failure(st, what) {
+        return r;
+    }
+    if !authorized(st, headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "GatedRepo",
+            "Access to this repo is restricted; you must be authenticated",
+        );
+    }
+    let (sha, tree) = match lookup(st, kind, repo_id, rev) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(f) = tree.get(path).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "EntryNotFound",
+            &format!("{path} does not exist"),
+        );
+    };
+    let mut extra = HeaderMap::new();
+    extra.insert(
+        "x-repo-commit",
+        HeaderValue::from_str(&sha).unwrap_or(HeaderValue::from_static("")),
+    );
+    if f.lfs {
+        let loc = format!("{}/cdn/{}", st.cdn_url, f.sha256);
+        let etag = format!("\"{}\"", f.sha256);
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::FOUND;
+        let h = r.headers_mut();
+        h.extend(extra);
+        h.insert(
+            "location",
+            HeaderValue::from_str(&loc).unwrap_or(HeaderValue::from_static("/")),
+        );
+        h.insert(
+            "x-linked-etag",
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
+        );
+        h.insert(
+            "etag",
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
+        );
+        h.insert("x-linked-size", HeaderValue::from(f.data.len() as u64));
+        return r;
+    }
+    extra.insert(
+        "etag",
+        HeaderValue::from_str(&format!("\"{}\"", f.git_oid))
+            .unwrap_or(HeaderValue::from_static("")),
+    );
+    serve_bytes(st, method, headers, &f, extra)
+}
+
+/// Parses a single `bytes=` range against `size`: `Ok(None)` for no header, `Err` if unsatisfiable.
+fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = h else { return Ok(None) };
+    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            (size.saturating_sub(n), size)
+        }
+        (s, "") => (s.parse().map_err(|_| ())?, size),
+        (s, e) => (
+            s.parse().map_err(|_| ())?,
+            e.parse::<u64>()
+                .map_err(|_| ())?
+                .saturating_add(1)
+                .min(size),
+        ),
+    };
+    if start >= end || start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+fn serve_bytes(
+    st: &State,
+    method: &Method,
+    headers: &HeaderMap,
+    f: &SimFile,
+    extra: HeaderMap,
+) -> Response<Body> {
+    let size = f.data.len() as u64;
+    let range = match parse_range(headers.get("range").and_then(|v| v.to_str().ok()), size) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, "", "bad range");
+            r.headers_mut().insert(
+                "content-range",
+                HeaderValue::from_str(&format!("bytes */{size}"))
+                    .unwrap_or(HeaderValue::from_static("")),
+            );
+            return r;
+        }
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let data = f.data.slice(start as usize..end as usize);
+    let (throttle, cut, corrupt) = {
+        let mut fl = st.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cut = None;
+        let mut corrupt = false;
+        if *method == Method::GET {
+            if let Some(c) = fl.cut.as_mut().filter(|c| c.count > 0) {
+                c.count -= 1;
+                cut = Some(c.after_bytes);
+            }
+            if fl.corrupt > 0 && !data.is_empty() {
+                fl.corrupt -= 1;
+                corrupt = true;
+            }
+        }
+        (fl.throttle_bps, cut, corrupt)
+    };
+    let data = if corrupt {
+        let mut v = data.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x55;
+        Bytes::from(v)
+    } else {
+        data
+    };
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    h.extend(extra);
+    h.insert("accept-ranges", HeaderValue::from_static("bytes"));
+    h.insert("content-length", HeaderValue::from(end - start));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if range.is_some() {
+        h.insert(
+            "content-range",
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+    }
+    if !h.contains_key("etag") {
+        h.insert(
+            "etag",
+            HeaderValue::from_str(&format!("\"{}\"", f.sha256))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+    }
+    if *method == Method::HEAD {
+        return r;
+    }
+    *r.body_mut() = Body::from_stream(body_stream(st.stats.clone(), data, throttle, cut));
+    r
+}
+
+/// The body of a data response: pieces of 64 KiB, paced to `throttle_bps`, cut after `cut`
+/// bytes (ending the connection mid-body), counting bytes sent.
+fn body_stream(
+    stats: Arc<Mutex<Stats>>,
+    data: Bytes,
+    throttle_bps: u64,
+    cut: Option<u64>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    const PIECE: usize = 64 << 10;
+    let start = Instant::now();
+    futures::stream::unfold((data, 0usize), move |(data, pos)| {
+        let stats = stats.clone();
+        async move {
+            if pos >= data.len() {
+                return None;
+            }
+            if let Some(c) = cut {
+                if pos as u64 >= c {
+                    return Some((
+                        Err(std::io::Error::other("injected cut")),
+                        (data, usize::MAX),
+                    ));
+                }
+            }
+            let mut end = (pos + PIECE).min(data.len());
+            if let Some(c) = cut {
+                end = end.min(c.max(pos as u64 + 1) as usize);
+            }
+            if throttle_bps > 0 {
+                let due = start + Duration::from_secs_f64(end as f64 / throttle_bps as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            stats.lock().unwrap_or_else(|p| p.into_inner()).data_bytes += (end - pos) as u64;
+            Some((Ok(data.slice(pos..end)), (data, end)))
+        }
+    })
+}
