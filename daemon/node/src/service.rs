@@ -33,7 +33,8 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         let msg = e.to_string();
         match &e {
-            NodeError::Uri(_) | NodeError::IsFolder(_) => Status::invalid_argument(msg),
+            NodeError::Uri(_) => Status::invalid_argument(msg),
+            NodeError::IsFolder(_) => Status::failed_precondition(msg),
             NodeError::NotFound(_) | NodeError::Origin(OriginError::NotFound { .. }) => {
                 Status::not_found(msg)
             }

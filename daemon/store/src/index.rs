@@ -219,17 +219,16 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
             w.commit()?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                for p in unlinks {
-                    if let Err(e) = std::fs::remove_file(&p) {
-                        tracing::warn!(file = %p.display(), error = %e, "could not unlink evicted data file");
-                    }
-                }
+        if let Err(e) = result {
+            // Memory stays ahead of the index; a restart refetches what was not recorded.
+            tracing::error!(error = %e, "cache index commit failed");
+        }
+        // Unlink even if the commit failed (a full disk must still get its room back): an
+        // index entry whose data file is gone is dropped at the next start.
+        for p in unlinks {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(file = %p.display(), error = %e, "could not unlink evicted data file");
             }
-            // Memory stays ahead of the index; a restart refetches what was not recorded, and
-            // data files are kept since the index may still name them.
-            Err(e) => tracing::error!(error = %e, "cache index commit failed"),
         }
         for w in waiters {
             let _ = w.send(());

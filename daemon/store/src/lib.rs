@@ -11,7 +11,8 @@
 //!   that were not yet recorded, which are fetched again. Nothing needs a manual clean-up: data
 //!   files that the index does not know are deleted at start, index entries without data are
 //!   dropped.
-//! - An evicted file leaves the index before its data file is unlinked, and data files are
+//! - An evicted file's data file is unlinked after its removal from the index was committed
+//!   (or failed: a full disk must get its room back; the entry is dropped at the next start), and data files are
 //!   never truncated or rewritten with other bytes, so a reader that mapped one keeps valid pages.
 //! - `used` counts the bytes of recorded and reserved chunks; above the capacity the least
 //!   recently used unpinned files that no one is using are evicted.
@@ -357,16 +358,15 @@ impl Store {
         st.used + needed <= limit
     }
 
-    /// Frees room after the disk said ENOSPC: evicts at least `needed` bytes beyond what is used.
-    fn evict_for_disk(&self, needed: u64) -> bool {
-        let ok = {
+    /// Frees room after the disk said ENOSPC: evicts unused files worth `needed` bytes.
+    fn evict_for_disk(&self, needed: u64) {
+        {
             let mut st = self.lock();
             let target = st.used.saturating_sub(needed);
-            self.evict_locked(&mut st, 0, target)
-        };
+            self.evict_locked(&mut st, 0, target);
+        }
         // Unlinks happen after the index commit: wait for them before writing again.
         self.index.flush();
-        ok
     }
 
     /// Sets or clears the pin of `key`.
@@ -503,10 +503,10 @@ impl FileHandle {
         match f.write_all_at(data, offset) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                if self.store.evict_for_disk(data.len() as u64 * 4) {
-                    if f.write_all_at(data, offset).is_ok() {
-                        return Ok(());
-                    }
+                // Another writer may have freed room already; try again either way.
+                self.store.evict_for_disk(data.len() as u64 * 4);
+                if f.write_all_at(data, offset).is_ok() {
+                    return Ok(());
                 }
                 Err(StoreError::DiskFull {
                     path: self.store.dir.display().to_string(),

@@ -1,0 +1,625 @@
+//! One node, real processes: a `locus daemon` and `locus` clients against a simulated Hub.
+//! Every read is compared with the origin's bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use locus_testorigin::{CutRule, FailRule, Faults, SimOptions};
+use nix::sys::signal::Signal;
+
+const REPO: &str = "acme/model";
+
+fn model_env() -> (Env, Vec<(String, bytes::Bytes)>) {
+    let env = Env::new();
+    let files = locus_testorigin::model::generate_model(3 << 20, 2, 5);
+    env.sim.commit("model", REPO, files.clone());
+    (env, files)
+}
+
+#[test]
+fn warm_cat_ls_status() {
+    let (env, files) = model_env();
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    let out = d.ok(&["warm", "hf://acme/model"]);
+    let summary = String::from_utf8_lossy(&out);
+    assert!(
+        summary.contains(&format!("warmed {} files", files.len()))
+            && summary.contains("from origin"),
+        "{summary}"
+    );
+    let data_requests = env.sim.stats().data_requests();
+    let data_bytes = env.sim.stats().data_bytes;
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(data_bytes, total, "each byte fetched from the origin once");
+
+    for (path, want) in &files {
+        let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert_eq!(got, want.to_vec(), "{path}");
+    }
+    let ls = d.json(&["ls", "hf://acme/model", "--json"]);
+    let entries = ls["files"].as_array().unwrap();
+    assert_eq!(entries.len(), files.len());
+    for e in entries {
+        assert_eq!(e["cached_fraction"], 1.0, "{e}");
+        let want = files
+            .iter()
+            .find(|(p, _)| p == e["path"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(e["size"], want.1.len() as u64);
+    }
+    let st = d.json(&["status", "--json"]);
+    for k in [
+        "cache_bytes",
+        "capacity_bytes",
+        "files",
+        "origin_bytes",
+        "peer_bytes",
+        "local_bytes",
+        "members",
+    ] {
+        assert!(st.get(k).is_some(), "status lacks {k}: {st}");
+    }
+    assert_eq!(st["cache_bytes"], total);
+    assert_eq!(st["origin_bytes"], total);
+    assert_eq!(st["members"][0]["state"], "up");
+
+    // A second warm and the reads cost no origin data request.
+    let out = d.ok(&["warm", "hf://acme/model", "--include", "*.safetensors"]);
+    assert!(String::from_utf8_lossy(&out).contains("0 B from origin"));
+    assert_eq!(env.sim.stats().data_requests(), data_requests);
+}
+
+#[test]
+fn restart_keeps_the_cache_and_sigterm_stops_cleanly() {
+    let (env, files) = model_env();
+    let mut d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    let status = d.signal(Signal::SIGTERM);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(!d.socket.exists(), "socket removed on shutdown");
+    assert!(d.log_text().contains("stopped"));
+    let before = env.sim.stats();
+    d.restart();
+    let out = d.ok(&["warm", "hf://acme/model"]);
+    assert!(String::from_utf8_lossy(&out).contains("0 B from origin"));
+    let after = env.sim.stats();
+    assert_eq!(
+        after.data_requests(),
+        before.data_requests(),
+        "no origin data request after restart"
+    );
+    let (path, want) = &files[0];
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/model/{path}")]),
+        want.to_vec()
+    );
+}
+
+#[test]
+fn kill_9_during_warm_leaves_a_cache_that_recovers() {
+    let env = Env::new();
+    let files = random_files(2, 6 << 20, 11);
+    env.sim.commit("model", "acme/big", files.clone());
+    let mut d = env.daemon("n", &["--chunk-size", "256KiB", "--concurrency", "4"], &[]);
+    for (round, delay_ms) in [300u64, 700, 1100].into_iter().enumerate() {
+        env.sim.set_faults(Faults {
+            throttle_bps: 1_000_000,
+            ..Faults::default()
+        });
+        let socket = d.socket.clone();
+        let warm = std::thread::spawn(move || locus_cmd(&socket, &["warm", "hf://acme/big"]));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        d.signal(Signal::SIGKILL);
+        let out = warm.join().unwrap();
+        assert!(
+            !out.status.success(),
+            "round {round}: warm cannot succeed when its daemon died"
+        );
+        env.sim.set_faults(Faults::default());
+        d.restart();
+    }
+    d.ok(&["warm", "hf://acme/big"]);
+    for (path, want) in &files {
+        assert_eq!(
+            d.ok(&["cat", &format!("hf://acme/big/{path}")]),
+            want.to_vec()
+        );
+    }
+    // Every data file is known to the index, nothing was left behind to clean by hand.
+    let data_files = std::fs::read_dir(d.cache.join("data")).unwrap().count();
+    assert_eq!(data_files, files.len());
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["cache_bytes"], (files.len() * (6 << 20)) as u64);
+}
+
+#[test]
+fn concurrent_readers_share_one_origin_request_per_chunk() {
+    let env = Env::new();
+    let files = random_files(1, 4 << 20, 3);
+    env.sim.commit("model", "acme/one", files.clone());
+    env.sim.set_faults(Faults {
+        throttle_bps: 8_000_000,
+        ..Faults::default()
+    });
+    let d = env.daemon("n", &["--chunk-size", "512KiB"], &[]);
+    let uri = format!("hf://acme/one/{}", files[0].0);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = d.socket.clone();
+            let uri = uri.clone();
+            std::thread::spawn(move || locus_cmd(&socket, &["cat", &uri]))
+        })
+        .collect();
+    for r in readers {
+        let out = r.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(out.stdout, files[0].1.to_vec());
+    }
+    let s = env.sim.stats();
+    assert_eq!(s.get("cdn"), 8, "one CDN request per chunk: {s:?}");
+    assert_eq!(s.data_bytes, 4 << 20);
+}
+
+#[test]
+fn transient_origin_failures_are_retried() {
+    let (env, files) = model_env();
+    env.sim.set_faults(Faults {
+        fail: vec![
+            FailRule {
+                kind: "api".into(),
+                status: 503,
+                count: 2,
+                retry_after: None,
+            },
+            FailRule {
+                kind: "cdn".into(),
+                status: 500,
+                count: 3,
+                retry_after: None,
+            },
+            FailRule {
+                kind: "cdn".into(),
+                status: 429,
+                count: 1,
+                retry_after: Some(1),
+            },
+            FailRule {
+                kind: "resolve".into(),
+                status: 502,
+                count: 2,
+                retry_after: None,
+            },
+        ],
+        cut: Some(CutRule {
+            count: 2,
+            after_bytes: 1000,
+        }),
+        ..Faults::default()
+    });
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    for (path, want) in &files {
+        assert_eq!(
+            d.ok(&["cat", &format!("hf://acme/model/{path}")]),
+            want.to_vec()
+        );
+    }
+    let f = env.sim.faults();
+    assert!(
+        f.fail.iter().all(|r| r.count == 0),
+        "every failure fired: {f:?}"
+    );
+    assert_eq!(f.cut.unwrap().count, 0);
+    assert_eq!(env.sim.stats().get("failed"), 8);
+}
+
+#[test]
+fn a_corrupt_chunk_on_disk_is_fetched_again_not_served() {
+    let (env, files) = model_env();
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    let (path, want) = files
+        .iter()
+        .find(|(p, _)| p.ends_with(".safetensors"))
+        .unwrap();
+    // Damage every data file in the middle of its second chunk.
+    for e in std::fs::read_dir(d.cache.join("data")).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        if bytes.len() > 300 << 10 {
+            bytes[300 << 10] ^= 0xff;
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    let before = env.sim.stats().get("cdn");
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/model/{path}")]),
+        want.to_vec()
+    );
+    assert!(
+        env.sim.stats().get("cdn") > before,
+        "the bad chunk was fetched again"
+    );
+    assert!(d.log_text().contains("failed its checksum"));
+    // And a warm repairs the rest.
+    d.ok(&["warm", "hf://acme/model"]);
+    for (path, want) in &files {
+        assert_eq!(
+            d.ok(&["cat", &format!("hf://acme/model/{path}")]),
+            want.to_vec()
+        );
+    }
+}
+
+#[test]
+fn bytes_that_do_not_match_the_published_digest_are_never_served() {
+    let (env, files) = model_env();
+    let d = env.daemon("n", &[], &[]);
+    // Once: the digest check catches it and the file is fetched again.
+    env.sim.set_faults(Faults {
+        corrupt: 1,
+        ..Faults::default()
+    });
+    d.ok(&["warm", "hf://acme/model"]);
+    for (path, want) in &files {
+        assert_eq!(
+            d.ok(&["cat", &format!("hf://acme/model/{path}")]),
+            want.to_vec()
+        );
+    }
+    // Always: the warm fails with a clear error instead of caching wrong bytes.
+    let env2 = Env::new();
+    env2.sim.commit("model", REPO, files.clone());
+    env2.sim.set_faults(Faults {
+        corrupt: 1000,
+        ..Faults::default()
+    });
+    let d2 = env2.daemon("n", &[], &[]);
+    let out = d2.locus(&["warm", "hf://acme/model"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("do not match its published digest"),
+        "{}",
+        stderr(&out)
+    );
+    for (path, _) in &files {
+        let out = d2.locus(&["cat", &format!("hf://acme/model/{path}")]);
+        assert_eq!(out.status.code(), Some(1), "{path} must not be served");
+        assert!(out.stdout.is_empty(), "no byte of {path} reached stdout");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
+    let (env, _) = model_env();
+    let d = env.daemon("n", &[], &[]);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["cat", "hf://acme/model/../../etc/passwd"],
+            2,
+            "not allowed",
+        ),
+        (&["warm", "acme/model"], 2, "unknown scheme"),
+        (&["ls", "hf://acme"], 2, "expected org/name"),
+        (&["warm", "hf://acme/nope"], 1, "repository not found"),
+        (&["cat", "hf://acme/model/missing.bin"], 1, "no such file"),
+        (
+            &["warm", "hf://acme/model@no-such-branch"],
+            1,
+            "revision not found",
+        ),
+        (&["cat", "hf://acme/model"], 1, "is a folder"),
+        (
+            &["warm", "hf://acme/model", "--scope", "galaxy"],
+            2,
+            "invalid value",
+        ),
+        (
+            &["warm", "hf://acme/model", "--include", "[z-a]"],
+            2,
+            "bad glob",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = d.locus(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.to_lowercase().contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{err}"
+        );
+    }
+    let out = locus_cmd(&env.path("nowhere.sock"), &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the locus daemon"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+    let out = std::process::Command::new(LOCUS)
+        .args(["daemon", "--cache-size", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(d.child.id() > 0 && !d.log_text().contains("panicked"));
+}
+
+#[test]
+fn gated_repos_need_a_token_that_never_leaks() {
+    let (env, files) = model_env();
+    let token = "hf_SeCrEtToKeN1234567890";
+    env.sim.set_faults(Faults {
+        token: Some(token.into()),
+        ..Faults::default()
+    });
+    let d = env.daemon("anon", &[], &[]);
+    let out = d.locus(&["warm", "hf://acme/model"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+
+    let d = env.daemon("env", &[], &[("HF_TOKEN", token)]);
+    d.ok(&["warm", "hf://acme/model"]);
+    // The token file that huggingface_hub writes works too.
+    let home = env.path("hf-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), format!("{token}\n")).unwrap();
+    let d2 = env.daemon(
+        "file",
+        &[],
+        &[
+            ("HF_HOME", home.to_str().unwrap()),
+            ("HF_TOKEN_PATH", home.join("token").to_str().unwrap()),
+        ],
+    );
+    d2.ok(&["warm", "hf://acme/model"]);
+    let (path, want) = &files[0];
+    assert_eq!(
+        d2.ok(&["cat", &format!("hf://acme/model/{path}")]),
+        want.to_vec()
+    );
+    let s = env.sim.stats();
+    assert!(s.authorized > 0);
+    assert_eq!(s.cdn_authorized, 0, "the token never goes to the CDN");
+    for l in [d.log_text(), d2.log_text()] {
+        assert!(!l.contains(token), "token in the log");
+    }
+}
+
+#[test]
+fn a_moved_branch_never_serves_stale_bytes() {
+    let env = Env::new();
+    let v1 = env.sim.commit(
+        "model",
+        REPO,
+        vec![(
+            "config.json".into(),
+            bytes::Bytes::from_static(b"{\"v\":1}"),
+        )],
+    );
+    let d = env.daemon("n", &["--metadata-ttl", "1"], &[]);
+    assert_eq!(d.ok(&["cat", "hf://acme/model/config.json"]), b"{\"v\":1}");
+    env.sim.commit(
+        "model",
+        REPO,
+        vec![(
+            "config.json".into(),
+            bytes::Bytes::from_static(b"{\"v\":2}"),
+        )],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(d.ok(&["cat", "hf://acme/model/config.json"]), b"{\"v\":2}");
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/model@{v1}/config.json")]),
+        b"{\"v\":1}"
+    );
+}
+
+#[test]
+fn lru_eviction_above_capacity_spares_pinned_files() {
+    let env = Env::new();
+    let a = random_files(1, 2 << 20, 1);
+    let b = random_files(1, 2 << 20, 2);
+    env.sim.commit("model", "acme/a", a.clone());
+    env.sim.commit("model", "acme/b", b.clone());
+    let d = env.daemon(
+        "n",
+        &["--cache-size", "3MiB", "--chunk-size", "256KiB"],
+        &[],
+    );
+    d.ok(&["warm", "hf://acme/a"]);
+    d.ok(&["warm", "hf://acme/b"]);
+    let frac = |uri: &str| {
+        d.json(&["ls", uri, "--json"])["files"][0]["cached_fraction"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(frac("hf://acme/a"), 0.0, "least recently used file evicted");
+    assert_eq!(frac("hf://acme/b"), 1.0);
+    d.ok(&["warm", "hf://acme/a", "--pin"]);
+    assert_eq!(frac("hf://acme/b"), 0.0);
+    // a is pinned: b cannot fit beside it, and says so.
+    let out = d.locus(&["warm", "hf://acme/b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cache full"), "{}", stderr(&out));
+    assert_eq!(frac("hf://acme/a"), 1.0);
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/a/{}", a[0].0)]),
+        a[0].1.to_vec()
+    );
+    let st = d.json(&["status", "--json"]);
+    assert!(st["cache_bytes"].as_u64().unwrap() <= 3 << 20);
+}
+
+#[test]
+fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
+    let env = Env::new();
+    let big = random_files(1, 12 << 20, 9);
+    let small = random_files(1, 1 << 20, 10);
+    env.sim.commit("model", "acme/big", big.clone());
+    env.sim.commit("model", "acme/small", small.clone());
+    let mnt = env.path("tiny-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount (tests run as root)");
+    assert!(st.success(), "mounting a small tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let d = env.daemon(
+        "n",
+        &[
+            "--cache-dir",
+            mnt.join("cache").to_str().unwrap(),
+            "--cache-size",
+            "1GiB",
+            "--chunk-size",
+            "256KiB",
+        ],
+        &[],
+    );
+    let out = d.locus(&["warm", "hf://acme/big"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no space left"), "{}", stderr(&out));
+    // The node goes on serving what fits, correctly.
+    d.ok(&["warm", "hf://acme/small"]);
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/small/{}", small[0].0)]),
+        small[0].1.to_vec()
+    );
+}
+
+#[test]
+fn metrics_and_healthz() {
+    let (env, _) = model_env();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = env.daemon("n", &["--metrics", &addr], &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    let health = reqwest::blocking::get(format!("http://{addr}/healthz")).unwrap();
+    assert!(health.status().is_success());
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "locus_origin_requests_total",
+        "locus_origin_bytes_total",
+        "locus_peer_bytes_total",
+        "locus_cache_hits_total",
+        "locus_cache_misses_total",
+        "locus_cache_bytes",
+        "locus_evictions_total",
+        "locus_fetch_seconds_bucket",
+        "locus_ring_members",
+    ] {
+        assert!(text.contains(name), "metric {name} missing:\n{text}");
+    }
+    let origin_bytes: f64 = text
+        .lines()
+        .find(|l| l.starts_with("locus_origin_bytes_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(origin_bytes > 3e6);
+}
+
+#[test]
+fn config_from_variables_and_a_toml_file() {
+    let (env, _) = model_env();
+    let toml = env.path("locus.toml");
+    std::fs::write(&toml, "cache-size = \"123MiB\"\nchunk-size = \"512KiB\"\n").unwrap();
+    let d = env.daemon(
+        "n",
+        &[],
+        &[
+            ("LOCUS_CONFIG", toml.to_str().unwrap()),
+            ("LOCUS_CHUNK_SIZE", "1MiB"),
+        ],
+    );
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["capacity_bytes"], 123u64 << 20, "from the TOML file");
+    assert_eq!(st["chunk_size"], 1u64 << 20, "the variable beats the file");
+    let d2 = env.daemon(
+        "m",
+        &["--cache-size", "7MiB"],
+        &[
+            ("LOCUS_CONFIG", toml.to_str().unwrap()),
+            ("LOCUS_CACHE_SIZE", "9MiB"),
+        ],
+    );
+    assert_eq!(
+        d2.json(&["status", "--json"])["capacity_bytes"],
+        7u64 << 20,
+        "the flag beats both"
+    );
+    std::fs::write(&toml, "cache-size = 5\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(LOCUS)
+        .args(["--config", toml.to_str().unwrap(), "daemon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--config"), "{}", stderr(&out));
+}
+
+#[test]
+fn datasets_and_paginated_listings() {
+    let env = Env::with(SimOptions {
+        page_size: 3,
+        ..SimOptions::default()
+    });
+    let files: Vec<_> = (0..10)
+        .map(|i| {
+            (
+                format!("data/part-{i:02}.jsonl"),
+                bytes::Bytes::from(format!("{{\"row\":{i}}}\n")),
+            )
+        })
+        .collect();
+    env.sim.commit("dataset", "acme/ds", files.clone());
+    let d = env.daemon("n", &[], &[]);
+    let ls = d.json(&["ls", "hf://datasets/acme/ds/data", "--json"]);
+    assert_eq!(ls["files"].as_array().unwrap().len(), 10);
+    d.ok(&[
+        "warm",
+        "hf://datasets/acme/ds",
+        "--include",
+        "data/part-0[0-4]*",
+        "--exclude",
+        "*03*",
+    ]);
+    let ls = d.json(&["ls", "hf://datasets/acme/ds", "--json"]);
+    let cached: Vec<_> = ls["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cached_fraction"] == 1.0)
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            "data/part-00.jsonl",
+            "data/part-01.jsonl",
+            "data/part-02.jsonl",
+            "data/part-04.jsonl"
+        ]
+    );
+    assert_eq!(
+        d.ok(&["cat", "hf://datasets/acme/ds/data/part-07.jsonl"]),
+        files[7].1.to_vec()
+    );
+}
