@@ -171,6 +171,8 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
         }
         let mut unlinks = Vec::new();
         let mut waiters = Vec::new();
+        // redb's error is large; it is built at most once per commit, off the hot path.
+        #[allow(clippy::result_large_err)]
         let result = (|| -> Result<(), redb::Error> {
             let w = db.begin_write()?;
             {

@@ -1,0 +1,68 @@
+"""The simulated Hub is faithful to the real one: the official `huggingface_hub` client
+downloads from it, through the LFS redirect to the CDN, and every byte checks out against the
+digests the Hub's tree API publishes (LFS sha256, git blob sha1)."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def check_against_tree(hub, repo: str, folder: Path, kind: str = "models"):
+    tree = hub.get(f"/api/{kind}/{repo}/tree/main?recursive=true")
+    files = [e for e in tree if e["type"] == "file"]
+    assert files
+    for e in files:
+        data = (folder / e["path"]).read_bytes()
+        assert len(data) == e["size"]
+        if "lfs" in e:
+            assert hashlib.sha256(data).hexdigest() == e["lfs"]["oid"], e["path"]
+        else:
+            assert git_blob_sha1(data) == e["oid"], e["path"]
+    return files
+
+
+def test_snapshot_download_of_a_model(hub_factory, tmp_path):
+    hub = hub_factory("--model", "acme/model=3MiBx2")
+    folder = Path(snapshot_download("acme/model", cache_dir=tmp_path, endpoint=hub.url))
+    files = check_against_tree(hub, "acme/model", folder)
+    assert any("lfs" in e for e in files) and any("lfs" not in e for e in files)
+    stats = hub.stats()
+    assert stats["requests"].get("cdn", 0) > 0, stats
+    assert stats["cdn_authorized"] == 0
+
+
+def test_revisions_and_missing_things(hub_factory, tmp_path):
+    hub = hub_factory("--model", "acme/model=1MiBx1")
+    info = HfApi(endpoint=hub.url).model_info("acme/model")
+    p = hf_hub_download("acme/model", "config.json", revision=info.sha, cache_dir=tmp_path, endpoint=hub.url)
+    assert Path(p).read_bytes().startswith(b"{")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("acme/model", "nope.bin", cache_dir=tmp_path, endpoint=hub.url)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("acme/missing", "config.json", cache_dir=tmp_path, endpoint=hub.url)
+
+
+def test_dataset_repo(hub_factory, tmp_path):
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    for i in range(5):
+        (src / "data" / f"part-{i}.jsonl").write_text(f'{{"row": {i}}}\n' * (1000 * (i + 1)))
+    hub = hub_factory("--repo", f"datasets/acme/ds={src}")
+    folder = Path(snapshot_download("acme/ds", repo_type="dataset", cache_dir=tmp_path / "c", endpoint=hub.url))
+    check_against_tree(hub, "acme/ds", folder, kind="datasets")
+
+
+def test_gated_repo_needs_the_token(hub_factory, tmp_path):
+    hub = hub_factory("--model", "acme/model=1MiBx1", "--token", "hf_gated")
+    with pytest.raises((GatedRepoError, HfHubHTTPError)):
+        snapshot_download("acme/model", cache_dir=tmp_path / "a", endpoint=hub.url, token=False)
+    folder = Path(snapshot_download("acme/model", cache_dir=tmp_path / "b", endpoint=hub.url, token="hf_gated"))
+    assert hub.stats()["authorized"] > 0
+    assert (folder / "config.json").exists()
