@@ -21,7 +21,10 @@ async fn check_download(sim: &HubSim, token: Option<String>, files: &[(String, B
     want.sort();
     assert_eq!(listed, want);
     for (path, data) in files {
-        let local = repo.get(path).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let local = repo
+            .get(path)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(std::fs::read(&local).unwrap(), data.to_vec(), "{path}");
     }
 }
@@ -33,7 +36,10 @@ async fn hf_hub_crate_downloads_every_file() {
     sim.commit("model", "acme/model", files.clone());
     check_download(&sim, None, &files).await;
     let s = sim.stats();
-    assert!(s.get("cdn") > 0, "LFS files went through the CDN redirect: {s:?}");
+    assert!(
+        s.get("cdn") > 0,
+        "LFS files went through the CDN redirect: {s:?}"
+    );
     assert!(s.get("resolve") + s.get("resolve_head") > 0);
 }
 
@@ -58,6 +64,10 @@ async fn hf_hub_crate_with_a_gated_repo() {
         .with_token(None)
         .build()
         .unwrap();
-    assert!(api.model("acme/model".into()).get("config.json").await.is_err());
+    assert!(api
+        .model("acme/model".into())
+        .get("config.json")
+        .await
+        .is_err());
     check_download(&sim, Some("hf_test_token".into()), &files).await;
 }
