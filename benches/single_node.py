@@ -90,10 +90,11 @@ def fmt_rate(nbytes, secs):
     return f"{nbytes / secs / MB:.0f} MB/s"
 
 
-def bench_warm(work, runs, throttle, chunk_flags=(), label="locus warm"):
+def bench_warm(work, runs, throttle, chunk_flags=(), label="locus warm", delay_ms=0):
     import hf_transfer
 
-    origin, url = start_origin("--random", "bench/model=3x128MiB", "--throttle", str(throttle))
+    origin, url = start_origin("--random", "bench/model=3x128MiB", "--throttle", str(throttle),
+                               "--delay-ms", str(delay_ms))
     files = [f"shard-{i:05}.bin" for i in range(3)]
     total = 3 * 128 * MiB
     conns = 16
@@ -186,6 +187,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--throttle", type=int, default=12 * MB, help="bytes/s per connection")
     ap.add_argument("--chunk-sweep", action="store_true")
+    ap.add_argument("--delay-ms", type=int, default=0, help="origin latency per request (the sweep)")
     ap.add_argument("--skip-main", action="store_true")
     a = ap.parse_args()
     for b in ("locus", "locus-test-origin"):
@@ -210,11 +212,11 @@ def main():
             print(f"page cache read (dd bs=1M): {c['page_cache_dd']}")
             print(f"\n## memory: daemon peak RSS warming a 1 GiB file (unthrottled, {c['warm_1gib_s']:.2f} s): {c['peak_rss_warm_1gib'] / MiB:.0f} MiB")
         if a.chunk_sweep:
-            print("\n## chunk size sweep (cold warm as above; median of runs)")
+            print(f"\n## chunk size sweep (cold warm as above, origin latency {a.delay_ms} ms per request; median of runs)")
             print("| chunk | locus warm s | hf_transfer s | ratio | % of limit |")
             print("| --- | --- | --- | --- | --- |")
             for cs in ("1MiB", "2MiB", "4MiB", "8MiB", "16MiB", "32MiB"):
-                w = bench_warm(work, a.runs, a.throttle, ("--chunk-size", cs), cs)
+                w = bench_warm(work, a.runs, a.throttle, ("--chunk-size", cs), cs, a.delay_ms)
                 print(f"| {cs} | {w['locus_s']:.2f} | {w['hf_transfer_s']:.2f} | {w['ratio']:.3f} | {w['locus_of_limit']:.0%} |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

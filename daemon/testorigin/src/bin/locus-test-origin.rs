@@ -26,6 +26,9 @@ struct Args {
     /// Per-response bandwidth cap, e.g. 12MB (per second).
     #[arg(long)]
     throttle: Option<String>,
+    /// Delay before answering each request, in milliseconds (a far-away origin's latency).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
     /// Require this token on the Hub.
     #[arg(long)]
     token: Option<String>,
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let faults = Faults {
         throttle_bps: a.throttle.as_deref().map(size).transpose()?.unwrap_or(0),
         token: a.token.clone(),
+        delay_ms: a.delay_ms,
         ..Faults::default()
     };
     let sim = HubSim::start(SimOptions {
