@@ -14,3 +14,11 @@ pub use identity::{Digest, RemoteFile};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};
 pub use uri::{LocusUri, Namespace, RepoType, UriError};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -26,7 +26,7 @@ pub mod service;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::future::{BoxFuture, Shared};
@@ -168,13 +168,6 @@ pub struct Resolved {
     pub is_file: bool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Node {
     /// A node over `origin` and `store`.
     pub fn new(origin: Arc<dyn Origin>, store: Arc<Store>, cfg: NodeConfig) -> Arc<Node> {
@@ -220,7 +213,7 @@ impl Node {
                 self.revisions.insert(k, (id.clone(), Instant::now()));
                 let v = CachedRevision {
                     id: id.clone(),
-                    at_ms: now_ms(),
+                    at_ms: locus_core::unix_ms(),
                 };
                 if let Ok(b) = serde_json::to_vec(&v) {
                     self.store.meta_put(&meta_key, b);
@@ -320,3 +313,6 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use locus_core::{ChunkLayout, Digest, RemoteFile};
 
@@ -67,13 +66,6 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
         path: path.display().to_string(),
         detail: e.to_string(),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Entry {
@@ -243,7 +235,7 @@ impl Store {
                 digest: file.digest.clone(),
                 pinned: false,
                 verified: false,
-                last_access: now_ms(),
+                last_access: locus_core::unix_ms(),
             };
             let layout = ChunkLayout::new(file.size, chunk_size);
             self.index.send(Op::PutFile {
@@ -602,7 +594,7 @@ impl FileHandle {
 
     /// Records an access for LRU (persisted lazily).
     pub fn touch(&self) {
-        let now = now_ms();
+        let now = locus_core::unix_ms();
         if let Some(Some(rec)) = self.with_entry(|e| {
             let stale = now.saturating_sub(e.rec.last_access) > 5_000;
             e.rec.last_access = now;

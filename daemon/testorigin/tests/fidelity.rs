@@ -4,15 +4,19 @@
 use bytes::Bytes;
 use locus_testorigin::{model, Faults, HubSim, SimOptions};
 
-async fn check_download(sim: &HubSim, token: Option<String>, files: &[(String, Bytes)]) {
-    let cache = tempfile::tempdir().unwrap();
-    let api = hf_hub::api::tokio::ApiBuilder::new()
+fn api(sim: &HubSim, cache: &tempfile::TempDir, token: Option<String>) -> hf_hub::api::tokio::Api {
+    hf_hub::api::tokio::ApiBuilder::new()
         .with_endpoint(sim.url())
         .with_cache_dir(cache.path().to_path_buf())
         .with_progress(false)
         .with_token(token)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+async fn check_download(sim: &HubSim, token: Option<String>, files: &[(String, Bytes)]) {
+    let cache = tempfile::tempdir().unwrap();
+    let api = api(sim, &cache, token);
     let repo = api.model("acme/model".to_string());
     let info = repo.info().await.expect("repo info");
     let mut listed: Vec<_> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
@@ -57,13 +61,7 @@ async fn hf_hub_crate_with_a_gated_repo() {
     let files = vec![("config.json".to_string(), Bytes::from_static(b"{}"))];
     sim.commit("model", "acme/model", files.clone());
     let cache = tempfile::tempdir().unwrap();
-    let api = hf_hub::api::tokio::ApiBuilder::new()
-        .with_endpoint(sim.url())
-        .with_cache_dir(cache.path().to_path_buf())
-        .with_progress(false)
-        .with_token(None)
-        .build()
-        .unwrap();
+    let api = api(&sim, &cache, None);
     assert!(api
         .model("acme/model".into())
         .get("config.json")

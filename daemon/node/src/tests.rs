@@ -1,0 +1,134 @@
+//! The read path in-process, over an in-memory origin wrapped in a fault injector.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use locus_core::{LocusUri, Namespace, RemoteFile};
+use locus_origin::faulty::FaultyOrigin;
+use locus_origin::{ByteStream, Origin, OriginError, RetryPolicy};
+use locus_store::Store;
+
+use crate::{Node, NodeConfig, WarmProgress};
+
+struct MemOrigin {
+    files: HashMap<String, Bytes>,
+}
+
+#[async_trait]
+impl Origin for MemOrigin {
+    async fn resolve(&self, _ns: &Namespace, _rev: &str) -> Result<String, OriginError> {
+        Ok("c".repeat(40))
+    }
+
+    async fn list(&self, ns: &Namespace, rev: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        Ok(self
+            .files
+            .iter()
+            .map(|(p, b)| RemoteFile {
+                uri: format!("{ns}@{rev}/{p}"),
+                path: p.clone(),
+                size: b.len() as u64,
+                key: format!("mem:{p}"),
+                locator: p.clone(),
+                digest: None,
+            })
+            .collect())
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let b = self.files[&file.locator].slice(range.start as usize..range.end as usize);
+        // Two pieces, so a write batch spans several network reads.
+        let mid = b.len() / 2;
+        let pieces = vec![Ok(b.slice(..mid)), Ok(b.slice(mid..))];
+        Ok(futures::stream::iter(pieces).boxed())
+    }
+}
+
+fn node(data: Bytes, fail: u32) -> (Arc<Node>, Arc<FaultyOrigin<MemOrigin>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = FaultyOrigin::new(MemOrigin {
+        files: [("w.bin".to_string(), data)].into(),
+    });
+    origin.fail_reads.store(fail, Ordering::SeqCst);
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let cfg = NodeConfig {
+        chunk_size: 64 << 10,
+        retry: RetryPolicy {
+            attempts: 4,
+            base: std::time::Duration::from_millis(1),
+            cap: std::time::Duration::from_millis(5),
+        },
+        ..NodeConfig::default()
+    };
+    (Node::new(origin.clone(), store, cfg), origin, dir)
+}
+
+fn data() -> Bytes {
+    Bytes::from(
+        (0..1_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_share_fetches_and_failures_are_retried() {
+    let (node, origin, _dir) = node(data(), 3);
+    let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
+    let file = node.resolve_file(&uri).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let node = node.clone();
+            let file = file.clone();
+            tokio::spawn(async move {
+                let p = WarmProgress::default();
+                let h = node.ensure_file(&file, &p).await.unwrap();
+                let mut out = Vec::new();
+                let mut buf = Vec::new();
+                for idx in 0..h.layout().count() {
+                    assert!(h.read_chunk_verified(idx, &mut buf).unwrap());
+                    out.extend_from_slice(&buf);
+                }
+                out
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), data().to_vec());
+    }
+    let chunks = 1_000_000u64.div_ceil(64 << 10);
+    // Each chunk read once, plus the three injected failures.
+    assert_eq!(origin.reads.load(Ordering::SeqCst), chunks + 3);
+    assert_eq!(
+        node.counters().origin_bytes.load(Ordering::SeqCst),
+        1_000_000
+    );
+}
+
+#[tokio::test]
+async fn persistent_failures_surface_as_errors() {
+    let (node, _origin, _dir) = node(data(), 100);
+    let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
+    let file = node.resolve_file(&uri).await.unwrap();
+    let err = node
+        .ensure_file(&file, &WarmProgress::default())
+        .await
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert_eq!(
+        node.store().stats().used,
+        0,
+        "failed chunks give back their reservation"
+    );
+    assert!(matches!(
+        node.resolve(&LocusUri::parse("hf://o/n/nope").unwrap())
+            .await,
+        Err(crate::NodeError::NotFound(_))
+    ));
+}
