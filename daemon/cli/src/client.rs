@@ -2,20 +2,17 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use locus_core::{format_size, LocusUri};
 use locus_grpc::v1 as pb;
-use locus_grpc::v1::local_client::LocalClient;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::Failure;
 
-pub type Client = LocalClient<Channel>;
+pub type Client = locus_grpc::LocalClient;
 
 #[derive(Args)]
 pub struct WarmArgs {
@@ -56,42 +53,9 @@ fn status_failure(s: tonic::Status) -> Failure {
 
 /// Connects to the daemon at `socket`.
 pub async fn connect(socket: &Path) -> Result<Client, Failure> {
-    let hint = "start `locus daemon`, or point --socket / LOCUS_SOCKET at its socket";
-    if !socket.exists() {
-        return Err(Failure::new(
-            1,
-            format!(
-                "cannot reach the locus daemon: no socket at {} ({hint})",
-                socket.display()
-            ),
-        ));
-    }
-    let path: PathBuf = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://locus.local")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
+    locus_grpc::connect_local(socket)
         .await
-        .map_err(|e| {
-            use std::error::Error as _;
-            let cause = e
-                .source()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            Failure::new(
-                1,
-                format!(
-                    "cannot reach the locus daemon at {}: {cause} ({hint})",
-                    socket.display()
-                ),
-            )
-        })?;
-    Ok(LocalClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .map_err(|e| Failure::new(1, e.0))
 }
 
 /// Progress reporting: a bar on a terminal, a line every few seconds otherwise.

@@ -9,8 +9,7 @@ use serde::Deserialize;
 
 use crate::Failure;
 
-/// Where the local API listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/locus/locus.sock";
+pub use locus_grpc::DEFAULT_SOCKET;
 
 #[derive(Args, Default)]
 pub struct DaemonArgs {

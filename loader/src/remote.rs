@@ -1,0 +1,110 @@
+//! URIs: the node's daemon makes the files local (fetched, verified, cached) and says where they
+//! are; the loader maps the cache files as they are.
+
+use std::path::PathBuf;
+
+use locus_core::LocusUri;
+use locus_grpc::v1 as pb;
+
+use crate::checkpoint::{plan, OpenOptions, INDEX_FILE};
+use crate::{ErrorKind, LoaderError};
+
+fn status_error(s: tonic::Status) -> LoaderError {
+    let kind = match s.code() {
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => ErrorKind::Invalid,
+        _ => ErrorKind::Unavailable,
+    };
+    LoaderError::Remote {
+        kind,
+        message: s.message().to_string(),
+    }
+}
+
+/// The local paths of the shards that `uri` names, in order.
+pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, LoaderError> {
+    let parsed = LocusUri::parse(uri).map_err(|e| LoaderError::Remote {
+        kind: ErrorKind::Invalid,
+        message: e.to_string(),
+    })?;
+    let socket = opts
+        .socket
+        .clone()
+        .unwrap_or_else(locus_grpc::default_socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoaderError::Remote {
+            kind: ErrorKind::Unavailable,
+            message: e.to_string(),
+        })?;
+    rt.block_on(async move {
+        let mut client =
+            locus_grpc::connect_local(&socket)
+                .await
+                .map_err(|e| LoaderError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    message: e.0,
+                })?;
+        let listing = client
+            .list(pb::ListRequest {
+                uri: uri.to_string(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let prefix = if parsed.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", parsed.path)
+        };
+        // A URI that names one file.
+        if let [one] = listing.entries.as_slice() {
+            if one.path == parsed.path {
+                return Ok(vec![open(&mut client, &one.uri).await?]);
+            }
+        }
+        let rel: Vec<(String, String)> = listing
+            .entries
+            .iter()
+            .filter_map(|e| {
+                e.path
+                    .strip_prefix(&prefix)
+                    .map(|r| (r.to_string(), e.uri.clone()))
+            })
+            .collect();
+        let names: Vec<String> = rel.iter().map(|(n, _)| n.clone()).collect();
+        let uri_of = |name: &str| rel.iter().find(|(n, _)| n == name).map(|(_, u)| u.clone());
+        let index_bytes = match uri_of(INDEX_FILE) {
+            Some(u) => {
+                let p = open(&mut client, &u).await?;
+                Some(std::fs::read(&p).map_err(|source| LoaderError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        let shards = plan(uri, &names, || Ok(index_bytes.unwrap_or_default()))?;
+        let mut paths = Vec::with_capacity(shards.len());
+        for s in shards {
+            let u = uri_of(&s).ok_or_else(|| LoaderError::Remote {
+                kind: ErrorKind::NotFound,
+                message: format!("{uri}: no shard {s}"),
+            })?;
+            paths.push(open(&mut client, &u).await?);
+        }
+        Ok(paths)
+    })
+}
+
+async fn open(client: &mut locus_grpc::LocalClient, uri: &str) -> Result<PathBuf, LoaderError> {
+    let r = client
+        .open(pb::OpenRequest {
+            uri: uri.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    Ok(PathBuf::from(r.path))
+}
