@@ -161,6 +161,10 @@ impl LocusUri {
         for (what, seg) in [("ORG", org), ("NAME", name)] {
             validate_repo_segment(seg).map_err(|r| malformed(&format!("{what} {r}")))?;
         }
+        // Reserved on the Hub; as an ORG they would make `hf://datasets/…` ambiguous.
+        if matches!(org, "datasets" | "models" | "spaces") {
+            return Err(malformed(&format!("{org:?} is not a valid ORG (reserved)")));
+        }
         let path = normalize_path(path).map_err(|r| malformed(&r))?;
         Ok(LocusUri {
             namespace: Namespace::Hf {
@@ -297,6 +301,8 @@ mod tests {
             "hf://org/na me",
             "hf://org/name/a\\b",
             "hf://org/name/a\u{0}b",
+            "hf://models/datasets/x/y",
+            "hf://datasets/datasets/x",
         ] {
             assert!(LocusUri::parse(bad).is_err(), "{bad} should be refused");
         }
