@@ -125,6 +125,9 @@ impl Store {
     /// Opens (or creates) the cache at `dir` with `capacity` bytes, repairing whatever a crash
     /// left: unknown data files are deleted, entries whose data file is gone are dropped.
     pub fn open(dir: &Path, capacity: u64) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // Absolute, because clients open the data files by the paths the daemon hands out.
+        let dir = &std::fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir).map_err(|e| io_err(&data_dir, e))?;
         let (index, loaded) = Index::open(&dir.join("index.redb"))?;
@@ -238,6 +241,15 @@ impl Store {
                 last_access: locus_core::unix_ms(),
             };
             let layout = ChunkLayout::new(file.size, chunk_size);
+            // The (sparse, empty) data file exists from the start, so readers can open it
+            // before any chunk arrives.
+            let path = self.data_dir.join(id.to_string());
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
             self.index.send(Op::PutFile {
                 key: file.key.clone(),
                 rec: rec.clone(),
@@ -325,7 +337,8 @@ impl Store {
         let mut victims: Vec<(u64, String)> = st
             .files
             .iter()
-            .filter(|(_, e)| !e.rec.pinned && e.users == 0 && e.bytes > 0)
+            // Files with no recorded chunk count too: a failed write may have left bytes.
+            .filter(|(_, e)| !e.rec.pinned && e.users == 0)
             .map(|(k, e)| (e.rec.last_access, k.clone()))
             .collect();
         victims.sort();
@@ -424,6 +437,11 @@ impl FileHandle {
     pub fn all_crcs(&self) -> Option<Vec<u32>> {
         self.with_entry(|e| e.chunks.iter().copied().collect::<Option<Vec<u32>>>())
             .flatten()
+    }
+
+    /// Every chunk's CRC, `None` where the chunk is not stored.
+    pub fn crcs(&self) -> Vec<Option<u32>> {
+        self.with_entry(|e| e.chunks.clone()).unwrap_or_default()
     }
 
     /// Chunks not stored yet.
