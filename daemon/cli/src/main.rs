@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod daemon;
 mod demo;
+mod mount;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,13 @@ enum Cmd {
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// A read-only FUSE view of a repo, folder or file.
+    Mount(mount::MountArgs),
+    /// Remove a mount (also one whose process died).
+    Unmount {
+        /// Where it is mounted.
+        mountpoint: PathBuf,
     },
     /// The offline quickstart: a local Hub with a generated model, a node, warm, read back, report.
     Demo(demo::DemoArgs),
@@ -127,5 +135,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Ls { uri, json } => client::ls(&socket, &uri, json).await,
         Cmd::Status { json } => client::status(&socket, json).await,
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Mount(args) => mount::mount(&socket, args).await,
+        Cmd::Unmount { mountpoint } => mount::unmount(&mountpoint),
     }
 }

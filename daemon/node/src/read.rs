@@ -140,6 +140,36 @@ impl Node {
         }
     }
 
+    /// Makes chunks `range` of `file` present, without the whole-file check; when that leaves
+    /// the file complete, the check runs in the background. For readers that go chunk by chunk.
+    pub async fn ensure_chunks(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        range: Range<u32>,
+    ) -> Result<Arc<FileHandle>, NodeError> {
+        let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
+        h.touch();
+        let end = range.end.min(h.layout().count());
+        futures::stream::iter(range.start..end)
+            .map(|idx| {
+                let h = h.clone();
+                async move { self.ensure_chunk(file, &h, idx).await.map(|_| ()) }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .try_collect::<()>()
+            .await?;
+        if !h.verified() && h.missing().is_empty() {
+            let node = self.clone();
+            let file = file.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.ensure_file(&file, &WarmProgress::default()).await {
+                    tracing::error!(uri = file.uri, error = %e, "background check of a complete file failed");
+                }
+            });
+        }
+        Ok(h)
+    }
+
     /// Makes chunk `idx` present: a hit, a fetch, or joining a fetch already under way.
     async fn ensure_chunk(
         self: &Arc<Self>,

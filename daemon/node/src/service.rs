@@ -233,6 +233,45 @@ impl Local for LocalService {
         }))
     }
 
+    async fn chunks(
+        &self,
+        request: Request<pb::ChunksRequest>,
+    ) -> Result<Response<pb::ChunksResponse>, Status> {
+        let req = request.into_inner();
+        let uri = parse_uri(&req.uri)?;
+        let file = self.node.resolve_file(&uri).await?;
+        let first = req.first;
+        let end = first.saturating_add(req.count);
+        if req.recheck {
+            let h = Arc::new(
+                self.node
+                    .store
+                    .register(&file, self.node.cfg.chunk_size)
+                    .map_err(NodeError::from)?,
+            );
+            tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::new();
+                for idx in first..end.min(h.layout().count()) {
+                    h.read_chunk_verified(idx, &mut buf)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(NodeError::from)?;
+        }
+        let h = self.node.ensure_chunks(&file, first..end).await?;
+        let crcs = h.crcs();
+        Ok(Response::new(pb::ChunksResponse {
+            path: h.path().display().to_string(),
+            size: file.size,
+            chunk_size: h.layout().chunk_size,
+            chunk_crc32c: crcs.iter().map(|c| c.unwrap_or(0)).collect(),
+            present: crcs.iter().map(|c| c.is_some()).collect(),
+            complete: h.verified(),
+        }))
+    }
+
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,

@@ -1,0 +1,215 @@
+//! `locus mount` and `locus unmount`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use locus_fuse::daemon::DaemonBackend;
+use locus_fuse::{LocusFs, MountOptions};
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// A repo, folder or file, e.g. hf://ORG/NAME@REV.
+    uri: String,
+    /// An existing empty folder.
+    mountpoint: PathBuf,
+    /// Stay in the foreground (otherwise the mount runs in a background process).
+    #[arg(long)]
+    foreground: bool,
+    /// Let other users (and containers) read the mount.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allow_other: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Hand complete files to the kernel (FUSE passthrough, Linux 6.9+); experimental.
+    #[arg(long)]
+    passthrough: bool,
+}
+
+/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let target = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
+    locus_core::LocusUri::parse(&a.uri).map_err(|e| Failure::usage(e.to_string()))?;
+    let meta = std::fs::metadata(&a.mountpoint)
+        .map_err(|e| Failure::usage(format!("mount point {}: {e}", a.mountpoint.display())))?;
+    if !meta.is_dir() {
+        return Err(Failure::usage(format!(
+            "mount point {} is not a folder",
+            a.mountpoint.display()
+        )));
+    }
+    if is_mounted(&a.mountpoint) {
+        return Err(Failure::new(
+            1,
+            format!(
+                "{} is already a mount point (locus unmount it first)",
+                a.mountpoint.display()
+            ),
+        ));
+    }
+    if !a.foreground {
+        return spawn_background(socket, &a).await;
+    }
+    let socket = socket.to_path_buf();
+    // fuser and the backend block: run them off the async runtime.
+    std::thread::spawn(move || run_foreground(&socket, a))
+        .join()
+        .map_err(|_| Failure::new(1, "the mount thread panicked"))?
+}
+
+fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOCUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let backend =
+        Arc::new(DaemonBackend::connect(socket).map_err(|e| Failure::new(1, e.to_string()))?);
+    let fs = LocusFs::new(
+        backend,
+        &a.uri,
+        MountOptions {
+            passthrough: a.passthrough,
+            ..MountOptions::default()
+        },
+    )
+    .map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("locus:{}", a.uri)),
+        fuser::MountOption::Subtype("locus".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if a.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(a.threads.clamp(1, 64));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(fs, &a.mountpoint, &config)
+        .map_err(|e| Failure::new(1, format!("mounting {}: {e}", a.mountpoint.display())))?;
+    tracing::info!(uri = a.uri, mountpoint = %a.mountpoint.display(), "ready");
+    // Unmount on SIGTERM/SIGINT; end when someone else unmounts.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    let _ = signals.thread_block();
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            let _ = tx2.send("signal");
+        }
+    });
+    let mp = a.mountpoint.clone();
+    std::thread::spawn(move || {
+        while is_mounted(&mp) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = tx.send("unmounted");
+    });
+    let why = rx.recv().unwrap_or("unmounted");
+    tracing::info!(why, "stopping");
+    if why == "signal" {
+        session
+            .umount_and_join()
+            .map_err(|e| Failure::new(1, format!("unmounting: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
+    let exe = std::env::current_exe().map_err(|e| Failure::new(1, e.to_string()))?;
+    let log_path = std::env::temp_dir().join(format!("locus-mount-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount")
+        .arg(&a.uri)
+        .arg(&a.mountpoint)
+        .arg("--foreground")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--threads")
+        .arg(a.threads.to_string())
+        .arg("--allow-other")
+        .arg(a.allow_other.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if a.passthrough {
+        cmd.arg("--passthrough");
+    }
+    // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc_setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Failure::new(1, e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if is_mounted(&a.mountpoint) {
+            println!(
+                "mounted {} at {} (log: {})",
+                a.uri,
+                a.mountpoint.display(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("error:"))
+                .unwrap_or("the mount process exited");
+            return Err(Failure::new(
+                1,
+                last.trim_start_matches("error: ").to_string(),
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(Failure::new(1, "the mount did not come up in 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn libc_setsid() {
+    let _ = nix::unistd::setsid();
+}
+
+pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
+    if !is_mounted(mountpoint) {
+        return Err(Failure::new(
+            1,
+            format!("{} is not mounted", mountpoint.display()),
+        ));
+    }
+    // A lazy unmount also clears a mount whose process died ("Transport endpoint is not connected").
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| Failure::new(1, format!("unmounting {}: {e}", mountpoint.display())))
+}

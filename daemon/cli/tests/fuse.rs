@@ -1,0 +1,300 @@
+//! Real FUSE mounts (`/dev/fuse`, as root) over a real daemon; every read is compared with the
+//! origin's bytes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use locus_testorigin::{FailRule, Faults};
+
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn new(d: &Daemon, env: &Env, uri: &str, name: &str) -> Mount {
+        let dir = env.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        d.ok(&["mount", uri, dir.to_str().unwrap()]);
+        Mount { dir }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(LOCUS)
+            .arg("unmount")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn mounted(p: &Path) -> bool {
+    let c = std::fs::canonicalize(p).unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == c.to_str())
+}
+
+#[test]
+fn a_mount_shows_the_repo_and_reads_the_origins_bytes() {
+    let env = Env::new();
+    let files = locus_testorigin::model::generate_model(6 << 20, 3, 4);
+    env.sim.commit("model", "acme/m", files.clone());
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    let mut names: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (p, b) in &files {
+        let path = m.dir.join(p);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), b.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), b.to_vec(), "{p}");
+        // Real programs too.
+        let out = std::process::Command::new("sha256sum")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let sum = String::from_utf8_lossy(&out.stdout);
+        let want = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b)?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(
+            sum.split_whitespace().next(),
+            String::from_utf8_lossy(&want.stdout)
+                .split_whitespace()
+                .next()
+        );
+    }
+    // mmap works and sees the same bytes.
+    let (p, b) = files
+        .iter()
+        .find(|(p, _)| p.ends_with(".safetensors"))
+        .unwrap();
+    let f = std::fs::File::open(m.dir.join(p)).unwrap();
+    // SAFETY: a read-only mapping of a file on a read-only mount.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    assert_eq!(&map[..], &b[..]);
+}
+
+#[test]
+fn every_write_fails_with_erofs() {
+    let env = Env::new();
+    env.sim.commit("model", "acme/m", random_files(1, 1000, 1));
+    let d = env.daemon("n", &[], &[]);
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    let f = m.dir.join("weights/shard-0.bin");
+    let erofs = |r: std::io::Result<()>| {
+        let e = r.expect_err("must fail");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    };
+    erofs(std::fs::OpenOptions::new().write(true).open(&f).map(|_| ()));
+    erofs(std::fs::write(m.dir.join("new"), b"x"));
+    erofs(std::fs::create_dir(m.dir.join("d")));
+    erofs(std::fs::rename(&f, m.dir.join("x")));
+    erofs(std::fs::remove_file(&f));
+    erofs(std::fs::set_permissions(
+        &f,
+        std::fs::Permissions::from_mode(0o777),
+    ));
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&f)
+            .map(|_| ()),
+    );
+    erofs(std::os::unix::fs::symlink("a", m.dir.join("link")));
+}
+
+#[test]
+fn an_uncached_file_is_readable_at_once_and_fetched_as_the_reader_goes() {
+    let env = Env::new();
+    let files = random_files(1, 8 << 20, 7);
+    env.sim.commit("model", "acme/big", files.clone());
+    env.sim.set_faults(Faults {
+        throttle_bps: 4_000_000,
+        ..Faults::default()
+    });
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    let m = Mount::new(&d, &env, "hf://acme/big", "mnt");
+    let path = m.dir.join(&files[0].0);
+    use std::io::Read;
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut first = vec![0u8; 4096];
+    f.read_exact(&mut first).unwrap();
+    assert_eq!(first, files[0].1[..4096].to_vec());
+    let fetched = env.sim.stats().data_bytes;
+    assert!(
+        fetched < 8 << 20,
+        "the first bytes came before the whole file ({fetched} bytes fetched)"
+    );
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    first.extend(rest);
+    assert_eq!(first, files[0].1.to_vec());
+    assert_eq!(
+        env.sim.stats().data_bytes,
+        8 << 20,
+        "each byte fetched once"
+    );
+}
+
+#[test]
+fn origin_failures_and_corrupt_chunks_never_give_wrong_bytes() {
+    let env = Env::new();
+    let files = random_files(2, 1 << 20, 5);
+    env.sim.commit("model", "acme/m", files.clone());
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    // A cached file whose chunk rots on disk: read through a new mount, it is fetched again.
+    d.ok(&["warm", &format!("hf://acme/m/{}", files[0].0)]);
+    for e in std::fs::read_dir(d.cache.join("data")).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        if b.len() > 300_000 {
+            b[300_000] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    assert_eq!(
+        std::fs::read(m.dir.join(&files[0].0)).unwrap(),
+        files[0].1.to_vec()
+    );
+    // An origin that refuses: EIO, and the log names the file.
+    env.sim.set_faults(Faults {
+        fail: vec![FailRule {
+            kind: "cdn".into(),
+            status: 403,
+            count: 1000,
+            retry_after: None,
+        }],
+        ..Faults::default()
+    });
+    let e = std::fs::read(m.dir.join(&files[1].0)).expect_err("must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+}
+
+#[test]
+fn a_parallel_walk_and_many_readers_at_once() {
+    let env = Env::new();
+    let files: Vec<_> = (0..300)
+        .map(|i| {
+            (
+                format!("d{}/e{}/f{i}.bin", i % 7, i % 3),
+                locus_testorigin::model::random_bytes(i, 1000 + (i as usize * 37) % 20_000),
+            )
+        })
+        .collect();
+    env.sim.commit("dataset", "acme/many", files.clone());
+    let d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", "hf://datasets/acme/many"]);
+    let m = Mount::new(&d, &env, "hf://datasets/acme/many", "mnt");
+    let root = m.dir.clone();
+    let found = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let root = &root;
+            let found = &found;
+            let files = &files;
+            s.spawn(move || {
+                for d1 in (0..7).filter(|d| d % 8 == t || t >= 7) {
+                    let dir = root.join(format!("d{d1}"));
+                    for e in std::fs::read_dir(&dir).unwrap() {
+                        for f in std::fs::read_dir(e.unwrap().path()).unwrap() {
+                            let p = f.unwrap().path();
+                            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                            let want = &files.iter().find(|(n, _)| *n == rel).unwrap().1;
+                            assert_eq!(std::fs::read(&p).unwrap(), want.to_vec(), "{rel}");
+                            found.lock().unwrap().push(rel);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut found = found.into_inner().unwrap();
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), files.len());
+    // 32 threads reading the same files at once.
+    std::thread::scope(|s| {
+        for t in 0..32 {
+            let root = &root;
+            let files = &files;
+            s.spawn(move || {
+                for (p, b) in files.iter().skip(t).step_by(5).take(20) {
+                    assert_eq!(std::fs::read(root.join(p)).unwrap(), b.to_vec());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
+    let env = Env::new();
+    let files = random_files(2, 600_000, 3);
+    env.sim.commit("model", "acme/m", files.clone());
+    let mut d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    assert_eq!(
+        std::fs::read(m.dir.join(&files[0].0)).unwrap(),
+        files[0].1.to_vec()
+    );
+    d.restart();
+    // The mount reconnects to the new daemon on the same socket.
+    assert_eq!(
+        std::fs::read(m.dir.join(&files[1].0)).unwrap(),
+        files[1].1.to_vec()
+    );
+    // Kill the mount process: `locus unmount` still clears the mount point.
+    let pid = std::process::Command::new("pgrep")
+        .args(["-f", &format!("mount hf://acme/m {}", m.dir.display())])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(mounted(&m.dir));
+    let out = std::process::Command::new(LOCUS)
+        .arg("unmount")
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!mounted(&m.dir));
+    let out = std::process::Command::new(LOCUS)
+        .arg("unmount")
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not mounted"));
+}

@@ -1,0 +1,478 @@
+//! The file system: a static tree listed at mount time, and the chunked read path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::{Backend, ChunkInfo, Entry, FsError, MAX_READAHEAD_CHUNKS};
+
+/// How the mount behaves.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// How long the kernel may cache names and attributes (the tree never changes).
+    pub ttl: Duration,
+    /// Hand complete files to the kernel where it supports FUSE passthrough.
+    pub passthrough: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+            // Off until it works on the kernels we test on: opens of passthrough files failed
+            // with EIO on Linux 6.18 (see docs/benchmarks.md, FUSE).
+            passthrough: false,
+        }
+    }
+}
+
+enum Kind {
+    Dir(BTreeMap<String, u64>),
+    File { uri: String, size: u64 },
+}
+
+struct Inode {
+    parent: u64,
+    kind: Kind,
+}
+
+/// Per-file read state, shared by every open of the file.
+struct FileState {
+    uri: String,
+    size: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The daemon's cache file, opened once.
+    file: Option<(PathBuf, Arc<File>)>,
+    chunk_size: u64,
+    crcs: Vec<Option<u32>>,
+    /// Chunks this mount has checked against their CRC.
+    checked: Vec<bool>,
+    complete: bool,
+    /// End of the last read, to spot a sequential reader.
+    last_end: u64,
+    /// Read-ahead requested up to this chunk (exclusive), and the current window.
+    ahead_until: u32,
+    window: u32,
+    backing: Option<Arc<BackingId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The file system.
+pub struct LocusFs<B: Backend> {
+    backend: Arc<B>,
+    inodes: Vec<Inode>,
+    files: Mutex<HashMap<u64, Arc<FileState>>>,
+    handles: Mutex<HashMap<u64, Arc<FileState>>>,
+    next_fh: AtomicU64,
+    opts: MountOptions,
+    mtime: SystemTime,
+    uid: u32,
+    gid: u32,
+    passthrough_on: bool,
+}
+
+impl<B: Backend> LocusFs<B> {
+    /// Lists `uri` through `backend` and builds the tree.
+    pub fn new(backend: Arc<B>, uri: &str, opts: MountOptions) -> Result<Self, FsError> {
+        let entries = backend.list(uri)?;
+        Ok(Self::from_entries(backend, entries, opts))
+    }
+
+    /// A tree of `entries` (paths relative to the root).
+    pub fn from_entries(backend: Arc<B>, entries: Vec<Entry>, opts: MountOptions) -> Self {
+        let mut inodes = vec![
+            // Index 0 is unused so that index = inode number; 1 is the root.
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(BTreeMap::new()),
+            },
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(BTreeMap::new()),
+            },
+        ];
+        for e in entries {
+            let mut dir = 1u64;
+            let parts: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+            let Some((last, dirs)) = parts.split_last() else {
+                continue;
+            };
+            for d in dirs {
+                let next = match &inodes[dir as usize].kind {
+                    Kind::Dir(children) => children.get(*d).copied(),
+                    Kind::File { .. } => None,
+                };
+                dir = match next {
+                    Some(ino) => ino,
+                    None => {
+                        let ino = inodes.len() as u64;
+                        inodes.push(Inode {
+                            parent: dir,
+                            kind: Kind::Dir(BTreeMap::new()),
+                        });
+                        if let Kind::Dir(children) = &mut inodes[dir as usize].kind {
+                            children.insert(d.to_string(), ino);
+                        }
+                        ino
+                    }
+                };
+            }
+            let ino = inodes.len() as u64;
+            inodes.push(Inode {
+                parent: dir,
+                kind: Kind::File {
+                    uri: e.uri,
+                    size: e.size,
+                },
+            });
+            if let Kind::Dir(children) = &mut inodes[dir as usize].kind {
+                children.insert(last.to_string(), ino);
+            }
+        }
+        Self {
+            backend,
+            inodes,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            opts,
+            mtime: SystemTime::now(),
+            // SAFETY: getuid/getgid cannot fail and touch no memory.
+            uid: unsafe { libc::getuid() },
+            // SAFETY: as above.
+            gid: unsafe { libc::getgid() },
+            passthrough_on: false,
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Option<&Inode> {
+        self.inodes.get(ino.0 as usize).filter(|_| ino.0 >= 1)
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let node = self.inodes.get(ino as usize)?;
+        let (kind, size, perm, nlink) = match &node.kind {
+            Kind::Dir(c) => (FileType::Directory, 0, 0o555, 2 + c.len() as u32),
+            Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.mtime,
+            mtime: self.mtime,
+            ctime: self.mtime,
+            crtime: self.mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        })
+    }
+
+    fn state(&self, ino: u64) -> Option<Arc<FileState>> {
+        let Kind::File { uri, size } = &self.inodes.get(ino as usize)?.kind else {
+            return None;
+        };
+        let mut files = lock(&self.files);
+        Some(
+            files
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(FileState {
+                        uri: uri.clone(),
+                        size: *size,
+                        inner: Mutex::new(Inner::default()),
+                    })
+                })
+                .clone(),
+        )
+    }
+
+    /// Takes in what the daemon said about a file.
+    fn absorb(inner: &mut Inner, info: ChunkInfo) -> Result<(), FsError> {
+        let reopen = !matches!(&inner.file, Some((p, _)) if *p == info.path);
+        if reopen {
+            let f = File::open(&info.path)
+                .map_err(|e| FsError::Io(format!("{}: {e}", info.path.display())))?;
+            inner.file = Some((info.path.clone(), Arc::new(f)));
+            // Another cache file (the old one was evicted): check its chunks afresh.
+            inner.checked = vec![false; info.crcs.len()];
+        }
+        inner.checked.resize(info.crcs.len(), false);
+        inner.chunk_size = info.chunk_size;
+        inner.crcs = info.crcs;
+        inner.complete = info.complete;
+        Ok(())
+    }
+
+    /// Reads `offset..offset + size` of a file, fetching and checking chunks as needed.
+    fn read_range(&self, st: &FileState, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        if offset >= st.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + size as u64).min(st.size);
+        let mut inner = lock(&st.inner);
+        if inner.chunk_size == 0 {
+            let info = self.backend.chunks(&st.uri, 0, 0, false)?;
+            Self::absorb(&mut inner, info)?;
+        }
+        let cs = inner.chunk_size;
+        let first = (offset / cs) as u32;
+        let last = ((end - 1) / cs) as u32;
+        // Read-ahead for a sequential reader, doubling its window.
+        let sequential = offset == inner.last_end || offset == 0;
+        inner.last_end = end;
+        let count = inner.crcs.len() as u32;
+        if sequential {
+            inner.window = (inner.window.max(1) * 2).min(MAX_READAHEAD_CHUNKS);
+            let from = inner.ahead_until.max(last + 1);
+            let to = (last + 1 + inner.window).min(count);
+            if from < to && !inner.complete {
+                self.backend.prefetch(&st.uri, from, to - from);
+                inner.ahead_until = to;
+            }
+        } else {
+            inner.window = 0;
+        }
+        let missing =
+            (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
+        if missing {
+            // Not under the lock of other readers' progress: the daemon single-flights.
+            drop(inner);
+            let info = self
+                .backend
+                .chunks(&st.uri, first, last - first + 1, false)?;
+            inner = lock(&st.inner);
+            Self::absorb(&mut inner, info)?;
+        }
+        for c in first..=last {
+            if inner.checked.get(c as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            if !Self::check_chunk(&inner, st.size, c)? {
+                tracing::error!(
+                    uri = st.uri,
+                    chunk = c,
+                    "chunk failed its checksum; asking the node to fetch it again"
+                );
+                drop(inner);
+                let info = self.backend.chunks(&st.uri, c, 1, true)?;
+                inner = lock(&st.inner);
+                Self::absorb(&mut inner, info)?;
+                if !Self::check_chunk(&inner, st.size, c)? {
+                    return Err(FsError::Io(format!("{}: chunk {c} is corrupt", st.uri)));
+                }
+            }
+            if let Some(slot) = inner.checked.get_mut(c as usize) {
+                *slot = true;
+            }
+        }
+        let (_, f) = inner
+            .file
+            .clone()
+            .ok_or_else(|| FsError::Io(format!("{}: no cache file", st.uri)))?;
+        drop(inner);
+        let mut buf = vec![0u8; (end - offset) as usize];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| FsError::Io(format!("{}: {e}", st.uri)))?;
+        Ok(buf)
+    }
+
+    /// Reads chunk `c` of the cache file whole and checks it against its CRC.
+    fn check_chunk(inner: &Inner, size: u64, c: u32) -> Result<bool, FsError> {
+        let (Some(Some(crc)), Some((_, f))) = (inner.crcs.get(c as usize).copied(), &inner.file)
+        else {
+            return Ok(false);
+        };
+        let start = c as u64 * inner.chunk_size;
+        let len = inner.chunk_size.min(size.saturating_sub(start));
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, start)
+            .map_err(|e| FsError::Io(e.to_string()))?;
+        Ok(crc32c::crc32c(&buf) == crc)
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl<B: Backend> fuser::Filesystem for LocusFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config
+            .set_max_readahead(u32::MAX)
+            .or_else(|max| config.set_max_readahead(max));
+        if self.opts.passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            let _ = config.set_max_stack_depth(2);
+            self.passthrough_on = true;
+        }
+        tracing::info!(passthrough = self.passthrough_on, "mounted");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(Inode {
+            kind: Kind::Dir(children),
+            ..
+        }) = self.inode(parent)
+        else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        match name
+            .to_str()
+            .and_then(|n| children.get(n))
+            .and_then(|&i| self.attr(i))
+        {
+            Some(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&self.opts.ttl, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let Some(st) = self.state(ino.0) else {
+            return reply.error(Errno::EISDIR);
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, st.clone());
+        // The identity behind an inode never changes: keep the kernel's pages across opens.
+        let flags = FopenFlags::FOPEN_KEEP_CACHE;
+        if self.passthrough_on {
+            let mut inner = lock(&st.inner);
+            if inner.backing.is_none() {
+                if let Ok(info) = self.backend.chunks(&st.uri, 0, 0, false) {
+                    if info.complete && Self::absorb(&mut inner, info).is_ok() {
+                        if let Some((_, f)) = &inner.file {
+                            match reply.open_backing(f.as_ref()) {
+                                Ok(id) => inner.backing = Some(Arc::new(id)),
+                                Err(e) => tracing::debug!(error = %e, "no passthrough"),
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(id) = inner.backing.clone() {
+                drop(inner);
+                return reply.opened_passthrough(FileHandle(fh), flags, &id);
+            }
+        }
+        reply.opened(FileHandle(fh), flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(st) = lock(&self.handles).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        match self.read_range(&st, offset, size) {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => {
+                tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(node) = self.inode(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Kind::Dir(children) = &node.kind else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let mut all: Vec<(u64, FileType, &str)> = vec![
+            (ino.0, FileType::Directory, "."),
+            (node.parent, FileType::Directory, ".."),
+        ];
+        for (name, &child) in children {
+            let kind = match self.inodes[child as usize].kind {
+                Kind::Dir(_) => FileType::Directory,
+                Kind::File { .. } => FileType::RegularFile,
+            };
+            all.push((child, kind, name));
+        }
+        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        let files = self.inodes.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
+    }
+}

@@ -1,0 +1,92 @@
+//! A read-only FUSE file system over locus.
+//!
+//! The file system ([`LocusFs`]) is generic over a [`Backend`]: the node's local API in
+//! production ([`daemon::DaemonBackend`]), anything else in tests. The tree is listed once at
+//! mount time at an immutable revision, so names, sizes and bytes never change under a reader:
+//! entries and attributes are cached by the kernel, and so are file pages across opens
+//! (`FOPEN_KEEP_CACHE`).
+//!
+//! # The read path
+//! `read(offset, size)` → the chunks it covers are made present through the backend (the
+//! daemon fetches what is missing, once for every reader on the node) → each chunk is checked
+//! against its CRC32C the first time this mount reads it (a failure asks the daemon to drop and
+//! refetch it, then fails with EIO if it fails again) → the bytes come from the daemon's cache
+//! file with `pread`. A sequential reader triggers read-ahead of the next chunks in the
+//! background, doubling up to [`MAX_READAHEAD_CHUNKS`], so the first bytes arrive before the file
+//! is fetched and the rest keeps flowing. A file that is complete and verified when opened is
+//! handed to the kernel (FUSE passthrough, Linux 6.9+) where the kernel offers it; reads then
+//! never reach this process.
+
+pub mod daemon;
+mod fs;
+
+pub use fs::{LocusFs, MountOptions};
+
+use std::path::PathBuf;
+
+/// Chunks read ahead of a sequential reader, at most.
+pub const MAX_READAHEAD_CHUNKS: u32 = 8;
+
+/// One file of the mounted tree.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The file's URI at an immutable revision.
+    pub uri: String,
+    /// Path relative to the mount's root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where a file's bytes are, and which chunks are present.
+#[derive(Clone, Debug)]
+pub struct ChunkInfo {
+    /// The cache file.
+    pub path: PathBuf,
+    /// File size.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// CRC32C of each chunk, `None` where it is not stored yet.
+    pub crcs: Vec<Option<u32>>,
+    /// The whole file is stored and was checked against the origin's digest.
+    pub complete: bool,
+}
+
+/// Backend failures, each with the errno the kernel gets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    /// Nothing there (ENOENT).
+    #[error("{0}")]
+    NotFound(String),
+    /// Anything else (EIO).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl FsError {
+    /// The errno for the kernel.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound(_) => libc::ENOENT,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+/// What the file system needs from the node.
+pub trait Backend: Send + Sync + 'static {
+    /// Files under `uri` (a repo, folder or file), at an immutable revision.
+    fn list(&self, uri: &str) -> Result<Vec<Entry>, FsError>;
+    /// Makes chunks `first..first + count` of `uri` present and says where the file is. With
+    /// `recheck`, the node first checks those chunks on its disk and drops any that fail.
+    fn chunks(
+        &self,
+        uri: &str,
+        first: u32,
+        count: u32,
+        recheck: bool,
+    ) -> Result<ChunkInfo, FsError>;
+    /// Starts fetching chunks without waiting for them.
+    fn prefetch(&self, uri: &str, first: u32, count: u32);
+}
