@@ -63,6 +63,13 @@ impl Backend for DaemonBackend {
                     // A URI naming one file shows that file at the root.
                     .unwrap_or_else(|| e.path.rsplit('/').next().unwrap_or(&e.path))
                     .to_string(),
+                cached: (!e.cache_path.is_empty()).then(|| ChunkInfo {
+                    path: PathBuf::from(&e.cache_path),
+                    size: e.size,
+                    chunk_size: e.chunk_size.max(1),
+                    crcs: e.chunk_crc32c.iter().map(|c| Some(*c)).collect(),
+                    complete: true,
+                }),
                 uri: e.uri,
                 size: e.size,
             })

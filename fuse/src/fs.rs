@@ -38,7 +38,11 @@ impl Default for MountOptions {
 
 enum Kind {
     Dir(BTreeMap<String, u64>),
-    File { uri: String, size: u64 },
+    File {
+        uri: String,
+        size: u64,
+        cached: Option<ChunkInfo>,
+    },
 }
 
 struct Inode {
@@ -68,6 +72,11 @@ struct Inner {
     ahead_until: u32,
     window: u32,
     backing: Option<Arc<BackingId>>,
+}
+
+thread_local! {
+    /// Each FUSE worker reuses one buffer: a fresh zeroed allocation per read costs page faults.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +149,7 @@ impl<B: Backend> LocusFs<B> {
                 kind: Kind::File {
                     uri: e.uri,
                     size: e.size,
+                    cached: e.cached,
                 },
             });
             if let Kind::Dir(children) = &mut inodes[dir as usize].kind {
@@ -192,7 +202,7 @@ impl<B: Backend> LocusFs<B> {
     }
 
     fn state(&self, ino: u64) -> Option<Arc<FileState>> {
-        let Kind::File { uri, size } = &self.inodes.get(ino as usize)?.kind else {
+        let Kind::File { uri, size, cached } = &self.inodes.get(ino as usize)?.kind else {
             return None;
         };
         let mut files = lock(&self.files);
@@ -200,10 +210,18 @@ impl<B: Backend> LocusFs<B> {
             files
                 .entry(ino)
                 .or_insert_with(|| {
+                    let mut inner = Inner::default();
+                    // What the listing said is cached saves a round trip to the daemon; if the
+                    // file has gone since, the first read asks again.
+                    if let Some(info) = cached.clone() {
+                        if Self::absorb(&mut inner, info).is_err() {
+                            inner = Inner::default();
+                        }
+                    }
                     Arc::new(FileState {
                         uri: uri.clone(),
                         size: *size,
-                        inner: Mutex::new(Inner::default()),
+                        inner: Mutex::new(inner),
                     })
                 })
                 .clone(),
@@ -227,10 +245,18 @@ impl<B: Backend> LocusFs<B> {
         Ok(())
     }
 
-    /// Reads `offset..offset + size` of a file, fetching and checking chunks as needed.
-    fn read_range(&self, st: &FileState, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    /// Reads `offset..offset + size` of a file into `out`, fetching and checking chunks as
+    /// needed.
+    fn read_range(
+        &self,
+        st: &FileState,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FsError> {
+        out.clear();
         if offset >= st.size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let end = (offset + size as u64).min(st.size);
         let mut inner = lock(&st.inner);
@@ -294,10 +320,10 @@ impl<B: Backend> LocusFs<B> {
             .clone()
             .ok_or_else(|| FsError::Io(format!("{}: no cache file", st.uri)))?;
         drop(inner);
-        let mut buf = vec![0u8; (end - offset) as usize];
-        f.read_exact_at(&mut buf, offset)
+        out.resize((end - offset) as usize, 0);
+        f.read_exact_at(out, offset)
             .map_err(|e| FsError::Io(format!("{}: {e}", st.uri)))?;
-        Ok(buf)
+        Ok(())
     }
 
     /// Reads chunk `c` of the cache file whole and checks it against its CRC.
@@ -308,10 +334,17 @@ impl<B: Backend> LocusFs<B> {
         };
         let start = c as u64 * inner.chunk_size;
         let len = inner.chunk_size.min(size.saturating_sub(start));
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, start)
-            .map_err(|e| FsError::Io(e.to_string()))?;
-        Ok(crc32c::crc32c(&buf) == crc)
+        // SAFETY: the cache file is never truncated or rewritten with other bytes (locus-store's
+        // invariants); the mapped range is checked, not trusted.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len as usize)
+                .populate()
+                .map(f.as_ref())
+        }
+        .map_err(|e| FsError::Io(e.to_string()))?;
+        Ok(crc32c::crc32c(&map) == crc)
     }
 }
 
@@ -404,13 +437,14 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let Some(st) = lock(&self.handles).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        match self.read_range(&st, offset, size) {
-            Ok(buf) => reply.data(&buf),
+        tracing::trace!(offset, size, "read");
+        READ_BUF.with_borrow_mut(|buf| match self.read_range(&st, offset, size, buf) {
+            Ok(()) => reply.data(buf),
             Err(e) => {
                 tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
                 reply.error(errno(&e))
             }
-        }
+        })
     }
 
     fn flush(

@@ -36,6 +36,8 @@ pub struct Entry {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where its bytes are, when the node already holds all of them.
+    pub cached: Option<ChunkInfo>,
 }
 
 /// Where a file's bytes are, and which chunks are present.

@@ -215,3 +215,26 @@ def test_load_a_uri_through_the_daemon(node, tmp_path):
         locus.load("hf://acme/llm/../x", socket=sock)
     with pytest.raises(locus.UnavailableError, match="cannot reach"):
         locus.load("hf://acme/llm", socket=str(tmp_path / "nowhere.sock"))
+
+
+def test_official_safetensors_and_mmap_through_a_fuse_mount(node, tmp_path):
+    hub, sock = node
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run([binary("locus"), "mount", "hf://acme/llm", str(mnt), "--socket", sock], check=True)
+    try:
+        shards = sorted(p for p in os.listdir(mnt) if p.endswith(".safetensors"))
+        assert len(shards) == 3
+        via_locus = locus.load("hf://acme/llm", framework="pt", socket=sock)
+        for s in shards:
+            with st_open(str(mnt / s), framework="pt") as f:
+                for k in f.keys():
+                    assert same(f.get_tensor(k), via_locus[k]), k
+            with open(mnt / s, "rb") as fh:
+                m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                n = int.from_bytes(m[:8], "little")
+                assert json.loads(m[8:8 + n])
+        # The loader works on the mounted folder as on any folder.
+        assert set(locus.load(mnt, framework="pt")) == set(via_locus)
+    finally:
+        subprocess.run([binary("locus"), "unmount", str(mnt)], check=True)

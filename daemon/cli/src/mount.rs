@@ -107,6 +107,7 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     config.clone_fd = true;
     let session = fuser::spawn_mount(fs, &a.mountpoint, &config)
         .map_err(|e| Failure::new(1, format!("mounting {}: {e}", a.mountpoint.display())))?;
+    raise_readahead(&a.mountpoint);
     tracing::info!(uri = a.uri, mountpoint = %a.mountpoint.display(), "ready");
     // Unmount on SIGTERM/SIGINT; end when someone else unmounts.
     let mut signals = nix::sys::signal::SigSet::empty();
@@ -195,6 +196,22 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
             return Err(Failure::new(1, "the mount did not come up in 60 s"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The kernel reads ahead of a sequential reader by the mount's bdi setting (128 KiB by
+/// default), which caps FUSE read requests; model files are read whole, so ask for 16 MiB.
+/// Needs root; without it the default stays.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, "16384") {
+        tracing::debug!(knob, error = %e, "read-ahead left at the kernel's default");
     }
 }
 

@@ -341,11 +341,22 @@ impl Local for LocalService {
         let entries = r
             .files
             .iter()
-            .map(|f| pb::ListEntry {
-                uri: f.uri.clone(),
-                path: f.path.clone(),
-                size: f.size,
-                cached_fraction: self.node.store.cached_fraction(&f.key),
+            .map(|f| {
+                let (cache_path, chunk_size, chunk_crc32c) = self
+                    .node
+                    .store
+                    .complete_file(&f.key)
+                    .map(|(p, cs, crcs)| (p.display().to_string(), cs, crcs))
+                    .unwrap_or_default();
+                pb::ListEntry {
+                    uri: f.uri.clone(),
+                    path: f.path.clone(),
+                    size: f.size,
+                    cached_fraction: self.node.store.cached_fraction(&f.key),
+                    cache_path,
+                    chunk_size,
+                    chunk_crc32c,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListResponse {

@@ -291,6 +291,21 @@ impl Store {
         }
     }
 
+    /// For a file fully cached and verified: its data file, chunk size and chunk CRCs.
+    pub fn complete_file(&self, key: &str) -> Option<(PathBuf, u64, Vec<u32>)> {
+        let st = self.lock();
+        let e = st.files.get(key)?;
+        if !e.rec.verified || e.present as usize != e.chunks.len() {
+            return None;
+        }
+        let crcs = e.chunks.iter().copied().collect::<Option<Vec<u32>>>()?;
+        Some((
+            self.data_dir.join(e.rec.id.to_string()),
+            e.rec.chunk_size,
+            crcs,
+        ))
+    }
+
     /// Whether `key` is fully cached and its digest was verified.
     pub fn is_complete(&self, key: &str) -> bool {
         let st = self.lock();
