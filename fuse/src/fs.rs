@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -36,8 +36,20 @@ impl Default for MountOptions {
     }
 }
 
+/// A directory whose children appear when looked up (the namespace view: the Hub cannot be
+/// listed, but any repo can be named).
+#[derive(Clone, Debug)]
+enum Lazy {
+    /// `hf/`: `datasets` and every ORG.
+    Hf,
+    /// `hf/datasets/`: every ORG of datasets.
+    Datasets,
+    /// `hf/[datasets/]ORG/`: `NAME` or `NAME@REV`, listed on first lookup.
+    Org { datasets: bool, org: String },
+}
+
 enum Kind {
-    Dir(BTreeMap<String, u64>),
+    Dir(BTreeMap<String, u64>, Option<Lazy>),
     File {
         uri: String,
         size: u64,
@@ -83,10 +95,53 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Adds `entries` (paths relative to `root`) under the directory `root`.
+fn insert_entries(inodes: &mut Vec<Inode>, root: u64, entries: Vec<Entry>) {
+    for e in entries {
+        let mut dir = root;
+        let parts: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+        let Some((last, dirs)) = parts.split_last() else {
+            continue;
+        };
+        for d in dirs {
+            let next = match &inodes[dir as usize].kind {
+                Kind::Dir(children, _) => children.get(*d).copied(),
+                Kind::File { .. } => None,
+            };
+            dir = match next {
+                Some(ino) => ino,
+                None => {
+                    let ino = inodes.len() as u64;
+                    inodes.push(Inode {
+                        parent: dir,
+                        kind: Kind::Dir(BTreeMap::new(), None),
+                    });
+                    if let Kind::Dir(children, _) = &mut inodes[dir as usize].kind {
+                        children.insert(d.to_string(), ino);
+                    }
+                    ino
+                }
+            };
+        }
+        let ino = inodes.len() as u64;
+        inodes.push(Inode {
+            parent: dir,
+            kind: Kind::File {
+                uri: e.uri,
+                size: e.size,
+                cached: e.cached,
+            },
+        });
+        if let Kind::Dir(children, _) = &mut inodes[dir as usize].kind {
+            children.insert(last.to_string(), ino);
+        }
+    }
+}
+
 /// The file system.
 pub struct LocusFs<B: Backend> {
     backend: Arc<B>,
-    inodes: Vec<Inode>,
+    inodes: RwLock<Vec<Inode>>,
     files: Mutex<HashMap<u64, Arc<FileState>>>,
     handles: Mutex<HashMap<u64, Arc<FileState>>>,
     next_fh: AtomicU64,
@@ -110,55 +165,43 @@ impl<B: Backend> LocusFs<B> {
             // Index 0 is unused so that index = inode number; 1 is the root.
             Inode {
                 parent: 1,
-                kind: Kind::Dir(BTreeMap::new()),
+                kind: Kind::Dir(BTreeMap::new(), None),
             },
             Inode {
                 parent: 1,
-                kind: Kind::Dir(BTreeMap::new()),
+                kind: Kind::Dir(BTreeMap::new(), None),
             },
         ];
-        for e in entries {
-            let mut dir = 1u64;
-            let parts: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
-            let Some((last, dirs)) = parts.split_last() else {
-                continue;
-            };
-            for d in dirs {
-                let next = match &inodes[dir as usize].kind {
-                    Kind::Dir(children) => children.get(*d).copied(),
-                    Kind::File { .. } => None,
-                };
-                dir = match next {
-                    Some(ino) => ino,
-                    None => {
-                        let ino = inodes.len() as u64;
-                        inodes.push(Inode {
-                            parent: dir,
-                            kind: Kind::Dir(BTreeMap::new()),
-                        });
-                        if let Kind::Dir(children) = &mut inodes[dir as usize].kind {
-                            children.insert(d.to_string(), ino);
-                        }
-                        ino
-                    }
-                };
-            }
-            let ino = inodes.len() as u64;
-            inodes.push(Inode {
-                parent: dir,
-                kind: Kind::File {
-                    uri: e.uri,
-                    size: e.size,
-                    cached: e.cached,
-                },
-            });
-            if let Kind::Dir(children) = &mut inodes[dir as usize].kind {
-                children.insert(last.to_string(), ino);
-            }
-        }
+        insert_entries(&mut inodes, 1, entries);
+        Self::with_inodes(backend, inodes, opts)
+    }
+
+    /// The namespace view: `hf/ORG/NAME[@REV]/…` and `hf/datasets/ORG/NAME[@REV]/…`, each repo
+    /// listed when first named.
+    pub fn namespace(backend: Arc<B>, opts: MountOptions) -> Self {
+        let mut root = BTreeMap::new();
+        root.insert("hf".to_string(), 2);
+        let inodes = vec![
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(BTreeMap::new(), None),
+            },
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(root, None),
+            },
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(BTreeMap::new(), Some(Lazy::Hf)),
+            },
+        ];
+        Self::with_inodes(backend, inodes, opts)
+    }
+
+    fn with_inodes(backend: Arc<B>, inodes: Vec<Inode>, opts: MountOptions) -> Self {
         Self {
             backend,
-            inodes,
+            inodes: RwLock::new(inodes),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -172,14 +215,63 @@ impl<B: Backend> LocusFs<B> {
         }
     }
 
-    fn inode(&self, ino: INodeNo) -> Option<&Inode> {
-        self.inodes.get(ino.0 as usize).filter(|_| ino.0 >= 1)
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, Vec<Inode>> {
+        self.inodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The child `name` of a lazy directory: created (and, for a repo, listed) on first lookup.
+    fn materialize(&self, parent: u64, lazy: &Lazy, name: &str) -> Result<Option<u64>, FsError> {
+        let (kind, entries) = match lazy {
+            Lazy::Hf if name == "datasets" => {
+                (Kind::Dir(BTreeMap::new(), Some(Lazy::Datasets)), None)
+            }
+            Lazy::Hf | Lazy::Datasets => {
+                let datasets = matches!(lazy, Lazy::Datasets);
+                if locus_core::LocusUri::parse(&format!("hf://{name}/x")).is_err() {
+                    return Ok(None);
+                }
+                let org = Lazy::Org {
+                    datasets,
+                    org: name.to_string(),
+                };
+                (Kind::Dir(BTreeMap::new(), Some(org)), None)
+            }
+            Lazy::Org { datasets, org } => {
+                let prefix = if *datasets { "datasets/" } else { "" };
+                let uri = format!("hf://{prefix}{org}/{name}");
+                if locus_core::LocusUri::parse(&uri).is_err() {
+                    return Ok(None);
+                }
+                match self.backend.list(&uri) {
+                    Ok(entries) => (Kind::Dir(BTreeMap::new(), None), Some(entries)),
+                    Err(FsError::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let mut tree = self.inodes.write().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have made it meanwhile.
+        if let Kind::Dir(children, _) = &tree[parent as usize].kind {
+            if let Some(&ino) = children.get(name) {
+                return Ok(Some(ino));
+            }
+        }
+        let ino = tree.len() as u64;
+        tree.push(Inode { parent, kind });
+        if let Kind::Dir(children, _) = &mut tree[parent as usize].kind {
+            children.insert(name.to_string(), ino);
+        }
+        if let Some(entries) = entries {
+            insert_entries(&mut tree, ino, entries);
+        }
+        Ok(Some(ino))
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
-        let node = self.inodes.get(ino as usize)?;
+        let tree = self.tree();
+        let node = tree.get(ino as usize).filter(|_| ino >= 1)?;
         let (kind, size, perm, nlink) = match &node.kind {
-            Kind::Dir(c) => (FileType::Directory, 0, 0o555, 2 + c.len() as u32),
+            Kind::Dir(c, _) => (FileType::Directory, 0, 0o555, 2 + c.len() as u32),
             Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
         };
         Some(FileAttr {
@@ -202,7 +294,8 @@ impl<B: Backend> LocusFs<B> {
     }
 
     fn state(&self, ino: u64) -> Option<Arc<FileState>> {
-        let Kind::File { uri, size, cached } = &self.inodes.get(ino as usize)?.kind else {
+        let tree = self.tree();
+        let Kind::File { uri, size, cached } = &tree.get(ino as usize)?.kind else {
             return None;
         };
         let mut files = lock(&self.files);
@@ -366,18 +459,28 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(Inode {
-            kind: Kind::Dir(children),
-            ..
-        }) = self.inode(parent)
-        else {
-            return reply.error(Errno::ENOTDIR);
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
         };
-        match name
-            .to_str()
-            .and_then(|n| children.get(n))
-            .and_then(|&i| self.attr(i))
-        {
+        let (found, lazy) = {
+            let tree = self.tree();
+            match tree.get(parent.0 as usize).map(|n| &n.kind) {
+                Some(Kind::Dir(children, lazy)) => (children.get(name).copied(), lazy.clone()),
+                _ => return reply.error(Errno::ENOTDIR),
+            }
+        };
+        let ino = match (found, lazy) {
+            (Some(ino), _) => Some(ino),
+            (None, Some(lazy)) => match self.materialize(parent.0, &lazy, name) {
+                Ok(ino) => ino,
+                Err(e) => {
+                    tracing::error!(name, error = %e, "lookup failed");
+                    return reply.error(errno(&e));
+                }
+            },
+            (None, None) => None,
+        };
+        match ino.and_then(|i| self.attr(i)) {
             Some(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
@@ -480,10 +583,11 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(node) = self.inode(ino) else {
+        let tree = self.tree();
+        let Some(node) = tree.get(ino.0 as usize).filter(|_| ino.0 >= 1) else {
             return reply.error(Errno::ENOENT);
         };
-        let Kind::Dir(children) = &node.kind else {
+        let Kind::Dir(children, _) = &node.kind else {
             return reply.error(Errno::ENOTDIR);
         };
         let mut all: Vec<(u64, FileType, &str)> = vec![
@@ -491,8 +595,8 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
             (node.parent, FileType::Directory, ".."),
         ];
         for (name, &child) in children {
-            let kind = match self.inodes[child as usize].kind {
-                Kind::Dir(_) => FileType::Directory,
+            let kind = match tree[child as usize].kind {
+                Kind::Dir(..) => FileType::Directory,
                 Kind::File { .. } => FileType::RegularFile,
             };
             all.push((child, kind, name));
@@ -506,7 +610,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
-        let files = self.inodes.len() as u64;
+        let files = self.tree().len() as u64;
         reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
     }
 }

@@ -91,6 +91,7 @@ pub struct DaemonConfig {
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
+    pub mount: Option<PathBuf>,
 }
 
 fn size_flag(name: &str, v: Option<String>, default: u64) -> Result<u64, Failure> {
@@ -102,12 +103,6 @@ fn size_flag(name: &str, v: Option<String>, default: u64) -> Result<u64, Failure
 
 impl DaemonConfig {
     pub fn merge(a: DaemonArgs, f: FileConfig, socket: PathBuf) -> Result<DaemonConfig, Failure> {
-        if let Some(m) = a.mount.or(f.mount) {
-            return Err(Failure::usage(format!(
-                "--mount {}: the FUSE namespace view is not part of this build yet; run without --mount",
-                m.display()
-            )));
-        }
         let chunk_size = size_flag(
             "chunk-size",
             a.chunk_size.or(f.chunk_size),
@@ -145,6 +140,7 @@ impl DaemonConfig {
             chunk_size,
             concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl.or(f.metadata_ttl).unwrap_or(60)),
+            mount: a.mount.or(f.mount),
         })
     }
 }

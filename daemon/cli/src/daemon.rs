@@ -108,8 +108,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let namespace = match &cfg.mount {
+        Some(dir) => Some(mount_namespace(dir, &cfg.socket, cfg.metadata_ttl).await?),
+        None => None,
+    };
     tracing::info!(
         socket = %cfg.socket.display(),
+        mount = cfg.mount.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "off".into()),
         metrics = metrics_addr.as_deref().unwrap_or("off"),
         cache_dir = %cfg.cache_dir.display(),
         capacity = cfg.cache_size,
@@ -122,6 +127,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    if let Some(session) = namespace {
+        let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
     }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(DRAIN, grpc).await {
@@ -152,4 +160,47 @@ async fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("--socket: cannot remove stale {}", path.display()))?;
     }
     UnixListener::bind(path).with_context(|| format!("--socket {}: cannot listen", path.display()))
+}
+
+/// Serves the namespace view (`DIR/hf/ORG/NAME[@REV]/…`) from this daemon, through its own
+/// local API. A mount left behind by a daemon that died is cleared first.
+async fn mount_namespace(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+    ttl: Duration,
+) -> anyhow::Result<fuser::BackgroundSession> {
+    if crate::mount::is_mounted(dir) {
+        tracing::warn!(dir = %dir.display(), "clearing a stale mount");
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--mount {}", dir.display()))?;
+    let dir = dir.to_path_buf();
+    let socket = socket.to_path_buf();
+    // The backend blocks on a runtime of its own: build it on a plain thread, outside this
+    // runtime's context.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send((move || -> anyhow::Result<fuser::BackgroundSession> {
+            let backend = Arc::new(
+                locus_fuse::daemon::DaemonBackend::connect(&socket).map_err(anyhow::Error::msg)?,
+            );
+            let fs = locus_fuse::LocusFs::namespace(
+                backend,
+                locus_fuse::MountOptions {
+                    ttl,
+                    ..locus_fuse::MountOptions::default()
+                },
+            );
+            let config = crate::mount::fuse_config("locus".into(), true, 8);
+            let session = fuser::spawn_mount(fs, &dir, &config).with_context(|| {
+                format!(
+                    "--mount {}: cannot mount (needs root and /dev/fuse)",
+                    dir.display()
+                )
+            })?;
+            crate::mount::raise_readahead(&dir);
+            Ok(session)
+        })());
+    });
+    rx.await?
 }

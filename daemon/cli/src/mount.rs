@@ -91,20 +91,7 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         },
     )
     .map_err(|e| Failure::new(1, e.to_string()))?;
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::RO,
-        fuser::MountOption::FSName(format!("locus:{}", a.uri)),
-        fuser::MountOption::Subtype("locus".into()),
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::DefaultPermissions,
-    ];
-    if a.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(a.threads.clamp(1, 64));
-    config.clone_fd = true;
+    let config = fuse_config(format!("locus:{}", a.uri), a.allow_other, a.threads);
     let session = fuser::spawn_mount(fs, &a.mountpoint, &config)
         .map_err(|e| Failure::new(1, format!("mounting {}: {e}", a.mountpoint.display())))?;
     raise_readahead(&a.mountpoint);
@@ -199,10 +186,29 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     }
 }
 
+/// Mount options shared by `locus mount` and the daemon's namespace view.
+pub fn fuse_config(fsname: String, allow_other: bool, threads: usize) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(fsname),
+        fuser::MountOption::Subtype("locus".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(threads.clamp(1, 64));
+    config.clone_fd = true;
+    config
+}
+
 /// The kernel reads ahead of a sequential reader by the mount's bdi setting (128 KiB by
 /// default), which caps FUSE read requests; model files are read whole, so ask for 16 MiB.
 /// Needs root; without it the default stays.
-fn raise_readahead(mountpoint: &Path) {
+pub fn raise_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mountpoint) else {
         return;

@@ -298,3 +298,47 @@ fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not mounted"));
 }
+
+#[test]
+fn the_daemons_namespace_view() {
+    let env = Env::new();
+    let model = random_files(2, 300_000, 21);
+    let data = vec![(
+        "train/part-0.jsonl".to_string(),
+        bytes::Bytes::from_static(b"{\"x\":1}\n"),
+    )];
+    let rev = env.sim.commit("model", "acme/m", model.clone());
+    env.sim.commit("dataset", "acme/ds", data.clone());
+    let ns = env.path("ns");
+    let mut d = env.daemon("n", &["--mount", ns.to_str().unwrap()], &[]);
+    assert!(mounted(&ns));
+    let hf = ns.join("hf");
+    assert_eq!(
+        std::fs::read(hf.join("acme/m").join(&model[0].0)).unwrap(),
+        model[0].1.to_vec()
+    );
+    assert_eq!(
+        std::fs::read(hf.join(format!("acme/m@{rev}")).join(&model[1].0)).unwrap(),
+        model[1].1.to_vec()
+    );
+    assert_eq!(
+        std::fs::read(hf.join("datasets/acme/ds/train/part-0.jsonl")).unwrap(),
+        data[0].1.to_vec()
+    );
+    let e = std::fs::metadata(hf.join("acme/nope")).expect_err("no such repo");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let e = std::fs::write(hf.join("acme/m/new"), b"x").expect_err("read-only");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    // A clean stop unmounts; a daemon killed with SIGKILL leaves a mount the next start clears.
+    assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
+    assert!(!mounted(&ns));
+    d.restart();
+    assert!(mounted(&ns));
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.restart();
+    assert_eq!(
+        std::fs::read(hf.join("acme/m").join(&model[0].0)).unwrap(),
+        model[0].1.to_vec()
+    );
+    assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
+}
