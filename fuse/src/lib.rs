@@ -13,9 +13,11 @@
 //! refetch it, then fails with EIO if it fails again) → the bytes come from the daemon's cache
 //! file with `pread`. A sequential reader triggers read-ahead of the next chunks in the
 //! background, doubling up to [`MAX_READAHEAD_CHUNKS`], so the first bytes arrive before the file
-//! is fetched and the rest keeps flowing. A file that is complete and verified when opened is
-//! handed to the kernel (FUSE passthrough, Linux 6.9+) where the kernel offers it; reads then
-//! never reach this process.
+//! is fetched and the rest keeps flowing. A file of 1 MiB or more that is complete and verified
+//! when opened is handed to the kernel (FUSE passthrough, Linux 6.9+, root) where the kernel
+//! offers it, once this mount has checked every chunk of it; reads then never reach this
+//! process. The kernel keeps an inode in one mode while it is open, so a file already open
+//! through this process is opened the same way again until every such open is closed.
 
 pub mod daemon;
 mod fs;

@@ -191,7 +191,7 @@ async fn mount_namespace(
                     ..locus_fuse::MountOptions::default()
                 },
             );
-            let config = crate::mount::fuse_config("locus".into(), true, 8);
+            let config = crate::mount::fuse_config("locus".into(), true, 16);
             let session = fuser::spawn_mount(fs, &dir, &config).with_context(|| {
                 format!(
                     "--mount {}: cannot mount (needs root and /dev/fuse)",

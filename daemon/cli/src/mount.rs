@@ -24,11 +24,11 @@ pub struct MountArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     allow_other: bool,
     /// FUSE worker threads.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     threads: usize,
-    /// Hand complete files to the kernel (FUSE passthrough, Linux 6.9+); experimental.
+    /// Never hand complete files to the kernel (FUSE passthrough, Linux 6.9+, root).
     #[arg(long)]
-    passthrough: bool,
+    no_passthrough: bool,
 }
 
 /// Whether `path` is a mount point now (per /proc/self/mountinfo).
@@ -86,7 +86,7 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         backend,
         &a.uri,
         MountOptions {
-            passthrough: a.passthrough,
+            passthrough: !a.no_passthrough,
             ..MountOptions::default()
         },
     )
@@ -143,8 +143,8 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    if a.passthrough {
-        cmd.arg("--passthrough");
+    if a.no_passthrough {
+        cmd.arg("--no-passthrough");
     }
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
     unsafe {
