@@ -100,7 +100,7 @@ def main():
         d.locus("warm", "hf://datasets/bench/small")
         rels = [p.relative_to(src) for p in src.rglob("*.bin")]
         read_all([src / r for r in rels], 48)
-        fuse_t, nat_t = [], []
+        fuse_t, fuse2_t, nat_t = [], [], []
         for i in range(a.runs):
             mnt = work / f"smnt{i}"
             mount(d, "hf://datasets/bench/small", mnt)
@@ -108,11 +108,14 @@ def main():
             assert n == 3000 * 10_000
             fuse_t.append(t)
             nat_t.append(read_all([src / r for r in rels], 48)[0])
+            fuse2_t.append(read_all([mnt / r for r in rels], 48)[0])
             unmount(mnt)
         print("\n## 48 threads reading 3,000 cached 10 KB files (fresh mount each run)")
         print(f"native  median {statistics.median(nat_t):.3f} s ({3000 / statistics.median(nat_t):.0f} files/s)")
         print(f"mount   median {statistics.median(fuse_t):.3f} s ({3000 / statistics.median(fuse_t):.0f} files/s); "
               f"rate ratio {statistics.median(n / f for n, f in zip(nat_t, fuse_t)):.2f} (goal >= 0.5)")
+        print(f"mount, second pass median {statistics.median(fuse2_t):.3f} s ({3000 / statistics.median(fuse2_t):.0f} files/s); "
+              f"rate ratio {statistics.median(n / f for n, f in zip(nat_t, fuse2_t)):.2f}")
         d.stop()
         origin.terminate()
         origin.wait()

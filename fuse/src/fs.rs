@@ -598,13 +598,17 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
                 lock(&self.handles).insert(fh, (st, true));
                 // FOPEN_KEEP_CACHE is not allowed with passthrough: the kernel caches the
                 // backing file's pages itself.
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
             }
             inner.cached_opens += 1;
         }
         lock(&self.handles).insert(fh, (st, false));
         // The identity behind an inode never changes: keep the kernel's pages across opens.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        // Nothing is ever written, so a close needs no FLUSH round trip.
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     }
 
     fn read(
