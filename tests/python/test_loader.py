@@ -23,7 +23,9 @@ NP_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, np.in
              np.float32, np.float64, np.int64, np.uint64]
 PT_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16, torch.bfloat16,
              torch.int32, torch.uint32, torch.float32, torch.float64, torch.int64, torch.uint64,
-             torch.float8_e4m3fn, torch.float8_e5m2]
+             torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64]
+if hasattr(torch, "float8_e8m0fnu"):
+    PT_DTYPES.append(torch.float8_e8m0fnu)
 
 
 def same(a, b):
@@ -50,7 +52,7 @@ def pt_tensors():
     out = {}
     for dt in PT_DTYPES:
         name = str(dt).split(".")[1]
-        base = torch.randint(0, 100, (4, 6), generator=g)
+        base = torch.randint(1, 100, (4, 6), generator=g)
         out[f"{name}.matrix"] = (base % 2).to(dt) if dt == torch.bool else base.to(dt)
         out[f"{name}.scalar"] = torch.tensor(3).to(dt)
         out[f"{name}.empty"] = torch.zeros((2, 0), dtype=dt)
