@@ -112,20 +112,23 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Percent-encodes one path segment (a `/` in it becomes `%2F`).
+fn encode_segment(seg: &str) -> String {
+    let mut out = String::with_capacity(seg.len());
+    for b in seg.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Percent-encodes each segment of a path, keeping the slashes.
 fn encode_path(path: &str) -> String {
     path.split('/')
-        .map(|seg| {
-            let mut out = String::with_capacity(seg.len());
-            for b in seg.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    out.push(b as char);
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
-            out
-        })
+        .map(encode_segment)
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -361,7 +364,7 @@ impl Origin for HfOrigin {
             "{}/api/{}/{repo}/revision/{}",
             self.cfg.endpoint,
             rt.api_plural(),
-            encode_path(&revision.replace('/', "%2F")).replace("%252F", "%2F")
+            encode_segment(revision)
         );
         let what = format!("{ns}@{revision}");
         let (info, _) = self
@@ -498,6 +501,7 @@ mod tests {
     fn encodes_paths() {
         assert_eq!(encode_path("a b/c+d.bin"), "a%20b/c%2Bd.bin");
         assert_eq!(encode_path("x/y_z-1.safetensors"), "x/y_z-1.safetensors");
+        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
     }
 
     #[test]
