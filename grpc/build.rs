@@ -5,7 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .bytes(".locus.v1.DataChunk.data")
-        .compile_protos(&["proto/locus/v1/local.proto"], &["proto"])?;
+        .bytes(".locus.v1.ChunkPiece.data")
+        .compile_protos(
+            &["proto/locus/v1/local.proto", "proto/locus/v1/peer.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

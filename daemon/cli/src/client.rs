@@ -346,7 +346,14 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
         let members: Vec<_> = s
             .members
             .iter()
-            .map(|m| serde_json::json!({ "addr": m.addr, "state": m.state }))
+            .map(|m| {
+                serde_json::json!({
+                    "addr": m.addr,
+                    "state": m.state,
+                    "load": m.load,
+                    "self": m.addr == s.node_addr,
+                })
+            })
             .collect();
         println!(
             "{}",
@@ -360,10 +367,12 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
                 "cache_misses": s.cache_misses,
                 "origin_bytes": s.origin_bytes,
                 "peer_bytes": s.peer_bytes,
+                "peer_bytes_sent": s.peer_bytes_sent,
                 "local_bytes": s.local_bytes,
                 "origin_requests": s.origin_requests,
                 "chunk_size": s.chunk_size,
                 "members": members,
+                "node_addr": s.node_addr,
             })
         );
     } else {
@@ -382,8 +391,9 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
             format_size(s.peer_bytes),
             format_size(s.local_bytes)
         );
+        println!("sent        {} to peers", format_size(s.peer_bytes_sent));
         for m in &s.members {
-            println!("member      {} {}", m.addr, m.state);
+            println!("member      {} {} (load {:.0})", m.addr, m.state, m.load);
         }
     }
     Ok(())

@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use locus_core::Secret;
+use locus_node::peer::{PeerSecurity, PeerTls};
+
 use crate::Failure;
 
 pub use locus_grpc::DEFAULT_SOCKET;
@@ -46,6 +49,30 @@ pub struct DaemonArgs {
     /// Seconds a branch or tag stays resolved to one commit [default: 60].
     #[arg(long, env = "LOCUS_METADATA_TTL")]
     metadata_ttl: Option<u64>,
+    /// Owners that hold each chunk after a cluster-scope warm [default: 1].
+    #[arg(long, env = "LOCUS_REPLICAS")]
+    replicas: Option<usize>,
+    /// Bounded-load slack ε: a member above (1+ε) times the mean load passes reads on [default: 0.25].
+    #[arg(long, env = "LOCUS_LOAD_EPSILON")]
+    load_epsilon: Option<f64>,
+    /// Seconds an etcd lease lives: a node that dies leaves the ring after this [default: 10].
+    #[arg(long, env = "LOCUS_MEMBERSHIP_TTL")]
+    membership_ttl: Option<u64>,
+    /// File holding a token that peers must present to each other (same on every node).
+    #[arg(long, env = "LOCUS_PEER_TOKEN_FILE")]
+    peer_token_file: Option<PathBuf>,
+    /// Mutual TLS between peers: this node's PEM certificate (with --peer-tls-key, --peer-tls-ca).
+    #[arg(long, env = "LOCUS_PEER_TLS_CERT")]
+    peer_tls_cert: Option<PathBuf>,
+    /// This node's PEM private key.
+    #[arg(long, env = "LOCUS_PEER_TLS_KEY")]
+    peer_tls_key: Option<PathBuf>,
+    /// The PEM CA that signs every member's certificate.
+    #[arg(long, env = "LOCUS_PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
+    /// The name every member's certificate carries [default: locus-peer].
+    #[arg(long, env = "LOCUS_PEER_TLS_NAME")]
+    peer_tls_name: Option<String>,
 }
 
 /// The `--config` file: the same keys as the flags.
@@ -64,6 +91,14 @@ pub struct FileConfig {
     mount: Option<PathBuf>,
     concurrency: Option<usize>,
     metadata_ttl: Option<u64>,
+    replicas: Option<usize>,
+    load_epsilon: Option<f64>,
+    membership_ttl: Option<u64>,
+    peer_token_file: Option<PathBuf>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
+    peer_tls_name: Option<String>,
 }
 
 impl FileConfig {
@@ -85,13 +120,16 @@ pub struct DaemonConfig {
     pub cache_size: u64,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<String>,
-    pub peers: Vec<String>,
-    pub membership: Option<String>,
+    pub membership: Option<locus_cluster::Membership>,
     pub metrics: Option<SocketAddr>,
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
     pub mount: Option<PathBuf>,
+    pub replicas: usize,
+    pub load_epsilon: f64,
+    pub membership_ttl: Duration,
+    pub security: PeerSecurity,
 }
 
 fn size_flag(name: &str, v: Option<String>, default: u64) -> Result<u64, Failure> {
@@ -114,13 +152,54 @@ impl DaemonConfig {
             ));
         }
         let membership = a.membership.or(f.membership);
-        if let Some(m) = &membership {
-            if !(m.starts_with("dns://") || m.starts_with("etcd://")) {
+        let peers = a.peers.or(f.peers).unwrap_or_default();
+        let membership = match (membership, peers.is_empty()) {
+            (Some(m), true) => Some(
+                locus_cluster::Membership::parse(&m).map_err(|e| Failure::usage(e.to_string()))?,
+            ),
+            (Some(_), false) => {
+                return Err(Failure::usage(
+                    "use either --peers or --membership, not both",
+                ))
+            }
+            (None, false) => Some(locus_cluster::Membership::Static(peers)),
+            (None, true) => None,
+        };
+        let listen = a.listen.or(f.listen);
+        let advertise = a.advertise.or(f.advertise);
+        if membership.is_some() && listen.is_none() {
+            return Err(Failure::usage(
+                "--peers and --membership need --listen ADDR (the peer port)",
+            ));
+        }
+        if let Some(l) = listen {
+            if l.ip().is_unspecified() && advertise.is_none() {
                 return Err(Failure::usage(format!(
-                    "--membership {m:?}: expected dns://NAME:PORT or etcd://HOST:PORT[,HOST:PORT]/PREFIX"
+                    "--listen {l} binds every address: say which one peers dial with --advertise HOST:PORT"
                 )));
             }
         }
+        let replicas = a.replicas.or(f.replicas).unwrap_or(1);
+        if !(1..=16).contains(&replicas) {
+            return Err(Failure::usage("--replicas must be between 1 and 16"));
+        }
+        let load_epsilon = a.load_epsilon.or(f.load_epsilon).unwrap_or(0.25);
+        if !(0.0..=10.0).contains(&load_epsilon) {
+            return Err(Failure::usage("--load-epsilon must be between 0 and 10"));
+        }
+        let membership_ttl = a.membership_ttl.or(f.membership_ttl).unwrap_or(10);
+        if !(2..=3600).contains(&membership_ttl) {
+            return Err(Failure::usage(
+                "--membership-ttl must be between 2 and 3600 seconds",
+            ));
+        }
+        let security = peer_security(
+            a.peer_token_file.or(f.peer_token_file),
+            a.peer_tls_cert.or(f.peer_tls_cert),
+            a.peer_tls_key.or(f.peer_tls_key),
+            a.peer_tls_ca.or(f.peer_tls_ca),
+            a.peer_tls_name.or(f.peer_tls_name),
+        )?;
         let concurrency = a.concurrency.or(f.concurrency).unwrap_or(16);
         if concurrency == 0 || concurrency > 1024 {
             return Err(Failure::usage("--concurrency must be between 1 and 1024"));
@@ -132,15 +211,63 @@ impl DaemonConfig {
                 .or(f.cache_dir)
                 .unwrap_or_else(|| PathBuf::from("/var/cache/locus")),
             cache_size: size_flag("cache-size", a.cache_size.or(f.cache_size), 10 << 30)?,
-            listen: a.listen.or(f.listen),
-            advertise: a.advertise.or(f.advertise),
-            peers: a.peers.or(f.peers).unwrap_or_default(),
+            listen,
+            advertise,
             membership,
             metrics: a.metrics.or(f.metrics),
             chunk_size,
             concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl.or(f.metadata_ttl).unwrap_or(60)),
             mount: a.mount.or(f.mount),
+            replicas,
+            load_epsilon,
+            membership_ttl: Duration::from_secs(membership_ttl),
+            security,
         })
     }
+}
+
+fn read_flag(name: &str, p: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(p).map_err(|e| Failure::usage(format!("--{name} {}: {e}", p.display())))
+}
+
+/// Peer authentication from files, so that no secret sits in a flag or the process list.
+fn peer_security(
+    token_file: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    name: Option<String>,
+) -> Result<PeerSecurity, Failure> {
+    let token = match token_file {
+        Some(p) => {
+            let raw = read_flag("peer-token-file", &p)?;
+            let t = String::from_utf8(raw)
+                .map_err(|_| Failure::usage("--peer-token-file: not UTF-8"))?
+                .trim()
+                .to_string();
+            if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Failure::usage(
+                    "--peer-token-file: the token must be at least 16 printable ASCII characters",
+                ));
+            }
+            Some(Secret::new(t))
+        }
+        None => None,
+    };
+    let tls = match (cert, key, ca) {
+        (None, None, None) => None,
+        (Some(c), Some(k), Some(a)) => Some(PeerTls {
+            cert_pem: read_flag("peer-tls-cert", &c)?,
+            key_pem: read_flag("peer-tls-key", &k)?,
+            ca_pem: read_flag("peer-tls-ca", &a)?,
+            server_name: name.unwrap_or_else(|| "locus-peer".into()),
+        }),
+        _ => {
+            return Err(Failure::usage(
+                "mutual TLS needs all of --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+            ))
+        }
+    };
+    Ok(PeerSecurity { token, tls })
 }

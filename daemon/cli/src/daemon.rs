@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use locus_grpc::v1::local_server::LocalServer;
+use locus_cluster::{Cluster, ClusterConfig, Membership, MembershipOptions};
+use locus_grpc::v1::peer_server::PeerServer;
+use locus_node::peer::server::{check_token, PeerService};
+use locus_node::peer::{GrpcPeers, PeerTransport};
 use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use locus_origin::{HfConfig, HfOrigin};
 use locus_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -39,15 +44,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let prom = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     metrics_defs::describe();
-    metrics::gauge!(metrics_defs::RING_MEMBERS).set(1.0);
-
-    if !cfg.peers.is_empty() || cfg.membership.is_some() || cfg.listen.is_some() {
-        tracing::warn!(
-            peers = ?cfg.peers,
-            membership = ?cfg.membership,
-            "cluster membership is not served by this build yet; running as a single node"
-        );
-    }
 
     let store = Store::open(&cfg.cache_dir, cfg.cache_size)
         .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;
@@ -58,27 +54,87 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         "Hugging Face origin"
     );
     let origin = Arc::new(HfOrigin::new(hf)?);
-    let advertise = cfg
-        .advertise
-        .clone()
-        .or(cfg.listen.map(|a| a.to_string()))
-        .unwrap_or_else(|| "local".into());
-    let node = Node::new(
+    // Bound before anything else starts, so that a taken port fails fast.
+    let peer_listener = match cfg.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    let advertise = match (&cfg.advertise, &peer_listener) {
+        (Some(a), _) => a.clone(),
+        (None, Some(l)) => l.local_addr()?.to_string(),
+        (None, None) => "local".into(),
+    };
+    let cluster = Cluster::new(ClusterConfig {
+        me: advertise.clone(),
+        epsilon: cfg.load_epsilon,
+        replicas: cfg.replicas,
+    });
+    let transport: Option<Arc<dyn PeerTransport>> = match &peer_listener {
+        Some(_) => Some(GrpcPeers::new(&cfg.security).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let node = Node::with_cluster(
         origin,
         store.clone(),
         NodeConfig {
             chunk_size: cfg.chunk_size,
             concurrency: cfg.concurrency,
             metadata_ttl: cfg.metadata_ttl,
-            advertise,
             ..NodeConfig::default()
         },
+        cluster.clone(),
+        transport,
     );
 
     let listener = bind_socket(&cfg.socket).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let peer_server = match peer_listener {
+        Some(l) => {
+            let mut builder = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(8 << 20))
+                .initial_connection_window_size(Some(32 << 20))
+                .http2_keepalive_interval(Some(Duration::from_secs(10)));
+            if let Some(tls) = &cfg.security.tls {
+                builder = builder
+                    .tls_config(
+                        ServerTlsConfig::new()
+                            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                            .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+                    )
+                    .context("peer TLS settings")?;
+            }
+            let svc = tonic::service::interceptor::InterceptedService::new(
+                PeerServer::new(PeerService::new(node.clone())).max_decoding_message_size(1 << 20),
+                check_token(cfg.security.token.clone()),
+            );
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let serve = builder
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone()));
+            let membership = tokio::spawn(locus_cluster::membership::run(
+                cfg.membership
+                    .clone()
+                    .unwrap_or(Membership::Static(Vec::new())),
+                cluster.clone(),
+                MembershipOptions {
+                    lease_ttl: cfg.membership_ttl,
+                    ..MembershipOptions::default()
+                },
+                stop_rx.clone(),
+            ));
+            node.spawn_health_checks();
+            Some((tokio::spawn(serve), membership))
+        }
+        None => None,
     };
 
     let grpc = tokio::spawn(
@@ -119,6 +175,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cache_dir = %cfg.cache_dir.display(),
         capacity = cfg.cache_size,
         chunk_size = cfg.chunk_size,
+        peer = cfg.listen.map(|l| l.to_string()).unwrap_or_else(|| "off".into()),
+        advertise,
+        membership = ?cfg.membership,
+        peer_auth = match (&cfg.security.token, &cfg.security.tls) {
+            (_, Some(_)) => "mtls",
+            (Some(_), None) => "token",
+            (None, None) => "none",
+        },
         "ready"
     );
 
@@ -132,6 +196,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
     }
     let _ = stop_tx.send(true);
+    if let Some((server, membership)) = peer_server {
+        // Leave the membership first (an etcd member revokes its lease), then drain.
+        let _ = tokio::time::timeout(Duration::from_secs(3), membership).await;
+        let _ = tokio::time::timeout(DRAIN, server).await;
+    }
     match tokio::time::timeout(DRAIN, grpc).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "local API ended with an error"),
         Err(_) => tracing::warn!("requests still running after {DRAIN:?}; stopping anyway"),

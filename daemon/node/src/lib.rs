@@ -9,10 +9,19 @@
 //!
 //! 1. local disk: a stored chunk is a hit;
 //! 2. otherwise one fetch per chunk on this node (single-flight: concurrent readers of a missing
-//!    chunk await the same task), bounded by `concurrency` origin connections. The fetch streams the
-//!    range into the sparse file at the chunk's offset in 1 MiB writes, computing CRC32C on the
-//!    way, and records the chunk only once all its bytes are written. Transient failures
-//!    (5xx, 429, a body cut short) are retried with backoff.
+//!    chunk await the same task). The fetch streams the chunk into the sparse file at its offset
+//!    in 1 MiB writes, computing CRC32C on the way, and records the chunk only once all its bytes
+//!    are written and their CRC matches. Its source:
+//!    - a peer, when this node is not the chunk's primary owner on the ring: the peer chosen by
+//!      bounded loads (see `locus-cluster`), which serves it from its disk or gets it itself
+//!      (from the origin if it is the primary, else from the primary); a peer that fails is
+//!      marked down and the next candidate tried, then the origin;
+//!    - the origin, when this node is the primary owner (or no peer could help), bounded by
+//!      `concurrency` connections; transient failures (5xx, 429, a body cut short) are retried
+//!      with backoff.
+//!
+//! Metadata goes the same way: revisions and listings are asked of the namespace's owner on the
+//! ring, which answers from its cache, so the cluster asks the origin once per TTL.
 //!
 //! Once every chunk is stored, the whole file is read back once and checked against the digest
 //! the origin published (LFS sha256, or the git blob id); each chunk's CRC is checked on that
@@ -21,15 +30,18 @@
 
 pub mod http;
 pub mod metrics_defs;
+pub mod peer;
 mod read;
+mod scope;
 pub mod service;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::future::{BoxFuture, Shared};
+use locus_cluster::{key_hash, Cluster, ClusterConfig};
 use locus_core::uri::LocusUri;
 use locus_core::{Namespace, RemoteFile, UriError};
 use locus_origin::{Origin, OriginError, RetryPolicy};
@@ -37,7 +49,7 @@ use locus_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-pub use read::WarmProgress;
+pub use read::{chunk_hash, Source, WarmProgress};
 
 /// What a node does when asked.
 #[derive(Clone, Debug)]
@@ -50,8 +62,6 @@ pub struct NodeConfig {
     pub metadata_ttl: Duration,
     /// Retries of chunk fetches whose body broke off.
     pub retry: RetryPolicy,
-    /// This node's address as shown in status.
-    pub advertise: String,
 }
 
 impl Default for NodeConfig {
@@ -61,7 +71,6 @@ impl Default for NodeConfig {
             concurrency: 16,
             metadata_ttl: Duration::from_secs(60),
             retry: RetryPolicy::default(),
-            advertise: "local".into(),
         }
     }
 }
@@ -100,6 +109,10 @@ pub enum NodeError {
         /// Bytes asked for.
         want: u64,
     },
+    /// A peer answered with an error that settles the matter (the file is missing at the
+    /// origin, access is denied).
+    #[error(transparent)]
+    Peer(#[from] peer::PeerError),
     /// An internal task failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -128,6 +141,8 @@ pub struct Counters {
     pub origin_bytes: AtomicU64,
     /// Bytes received from peers.
     pub peer_bytes: AtomicU64,
+    /// Bytes sent to peers.
+    pub peer_bytes_sent: AtomicU64,
     /// Bytes served from the local disk.
     pub local_bytes: AtomicU64,
     /// Chunk lookups found on disk.
@@ -138,7 +153,7 @@ pub struct Counters {
     pub origin_requests: AtomicU64,
 }
 
-type ChunkFuture = Shared<BoxFuture<'static, Result<(), NodeError>>>;
+type ChunkFuture = Shared<BoxFuture<'static, Result<read::Source, NodeError>>>;
 
 #[derive(Serialize, Deserialize)]
 struct CachedRevision {
@@ -156,6 +171,10 @@ pub struct Node {
     listings: DashMap<(Namespace, String), Arc<Vec<RemoteFile>>>,
     permits: Arc<Semaphore>,
     counters: Counters,
+    cluster: Arc<Cluster>,
+    peers: Option<Arc<dyn peer::PeerTransport>>,
+    /// Peer requests being served now (the load this node reports).
+    serving: AtomicU32,
 }
 
 /// A URI resolved at an immutable revision.
@@ -169,8 +188,25 @@ pub struct Resolved {
 }
 
 impl Node {
-    /// A node over `origin` and `store`.
+    /// A node on its own, over `origin` and `store`.
     pub fn new(origin: Arc<dyn Origin>, store: Arc<Store>, cfg: NodeConfig) -> Arc<Node> {
+        Self::with_cluster(
+            origin,
+            store,
+            cfg,
+            Cluster::new(ClusterConfig::solo("local")),
+            None,
+        )
+    }
+
+    /// A node that is a member of `cluster`, reaching its peers through `peers`.
+    pub fn with_cluster(
+        origin: Arc<dyn Origin>,
+        store: Arc<Store>,
+        cfg: NodeConfig,
+        cluster: Arc<Cluster>,
+        peers: Option<Arc<dyn peer::PeerTransport>>,
+    ) -> Arc<Node> {
         Arc::new(Node {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             origin,
@@ -180,7 +216,34 @@ impl Node {
             revisions: DashMap::new(),
             listings: DashMap::new(),
             counters: Counters::default(),
+            cluster,
+            peers,
+            serving: AtomicU32::new(0),
         })
+    }
+
+    /// The cluster view.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The peer transport, when the node has peers.
+    pub fn peers(&self) -> Option<&Arc<dyn peer::PeerTransport>> {
+        self.peers.as_ref()
+    }
+
+    /// Peer requests being served now.
+    pub fn serving(&self) -> u32 {
+        self.serving.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The member that owns `ns`'s metadata, when it is another node that answers.
+    fn metadata_owner(&self, ns: &Namespace) -> Option<(String, Arc<dyn peer::PeerTransport>)> {
+        let peers = self.peers.clone()?;
+        let owner = self
+            .cluster
+            .primary(key_hash(format!("meta:{ns}").as_bytes()));
+        (owner != self.cluster.me()).then_some((owner, peers))
     }
 
     /// The store.
@@ -201,13 +264,71 @@ impl Node {
     /// Resolves a revision to an immutable id: cached for the metadata TTL; past it, a fresh
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
     async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
+        // A full commit id is immutable: nothing to ask.
+        if rev.len() == 40 && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Ok(rev.to_string());
+        }
         let k = (ns.clone(), rev.to_string());
         if let Some(e) = self.revisions.get(&k) {
             if e.1.elapsed() < self.cfg.metadata_ttl {
                 return Ok(e.0.clone());
             }
         }
+        if let Some((owner, peers)) = self.metadata_owner(ns) {
+            let req = locus_grpc::v1::ResolveRequest {
+                namespace: ns.to_string(),
+                revision: rev.to_string(),
+            };
+            match peers.resolve(&owner, req).await {
+                Ok(r) if r.id.len() <= peer::MAX_FIELD && !r.id.is_empty() => {
+                    let age = Duration::from_millis(r.age_ms).min(self.cfg.metadata_ttl);
+                    let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                    self.revisions.insert(k, (r.id.clone(), at));
+                    return Ok(r.id);
+                }
+                Ok(_) => self.cluster.mark_down(&owner, "sent an empty revision"),
+                Err(e) => {
+                    if e.marks_down() {
+                        self.cluster.mark_down(&owner, &e.to_string());
+                    }
+                    if let peer::PeerError::Status { code, .. } = &e {
+                        if matches!(code, tonic::Code::NotFound | tonic::Code::PermissionDenied) {
+                            return Err(e.into());
+                        }
+                    }
+                    tracing::warn!(%ns, rev, error = %e, "metadata owner did not answer; asking the origin");
+                }
+            }
+        }
+        self.revision_local(ns, rev).await.map(|(id, _)| id)
+    }
+
+    /// Resolves a revision from this node's cache or the origin (never a peer), with the age
+    /// of the answer: what a metadata owner serves.
+    pub async fn revision_local(
+        &self,
+        ns: &Namespace,
+        rev: &str,
+    ) -> Result<(String, Duration), NodeError> {
+        let k = (ns.clone(), rev.to_string());
+        if let Some(e) = self.revisions.get(&k) {
+            if e.1.elapsed() < self.cfg.metadata_ttl {
+                return Ok((e.0.clone(), e.1.elapsed()));
+            }
+        }
         let meta_key = format!("rev:{ns}@{rev}");
+        self.revision_origin(ns, rev, k, meta_key)
+            .await
+            .map(|id| (id, Duration::ZERO))
+    }
+
+    async fn revision_origin(
+        &self,
+        ns: &Namespace,
+        rev: &str,
+        k: (Namespace, String),
+        meta_key: String,
+    ) -> Result<String, NodeError> {
         match self.origin.resolve(ns, rev).await {
             Ok(id) => {
                 self.revisions.insert(k, (id.clone(), Instant::now()));
@@ -239,21 +360,30 @@ impl Node {
         }
     }
 
-    async fn listing(
+    /// Every file of `ns` at `rev_id`: from memory, the index, the namespace's owner (unless
+    /// `local_only`), or the origin.
+    pub async fn listing(
         &self,
         ns: &Namespace,
         rev_id: &str,
+        local_only: bool,
     ) -> Result<Arc<Vec<RemoteFile>>, NodeError> {
         let k = (ns.clone(), rev_id.to_string());
         if let Some(l) = self.listings.get(&k) {
             return Ok(l.clone());
         }
         let meta_key = format!("list:{ns}@{rev_id}");
-        let files = match self
-            .store
-            .meta_get(&meta_key)
-            .and_then(|b| serde_json::from_slice::<Vec<RemoteFile>>(&b).ok())
-        {
+        let from_owner = match self.metadata_owner(ns).filter(|_| !local_only) {
+            Some((owner, peers)) if self.store.meta_get(&meta_key).is_none() => {
+                self.listing_from(ns, rev_id, &owner, &*peers).await?
+            }
+            _ => None,
+        };
+        let files = match from_owner.or_else(|| {
+            self.store
+                .meta_get(&meta_key)
+                .and_then(|b| serde_json::from_slice::<Vec<RemoteFile>>(&b).ok())
+        }) {
             Some(f) => f,
             None => {
                 let f = self.origin.list(ns, rev_id).await?;
@@ -268,12 +398,63 @@ impl Node {
         Ok(files)
     }
 
+    /// A listing from the namespace's owner, checked entry by entry; `None` (ask the origin)
+    /// when the owner cannot answer, an error when its answer settles the matter.
+    async fn listing_from(
+        &self,
+        ns: &Namespace,
+        rev_id: &str,
+        owner: &str,
+        peers: &dyn peer::PeerTransport,
+    ) -> Result<Option<Vec<RemoteFile>>, NodeError> {
+        let req = locus_grpc::v1::PeerListRequest {
+            namespace: ns.to_string(),
+            revision_id: rev_id.to_string(),
+        };
+        let e = match peers.list(owner, req).await {
+            Ok(r) if r.files.len() <= peer::MAX_FILES => {
+                match r
+                    .files
+                    .into_iter()
+                    .map(peer::file_from_pb)
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(f) => {
+                        if let Ok(b) = serde_json::to_vec(&f) {
+                            self.store.meta_put(&format!("list:{ns}@{rev_id}"), b);
+                        }
+                        return Ok(Some(f));
+                    }
+                    Err(why) => peer::PeerError::Garbled {
+                        addr: owner.to_string(),
+                        detail: why,
+                    },
+                }
+            }
+            Ok(_) => peer::PeerError::Garbled {
+                addr: owner.to_string(),
+                detail: "too many files".into(),
+            },
+            Err(e) => e,
+        };
+        if e.marks_down() {
+            self.cluster.mark_down(owner, &e.to_string());
+        }
+        if let peer::PeerError::Status { code, .. } = &e {
+            if matches!(code, tonic::Code::NotFound | tonic::Code::PermissionDenied) {
+                return Err(e.into());
+            }
+        }
+        tracing::warn!(%ns, rev_id, error = %e, "metadata owner did not answer; asking the origin");
+        Ok(None)
+    }
+
     /// Resolves `uri` to the files it names at an immutable revision.
     pub async fn resolve(&self, uri: &LocusUri) -> Result<Resolved, NodeError> {
         let revision = self
             .revision(&uri.namespace, uri.revision_or_default())
             .await?;
-        let all = self.listing(&uri.namespace, &revision).await?;
+        let all = self.listing(&uri.namespace, &revision, false).await?;
         if uri.path.is_empty() {
             return Ok(Resolved {
                 revision,

@@ -11,6 +11,7 @@ use locus_core::{Digest, RemoteFile};
 use locus_store::FileHandle;
 use sha1::Digest as _;
 
+use crate::peer::{PeerError, PeerTransport, IDLE_TIMEOUT, MAX_PIECE};
 use crate::{Node, NodeError};
 
 /// Bytes gathered from the network before one write to the cache file.
@@ -35,9 +36,36 @@ pub struct WarmProgress {
     pub local_bytes: AtomicU64,
 }
 
-enum Source {
+/// Where a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Already on this node's disk.
     Local,
+    /// Fetched from the origin by this node.
     Origin,
+    /// Received from a peer.
+    Peer,
+}
+
+/// Peer hops a local reader's request may take: to the chosen peer, and from it to the primary.
+pub(crate) const READER_HOPS: u32 = 2;
+/// Peers tried for one chunk before going to the origin.
+const PEER_TRIES: usize = 3;
+
+/// A chunk's place on the ring.
+pub fn chunk_hash(key: &str, chunk_size: u64, idx: u32) -> u64 {
+    locus_cluster::key_hash(format!("{key}#{chunk_size}#{idx}").as_bytes())
+}
+
+/// Whether a peer's error answers for the origin too (no point asking it ourselves).
+fn settles(e: &PeerError) -> bool {
+    matches!(
+        e,
+        PeerError::Status {
+            code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
+            ..
+        }
+    )
 }
 
 enum Checked {
@@ -91,6 +119,7 @@ impl Node {
                             Source::Origin => {
                                 progress.origin_bytes.fetch_add(len, Ordering::Relaxed)
                             }
+                            Source::Peer => progress.peer_bytes.fetch_add(len, Ordering::Relaxed),
                         };
                         progress.done_bytes.fetch_add(len, Ordering::Relaxed);
                         done_here.fetch_add(len, Ordering::Relaxed);
@@ -171,11 +200,22 @@ impl Node {
     }
 
     /// Makes chunk `idx` present: a hit, a fetch, or joining a fetch already under way.
-    async fn ensure_chunk(
+    pub(crate) async fn ensure_chunk(
         self: &Arc<Self>,
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
+    ) -> Result<Source, NodeError> {
+        self.ensure_chunk_via(file, h, idx, READER_HOPS).await
+    }
+
+    /// [`Node::ensure_chunk`] for a request that may take at most `hops` more peer hops.
+    pub(crate) async fn ensure_chunk_via(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        h: &Arc<FileHandle>,
+        idx: u32,
+        hops: u32,
     ) -> Result<Source, NodeError> {
         let key = (h.key().to_string(), idx);
         let fut = match self.inflight.entry(key.clone()) {
@@ -193,7 +233,7 @@ impl Node {
                 let h = h.clone();
                 // A task, so that a reader that goes away does not cancel the fetch others wait on.
                 let task = tokio::spawn(async move {
-                    let r = node.fetch_chunk(&file, &h, idx).await;
+                    let r = node.fetch_chunk(&file, &h, idx, hops).await;
                     node.inflight.remove(&key);
                     r
                 });
@@ -205,23 +245,99 @@ impl Node {
                 fut
             }
         };
-        fut.await.map(|()| Source::Origin)
+        fut.await
     }
 
+    /// Fetches chunk `idx` into the cache: from a peer when another member is its primary
+    /// owner (and `hops` allows), else (or when no peer could help) from the origin.
     async fn fetch_chunk(
-        &self,
+        self: &Arc<Self>,
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
-    ) -> Result<(), NodeError> {
+        hops: u32,
+    ) -> Result<Source, NodeError> {
+        let range = h.layout().range(idx);
+        let len = range.end - range.start;
+        h.reserve(len)?;
+        let r = self.fetch_reserved(file, h, idx, hops, range).await;
+        if r.is_err() {
+            h.release(len);
+        }
+        r
+    }
+
+    async fn fetch_reserved(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        h: &Arc<FileHandle>,
+        idx: u32,
+        hops: u32,
+        range: Range<u64>,
+    ) -> Result<Source, NodeError> {
+        let plan = self
+            .peers
+            .as_ref()
+            .map(|_| self.cluster.plan(chunk_hash(&file.key, self.cfg.chunk_size, idx)));
+        if let (Some(peers), Some(plan)) = (&self.peers, &plan) {
+            if plan.is_primary(self.cluster.me()) || hops == 0 {
+                // After a membership change the chunk may sit at the previous primary, which
+                // is now most often the next candidate: ask it before the origin.
+                if let Some(next) = plan.order.first() {
+                    match self
+                        .fetch_from_peer(peers, next, file, h, idx, range.clone(), 0, true)
+                        .await
+                    {
+                        Ok(crc) => {
+                            h.commit_chunk(idx, crc);
+                            return Ok(Source::Peer);
+                        }
+                        Err(NodeError::Peer(e)) => {
+                            if e.marks_down() {
+                                self.cluster.mark_down(next, &e.to_string());
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            } else {
+                // A forwarded request goes to the primary: it alone fetches from the origin.
+                let mut order = plan.order.clone();
+                if hops < READER_HOPS {
+                    order.sort_by_key(|a| *a != plan.primary);
+                }
+                for addr in order.iter().take(PEER_TRIES) {
+                    let started = Instant::now();
+                    let sent_hops = if *addr == plan.primary { 0 } else { hops - 1 };
+                    match self
+                        .fetch_from_peer(peers, addr, file, h, idx, range.clone(), sent_hops, false)
+                        .await
+                    {
+                        Ok(crc) => {
+                            h.commit_chunk(idx, crc);
+                            metrics::histogram!("locus_fetch_seconds", "source" => "peer")
+                                .record(started.elapsed().as_secs_f64());
+                            return Ok(Source::Peer);
+                        }
+                        Err(NodeError::Peer(e)) => {
+                            if e.marks_down() {
+                                self.cluster.mark_down(addr, &e.to_string());
+                            }
+                            if settles(&e) {
+                                return Err(e.into());
+                            }
+                            tracing::warn!(uri = file.uri, chunk = idx, error = %e, "chunk from a peer failed; trying the next source");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let range = h.layout().range(idx);
-        let len = range.end - range.start;
-        h.reserve(len)?;
         let started = Instant::now();
         let mut attempt = 0;
         loop {
@@ -231,7 +347,7 @@ impl Node {
                     h.commit_chunk(idx, crc);
                     metrics::histogram!("locus_fetch_seconds", "source" => "origin")
                         .record(started.elapsed().as_secs_f64());
-                    return Ok(());
+                    return Ok(Source::Origin);
                 }
                 Err(e) if e.is_transient() && attempt < self.cfg.retry.attempts => {
                     let wait = self.cfg.retry.backoff(attempt, None);
@@ -239,12 +355,112 @@ impl Node {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    h.release(len);
                     tracing::error!(uri = file.uri, chunk = idx, error = %e, "chunk fetch failed");
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Streams one chunk from `addr` into the cache file; returns its CRC once the bytes match
+    /// the CRC the peer sent. Errors that are the peer's come back as [`NodeError::Peer`].
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_from_peer(
+        &self,
+        peers: &Arc<dyn PeerTransport>,
+        addr: &str,
+        file: &RemoteFile,
+        h: &Arc<FileHandle>,
+        idx: u32,
+        range: Range<u64>,
+        hops: u32,
+        local_only: bool,
+    ) -> Result<u32, NodeError> {
+        let _load = self.cluster.begin(addr);
+        let want = range.end - range.start;
+        let unreachable = |detail: &str| {
+            NodeError::Peer(PeerError::Unreachable {
+                addr: addr.to_string(),
+                detail: detail.to_string(),
+            })
+        };
+        let garbled = |detail: String| {
+            NodeError::Peer(PeerError::Garbled {
+                addr: addr.to_string(),
+                detail,
+            })
+        };
+        let req = locus_grpc::v1::ChunkRequest {
+            file: Some(locus_grpc::v1::FileRef {
+                uri: file.uri.clone(),
+                key: file.key.clone(),
+                size: file.size,
+            }),
+            chunk_size: self.cfg.chunk_size,
+            index: idx,
+            hops,
+            header_only: false,
+            local_only,
+        };
+        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
+            .await
+            .map_err(|_| unreachable("no answer"))??;
+        let header = loop {
+            let piece = tokio::time::timeout(IDLE_TIMEOUT, s.next())
+                .await
+                .map_err(|_| unreachable("silent for too long"))?
+                .ok_or_else(|| garbled("the stream ended before the header".into()))??;
+            if piece.header {
+                break piece;
+            }
+            if !piece.data.is_empty() {
+                return Err(garbled("data before the header".into()));
+            }
+        };
+        if header.length != want || !header.data.is_empty() {
+            return Err(garbled(format!(
+                "header says {} bytes for a {want}-byte chunk",
+                header.length
+            )));
+        }
+        self.cluster.mark_up(addr, header.load as f64);
+        let a = addr.to_string();
+        let data = futures::stream::unfold(s, move |mut s| {
+            let a = a.clone();
+            async move {
+                let item = match tokio::time::timeout(IDLE_TIMEOUT, s.next()).await {
+                    Err(_) => Err(NodeError::Peer(PeerError::Unreachable {
+                        addr: a,
+                        detail: "silent for too long".into(),
+                    })),
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => Err(NodeError::Peer(e)),
+                    Ok(Some(Ok(p))) if p.header || p.data.len() > MAX_PIECE => {
+                        Err(NodeError::Peer(PeerError::Garbled {
+                            addr: a,
+                            detail: "a second header or an oversized piece".into(),
+                        }))
+                    }
+                    Ok(Some(Ok(p))) => Ok(p.data),
+                };
+                Some((item, s))
+            }
+        });
+        let count = |n: u64| {
+            self.counters.peer_bytes.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("locus_peer_bytes_total", "direction" => "received").increment(n);
+        };
+        let crc = match self.write_stream(file, h, range, data, &count).await {
+            Ok(crc) => crc,
+            Err(NodeError::ShortBody { got, want, .. }) => {
+                return Err(garbled(format!("{got} bytes for a {want}-byte chunk")))
+            }
+            Err(e) => return Err(e),
+        };
+        if crc != header.crc32c {
+            return Err(garbled("chunk bytes do not match their CRC".into()));
+        }
+        Ok(crc)
     }
 
     /// One attempt: streams `range` into the cache file and returns its CRC32C.
@@ -257,7 +473,29 @@ impl Node {
         self.counters
             .origin_requests
             .fetch_add(1, Ordering::Relaxed);
-        let mut stream = self.origin.read(file, range.clone()).await?;
+        let stream = self
+            .origin
+            .read(file, range.clone())
+            .await?
+            .map_err(NodeError::from);
+        let count = |n: u64| {
+            self.counters.origin_bytes.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("locus_origin_bytes_total").increment(n);
+        };
+        self.write_stream(file, h, range, stream, &count).await
+    }
+
+    /// Writes a stream of bytes into `range` of the cache file in [`WRITE_BATCH`] writes and
+    /// returns their CRC32C; fails if the stream holds more or fewer bytes than the range.
+    async fn write_stream(
+        &self,
+        file: &RemoteFile,
+        h: &Arc<FileHandle>,
+        range: Range<u64>,
+        stream: impl futures::Stream<Item = Result<bytes::Bytes, NodeError>>,
+        count: &(dyn Fn(u64) + Sync),
+    ) -> Result<u32, NodeError> {
+        let mut stream = std::pin::pin!(stream);
         let want = range.end - range.start;
         let mut crc = 0u32;
         let mut written = 0u64;
@@ -270,13 +508,9 @@ impl Node {
         while let Some(piece) = stream.next().await {
             let piece = piece?;
             let n = piece.len() as u64;
-            self.counters.origin_bytes.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("locus_origin_bytes_total").increment(n);
+            count(n);
             if written + buf.len() as u64 + n > want {
-                return Err(NodeError::Origin(locus_origin::OriginError::Protocol {
-                    what: file.uri.clone(),
-                    detail: format!("more than the {want} bytes asked for"),
-                }));
+                return Err(short(written + buf.len() as u64 + n));
             }
             crc = crc32c::crc32c_append(crc, &piece);
             buf.extend_from_slice(&piece);

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::peer::PeerError;
 use crate::{Node, NodeError, WarmProgress};
 
 /// Messages of `Read` carry at most this many bytes.
@@ -48,6 +49,8 @@ impl From<NodeError> for Status {
                 Status::resource_exhausted(msg)
             }
             NodeError::DigestMismatch(_) => Status::data_loss(msg),
+            NodeError::Peer(PeerError::Status { code, .. }) => Status::new(*code, msg),
+            NodeError::Peer(_) => Status::unavailable(msg),
             NodeError::Store(_) | NodeError::Internal(_) => Status::internal(msg),
         }
     }
@@ -78,16 +81,82 @@ fn transfer(p: &WarmProgress) -> pb::Transfer {
     }
 }
 
-fn snapshot(p: &WarmProgress, finished: bool) -> pb::WarmProgress {
-    pb::WarmProgress {
-        total_bytes: p.total_bytes.load(Ordering::Relaxed),
-        done_bytes: p.done_bytes.load(Ordering::Relaxed),
-        total_files: p.total_files.load(Ordering::Relaxed) as u32,
-        done_files: p.done_files.load(Ordering::Relaxed) as u32,
-        transfer: Some(transfer(p)),
-        finished,
-        current_file: String::new(),
+/// Where a warm puts the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A full verified copy on this node.
+    Node,
+    /// Every chunk at its owners.
+    Cluster,
+    /// A full copy on every member.
+    AllNodes,
+}
+
+impl Scope {
+    /// Parses `node`, `cluster` or `all-nodes` (empty: `node`).
+    pub fn parse(s: &str) -> Result<Scope, Status> {
+        match s {
+            "" | "node" => Ok(Scope::Node),
+            "cluster" => Ok(Scope::Cluster),
+            "all-nodes" => Ok(Scope::AllNodes),
+            s => Err(Status::invalid_argument(format!(
+                "unknown scope {s:?} (use node, cluster or all-nodes)"
+            ))),
+        }
     }
+}
+
+/// Warms `files` in `scope` in a task, streaming progress every [`PROGRESS_EVERY`] and a last
+/// message with `finished` set (or the error). A client that goes away stops the work.
+pub(crate) fn warm_stream(
+    node: Arc<Node>,
+    files: Vec<RemoteFile>,
+    pin: bool,
+    scope: Scope,
+) -> BoxStream<pb::WarmProgress> {
+    let progress = Arc::new(WarmProgress::default());
+    progress
+        .total_bytes
+        .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    progress
+        .total_files
+        .store(files.len() as u64, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(8);
+    let p = progress.clone();
+    let work = tokio::spawn(async move {
+        match scope {
+            Scope::Node => node.warm(files, pin, p).await,
+            Scope::Cluster => node.warm_cluster(files, p).await,
+            Scope::AllNodes => node.warm_all_nodes(files, pin, p).await,
+        }
+    });
+    tokio::spawn(async move {
+        let mut work = work;
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let result = loop {
+            tokio::select! {
+                res = &mut work => break res,
+                _ = tick.tick() => {
+                    if tx.send(Ok(progress.snapshot())).await.is_err() {
+                        // The client went away: stop warming on its behalf.
+                        work.abort();
+                        return;
+                    }
+                }
+            }
+        };
+        let msg = match result {
+            Ok(Ok(())) => {
+                let mut last = progress.snapshot();
+                last.finished = true;
+                Ok(last)
+            }
+            Ok(Err(e)) => Err(Status::from(e)),
+            Err(e) => Err(Status::internal(e.to_string())),
+        };
+        let _ = tx.send(msg).await;
+    });
+    ReceiverStream::new(rx).boxed()
 }
 
 impl Node {
@@ -152,7 +221,7 @@ impl LocalService {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Local for LocalService {
@@ -164,53 +233,18 @@ impl Local for LocalService {
         request: Request<pb::WarmRequest>,
     ) -> Result<Response<Self::WarmStream>, Status> {
         let r = request.into_inner();
-        match r.scope.as_str() {
-            "" | "node" | "cluster" | "all-nodes" => {}
-            s => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown scope {s:?} (use node, cluster or all-nodes)"
-                )))
-            }
-        }
+        let scope = Scope::parse(&r.scope)?;
         if r.uris.is_empty() {
             return Err(Status::invalid_argument("name at least one URI to warm"));
         }
         let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
-        let progress = Arc::new(WarmProgress::default());
-        progress
-            .total_bytes
-            .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
-        progress
-            .total_files
-            .store(files.len() as u64, Ordering::Relaxed);
-        tracing::info!(uris = ?r.uris, files = files.len(), "warm");
-        let (tx, rx) = mpsc::channel(8);
-        let node = self.node.clone();
-        let p = progress.clone();
-        let work = tokio::spawn(async move { node.warm(files, r.pin, p).await });
-        tokio::spawn(async move {
-            let mut work = work;
-            let mut tick = tokio::time::interval(PROGRESS_EVERY);
-            let result = loop {
-                tokio::select! {
-                    res = &mut work => break res,
-                    _ = tick.tick() => {
-                        if tx.send(Ok(snapshot(&progress, false))).await.is_err() {
-                            // The client went away: stop warming on its behalf.
-                            work.abort();
-                            return;
-                        }
-                    }
-                }
-            };
-            let msg = match result {
-                Ok(Ok(())) => Ok(snapshot(&progress, true)),
-                Ok(Err(e)) => Err(Status::from(e)),
-                Err(e) => Err(Status::internal(e.to_string())),
-            };
-            let _ = tx.send(msg).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        tracing::info!(uris = ?r.uris, files = files.len(), ?scope, "warm");
+        Ok(Response::new(warm_stream(
+            self.node.clone(),
+            files,
+            r.pin,
+            scope,
+        )))
     }
 
     async fn open(
@@ -386,15 +420,23 @@ impl Local for LocalService {
             origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
             peer_bytes: c.peer_bytes.load(Ordering::Relaxed),
             local_bytes: c.local_bytes.load(Ordering::Relaxed),
-            members: vec![pb::Member {
-                addr: self.node.cfg.advertise.clone(),
-                state: "up".into(),
-            }],
+            members: self
+                .node
+                .cluster
+                .members()
+                .into_iter()
+                .map(|m| pb::Member {
+                    addr: m.addr,
+                    state: m.state.as_str().into(),
+                    load: m.load,
+                })
+                .collect(),
             cache_hits: hits,
             cache_misses: misses,
             origin_requests: c.origin_requests.load(Ordering::Relaxed),
             chunk_size: self.node.cfg.chunk_size,
-            node_addr: self.node.cfg.advertise.clone(),
+            node_addr: self.node.cluster.me().to_string(),
+            peer_bytes_sent: c.peer_bytes_sent.load(Ordering::Relaxed),
         }))
     }
 }

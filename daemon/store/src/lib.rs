@@ -588,6 +588,25 @@ impl FileHandle {
         }
     }
 
+    /// Reads `buf.len()` bytes at `offset` without any check: for streaming a chunk whose CRC
+    /// the caller computes on the way (see [`FileHandle::chunk_failed`]).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        let f = self.file()?;
+        f.read_exact_at(buf, offset)
+            .map_err(|e| io_err(&self.path, e))
+    }
+
+    /// Drops chunk `idx` after a reader found that its bytes do not match its CRC.
+    pub fn chunk_failed(&self, idx: u32) {
+        tracing::error!(
+            file = self.path.display().to_string(),
+            chunk = idx,
+            "chunk failed its checksum; dropping it"
+        );
+        metrics::counter!("locus_chunk_corruptions_total").increment(1);
+        self.drop_chunk(idx);
+    }
+
     /// Reads chunk `idx` into `buf` (resized to the chunk's length) and checks its CRC. A chunk
     /// that fails is dropped and `Ok(false)` returned.
     pub fn read_chunk_verified(&self, idx: u32, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
@@ -600,13 +619,7 @@ impl FileHandle {
         f.read_exact_at(buf, r.start)
             .map_err(|e| io_err(&self.path, e))?;
         if crc32c::crc32c(buf) != crc {
-            tracing::error!(
-                file = self.path.display().to_string(),
-                chunk = idx,
-                "chunk failed its checksum; dropping it"
-            );
-            metrics::counter!("locus_chunk_corruptions_total").increment(1);
-            self.drop_chunk(idx);
+            self.chunk_failed(idx);
             return Ok(false);
         }
         Ok(true)

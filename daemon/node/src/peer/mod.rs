@@ -1,0 +1,431 @@
+//! Talking to other nodes: the transport seam ([`PeerTransport`]), its gRPC implementation
+//! ([`GrpcPeers`]), the server side ([`server::PeerService`]), and the checks that turn peer
+//! messages into trusted values.
+//!
+//! Trust: peers may be made to authenticate each other with a shared token or mutual TLS
+//! ([`PeerSecurity`]). Whatever a peer sends is validated (sizes bounded, names parsed, chunk
+//! bytes checked against their CRC before they are stored, files against the origin's digest
+//! before they are called complete). No message carries an origin credential: the node that
+//! fetches from the origin uses its own.
+
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use locus_core::{Digest, RemoteFile, Secret};
+use locus_grpc::v1 as pb;
+use locus_grpc::v1::peer_client::PeerClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Largest peer message accepted (a listing of a very large repo; chunk pieces are 1 MiB).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest chunk piece a reader accepts.
+pub const MAX_PIECE: usize = 4 << 20;
+/// Files in one listing.
+pub const MAX_FILES: usize = 1_000_000;
+/// Longest string field (URI, path, key, locator).
+pub const MAX_FIELD: usize = 4096;
+
+/// How long a peer may take to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a chunk stream may stay silent (servers send heartbeats every second).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of metadata calls (the owner may have to ask the origin).
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of health checks.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What went wrong talking to a peer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No connection, a reset, or silence past a deadline.
+    #[error("peer {addr} unreachable: {detail}")]
+    Unreachable {
+        /// The peer.
+        addr: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The peer sent something invalid (bad sizes, wrong CRC, malformed fields).
+    #[error("peer {addr} sent an invalid answer: {detail}")]
+    Garbled {
+        /// The peer.
+        addr: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The peer answered with an error status.
+    #[error("peer {addr}: {message}")]
+    Status {
+        /// The peer.
+        addr: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl PeerError {
+    /// Whether the peer should be skipped until a health check succeeds: it is gone, it sent
+    /// garbage, or it cannot serve this node at all (auth, chunk size, version).
+    pub fn marks_down(&self) -> bool {
+        match self {
+            PeerError::Unreachable { .. } | PeerError::Garbled { .. } => true,
+            PeerError::Status { code, .. } => matches!(
+                code,
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unimplemented
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Internal
+                    | tonic::Code::Unknown
+            ),
+        }
+    }
+
+    fn from_status(addr: &str, s: tonic::Status) -> PeerError {
+        use std::error::Error as _;
+        // Transport failures surface as Unavailable/Unknown/Cancelled statuses with a source.
+        let transport = s.source().is_some()
+            || matches!(
+                s.code(),
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            )
+            || (s.code() == tonic::Code::Unknown && s.message().contains("transport"));
+        if transport {
+            PeerError::Unreachable {
+                addr: addr.to_string(),
+                detail: s.message().to_string(),
+            }
+        } else {
+            PeerError::Status {
+                addr: addr.to_string(),
+                code: s.code(),
+                message: s.message().to_string(),
+            }
+        }
+    }
+}
+
+/// A stream of chunk pieces.
+pub type PieceStream = BoxStream<'static, Result<pb::ChunkPiece, PeerError>>;
+/// A stream of warm progress.
+pub type ProgressStream = BoxStream<'static, Result<pb::WarmProgress, PeerError>>;
+
+/// How a node reaches its peers. The gRPC implementation is [`GrpcPeers`]; tests may wrap it.
+#[async_trait]
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Streams one chunk.
+    async fn get_chunk(&self, addr: &str, req: pb::ChunkRequest) -> Result<PieceStream, PeerError>;
+    /// Resolves a revision at the metadata owner.
+    async fn resolve(
+        &self,
+        addr: &str,
+        req: pb::ResolveRequest,
+    ) -> Result<pb::ResolveResponse, PeerError>;
+    /// Lists a namespace at the metadata owner.
+    async fn list(
+        &self,
+        addr: &str,
+        req: pb::PeerListRequest,
+    ) -> Result<pb::PeerListResponse, PeerError>;
+    /// Asks a peer to cache files fully.
+    async fn warm(&self, addr: &str, req: pb::PeerWarmRequest)
+        -> Result<ProgressStream, PeerError>;
+    /// Liveness and load.
+    async fn health(&self, addr: &str) -> Result<pb::HealthResponse, PeerError>;
+}
+
+/// Mutual TLS between peers: this node's certificate and key, and the CA that signs every
+/// member's certificate.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// PEM certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
+    /// PEM CA certificate(s).
+    pub ca_pem: Vec<u8>,
+    /// The name every member's certificate carries (checked by clients).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How peers authenticate each other.
+#[derive(Clone, Debug, Default)]
+pub struct PeerSecurity {
+    /// A shared token sent as `authorization: Bearer …` and required from callers.
+    pub token: Option<Secret>,
+    /// Mutual TLS.
+    pub tls: Option<PeerTls>,
+}
+
+/// Adds the peer token to every request.
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = PeerClient<InterceptedService<Channel, TokenInterceptor>>;
+
+/// Peers over gRPC on TCP, one multiplexed HTTP/2 connection per peer.
+pub struct GrpcPeers {
+    channels: DashMap<String, Channel>,
+    tls: Option<ClientTlsConfig>,
+    token: TokenInterceptor,
+}
+
+impl GrpcPeers {
+    /// A transport with the given security.
+    pub fn new(security: &PeerSecurity) -> Result<Arc<GrpcPeers>, String> {
+        let token = match &security.token {
+            Some(t) => Some(
+                format!("Bearer {}", t.expose())
+                    .parse()
+                    .map_err(|_| "the peer token must be printable ASCII".to_string())?,
+            ),
+            None => None,
+        };
+        let tls = security.tls.as_ref().map(|t| {
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
+                .domain_name(t.server_name.clone())
+        });
+        Ok(Arc::new(GrpcPeers {
+            channels: DashMap::new(),
+            tls,
+            token: TokenInterceptor(token),
+        }))
+    }
+
+    fn client(&self, addr: &str) -> Result<Client, PeerError> {
+        let channel = match self.channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let unreachable = |detail: String| PeerError::Unreachable {
+                    addr: addr.to_string(),
+                    detail,
+                };
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(|e| unreachable(format!("bad address: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(32 << 20));
+                if let Some(tls) = &self.tls {
+                    ep = ep
+                        .tls_config(tls.clone())
+                        .map_err(|e| unreachable(format!("TLS settings: {e}")))?;
+                }
+                let ch = ep.connect_lazy();
+                self.channels.insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
+        Ok(PeerClient::with_interceptor(channel, self.token.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
+fn deadline<T>(addr: &str, d: Duration, req: T) -> tonic::Request<T> {
+    let _ = addr;
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(d);
+    r
+}
+
+#[async_trait]
+impl PeerTransport for GrpcPeers {
+    async fn get_chunk(&self, addr: &str, req: pb::ChunkRequest) -> Result<PieceStream, PeerError> {
+        let mut c = self.client(addr)?;
+        let a = addr.to_string();
+        let s = c
+            .get_chunk(req)
+            .await
+            .map_err(|s| PeerError::from_status(addr, s))?
+            .into_inner();
+        Ok(s.map_err(move |e| PeerError::from_status(&a, e)).boxed())
+    }
+
+    async fn resolve(
+        &self,
+        addr: &str,
+        req: pb::ResolveRequest,
+    ) -> Result<pb::ResolveResponse, PeerError> {
+        let mut c = self.client(addr)?;
+        c.resolve(deadline(addr, METADATA_TIMEOUT, req))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| PeerError::from_status(addr, s))
+    }
+
+    async fn list(
+        &self,
+        addr: &str,
+        req: pb::PeerListRequest,
+    ) -> Result<pb::PeerListResponse, PeerError> {
+        let mut c = self.client(addr)?;
+        c.list(deadline(addr, METADATA_TIMEOUT, req))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| PeerError::from_status(addr, s))
+    }
+
+    async fn warm(
+        &self,
+        addr: &str,
+        req: pb::PeerWarmRequest,
+    ) -> Result<ProgressStream, PeerError> {
+        let mut c = self.client(addr)?;
+        let a = addr.to_string();
+        let s = c
+            .warm(req)
+            .await
+            .map_err(|s| PeerError::from_status(addr, s))?
+            .into_inner();
+        Ok(s.map_err(move |e| PeerError::from_status(&a, e)).boxed())
+    }
+
+    async fn health(&self, addr: &str) -> Result<pb::HealthResponse, PeerError> {
+        let mut c = self.client(addr)?;
+        c.health(deadline(addr, HEALTH_TIMEOUT, pb::HealthRequest {}))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| PeerError::from_status(addr, s))
+    }
+}
+
+/// A field a peer sent, checked for length and control characters.
+pub fn check_field<'a>(name: &str, v: &'a str, allow_empty: bool) -> Result<&'a str, String> {
+    if v.len() > MAX_FIELD {
+        return Err(format!("{name} longer than {MAX_FIELD} bytes"));
+    }
+    if !allow_empty && v.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if v.chars().any(|c| c.is_control()) {
+        return Err(format!("{name} holds control characters"));
+    }
+    Ok(v)
+}
+
+/// A listing entry for the wire.
+pub fn file_to_pb(f: &RemoteFile) -> pb::PeerFile {
+    let (kind, hex) = match &f.digest {
+        Some(Digest::Sha256(h)) => ("sha256", h.clone()),
+        Some(Digest::GitBlobSha1(h)) => ("gitblob", h.clone()),
+        None => ("", String::new()),
+    };
+    pb::PeerFile {
+        uri: f.uri.clone(),
+        path: f.path.clone(),
+        size: f.size,
+        key: f.key.clone(),
+        locator: f.locator.clone(),
+        digest_kind: kind.into(),
+        digest_hex: hex,
+    }
+}
+
+/// A listing entry from the wire, checked: the URI parses and names the path, the path has no
+/// `..`, the digest is well-formed hex of the right length and the key matches it.
+pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
+    check_field("uri", &p.uri, false)?;
+    check_field("path", &p.path, false)?;
+    check_field("key", &p.key, false)?;
+    check_field("locator", &p.locator, false)?;
+    let uri = locus_core::LocusUri::parse(&p.uri).map_err(|e| e.to_string())?;
+    if uri.path != p.path {
+        return Err(format!("uri {} does not name path {}", p.uri, p.path));
+    }
+    if p.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(format!("bad path {:?}", p.path));
+    }
+    let hex_ok = |h: &str, n: usize| h.len() == n && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let digest = match p.digest_kind.as_str() {
+        "" => None,
+        "sha256" if hex_ok(&p.digest_hex, 64) => Some(Digest::Sha256(p.digest_hex)),
+        "gitblob" if hex_ok(&p.digest_hex, 40) => Some(Digest::GitBlobSha1(p.digest_hex)),
+        k => return Err(format!("bad digest {k:?}")),
+    };
+    if let Some(d) = &digest {
+        if RemoteFile::key_for_digest(d, p.size) != p.key {
+            return Err(format!("key {} does not match its digest and size", p.key));
+        }
+    }
+    if p.size > 1 << 50 {
+        return Err(format!("size {} out of range", p.size));
+    }
+    Ok(RemoteFile {
+        uri: p.uri,
+        path: p.path,
+        size: p.size,
+        key: p.key,
+        locator: p.locator,
+        digest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> pb::PeerFile {
+        let hex = "ab".repeat(32);
+        pb::PeerFile {
+            uri: "hf://o/n@abc/w.bin".into(),
+            path: "w.bin".into(),
+            size: 10,
+            key: format!("sha256:{hex}:10"),
+            locator: "w.bin".into(),
+            digest_kind: "sha256".into(),
+            digest_hex: hex,
+        }
+    }
+
+    #[test]
+    fn listing_entries_are_checked() {
+        assert!(file_from_pb(good()).is_ok());
+        let bad: Vec<Box<dyn Fn(&mut pb::PeerFile)>> = vec![
+            Box::new(|f| f.uri = "hf://o/n@abc/../x".into()),
+            Box::new(|f| f.path = "other".into()),
+            Box::new(|f| f.size = 11),
+            Box::new(|f| f.digest_hex = "zz".repeat(32)),
+            Box::new(|f| f.digest_kind = "md5".into()),
+            Box::new(|f| f.key = "x".repeat(MAX_FIELD + 1)),
+            Box::new(|f| f.locator = "a\nb".into()),
+            Box::new(|f| f.uri = "s3://b/k".into()),
+        ];
+        for (i, b) in bad.iter().enumerate() {
+            let mut f = good();
+            b(&mut f);
+            assert!(file_from_pb(f).is_err(), "case {i} accepted");
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The peer API served to other nodes (see `grpc/proto/locus/v1/peer.proto`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use locus_core::{LocusUri, Namespace, RemoteFile, Secret};
+use locus_grpc::v1 as pb;
+use locus_grpc::v1::peer_server::Peer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{check_field, file_to_pb, MAX_FIELD};
+use crate::read::Source;
+use crate::service::{warm_stream, BoxStream};
+use crate::{Node, NodeError};
+
+/// Bytes per data piece of a chunk stream.
+const PIECE: usize = 1 << 20;
+/// How often a server waiting on a fetch tells the reader it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The peer API over a node.
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    /// Serves `node` to its peers.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// Rejects callers that do not present `token` (when one is set). Compared in constant time.
+pub fn check_token(
+    token: Option<Secret>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let want = token.map(|t| format!("Bearer {}", t.expose()).into_bytes());
+    move |req: Request<()>| {
+        let Some(want) = &want else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let same = got.len() == want.len()
+            && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(req)
+        } else {
+            metrics::counter!("locus_peer_auth_failures_total").increment(1);
+            Err(Status::unauthenticated(
+                "peer token missing or wrong (set the same --peer-token on every node)",
+            ))
+        }
+    }
+}
+
+fn invalid(what: impl std::fmt::Display) -> Status {
+    metrics::counter!("locus_peer_invalid_requests_total").increment(1);
+    Status::invalid_argument(what.to_string())
+}
+
+fn namespace(s: &str) -> Result<Namespace, Status> {
+    check_field("namespace", s, false).map_err(invalid)?;
+    let u = LocusUri::parse(s).map_err(invalid)?;
+    if u.revision.is_some() || !u.path.is_empty() {
+        return Err(invalid(format!("{s:?} is not a bare namespace")));
+    }
+    Ok(u.namespace)
+}
+
+fn revision(name: &str, s: &str) -> Result<(), Status> {
+    check_field(name, s, false).map_err(invalid)?;
+    if s.len() > 256 {
+        return Err(invalid(format!("{name} too long")));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// The file a peer names, checked against this node's own listing: its URI must resolve to
+    /// a file with the same key and size.
+    async fn file_by_ref(&self, r: &pb::FileRef) -> Result<RemoteFile, Status> {
+        check_field("file.uri", &r.uri, false).map_err(invalid)?;
+        check_field("file.key", &r.key, false).map_err(invalid)?;
+        let uri = LocusUri::parse(&r.uri).map_err(invalid)?;
+        let f = self.resolve_file(&uri).await?;
+        if f.key != r.key || f.size != r.size {
+            return Err(Status::failed_precondition(format!(
+                "{}: identity differs here ({} bytes, key {})",
+                r.uri, f.size, f.key
+            )));
+        }
+        Ok(f)
+    }
+}
+
+fn source(s: Source) -> i32 {
+    match s {
+        Source::Local => pb::ChunkSource::Local as i32,
+        Source::Origin => pb::ChunkSource::Origin as i32,
+        Source::Peer => pb::ChunkSource::Peer as i32,
+    }
+}
+
+struct Serving<'a>(&'a Node);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type GetChunkStream = BoxStream<pb::ChunkPiece>;
+    type WarmStream = BoxStream<pb::WarmProgress>;
+
+    async fn get_chunk(
+        &self,
+        request: Request<pb::ChunkRequest>,
+    ) -> Result<Response<Self::GetChunkStream>, Status> {
+        let req = request.into_inner();
+        let fref = req.file.ok_or_else(|| invalid("file missing"))?;
+        if req.chunk_size != self.node.cfg.chunk_size {
+            return Err(Status::failed_precondition(format!(
+                "chunk size {} differs from this node's {} (every node needs the same --chunk-size)",
+                req.chunk_size, self.node.cfg.chunk_size
+            )));
+        }
+        let file = self.node.file_by_ref(&fref).await?;
+        let h = Arc::new(
+            self.node
+                .store
+                .register(&file, self.node.cfg.chunk_size)
+                .map_err(NodeError::from)?,
+        );
+        let idx = req.index;
+        if idx >= h.layout().count() {
+            return Err(Status::out_of_range(format!(
+                "chunk {idx} of {}: the file has {} chunks",
+                file.uri,
+                h.layout().count()
+            )));
+        }
+        if req.local_only && h.crc(idx).is_none() {
+            return Err(Status::not_found("chunk not cached here"));
+        }
+        let hops = req.hops.min(crate::read::READER_HOPS - 1);
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            node.serving.fetch_add(1, Ordering::Relaxed);
+            let _serving = Serving(&node);
+            h.touch();
+            let mut ensure = std::pin::pin!(node.ensure_chunk_via(&file, &h, idx, hops));
+            let src = loop {
+                tokio::select! {
+                    r = &mut ensure => break r,
+                    _ = tokio::time::sleep(HEARTBEAT) => {
+                        if tx.send(Ok(pb::ChunkPiece::default())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let src = match src {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
+            };
+            let Some(crc) = h.crc(idx) else {
+                let _ = tx
+                    .send(Err(Status::unavailable("chunk evicted while serving")))
+                    .await;
+                return;
+            };
+            let range = h.layout().range(idx);
+            let header = pb::ChunkPiece {
+                header: true,
+                length: range.end - range.start,
+                crc32c: crc,
+                source: source(src),
+                load: node.serving(),
+                data: Default::default(),
+            };
+            if tx.send(Ok(header)).await.is_err() || req.header_only {
+                return;
+            }
+            let mut sum = 0u32;
+            let mut off = range.start;
+            while off < range.end {
+                let n = PIECE.min((range.end - off) as usize);
+                let hb = h.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    hb.read_at(&mut buf, off).map(|()| buf)
+                })
+                .await;
+                let buf = match read {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(Status::from(NodeError::from(e)))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                sum = crc32c::crc32c_append(sum, &buf);
+                off += n as u64;
+                node.counters
+                    .peer_bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                metrics::counter!("locus_peer_bytes_total", "direction" => "sent")
+                    .increment(n as u64);
+                let piece = pb::ChunkPiece {
+                    data: buf.into(),
+                    ..Default::default()
+                };
+                if tx.send(Ok(piece)).await.is_err() {
+                    return;
+                }
+            }
+            if sum != crc {
+                // The reader sees the mismatch too and goes elsewhere; this copy is dropped.
+                h.chunk_failed(idx);
+                let _ = tx
+                    .send(Err(Status::data_loss("chunk failed its checksum here")))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace(&r.namespace)?;
+        revision("revision", &r.revision)?;
+        let (id, age) = self.node.revision_local(&ns, &r.revision).await?;
+        Ok(Response::new(pb::ResolveResponse {
+            id,
+            age_ms: age.as_millis() as u64,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::PeerListRequest>,
+    ) -> Result<Response<pb::PeerListResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace(&r.namespace)?;
+        revision("revision_id", &r.revision_id)?;
+        let files = self.node.listing(&ns, &r.revision_id, true).await?;
+        Ok(Response::new(pb::PeerListResponse {
+            files: files.iter().map(file_to_pb).collect(),
+        }))
+    }
+
+    async fn warm(
+        &self,
+        request: Request<pb::PeerWarmRequest>,
+    ) -> Result<Response<Self::WarmStream>, Status> {
+        let r = request.into_inner();
+        if r.uris.is_empty() || r.uris.len() > 10_000 {
+            return Err(invalid("between 1 and 10000 URIs"));
+        }
+        for s in r.uris.iter().chain(&r.include).chain(&r.exclude) {
+            check_field("uri or glob", s, false).map_err(invalid)?;
+            if s.len() > MAX_FIELD {
+                return Err(invalid("field too long"));
+            }
+        }
+        let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
+        Ok(Response::new(warm_stream(
+            self.node.clone(),
+            files,
+            r.pin,
+            crate::service::Scope::Node,
+        )))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Ok(Response::new(pb::HealthResponse {
+            addr: self.node.cluster.me().to_string(),
+            load: self.node.serving(),
+            chunk_size: self.node.cfg.chunk_size,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}

@@ -1,0 +1,308 @@
+//! Warm scopes beyond this node, and the health checks that bring peers back.
+//!
+//! - `node`: this node holds a full, verified copy ([`Node::warm`]); chunks come from their
+//!   owners, so the origin is read once for the cluster.
+//! - `cluster`: each chunk's owners (the first `replicas` answering candidates) hold it; the
+//!   primary fetches it from the origin, other owners from the primary.
+//! - `all-nodes`: `cluster` first, then every member makes its own full copy from the owners.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use locus_core::{ChunkLayout, RemoteFile};
+use locus_grpc::v1 as pb;
+
+use crate::peer::{PeerError, IDLE_TIMEOUT};
+use crate::read::{chunk_hash, Source};
+use crate::{Node, NodeError, WarmProgress};
+
+/// How often members are checked.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Attempts per chunk of a cluster warm (each after re-planning around a member that failed).
+const CLUSTER_TRIES: usize = 3;
+/// File URIs per all-nodes warm request.
+const URIS_PER_REQUEST: usize = 5000;
+
+impl Node {
+    /// Makes each chunk of `files` present at its owners.
+    pub async fn warm_cluster(
+        self: &Arc<Self>,
+        files: Vec<RemoteFile>,
+        progress: Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        let mut jobs = Vec::new();
+        for f in files {
+            let f = Arc::new(f);
+            let layout = ChunkLayout::new(f.size, self.cfg.chunk_size);
+            jobs.extend((0..layout.count()).map(|i| (f.clone(), layout, i)));
+        }
+        let done_files = futures::stream::iter(jobs)
+            .map(|(f, layout, idx)| {
+                let progress = progress.clone();
+                let node = self.clone();
+                async move {
+                    let src = node.warm_chunk_at_owners(&f, idx).await?;
+                    let len = layout.len(idx);
+                    let counter = match src {
+                        Source::Local => &progress.local_bytes,
+                        Source::Origin => &progress.origin_bytes,
+                        Source::Peer => &progress.peer_bytes,
+                    };
+                    counter.fetch_add(len, Ordering::Relaxed);
+                    progress.done_bytes.fetch_add(len, Ordering::Relaxed);
+                    Ok::<_, NodeError>(idx + 1 == layout.count())
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .try_collect::<Vec<bool>>()
+            .await?
+            .into_iter()
+            .filter(|last| *last)
+            .count() as u64;
+        progress.done_files.fetch_add(done_files, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes chunk `idx` present at each of its owners; returns where the primary got it.
+    async fn warm_chunk_at_owners(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        idx: u32,
+    ) -> Result<Source, NodeError> {
+        let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
+        let mut last = None;
+        for _ in 0..CLUSTER_TRIES {
+            let plan = self.cluster.plan(hash);
+            let mut first = None;
+            let mut failed = false;
+            // The primary first: the other owners then copy from it.
+            for owner in &plan.owners {
+                let r = if owner == self.cluster.me() {
+                    let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
+                    self.ensure_chunk(file, &h, idx).await
+                } else {
+                    let hops = if *owner == plan.primary { 0 } else { 1 };
+                    self.ensure_at_peer(owner, file, idx, hops).await
+                };
+                match r {
+                    Ok(s) => {
+                        first.get_or_insert(s);
+                    }
+                    Err(NodeError::Peer(e)) if !matches!(e, PeerError::Status { code: tonic::Code::NotFound | tonic::Code::PermissionDenied, .. }) => {
+                        if e.marks_down() {
+                            self.cluster.mark_down(owner, &e.to_string());
+                        }
+                        last = Some(NodeError::Peer(e));
+                        failed = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !failed {
+                return Ok(first.unwrap_or(Source::Local));
+            }
+        }
+        Err(last.unwrap_or_else(|| NodeError::Internal("no owner could take the chunk".into())))
+    }
+
+    /// Asks `addr` to make a chunk present (header only) and says where it got it.
+    async fn ensure_at_peer(
+        &self,
+        addr: &str,
+        file: &RemoteFile,
+        idx: u32,
+        hops: u32,
+    ) -> Result<Source, NodeError> {
+        let Some(peers) = &self.peers else {
+            return Err(NodeError::Internal("no peer transport".into()));
+        };
+        let _load = self.cluster.begin(addr);
+        let req = pb::ChunkRequest {
+            file: Some(pb::FileRef {
+                uri: file.uri.clone(),
+                key: file.key.clone(),
+                size: file.size,
+            }),
+            chunk_size: self.cfg.chunk_size,
+            index: idx,
+            hops,
+            header_only: true,
+            local_only: false,
+        };
+        let unreachable = |d: &str| {
+            NodeError::Peer(PeerError::Unreachable {
+                addr: addr.into(),
+                detail: d.into(),
+            })
+        };
+        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
+            .await
+            .map_err(|_| unreachable("no answer"))??;
+        loop {
+            let p = tokio::time::timeout(IDLE_TIMEOUT, s.next())
+                .await
+                .map_err(|_| unreachable("silent for too long"))?
+                .ok_or_else(|| unreachable("the stream ended before the header"))??;
+            if p.header {
+                self.cluster.mark_up(addr, p.load as f64);
+                return Ok(match pb::ChunkSource::try_from(p.source) {
+                    Ok(pb::ChunkSource::Origin) => Source::Origin,
+                    Ok(pb::ChunkSource::Peer) => Source::Peer,
+                    _ => Source::Local,
+                });
+            }
+        }
+    }
+
+    /// The cluster warm, then a full copy on every answering member (this one included).
+    pub async fn warm_all_nodes(
+        self: &Arc<Self>,
+        files: Vec<RemoteFile>,
+        pin: bool,
+        progress: Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        let cluster_progress = Arc::new(WarmProgress::default());
+        self.warm_cluster(files.clone(), cluster_progress.clone())
+            .await?;
+        // Origin bytes are counted once, by the cluster pass.
+        progress.origin_bytes.fetch_add(
+            cluster_progress.origin_bytes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let members: Vec<String> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| m.state != locus_cluster::MemberState::Down)
+            .map(|m| m.addr)
+            .collect();
+        let size: u64 = files.iter().map(|f| f.size).sum();
+        progress
+            .total_bytes
+            .store(size * members.len() as u64, Ordering::Relaxed);
+        progress
+            .total_files
+            .store((files.len() * members.len()) as u64, Ordering::Relaxed);
+        let uris: Arc<Vec<String>> = Arc::new(files.iter().map(|f| f.uri.clone()).collect());
+        let work = members.into_iter().map(|m| {
+            let progress = progress.clone();
+            let files = files.clone();
+            let uris = uris.clone();
+            let node = self.clone();
+            async move {
+                let m = &m;
+                let this = &node;
+                if m == this.cluster.me() {
+                    let local = Arc::new(WarmProgress::default());
+                    let r = this.warm(files, pin, local.clone()).await;
+                    add_remote(&progress, &local.snapshot(), &mut Default::default());
+                    return r;
+                }
+                let peers = this
+                    .peers
+                    .as_ref()
+                    .ok_or_else(|| NodeError::Internal("no peer transport".into()))?;
+                for batch in uris.chunks(URIS_PER_REQUEST) {
+                    let req = pb::PeerWarmRequest {
+                        uris: batch.to_vec(),
+                        include: vec![],
+                        exclude: vec![],
+                        pin,
+                    };
+                    let mut s = peers.warm(m, req).await?;
+                    let mut seen = pb::WarmProgress::default();
+                    while let Some(p) = s.next().await {
+                        add_remote(&progress, &p?, &mut seen);
+                    }
+                }
+                Ok(())
+            }
+        });
+        futures::future::try_join_all(work).await?;
+        Ok(())
+    }
+
+    /// Checks every member every [`HEALTH_EVERY`]: a member that answers is up (with its load),
+    /// one that does not is down. Runs until the node is dropped.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let Some(peers) = node.peers.clone() else {
+                    return;
+                };
+                let me = node.cluster.me().to_string();
+                let members: Vec<String> = node
+                    .cluster
+                    .ring()
+                    .members()
+                    .iter()
+                    .filter(|m| **m != me)
+                    .cloned()
+                    .collect();
+                let checks = members.iter().map(|m| {
+                    let peers = peers.clone();
+                    async move { (m, peers.health(m).await) }
+                });
+                for (m, r) in futures::future::join_all(checks).await {
+                    match r {
+                        Ok(h) if h.chunk_size == node.cfg.chunk_size => {
+                            node.cluster.mark_up(m, h.load as f64)
+                        }
+                        Ok(h) => node.cluster.mark_down(
+                            m,
+                            &format!(
+                                "chunk size {} differs from this node's {}",
+                                h.chunk_size, node.cfg.chunk_size
+                            ),
+                        ),
+                        Err(e) => node.cluster.mark_down(m, &e.to_string()),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Adds what a member's progress message adds over the last one it sent.
+fn add_remote(p: &WarmProgress, now: &pb::WarmProgress, seen: &mut pb::WarmProgress) {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    p.done_bytes
+        .fetch_add(d(now.done_bytes, seen.done_bytes), Ordering::Relaxed);
+    p.done_files.fetch_add(
+        d(now.done_files as u64, seen.done_files as u64),
+        Ordering::Relaxed,
+    );
+    let t = now.transfer.clone().unwrap_or_default();
+    let s = seen.transfer.clone().unwrap_or_default();
+    p.peer_bytes
+        .fetch_add(d(t.peer_bytes, s.peer_bytes), Ordering::Relaxed);
+    p.local_bytes
+        .fetch_add(d(t.local_bytes, s.local_bytes), Ordering::Relaxed);
+    *seen = now.clone();
+}
+
+impl WarmProgress {
+    /// The progress as a message.
+    pub fn snapshot(&self) -> pb::WarmProgress {
+        pb::WarmProgress {
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
+            done_bytes: self.done_bytes.load(Ordering::Relaxed),
+            total_files: self.total_files.load(Ordering::Relaxed) as u32,
+            done_files: self.done_files.load(Ordering::Relaxed) as u32,
+            transfer: Some(pb::Transfer {
+                origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
+                peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
+                local_bytes: self.local_bytes.load(Ordering::Relaxed),
+            }),
+            finished: false,
+            current_file: String::new(),
+        }
+    }
+}
