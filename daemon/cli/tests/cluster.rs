@@ -158,3 +158,421 @@ fn simultaneous_cold_reads_on_three_nodes_fetch_once() {
         files[0].1.len()
     );
 }
+
+#[test]
+fn a_peer_killed_mid_read_never_fails_the_read() {
+    let env = Env::with(SimOptions {
+        faults: Faults {
+            throttle_bps: 1 << 20,
+            ..Faults::default()
+        },
+        ..SimOptions::default()
+    });
+    let files = random_files(1, 8 << 20, 31);
+    env.sim.commit("model", REPO, files.clone());
+    let (mut ds, addrs) = static_cluster(&env, 3, &[]);
+    let uri = format!("hf://acme/model/{}", files[0].0);
+    let (first, rest) = ds.split_at_mut(1);
+    let got = std::thread::scope(|s| {
+        let d0 = &first[0];
+        let reader = s.spawn(|| d0.ok(&["cat", &uri]));
+        std::thread::sleep(Duration::from_millis(400));
+        rest[0].signal(Signal::SIGKILL);
+        reader.join().unwrap()
+    });
+    assert!(got == files[0].1.to_vec(), "bytes differ after a peer died");
+    let m = members(&ds[0]);
+    let state = &m.iter().find(|(a, _)| *a == addrs[1]).unwrap().1;
+    assert_eq!(state, "down", "{m:?}");
+    // The survivors keep serving each other.
+    let again = ds[2].ok(&["cat", &uri]);
+    assert!(again == files[0].1.to_vec());
+}
+
+#[test]
+fn all_nodes_scope_leaves_a_full_copy_everywhere() {
+    let env = Env::new();
+    let files = random_files(3, 1 << 20, 41);
+    env.sim.commit("model", REPO, files.clone());
+    let (ds, _) = static_cluster(&env, 3, &[]);
+    let out = ds[2].ok(&["warm", "hf://acme/model", "--scope", "all-nodes"]);
+    assert!(
+        String::from_utf8_lossy(&out).contains("warmed"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(env.sim.stats().data_bytes, total(&files));
+    for d in &ds {
+        let ls = d.json(&["ls", "hf://acme/model", "--json"]);
+        for e in ls["files"].as_array().unwrap() {
+            assert_eq!(e["cached_fraction"], 1.0, "{e}");
+        }
+    }
+    // Node scope on a fresh member of the same cluster reads from peers, not the origin.
+    let st = ds[0].json(&["status", "--json"]);
+    assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
+    let bad = ds[0].locus(&["warm", "hf://acme/model", "--scope", "everywhere"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
+/// A member that misbehaves: garbles every answer, or records what it is sent and refuses.
+mod fake {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use futures::{Stream, StreamExt};
+    use locus_grpc::v1 as pb;
+    use tonic::{Request, Response, Status};
+
+    pub struct FakePeer {
+        pub garble: bool,
+        pub calls: AtomicU64,
+        /// Debug renderings of every request (metadata and message).
+        pub seen: Mutex<Vec<String>>,
+        pub chunk_size: u64,
+    }
+
+    type S<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    pub struct Shared(pub Arc<FakePeer>);
+
+    impl std::ops::Deref for Shared {
+        type Target = FakePeer;
+        fn deref(&self) -> &FakePeer {
+            &self.0
+        }
+    }
+
+    impl FakePeer {
+        fn record<T: std::fmt::Debug>(&self, r: &Request<T>) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("{:?} {:?}", r.metadata(), r.get_ref()));
+        }
+    }
+
+    fn header(length: u64, crc32c: u32) -> pb::ChunkPiece {
+        pb::ChunkPiece {
+            header: true,
+            length,
+            crc32c,
+            ..Default::default()
+        }
+    }
+
+    fn data(d: Vec<u8>) -> pb::ChunkPiece {
+        pb::ChunkPiece {
+            data: d.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl pb::peer_server::Peer for Shared {
+        type GetChunkStream = S<pb::ChunkPiece>;
+        type WarmStream = S<pb::WarmProgress>;
+
+        async fn get_chunk(
+            &self,
+            r: Request<pb::ChunkRequest>,
+        ) -> Result<Response<Self::GetChunkStream>, Status> {
+            self.record(&r);
+            if !self.garble {
+                return Err(Status::unavailable("recorder"));
+            }
+            let req = r.into_inner();
+            let size = req.file.map(|f| f.size).unwrap_or(0);
+            let start = req.index as u64 * self.chunk_size;
+            let len = self.chunk_size.min(size.saturating_sub(start)) as usize;
+            let wrong = vec![0x5au8; len];
+            let crc = crc32c::crc32c(&wrong);
+            let pieces = match self.calls.load(Ordering::SeqCst) % 5 {
+                // Wrong bytes that match their own CRC: only the file digest can tell.
+                0 => vec![header(len as u64, crc), data(wrong)],
+                1 => vec![header(len as u64, crc ^ 1), data(wrong)],
+                2 => vec![header(len as u64 + 7, crc), data(wrong)],
+                3 => vec![data(wrong)],
+                _ => vec![header(len as u64, crc), data(vec![1u8; 3 * len + 1])],
+            };
+            Ok(Response::new(
+                futures::stream::iter(pieces.into_iter().map(Ok)).boxed(),
+            ))
+        }
+
+        async fn resolve(
+            &self,
+            r: Request<pb::ResolveRequest>,
+        ) -> Result<Response<pb::ResolveResponse>, Status> {
+            self.record(&r);
+            if !self.garble {
+                return Err(Status::unavailable("recorder"));
+            }
+            Ok(Response::new(pb::ResolveResponse {
+                id: String::new(),
+                age_ms: u64::MAX,
+            }))
+        }
+
+        async fn list(
+            &self,
+            r: Request<pb::PeerListRequest>,
+        ) -> Result<Response<pb::PeerListResponse>, Status> {
+            self.record(&r);
+            if !self.garble {
+                return Err(Status::unavailable("recorder"));
+            }
+            Ok(Response::new(pb::PeerListResponse {
+                files: vec![pb::PeerFile {
+                    uri: "hf://acme/model@main/../../etc/passwd".into(),
+                    path: "../../etc/passwd".into(),
+                    size: u64::MAX,
+                    key: "x".into(),
+                    locator: "/etc/passwd".into(),
+                    digest_kind: "sha256".into(),
+                    digest_hex: "zz".into(),
+                }],
+            }))
+        }
+
+        async fn warm(
+            &self,
+            r: Request<pb::PeerWarmRequest>,
+        ) -> Result<Response<Self::WarmStream>, Status> {
+            self.record(&r);
+            Err(Status::internal("no"))
+        }
+
+        async fn health(
+            &self,
+            _r: Request<pb::HealthRequest>,
+        ) -> Result<Response<pb::HealthResponse>, Status> {
+            Ok(Response::new(pb::HealthResponse {
+                addr: String::new(),
+                load: 0,
+                chunk_size: self.chunk_size,
+                version: "fake".into(),
+            }))
+        }
+    }
+
+    /// Serves `peer` on a loopback port in `rt`; returns its address.
+    pub fn serve(rt: &tokio::runtime::Runtime, peer: Arc<FakePeer>) -> String {
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::peer_server::PeerServer::new(Shared(peer)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        addr
+    }
+}
+
+fn fake_peer(garble: bool) -> std::sync::Arc<fake::FakePeer> {
+    std::sync::Arc::new(fake::FakePeer {
+        garble,
+        calls: Default::default(),
+        seen: Default::default(),
+        chunk_size: 256 << 10,
+    })
+}
+
+#[test]
+fn a_garbled_peer_costs_time_never_bytes() {
+    let env = Env::new();
+    let files = random_files(6, 1 << 20, 51);
+    env.sim.commit("model", REPO, files.clone());
+    let peer = fake_peer(true);
+    let fake_addr = fake::serve(&env.rt, peer.clone());
+    let me = format!("127.0.0.1:{}", free_port());
+    let d = env.daemon(
+        "n0",
+        &[
+            "--chunk-size",
+            CHUNK,
+            "--listen",
+            &me,
+            "--peers",
+            &format!("{me},{fake_addr}"),
+        ],
+        &[],
+    );
+    for (path, want) in &files {
+        let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+    }
+    assert!(
+        peer.calls.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the garbled peer was never asked"
+    );
+    let log = d.log_text();
+    assert!(log.contains("peer marked down"), "{log}");
+}
+
+#[test]
+fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
+    use locus_grpc::v1 as pb;
+    let env = Env::new();
+    let files = random_files(1, 1 << 20, 61);
+    env.sim.commit("model", REPO, files.clone());
+    let (ds, addrs) = static_cluster(&env, 1, &[]);
+    let uri = format!("hf://acme/model/{}", files[0].0);
+    let file = ds[0].json(&["ls", &uri, "--json"])["files"][0].clone();
+    let file_uri = file["uri"].as_str().unwrap().to_string();
+    let listed = ds[0].json(&["ls", &uri, "--json"]);
+    assert!(listed["files"].as_array().unwrap().len() == 1);
+    let good = |size: u64| pb::FileRef {
+        uri: file_uri.clone(),
+        key: String::new(),
+        size,
+    };
+    env.rt.block_on(async {
+        let mut c = pb::peer_client::PeerClient::connect(format!("http://{}", addrs[0]))
+            .await
+            .unwrap();
+        let chunk = |file: Option<pb::FileRef>, chunk_size: u64, index: u32| pb::ChunkRequest {
+            file,
+            chunk_size,
+            index,
+            hops: 9,
+            header_only: false,
+            local_only: false,
+        };
+        let cases = vec![
+            chunk(None, 256 << 10, 0),
+            chunk(Some(good(1 << 20)), 4096, 0),
+            chunk(Some(good(1 << 20)), 256 << 10, 0),
+            chunk(
+                Some(pb::FileRef {
+                    uri: "hf://acme/model@main/../x".into(),
+                    key: "k".into(),
+                    size: 1,
+                }),
+                256 << 10,
+                0,
+            ),
+            chunk(
+                Some(pb::FileRef {
+                    uri: "x".repeat(100_000),
+                    key: "k".into(),
+                    size: 1,
+                }),
+                256 << 10,
+                0,
+            ),
+            chunk(
+                Some(pb::FileRef {
+                    uri: file_uri.clone(),
+                    key: "sha256:00:1".into(),
+                    size: 1,
+                }),
+                256 << 10,
+                u32::MAX,
+            ),
+        ];
+        for (i, req) in cases.into_iter().enumerate() {
+            let r = c.get_chunk(req).await;
+            let err = match r {
+                Err(s) => s,
+                Ok(resp) => {
+                    let mut s = resp.into_inner();
+                    match s.message().await {
+                        Err(e) => e,
+                        Ok(m) => panic!("case {i}: accepted: {m:?}"),
+                    }
+                }
+            };
+            assert!(
+                matches!(
+                    err.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::OutOfRange
+                        | tonic::Code::NotFound
+                ),
+                "case {i}: {err:?}"
+            );
+        }
+        for ns in ["", "hf://a", "s3://b/c", "hf://acme/model@main", "\0"] {
+            let r = c
+                .resolve(pb::ResolveRequest {
+                    namespace: ns.into(),
+                    revision: "main".into(),
+                })
+                .await;
+            assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument, "{ns:?}");
+        }
+        let r = c
+            .list(pb::PeerListRequest {
+                namespace: "hf://acme/model".into(),
+                revision_id: "r".repeat(5000),
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let r = c
+            .warm(pb::PeerWarmRequest {
+                uris: vec![],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        // Past the size bound: refused before it is decoded.
+        let r = c
+            .warm(pb::PeerWarmRequest {
+                uris: vec!["x".repeat(2 << 20)],
+                ..Default::default()
+            })
+            .await;
+        assert!(r.is_err());
+        let h = c.health(pb::HealthRequest {}).await.unwrap().into_inner();
+        assert_eq!(h.addr, addrs[0]);
+    });
+    let got = ds[0].ok(&["cat", &uri]);
+    assert!(got == files[0].1.to_vec());
+}
+
+#[test]
+fn no_origin_credential_reaches_a_peer_or_a_log() {
+    const TOKEN: &str = "hf_supersecrettokenvalue123456";
+    let env = Env::with(SimOptions {
+        faults: Faults {
+            token: Some(TOKEN.into()),
+            ..Faults::default()
+        },
+        ..SimOptions::default()
+    });
+    let files = random_files(4, 1 << 20, 71);
+    env.sim.commit("model", REPO, files.clone());
+    let peer = fake_peer(false);
+    let fake_addr = fake::serve(&env.rt, peer.clone());
+    let me = format!("127.0.0.1:{}", free_port());
+    let d = env.daemon(
+        "n0",
+        &[
+            "--chunk-size",
+            CHUNK,
+            "--listen",
+            &me,
+            "--peers",
+            &format!("{me},{fake_addr}"),
+        ],
+        &[("HF_TOKEN", TOKEN)],
+    );
+    d.ok(&["warm", "hf://acme/model"]);
+    for (path, want) in &files {
+        let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+    }
+    let seen = peer.seen.lock().unwrap().join("\n");
+    assert!(
+        seen.contains("ChunkRequest"),
+        "the recorder saw no chunk request: {seen}"
+    );
+    assert!(!seen.contains(TOKEN), "the HF token reached a peer");
+    assert!(!d.log_text().contains(TOKEN), "the HF token reached the log");
+}

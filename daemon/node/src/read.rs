@@ -49,6 +49,8 @@ pub enum Source {
 
 /// Peer hops a local reader's request may take: to the chosen peer, and from it to the primary.
 pub(crate) const READER_HOPS: u32 = 2;
+/// Route of a refetch after the file failed its digest: the origin only, trusting no peer.
+pub(crate) const ORIGIN_ONLY: u32 = u32::MAX;
 /// Peers tried for one chunk before going to the origin.
 const PEER_TRIES: usize = 3;
 
@@ -87,6 +89,9 @@ impl Node {
         h.touch();
         let layout = h.layout();
         let mut mismatches = 0;
+        // After a digest mismatch the file is fetched again from the origin alone: a peer's
+        // chunk can pass its CRC and still be wrong.
+        let mut route = READER_HOPS;
         // Bytes this call reported done, taken back if a round must fetch again.
         let done_here = AtomicU64::new(0);
         loop {
@@ -112,7 +117,7 @@ impl Node {
                 .map(|idx| {
                     let h = h.clone();
                     async move {
-                        let src = self.ensure_chunk(file, &h, idx).await?;
+                        let src = self.ensure_chunk_via(file, &h, idx, route).await?;
                         let len = layout.len(idx);
                         match src {
                             Source::Local => progress.local_bytes.fetch_add(len, Ordering::Relaxed),
@@ -158,6 +163,7 @@ impl Node {
                     for idx in 0..layout.count() {
                         h.drop_chunk(idx);
                     }
+                    route = ORIGIN_ONLY;
                     if mismatches >= 2 {
                         return Err(NodeError::DigestMismatch(file.uri.clone()));
                     }
@@ -278,6 +284,7 @@ impl Node {
         let plan = self
             .peers
             .as_ref()
+            .filter(|_| hops != ORIGIN_ONLY)
             .map(|_| self.cluster.plan(chunk_hash(&file.key, self.cfg.chunk_size, idx)));
         if let (Some(peers), Some(plan)) = (&self.peers, &plan) {
             if plan.is_primary(self.cluster.me()) || hops == 0 {
@@ -300,36 +307,12 @@ impl Node {
                         Err(e) => return Err(e),
                     }
                 }
-            } else {
-                // A forwarded request goes to the primary: it alone fetches from the origin.
-                let mut order = plan.order.clone();
-                if hops < READER_HOPS {
-                    order.sort_by_key(|a| *a != plan.primary);
-                }
-                for addr in order.iter().take(PEER_TRIES) {
-                    let started = Instant::now();
-                    let sent_hops = if *addr == plan.primary { 0 } else { hops - 1 };
-                    match self
-                        .fetch_from_peer(peers, addr, file, h, idx, range.clone(), sent_hops, false)
-                        .await
-                    {
-                        Ok(crc) => {
-                            h.commit_chunk(idx, crc);
-                            metrics::histogram!("locus_fetch_seconds", "source" => "peer")
-                                .record(started.elapsed().as_secs_f64());
-                            return Ok(Source::Peer);
-                        }
-                        Err(NodeError::Peer(e)) => {
-                            if e.marks_down() {
-                                self.cluster.mark_down(addr, &e.to_string());
-                            }
-                            if settles(&e) {
-                                return Err(e.into());
-                            }
-                            tracing::warn!(uri = file.uri, chunk = idx, error = %e, "chunk from a peer failed; trying the next source");
-                        }
-                        Err(e) => return Err(e),
-                    }
+            }
+        }
+        if let (Some(peers), Some(first)) = (&self.peers, &plan) {
+            if !first.is_primary(self.cluster.me()) && hops > 0 {
+                if let Some(r) = self.fetch_via_peers(peers, file, h, idx, range.clone(), hops).await? {
+                    return Ok(r);
                 }
             }
         }
@@ -360,6 +343,70 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Gets a chunk whose primary is another member: first from a less loaded candidate that
+    /// already holds it (bounded loads spread hot chunks; a candidate that misses copies the
+    /// chunk in the background for next time), then from the primary, which alone fetches from
+    /// the origin. Only the primary is ever waited on, so requests never wait in a cycle.
+    /// `None`: no peer could help (the caller goes to the origin).
+    async fn fetch_via_peers(
+        &self,
+        peers: &Arc<dyn PeerTransport>,
+        file: &RemoteFile,
+        h: &Arc<FileHandle>,
+        idx: u32,
+        range: Range<u64>,
+        hops: u32,
+    ) -> Result<Option<Source>, NodeError> {
+        let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
+        for attempt in 0..PEER_TRIES {
+            let plan = self.cluster.plan(hash);
+            if plan.is_primary(self.cluster.me()) {
+                return Ok(None);
+            }
+            let mut targets = Vec::with_capacity(2);
+            if attempt == 0 && hops >= READER_HOPS {
+                if let Some(c) = plan.order.first().filter(|c| **c != plan.primary) {
+                    targets.push((c.clone(), true));
+                }
+            }
+            targets.push((plan.primary.clone(), false));
+            for (addr, local_only) in targets {
+                let started = Instant::now();
+                // A secondary is asked for what it holds (hops 1: and to copy it on a miss).
+                let sent_hops = u32::from(local_only);
+                match self
+                    .fetch_from_peer(peers, &addr, file, h, idx, range.clone(), sent_hops, local_only)
+                    .await
+                {
+                    Ok(crc) => {
+                        h.commit_chunk(idx, crc);
+                        metrics::histogram!("locus_fetch_seconds", "source" => "peer")
+                            .record(started.elapsed().as_secs_f64());
+                        return Ok(Some(Source::Peer));
+                    }
+                    Err(NodeError::Peer(e)) => {
+                        if e.marks_down() {
+                            self.cluster.mark_down(&addr, &e.to_string());
+                        }
+                        if local_only {
+                            continue;
+                        }
+                        if settles(&e) {
+                            return Err(e.into());
+                        }
+                        tracing::warn!(uri = file.uri, chunk = idx, error = %e, "chunk from a peer failed; trying the next source");
+                        if !e.marks_down() {
+                            // The primary answers but cannot get the chunk: try the origin.
+                            return Ok(None);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Streams one chunk from `addr` into the cache file; returns its CRC once the bytes match

@@ -150,6 +150,13 @@ impl Peer for PeerService {
             )));
         }
         if req.local_only && h.crc(idx).is_none() {
+            if req.hops > 0 {
+                // Asked as a less loaded candidate: copy the chunk for the next reader.
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let _ = node.ensure_chunk(&file, &h, idx).await;
+                });
+            }
             return Err(Status::not_found("chunk not cached here"));
         }
         let hops = req.hops.min(crate::read::READER_HOPS - 1);
