@@ -5,19 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use locus_grpc::v1::local_server::LocalServer;
 use locus_cluster::{Cluster, ClusterConfig, Membership, MembershipOptions};
+use locus_grpc::v1::local_server::LocalServer;
 use locus_grpc::v1::peer_server::PeerServer;
 use locus_node::peer::server::{check_token, PeerService};
 use locus_node::peer::{GrpcPeers, PeerTransport};
 use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use locus_origin::{HfConfig, HfOrigin};
 use locus_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::DaemonConfig;
 
@@ -30,6 +30,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
-    Daemon(config::DaemonArgs),
+    Daemon(Box<config::DaemonArgs>),
     /// Make every selected file fully cached and verified.
     Warm(client::WarmArgs),
     /// Write a file's bytes to stdout.
@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
     match cli.cmd {
         Cmd::Daemon(args) => {
-            let cfg = config::DaemonConfig::merge(args, file, socket)?;
+            let cfg = config::DaemonConfig::merge(*args, file, socket)?;
             daemon::run(cfg).await.map_err(Failure::from)
         }
         Cmd::Warm(args) => client::warm(&socket, args).await,

@@ -79,6 +79,7 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let backend =
         Arc::new(DaemonBackend::connect(socket).map_err(|e| Failure::new(1, e.to_string()))?);

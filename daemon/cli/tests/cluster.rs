@@ -20,7 +20,14 @@ fn static_cluster(env: &Env, n: usize, extra: &[&str]) -> (Vec<Daemon>, Vec<Stri
     let peers = addrs.join(",");
     let ds: Vec<Daemon> = (0..n)
         .map(|i| {
-            let mut args = vec!["--chunk-size", CHUNK, "--listen", &addrs[i], "--peers", &peers];
+            let mut args = vec![
+                "--chunk-size",
+                CHUNK,
+                "--listen",
+                &addrs[i],
+                "--peers",
+                &peers,
+            ];
             args.extend_from_slice(extra);
             env.daemon(&format!("n{i}"), &args, &[])
         })
@@ -101,23 +108,32 @@ fn a_cluster_warm_reads_the_origin_once_and_every_node_reads_from_peers() {
         }
     }
     assert_eq!(env.sim.stats().data_bytes, total(&files));
-    assert_eq!(api_calls(&env), api_after_warm, "metadata came from its owner");
+    assert_eq!(
+        api_calls(&env),
+        api_after_warm,
+        "metadata came from its owner"
+    );
 
     let st = ds[1].json(&["status", "--json"]);
     assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
     let from_origin: u64 = ds
         .iter()
-        .map(|d| d.json(&["status", "--json"])["origin_bytes"].as_u64().unwrap())
+        .map(|d| {
+            d.json(&["status", "--json"])["origin_bytes"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
-    assert_eq!(from_origin, total(&files), "the owners' origin bytes add up to the repo");
+    assert_eq!(
+        from_origin,
+        total(&files),
+        "the owners' origin bytes add up to the repo"
+    );
     let m = members(&ds[1]);
     assert_eq!(m.len(), 3, "{m:?}");
     for a in &addrs {
         let state = &m.iter().find(|(x, _)| x == a).unwrap().1;
-        assert!(
-            state == "up",
-            "{a} {state}"
-        );
+        assert!(state == "up", "{a} {state}");
     }
     // Ownership is spread: every node served some chunks.
     for d in &ds {
@@ -505,7 +521,11 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
                     revision: "main".into(),
                 })
                 .await;
-            assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument, "{ns:?}");
+            assert_eq!(
+                r.unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{ns:?}"
+            );
         }
         let r = c
             .list(pb::PeerListRequest {
@@ -574,5 +594,290 @@ fn no_origin_credential_reaches_a_peer_or_a_log() {
         "the recorder saw no chunk request: {seen}"
     );
     assert!(!seen.contains(TOKEN), "the HF token reached a peer");
-    assert!(!d.log_text().contains(TOKEN), "the HF token reached the log");
+    assert!(
+        !d.log_text().contains(TOKEN),
+        "the HF token reached the log"
+    );
+}
+
+/// A real etcd server on loopback, stopped on drop.
+struct Etcd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Etcd {
+    fn start(env: &Env) -> Etcd {
+        let bin = ["etcd", "/usr/bin/etcd"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("etcd is not installed: run tests/setup (it installs Debian's etcd-server)");
+        let port = free_port();
+        let peer_port = free_port();
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(env.path("etcd.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["--name", "t", "--data-dir"])
+            .arg(env.path("etcd-data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd { child, port };
+        wait_for("etcd to answer", 30, || {
+            reqwest::blocking::get(format!("{client}/health"))
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+        e
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn etcd_membership_follows_joins_and_leaves_during_reads() {
+    let env = Env::with(SimOptions {
+        faults: Faults {
+            throttle_bps: 4 << 20,
+            ..Faults::default()
+        },
+        ..SimOptions::default()
+    });
+    let files = random_files(8, 1 << 20, 81);
+    env.sim.commit("model", REPO, files.clone());
+    let etcd = Etcd::start(&env);
+    let spec = format!("etcd://127.0.0.1:{}/locus-test", etcd.port);
+    let node = |name: &str| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let d = env.daemon(
+            name,
+            &[
+                "--chunk-size",
+                CHUNK,
+                "--listen",
+                &addr,
+                "--membership",
+                &spec,
+                "--membership-ttl",
+                "2",
+            ],
+            &[],
+        );
+        (d, addr)
+    };
+    let count_up = |d: &Daemon| members(d).iter().filter(|(_, s)| s == "up").count();
+    let (n0, _) = node("n0");
+    let (mut n1, _) = node("n1");
+    wait_for("two members", 20, || {
+        members(&n0).len() == 2 && members(&n1).len() == 2
+    });
+
+    let read_all = |d: &Daemon| {
+        for (path, want) in &files {
+            let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
+            assert!(got == want.to_vec(), "{path} differs");
+        }
+    };
+    // A member joins while n0 reads, without a restart of the others.
+    let (mut n2, a2) = std::thread::scope(|s| {
+        let r = s.spawn(|| read_all(&n0));
+        let joined = node("n2");
+        wait_for("three members", 20, || {
+            members(&n0).len() == 3 && members(&n1).len() == 3
+        });
+        r.join().unwrap();
+        joined
+    });
+    read_all(&n2);
+    // A member dies while n1 reads: its lease expires and it leaves the ring.
+    std::thread::scope(|s| {
+        let r = s.spawn(|| read_all(&n1));
+        std::thread::sleep(Duration::from_millis(200));
+        n2.signal(Signal::SIGKILL);
+        r.join().unwrap();
+    });
+    wait_for("the dead member to leave", 20, || {
+        let m = members(&n0);
+        m.len() == 2 && !m.iter().any(|(a, _)| *a == a2)
+    });
+    assert_eq!(count_up(&n0), 2);
+    // A member that stops cleanly leaves at once (its lease is revoked).
+    let status = n1.signal(Signal::SIGTERM);
+    assert!(status.success());
+    let t = Instant::now();
+    wait_for("the stopped member to leave", 10, || {
+        members(&n0).len() == 1
+    });
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "left after {:?}, slower than the lease",
+        t.elapsed()
+    );
+    read_all(&n0);
+}
+
+fn write_token(env: &Env, name: &str, token: &str) -> String {
+    let p = env.path(name);
+    std::fs::write(&p, token).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn peers_with_a_token_refuse_a_node_without_it() {
+    let env = Env::new();
+    let files = random_files(3, 1 << 20, 91);
+    env.sim.commit("model", REPO, files.clone());
+    let good = write_token(&env, "good", "0123456789abcdef-good-token");
+    let bad = write_token(&env, "bad", "0123456789abcdef-other-token");
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = addrs.join(",");
+    let ds: Vec<Daemon> = (0..3)
+        .map(|i| {
+            let tok = if i < 2 { &good } else { &bad };
+            env.daemon(
+                &format!("n{i}"),
+                &[
+                    "--chunk-size",
+                    CHUNK,
+                    "--listen",
+                    &addrs[i],
+                    "--peers",
+                    &peers,
+                    "--peer-token-file",
+                    tok,
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let state = |d: &Daemon, a: &str| {
+        members(d)
+            .into_iter()
+            .find(|(x, _)| x == a)
+            .map(|(_, s)| s)
+            .unwrap()
+    };
+    wait_for("n0 and n1 to trust each other, not n2", 20, || {
+        state(&ds[0], &addrs[1]) == "up"
+            && state(&ds[0], &addrs[2]) == "down"
+            && state(&ds[2], &addrs[0]) == "down"
+    });
+    ds[0].ok(&["warm", "hf://acme/model", "--scope", "cluster"]);
+    for d in &ds {
+        for (path, want) in &files {
+            let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
+            assert!(got == want.to_vec(), "{path} differs");
+        }
+    }
+    let st = ds[1].json(&["status", "--json"]);
+    assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(ds[2].json(&["status", "--json"])["peer_bytes"], 0);
+    for d in &ds {
+        let log = d.log_text();
+        assert!(!log.contains("good-token") && !log.contains("other-token"));
+    }
+    assert!(ds[0].log_text().contains("peer_auth=\"token\""));
+}
+
+#[test]
+fn peers_with_mutual_tls_talk_only_to_each_other() {
+    let env = Env::new();
+    let files = random_files(3, 1 << 20, 101);
+    env.sim.commit("model", REPO, files.clone());
+    // A CA and one certificate for the name every member carries.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let node_key = rcgen::KeyPair::generate().unwrap();
+    let node_cert = rcgen::CertificateParams::new(vec!["locus-peer".to_string()])
+        .unwrap()
+        .signed_by(&node_key, &issuer)
+        .unwrap();
+    let write = |n: &str, s: String| {
+        let p = env.path(n);
+        std::fs::write(&p, s).unwrap();
+        p.display().to_string()
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let cert_pem = write("node.pem", node_cert.pem());
+    let key_pem = write("node.key", node_key.serialize_pem());
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = addrs.join(",");
+    let ds: Vec<Daemon> = (0..3)
+        .map(|i| {
+            let mut args = vec![
+                "--chunk-size",
+                CHUNK,
+                "--listen",
+                &addrs[i],
+                "--peers",
+                &peers,
+            ];
+            if i < 2 {
+                args.extend([
+                    "--peer-tls-cert",
+                    &cert_pem,
+                    "--peer-tls-key",
+                    &key_pem,
+                    "--peer-tls-ca",
+                    &ca_pem,
+                ]);
+            }
+            env.daemon(&format!("n{i}"), &args, &[])
+        })
+        .collect();
+    let state = |d: &Daemon, a: &str| {
+        members(d)
+            .into_iter()
+            .find(|(x, _)| x == a)
+            .map(|(_, s)| s)
+            .unwrap()
+    };
+    wait_for("n0 and n1 over mTLS, n2 shut out", 20, || {
+        state(&ds[0], &addrs[1]) == "up"
+            && state(&ds[1], &addrs[0]) == "up"
+            && state(&ds[0], &addrs[2]) == "down"
+            && state(&ds[2], &addrs[0]) == "down"
+    });
+    ds[0].ok(&["warm", "hf://acme/model", "--scope", "cluster"]);
+    for (path, want) in &files {
+        let got = ds[1].ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+        let got = ds[2].ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+    }
+    let st = ds[1].json(&["status", "--json"]);
+    assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert!(ds[0].log_text().contains("peer_auth=\"mtls\""));
 }

@@ -150,6 +150,9 @@ fn main() {
             moved(&ring, &left, &hashes),
             1.0 / n as f64,
         );
-        eprintln!("  ({n} nodes simulated in {:.1} s)", t.elapsed().as_secs_f64());
+        eprintln!(
+            "  ({n} nodes simulated in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
     }
 }

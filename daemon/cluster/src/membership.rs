@@ -78,7 +78,9 @@ impl Membership {
                 || !prefix
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-                || prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+                || prefix
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
             {
                 return Err(err("bad key prefix"));
             }
@@ -206,7 +208,13 @@ async fn etcd_session(
         .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&dir).map(str::to_string))
         .collect();
     cluster.set_members(members.clone());
-    tracing::info!(prefix, lease, ttl, members = members.len(), "membership: registered in etcd");
+    tracing::info!(
+        prefix,
+        lease,
+        ttl,
+        members = members.len(),
+        "membership: registered in etcd"
+    );
     let from = listed.header().map(|h| h.revision() + 1).unwrap_or(0);
     let mut watch = client
         .watch(

@@ -198,7 +198,11 @@ mod tests {
                 .or_insert(0u64) += 1;
         }
         let max = *count.values().max().unwrap() as f64;
-        assert!(max / (keys as f64 / 20.0) < 1.3, "max/mean {}", max / 5000.0);
+        assert!(
+            max / (keys as f64 / 20.0) < 1.3,
+            "max/mean {}",
+            max / 5000.0
+        );
     }
 
     #[test]

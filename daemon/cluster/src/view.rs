@@ -272,11 +272,7 @@ impl Cluster {
             .take(self.cfg.replicas.max(1))
             .map(|s| s.to_string())
             .collect();
-        let peers: Vec<&str> = up
-            .iter()
-            .copied()
-            .filter(|c| *c != self.cfg.me)
-            .collect();
+        let peers: Vec<&str> = up.iter().copied().filter(|c| *c != self.cfg.me).collect();
         let total: f64 = ring
             .members()
             .iter()
@@ -340,7 +336,10 @@ mod tests {
         assert_eq!(p.order[0], p.primary);
         let _g: Vec<_> = (0..10).map(|_| c.begin(&p.primary)).collect();
         let q = c.plan(h);
-        assert_ne!(q.order[0], p.primary, "a full primary should pass the read on");
+        assert_ne!(
+            q.order[0], p.primary,
+            "a full primary should pass the read on"
+        );
         assert_eq!(q.primary, p.primary, "it stays the origin fetcher");
         drop(_g);
         assert_eq!(c.plan(h).order[0], p.primary);

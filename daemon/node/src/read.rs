@@ -285,7 +285,10 @@ impl Node {
             .peers
             .as_ref()
             .filter(|_| hops != ORIGIN_ONLY)
-            .map(|_| self.cluster.plan(chunk_hash(&file.key, self.cfg.chunk_size, idx)));
+            .map(|_| {
+                self.cluster
+                    .plan(chunk_hash(&file.key, self.cfg.chunk_size, idx))
+            });
         if let (Some(peers), Some(plan)) = (&self.peers, &plan) {
             if plan.is_primary(self.cluster.me()) || hops == 0 {
                 // After a membership change the chunk may sit at the previous primary, which
@@ -311,7 +314,10 @@ impl Node {
         }
         if let (Some(peers), Some(first)) = (&self.peers, &plan) {
             if !first.is_primary(self.cluster.me()) && hops > 0 {
-                if let Some(r) = self.fetch_via_peers(peers, file, h, idx, range.clone(), hops).await? {
+                if let Some(r) = self
+                    .fetch_via_peers(peers, file, h, idx, range.clone(), hops)
+                    .await?
+                {
                     return Ok(r);
                 }
             }
@@ -377,7 +383,16 @@ impl Node {
                 // A secondary is asked for what it holds (hops 1: and to copy it on a miss).
                 let sent_hops = u32::from(local_only);
                 match self
-                    .fetch_from_peer(peers, &addr, file, h, idx, range.clone(), sent_hops, local_only)
+                    .fetch_from_peer(
+                        peers,
+                        &addr,
+                        file,
+                        h,
+                        idx,
+                        range.clone(),
+                        sent_hops,
+                        local_only,
+                    )
                     .await
                 {
                     Ok(crc) => {

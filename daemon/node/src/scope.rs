@@ -90,7 +90,15 @@ impl Node {
                     Ok(s) => {
                         first.get_or_insert(s);
                     }
-                    Err(NodeError::Peer(e)) if !matches!(e, PeerError::Status { code: tonic::Code::NotFound | tonic::Code::PermissionDenied, .. }) => {
+                    Err(NodeError::Peer(e))
+                        if !matches!(
+                            e,
+                            PeerError::Status {
+                                code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
+                                ..
+                            }
+                        ) =>
+                    {
                         if e.marks_down() {
                             self.cluster.mark_down(owner, &e.to_string());
                         }
@@ -279,8 +287,8 @@ fn add_remote(p: &WarmProgress, now: &pb::WarmProgress, seen: &mut pb::WarmProgr
         d(now.done_files as u64, seen.done_files as u64),
         Ordering::Relaxed,
     );
-    let t = now.transfer.clone().unwrap_or_default();
-    let s = seen.transfer.clone().unwrap_or_default();
+    let t = now.transfer.unwrap_or_default();
+    let s = seen.transfer.unwrap_or_default();
     p.peer_bytes
         .fetch_add(d(t.peer_bytes, s.peer_bytes), Ordering::Relaxed);
     p.local_bytes

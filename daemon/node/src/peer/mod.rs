@@ -364,7 +364,10 @@ pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
     if uri.path != p.path {
         return Err(format!("uri {} does not name path {}", p.uri, p.path));
     }
-    if p.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if p.path
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(format!("bad path {:?}", p.path));
     }
     let hex_ok = |h: &str, n: usize| h.len() == n && h.bytes().all(|b| b.is_ascii_hexdigit());
@@ -412,7 +415,8 @@ mod tests {
     #[test]
     fn listing_entries_are_checked() {
         assert!(file_from_pb(good()).is_ok());
-        let bad: Vec<Box<dyn Fn(&mut pb::PeerFile)>> = vec![
+        type Edit = Box<dyn Fn(&mut pb::PeerFile)>;
+        let bad: Vec<Edit> = vec![
             Box::new(|f| f.uri = "hf://o/n@abc/../x".into()),
             Box::new(|f| f.path = "other".into()),
             Box::new(|f| f.size = 11),
