@@ -1,7 +1,9 @@
 //! `locus demo`: the offline quickstart. A local Hub (in this process) serves a generated
-//! safetensors model; a real `locus daemon` process caches it; the demo warms, warms again,
-//! reads every file back and checks it, and reports each step with its time and origin bytes.
-//! Everything lives in a temporary folder that is removed at the end, also on Ctrl-C.
+//! safetensors model; three real `locus daemon` processes on loopback form a cluster; the demo
+//! warms the cluster (the origin is read once), lets a second node take a full copy from its
+//! peers, warms again, reads every file back on a third node and checks it, and reports each
+//! step with its time and origin bytes. Everything lives in a temporary folder that is removed
+//! at the end, also on Ctrl-C.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -76,6 +78,78 @@ async fn wait_ready(socket: &Path, log: &Path, child: &mut Child) -> Result<(), 
     }
 }
 
+/// Daemons in the demo cluster.
+const NODES: usize = 3;
+
+fn free_loopback_port() -> Result<u16, Failure> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Failure::new(1, format!("finding a free loopback port: {e}")))
+}
+
+/// Starts demo node `i`: its own cache, socket and log under `root`.
+async fn spawn_node(
+    root: &Path,
+    i: usize,
+    addr: &str,
+    peers: &str,
+    endpoint: &str,
+) -> Result<(Child, std::path::PathBuf, std::path::PathBuf), Failure> {
+    let dir = root.join(format!("node{}", i + 1));
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, e.to_string()))?;
+    let socket = dir.join("locus.sock");
+    let log = dir.join("daemon.log");
+    let exe = std::env::current_exe().map_err(|e| Failure::new(1, e.to_string()))?;
+    let log_file = std::fs::File::create(&log).map_err(|e| Failure::new(1, e.to_string()))?;
+    let child = Child(
+        tokio::process::Command::new(exe)
+            .arg("daemon")
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--cache-size")
+            .arg("4GiB")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--listen", addr, "--peers", peers])
+            .env("HF_ENDPOINT", endpoint)
+            .env_remove("HF_TOKEN")
+            .env("HF_TOKEN_PATH", root.join("no-token"))
+            .env_remove("LOCUS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failure::new(1, format!("starting a demo daemon: {e}")))?,
+    );
+    Ok((child, socket, log))
+}
+
+/// Waits until every node sees every member up (health checks run every second).
+async fn wait_members_up(clients: &mut [client::Client]) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        let n = clients.len();
+        for c in clients.iter_mut() {
+            let st = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(|s| Failure::new(1, s.message().to_string()))?
+                .into_inner();
+            all &= st.members.len() == n && st.members.iter().all(|m| m.state == "up");
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(1, "the demo cluster did not form in 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn run(a: DemoArgs) -> Result<(), Failure> {
     let size = locus_core::parse_size(&a.model_size)
         .map_err(|e| Failure::usage(format!("--model-size: {e}")))?;
@@ -130,48 +204,57 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
     });
 
     let t = Instant::now();
-    let socket = root.join("locus.sock");
-    let log = root.join("daemon.log");
-    let exe = std::env::current_exe().map_err(|e| Failure::new(1, e.to_string()))?;
-    let log_file = std::fs::File::create(&log).map_err(|e| Failure::new(1, e.to_string()))?;
-    let mut child = Child(
-        tokio::process::Command::new(exe)
-            .arg("daemon")
-            .arg("--cache-dir")
-            .arg(root.join("cache"))
-            .arg("--cache-size")
-            .arg("4GiB")
-            .arg("--socket")
-            .arg(&socket)
-            .env("HF_ENDPOINT", sim.url())
-            .env_remove("HF_TOKEN")
-            .env("HF_TOKEN_PATH", root.join("no-token"))
-            .env_remove("LOCUS_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Failure::new(1, format!("starting the demo daemon: {e}")))?,
-    );
-    wait_ready(&socket, &log, &mut child).await?;
+    let addrs: Vec<String> = (0..NODES)
+        .map(|_| free_loopback_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_, _>>()?;
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        nodes.push(spawn_node(root, i, addr, &addrs.join(","), &sim.url()).await?);
+    }
+    for (child, socket, log) in &mut nodes {
+        wait_ready(socket, log, child).await?;
+    }
+    let mut clients = Vec::new();
+    for (_, socket, _) in &nodes {
+        clients.push(client::connect(socket).await?);
+    }
+    wait_members_up(&mut clients).await?;
     steps.push(Step {
-        name: "daemon".into(),
+        name: "cluster".into(),
         seconds: t.elapsed().as_secs_f64(),
         origin_bytes: 0,
-        detail: format!("one node, cache in {}", root.join("cache").display()),
+        detail: format!(
+            "{NODES} daemons on loopback ({}), each with its own cache",
+            addrs.join(", ")
+        ),
     });
 
-    let mut c = client::connect(&socket).await?;
-    for (name, what) in [
-        ("warm (cold)", "from the origin, chunks in parallel"),
-        ("warm (again)", "already cached: no origin bytes"),
+    for (node, scope, name, what) in [
+        (
+            0,
+            "cluster",
+            "warm cluster",
+            "node 1 asks each chunk's owner to fetch it: the origin once",
+        ),
+        (
+            1,
+            "node",
+            "warm node 2",
+            "a full copy on node 2, from its peers",
+        ),
+        (
+            1,
+            "node",
+            "warm again",
+            "already on node 2: no origin or peer bytes",
+        ),
     ] {
         let before = sim.stats().data_bytes;
         let s = client::warm_with(
-            &mut c,
+            &mut clients[node],
             pb::WarmRequest {
                 uris: vec![uri.clone()],
+                scope: scope.into(),
                 ..Default::default()
             },
             true,
@@ -184,6 +267,7 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
             detail: format!("{what}; {s}"),
         });
     }
+    let c = &mut clients[2];
 
     let t = Instant::now();
     let before = sim.stats().data_bytes;
@@ -216,7 +300,7 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
         seconds: t.elapsed().as_secs_f64(),
         origin_bytes: sim.stats().data_bytes - before,
         detail: format!(
-            "{} files equal the origin's (sha256); {tensors} tensors parsed with safetensors",
+            "on node 3: {} files equal the origin's (sha256); {tensors} tensors parsed with safetensors",
             files.len()
         ),
     });
@@ -226,14 +310,18 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
         .await
         .map_err(|s| Failure::new(1, s.message().to_string()))?
         .into_inner();
-    // Stop the daemon as an operator would.
-    if let Some(pid) = child.0.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+    // Stop the daemons as an operator would.
+    for (child, _, _) in &mut nodes {
+        if let Some(pid) = child.0.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.0.wait()).await;
+    for (child, _, _) in &mut nodes {
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.0.wait()).await;
+    }
 
     println!();
     println!(
@@ -256,12 +344,12 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
     }
     let origin_total: u64 = steps.iter().map(|s| s.origin_bytes).sum();
     println!(
-        "origin bytes in all: {} for a {} model ({:.3}x); node: {} cached, hit ratio {:.2}",
+        "origin bytes in all: {} for a {} model ({:.3}x); node 3: {} from peers, {} cached",
         format_size(origin_total),
         format_size(total),
         origin_total as f64 / total.max(1) as f64,
+        format_size(st.peer_bytes),
         format_size(st.cache_bytes),
-        st.hit_ratio
     );
     Ok(())
 }
