@@ -103,6 +103,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .tcp_nodelay(true)
                 .initial_stream_window_size(Some(8 << 20))
                 .initial_connection_window_size(Some(32 << 20))
+                .max_frame_size(Some(locus_node::peer::PEER_FRAME))
                 .http2_keepalive_interval(Some(Duration::from_secs(10)));
             if let Some(tls) = &cfg.security.tls {
                 builder = builder

@@ -74,6 +74,8 @@ enum Checked {
     Good,
     /// A chunk failed its CRC and was dropped.
     ChunkDropped,
+    /// Not every chunk landed.
+    Incomplete,
     Mismatch,
 }
 
@@ -113,6 +115,20 @@ impl Node {
             progress.done_bytes.fetch_add(present, Ordering::Relaxed);
             done_here.fetch_add(present, Ordering::Relaxed);
             let done_here = &done_here;
+            // The whole-file check runs beside the fetches, in chunk order, as chunks land.
+            let (landed, hasher) = if h.verified() {
+                (None, None)
+            } else {
+                let (tx, rx) = std::sync::mpsc::channel::<(u32, bool)>();
+                for i in (0..layout.count()).filter(|i| !missing_set.contains(i)) {
+                    let _ = tx.send((i, false));
+                }
+                let hv = h.clone();
+                let digest = h.digest();
+                let task = tokio::task::spawn_blocking(move || verify(&hv, digest.as_ref(), rx));
+                (Some(tx), Some(task))
+            };
+            let landed = &landed;
             futures::stream::iter(missing)
                 .map(|idx| {
                     let h = h.clone();
@@ -128,21 +144,23 @@ impl Node {
                         };
                         progress.done_bytes.fetch_add(len, Ordering::Relaxed);
                         done_here.fetch_add(len, Ordering::Relaxed);
+                        if let Some(tx) = landed {
+                            // Fresh bytes: their CRC was computed as they were written.
+                            let _ = tx.send((idx, true));
+                        }
                         Ok::<_, NodeError>(())
                     }
                 })
                 .buffer_unordered(self.cfg.concurrency.max(1))
                 .try_collect::<()>()
                 .await?;
-            if h.verified() {
+            let Some(hasher) = hasher else {
                 self.counters
                     .local_bytes
                     .fetch_add(present, Ordering::Relaxed);
                 return Ok(h);
-            }
-            let hv = h.clone();
-            let digest = h.digest();
-            let checked = tokio::task::spawn_blocking(move || verify(&hv, digest.as_ref()))
+            };
+            let checked = hasher
                 .await
                 .map_err(|e| NodeError::Internal(e.to_string()))??;
             match checked {
@@ -152,7 +170,7 @@ impl Node {
                 }
                 // Chunks dropped: the next round fetches them again. Count every round
                 // from zero.
-                Checked::ChunkDropped => {}
+                Checked::ChunkDropped | Checked::Incomplete => {}
                 Checked::Mismatch => {
                     mismatches += 1;
                     tracing::error!(
@@ -561,46 +579,56 @@ impl Node {
         let want = range.end - range.start;
         let mut crc = 0u32;
         let mut written = 0u64;
-        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-        let short = |got| NodeError::ShortBody {
-            what: file.uri.clone(),
-            got,
-            want,
-        };
+        // Pieces as received, written together once they add up to a batch: no copy.
+        let mut batch: Vec<bytes::Bytes> = Vec::new();
+        let mut batched = 0usize;
         while let Some(piece) = stream.next().await {
             let piece = piece?;
             let n = piece.len() as u64;
             count(n);
-            if written + buf.len() as u64 + n > want {
-                return Err(short(written + buf.len() as u64 + n));
+            if written + batched as u64 + n > want {
+                return Err(NodeError::ShortBody {
+                    what: file.uri.clone(),
+                    got: written + batched as u64 + n,
+                    want,
+                });
             }
             crc = crc32c::crc32c_append(crc, &piece);
-            buf.extend_from_slice(&piece);
-            if buf.len() >= WRITE_BATCH {
-                let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_BATCH));
-                let n = data.len() as u64;
-                write(h, data, range.start + written).await?;
-                written += n;
+            batched += piece.len();
+            batch.push(piece);
+            if batched >= WRITE_BATCH {
+                write(h, std::mem::take(&mut batch), range.start + written).await?;
+                written += std::mem::take(&mut batched) as u64;
             }
         }
-        let tail = buf.len() as u64;
-        if tail > 0 {
-            write(h, buf, range.start + written).await?;
-            written += tail;
+        if batched > 0 {
+            write(h, batch, range.start + written).await?;
+            written += batched as u64;
         }
         if written != want {
-            return Err(short(written));
+            return Err(NodeError::ShortBody {
+                what: file.uri.clone(),
+                got: written,
+                want,
+            });
         }
         Ok(crc)
     }
 }
 
-async fn write(h: &Arc<FileHandle>, data: Vec<u8>, offset: u64) -> Result<(), NodeError> {
+async fn write(
+    h: &Arc<FileHandle>,
+    pieces: Vec<bytes::Bytes>,
+    offset: u64,
+) -> Result<(), NodeError> {
     let h = h.clone();
-    tokio::task::spawn_blocking(move || h.write_at(&data, offset))
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-        .map_err(NodeError::from)
+    tokio::task::spawn_blocking(move || {
+        let slices: Vec<&[u8]> = pieces.iter().map(|p| p.as_ref()).collect();
+        h.write_vectored_at(&slices, offset)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(e.to_string()))?
+    .map_err(NodeError::from)
 }
 
 enum Hasher {
@@ -609,8 +637,15 @@ enum Hasher {
     None,
 }
 
-/// Reads the whole file back, checking each chunk's CRC and the file's digest.
-fn verify(h: &FileHandle, digest: Option<&Digest>) -> Result<Checked, NodeError> {
+/// Reads the whole file back in chunk order, each chunk once `landed` names it, checking the
+/// file's digest, and the CRC of each chunk that was already stored (a fresh chunk's CRC was
+/// computed as it was written). Returns `Incomplete` if `landed` closes before every chunk
+/// was named (the fetch failed; its error is what the caller reports).
+fn verify(
+    h: &FileHandle,
+    digest: Option<&Digest>,
+    landed: std::sync::mpsc::Receiver<(u32, bool)>,
+) -> Result<Checked, NodeError> {
     let layout = h.layout();
     let mut hasher = match digest {
         Some(Digest::Sha256(_)) => Hasher::Sha256(sha2::Sha256::new()),
@@ -622,8 +657,24 @@ fn verify(h: &FileHandle, digest: Option<&Digest>) -> Result<Checked, NodeError>
         None => Hasher::None,
     };
     let mut buf = Vec::new();
+    // None: not landed yet; Some(fresh).
+    let mut ready: Vec<Option<bool>> = vec![None; layout.count() as usize];
     for idx in 0..layout.count() {
-        if !h.read_chunk_verified(idx, &mut buf)? {
+        while ready[idx as usize].is_none() {
+            match landed.recv() {
+                Ok((i, fresh)) => {
+                    if let Some(r) = ready.get_mut(i as usize) {
+                        *r = Some(fresh);
+                    }
+                }
+                Err(_) => return Ok(Checked::Incomplete),
+            }
+        }
+        if ready[idx as usize] == Some(true) {
+            let r = layout.range(idx);
+            buf.resize((r.end - r.start) as usize, 0);
+            h.read_at(&mut buf, r.start)?;
+        } else if !h.read_chunk_verified(idx, &mut buf)? {
             return Ok(Checked::ChunkDropped);
         }
         match &mut hasher {

@@ -75,7 +75,14 @@ struct Entry {
     /// Bytes of recorded chunks.
     bytes: u64,
     users: u32,
-    file: Option<Arc<File>>,
+    file: Option<Arc<DataFile>>,
+}
+
+/// An open data file. Writers take `write_lock` first: concurrent buffered writes to one file
+/// serialize on the inode lock anyway, and waiting here sleeps where the kernel would spin.
+struct DataFile {
+    file: File,
+    write_lock: std::sync::Mutex<()>,
 }
 
 impl Entry {
@@ -418,6 +425,55 @@ impl Drop for FileHandle {
     }
 }
 
+/// `pwritev` until every byte of `bufs` is written at `offset`.
+fn pwritev_all(f: &File, bufs: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<&[u8]> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    let mut first = 0;
+    while first < slices.len() {
+        let iov: Vec<libc::iovec> = slices[first..]
+            .iter()
+            .take(64)
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into a slice borrowed for this call, and the fd is open.
+        let n = unsafe {
+            libc::pwritev(
+                f.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        while n > 0 {
+            let l = slices[first].len();
+            if n >= l {
+                n -= l;
+                first += 1;
+            } else {
+                slices[first] = &slices[first][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl FileHandle {
     /// The file's cache key.
     pub fn key(&self) -> &str {
@@ -482,19 +538,20 @@ impl FileHandle {
         self.with_entry(|e| e.rec.digest.clone()).flatten()
     }
 
-    fn file(&self) -> Result<Arc<File>, StoreError> {
+    fn file(&self) -> Result<Arc<DataFile>, StoreError> {
         if let Some(Some(f)) = self.with_entry(|e| e.file.clone()) {
             return Ok(f);
         }
-        let f = Arc::new(
-            OpenOptions::new()
+        let f = Arc::new(DataFile {
+            file: OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&self.path)
                 .map_err(|e| io_err(&self.path, e))?,
-        );
+            write_lock: std::sync::Mutex::new(()),
+        });
         self.with_entry(|e| e.file = Some(f.clone()));
         Ok(f)
     }
@@ -524,13 +581,25 @@ impl FileHandle {
 
     /// Writes `data` at `offset` of the data file. On a full disk, evicts and tries once more.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.write_vectored_at(&[data], offset)
+    }
+
+    /// Writes `bufs`, one after the other, at `offset` (one `pwritev` where it can, so pieces
+    /// received from the network need no copy into one buffer). On a full disk, evicts and
+    /// tries once more.
+    pub fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> Result<(), StoreError> {
         let f = self.file()?;
-        match f.write_all_at(data, offset) {
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let write = || {
+            let _g = f.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            pwritev_all(&f.file, bufs, offset)
+        };
+        match write() {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 // Another writer may have freed room already; try again either way.
-                self.store.evict_for_disk(data.len() as u64 * 4);
-                if f.write_all_at(data, offset).is_ok() {
+                self.store.evict_for_disk(len * 4);
+                if write().is_ok() {
                     return Ok(());
                 }
                 Err(StoreError::DiskFull {
@@ -592,8 +661,30 @@ impl FileHandle {
     /// the caller computes on the way (see [`FileHandle::chunk_failed`]).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
         let f = self.file()?;
-        f.read_exact_at(buf, offset)
+        f.file
+            .read_exact_at(buf, offset)
             .map_err(|e| io_err(&self.path, e))
+    }
+
+    /// Chunk `idx` as bytes mapped from the data file, without a copy: what a peer server
+    /// sends. The caller checks them against [`FileHandle::crc`] (the map sees the page cache).
+    pub fn map_chunk(&self, idx: u32) -> Result<bytes::Bytes, StoreError> {
+        let f = self.file()?;
+        let r = self.layout.range(idx);
+        if r.end == r.start {
+            return Ok(bytes::Bytes::new());
+        }
+        // SAFETY: data files are only ever written at chunk offsets and never truncated while
+        // registered, so the mapped range (a stored chunk, inside the file) stays valid; bytes
+        // rewritten under the map are caught by the CRC the caller checks.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(r.start)
+                .len((r.end - r.start) as usize)
+                .map(&f.file)
+        }
+        .map_err(|e| io_err(&self.path, e))?;
+        Ok(bytes::Bytes::from_owner(map))
     }
 
     /// Drops chunk `idx` after a reader found that its bytes do not match its CRC.
@@ -616,7 +707,8 @@ impl FileHandle {
         let r = self.layout.range(idx);
         buf.resize((r.end - r.start) as usize, 0);
         let f = self.file()?;
-        f.read_exact_at(buf, r.start)
+        f.file
+            .read_exact_at(buf, r.start)
             .map_err(|e| io_err(&self.path, e))?;
         if crc32c::crc32c(buf) != crc {
             self.chunk_failed(idx);

@@ -32,6 +32,8 @@ pub const MAX_FILES: usize = 1_000_000;
 /// Longest string field (URI, path, key, locator).
 pub const MAX_FIELD: usize = 4096;
 
+/// HTTP/2 frame size between peers (both directions).
+pub const PEER_FRAME: u32 = 1 << 20;
 /// How long a peer may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a chunk stream may stay silent (servers send heartbeats every second).
@@ -236,7 +238,10 @@ impl GrpcPeers {
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .initial_stream_window_size(Some(8 << 20))
-                    .initial_connection_window_size(Some(32 << 20));
+                    .initial_connection_window_size(Some(32 << 20))
+                    // Chunk data comes in 1 MiB messages: 1 MiB frames instead of h2's 16 KiB
+                    // default cut the syscalls of a transfer about 60-fold.
+                    .max_frame_size(PEER_FRAME);
                 if let Some(tls) = &self.tls {
                     ep = ep
                         .tls_config(tls.clone())

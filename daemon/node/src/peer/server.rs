@@ -202,44 +202,42 @@ impl Peer for PeerService {
             if tx.send(Ok(header)).await.is_err() || req.header_only {
                 return;
             }
-            let mut sum = 0u32;
-            let mut off = range.start;
-            while off < range.end {
-                let n = PIECE.min((range.end - off) as usize);
-                let hb = h.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    hb.read_at(&mut buf, off).map(|()| buf)
-                })
-                .await;
-                let buf = match read {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::from(NodeError::from(e)))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                };
-                sum = crc32c::crc32c_append(sum, &buf);
-                off += n as u64;
-                node.counters
-                    .peer_bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                metrics::counter!("locus_peer_bytes_total", "direction" => "sent")
-                    .increment(n as u64);
-                let piece = pb::ChunkPiece {
-                    data: buf.into(),
-                    ..Default::default()
-                };
-                if tx.send(Ok(piece)).await.is_err() {
+            let hb = h.clone();
+            let mapped = tokio::task::spawn_blocking(move || {
+                let m = hb.map_chunk(idx)?;
+                let sum = crc32c::crc32c(&m);
+                Ok::<_, locus_store::StoreError>((m, sum))
+            })
+            .await;
+            let (data, sum) = match mapped {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(Status::from(NodeError::from(e)))).await;
                     return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            if sum == crc {
+                for piece in data.chunks(PIECE) {
+                    let n = piece.len() as u64;
+                    node.counters
+                        .peer_bytes_sent
+                        .fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!("locus_peer_bytes_total", "direction" => "sent").increment(n);
+                    let piece = pb::ChunkPiece {
+                        data: data.slice_ref(piece),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
                 }
             }
             if sum != crc {
-                // The reader sees the mismatch too and goes elsewhere; this copy is dropped.
+                // Checked before sending: the reader goes elsewhere; this copy is dropped.
                 h.chunk_failed(idx);
                 let _ = tx
                     .send(Err(Status::data_loss("chunk failed its checksum here")))
