@@ -656,7 +656,6 @@ fn verify(
         }
         None => Hasher::None,
     };
-    let mut buf = Vec::new();
     // None: not landed yet; Some(fresh).
     let mut ready: Vec<Option<bool>> = vec![None; layout.count() as usize];
     for idx in 0..layout.count() {
@@ -670,16 +669,15 @@ fn verify(
                 Err(_) => return Ok(Checked::Incomplete),
             }
         }
-        if ready[idx as usize] == Some(true) {
-            let r = layout.range(idx);
-            buf.resize((r.end - r.start) as usize, 0);
-            h.read_at(&mut buf, r.start)?;
-        } else if !h.read_chunk_verified(idx, &mut buf)? {
+        // Hashed straight from the page cache through a map: no copy.
+        let bytes = h.map_chunk(idx)?;
+        if ready[idx as usize] == Some(false) && h.crc(idx) != Some(crc32c::crc32c(&bytes)) {
+            h.chunk_failed(idx);
             return Ok(Checked::ChunkDropped);
         }
         match &mut hasher {
-            Hasher::Sha256(s) => s.update(&buf),
-            Hasher::Sha1(s) => s.update(&buf),
+            Hasher::Sha256(s) => s.update(&bytes),
+            Hasher::Sha1(s) => s.update(&bytes),
             Hasher::None => {}
         }
     }
