@@ -881,3 +881,32 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
     assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
     assert!(ds[0].log_text().contains("peer_auth=\"mtls\""));
 }
+
+#[test]
+fn with_two_replicas_a_dead_owner_costs_no_origin_bytes() {
+    let env = Env::new();
+    let files = random_files(4, 1 << 20, 111);
+    env.sim.commit("model", REPO, files.clone());
+    let (mut ds, _) = static_cluster(&env, 3, &["--replicas", "2"]);
+    ds[0].ok(&["warm", "hf://acme/model", "--scope", "cluster"]);
+    assert_eq!(env.sim.stats().data_bytes, total(&files));
+    let held: u64 = ds
+        .iter()
+        .map(|d| {
+            d.json(&["status", "--json"])["cache_bytes"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(held, 2 * total(&files), "every chunk at two owners");
+    ds[1].signal(Signal::SIGKILL);
+    for (path, want) in &files {
+        let got = ds[2].ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+    }
+    assert_eq!(
+        env.sim.stats().data_bytes,
+        total(&files),
+        "the surviving replicas served every chunk"
+    );
+}
