@@ -32,6 +32,17 @@ pub const CHUNK_CORRUPTIONS: &str = "locus_chunk_corruptions_total";
 /// Files whose bytes did not match the origin's digest.
 pub const DIGEST_MISMATCHES: &str = "locus_digest_mismatches_total";
 
+/// Peers marked down by a reader or a health check.
+pub const PEER_DOWN: &str = "locus_peer_down_total";
+/// Peer requests refused for a missing or wrong token.
+pub const PEER_AUTH_FAILURES: &str = "locus_peer_auth_failures_total";
+/// Peer requests refused as malformed.
+pub const PEER_INVALID_REQUESTS: &str = "locus_peer_invalid_requests_total";
+/// Peer chunk requests, by `result` (`ok`, `error`) as seen by the reader.
+pub const PEER_REQUESTS: &str = "locus_peer_requests_total";
+/// Times the membership source (etcd, DNS) could not be reached.
+pub const MEMBERSHIP_ERRORS: &str = "locus_membership_errors_total";
+
 /// Buckets of [`FETCH_SECONDS`].
 pub const FETCH_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -64,6 +75,17 @@ pub fn describe() {
     );
     metrics::describe_histogram!(FETCH_SECONDS, Unit::Seconds, "Time to fetch one chunk");
     metrics::describe_gauge!(RING_MEMBERS, "Members of the consistent-hash ring");
+    metrics::describe_counter!(PEER_DOWN, "Peers marked down (failed, silent or garbled)");
+    metrics::describe_counter!(
+        PEER_AUTH_FAILURES,
+        "Peer requests refused for a missing or wrong token"
+    );
+    metrics::describe_counter!(PEER_INVALID_REQUESTS, "Peer requests refused as malformed");
+    metrics::describe_counter!(PEER_REQUESTS, "Chunk requests sent to peers, by result");
+    metrics::describe_counter!(
+        MEMBERSHIP_ERRORS,
+        "Times the membership source could not be reached"
+    );
     metrics::describe_counter!(CHUNK_CORRUPTIONS, "Chunks that failed their checksum");
     metrics::describe_counter!(
         DIGEST_MISMATCHES,
@@ -75,11 +97,18 @@ pub fn describe() {
         CACHE_MISSES,
         EVICTIONS,
         CHUNK_CORRUPTIONS,
+        PEER_DOWN,
+        PEER_AUTH_FAILURES,
+        PEER_INVALID_REQUESTS,
+        MEMBERSHIP_ERRORS,
     ] {
         metrics::counter!(c).absolute(0);
     }
     for d in ["sent", "received"] {
         metrics::counter!(PEER_BYTES, "direction" => d).absolute(0);
+    }
+    for r in ["ok", "error"] {
+        metrics::counter!(PEER_REQUESTS, "result" => r).absolute(0);
     }
     for k in ["revision", "list", "resolve", "get"] {
         metrics::counter!(ORIGIN_REQUESTS, "kind" => k).absolute(0);

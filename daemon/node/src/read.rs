@@ -531,16 +531,16 @@ impl Node {
             metrics::counter!("locus_peer_bytes_total", "direction" => "received").increment(n);
         };
         let crc = match self.write_stream(file, h, range, data, &count).await {
-            Ok(crc) => crc,
+            Ok(crc) if crc == header.crc32c => Ok(crc),
+            Ok(_) => Err(garbled("chunk bytes do not match their CRC".into())),
             Err(NodeError::ShortBody { got, want, .. }) => {
-                return Err(garbled(format!("{got} bytes for a {want}-byte chunk")))
+                Err(garbled(format!("{got} bytes for a {want}-byte chunk")))
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         };
-        if crc != header.crc32c {
-            return Err(garbled("chunk bytes do not match their CRC".into()));
-        }
-        Ok(crc)
+        let result = if crc.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
+        crc
     }
 
     /// One attempt: streams `range` into the cache file and returns its CRC32C.

@@ -20,6 +20,8 @@ use crate::{Node, NodeError, WarmProgress};
 
 /// How often members are checked.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Members that are up checked per round.
+pub const UP_CHECKS: usize = 32;
 /// Attempts per chunk of a cluster warm (each after re-planning around a member that failed).
 const CLUSTER_TRIES: usize = 3;
 /// File URIs per all-nodes warm request.
@@ -81,7 +83,9 @@ impl Node {
             for owner in &plan.owners {
                 let r = if owner == self.cluster.me() {
                     let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
-                    self.ensure_chunk(file, &h, idx).await
+                    // Straight to the primary (hops 1), not to a less loaded candidate: a
+                    // placement must not leave copies on members that do not own the chunk.
+                    self.ensure_chunk_via(file, &h, idx, 1).await
                 } else {
                     let hops = if *owner == plan.primary { 0 } else { 1 };
                     self.ensure_at_peer(owner, file, idx, hops).await
@@ -233,25 +237,38 @@ impl Node {
         Ok(())
     }
 
-    /// Checks every member every [`HEALTH_EVERY`]: a member that answers is up (with its load),
-    /// one that does not is down. Runs until the node is dropped.
+    /// Health checks: every [`HEALTH_EVERY`], the members that are down (so that they come back
+    /// as soon as they answer) and a rotating share of the others, at most [`UP_CHECKS`] of them
+    /// (their load, and failures no reader has met yet): each member is seen every few seconds
+    /// in a small cluster without all-to-all traffic in a large one. Runs until the node is
+    /// dropped.
     pub fn spawn_health_checks(self: &Arc<Self>) {
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_EVERY);
+            let mut round = 0usize;
             loop {
                 tick.tick().await;
+                round += 1;
                 let Some(node) = node.upgrade() else { return };
                 let Some(peers) = node.peers.clone() else {
                     return;
                 };
                 let me = node.cluster.me().to_string();
-                let members: Vec<String> = node
-                    .cluster
-                    .ring()
-                    .members()
-                    .iter()
-                    .filter(|m| **m != me)
+                let ring = node.cluster.ring();
+                let others: Vec<&String> = ring.members().iter().filter(|m| **m != me).collect();
+                let (down, up): (Vec<&String>, Vec<&String>) =
+                    others.into_iter().partition(|m| !node.cluster.is_up(m));
+                let start = (round * UP_CHECKS) % up.len().max(1);
+                let members: Vec<String> = down
+                    .into_iter()
+                    .chain(
+                        up.iter()
+                            .cycle()
+                            .skip(start)
+                            .take(UP_CHECKS.min(up.len()))
+                            .copied(),
+                    )
                     .cloned()
                     .collect();
                 let checks = members.iter().map(|m| {

@@ -53,7 +53,7 @@ pub fn check_token(
         if same {
             Ok(req)
         } else {
-            metrics::counter!("locus_peer_auth_failures_total").increment(1);
+            metrics::counter!(crate::metrics_defs::PEER_AUTH_FAILURES).increment(1);
             Err(Status::unauthenticated(
                 "peer token missing or wrong (set the same --peer-token on every node)",
             ))
@@ -62,7 +62,7 @@ pub fn check_token(
 }
 
 fn invalid(what: impl std::fmt::Display) -> Status {
-    metrics::counter!("locus_peer_invalid_requests_total").increment(1);
+    metrics::counter!(crate::metrics_defs::PEER_INVALID_REQUESTS).increment(1);
     Status::invalid_argument(what.to_string())
 }
 
