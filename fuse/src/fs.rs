@@ -452,11 +452,36 @@ impl<B: Backend> LocusFs<B> {
     /// Checks every chunk not yet checked by this mount, refetching any that fail, before the
     /// kernel is given the file: with passthrough, reads no longer pass through here.
     fn check_all(&self, st: &FileState, inner: &mut MutexGuard<'_, Inner>) -> bool {
-        for c in 0..inner.crcs.len() as u32 {
-            if inner.checked.get(c as usize).copied().unwrap_or(false) {
-                continue;
-            }
-            if !Self::check_chunk(inner, st.size, c).unwrap_or(false) {
+        let todo: Vec<u32> = (0..inner.crcs.len() as u32)
+            .filter(|c| !inner.checked.get(*c as usize).copied().unwrap_or(false))
+            .collect();
+        // The check is CPU-bound (CRC32C over the page cache): every core takes every n-th chunk.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+            .min(todo.len().max(1));
+        let shared: &Inner = inner;
+        let results: Vec<(u32, bool)> = std::thread::scope(|s| {
+            let todo = &todo;
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    s.spawn(move || {
+                        todo.iter()
+                            .skip(w)
+                            .step_by(workers)
+                            .map(|&c| (c, Self::check_chunk(shared, st.size, c).unwrap_or(false)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (c, ok) in results {
+            if !ok {
                 tracing::error!(
                     uri = st.uri,
                     chunk = c,
@@ -475,7 +500,8 @@ impl<B: Backend> LocusFs<B> {
                 *slot = true;
             }
         }
-        true
+        // A worker that panicked left its chunks unchecked: no passthrough then.
+        inner.checked.iter().all(|c| *c)
     }
 
     /// Reads chunk `c` of the cache file whole and checks it against its CRC.
