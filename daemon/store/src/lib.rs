@@ -75,14 +75,7 @@ struct Entry {
     /// Bytes of recorded chunks.
     bytes: u64,
     users: u32,
-    file: Option<Arc<DataFile>>,
-}
-
-/// An open data file. Writers take `write_lock` first: concurrent buffered writes to one file
-/// serialize on the inode lock anyway, and waiting here sleeps where the kernel would spin.
-struct DataFile {
-    file: File,
-    write_lock: std::sync::Mutex<()>,
+    file: Option<Arc<File>>,
 }
 
 impl Entry {
@@ -538,20 +531,19 @@ impl FileHandle {
         self.with_entry(|e| e.rec.digest.clone()).flatten()
     }
 
-    fn file(&self) -> Result<Arc<DataFile>, StoreError> {
+    fn file(&self) -> Result<Arc<File>, StoreError> {
         if let Some(Some(f)) = self.with_entry(|e| e.file.clone()) {
             return Ok(f);
         }
-        let f = Arc::new(DataFile {
-            file: OpenOptions::new()
+        let f = Arc::new(
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&self.path)
                 .map_err(|e| io_err(&self.path, e))?,
-            write_lock: std::sync::Mutex::new(()),
-        });
+        );
         self.with_entry(|e| e.file = Some(f.clone()));
         Ok(f)
     }
@@ -590,10 +582,7 @@ impl FileHandle {
     pub fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> Result<(), StoreError> {
         let f = self.file()?;
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let write = || {
-            let _g = f.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            pwritev_all(&f.file, bufs, offset)
-        };
+        let write = || pwritev_all(&f, bufs, offset);
         match write() {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -661,8 +650,7 @@ impl FileHandle {
     /// the caller computes on the way (see [`FileHandle::chunk_failed`]).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
         let f = self.file()?;
-        f.file
-            .read_exact_at(buf, offset)
+        f.read_exact_at(buf, offset)
             .map_err(|e| io_err(&self.path, e))
     }
 
@@ -681,7 +669,7 @@ impl FileHandle {
             memmap2::MmapOptions::new()
                 .offset(r.start)
                 .len((r.end - r.start) as usize)
-                .map(&f.file)
+                .map(&*f)
         }
         .map_err(|e| io_err(&self.path, e))?;
         Ok(bytes::Bytes::from_owner(map))
@@ -707,8 +695,7 @@ impl FileHandle {
         let r = self.layout.range(idx);
         buf.resize((r.end - r.start) as usize, 0);
         let f = self.file()?;
-        f.file
-            .read_exact_at(buf, r.start)
+        f.read_exact_at(buf, r.start)
             .map_err(|e| io_err(&self.path, e))?;
         if crc32c::crc32c(buf) != crc {
             self.chunk_failed(idx);
