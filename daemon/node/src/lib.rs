@@ -237,6 +237,13 @@ impl Node {
         self.serving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Marks `addr` down when `e` says it cannot serve this node.
+    fn peer_failed(&self, addr: &str, e: &peer::PeerError) {
+        if e.marks_down() {
+            self.cluster.mark_down(addr, &e.to_string());
+        }
+    }
+
     /// The member that owns `ns`'s metadata, when it is another node that answers.
     fn metadata_owner(&self, ns: &Namespace) -> Option<(String, Arc<dyn peer::PeerTransport>)> {
         let peers = self.peers.clone()?;
@@ -288,13 +295,9 @@ impl Node {
                 }
                 Ok(_) => self.cluster.mark_down(&owner, "sent an empty revision"),
                 Err(e) => {
-                    if e.marks_down() {
-                        self.cluster.mark_down(&owner, &e.to_string());
-                    }
-                    if let peer::PeerError::Status { code, .. } = &e {
-                        if matches!(code, tonic::Code::NotFound | tonic::Code::PermissionDenied) {
-                            return Err(e.into());
-                        }
+                    self.peer_failed(&owner, &e);
+                    if e.settles() {
+                        return Err(e.into());
                     }
                     tracing::warn!(%ns, rev, error = %e, "metadata owner did not answer; asking the origin");
                 }
@@ -437,13 +440,9 @@ impl Node {
             },
             Err(e) => e,
         };
-        if e.marks_down() {
-            self.cluster.mark_down(owner, &e.to_string());
-        }
-        if let peer::PeerError::Status { code, .. } = &e {
-            if matches!(code, tonic::Code::NotFound | tonic::Code::PermissionDenied) {
-                return Err(e.into());
-            }
+        self.peer_failed(owner, &e);
+        if e.settles() {
+            return Err(e.into());
         }
         tracing::warn!(%ns, rev_id, error = %e, "metadata owner did not answer; asking the origin");
         Ok(None)

@@ -11,8 +11,10 @@ use locus_core::{Digest, RemoteFile};
 use locus_store::FileHandle;
 use sha1::Digest as _;
 
-use crate::peer::{PeerError, PeerTransport, IDLE_TIMEOUT, MAX_PIECE};
+use crate::peer::{PeerError, PeerTransport, PieceStream, IDLE_TIMEOUT, MAX_PIECE};
 use crate::{Node, NodeError};
+use locus_cluster::Plan;
+use locus_grpc::v1 as pb;
 
 /// Bytes gathered from the network before one write to the cache file.
 const WRITE_BATCH: usize = 1 << 20;
@@ -57,17 +59,6 @@ const PEER_TRIES: usize = 3;
 /// A chunk's place on the ring.
 pub fn chunk_hash(key: &str, chunk_size: u64, idx: u32) -> u64 {
     locus_cluster::key_hash(format!("{key}#{chunk_size}#{idx}").as_bytes())
-}
-
-/// Whether a peer's error answers for the origin too (no point asking it ourselves).
-fn settles(e: &PeerError) -> bool {
-    matches!(
-        e,
-        PeerError::Status {
-            code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
-            ..
-        }
-    )
 }
 
 enum Checked {
@@ -303,12 +294,12 @@ impl Node {
             .peers
             .as_ref()
             .filter(|_| hops != ORIGIN_ONLY)
-            .map(|_| {
-                self.cluster
-                    .plan(chunk_hash(&file.key, self.cfg.chunk_size, idx))
+            .map(|p| {
+                let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
+                (p, self.cluster.plan(hash))
             });
-        if let (Some(peers), Some(plan)) = (&self.peers, &plan) {
-            if plan.is_primary(self.cluster.me()) || hops == 0 {
+        match plan {
+            Some((peers, plan)) if plan.is_primary(self.cluster.me()) || hops == 0 => {
                 // After a membership change the chunk may sit at the previous primary, which
                 // is now most often the next candidate: ask it before the origin.
                 if let Some(next) = plan.order.first() {
@@ -320,25 +311,20 @@ impl Node {
                             h.commit_chunk(idx, crc);
                             return Ok(Source::Peer);
                         }
-                        Err(NodeError::Peer(e)) => {
-                            if e.marks_down() {
-                                self.cluster.mark_down(next, &e.to_string());
-                            }
-                        }
+                        Err(NodeError::Peer(e)) => self.peer_failed(next, &e),
                         Err(e) => return Err(e),
                     }
                 }
             }
-        }
-        if let (Some(peers), Some(first)) = (&self.peers, &plan) {
-            if !first.is_primary(self.cluster.me()) && hops > 0 {
+            Some((peers, plan)) => {
                 if let Some(r) = self
-                    .fetch_via_peers(peers, file, h, idx, range.clone(), hops)
+                    .fetch_via_peers(peers, plan, file, h, idx, range.clone(), hops)
                     .await?
                 {
                     return Ok(r);
                 }
             }
+            None => {}
         }
         let _permit = self
             .permits
@@ -374,9 +360,11 @@ impl Node {
     /// chunk in the background for next time), then from the primary, which alone fetches from
     /// the origin. Only the primary is ever waited on, so requests never wait in a cycle.
     /// `None`: no peer could help (the caller goes to the origin).
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_via_peers(
         &self,
         peers: &Arc<dyn PeerTransport>,
+        plan: Plan,
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
@@ -384,8 +372,10 @@ impl Node {
         hops: u32,
     ) -> Result<Option<Source>, NodeError> {
         let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
+        let mut first = Some(plan);
         for attempt in 0..PEER_TRIES {
-            let plan = self.cluster.plan(hash);
+            // The caller's plan first; again after a failure marked a member down.
+            let plan = first.take().unwrap_or_else(|| self.cluster.plan(hash));
             if plan.is_primary(self.cluster.me()) {
                 return Ok(None);
             }
@@ -420,13 +410,11 @@ impl Node {
                         return Ok(Some(Source::Peer));
                     }
                     Err(NodeError::Peer(e)) => {
-                        if e.marks_down() {
-                            self.cluster.mark_down(&addr, &e.to_string());
-                        }
+                        self.peer_failed(&addr, &e);
                         if local_only {
                             continue;
                         }
-                        if settles(&e) {
+                        if e.settles() {
                             return Err(e.into());
                         }
                         tracing::warn!(uri = file.uri, chunk = idx, error = %e, "chunk from a peer failed; trying the next source");
@@ -458,52 +446,21 @@ impl Node {
     ) -> Result<u32, NodeError> {
         let _load = self.cluster.begin(addr);
         let want = range.end - range.start;
-        let unreachable = |detail: &str| {
-            NodeError::Peer(PeerError::Unreachable {
-                addr: addr.to_string(),
-                detail: detail.to_string(),
-            })
-        };
         let garbled = |detail: String| {
             NodeError::Peer(PeerError::Garbled {
                 addr: addr.to_string(),
                 detail,
             })
         };
-        let req = locus_grpc::v1::ChunkRequest {
-            file: Some(locus_grpc::v1::FileRef {
-                uri: file.uri.clone(),
-                key: file.key.clone(),
-                size: file.size,
-            }),
-            chunk_size: self.cfg.chunk_size,
-            index: idx,
-            hops,
-            header_only: false,
-            local_only,
-        };
-        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
-            .await
-            .map_err(|_| unreachable("no answer"))??;
-        let header = loop {
-            let piece = tokio::time::timeout(IDLE_TIMEOUT, s.next())
-                .await
-                .map_err(|_| unreachable("silent for too long"))?
-                .ok_or_else(|| garbled("the stream ended before the header".into()))??;
-            if piece.header {
-                break piece;
-            }
-            if !piece.data.is_empty() {
-                return Err(garbled("data before the header".into()));
-            }
-        };
+        let (header, s) = self
+            .request_chunk(peers, addr, file, idx, hops, false, local_only)
+            .await?;
         if header.length != want || !header.data.is_empty() {
             return Err(garbled(format!(
                 "header says {} bytes for a {want}-byte chunk",
                 header.length
             )));
         }
-        self.cluster.mark_up(addr, header.load as f64);
         let a = addr.to_string();
         let data = futures::stream::unfold(s, move |mut s| {
             let a = a.clone();
@@ -541,6 +498,62 @@ impl Node {
         let result = if crc.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
         crc
+    }
+
+    /// Asks `addr` for chunk `idx` and waits for the header (heartbeats skipped, at most
+    /// [`IDLE_TIMEOUT`] of silence); returns it with the rest of the stream. The caller counts
+    /// the request in the peer's load.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request_chunk(
+        &self,
+        peers: &Arc<dyn PeerTransport>,
+        addr: &str,
+        file: &RemoteFile,
+        idx: u32,
+        hops: u32,
+        header_only: bool,
+        local_only: bool,
+    ) -> Result<(pb::ChunkPiece, PieceStream), NodeError> {
+        let unreachable = |detail: &str| {
+            NodeError::Peer(PeerError::Unreachable {
+                addr: addr.to_string(),
+                detail: detail.to_string(),
+            })
+        };
+        let garbled = |detail: &str| {
+            NodeError::Peer(PeerError::Garbled {
+                addr: addr.to_string(),
+                detail: detail.to_string(),
+            })
+        };
+        let req = pb::ChunkRequest {
+            file: Some(pb::FileRef {
+                uri: file.uri.clone(),
+                key: file.key.clone(),
+                size: file.size,
+            }),
+            chunk_size: self.cfg.chunk_size,
+            index: idx,
+            hops,
+            header_only,
+            local_only,
+        };
+        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
+            .await
+            .map_err(|_| unreachable("no answer"))??;
+        loop {
+            let piece = tokio::time::timeout(IDLE_TIMEOUT, s.next())
+                .await
+                .map_err(|_| unreachable("silent for too long"))?
+                .ok_or_else(|| garbled("the stream ended before the header"))??;
+            if piece.header {
+                self.cluster.mark_up(addr, piece.load as f64);
+                return Ok((piece, s));
+            }
+            if !piece.data.is_empty() {
+                return Err(garbled("data before the header"));
+            }
+        }
     }
 
     /// One attempt: streams `range` into the cache file and returns its CRC32C.

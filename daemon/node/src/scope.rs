@@ -14,7 +14,6 @@ use futures::{StreamExt, TryStreamExt};
 use locus_core::{ChunkLayout, RemoteFile};
 use locus_grpc::v1 as pb;
 
-use crate::peer::{PeerError, IDLE_TIMEOUT};
 use crate::read::{chunk_hash, Source};
 use crate::{Node, NodeError, WarmProgress};
 
@@ -94,18 +93,8 @@ impl Node {
                     Ok(s) => {
                         first.get_or_insert(s);
                     }
-                    Err(NodeError::Peer(e))
-                        if !matches!(
-                            e,
-                            PeerError::Status {
-                                code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
-                                ..
-                            }
-                        ) =>
-                    {
-                        if e.marks_down() {
-                            self.cluster.mark_down(owner, &e.to_string());
-                        }
+                    Err(NodeError::Peer(e)) if !e.settles() => {
+                        self.peer_failed(owner, &e);
                         last = Some(NodeError::Peer(e));
                         failed = true;
                         break;
@@ -132,41 +121,14 @@ impl Node {
             return Err(NodeError::Internal("no peer transport".into()));
         };
         let _load = self.cluster.begin(addr);
-        let req = pb::ChunkRequest {
-            file: Some(pb::FileRef {
-                uri: file.uri.clone(),
-                key: file.key.clone(),
-                size: file.size,
-            }),
-            chunk_size: self.cfg.chunk_size,
-            index: idx,
-            hops,
-            header_only: true,
-            local_only: false,
-        };
-        let unreachable = |d: &str| {
-            NodeError::Peer(PeerError::Unreachable {
-                addr: addr.into(),
-                detail: d.into(),
-            })
-        };
-        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
-            .await
-            .map_err(|_| unreachable("no answer"))??;
-        loop {
-            let p = tokio::time::timeout(IDLE_TIMEOUT, s.next())
-                .await
-                .map_err(|_| unreachable("silent for too long"))?
-                .ok_or_else(|| unreachable("the stream ended before the header"))??;
-            if p.header {
-                self.cluster.mark_up(addr, p.load as f64);
-                return Ok(match pb::ChunkSource::try_from(p.source) {
-                    Ok(pb::ChunkSource::Origin) => Source::Origin,
-                    Ok(pb::ChunkSource::Peer) => Source::Peer,
-                    _ => Source::Local,
-                });
-            }
-        }
+        let (header, _) = self
+            .request_chunk(peers, addr, file, idx, hops, true, false)
+            .await?;
+        Ok(match pb::ChunkSource::try_from(header.source) {
+            Ok(pb::ChunkSource::Origin) => Source::Origin,
+            Ok(pb::ChunkSource::Peer) => Source::Peer,
+            _ => Source::Local,
+        })
     }
 
     /// The cluster warm, then a full copy on every answering member (this one included).
@@ -314,6 +276,15 @@ fn add_remote(p: &WarmProgress, now: &pb::WarmProgress, seen: &mut pb::WarmProgr
 }
 
 impl WarmProgress {
+    /// Bytes by source, as a message.
+    pub fn transfer(&self) -> pb::Transfer {
+        pb::Transfer {
+            origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
+            peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
+            local_bytes: self.local_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// The progress as a message.
     pub fn snapshot(&self) -> pb::WarmProgress {
         pb::WarmProgress {
@@ -321,11 +292,7 @@ impl WarmProgress {
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_files: self.total_files.load(Ordering::Relaxed) as u32,
             done_files: self.done_files.load(Ordering::Relaxed) as u32,
-            transfer: Some(pb::Transfer {
-                origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
-                peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
-                local_bytes: self.local_bytes.load(Ordering::Relaxed),
-            }),
+            transfer: Some(self.transfer()),
             finished: false,
             current_file: String::new(),
         }

@@ -73,14 +73,6 @@ fn globset(patterns: &[String]) -> Result<Option<GlobSet>, Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn transfer(p: &WarmProgress) -> pb::Transfer {
-    pb::Transfer {
-        origin_bytes: p.origin_bytes.load(Ordering::Relaxed),
-        peer_bytes: p.peer_bytes.load(Ordering::Relaxed),
-        local_bytes: p.local_bytes.load(Ordering::Relaxed),
-    }
-}
-
 /// Where a warm puts the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -263,7 +255,7 @@ impl Local for LocalService {
             size: file.size,
             chunk_size: h.layout().chunk_size,
             chunk_crc32c: crcs,
-            transfer: Some(transfer(&progress)),
+            transfer: Some(progress.transfer()),
         }))
     }
 

@@ -92,6 +92,18 @@ impl PeerError {
         }
     }
 
+    /// Whether the error answers for the origin too (the file is missing there, access is
+    /// denied): no point asking the origin ourselves.
+    pub fn settles(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Status {
+                code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
+                ..
+            }
+        )
+    }
+
     fn from_status(addr: &str, s: tonic::Status) -> PeerError {
         use std::error::Error as _;
         // Transport failures surface as Unavailable/Unknown/Cancelled statuses with a source.
@@ -258,8 +270,7 @@ impl GrpcPeers {
     }
 }
 
-fn deadline<T>(addr: &str, d: Duration, req: T) -> tonic::Request<T> {
-    let _ = addr;
+fn deadline<T>(d: Duration, req: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(req);
     r.set_timeout(d);
     r
@@ -284,7 +295,7 @@ impl PeerTransport for GrpcPeers {
         req: pb::ResolveRequest,
     ) -> Result<pb::ResolveResponse, PeerError> {
         let mut c = self.client(addr)?;
-        c.resolve(deadline(addr, METADATA_TIMEOUT, req))
+        c.resolve(deadline(METADATA_TIMEOUT, req))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| PeerError::from_status(addr, s))
@@ -296,7 +307,7 @@ impl PeerTransport for GrpcPeers {
         req: pb::PeerListRequest,
     ) -> Result<pb::PeerListResponse, PeerError> {
         let mut c = self.client(addr)?;
-        c.list(deadline(addr, METADATA_TIMEOUT, req))
+        c.list(deadline(METADATA_TIMEOUT, req))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| PeerError::from_status(addr, s))
@@ -319,7 +330,7 @@ impl PeerTransport for GrpcPeers {
 
     async fn health(&self, addr: &str) -> Result<pb::HealthResponse, PeerError> {
         let mut c = self.client(addr)?;
-        c.health(deadline(addr, HEALTH_TIMEOUT, pb::HealthRequest {}))
+        c.health(deadline(HEALTH_TIMEOUT, pb::HealthRequest {}))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| PeerError::from_status(addr, s))
