@@ -19,6 +19,8 @@ use crate::{Node, NodeError, WarmProgress};
 
 /// How often members are checked.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Failed health checks in a row that mark a member down.
+pub const HEALTH_FAILURES: u32 = 2;
 /// Members that are up checked per round.
 pub const UP_CHECKS: usize = 32;
 /// Attempts per chunk of a cluster warm (each after re-planning around a member that failed).
@@ -209,6 +211,9 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_EVERY);
             let mut round = 0usize;
+            // Consecutive failed checks per member: one slow answer on a busy machine must not
+            // move the member's keys (readers still mark a peer down at its first failure).
+            let mut failures: std::collections::HashMap<String, u32> = Default::default();
             loop {
                 tick.tick().await;
                 round += 1;
@@ -238,6 +243,9 @@ impl Node {
                     async move { (m, peers.health(m).await) }
                 });
                 for (m, r) in futures::future::join_all(checks).await {
+                    if r.is_ok() {
+                        failures.remove(m);
+                    }
                     match r {
                         Ok(h) if h.chunk_size == node.cfg.chunk_size => {
                             node.cluster.mark_up(m, h.load as f64)
@@ -249,7 +257,13 @@ impl Node {
                                 h.chunk_size, node.cfg.chunk_size
                             ),
                         ),
-                        Err(e) => node.cluster.mark_down(m, &e.to_string()),
+                        Err(e) => {
+                            let n = failures.entry(m.clone()).or_default();
+                            *n += 1;
+                            if *n >= HEALTH_FAILURES || !node.cluster.is_up(m) {
+                                node.cluster.mark_down(m, &e.to_string());
+                            }
+                        }
                     }
                 }
             }
