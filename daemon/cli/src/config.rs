@@ -73,6 +73,9 @@ pub struct DaemonArgs {
     /// The name every member's certificate carries [default: locus-peer].
     #[arg(long, env = "LOCUS_PEER_TLS_NAME")]
     peer_tls_name: Option<String>,
+    /// Parse and check every setting (files included), print them, and exit without starting.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The `--config` file: the same keys as the flags.
@@ -130,6 +133,39 @@ pub struct DaemonConfig {
     pub load_epsilon: f64,
     pub membership_ttl: Duration,
     pub security: PeerSecurity,
+}
+
+impl DaemonConfig {
+    /// The settings in effect, one `key = value` per line (no secrets: only whether they are set).
+    pub fn summary(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
+        [
+            format!("socket = {}", self.socket.display()),
+            format!("cache-dir = {}", self.cache_dir.display()),
+            format!("cache-size = {}", locus_core::format_size(self.cache_size)),
+            format!("listen = {}", opt(self.listen.map(|a| a.to_string()))),
+            format!("advertise = {}", opt(self.advertise.clone())),
+            format!(
+                "membership = {}",
+                opt(self.membership.as_ref().map(|m| format!("{m:?}")))
+            ),
+            format!("metrics = {}", opt(self.metrics.map(|a| a.to_string()))),
+            format!("chunk-size = {}", locus_core::format_size(self.chunk_size)),
+            format!("concurrency = {}", self.concurrency),
+            format!("metadata-ttl = {}s", self.metadata_ttl.as_secs()),
+            format!(
+                "mount = {}",
+                opt(self.mount.as_ref().map(|p| p.display().to_string()))
+            ),
+            format!("replicas = {}", self.replicas),
+            format!("load-epsilon = {}", self.load_epsilon),
+            format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
+            format!("peer-token = {}", self.security.token.is_some()),
+            format!("peer-tls = {}", self.security.tls.is_some()),
+            "config ok".to_string(),
+        ]
+        .join("\n")
+    }
 }
 
 fn size_flag(name: &str, v: Option<String>, default: u64) -> Result<u64, Failure> {

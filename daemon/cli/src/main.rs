@@ -127,7 +127,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
     match cli.cmd {
         Cmd::Daemon(args) => {
+            let check = args.check_config;
             let cfg = config::DaemonConfig::merge(*args, file, socket)?;
+            if check {
+                println!("{}", cfg.summary());
+                return Ok(());
+            }
             daemon::run(cfg).await.map_err(Failure::from)
         }
         Cmd::Warm(args) => client::warm(&socket, args).await,
