@@ -13,7 +13,7 @@ pub use chunk::ChunkLayout;
 pub use identity::{Digest, RemoteFile};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};
-pub use uri::{LocusUri, Namespace, RepoType, UriError};
+pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {

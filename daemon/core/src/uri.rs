@@ -1,7 +1,12 @@
-//! Names of what locus caches: `hf://ORG/NAME[@REV][/PATH]`, `hf://datasets/ORG/NAME[@REV][/PATH]`.
+//! Names of what locus caches: `hf://ORG/NAME[@REV][/PATH]`, `hf://datasets/ORG/NAME[@REV][/PATH]`,
+//! `s3://BUCKET[/KEY-OR-PREFIX]`, `http(s)://HOST/PATH` and `file:///ABS/PATH`.
 //!
 //! Parsing is strict: anything that could escape a namespace (`..`, `.`, empty segments,
 //! backslashes, control characters) is refused with an error that says why.
+//!
+//! A Hub URI names a repo (the namespace) and a path inside it. The other schemes name a prefix,
+//! a URL or a path, which is the namespace itself: their `path` is always empty, and their files
+//! are listed relative to it (a URI naming one object lists that object under its base name).
 
 use std::fmt;
 
@@ -9,7 +14,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UriError {
     /// The scheme is not one locus knows.
-    #[error("invalid URI {uri:?}: unknown scheme (expected hf://ORG/NAME[@REV][/PATH])")]
+    #[error("invalid URI {uri:?}: unknown scheme (expected hf://ORG/NAME[@REV][/PATH], s3://BUCKET/PREFIX, http(s)://… or file:///PATH)")]
     UnknownScheme {
         /// The input.
         uri: String,
@@ -59,7 +64,7 @@ impl RepoType {
     }
 }
 
-/// A namespace at an origin: one repo (or, later, a bucket prefix).
+/// A namespace at an origin: one repo, one bucket prefix, one URL or one local path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Namespace {
     /// A Hugging Face Hub repo.
@@ -69,6 +74,72 @@ pub enum Namespace {
         /// `ORG/NAME`.
         repo_id: String,
     },
+    /// An object or every object under a prefix of an S3 bucket.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// A key or a prefix (no leading or trailing `/`); empty for the whole bucket.
+        prefix: String,
+    },
+    /// One file served over HTTP(S).
+    Http {
+        /// The URL as given (`http://` or `https://`).
+        url: String,
+    },
+    /// A file or folder on a (shared) file system.
+    File {
+        /// Absolute, normalized path.
+        path: String,
+    },
+}
+
+/// The revision of namespaces that have none (S3, HTTP, files): their listing is taken afresh
+/// once per metadata TTL, and each file's identity (ETag, version, size) keys its bytes.
+pub const LATEST: &str = "latest";
+
+impl Namespace {
+    /// The scheme of its URIs.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Namespace::Hf { .. } => "hf",
+            Namespace::S3 { .. } => "s3",
+            Namespace::Http { url } if url.starts_with("https://") => "https",
+            Namespace::Http { .. } => "http",
+            Namespace::File { .. } => "file",
+        }
+    }
+
+    /// Whether revisions name immutable commits (the Hub) rather than a listing taken per TTL.
+    pub fn has_revisions(&self) -> bool {
+        matches!(self, Namespace::Hf { .. })
+    }
+
+    /// The revision used when a URI names none.
+    pub fn default_revision(&self) -> &'static str {
+        if self.has_revisions() {
+            DEFAULT_REVISION
+        } else {
+            LATEST
+        }
+    }
+
+    /// The URI of the file at `rel` (relative to this namespace; empty for the namespace itself,
+    /// a single object).
+    pub fn file_uri(&self, revision: &str, rel: &str) -> String {
+        match self {
+            Namespace::Hf { .. } => LocusUri {
+                namespace: self.clone(),
+                revision: Some(revision.to_string()),
+                path: rel.to_string(),
+            }
+            .to_string(),
+            Namespace::Http { url } => url.clone(),
+            _ if rel.is_empty() => self.to_string(),
+            Namespace::S3 { .. } | Namespace::File { .. } => {
+                format!("{}/{rel}", self.to_string().trim_end_matches('/'))
+            }
+        }
+    }
 }
 
 impl fmt::Display for Namespace {
@@ -77,6 +148,10 @@ impl fmt::Display for Namespace {
             Namespace::Hf { repo_type, repo_id } => {
                 write!(f, "hf://{}{repo_id}", repo_type.url_prefix())
             }
+            Namespace::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Namespace::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Namespace::Http { url } => f.write_str(url),
+            Namespace::File { path } => write!(f, "file://{path}"),
         }
     }
 }
@@ -107,24 +182,49 @@ impl LocusUri {
                 uri: input.to_string(),
             });
         };
+        if input.chars().any(|c| c.is_control() || c == '\\') {
+            return Err(malformed(
+                "control characters and backslashes are not allowed",
+            ));
+        }
+        let bare = |namespace| {
+            Ok(LocusUri {
+                namespace,
+                revision: None,
+                path: String::new(),
+            })
+        };
         match scheme {
             "hf" => {}
-            "s3" | "http" | "https" | "file" => {
-                return Err(UriError::Unsupported {
-                    uri: input.to_string(),
-                    scheme: scheme.to_string(),
-                })
+            "s3" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                validate_bucket(bucket).map_err(|r| malformed(&r))?;
+                let prefix = normalize_path(key).map_err(|r| malformed(&r))?;
+                return bare(Namespace::S3 {
+                    bucket: bucket.to_string(),
+                    prefix,
+                });
+            }
+            "http" | "https" => {
+                validate_url(rest).map_err(|r| malformed(&r))?;
+                return bare(Namespace::Http {
+                    url: input.to_string(),
+                });
+            }
+            "file" => {
+                let Some(abs) = rest.strip_prefix('/') else {
+                    return Err(malformed("expected file:///ABSOLUTE/PATH"));
+                };
+                let path = normalize_path(abs).map_err(|r| malformed(&r))?;
+                return bare(Namespace::File {
+                    path: format!("/{path}"),
+                });
             }
             _ => {
                 return Err(UriError::UnknownScheme {
                     uri: input.to_string(),
                 })
             }
-        }
-        if input.chars().any(|c| c.is_control() || c == '\\') {
-            return Err(malformed(
-                "control characters and backslashes are not allowed",
-            ));
         }
         let (repo_type, rest) = match rest.strip_prefix("datasets/") {
             Some(r) => (RepoType::Dataset, r),
@@ -176,24 +276,32 @@ impl LocusUri {
         })
     }
 
-    /// The revision to resolve (the default branch when none was named).
+    /// The revision to resolve (the default branch, or [`LATEST`], when none was named).
     pub fn revision_or_default(&self) -> &str {
-        self.revision.as_deref().unwrap_or(DEFAULT_REVISION)
+        self.revision
+            .as_deref()
+            .unwrap_or(self.namespace.default_revision())
     }
 
-    /// The same URI with another path.
-    pub fn with_path(&self, path: &str) -> LocusUri {
+    /// The same URI pinned at an immutable revision (unchanged where there are no revisions).
+    pub fn at_revision(&self, rev: &str) -> LocusUri {
+        if !self.namespace.has_revisions() {
+            return self.clone();
+        }
         LocusUri {
-            path: path.to_string(),
+            revision: Some(rev.to_string()),
             ..self.clone()
         }
     }
 
-    /// The same URI pinned at an immutable revision.
-    pub fn at_revision(&self, rev: &str) -> LocusUri {
-        LocusUri {
-            revision: Some(rev.to_string()),
-            ..self.clone()
+    /// Whether this URI names the file listed at `path` in its namespace.
+    pub fn names_file(&self, path: &str) -> bool {
+        match &self.namespace {
+            Namespace::Hf { .. } => self.path == path,
+            Namespace::Http { .. } => !path.contains('/'),
+            Namespace::S3 { prefix, .. } | Namespace::File { path: prefix } => {
+                prefix == path || prefix.ends_with(&format!("/{path}"))
+            }
         }
     }
 }
@@ -209,6 +317,42 @@ impl fmt::Display for LocusUri {
         }
         Ok(())
     }
+}
+
+/// S3 bucket names: 3 to 63 lowercase letters, digits, `.`, `-` (and `_`, which some
+/// S3-compatible stores allow).
+fn validate_bucket(b: &str) -> Result<(), String> {
+    if !(3..=63).contains(&b.len()) {
+        return Err("a bucket name has 3 to 63 characters".into());
+    }
+    if !b
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-_".contains(&c))
+        || b.starts_with(['.', '-'])
+        || b.contains("..")
+    {
+        return Err(format!("{b:?} is not a valid bucket name"));
+    }
+    Ok(())
+}
+
+/// `HOST[:PORT]/PATH[?QUERY]` of an HTTP URL, without user info (credentials never sit in a name
+/// that travels to peers and logs).
+fn validate_url(rest: &str) -> Result<(), String> {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("expected http(s)://HOST/PATH".into());
+    }
+    if authority.contains('@') {
+        return Err("credentials in the URL are not allowed".into());
+    }
+    if rest.chars().any(|c| c.is_whitespace()) {
+        return Err("whitespace is not allowed in a URL".into());
+    }
+    if rest.contains('#') {
+        return Err("a URL fragment is not allowed".into());
+    }
+    Ok(())
 }
 
 fn validate_repo_segment(seg: &str) -> Result<(), String> {
@@ -306,9 +450,57 @@ mod tests {
         ] {
             assert!(LocusUri::parse(bad).is_err(), "{bad} should be refused");
         }
-        assert!(matches!(
-            LocusUri::parse("s3://b/k"),
-            Err(UriError::Unsupported { .. })
-        ));
+    }
+
+    #[test]
+    fn other_schemes() {
+        let u = LocusUri::parse("s3://my-bucket/data/train/").unwrap();
+        assert_eq!(
+            u.namespace,
+            Namespace::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "data/train".into()
+            }
+        );
+        assert_eq!(u.path, "");
+        assert_eq!(u.revision_or_default(), LATEST);
+        assert_eq!(u.to_string(), "s3://my-bucket/data/train");
+        let file = LocusUri::parse("s3://my-bucket/data/train/x.bin").unwrap();
+        assert!(file.names_file("x.bin") && file.names_file("train/x.bin"));
+        assert!(!file.names_file("in/x.bin") && !file.names_file("y.bin"));
+        assert_eq!(
+            u.namespace.file_uri(LATEST, "a/x.bin"),
+            "s3://my-bucket/data/train/a/x.bin"
+        );
+        let one = LocusUri::parse("s3://my-bucket/data/x.bin").unwrap();
+        assert_eq!(one.namespace.file_uri(LATEST, ""), "s3://my-bucket/data/x.bin");
+        assert!(one.names_file("x.bin"));
+        assert_eq!(
+            LocusUri::parse("s3://bkt").unwrap().namespace.to_string(),
+            "s3://bkt"
+        );
+        let f = LocusUri::parse("file:///srv/models/").unwrap();
+        assert_eq!(f.namespace, Namespace::File { path: "/srv/models".into() });
+        assert_eq!(f.to_string(), "file:///srv/models");
+        assert_eq!(LocusUri::parse("file:///").unwrap().to_string(), "file:///");
+        let h = LocusUri::parse("https://example.com:8443/a/b.bin?x=1").unwrap();
+        assert_eq!(h.to_string(), "https://example.com:8443/a/b.bin?x=1");
+        assert_eq!(h.namespace.scheme(), "https");
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Bad_Case/x",
+            "s3://bucket/a/../b",
+            "s3://bucket/a//b",
+            "file://relative/x",
+            "file:///a/../b",
+            "http://",
+            "http:///x",
+            "http://user:pw@host/x",
+            "https://host/a b",
+            "https://host/x#frag",
+        ] {
+            assert!(LocusUri::parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 }

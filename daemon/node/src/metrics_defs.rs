@@ -110,7 +110,7 @@ pub fn describe() {
     for r in ["ok", "error"] {
         metrics::counter!(PEER_REQUESTS, "result" => r).absolute(0);
     }
-    for k in ["revision", "list", "resolve", "get"] {
+    for k in locus_origin::REQUEST_KINDS {
         metrics::counter!(ORIGIN_REQUESTS, "kind" => k).absolute(0);
     }
 }

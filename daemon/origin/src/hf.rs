@@ -23,7 +23,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::retry::{parse_retry_after, RetryPolicy};
+use crate::retry::{describe_reqwest, send_with_retry, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -133,9 +133,13 @@ fn encode_path(path: &str) -> String {
         .join("/")
 }
 
-fn hf_parts(ns: &Namespace) -> (RepoType, &str) {
+fn hf_parts(ns: &Namespace) -> Result<(RepoType, &str), OriginError> {
     match ns {
-        Namespace::Hf { repo_type, repo_id } => (*repo_type, repo_id.as_str()),
+        Namespace::Hf { repo_type, repo_id } => Ok((*repo_type, repo_id.as_str())),
+        other => Err(OriginError::Protocol {
+            what: other.to_string(),
+            detail: "not an hf:// name".into(),
+        }),
     }
 }
 
@@ -173,54 +177,13 @@ impl HfOrigin {
         }
     }
 
-    /// Sends a request with retries. `build` makes a fresh request per attempt. Returns the first
-    /// response that is not transient (2xx, 3xx or a final 4xx).
     async fn send(
         &self,
         what: &str,
         kind: &'static str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, OriginError> {
-        let policy = self.cfg.retry;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            metrics::counter!("locus_origin_requests_total", "kind" => kind).increment(1);
-            let (detail, retry_after) = match build().send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        let ra = parse_retry_after(
-                            resp.headers()
-                                .get(reqwest::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok()),
-                        );
-                        (format!("HTTP {status}"), ra)
-                    } else {
-                        return Ok(resp);
-                    }
-                }
-                // The URL carries no secret (the token is a header), so the error may name it.
-                Err(e) => (describe_reqwest(&e), None),
-            };
-            metrics::counter!("locus_origin_retries_total", "kind" => kind).increment(1);
-            if attempt >= policy.attempts {
-                return Err(OriginError::Unavailable {
-                    what: what.to_string(),
-                    attempts: attempt,
-                    detail,
-                });
-            }
-            let wait = policy.backoff(attempt, retry_after);
-            tracing::warn!(
-                what,
-                attempt,
-                ?wait,
-                detail,
-                "origin request failed; retrying"
-            );
-            tokio::time::sleep(wait).await;
-        }
+        send_with_retry(self.cfg.retry, what, kind, build).await
     }
 
     async fn get_json<T: for<'de> Deserialize<'de>>(
@@ -257,7 +220,7 @@ impl HfOrigin {
         }
         let what = file.uri.as_str();
         let resp = self
-            .send(what, "resolve", || {
+            .send(what, "head", || {
                 self.auth(self.client.request(Method::HEAD, &resolve))
             })
             .await?;
@@ -287,17 +250,6 @@ impl HfOrigin {
     }
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
 
 /// Maps a final (non-transient) response to an error, or passes a 2xx through.
 fn check_status(
@@ -327,7 +279,8 @@ fn check_status(
         (_, "EntryNotFound") => OriginError::NotFound { what, kind: "file" },
         (401 | 403, _) => OriginError::AccessDenied {
             what,
-            status: status.as_u16(),
+            detail: format!("HTTP {}", status.as_u16()),
+            hint: "the repo may be gated or private; set HF_TOKEN to a token that has access",
         },
         (404, _) => OriginError::NotFound {
             what,
@@ -359,7 +312,7 @@ impl Origin for HfOrigin {
         if is_hex(revision, 40) {
             return Ok(revision.to_ascii_lowercase());
         }
-        let (rt, repo) = hf_parts(ns);
+        let (rt, repo) = hf_parts(ns)?;
         let url = format!(
             "{}/api/{}/{repo}/revision/{}",
             self.cfg.endpoint,
@@ -380,7 +333,7 @@ impl Origin for HfOrigin {
     }
 
     async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
-        let (rt, repo) = hf_parts(ns);
+        let (rt, repo) = hf_parts(ns)?;
         let what = format!("{ns}@{rev_id}");
         let mut url = format!(
             "{}/api/{}/{repo}/tree/{rev_id}?recursive=true&expand=false",

@@ -1,9 +1,13 @@
 //! Origins: where bytes come from when no cache has them.
 //!
 //! [`Origin`] is the seam: the node is generic over it, tests wrap it ([`faulty::FaultyOrigin`])
-//! to inject failures, and each scheme has one module ([`hf`] for the Hugging Face Hub).
+//! to inject failures, and each scheme has one module: [`hf`] for the Hugging Face Hub,
+//! [`object`] for S3 and local files (both through `object_store`), [`http`] for plain URLs.
+//! [`Origins`] routes each namespace to its scheme's origin.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,10 +16,37 @@ use locus_core::{Namespace, RemoteFile};
 
 pub mod faulty;
 pub mod hf;
+pub mod http;
+pub mod object;
 pub mod retry;
+mod snapshot;
 
 pub use hf::{HfConfig, HfOrigin};
+pub use http::HttpOrigin;
+pub use object::{FileOrigin, S3Config, S3Origin};
 pub use retry::RetryPolicy;
+
+/// Kinds of origin API calls, as counted in `locus_origin_requests_total{kind}` and shown by
+/// `locus status`.
+pub const REQUEST_KINDS: [&str; 4] = ["revision", "list", "head", "get"];
+static REQUESTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// Counts one origin API call of `kind` (one of [`REQUEST_KINDS`]).
+pub fn count_request(kind: &'static str) {
+    metrics::counter!("locus_origin_requests_total", "kind" => kind).increment(1);
+    if let Some(i) = REQUEST_KINDS.iter().position(|k| *k == kind) {
+        REQUESTS[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Origin API calls made by this process so far, by kind.
+pub fn requests_by_kind() -> Vec<(&'static str, u64)> {
+    REQUEST_KINDS
+        .iter()
+        .zip(&REQUESTS)
+        .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+        .collect()
+}
 
 /// Bytes of one ranged read, in arrival order.
 pub type ByteStream = BoxStream<'static, Result<Bytes, OriginError>>;
@@ -24,15 +55,24 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, OriginError>>;
 /// credentials.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OriginError {
-    /// 401/403: gated, private, or a bad token.
-    #[error("{what}: access denied (HTTP {status}): the repo may be gated or private; set HF_TOKEN to a token that has access")]
+    /// 401/403: gated, private, a bad token or missing permissions.
+    #[error("{what}: access denied ({detail}): {hint}")]
     AccessDenied {
         /// The object asked for.
         what: String,
-        /// HTTP status.
-        status: u16,
+        /// What the origin said (e.g. `HTTP 403`).
+        detail: String,
+        /// What to do about it.
+        hint: &'static str,
     },
-    /// The repo, revision or file does not exist.
+    /// The object changed at the origin after it was listed: its bytes under the listed identity
+    /// are gone. The next listing (after the metadata TTL) names the new object.
+    #[error("{what}: changed at the origin since it was listed; read it again")]
+    Changed {
+        /// The object asked for.
+        what: String,
+    },
+    /// The repo, revision, bucket or file does not exist.
     #[error("{what}: {kind} not found")]
     NotFound {
         /// The object asked for.
@@ -78,8 +118,7 @@ impl OriginError {
     }
 }
 
-/// An origin of files. Implementations count their requests in the
-/// `locus_origin_requests_total` metric, by `kind` (`revision`, `list`, `get`).
+/// An origin of files. Implementations count their requests with [`count_request`].
 #[async_trait]
 pub trait Origin: Send + Sync + 'static {
     /// Resolves a branch, tag or commit to an immutable revision id.
@@ -91,4 +130,61 @@ pub trait Origin: Send + Sync + 'static {
     /// The bytes `range` of `file`. The stream yields exactly `range.end - range.start` bytes or
     /// ends with an error.
     async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError>;
+}
+
+/// Routes each namespace to the origin of its scheme. Schemes left `None` answer with a clear
+/// error naming what to configure.
+#[derive(Default, Clone)]
+pub struct Origins {
+    /// `hf://`.
+    pub hf: Option<Arc<dyn Origin>>,
+    /// `s3://`.
+    pub s3: Option<Arc<dyn Origin>>,
+    /// `http://` and `https://`.
+    pub http: Option<Arc<dyn Origin>>,
+    /// `file://`.
+    pub file: Option<Arc<dyn Origin>>,
+}
+
+impl Origins {
+    fn route(&self, ns: &Namespace) -> Result<&Arc<dyn Origin>, OriginError> {
+        let (o, hint) = match ns {
+            Namespace::Hf { .. } => (&self.hf, "no Hub origin is configured"),
+            Namespace::S3 { .. } => (&self.s3, "no S3 origin is configured"),
+            Namespace::Http { .. } => (&self.http, "no HTTP origin is configured"),
+            Namespace::File { .. } => (
+                &self.file,
+                "file:// origins are off: start the daemon with --file-root DIR",
+            ),
+        };
+        o.as_ref().ok_or_else(|| OriginError::Protocol {
+            what: ns.to_string(),
+            detail: hint.to_string(),
+        })
+    }
+
+    fn route_file(&self, file: &RemoteFile) -> Result<&Arc<dyn Origin>, OriginError> {
+        let ns = locus_core::LocusUri::parse(&file.uri)
+            .map_err(|e| OriginError::Protocol {
+                what: file.path.clone(),
+                detail: e.to_string(),
+            })?
+            .namespace;
+        self.route(&ns)
+    }
+}
+
+#[async_trait]
+impl Origin for Origins {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        self.route(ns)?.resolve(ns, revision).await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        self.route(ns)?.list(ns, rev_id).await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        self.route_file(file)?.read(file, range).await
+    }
 }

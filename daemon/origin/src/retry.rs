@@ -70,3 +70,67 @@ mod tests {
         assert_eq!(parse_retry_after(Some("soon")), None);
     }
 }
+
+/// Sends a request with retries. `build` makes a fresh request per attempt. Returns the first
+/// response that is not transient (2xx, 3xx or a final 4xx); each attempt counts as one origin
+/// call of `kind`.
+pub(crate) async fn send_with_retry(
+    policy: RetryPolicy,
+    what: &str,
+    kind: &'static str,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, crate::OriginError> {
+    use reqwest::StatusCode;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        crate::count_request(kind);
+        let (detail, retry_after) = match build().send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    let ra = parse_retry_after(
+                        resp.headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()),
+                    );
+                    (format!("HTTP {status}"), ra)
+                } else {
+                    return Ok(resp);
+                }
+            }
+            // URLs carry no secret (tokens are headers), so the error may name them.
+            Err(e) => (describe_reqwest(&e), None),
+        };
+        metrics::counter!("locus_origin_retries_total", "kind" => kind).increment(1);
+        if attempt >= policy.attempts {
+            return Err(crate::OriginError::Unavailable {
+                what: what.to_string(),
+                attempts: attempt,
+                detail,
+            });
+        }
+        let wait = policy.backoff(attempt, retry_after);
+        tracing::warn!(
+            what,
+            attempt,
+            ?wait,
+            detail,
+            "origin request failed; retrying"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A reqwest error with its causes, on one line.
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

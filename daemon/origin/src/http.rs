@@ -1,0 +1,346 @@
+//! One file served over plain HTTP(S).
+//!
+//! - Listing: one `HEAD` gives the size, `ETag`, `Last-Modified` and `Accept-Ranges`; identity is
+//!   (URL, ETag or Last-Modified, size).
+//! - Bytes: `GET` with `Range`, guarded by `If-Match` (a strong ETag) or `If-Unmodified-Since`,
+//!   so that a file replaced during a read fails the read instead of mixing versions.
+//! - A server without `Range` support (no `Accept-Ranges: bytes`, or a 200 answer to a ranged
+//!   request) is fetched whole, once, into a spool file that serves every chunk of it; a log line
+//!   says so. The spool goes once every byte has been served, or at the latest after an hour.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::{StreamExt, TryStreamExt};
+use locus_core::{Namespace, RemoteFile};
+use reqwest::header::{
+    HeaderMap, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_UNMODIFIED_SINCE,
+    LAST_MODIFIED, RANGE,
+};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::retry::{describe_reqwest, send_with_retry};
+use crate::snapshot::{identity_key, Snapshots};
+use crate::{ByteStream, Origin, OriginError, RetryPolicy};
+
+/// Longest a spool of a server without `Range` support is kept.
+const SPOOL_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_modified: Option<String>,
+    ranges: bool,
+}
+
+/// A whole file fetched from a server without `Range` support.
+struct Spool {
+    file: std::fs::File,
+    served: AtomicU64,
+    made: Instant,
+}
+
+type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
+
+/// The HTTP(S) origin.
+pub struct HttpOrigin {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    spool_dir: PathBuf,
+    spools: DashMap<String, SpoolCell>,
+    snapshots: Snapshots,
+}
+
+fn header(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn status_error(status: StatusCode, what: &str) -> OriginError {
+    let what = what.to_string();
+    match status.as_u16() {
+        404 | 410 => OriginError::NotFound { what, kind: "file" },
+        401 | 403 => OriginError::AccessDenied {
+            what,
+            detail: format!("HTTP {status}"),
+            hint: "the server refuses locus; URLs with credentials are not supported",
+        },
+        412 => OriginError::Changed { what },
+        _ => OriginError::Protocol {
+            what,
+            detail: format!("HTTP {status}"),
+        },
+    }
+}
+
+/// The file name a URL shows: its last path segment, else `index`.
+fn file_name(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = after_scheme
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .split_once('/')
+        .map_or("", |(_, p)| p);
+    match path.rsplit('/').find(|s| !s.is_empty()) {
+        Some(s) if s != "." && s != ".." => s.to_string(),
+        _ => "index".to_string(),
+    }
+}
+
+impl HttpOrigin {
+    /// An HTTP origin spooling whole files (from servers without `Range`) under `spool_dir`.
+    pub fn new(spool_dir: PathBuf, retry: RetryPolicy) -> Result<Self, OriginError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("locus/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OriginError::Protocol {
+                what: "HTTP client".into(),
+                detail: e.to_string(),
+            })?;
+        // Spools of an earlier run are never reused.
+        let _ = std::fs::remove_dir_all(&spool_dir);
+        Ok(Self {
+            client,
+            retry,
+            spool_dir,
+            spools: DashMap::new(),
+            snapshots: Snapshots::default(),
+        })
+    }
+
+    fn url(ns: &Namespace) -> Result<&str, OriginError> {
+        match ns {
+            Namespace::Http { url } => Ok(url),
+            other => Err(OriginError::Protocol {
+                what: other.to_string(),
+                detail: "not an http(s):// name".into(),
+            }),
+        }
+    }
+
+    async fn head(&self, ns: &Namespace) -> Result<Vec<RemoteFile>, OriginError> {
+        let url = Self::url(ns)?;
+        let resp = send_with_retry(self.retry, url, "head", || self.client.head(url)).await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp.status(), url));
+        }
+        let h = resp.headers();
+        let size = header(h, CONTENT_LENGTH)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| OriginError::Protocol {
+                what: url.to_string(),
+                detail: "the server gives no Content-Length; locus needs the size".into(),
+            })?;
+        let v = Validators {
+            etag: header(h, ETAG),
+            last_modified: header(h, LAST_MODIFIED),
+            ranges: header(h, ACCEPT_RANGES).is_some_and(|r| r.contains("bytes")),
+        };
+        let tag = v
+            .etag
+            .clone()
+            .or_else(|| v.last_modified.clone())
+            .unwrap_or_default();
+        Ok(vec![RemoteFile {
+            uri: url.to_string(),
+            path: file_name(url),
+            size,
+            key: identity_key(ns.scheme(), &[url, &tag], size),
+            locator: serde_json::to_string(&v).unwrap_or_default(),
+            digest: None,
+        }])
+    }
+
+    /// A GET of `file` guarded by its validators.
+    fn get(&self, file: &RemoteFile, v: &Validators) -> reqwest::RequestBuilder {
+        let req = self.client.get(&file.uri);
+        match (&v.etag, &v.last_modified) {
+            (Some(e), _) if !e.starts_with("W/") => req.header(IF_MATCH, e),
+            (_, Some(lm)) => req.header(IF_UNMODIFIED_SINCE, lm),
+            _ => req,
+        }
+    }
+
+    /// Fetches `file` whole into a spool (once, however many chunks ask at the same time).
+    async fn spool(&self, file: &RemoteFile, v: &Validators) -> Result<Arc<Spool>, OriginError> {
+        let cell = self
+            .spools
+            .entry(file.key.clone())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        let spool = cell
+            .get_or_try_init(|| async {
+                tracing::warn!(
+                    url = %file.uri,
+                    size = file.size,
+                    "the server does not support Range requests: fetching the file whole, once"
+                );
+                let what = file.uri.as_str();
+                let resp = send_with_retry(self.retry, what, "get", || self.get(file, v)).await?;
+                if !resp.status().is_success() {
+                    return Err(status_error(resp.status(), what));
+                }
+                std::fs::create_dir_all(&self.spool_dir).map_err(|e| OriginError::Protocol {
+                    what: what.to_string(),
+                    detail: format!("spool folder {}: {e}", self.spool_dir.display()),
+                })?;
+                let mut tmp = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
+                    OriginError::Protocol {
+                        what: what.to_string(),
+                        detail: format!("spool file: {e}"),
+                    }
+                })?;
+                let mut body = resp.bytes_stream();
+                let mut got = 0u64;
+                while let Some(piece) = body.next().await {
+                    let piece = piece.map_err(|e| OriginError::Transient {
+                        what: what.to_string(),
+                        detail: describe_reqwest(&e),
+                    })?;
+                    got += piece.len() as u64;
+                    if got > file.size {
+                        break;
+                    }
+                    tmp.write_all(&piece).map_err(|e| OriginError::Protocol {
+                        what: what.to_string(),
+                        detail: format!("spool file: {e}"),
+                    })?;
+                }
+                if got != file.size {
+                    return Err(OriginError::Changed {
+                        what: what.to_string(),
+                    });
+                }
+                Ok(Arc::new(Spool {
+                    file: tmp,
+                    served: AtomicU64::new(0),
+                    made: Instant::now(),
+                }))
+            })
+            .await;
+        if spool.is_err() {
+            self.spools.remove(&file.key);
+        }
+        spool.cloned()
+    }
+
+    async fn read_spooled(
+        &self,
+        file: &RemoteFile,
+        v: &Validators,
+        range: Range<u64>,
+    ) -> Result<ByteStream, OriginError> {
+        let spool = self.spool(file, v).await?;
+        let len = (range.end - range.start) as usize;
+        let s = spool.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&s.file, &mut buf, range.start).map(|_| buf)
+        })
+        .await
+        .map_err(|e| OriginError::Protocol {
+            what: file.uri.clone(),
+            detail: e.to_string(),
+        })?
+        .map_err(|e| OriginError::Protocol {
+            what: file.uri.clone(),
+            detail: format!("spool file: {e}"),
+        })?;
+        let served = spool.served.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        if served >= file.size || spool.made.elapsed() > SPOOL_TTL {
+            self.spools.remove(&file.key);
+        }
+        Ok(futures::stream::once(async move { Ok(Bytes::from(data)) }).boxed())
+    }
+}
+
+#[async_trait]
+impl Origin for HttpOrigin {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        self.snapshots.resolve(ns, revision, self.head(ns)).await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        self.snapshots.list(ns, rev_id, self.head(ns)).await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let what = file.uri.as_str();
+        if range.start >= range.end || range.end > file.size {
+            return Err(OriginError::Protocol {
+                what: what.to_string(),
+                detail: format!("bad range {range:?} of a {}-byte file", file.size),
+            });
+        }
+        let v: Validators =
+            serde_json::from_str(&file.locator).map_err(|e| OriginError::Protocol {
+                what: what.to_string(),
+                detail: format!("bad locator: {e}"),
+            })?;
+        if !v.ranges || self.spools.contains_key(&file.key) {
+            return self.read_spooled(file, &v, range).await;
+        }
+        let range_header = format!("bytes={}-{}", range.start, range.end - 1);
+        let resp = send_with_retry(self.retry, what, "get", || {
+            self.get(file, &v).header(RANGE, &range_header)
+        })
+        .await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = header(resp.headers(), CONTENT_RANGE)
+                    .and_then(|c| c.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+                if start != Some(range.start) {
+                    return Err(OriginError::Protocol {
+                        what: what.to_string(),
+                        detail: "206 answer for another range".into(),
+                    });
+                }
+                let w = what.to_string();
+                Ok(resp
+                    .bytes_stream()
+                    .map_err(move |e| OriginError::Transient {
+                        what: w.clone(),
+                        detail: describe_reqwest(&e),
+                    })
+                    .boxed())
+            }
+            // A server that ignores Range: this read and the rest come from one whole fetch.
+            StatusCode::OK => {
+                drop(resp);
+                self.read_spooled(file, &v, range).await
+            }
+            s => Err(status_error(s, what)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_files() {
+        assert_eq!(file_name("http://h/a/b/model.bin?x=1"), "model.bin");
+        assert_eq!(file_name("https://h:80/"), "index");
+        assert_eq!(file_name("https://h"), "index");
+        assert_eq!(file_name("http://h/a/../"), "index");
+        assert_eq!(file_name("http://h/dir/"), "dir");
+    }
+}

@@ -1,0 +1,570 @@
+//! S3 (and S3-compatible stores) and local files, both through the `object_store` crate.
+//!
+//! - A namespace is a bucket prefix or a path. Listing it is one HEAD (is it a single object?)
+//!   and, when it is not, one LIST of everything under it (one call per page of 1,000).
+//! - Identity: (bucket or root, key, ETag, version, size) makes each file's cache key, so an
+//!   overwritten object gets a new key once its namespace is listed again.
+//! - Every ranged GET carries `If-Match` with the listed ETag (and the version where known): an
+//!   object overwritten during a read fails the read ([`OriginError::Changed`]) instead of
+//!   mixing old and new bytes.
+//! - Retries of throttled (503 SlowDown, 429) and failed requests are `object_store`'s, with
+//!   backoff; the calls counted are the logical ones (list, head, get).
+
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures::{StreamExt, TryStreamExt};
+use locus_core::{LocusUri, Namespace, RemoteFile, LATEST};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore};
+use object_store::RetryConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{identity_key, Snapshots};
+use crate::{count_request, ByteStream, Origin, OriginError, RetryPolicy};
+
+/// Entries per LIST page at S3.
+const LIST_PAGE: usize = 1000;
+
+/// Where an object's bytes are and which version of them a listing saw.
+#[derive(Serialize, Deserialize, Default)]
+struct Locator {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+/// What a listing or read needs of a namespace: its store, and where it sits in the store.
+struct Place {
+    store: Arc<dyn ObjectStore>,
+    /// The object path of the namespace (a key or prefix; empty for a whole bucket).
+    base: String,
+    /// What makes keys of two stores differ (the bucket, or `""` for local files).
+    root: String,
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string().replace('\n', " ");
+    match s.char_indices().nth(400) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> OriginError {
+    use object_store::Error as E;
+    let what = what.to_string();
+    match e {
+        E::NotFound { .. } => OriginError::NotFound {
+            what,
+            kind: "object",
+        },
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => OriginError::AccessDenied {
+            what,
+            detail: one_line(&e),
+            hint: denied_hint,
+        },
+        E::Precondition { .. } | E::NotModified { .. } => OriginError::Changed { what },
+        other => {
+            let detail = one_line(&other);
+            if detail.contains("NoSuchBucket") {
+                OriginError::NotFound {
+                    what,
+                    kind: "bucket",
+                }
+            } else if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden"]
+                .iter()
+                .any(|m| detail.contains(m))
+            {
+                OriginError::AccessDenied {
+                    what,
+                    detail,
+                    hint: denied_hint,
+                }
+            } else {
+                // `object_store` has already retried what was worth retrying.
+                OriginError::Unavailable {
+                    what,
+                    attempts: 0,
+                    detail,
+                }
+            }
+        }
+    }
+}
+
+fn remote(ns: &Namespace, place: &Place, rel: &str, name: &str, meta: &ObjectMeta) -> RemoteFile {
+    let loc = Locator {
+        etag: meta.e_tag.clone(),
+        version: meta.version.clone(),
+    };
+    RemoteFile {
+        uri: ns.file_uri(LATEST, rel),
+        path: name.to_string(),
+        size: meta.size,
+        key: identity_key(
+            ns.scheme(),
+            &[
+                &place.root,
+                meta.location.as_ref(),
+                loc.etag.as_deref().unwrap_or(""),
+                loc.version.as_deref().unwrap_or(""),
+            ],
+            meta.size,
+        ),
+        locator: serde_json::to_string(&loc).unwrap_or_default(),
+        digest: None,
+    }
+}
+
+/// Lists a namespace: the single object it names, else every object under it.
+async fn list_place(
+    ns: &Namespace,
+    place: &Place,
+    denied_hint: &'static str,
+) -> Result<Vec<RemoteFile>, OriginError> {
+    let what = ns.to_string();
+    if !place.base.is_empty() {
+        count_request("head");
+        match place.store.head(&Path::from(place.base.as_str())).await {
+            Ok(meta) => {
+                let name = place.base.rsplit('/').next().unwrap_or(&place.base);
+                return Ok(vec![remote(ns, place, "", name, &meta)]);
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(map_err(e, &what, denied_hint)),
+        }
+    }
+    count_request("list");
+    let prefix = (!place.base.is_empty()).then(|| Path::from(place.base.as_str()));
+    let mut entries = place.store.list(prefix.as_ref());
+    let mut files = Vec::new();
+    let mut seen = 0usize;
+    while let Some(meta) = entries
+        .try_next()
+        .await
+        .map_err(|e| map_err(e, &what, denied_hint))?
+    {
+        seen += 1;
+        if seen % LIST_PAGE == 0 {
+            count_request("list");
+        }
+        let key = meta.location.as_ref();
+        let rel = if place.base.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(place.base.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+        };
+        match rel.map(locus_core::uri::normalize_path) {
+            Some(Ok(rel)) if !rel.is_empty() => files.push(remote(ns, place, &rel, &rel, &meta)),
+            _ => tracing::warn!(%ns, key, "skipping an object whose key locus cannot name"),
+        }
+    }
+    if files.is_empty() && !place.base.is_empty() {
+        return Err(OriginError::NotFound {
+            what,
+            kind: "object or prefix",
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Reads `range` of an object, only as the version its listing saw.
+async fn read_place(
+    place: &Place,
+    file: &RemoteFile,
+    range: Range<u64>,
+    denied_hint: &'static str,
+) -> Result<ByteStream, OriginError> {
+    let what = file.uri.clone();
+    if range.start >= range.end || range.end > file.size {
+        return Err(OriginError::Protocol {
+            what,
+            detail: format!("bad range {range:?} of a {}-byte file", file.size),
+        });
+    }
+    let loc: Locator = serde_json::from_str(&file.locator).map_err(|e| OriginError::Protocol {
+        what: what.clone(),
+        detail: format!("bad locator: {e}"),
+    })?;
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(range)),
+        if_match: loc.etag,
+        version: loc.version,
+        ..Default::default()
+    };
+    count_request("get");
+    let got = place
+        .store
+        .get_opts(&Path::from(place.base.as_str()), opts)
+        .await
+        .map_err(|e| map_err(e, &what, denied_hint))?;
+    Ok(got
+        .into_stream()
+        .map_err(move |e| match map_err(e, &what, denied_hint) {
+            OriginError::Unavailable { what, detail, .. } => OriginError::Transient { what, detail },
+            e => e,
+        })
+        .boxed())
+}
+
+/// The namespace a file's URI names (its key or path).
+fn file_namespace(file: &RemoteFile) -> Result<Namespace, OriginError> {
+    LocusUri::parse(&file.uri)
+        .map(|u| u.namespace)
+        .map_err(|e| OriginError::Protocol {
+            what: file.path.clone(),
+            detail: e.to_string(),
+        })
+}
+
+/// Settings of the S3 origin. Credentials, region and endpoint come from the standard `AWS_*`
+/// variables (and `AWS_PROFILE` / `~/.aws/credentials`, web identity and instance credentials);
+/// the fields here override them.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// An S3-compatible endpoint (`--s3-endpoint`, else `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// Bucket-in-host addressing (`bucket.endpoint`) instead of path-style (`endpoint/bucket`).
+    pub virtual_hosted: bool,
+    /// Retries of throttled and failed requests.
+    pub retry: RetryPolicy,
+}
+
+const S3_DENIED: &str =
+    "check the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket policy";
+
+/// S3 and S3-compatible stores.
+pub struct S3Origin {
+    cfg: S3Config,
+    stores: DashMap<String, Arc<dyn ObjectStore>>,
+    snapshots: Snapshots,
+}
+
+impl S3Origin {
+    /// An S3 origin with `cfg`.
+    pub fn new(cfg: S3Config) -> Self {
+        Self {
+            cfg,
+            stores: DashMap::new(),
+            snapshots: Snapshots::default(),
+        }
+    }
+
+    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, OriginError> {
+        if let Some(s) = self.stores.get(bucket) {
+            return Ok(s.clone());
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_virtual_hosted_style_request(self.cfg.virtual_hosted)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(120))
+                    .with_pool_max_idle_per_host(256),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: self.cfg.retry.base,
+                    max_backoff: self.cfg.retry.cap,
+                    base: 2.0,
+                },
+                max_retries: self.cfg.retry.attempts.saturating_sub(1) as usize,
+                retry_timeout: Duration::from_secs(120),
+            });
+        let endpoint = self
+            .cfg
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
+            b = b
+                .with_allow_http(ep.starts_with("http://"))
+                .with_endpoint(ep);
+        }
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let Some(p) = profile_credentials() {
+                b = b
+                    .with_access_key_id(p.key_id)
+                    .with_secret_access_key(p.secret);
+                if let Some(t) = p.token {
+                    b = b.with_token(t);
+                }
+                if let Some(r) = p.region {
+                    b = b.with_region(r);
+                }
+            }
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| {
+            OriginError::Protocol {
+                what: format!("s3://{bucket}"),
+                detail: one_line(&e),
+            }
+        })?);
+        self.stores.insert(bucket.to_string(), store.clone());
+        Ok(store)
+    }
+
+    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
+        match ns {
+            Namespace::S3 { bucket, prefix } => Ok(Place {
+                store: self.store(bucket)?,
+                base: prefix.clone(),
+                root: bucket.clone(),
+            }),
+            other => Err(OriginError::Protocol {
+                what: other.to_string(),
+                detail: "not an s3:// name".into(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Origin for S3Origin {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots
+            .resolve(ns, revision, list_place(ns, &place, S3_DENIED))
+            .await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots
+            .list(ns, rev_id, list_place(ns, &place, S3_DENIED))
+            .await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let place = self.place(&file_namespace(file)?)?;
+        read_place(&place, file, range, S3_DENIED).await
+    }
+}
+
+/// Credentials of `AWS_PROFILE` (default `default`) from the shared credentials file.
+struct ProfileCredentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+    region: Option<String>,
+}
+
+fn profile_credentials() -> Option<ProfileCredentials> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")))?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let text = std::fs::read_to_string(file).ok()?;
+    let section = ini_section(&text, &profile);
+    let config = std::env::var_os("AWS_CONFIG_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.map(|h| h.join(".aws/config")))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let config_name = if profile == "default" {
+        profile.clone()
+    } else {
+        format!("profile {profile}")
+    };
+    let get = |s: &[(String, String)], k: &str| {
+        s.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    };
+    Some(ProfileCredentials {
+        key_id: get(&section, "aws_access_key_id")?,
+        secret: get(&section, "aws_secret_access_key")?,
+        token: get(&section, "aws_session_token"),
+        region: get(&ini_section(&config, &config_name), "region"),
+    })
+}
+
+/// `key = value` pairs of `[name]` in an INI text.
+fn ini_section(text: &str, name: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = h.trim() == name;
+        } else if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+const FILE_DENIED: &str = "check the file's permissions for the daemon's user";
+
+/// Files and folders on a (shared) file system, limited to the `--file-root` folders: a peer
+/// may ask for any file, so the daemon never reads outside them.
+pub struct FileOrigin {
+    store: Arc<LocalFileSystem>,
+    roots: Vec<PathBuf>,
+    snapshots: Snapshots,
+}
+
+impl FileOrigin {
+    /// Files under `roots` (each made canonical; one that does not exist is an error).
+    pub fn new(roots: &[PathBuf]) -> Result<Self, OriginError> {
+        let roots = roots
+            .iter()
+            .map(|r| {
+                std::fs::canonicalize(r).map_err(|e| OriginError::NotFound {
+                    what: format!("--file-root {}: {e}", r.display()),
+                    kind: "folder",
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            store: Arc::new(LocalFileSystem::new()),
+            roots,
+            snapshots: Snapshots::default(),
+        })
+    }
+
+    /// The place of `path` after checking, with symlinks resolved, that it is under a root.
+    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
+        let Namespace::File { path } = ns else {
+            return Err(OriginError::Protocol {
+                what: ns.to_string(),
+                detail: "not a file:// name".into(),
+            });
+        };
+        let real = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => OriginError::NotFound {
+                what: ns.to_string(),
+                kind: "file or folder",
+            },
+            _ => OriginError::AccessDenied {
+                what: ns.to_string(),
+                detail: e.to_string(),
+                hint: FILE_DENIED,
+            },
+        })?;
+        if !self.roots.iter().any(|r| real.starts_with(r)) {
+            return Err(OriginError::AccessDenied {
+                what: ns.to_string(),
+                detail: "outside every --file-root".into(),
+                hint: "start the daemon with --file-root naming a folder that holds it",
+            });
+        }
+        Ok(Place {
+            store: self.store.clone(),
+            base: rel_to_fs_root(&real),
+            root: String::new(),
+        })
+    }
+}
+
+fn rel_to_fs_root(p: &FsPath) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+#[async_trait]
+impl Origin for FileOrigin {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots
+            .resolve(ns, revision, list_place(ns, &place, FILE_DENIED))
+            .await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots
+            .list(ns, rev_id, list_place(ns, &place, FILE_DENIED))
+            .await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let place = self.place(&file_namespace(file)?)?;
+        read_place(&place, file, range, FILE_DENIED).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn reads_ini_sections() {
+        let t = "[default]\naws_access_key_id = A\n[other]\naws_access_key_id=B\n";
+        assert_eq!(ini_section(t, "other"), vec![("aws_access_key_id".into(), "B".into())]);
+        assert_eq!(ini_section(t, "default")[0].1, "A");
+        assert!(ini_section(t, "none").is_empty());
+    }
+
+    #[tokio::test]
+    async fn files_under_roots_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/x.bin"), b"hello world").unwrap();
+        std::fs::write(root.join("top.txt"), b"top").unwrap();
+        std::fs::write(dir.path().join("secret"), b"no").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).unwrap();
+        let o = FileOrigin::new(std::slice::from_ref(&root)).unwrap();
+        let ns = LocusUri::parse(&format!("file://{}", root.display()))
+            .unwrap()
+            .namespace;
+        let id = o.resolve(&ns, LATEST).await.unwrap();
+        let files = o.list(&ns, &id).await.unwrap();
+        let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+        assert!(paths.contains(&"a/b/x.bin") && paths.contains(&"top.txt"), "{paths:?}");
+        let x = files.iter().find(|f| f.path == "a/b/x.bin").unwrap();
+        let got: Vec<Bytes> = o.read(x, 6..11).await.unwrap().try_collect().await.unwrap();
+        let got = got.concat();
+        assert_eq!(got, b"world");
+        // A symlink out of the root is refused when read.
+        if let Some(l) = files.iter().find(|f| f.path == "link") {
+            assert!(matches!(
+                o.read(l, 0..2).await,
+                Err(OriginError::AccessDenied { .. })
+            ));
+        }
+        // Outside every root.
+        let out = LocusUri::parse(&format!("file://{}/secret", dir.path().display()))
+            .unwrap()
+            .namespace;
+        assert!(matches!(
+            o.resolve(&out, LATEST).await,
+            Err(OriginError::AccessDenied { .. })
+        ));
+        // A rewritten file changes its identity; a read of the old listing fails, never mixes.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(root.join("a/b/x.bin"), b"HELLO WORLD").unwrap();
+        assert!(matches!(o.read(x, 0..5).await, Err(OriginError::Changed { .. })));
+        let id2 = o.resolve(&ns, LATEST).await.unwrap();
+        assert_ne!(id, id2);
+        let x2 = o
+            .list(&ns, &id2)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|f| f.path == "a/b/x.bin")
+            .unwrap();
+        assert_ne!(x.key, x2.key);
+        // A single file names itself by its base name.
+        let one = LocusUri::parse(&format!("file://{}/top.txt", root.display()))
+            .unwrap()
+            .namespace;
+        let id = o.resolve(&one, LATEST).await.unwrap();
+        let files = o.list(&one, &id).await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "top.txt");
+        assert!(LocusUri::parse(&files[0].uri).unwrap().names_file("top.txt"));
+    }
+}

@@ -1,0 +1,133 @@
+{{/* Chart name. */}}
+{{- define "locus.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: RELEASE-locus (63 characters at most; -peers/-metrics/-warm are appended). */}}
+{{- define "locus.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 48 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 48 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 48 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "locus.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "locus.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "locus.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "locus.labels" -}}
+helm.sh/chart: {{ include "locus.chart" . }}
+{{ include "locus.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "locus.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "locus.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "locus.image" -}}
+{{- printf "%s:%s" .Values.image.repository (toString (.Values.image.tag | default .Chart.AppVersion)) }}
+{{- end }}
+
+{{/* Paths inside the containers. */}}
+{{- define "locus.socketDir" -}}/run/locus{{- end }}
+{{- define "locus.socketPath" -}}/run/locus/locus.sock{{- end }}
+{{- define "locus.cacheDir" -}}/var/cache/locus{{- end }}
+{{- define "locus.mountDir" -}}/mnt/locus{{- end }}
+{{- define "locus.peerTokenFile" -}}/etc/locus/peer/token{{- end }}
+{{- define "locus.peerTlsDir" -}}/etc/locus/peer-tls{{- end }}
+
+{{/* The --membership value, empty for mode "none". */}}
+{{- define "locus.membership" -}}
+{{- $m := .Values.membership }}
+{{- if eq $m.mode "dns" }}
+{{- printf "dns://%s-peers.%s.svc.%s:%d" (include "locus.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.peer.port) }}
+{{- else if eq $m.mode "etcd" }}
+{{- if not $m.etcd.endpoints }}
+{{- fail "membership.mode=etcd needs membership.etcd.endpoints (HOST:PORT, …)" }}
+{{- end }}
+{{- printf "etcd://%s/%s" (join "," $m.etcd.endpoints) (trimAll "/" (toString $m.etcd.prefix)) }}
+{{- else if ne $m.mode "none" }}
+{{- fail (printf "membership.mode must be dns, etcd or none, not %q" $m.mode) }}
+{{- end }}
+{{- end }}
+
+{{/* The daemon's arguments (after the image's `tini -- locus`), as a JSON list. */}}
+{{- define "locus.daemonArgs" -}}
+{{- $v := .Values }}
+{{- $a := list "daemon"
+  "--socket" (include "locus.socketPath" .)
+  "--cache-dir" (include "locus.cacheDir" .)
+  "--cache-size" (toString $v.cache.size)
+  "--metrics" (printf "0.0.0.0:%d" (int $v.metrics.port)) }}
+{{- if ne $v.membership.mode "none" }}
+{{- $a = concat $a (list "--listen" (printf "0.0.0.0:%d" (int $v.peer.port)) "--advertise" (printf "$(POD_IP):%d" (int $v.peer.port)) "--membership" (include "locus.membership" .)) }}
+{{- if and (eq $v.membership.mode "etcd") (ne (toString $v.membership.ttl) "") }}
+{{- $a = concat $a (list "--membership-ttl" (toString $v.membership.ttl)) }}
+{{- end }}
+{{- end }}
+{{- if $v.mount.enabled }}
+{{- $a = concat $a (list "--mount" (include "locus.mountDir" .)) }}
+{{- end }}
+{{- if ne (toString $v.cache.chunkSize) "" }}
+{{- $a = concat $a (list "--chunk-size" (toString $v.cache.chunkSize)) }}
+{{- end }}
+{{- range $flag, $val := dict "--replicas" $v.config.replicas "--load-epsilon" $v.config.loadEpsilon "--metadata-ttl" $v.config.metadataTtl "--concurrency" $v.config.concurrency }}
+{{- if ne (toString $val) "" }}
+{{- $a = concat $a (list $flag (toString $val)) }}
+{{- end }}
+{{- end }}
+{{- if and $v.peerAuth.token.existingSecret $v.peerAuth.tls.existingSecret }}
+{{- fail "peerAuth: set either token.existingSecret or tls.existingSecret, not both" }}
+{{- end }}
+{{- if $v.peerAuth.token.existingSecret }}
+{{- $a = concat $a (list "--peer-token-file" (include "locus.peerTokenFile" .)) }}
+{{- end }}
+{{- if $v.peerAuth.tls.existingSecret }}
+{{- $d := include "locus.peerTlsDir" . }}
+{{- $a = concat $a (list "--peer-tls-cert" (printf "%s/tls.crt" $d) "--peer-tls-key" (printf "%s/tls.key" $d) "--peer-tls-ca" (printf "%s/ca.crt" $d)) }}
+{{- if $v.peerAuth.tls.serverName }}
+{{- $a = concat $a (list "--peer-tls-name" (toString $v.peerAuth.tls.serverName)) }}
+{{- end }}
+{{- end }}
+{{- range $v.extraArgs }}
+{{- $a = append $a (toString .) }}
+{{- end }}
+{{- toJson $a }}
+{{- end }}
+
+{{/* The warm Job's arguments, as a JSON list. */}}
+{{- define "locus.warmArgs" -}}
+{{- $w := .Values.warm }}
+{{- $a := list "warm" "--socket" (include "locus.socketPath" .) "--scope" (toString $w.scope) }}
+{{- range $w.include }}
+{{- $a = concat $a (list "--include" (toString .)) }}
+{{- end }}
+{{- range $w.exclude }}
+{{- $a = concat $a (list "--exclude" (toString .)) }}
+{{- end }}
+{{- if $w.pin }}
+{{- $a = append $a "--pin" }}
+{{- end }}
+{{- $a = append $a "--" }}
+{{- range $w.uris }}
+{{- $a = append $a (toString .) }}
+{{- end }}
+{{- toJson $a }}
+{{- end }}
