@@ -47,6 +47,8 @@ enum Lazy {
     Datasets,
     /// `hf/[datasets/]ORG/`: `NAME` or `NAME@REV`, listed on first lookup.
     Org { datasets: bool, org: String },
+    /// `s3/`: every BUCKET, listed on first lookup.
+    S3,
 }
 
 enum Kind {
@@ -181,11 +183,12 @@ impl<B: Backend> LocusFs<B> {
         Self::with_inodes(backend, inodes, opts)
     }
 
-    /// The namespace view: `hf/ORG/NAME[@REV]/…` and `hf/datasets/ORG/NAME[@REV]/…`, each repo
-    /// listed when first named.
+    /// The namespace view: `hf/ORG/NAME[@REV]/…`, `hf/datasets/ORG/NAME[@REV]/…` and
+    /// `s3/BUCKET/…`, each repo or bucket listed when first named.
     pub fn namespace(backend: Arc<B>, opts: MountOptions) -> Self {
         let mut root = BTreeMap::new();
         root.insert("hf".to_string(), 2);
+        root.insert("s3".to_string(), 3);
         let inodes = vec![
             Inode {
                 parent: 1,
@@ -198,6 +201,10 @@ impl<B: Backend> LocusFs<B> {
             Inode {
                 parent: 1,
                 kind: Kind::Dir(BTreeMap::new(), Some(Lazy::Hf)),
+            },
+            Inode {
+                parent: 1,
+                kind: Kind::Dir(BTreeMap::new(), Some(Lazy::S3)),
             },
         ];
         Self::with_inodes(backend, inodes, opts)
@@ -241,9 +248,12 @@ impl<B: Backend> LocusFs<B> {
                 };
                 (Kind::Dir(BTreeMap::new(), Some(org)), None)
             }
-            Lazy::Org { datasets, org } => {
-                let prefix = if *datasets { "datasets/" } else { "" };
-                let uri = format!("hf://{prefix}{org}/{name}");
+            Lazy::Org { .. } | Lazy::S3 => {
+                let uri = match lazy {
+                    Lazy::Org { datasets: true, org } => format!("hf://datasets/{org}/{name}"),
+                    Lazy::Org { org, .. } => format!("hf://{org}/{name}"),
+                    _ => format!("s3://{name}"),
+                };
                 if locus_core::LocusUri::parse(&uri).is_err() {
                     return Ok(None);
                 }

@@ -370,6 +370,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
                 "peer_bytes_sent": s.peer_bytes_sent,
                 "local_bytes": s.local_bytes,
                 "origin_requests": s.origin_requests,
+                "origin_calls": s.origin_calls,
                 "chunk_size": s.chunk_size,
                 "members": members,
                 "node_addr": s.node_addr,
@@ -392,6 +393,16 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
             format_size(s.local_bytes)
         );
         println!("sent        {} to peers", format_size(s.peer_bytes_sent));
+        let mut calls: Vec<_> = s.origin_calls.iter().collect();
+        calls.sort();
+        println!(
+            "origin API  {}",
+            calls
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for m in &s.members {
             println!("member      {} {} (load {:.0})", m.addr, m.state, m.load);
         }

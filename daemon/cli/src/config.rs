@@ -73,6 +73,15 @@ pub struct DaemonArgs {
     /// The name every member's certificate carries [default: locus-peer].
     #[arg(long, env = "LOCUS_PEER_TLS_NAME")]
     peer_tls_name: Option<String>,
+    /// An S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, env = "LOCUS_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// Address buckets as BUCKET.ENDPOINT instead of ENDPOINT/BUCKET (path style).
+    #[arg(long, env = "LOCUS_S3_VIRTUAL_HOSTED")]
+    s3_virtual_hosted: bool,
+    /// Folders that file:// URIs may name (repeat or separate with commas); none: file:// is off.
+    #[arg(long, env = "LOCUS_FILE_ROOT", value_delimiter = ',')]
+    file_root: Vec<PathBuf>,
     /// Parse and check every setting (files included), print them, and exit without starting.
     #[arg(long)]
     pub check_config: bool,
@@ -102,6 +111,9 @@ pub struct FileConfig {
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
     peer_tls_name: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_virtual_hosted: Option<bool>,
+    file_root: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -133,6 +145,9 @@ pub struct DaemonConfig {
     pub load_epsilon: f64,
     pub membership_ttl: Duration,
     pub security: PeerSecurity,
+    pub s3_endpoint: Option<String>,
+    pub s3_virtual_hosted: bool,
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -162,6 +177,16 @@ impl DaemonConfig {
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
+            format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
+            format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
+            format!(
+                "file-root = {}",
+                self.file_roots
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             "config ok".to_string(),
         ]
         .join("\n")
@@ -236,6 +261,27 @@ impl DaemonConfig {
             a.peer_tls_ca.or(f.peer_tls_ca),
             a.peer_tls_name.or(f.peer_tls_name),
         )?;
+        let s3_endpoint = a.s3_endpoint.or(f.s3_endpoint);
+        if let Some(e) = &s3_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(Failure::usage(format!(
+                    "--s3-endpoint {e:?}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+                )));
+            }
+        }
+        let file_roots = if a.file_root.is_empty() {
+            f.file_root.unwrap_or_default()
+        } else {
+            a.file_root
+        };
+        for r in &file_roots {
+            if !r.is_absolute() || !r.is_dir() {
+                return Err(Failure::usage(format!(
+                    "--file-root {}: not an absolute path to a folder",
+                    r.display()
+                )));
+            }
+        }
         let concurrency = a.concurrency.or(f.concurrency).unwrap_or(16);
         if concurrency == 0 || concurrency > 1024 {
             return Err(Failure::usage("--concurrency must be between 1 and 1024"));
@@ -259,6 +305,9 @@ impl DaemonConfig {
             load_epsilon,
             membership_ttl: Duration::from_secs(membership_ttl),
             security,
+            s3_endpoint,
+            s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
+            file_roots,
         })
     }
 }

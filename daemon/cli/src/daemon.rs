@@ -11,7 +11,9 @@ use locus_grpc::v1::peer_server::PeerServer;
 use locus_node::peer::server::{check_token, PeerService};
 use locus_node::peer::{GrpcPeers, PeerTransport};
 use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
-use locus_origin::{HfConfig, HfOrigin};
+use locus_origin::{
+    FileOrigin, HfConfig, HfOrigin, HttpOrigin, Origin, Origins, RetryPolicy, S3Config, S3Origin,
+};
 use locus_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::UnixListener;
@@ -54,7 +56,29 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         token = hf.token.is_some(),
         "Hugging Face origin"
     );
-    let origin = Arc::new(HfOrigin::new(hf)?);
+    let s3 = S3Config {
+        endpoint: cfg.s3_endpoint.clone(),
+        virtual_hosted: cfg.s3_virtual_hosted,
+        ..S3Config::default()
+    };
+    tracing::info!(
+        endpoint = s3.endpoint.as_deref().unwrap_or("(AWS_ENDPOINT_URL or AWS)"),
+        file_roots = ?cfg.file_roots,
+        "S3, HTTP and file origins"
+    );
+    let file = match cfg.file_roots.is_empty() {
+        true => None,
+        false => Some(Arc::new(FileOrigin::new(&cfg.file_roots)?) as Arc<dyn Origin>),
+    };
+    let origin = Arc::new(Origins {
+        hf: Some(Arc::new(HfOrigin::new(hf)?)),
+        s3: Some(Arc::new(S3Origin::new(s3))),
+        http: Some(Arc::new(HttpOrigin::new(
+            cfg.cache_dir.join("http-spool"),
+            RetryPolicy::default(),
+        )?)),
+        file,
+    });
     // Bound before anything else starts, so that a taken port fails fast.
     let peer_listener = match cfg.listen {
         Some(addr) => Some(

@@ -177,6 +177,9 @@ pub struct Node {
     serving: AtomicU32,
 }
 
+/// Listings kept in memory at most (the index keeps them all).
+const MAX_LISTINGS: usize = 4096;
+
 /// A URI resolved at an immutable revision.
 pub struct Resolved {
     /// The commit.
@@ -272,7 +275,10 @@ impl Node {
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
     async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
         // A full commit id is immutable: nothing to ask.
-        if rev.len() == 40 && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if ns.has_revisions()
+            && rev.len() == 40
+            && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Ok(rev.to_string());
         }
         let k = (ns.clone(), rev.to_string());
@@ -397,6 +403,10 @@ impl Node {
             }
         };
         let files = Arc::new(files);
+        // Listings of prefixes move on every TTL; an unbounded map would grow with them.
+        if self.listings.len() >= MAX_LISTINGS {
+            self.listings.clear();
+        }
         self.listings.insert(k, files.clone());
         Ok(files)
     }
@@ -455,10 +465,14 @@ impl Node {
             .await?;
         let all = self.listing(&uri.namespace, &revision, false).await?;
         if uri.path.is_empty() {
+            // A name without revisions that lists as itself is one object or file.
+            let is_file = !uri.namespace.has_revisions()
+                && all.len() == 1
+                && all[0].uri == uri.namespace.to_string();
             return Ok(Resolved {
                 revision,
                 files: all.to_vec(),
-                is_file: false,
+                is_file,
             });
         }
         if let Some(f) = all.iter().find(|f| f.path == uri.path) {

@@ -566,11 +566,17 @@ impl Node {
         self.counters
             .origin_requests
             .fetch_add(1, Ordering::Relaxed);
-        let stream = self
-            .origin
-            .read(file, range.clone())
-            .await?
-            .map_err(NodeError::from);
+        let stream = match self.origin.read(file, range.clone()).await {
+            Ok(s) => s.map_err(NodeError::from),
+            Err(e) => {
+                if matches!(e, locus_origin::OriginError::Changed { .. }) {
+                    // Overwritten since it was listed: list again on the next request rather
+                    // than fail until the metadata TTL runs out.
+                    self.revisions.retain(|k, _| k.0.has_revisions());
+                }
+                return Err(e.into());
+            }
+        };
         let count = |n: u64| {
             self.counters.origin_bytes.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("locus_origin_bytes_total").increment(n);

@@ -40,6 +40,7 @@ impl From<NodeError> for Status {
                 Status::not_found(msg)
             }
             NodeError::Origin(OriginError::AccessDenied { .. }) => Status::permission_denied(msg),
+            NodeError::Origin(OriginError::Changed { .. }) => Status::aborted(msg),
             NodeError::Origin(OriginError::Unavailable { .. } | OriginError::Transient { .. })
             | NodeError::ShortBody { .. } => Status::unavailable(msg),
             NodeError::Origin(OriginError::Protocol { .. }) => Status::unavailable(msg),
@@ -429,6 +430,10 @@ impl Local for LocalService {
             chunk_size: self.node.cfg.chunk_size,
             node_addr: self.node.cluster.me().to_string(),
             peer_bytes_sent: c.peer_bytes_sent.load(Ordering::Relaxed),
+            origin_calls: locus_origin::requests_by_kind()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
         }))
     }
 }
