@@ -250,7 +250,10 @@ impl<B: Backend> LocusFs<B> {
             }
             Lazy::Org { .. } | Lazy::S3 => {
                 let uri = match lazy {
-                    Lazy::Org { datasets: true, org } => format!("hf://datasets/{org}/{name}"),
+                    Lazy::Org {
+                        datasets: true,
+                        org,
+                    } => format!("hf://datasets/{org}/{name}"),
                     Lazy::Org { org, .. } => format!("hf://{org}/{name}"),
                     _ => format!("s3://{name}"),
                 };

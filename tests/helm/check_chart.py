@@ -86,6 +86,24 @@ class Chart:
         return p, objs
 
 
+def check_notes(chart, label, vfile, workdir):
+    """NOTES.txt renders (helm template skips it): render it as a ConfigMap in a copy of the chart."""
+    copy_dir = os.path.join(workdir, "notes-chart")
+    if not os.path.isdir(copy_dir):
+        shutil.copytree(chart.chart, copy_dir)
+        shutil.copy(os.path.join(copy_dir, "templates", "NOTES.txt"), os.path.join(copy_dir, "notes.txt"))
+        with open(os.path.join(copy_dir, "templates", "zz-notes-test.yaml"), "w") as f:
+            f.write('apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n'
+                    '  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n')
+    p = run([chart.helm, "template", RELEASE, copy_dir, "--namespace", NAMESPACE, "--show-only", "templates/zz-notes-test.yaml"]
+            + (["-f", vfile] if vfile else []))
+    ok = check(p.returncode == 0, f"{label}: NOTES.txt renders ({p.stderr.strip()[:200]})")
+    if ok:
+        notes = yaml.safe_load(p.stdout)["data"]["notes"]
+        check("rollout status daemonset/" in notes and "<no value>" not in notes, f"{label}: NOTES.txt names the DaemonSet, no missing value")
+        print(f"    NOTES.txt renders ({len(notes.splitlines())} lines)")
+
+
 def find(objs, kind, name_suffix=None):
     return [o for o in objs if o.get("kind") == kind and (name_suffix is None or o["metadata"]["name"].endswith(name_suffix))]
 
@@ -157,11 +175,11 @@ def run_check_config(locus, label, ds, workdir):
     path_map = {}
     for m in c.get("volumeMounts", []):
         v = volumes.get(m["name"], {})
-        if "secret" not in v:
+        if "secret" not in v and not m["name"].startswith("file-root-"):
             continue
         d = os.path.join(workdir, label.replace("/", "_"), m["name"])
         os.makedirs(d, exist_ok=True)
-        if True:
+        if "secret" in v:
             for item in v["secret"].get("items", []):
                 with open(os.path.join(d, item["path"]), "w") as f:
                     if item["path"] in ("tls.crt", "tls.key", "ca.crt"):
@@ -259,6 +277,7 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     if not check(p.returncode == 0, f"{label}: helm template renders ({p.stderr.strip()[:300]})"):
         return None
     print(f"    helm template: {', '.join(o['kind'] + '/' + o['metadata']['name'] for o in objs)}")
+    check_notes(chart, label, vfile, workdir)
     validate_objects(objs, version)
     print(f"    validated against the Kubernetes {version} schemas (strict)")
     check_no_secrets(label, objs)
@@ -413,6 +432,21 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     check(args[len(args) - len(v["extraArgs"]):] == v["extraArgs"] or not v["extraArgs"], f"{label}: extraArgs appended")
     for e in v["extraEnv"]:
         check(e in c.get("env", []), f"{label}: extraEnv {e['name']}")
+
+    # Origins.
+    if v["s3"]["endpoint"]:
+        check(flag("--s3-endpoint") == v["s3"]["endpoint"], f"{label}: --s3-endpoint {v['s3']['endpoint']}")
+        if s and "s3-endpoint" in s:
+            check(s["s3-endpoint"] == v["s3"]["endpoint"], f"{label}: the daemon's S3 endpoint")
+    else:
+        check("--s3-endpoint" not in args, f"{label}: no --s3-endpoint")
+    check(("--s3-virtual-hosted" in args) == bool(v["s3"]["virtualHosted"]), f"{label}: --s3-virtual-hosted as s3.virtualHosted says")
+    roots = [args[i + 1] for i, x in enumerate(args) if x == "--file-root"]
+    check(roots == v["fileRoots"], f"{label}: --file-root for each of fileRoots")
+    for i, r in enumerate(v["fileRoots"]):
+        check(vols.get(f"file-root-{i}", {}).get("hostPath") == {"path": r, "type": "Directory"}
+              and mounts.get(f"file-root-{i}", {}).get("mountPath") == r and mounts[f"file-root-{i}"].get("readOnly") is True,
+              f"{label}: file root {r} is the node's folder, read-only at the same path")
 
     # Credentials and peer authentication: Secret names only.
     secret = v["credentials"]["existingSecret"]
@@ -585,6 +619,30 @@ def check_image(repo, locus):
     print(f"    ldd {locus}: {', '.join(libs)} (all in debian:bookworm-slim + the Dockerfile's packages)")
 
 
+def check_docs(repo, defaults):
+    print("== chart README")
+    readme = open(os.path.join(repo, "helm/locus/README.md")).read()
+    table = readme.split("\n## Values\n", 1)[-1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", table, re.M))
+    # Free-form maps (resources, probes, selectors) are documented as one value.
+    whole = {"resources", "livenessProbe", "readinessProbe", "warm.resources"}
+
+    def leaves(d, prefix=""):
+        for k, x in d.items():
+            q = f"{prefix}.{k}" if prefix else k
+            if isinstance(x, dict) and x and q not in whole:
+                yield from leaves(x, q)
+            else:
+                yield q
+    keys = list(leaves(defaults))
+    for k in keys:
+        check(k in documented, f"README.md: the values table documents {k}")
+    check(not documented - set(keys), f"README.md: the values table documents no value that does not exist ({sorted(documented - set(keys))})")
+    for topic in ("privileged", "Bidirectional", "HostToContainer", "mount.enabled=false", "helm uninstall", "membership", "helm upgrade"):
+        check(topic in readme, f"README.md: mentions {topic}")
+    print(f"    the values table documents all {len(keys)} values of values.yaml")
+
+
 defaults_app_version = None
 
 
@@ -607,6 +665,7 @@ def main():
         for label, f in sets:
             check_value_set(chart, os.path.abspath(a.locus), a.kubernetes_version, label, f, workdir, defaults)
         check_refusals(chart)
+        check_docs(repo, defaults)
         check_image(repo, os.path.abspath(a.locus))
     print()
     if failures:

@@ -443,6 +443,8 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
     let listed = ds[0].json(&["ls", &uri, "--json"]);
     assert!(listed["files"].as_array().unwrap().len() == 1);
     let good = |size: u64| pb::FileRef {
+        namespace: String::new(),
+        revision: String::new(),
         uri: file_uri.clone(),
         key: String::new(),
         size,
@@ -468,6 +470,7 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
                     uri: "hf://acme/model@main/../x".into(),
                     key: "k".into(),
                     size: 1,
+                    ..Default::default()
                 }),
                 256 << 10,
                 0,
@@ -477,6 +480,7 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
                     uri: "x".repeat(100_000),
                     key: "k".into(),
                     size: 1,
+                    ..Default::default()
                 }),
                 256 << 10,
                 0,
@@ -486,6 +490,7 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
                     uri: file_uri.clone(),
                     key: "sha256:00:1".into(),
                     size: 1,
+                    ..Default::default()
                 }),
                 256 << 10,
                 u32::MAX,

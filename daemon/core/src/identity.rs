@@ -36,6 +36,20 @@ pub struct RemoteFile {
     pub locator: String,
     /// Whole-file digest, when the origin publishes one.
     pub digest: Option<Digest>,
+    /// Where a file of a name without revisions (an S3 prefix, a URL, a folder) was listed: a
+    /// peer asked for its bytes looks it up in that listing, so that its key stays bound to the
+    /// identity the listing saw. `None` for Hub files, whose URI names an immutable commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<Listed>,
+}
+
+/// A listing: its namespace and revision (for names without revisions, its fingerprint).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The namespace's URI.
+    pub namespace: String,
+    /// The listing's revision id.
+    pub revision: String,
 }
 
 impl RemoteFile {

@@ -10,7 +10,7 @@ pub mod size;
 pub mod uri;
 
 pub use chunk::ChunkLayout;
-pub use identity::{Digest, RemoteFile};
+pub use identity::{Digest, Listed, RemoteFile};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};
 pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};

@@ -473,14 +473,22 @@ mod tests {
             "s3://my-bucket/data/train/a/x.bin"
         );
         let one = LocusUri::parse("s3://my-bucket/data/x.bin").unwrap();
-        assert_eq!(one.namespace.file_uri(LATEST, ""), "s3://my-bucket/data/x.bin");
+        assert_eq!(
+            one.namespace.file_uri(LATEST, ""),
+            "s3://my-bucket/data/x.bin"
+        );
         assert!(one.names_file("x.bin"));
         assert_eq!(
             LocusUri::parse("s3://bkt").unwrap().namespace.to_string(),
             "s3://bkt"
         );
         let f = LocusUri::parse("file:///srv/models/").unwrap();
-        assert_eq!(f.namespace, Namespace::File { path: "/srv/models".into() });
+        assert_eq!(
+            f.namespace,
+            Namespace::File {
+                path: "/srv/models".into()
+            }
+        );
         assert_eq!(f.to_string(), "file:///srv/models");
         assert_eq!(LocusUri::parse("file:///").unwrap().to_string(), "file:///");
         let h = LocusUri::parse("https://example.com:8443/a/b.bin?x=1").unwrap();

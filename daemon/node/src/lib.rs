@@ -168,6 +168,8 @@ pub struct Node {
     cfg: NodeConfig,
     inflight: DashMap<(String, u32), ChunkFuture>,
     revisions: DashMap<(Namespace, String), (String, Instant)>,
+    /// One lock per metadata key being fetched.
+    meta_flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     listings: DashMap<(Namespace, String), Arc<Vec<RemoteFile>>>,
     permits: Arc<Semaphore>,
     counters: Counters,
@@ -217,6 +219,7 @@ impl Node {
             cfg,
             inflight: DashMap::new(),
             revisions: DashMap::new(),
+            meta_flights: DashMap::new(),
             listings: DashMap::new(),
             counters: Counters::default(),
             cluster,
@@ -271,6 +274,19 @@ impl Node {
         &self.cfg
     }
 
+    /// Serializes fetches of one metadata key, so that concurrent misses make one request.
+    async fn meta_flight(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        if self.meta_flights.len() > MAX_LISTINGS {
+            self.meta_flights.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        let m = self
+            .meta_flights
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
     /// Resolves a revision to an immutable id: cached for the metadata TTL; past it, a fresh
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
     async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
@@ -320,12 +336,21 @@ impl Node {
         rev: &str,
     ) -> Result<(String, Duration), NodeError> {
         let k = (ns.clone(), rev.to_string());
-        if let Some(e) = self.revisions.get(&k) {
-            if e.1.elapsed() < self.cfg.metadata_ttl {
-                return Ok((e.0.clone(), e.1.elapsed()));
-            }
+        let fresh = |n: &Node| {
+            n.revisions
+                .get(&k)
+                .filter(|e| e.1.elapsed() < n.cfg.metadata_ttl)
+                .map(|e| (e.0.clone(), e.1.elapsed()))
+        };
+        if let Some(hit) = fresh(self) {
+            return Ok(hit);
         }
         let meta_key = format!("rev:{ns}@{rev}");
+        // Concurrent misses (a burst of peers asking the owner) make one origin call.
+        let _flight = self.meta_flight(&meta_key).await;
+        if let Some(hit) = fresh(self) {
+            return Ok(hit);
+        }
         self.revision_origin(ns, rev, k, meta_key)
             .await
             .map(|id| (id, Duration::ZERO))
@@ -382,6 +407,10 @@ impl Node {
             return Ok(l.clone());
         }
         let meta_key = format!("list:{ns}@{rev_id}");
+        let _flight = self.meta_flight(&meta_key).await;
+        if let Some(l) = self.listings.get(&k) {
+            return Ok(l.clone());
+        }
         let from_owner = match self.metadata_owner(ns).filter(|_| !local_only) {
             Some((owner, peers)) if self.store.meta_get(&meta_key).is_none() => {
                 self.listing_from(ns, rev_id, &owner, &*peers).await?
@@ -402,6 +431,16 @@ impl Node {
                 f
             }
         };
+        let mut files = files;
+        if !ns.has_revisions() {
+            let listed = locus_core::Listed {
+                namespace: ns.to_string(),
+                revision: rev_id.to_string(),
+            };
+            for f in &mut files {
+                f.listed = Some(listed.clone());
+            }
+        }
         let files = Arc::new(files);
         // Listings of prefixes move on every TTL; an unbounded map would grow with them.
         if self.listings.len() >= MAX_LISTINGS {

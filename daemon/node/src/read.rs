@@ -531,6 +531,16 @@ impl Node {
                 uri: file.uri.clone(),
                 key: file.key.clone(),
                 size: file.size,
+                namespace: file
+                    .listed
+                    .as_ref()
+                    .map(|l| l.namespace.clone())
+                    .unwrap_or_default(),
+                revision: file
+                    .listed
+                    .as_ref()
+                    .map(|l| l.revision.clone())
+                    .unwrap_or_default(),
             }),
             chunk_size: self.cfg.chunk_size,
             index: idx,

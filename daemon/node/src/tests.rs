@@ -36,6 +36,7 @@ impl Origin for MemOrigin {
                 key: format!("mem:{p}"),
                 locator: p.clone(),
                 digest: None,
+                listed: None,
             })
             .collect())
     }

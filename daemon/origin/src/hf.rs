@@ -250,7 +250,6 @@ impl HfOrigin {
     }
 }
 
-
 /// Maps a final (non-transient) response to an error, or passes a 2xx through.
 fn check_status(
     resp: reqwest::Response,
@@ -382,6 +381,7 @@ impl Origin for HfOrigin {
                     size,
                     key,
                     digest,
+                    listed: None,
                 });
             }
             match next_link(&headers) {

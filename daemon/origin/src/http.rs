@@ -165,6 +165,7 @@ impl HttpOrigin {
             key: identity_key(ns.scheme(), &[url, &tag], size),
             locator: serde_json::to_string(&v).unwrap_or_default(),
             digest: None,
+            listed: None,
         }])
     }
 
@@ -201,12 +202,11 @@ impl HttpOrigin {
                     what: what.to_string(),
                     detail: format!("spool folder {}: {e}", self.spool_dir.display()),
                 })?;
-                let mut tmp = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
-                    OriginError::Protocol {
+                let mut tmp =
+                    tempfile::tempfile_in(&self.spool_dir).map_err(|e| OriginError::Protocol {
                         what: what.to_string(),
                         detail: format!("spool file: {e}"),
-                    }
-                })?;
+                    })?;
                 let mut body = resp.bytes_stream();
                 let mut got = 0u64;
                 while let Some(piece) = body.next().await {
@@ -304,8 +304,13 @@ impl Origin for HttpOrigin {
         .await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
-                let start = header(resp.headers(), CONTENT_RANGE)
-                    .and_then(|c| c.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+                let start = header(resp.headers(), CONTENT_RANGE).and_then(|c| {
+                    c.strip_prefix("bytes ")?
+                        .split('-')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                });
                 if start != Some(range.start) {
                     return Err(OriginError::Protocol {
                         what: what.to_string(),

@@ -22,8 +22,8 @@ use locus_core::{LocusUri, Namespace, RemoteFile, LATEST};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore};
 use object_store::RetryConfig;
+use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{identity_key, Snapshots};
@@ -79,9 +79,14 @@ fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> Ori
                     what,
                     kind: "bucket",
                 }
-            } else if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden"]
-                .iter()
-                .any(|m| detail.contains(m))
+            } else if [
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "403 Forbidden",
+            ]
+            .iter()
+            .any(|m| detail.contains(m))
             {
                 OriginError::AccessDenied {
                     what,
@@ -121,6 +126,7 @@ fn remote(ns: &Namespace, place: &Place, rel: &str, name: &str, meta: &ObjectMet
         ),
         locator: serde_json::to_string(&loc).unwrap_or_default(),
         digest: None,
+        listed: None,
     }
 }
 
@@ -153,7 +159,8 @@ async fn list_place(
         .map_err(|e| map_err(e, &what, denied_hint))?
     {
         seen += 1;
-        if seen % LIST_PAGE == 0 {
+        // Each page after the first is one more LIST call.
+        if seen > 1 && seen % LIST_PAGE == 1 {
             count_request("list");
         }
         let key = meta.location.as_ref();
@@ -211,7 +218,9 @@ async fn read_place(
     Ok(got
         .into_stream()
         .map_err(move |e| match map_err(e, &what, denied_hint) {
-            OriginError::Unavailable { what, detail, .. } => OriginError::Transient { what, detail },
+            OriginError::Unavailable { what, detail, .. } => {
+                OriginError::Transient { what, detail }
+            }
             e => e,
         })
         .boxed())
@@ -305,12 +314,11 @@ impl S3Origin {
                 }
             }
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| {
-            OriginError::Protocol {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(b.build().map_err(|e| OriginError::Protocol {
                 what: format!("s3://{bucket}"),
                 detail: one_line(&e),
-            }
-        })?);
+            })?);
         self.stores.insert(bucket.to_string(), store.clone());
         Ok(store)
     }
@@ -502,7 +510,10 @@ mod tests {
     #[test]
     fn reads_ini_sections() {
         let t = "[default]\naws_access_key_id = A\n[other]\naws_access_key_id=B\n";
-        assert_eq!(ini_section(t, "other"), vec![("aws_access_key_id".into(), "B".into())]);
+        assert_eq!(
+            ini_section(t, "other"),
+            vec![("aws_access_key_id".into(), "B".into())]
+        );
         assert_eq!(ini_section(t, "default")[0].1, "A");
         assert!(ini_section(t, "none").is_empty());
     }
@@ -523,7 +534,10 @@ mod tests {
         let id = o.resolve(&ns, LATEST).await.unwrap();
         let files = o.list(&ns, &id).await.unwrap();
         let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
-        assert!(paths.contains(&"a/b/x.bin") && paths.contains(&"top.txt"), "{paths:?}");
+        assert!(
+            paths.contains(&"a/b/x.bin") && paths.contains(&"top.txt"),
+            "{paths:?}"
+        );
         let x = files.iter().find(|f| f.path == "a/b/x.bin").unwrap();
         let got: Vec<Bytes> = o.read(x, 6..11).await.unwrap().try_collect().await.unwrap();
         let got = got.concat();
@@ -546,7 +560,10 @@ mod tests {
         // A rewritten file changes its identity; a read of the old listing fails, never mixes.
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(root.join("a/b/x.bin"), b"HELLO WORLD").unwrap();
-        assert!(matches!(o.read(x, 0..5).await, Err(OriginError::Changed { .. })));
+        assert!(matches!(
+            o.read(x, 0..5).await,
+            Err(OriginError::Changed { .. })
+        ));
         let id2 = o.resolve(&ns, LATEST).await.unwrap();
         assert_ne!(id, id2);
         let x2 = o
@@ -565,6 +582,8 @@ mod tests {
         let files = o.list(&one, &id).await.unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, "top.txt");
-        assert!(LocusUri::parse(&files[0].uri).unwrap().names_file("top.txt"));
+        assert!(LocusUri::parse(&files[0].uri)
+            .unwrap()
+            .names_file("top.txt"));
     }
 }

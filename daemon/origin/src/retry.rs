@@ -46,31 +46,6 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(400),
-        };
-        for _ in 0..100 {
-            assert!(p.backoff(1, None) <= Duration::from_millis(100));
-            assert!(p.backoff(10, None) <= Duration::from_millis(400));
-            assert!(p.backoff(10, None) >= Duration::from_millis(200));
-        }
-        assert_eq!(
-            p.backoff(1, Some(Duration::from_secs(2))),
-            Duration::from_secs(2)
-        );
-        assert_eq!(parse_retry_after(Some(" 3 ")), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(Some("soon")), None);
-    }
-}
-
 /// Sends a request with retries. `build` makes a fresh request per attempt. Returns the first
 /// response that is not transient (2xx, 3xx or a final 4xx); each attempt counts as one origin
 /// call of `kind`.
@@ -133,4 +108,29 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+        };
+        for _ in 0..100 {
+            assert!(p.backoff(1, None) <= Duration::from_millis(100));
+            assert!(p.backoff(10, None) <= Duration::from_millis(400));
+            assert!(p.backoff(10, None) >= Duration::from_millis(200));
+        }
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(parse_retry_after(Some(" 3 ")), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(Some("soon")), None);
+    }
 }

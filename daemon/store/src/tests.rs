@@ -8,6 +8,7 @@ fn file(key: &str, size: u64) -> RemoteFile {
         key: key.into(),
         locator: String::new(),
         digest: None,
+        listed: None,
     }
 }
 

@@ -106,6 +106,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $a = concat $a (list "--peer-tls-name" (toString $v.peerAuth.tls.serverName)) }}
 {{- end }}
 {{- end }}
+{{- with $v.s3.endpoint }}
+{{- $a = concat $a (list "--s3-endpoint" (toString .)) }}
+{{- end }}
+{{- if $v.s3.virtualHosted }}
+{{- $a = append $a "--s3-virtual-hosted" }}
+{{- end }}
+{{- range $v.fileRoots }}
+{{- $a = concat $a (list "--file-root" (toString .)) }}
+{{- end }}
 {{- range $v.extraArgs }}
 {{- $a = append $a (toString .) }}
 {{- end }}

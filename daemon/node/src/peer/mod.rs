@@ -377,7 +377,7 @@ pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
     check_field("key", &p.key, false)?;
     check_field("locator", &p.locator, false)?;
     let uri = locus_core::LocusUri::parse(&p.uri).map_err(|e| e.to_string())?;
-    if uri.path != p.path {
+    if !uri.names_file(&p.path) {
         return Err(format!("uri {} does not name path {}", p.uri, p.path));
     }
     if p.path
@@ -408,6 +408,7 @@ pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
         key: p.key,
         locator: p.locator,
         digest,
+        listed: None,
     })
 }
 

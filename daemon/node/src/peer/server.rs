@@ -90,6 +90,22 @@ impl Node {
         check_field("file.uri", &r.uri, false).map_err(invalid)?;
         check_field("file.key", &r.key, false).map_err(invalid)?;
         let uri = LocusUri::parse(&r.uri).map_err(invalid)?;
+        if !uri.namespace.has_revisions() {
+            // No immutable name to resolve: the file must be in the listing it came from.
+            let ns = namespace(&r.namespace)?;
+            check_field("file.revision", &r.revision, false).map_err(invalid)?;
+            let files = self.listing(&ns, &r.revision, false).await?;
+            return files
+                .iter()
+                .find(|f| f.key == r.key && f.uri == r.uri && f.size == r.size)
+                .cloned()
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "{}: not in listing {} of {ns} here",
+                        r.uri, r.revision
+                    ))
+                });
+        }
         let f = self.resolve_file(&uri).await?;
         if f.key != r.key || f.size != r.size {
             return Err(Status::failed_precondition(format!(

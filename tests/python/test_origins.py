@@ -1,0 +1,293 @@
+"""s3://, http(s):// and file:// origins end to end: real `locus` daemons against moto's S3
+server (behind a counting, fault-injecting proxy), a local HTTP server and files on disk.
+Every byte read is compared with what the origin holds."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from origins import SECRET, Daemon, FileServer, Moto, Proxy, cleanup, free_port
+
+BUCKET = "locus-test"
+SMALL = 2000
+LARGE = 3
+LARGE_SIZE = 20 << 20
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto with `data/train/NN/obj-NNNNN.bin` (2,000 small objects over 20 folders) and
+    `data/large/shard-N.bin` (three 20 MiB objects), behind a proxy."""
+    moto = Moto()
+    c = moto.client()
+    c.create_bucket(Bucket=BUCKET)
+    objects = {}
+    for i in range(SMALL):
+        objects[f"data/train/{i % 20:02d}/obj-{i:05d}.bin"] = os.urandom(1000 + i % 1500)
+    for i in range(LARGE):
+        objects[f"data/large/shard-{i}.bin"] = os.urandom(LARGE_SIZE + i * 4099)
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda kv: c.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]), objects.items()))
+    proxy = Proxy(moto.url)
+    yield moto, proxy, objects
+    proxy.close()
+    moto.close()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    yield tmp_path
+    cleanup(tmp_path)
+
+
+def start(workdir, proxy, name="n1", extra=(), **kw):
+    return Daemon(workdir, name, extra=["--s3-endpoint", proxy.url, *extra], **kw)
+
+
+def secret_free(*texts):
+    for t in texts:
+        assert SECRET not in t, "the AWS secret reached a log or an output"
+
+
+def test_s3_prefix_ls_cat_warm(s3, workdir):
+    moto, proxy, objects = s3
+    d = start(workdir, proxy)
+    try:
+        proxy.reset()
+        listing = json.loads(d.run("ls", f"s3://{BUCKET}/data", "--json").stdout)
+        paths = {f["path"]: f["size"] for f in listing["files"]}
+        want = {k[len("data/"):]: len(v) for k, v in objects.items() if k.startswith("data/")}
+        assert paths == want
+        # One HEAD (is `data` an object?) and one LIST of 2,003 keys in pages of 1,000.
+        assert proxy.requests.get("list") == 3, proxy.requests
+        assert proxy.requests.get("head") == 1, proxy.requests
+
+        # A single object, a folder with globs, and every byte compared.
+        key = "data/large/shard-1.bin"
+        out = d.run("cat", f"s3://{BUCKET}/{key}").stdout
+        assert out == objects[key]
+        r = d.run("warm", f"s3://{BUCKET}/data/train", "--include", "0[0-4]/**", "--exclude", "*/obj-0000*")
+        assert b"warmed" in r.stdout + r.stderr
+        st = d.status()
+        assert st["origin_calls"]["list"] >= 3 and st["origin_calls"]["get"] > 0
+        sub = json.loads(d.run("ls", f"s3://{BUCKET}/data/train/03", "--json").stdout)["files"]
+        assert len(sub) == SMALL // 20
+        for f in sub:
+            excluded = f["path"].startswith("obj-0000")
+            assert f["cached_fraction"] == (0.0 if excluded else 1.0), f
+        untouched = json.loads(d.run("ls", f"s3://{BUCKET}/data/train/07", "--json").stdout)["files"]
+        assert all(f["cached_fraction"] == 0.0 for f in untouched)
+        for f in sub[:50]:
+            assert d.run("cat", f["uri"]).stdout == objects[f"data/train/03/{f['path']}"]
+        # Listing again within the metadata TTL costs nothing at the origin.
+        proxy.reset()
+        d.run("ls", f"s3://{BUCKET}/data")
+        assert proxy.requests.get("list", 0) == 0
+        secret_free(d.logs(), json.dumps(proxy.headers_seen).replace("Credential=testing", ""))
+    finally:
+        d.close()
+
+
+def test_s3_overwritten_object_never_serves_old_bytes(s3, workdir):
+    moto, proxy, _ = s3
+    c = moto.client()
+    c.put_object(Bucket=BUCKET, Key="ow/a.bin", Body=b"A" * 5000)
+    c.put_object(Bucket=BUCKET, Key="ow/b.bin", Body=b"B" * 5000)
+    d = start(workdir, proxy, extra=["--metadata-ttl", "2"])
+    try:
+        assert d.run("cat", f"s3://{BUCKET}/ow/a.bin").stdout == b"A" * 5000
+        # Listed, then overwritten before its bytes were read: the read fails (If-Match), it
+        # never returns the old bytes or a mix, and the next read lists again.
+        d.run("ls", f"s3://{BUCKET}/ow")
+        c.put_object(Bucket=BUCKET, Key="ow/b.bin", Body=b"b" * 7000)
+        r = d.run("cat", f"s3://{BUCKET}/ow/b.bin", check=False)
+        if r.returncode != 0:
+            assert b"changed at the origin" in r.stderr, r.stderr
+            r = d.run("cat", f"s3://{BUCKET}/ow/b.bin")
+        assert r.stdout == b"b" * 7000
+        # Past the metadata TTL an overwritten object is served from its new bytes.
+        c.put_object(Bucket=BUCKET, Key="ow/a.bin", Body=b"a" * 5000)
+        time.sleep(2.5)
+        assert d.run("cat", f"s3://{BUCKET}/ow/a.bin").stdout == b"a" * 5000
+    finally:
+        d.close()
+
+
+def test_s3_throttled_and_failing_endpoint(s3, workdir):
+    moto, proxy, objects = s3
+    d = start(workdir, proxy)
+    try:
+        key = "data/large/shard-2.bin"
+        proxy.reset()
+        proxy.fail("get", 503, 4, "SlowDown")
+        proxy.fail("head", 500, 1, "InternalError")
+        assert d.run("cat", f"s3://{BUCKET}/{key}").stdout == objects[key]
+        assert proxy.failed == 5
+        # A store that keeps failing: one clear line, exit status 1.
+        proxy.fail("*", 500, 10_000, "InternalError")
+        t = time.time()
+        r = d.run("cat", f"s3://{BUCKET}/data/large/shard-0.bin", check=False)
+        assert r.returncode == 1 and time.time() - t < 120
+        err = r.stderr.decode().strip()
+        assert len(err.splitlines()) == 1 and "unavailable" in err, err
+    finally:
+        proxy.faults.clear()
+        d.close()
+    # An endpoint that cannot be reached.
+    d = Daemon(workdir, "n2", extra=["--s3-endpoint", f"http://127.0.0.1:{free_port()}"])
+    try:
+        r = d.run("ls", f"s3://{BUCKET}/data", check=False, timeout=200)
+        err = r.stderr.decode().strip()
+        assert r.returncode == 1 and len(err.splitlines()) == 1 and "unavailable" in err, err
+    finally:
+        d.close()
+
+
+def test_s3_errors_are_one_clear_line(s3, workdir):
+    moto, proxy, _ = s3
+    d = start(workdir, proxy)
+    try:
+        cases = [
+            (f"s3://no-such-bucket-here/x", "not found"),
+            (f"s3://{BUCKET}/no/such/key.bin", "not found"),
+            ("s3://Bad_Bucket/x", "invalid URI"),
+            (f"s3://{BUCKET}/a/../b", "invalid URI"),
+        ]
+        for uri, want in cases:
+            r = d.run("cat", uri, check=False)
+            err = r.stderr.decode().strip()
+            assert r.returncode in (1, 2) and len(err.splitlines()) == 1 and want in err, (uri, err)
+        proxy.fail("*", 403, 100, "AccessDenied")
+        r = d.run("ls", f"s3://{BUCKET}/denied", check=False)
+        err = r.stderr.decode().strip()
+        assert r.returncode == 1 and "access denied" in err and "AWS" in err, err
+        secret_free(err, d.logs())
+    finally:
+        proxy.faults.clear()
+        d.close()
+
+
+def test_s3_cluster_reads_each_byte_and_listing_once(s3, workdir):
+    moto, proxy, objects = s3
+    ports = [free_port() for _ in range(3)]
+    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    nodes = [
+        start(workdir, proxy, f"n{i}", extra=["--peers", peers], listen=f"127.0.0.1:{p}")
+        for i, p in enumerate(ports)
+    ]
+    try:
+        proxy.reset()
+        prefix = f"s3://{BUCKET}/data/train/1"  # no such prefix: `data/train/1x` are folders
+        assert nodes[0].run("ls", prefix, check=False).returncode == 1
+        prefix = f"s3://{BUCKET}/data/train"
+        for n in nodes:
+            n.run("warm", prefix, "--include", "1[0-2]/**")
+        want = sum(len(v) for k, v in objects.items() if k.startswith(("data/train/10/", "data/train/11/", "data/train/12/")))
+        twice = {p: n for (k, p), n in proxy.paths.items() if k == "get" and n > 1}
+        assert want <= proxy.bytes["get"] <= want * 1.02, (proxy.bytes, want, twice)
+        # The listing was taken once, at the namespace's owner, for the whole cluster.
+        assert proxy.requests["list"] == 2 + 1, proxy.requests  # 2 pages + the missing prefix
+        assert proxy.requests["head"] == 2, proxy.requests
+        for n in nodes:
+            for f in json.loads(n.run("ls", f"{prefix}/11", "--json").stdout)["files"][:20]:
+                assert n.run("cat", f["uri"]).stdout == objects[f"data/train/11/{f['path']}"]
+        for n in nodes:
+            secret_free(n.logs())
+    finally:
+        for n in nodes:
+            n.close()
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_http_origin(workdir, ranges):
+    root = workdir / "www"
+    (root / "m").mkdir(parents=True)
+    data = os.urandom(20 << 20)
+    (root / "m" / "model.bin").write_bytes(data)
+    srv = FileServer(root, ranges=ranges)
+    d = Daemon(workdir, "n1", extra=["--metadata-ttl", "2"])
+    try:
+        url = f"{srv.url}/m/model.bin"
+        listing = json.loads(d.run("ls", url, "--json").stdout)["files"]
+        assert [(f["path"], f["size"]) for f in listing] == [("model.bin", len(data))]
+        assert d.run("cat", url).stdout == data
+        if ranges:
+            assert srv.counts["206"] == srv.counts["GET"] == 3  # 8 MiB chunks
+        else:
+            assert srv.counts["GET"] == 1, srv.counts  # whole, once
+            assert "does not support Range" in d.logs()
+        # Listed, then replaced before its bytes were read: the read fails cleanly (never old
+        # or mixed bytes), and the next one lists again and gets the new bytes.
+        (root / "m" / "other.bin").write_bytes(os.urandom(3 << 20))
+        url2 = f"{srv.url}/m/other.bin"
+        d.run("ls", url2)
+        new2 = os.urandom(4 << 20)
+        (root / "m" / "other.bin").write_bytes(new2)
+        r = d.run("cat", url2, check=False)
+        if r.returncode != 0:
+            assert b"changed at the origin" in r.stderr, r.stderr
+            r = d.run("cat", url2)
+        assert r.stdout == new2
+        # Past the metadata TTL a replaced file is served from its new bytes.
+        new = os.urandom(5 << 20)
+        (root / "m" / "model.bin").write_bytes(new)
+        time.sleep(2.5)
+        assert d.run("cat", url).stdout == new
+        r = d.run("cat", f"{srv.url}/m/missing.bin", check=False)
+        assert r.returncode == 1 and b"not found" in r.stderr
+        r = d.run("cat", "http://user:pw@127.0.0.1/x", check=False)
+        assert r.returncode == 2 and b"credentials" in r.stderr
+    finally:
+        d.close()
+        srv.close()
+
+
+def test_file_origin_and_mounts(s3, workdir):
+    moto, proxy, objects = s3
+    src = workdir / "shared"
+    (src / "ckpt" / "sub").mkdir(parents=True)
+    files = {"ckpt/a.bin": os.urandom(9 << 20), "ckpt/sub/b.txt": b"hello\n"}
+    for p, b in files.items():
+        (src / p).write_bytes(b)
+    mnt = workdir / "ns"
+    mnt.mkdir()
+    d = start(workdir, proxy, extra=["--file-root", str(src), "--mount", str(mnt)])
+    try:
+        assert d.run("cat", f"file://{src}/ckpt/a.bin").stdout == files["ckpt/a.bin"]
+        r = d.run("warm", f"file://{src}/ckpt", "--exclude", "*.txt")
+        assert b"warmed 1 files" in r.stdout + r.stderr
+        r = d.run("cat", "file:///etc/hostname", check=False)
+        assert r.returncode == 1 and b"outside every --file-root" in r.stderr
+        # The namespace view shows buckets.
+        view = mnt / "s3" / BUCKET / "data"
+        for _ in range(100):
+            if (mnt / "s3").exists():
+                break
+            time.sleep(0.1)
+        assert (view / "large" / "shard-0.bin").read_bytes() == objects["data/large/shard-0.bin"]
+        assert len(os.listdir(view / "train" / "05")) == SMALL // 20
+        # `locus mount` of a prefix and of a folder.
+        for uri, want in [
+            (f"s3://{BUCKET}/data/train/05", {k[len("data/train/05/"):]: v for k, v in objects.items() if k.startswith("data/train/05/")}),
+            (f"file://{src}/ckpt", {k[len("ckpt/"):]: v for k, v in files.items()}),
+        ]:
+            m = workdir / ("m" + str(abs(hash(uri))))
+            m.mkdir()
+            d.run("mount", uri, str(m))
+            try:
+                got = {
+                    str(p.relative_to(m)): p.read_bytes() for p in m.rglob("*") if p.is_file()
+                }
+                assert got == want
+                with pytest.raises(OSError):
+                    (m / "new").write_bytes(b"x")
+            finally:
+                subprocess.run([d.run("--version").args[0], "unmount", str(m)], check=True)
+    finally:
+        d.close()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
