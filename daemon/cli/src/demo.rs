@@ -1,9 +1,10 @@
 //! `locus demo`: the offline quickstart. A local Hub (in this process) serves a generated
 //! safetensors model; three real `locus daemon` processes on loopback form a cluster; the demo
 //! warms the cluster (the origin is read once), lets a second node take a full copy from its
-//! peers, warms again, reads every file back on a third node and checks it, and reports each
+//! peers, warms again, reads every file back through the third node's FUSE namespace mount and
+//! checks it, loads the checkpoint from the mount with the zero-copy loader, and reports each
 //! step with its time and origin bytes. Everything lives in a temporary folder that is removed
-//! at the end, also on Ctrl-C.
+//! at the end, also on Ctrl-C: the daemons get SIGTERM (they unmount) and the mount is detached.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -41,13 +42,35 @@ struct Step {
     detail: String,
 }
 
-/// The daemon child; killed if the demo ends early.
+/// The daemon child; stopped like an operator would (SIGTERM, then SIGKILL after 5 s) if the
+/// demo ends early, so that its mount is taken down.
 struct Child(tokio::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.start_kill();
     }
+}
+
+/// Whether this process can mount FUSE file systems (root and `/dev/fuse`).
+fn fuse_usable() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok()
 }
 
 async fn wait_ready(socket: &Path, log: &Path, child: &mut Child) -> Result<(), Failure> {
@@ -95,6 +118,7 @@ async fn spawn_node(
     addr: &str,
     peers: &str,
     endpoint: &str,
+    mount: Option<&Path>,
 ) -> Result<(Child, std::path::PathBuf, std::path::PathBuf), Failure> {
     let dir = root.join(format!("node{}", i + 1));
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, e.to_string()))?;
@@ -112,6 +136,15 @@ async fn spawn_node(
             .arg("--socket")
             .arg(&socket)
             .args(["--listen", addr, "--peers", peers])
+            .args(
+                mount
+                    .map(|m| {
+                        let mut a = vec![std::ffi::OsString::from("--mount")];
+                        a.push(m.as_os_str().to_owned());
+                        a
+                    })
+                    .unwrap_or_default(),
+            )
             .env("HF_ENDPOINT", endpoint)
             .env_remove("HF_TOKEN")
             .env("HF_TOKEN_PATH", root.join("no-token"))
@@ -160,11 +193,22 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
         .tempdir()
         .map_err(|e| Failure::new(1, format!("creating a temporary folder: {e}")))?;
     let root = tmp.path().to_path_buf();
+    // Listening before any work starts, so that an early Ctrl-C is not lost.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::new(1, e.to_string()))?;
     let work = run_steps(&root, size, a.shards, throttle);
     let result = tokio::select! {
         r = work => r,
-        _ = tokio::signal::ctrl_c() => Err(Failure::new(130, "interrupted; cleaned up")),
+        _ = int.recv() => Err(Failure::new(130, "interrupted; cleaned up")),
+        _ = term.recv() => Err(Failure::new(143, "terminated; cleaned up")),
     };
+    // The daemons are stopped by now (dropped with the steps); a mount left behind by one that
+    // had to be killed is detached so that the folder can go.
+    let mnt = root.join("mnt");
+    if crate::mount::is_mounted(&mnt) {
+        let _ = crate::mount::unmount(&mnt);
+    }
     if a.keep {
         let kept = tmp.keep();
         println!("kept {}", kept.display());
@@ -178,7 +222,10 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
     let uri = format!("hf://{repo}");
 
     let t = Instant::now();
-    let files = model::generate_model(size, shards, 42);
+    // Generating hundreds of MiB takes a while: off the async threads, so Ctrl-C stays heard.
+    let files = tokio::task::spawn_blocking(move || model::generate_model(size, shards, 42))
+        .await
+        .map_err(|e| Failure::new(1, e.to_string()))?;
     let sim = HubSim::start(SimOptions {
         faults: Faults {
             throttle_bps: throttle,
@@ -207,9 +254,16 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
     let addrs: Vec<String> = (0..NODES)
         .map(|_| free_loopback_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_, _>>()?;
-    let mut nodes = Vec::new();
+    // The third node also serves the namespace view, where the model is read and loaded.
+    let mnt = root.join("mnt");
+    let mount = fuse_usable().then_some(mnt.as_path());
+    if mount.is_some() {
+        std::fs::create_dir_all(&mnt).map_err(|e| Failure::new(1, e.to_string()))?;
+    }
+    let mut nodes: Vec<(Child, std::path::PathBuf, std::path::PathBuf)> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        nodes.push(spawn_node(root, i, addr, &addrs.join(","), &sim.url()).await?);
+        let m = if i == NODES - 1 { mount } else { None };
+        nodes.push(spawn_node(root, i, addr, &addrs.join(","), &sim.url(), m).await?);
     }
     for (child, socket, log) in &mut nodes {
         wait_ready(socket, log, child).await?;
@@ -269,21 +323,30 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
     }
     let c = &mut clients[2];
 
+    let model_dir = mnt.join("hf").join(repo);
     let t = Instant::now();
     let before = sim.stats().data_bytes;
     let mut tensors = 0;
     for (path, want) in &files {
-        let open = c
-            .open(pb::OpenRequest {
-                uri: format!("{uri}/{path}"),
-            })
-            .await
-            .map_err(|s| Failure::new(1, s.message().to_string()))?
-            .into_inner();
-        let mut got = Vec::with_capacity(open.size as usize);
-        let n =
-            client::copy_verified(&open, &mut got).map_err(|e| Failure::new(1, e.to_string()))?;
-        if n != open.size || sha2::Sha256::digest(&got) != sha2::Sha256::digest(want) {
+        let got = match mount {
+            Some(_) => tokio::fs::read(model_dir.join(path))
+                .await
+                .map_err(|e| Failure::new(1, format!("{path} through the mount: {e}")))?,
+            None => {
+                let open = c
+                    .open(pb::OpenRequest {
+                        uri: format!("{uri}/{path}"),
+                    })
+                    .await
+                    .map_err(|s| Failure::new(1, s.message().to_string()))?
+                    .into_inner();
+                let mut got = Vec::with_capacity(open.size as usize);
+                client::copy_verified(&open, &mut got)
+                    .map_err(|e| Failure::new(1, e.to_string()))?;
+                got
+            }
+        };
+        if sha2::Sha256::digest(&got) != sha2::Sha256::digest(want) {
             return Err(Failure::new(
                 1,
                 format!("{path}: bytes read back differ from the origin's"),
@@ -299,9 +362,66 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
         name: "read back".into(),
         seconds: t.elapsed().as_secs_f64(),
         origin_bytes: sim.stats().data_bytes - before,
+        detail: match mount {
+            Some(_) => format!(
+                "node 3's mount {}: {} files equal the origin's (sha256); {tensors} tensors parsed",
+                model_dir.display(),
+                files.len()
+            ),
+            None => format!(
+                "node 3 (no FUSE here: needs root and /dev/fuse): {} files equal the origin's (sha256); {tensors} tensors parsed",
+                files.len()
+            ),
+        },
+    });
+
+    // The zero-copy loader: each tensor a view of its shard's mapping (of the mount, or of the
+    // cache file that the daemon hands out for a URI).
+    let t = Instant::now();
+    let before = sim.stats().data_bytes;
+    let target = match mount {
+        Some(_) => model_dir.to_string_lossy().into_owned(),
+        None => uri.clone(),
+    };
+    let socket = nodes[NODES - 1].1.clone();
+    let (count, bytes) = tokio::task::spawn_blocking(move || {
+        let ck = locus_loader::Checkpoint::open_with(
+            &target,
+            &locus_loader::OpenOptions {
+                socket: Some(socket),
+            },
+        )?;
+        let (mut bytes, mut touched) = (0u64, 0u64);
+        let names: Vec<String> = ck.names().map(str::to_string).collect();
+        for n in &names {
+            let t = ck.tensor(n)?;
+            // Touch every page, as copying the weights to a device does.
+            touched = t
+                .data()
+                .iter()
+                .step_by(4096)
+                .fold(touched, |a, b| a.wrapping_add(u64::from(*b)));
+            bytes += t.data().len() as u64;
+        }
+        std::hint::black_box(touched);
+        Ok::<_, locus_loader::LoaderError>((names.len(), bytes))
+    })
+    .await
+    .map_err(|e| Failure::new(1, e.to_string()))?
+    .map_err(|e| Failure::new(1, format!("loading the checkpoint: {e}")))?;
+    if count != tensors {
+        return Err(Failure::new(
+            1,
+            format!("the loader saw {count} tensors, safetensors {tensors}"),
+        ));
+    }
+    steps.push(Step {
+        name: "load".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        origin_bytes: sim.stats().data_bytes - before,
         detail: format!(
-            "on node 3: {} files equal the origin's (sha256); {tensors} tensors parsed with safetensors",
-            files.len()
+            "locus-loader opened the checkpoint (index + shards): {count} tensors, {} as zero-copy views",
+            format_size(bytes)
         ),
     });
 
