@@ -123,6 +123,33 @@ impl Namespace {
         }
     }
 
+    /// The enclosing prefixes or folders of an S3 or file name, nearest first, each with the
+    /// path of this name inside it; empty for other names.
+    pub fn ancestors(&self) -> Vec<(Namespace, String)> {
+        let (prefix, make): (&str, &dyn Fn(&str) -> Namespace) = match self {
+            Namespace::S3 { bucket, prefix } => (prefix, &|p: &str| Namespace::S3 {
+                bucket: bucket.clone(),
+                prefix: p.to_string(),
+            }),
+            Namespace::File { path } => {
+                (path.trim_start_matches('/'), &|p: &str| Namespace::File {
+                    path: format!("/{p}"),
+                })
+            }
+            _ => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut cut = prefix.len();
+        while let Some(i) = prefix[..cut].rfind('/') {
+            out.push((make(&prefix[..i]), prefix[i + 1..].to_string()));
+            cut = i;
+        }
+        if !prefix.is_empty() {
+            out.push((make(""), prefix.to_string()));
+        }
+        out
+    }
+
     /// The URI of the file at `rel` (relative to this namespace; empty for the namespace itself,
     /// a single object).
     pub fn file_uri(&self, revision: &str, rel: &str) -> String {
@@ -466,6 +493,26 @@ mod tests {
         assert_eq!(u.revision_or_default(), LATEST);
         assert_eq!(u.to_string(), "s3://my-bucket/data/train");
         let file = LocusUri::parse("s3://my-bucket/data/train/x.bin").unwrap();
+        let up: Vec<_> = file
+            .namespace
+            .ancestors()
+            .into_iter()
+            .map(|(n, rel)| (n.to_string(), rel))
+            .collect();
+        assert_eq!(
+            up,
+            [
+                ("s3://my-bucket/data/train".to_string(), "x.bin".to_string()),
+                ("s3://my-bucket/data".into(), "train/x.bin".into()),
+                ("s3://my-bucket".into(), "data/train/x.bin".into()),
+            ]
+        );
+        let f = LocusUri::parse("file:///a/b")
+            .unwrap()
+            .namespace
+            .ancestors();
+        assert_eq!(f[0].0.to_string(), "file:///a");
+        assert_eq!(f[1], (Namespace::File { path: "/".into() }, "a/b".into()));
         assert!(file.names_file("x.bin") && file.names_file("train/x.bin"));
         assert!(!file.names_file("in/x.bin") && !file.names_file("y.bin"));
         assert_eq!(

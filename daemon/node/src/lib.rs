@@ -497,8 +497,61 @@ impl Node {
         Ok(None)
     }
 
+    /// What a fresh listing of an enclosing prefix or folder already says of `ns` (an S3 key
+    /// or prefix, a file or folder): the HEAD or LIST it would cost is answered from memory.
+    fn known_from_enclosing(&self, ns: &Namespace) -> Option<Resolved> {
+        for (parent, rel) in ns.ancestors() {
+            let k = (parent, locus_core::LATEST.to_string());
+            let Some(rev) = self
+                .revisions
+                .get(&k)
+                .filter(|e| e.1.elapsed() < self.cfg.metadata_ttl)
+                .map(|e| e.0.clone())
+            else {
+                continue;
+            };
+            let Some(all) = self.listings.get(&(k.0, rev.clone())).map(|l| l.clone()) else {
+                continue;
+            };
+            if let Some(f) = all.iter().find(|f| f.path == rel) {
+                let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
+                return Some(Resolved {
+                    revision: rev,
+                    files: vec![RemoteFile {
+                        path: name,
+                        ..f.clone()
+                    }],
+                    is_file: true,
+                });
+            }
+            let inside = format!("{rel}/");
+            let files: Vec<_> = all
+                .iter()
+                .filter_map(|f| {
+                    let p = f.path.strip_prefix(&inside)?;
+                    Some(RemoteFile {
+                        path: p.to_string(),
+                        ..f.clone()
+                    })
+                })
+                .collect();
+            // An empty answer may just be an object created since: ask the origin.
+            if !files.is_empty() {
+                return Some(Resolved {
+                    revision: rev,
+                    files,
+                    is_file: false,
+                });
+            }
+        }
+        None
+    }
+
     /// Resolves `uri` to the files it names at an immutable revision.
     pub async fn resolve(&self, uri: &LocusUri) -> Result<Resolved, NodeError> {
+        if let Some(r) = self.known_from_enclosing(&uri.namespace) {
+            return Ok(r);
+        }
         let revision = self
             .revision(&uri.namespace, uri.revision_or_default())
             .await?;
