@@ -226,6 +226,36 @@ async fn read_place(
         .boxed())
 }
 
+/// An origin of objects in an `object_store`: where a namespace sits, and its listings.
+trait Places: Send + Sync + 'static {
+    /// What to do about a denied request.
+    const DENIED: &'static str;
+    fn place(&self, ns: &Namespace) -> Result<Place, OriginError>;
+    fn snapshots(&self) -> &Snapshots;
+}
+
+#[async_trait]
+impl<T: Places> Origin for T {
+    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots()
+            .resolve(ns, revision, list_place(ns, &place, T::DENIED))
+            .await
+    }
+
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+        let place = self.place(ns)?;
+        self.snapshots()
+            .list(ns, rev_id, list_place(ns, &place, T::DENIED))
+            .await
+    }
+
+    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        let place = self.place(&file_namespace(file)?)?;
+        read_place(&place, file, range, T::DENIED).await
+    }
+}
+
 /// The namespace a file's URI names (its key or path).
 fn file_namespace(file: &RemoteFile) -> Result<Namespace, OriginError> {
     LocusUri::parse(&file.uri)
@@ -338,25 +368,15 @@ impl S3Origin {
     }
 }
 
-#[async_trait]
-impl Origin for S3Origin {
-    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
-        let place = self.place(ns)?;
-        self.snapshots
-            .resolve(ns, revision, list_place(ns, &place, S3_DENIED))
-            .await
+impl Places for S3Origin {
+    const DENIED: &'static str = S3_DENIED;
+
+    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
+        S3Origin::place(self, ns)
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
-        let place = self.place(ns)?;
-        self.snapshots
-            .list(ns, rev_id, list_place(ns, &place, S3_DENIED))
-            .await
-    }
-
-    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
-        let place = self.place(&file_namespace(file)?)?;
-        read_place(&place, file, range, S3_DENIED).await
+    fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 }
 
@@ -480,25 +500,15 @@ fn rel_to_fs_root(p: &FsPath) -> String {
     p.to_string_lossy().trim_start_matches('/').to_string()
 }
 
-#[async_trait]
-impl Origin for FileOrigin {
-    async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
-        let place = self.place(ns)?;
-        self.snapshots
-            .resolve(ns, revision, list_place(ns, &place, FILE_DENIED))
-            .await
+impl Places for FileOrigin {
+    const DENIED: &'static str = FILE_DENIED;
+
+    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
+        FileOrigin::place(self, ns)
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
-        let place = self.place(ns)?;
-        self.snapshots
-            .list(ns, rev_id, list_place(ns, &place, FILE_DENIED))
-            .await
-    }
-
-    async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
-        let place = self.place(&file_namespace(file)?)?;
-        read_place(&place, file, range, FILE_DENIED).await
+    fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 }
 
