@@ -35,7 +35,7 @@ def mount(d, uri, mnt):
 
 
 def unmount(mnt):
-    subprocess.run([str(BIN / "locus"), "unmount", str(mnt)], check=False)
+    subprocess.run([str(BIN / "locus"), "unmount", str(mnt)], check=False, stderr=subprocess.DEVNULL)
 
 
 def timed(cmd):
