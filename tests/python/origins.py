@@ -252,6 +252,10 @@ class Daemon:
         )
         self.env.pop("AWS_ENDPOINT_URL", None)
         self.env.update(env or {})
+        if "AWS_PROFILE" in self.env:
+            # Credentials come from the profile alone.
+            self.env.pop("AWS_ACCESS_KEY_ID", None)
+            self.env.pop("AWS_SECRET_ACCESS_KEY", None)
         args = [
             binary("locus"),
             "daemon",

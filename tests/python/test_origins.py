@@ -216,6 +216,8 @@ def test_http_origin(workdir, ranges):
         listing = json.loads(d.run("ls", url, "--json").stdout)["files"]
         assert [(f["path"], f["size"]) for f in listing] == [("model.bin", len(data))]
         assert d.run("cat", url).stdout == data
+        r = d.run("warm", url, "--include", "*.bin")
+        assert b"warmed 1 files" in r.stdout + r.stderr
         if ranges:
             assert srv.counts["206"] == srv.counts["GET"] == 3  # 8 MiB chunks
         else:
@@ -291,3 +293,23 @@ def test_file_origin_and_mounts(s3, workdir):
     finally:
         d.close()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_s3_credentials_from_a_profile(s3, workdir):
+    """Without AWS_ACCESS_KEY_ID, the keys of AWS_PROFILE in the shared credentials file sign
+    the requests (the proxy sees the key id; the secret only ever signs)."""
+    moto, proxy, objects = s3
+    creds = workdir / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = WRONGDEFAULT\naws_secret_access_key = x\n"
+                     f"[ci]\naws_access_key_id = PROFILEKEYID\naws_secret_access_key = {SECRET}\n")
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_PROFILE": "ci", "HOME": str(workdir)}
+    d = start(workdir, proxy, env=env)
+    try:
+        proxy.reset()
+        key = "data/large/shard-0.bin"
+        assert d.run("cat", f"s3://{BUCKET}/{key}").stdout == objects[key]
+        auth = [next((v for k, v in h.items() if k.lower() == "authorization"), "") for h in proxy.headers_seen]
+        assert auth and all("Credential=PROFILEKEYID/" in a for a in auth), auth[:2]
+        secret_free(d.logs(), json.dumps(proxy.headers_seen))
+    finally:
+        d.close()
