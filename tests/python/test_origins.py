@@ -313,3 +313,21 @@ def test_s3_credentials_from_a_profile(s3, workdir):
         secret_free(d.logs(), json.dumps(proxy.headers_seen))
     finally:
         d.close()
+
+
+def test_keys_of_a_listed_prefix_cost_one_listing_per_ttl(s3, workdir):
+    """Past the TTL, reading keys of a prefix listed before lists the prefix again, once,
+    instead of a HEAD per key."""
+    moto, proxy, objects = s3
+    d = start(workdir, proxy, extra=["--metadata-ttl", "1"])
+    try:
+        d.run("ls", f"s3://{BUCKET}/data/train/04")
+        time.sleep(1.5)
+        proxy.reset()
+        keys = sorted(k for k in objects if k.startswith("data/train/04/"))[:30]
+        for k in keys:
+            assert d.run("cat", f"s3://{BUCKET}/{k}").stdout == objects[k]
+        assert proxy.requests.get("get") == len(keys), proxy.requests
+        assert proxy.requests.get("head", 0) + proxy.requests.get("list", 0) <= 4, proxy.requests
+    finally:
+        d.close()

@@ -170,6 +170,8 @@ pub struct Node {
     revisions: DashMap<(Namespace, String), (String, Instant)>,
     /// One lock per metadata key being fetched.
     meta_flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
+    prefixes: DashMap<Namespace, ()>,
     listings: DashMap<(Namespace, String), Arc<Vec<RemoteFile>>>,
     permits: Arc<Semaphore>,
     counters: Counters,
@@ -220,6 +222,7 @@ impl Node {
             inflight: DashMap::new(),
             revisions: DashMap::new(),
             meta_flights: DashMap::new(),
+            prefixes: DashMap::new(),
             listings: DashMap::new(),
             counters: Counters::default(),
             cluster,
@@ -433,6 +436,12 @@ impl Node {
         };
         let mut files = files;
         if !ns.has_revisions() {
+            if files.len() > 1 {
+                if self.prefixes.len() >= MAX_LISTINGS {
+                    self.prefixes.clear();
+                }
+                self.prefixes.insert(ns.clone(), ());
+            }
             let listed = locus_core::Listed {
                 namespace: ns.to_string(),
                 revision: rev_id.to_string(),
@@ -551,6 +560,23 @@ impl Node {
     pub async fn resolve(&self, uri: &LocusUri) -> Result<Resolved, NodeError> {
         if let Some(r) = self.known_from_enclosing(&uri.namespace) {
             return Ok(r);
+        }
+        // A prefix listed before, whose TTL ran out: list it again (one call for all its keys,
+        // at its owner) rather than ask for this key alone.
+        let parent = uri
+            .namespace
+            .ancestors()
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| self.prefixes.contains_key(p));
+        if let Some(parent) = parent {
+            if let Ok(rev) = self.revision(&parent, locus_core::LATEST).await {
+                if self.listing(&parent, &rev, false).await.is_ok() {
+                    if let Some(r) = self.known_from_enclosing(&uri.namespace) {
+                        return Ok(r);
+                    }
+                }
+            }
         }
         let revision = self
             .revision(&uri.namespace, uri.revision_or_default())
