@@ -7,8 +7,12 @@
 //! - A server without `Range` support (no `Accept-Ranges: bytes`, or a 200 answer to a ranged
 //!   request) is fetched whole, once, into a spool file that serves every chunk of it; a log line
 //!   says so. The spool goes once every byte has been served, or at the latest after an hour.
+//! - Never link-local addresses (169.254.0.0/16, fe80::/10: the cloud metadata services that hand
+//!   out instance credentials), whether named, resolved or redirected to: a peer may name any
+//!   URL, and its bytes go back to that peer.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +56,46 @@ struct Spool {
 }
 
 type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
+
+/// Link-local addresses: where cloud metadata services answer.
+fn link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    }
+}
+
+const LINK_LOCAL: &str = "link-local addresses (cloud metadata services) are never fetched from";
+
+/// Whether a URL names a link-local address literally.
+fn literal_link_local(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => link_local(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => link_local(IpAddr::V6(ip)),
+        _ => false,
+    }
+}
+
+/// The system resolver, without link-local answers.
+struct NoLinkLocal;
+
+impl reqwest::dns::Resolve for NoLinkLocal {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| !link_local(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{}: {LINK_LOCAL}", name.as_str()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
 
 /// The HTTP(S) origin.
 pub struct HttpOrigin {
@@ -104,7 +148,18 @@ fn file_name(url: &str) -> String {
 impl HttpOrigin {
     /// An HTTP origin spooling whole files (from servers without `Range`) under `spool_dir`.
     pub fn new(spool_dir: PathBuf, retry: RetryPolicy) -> Result<Self, OriginError> {
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if literal_link_local(attempt.url()) {
+                attempt.error(LINK_LOCAL)
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(NoLinkLocal))
+            .redirect(redirects)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -127,7 +182,20 @@ impl HttpOrigin {
 
     fn url(ns: &Namespace) -> Result<&str, OriginError> {
         match ns {
-            Namespace::Http { url } => Ok(url),
+            Namespace::Http { url } => {
+                let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Protocol {
+                    what: url.clone(),
+                    detail: e.to_string(),
+                })?;
+                if literal_link_local(&parsed) {
+                    return Err(OriginError::AccessDenied {
+                        what: url.clone(),
+                        detail: "a link-local address".into(),
+                        hint: LINK_LOCAL,
+                    });
+                }
+                Ok(url)
+            }
             other => Err(OriginError::Protocol {
                 what: other.to_string(),
                 detail: "not an http(s):// name".into(),
@@ -171,6 +239,7 @@ impl HttpOrigin {
 
     /// A GET of `file` guarded by its validators.
     fn get(&self, file: &RemoteFile, v: &Validators) -> reqwest::RequestBuilder {
+        // Literal addresses skip the resolver: `head` checked this URL when it was listed.
         let req = self.client.get(&file.uri);
         match (&v.etag, &v.last_modified) {
             (Some(e), _) if !e.starts_with("W/") => req.header(IF_MATCH, e),
@@ -289,6 +358,9 @@ impl Origin for HttpOrigin {
                 detail: format!("bad range {range:?} of a {}-byte file", file.size),
             });
         }
+        Self::url(&Namespace::Http {
+            url: file.uri.clone(),
+        })?;
         let v: Validators =
             serde_json::from_str(&file.locator).map_err(|e| OriginError::Protocol {
                 what: what.to_string(),
@@ -339,6 +411,25 @@ impl Origin for HttpOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_link_local() {
+        for u in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/x",
+            "http://[::ffff:169.254.1.1]/",
+        ] {
+            let ns = Namespace::Http { url: u.into() };
+            assert!(
+                matches!(HttpOrigin::url(&ns), Err(OriginError::AccessDenied { .. })),
+                "{u}"
+            );
+        }
+        assert!(HttpOrigin::url(&Namespace::Http {
+            url: "http://127.0.0.1:8/x".into()
+        })
+        .is_ok());
+    }
 
     #[test]
     fn names_files() {
