@@ -331,3 +331,32 @@ def test_keys_of_a_listed_prefix_cost_one_listing_per_ttl(s3, workdir):
         assert proxy.requests.get("head", 0) + proxy.requests.get("list", 0) <= 4, proxy.requests
     finally:
         d.close()
+
+
+def test_s3_keys_as_they_are_and_folder_markers(s3, workdir):
+    """Keys with characters that URL and path encoders touch are read as they are (never as
+    another object), and folder markers (`dir/` objects) do not hide their folders."""
+    moto, proxy, _ = s3
+    c = moto.client()
+    odd = {
+        "odd/m[1]~x.bin": b"brackets and tilde",
+        "odd/a%7Eb.csv": b"a literal percent",
+        "odd/a~b.csv": b"a tilde",
+        "odd/sp ace+plus.txt": b"space and plus",
+        "odd/dir/inner.bin": b"inside a marked folder",
+    }
+    for k, v in odd.items():
+        c.put_object(Bucket=BUCKET, Key=k, Body=v)
+    c.put_object(Bucket=BUCKET, Key="odd/dir/", Body=b"")
+    d = start(workdir, proxy)
+    try:
+        files = json.loads(d.run("ls", f"s3://{BUCKET}/odd", "--json").stdout)["files"]
+        assert sorted(f["path"] for f in files) == sorted(k[len("odd/"):] for k in odd)
+        for f in files:
+            assert d.run("cat", f["uri"]).stdout == odd["odd/" + f["path"]], f
+        for k, v in odd.items():
+            assert d.run("cat", f"s3://{BUCKET}/{k}").stdout == v, k
+        sub = json.loads(d.run("ls", f"s3://{BUCKET}/odd/dir", "--json").stdout)["files"]
+        assert [f["path"] for f in sub] == ["inner.bin"]
+    finally:
+        d.close()

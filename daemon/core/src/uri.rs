@@ -162,6 +162,7 @@ impl Namespace {
             .to_string(),
             Namespace::Http { url } => url.clone(),
             _ if rel.is_empty() => self.to_string(),
+            Namespace::File { path } if path == "/" => format!("file:///{rel}"),
             Namespace::S3 { .. } | Namespace::File { .. } => {
                 format!("{}/{rel}", self.to_string().trim_end_matches('/'))
             }
@@ -538,6 +539,9 @@ mod tests {
         );
         assert_eq!(f.to_string(), "file:///srv/models");
         assert_eq!(LocusUri::parse("file:///").unwrap().to_string(), "file:///");
+        let root = LocusUri::parse("file:///").unwrap().namespace;
+        assert_eq!(root.file_uri(LATEST, "etc/x"), "file:///etc/x");
+        assert!(LocusUri::parse(&root.file_uri(LATEST, "etc/x")).is_ok());
         let h = LocusUri::parse("https://example.com:8443/a/b.bin?x=1").unwrap();
         assert_eq!(h.to_string(), "https://example.com:8443/a/b.bin?x=1");
         assert_eq!(h.namespace.scheme(), "https");

@@ -410,7 +410,14 @@ impl Node {
             return Ok(l.clone());
         }
         let meta_key = format!("list:{ns}@{rev_id}");
-        let _flight = self.meta_flight(&meta_key).await;
+        // A metadata owner serving a peer (`local_only`) never waits behind this node's own
+        // request to another owner: two nodes that disagree about the owner would wait on each
+        // other.
+        let flight = match local_only {
+            true => format!("local:{meta_key}"),
+            false => meta_key.clone(),
+        };
+        let _flight = self.meta_flight(&flight).await;
         if let Some(l) = self.listings.get(&k) {
             return Ok(l.clone());
         }
@@ -428,15 +435,24 @@ impl Node {
             Some(f) => f,
             None => {
                 let f = self.origin.list(ns, rev_id).await?;
-                if let Ok(b) = serde_json::to_vec(&f) {
-                    self.store.meta_put(&meta_key, b);
+                // Listings of names without revisions move on every TTL: kept in memory only.
+                if ns.has_revisions() {
+                    if let Ok(b) = serde_json::to_vec(&f) {
+                        self.store.meta_put(&meta_key, b);
+                    }
                 }
                 f
             }
         };
         let mut files = files;
         if !ns.has_revisions() {
-            if files.len() > 1 {
+            // One listing per such namespace: the latest.
+            self.listings.retain(|(n, _), _| n != ns);
+            // Prefixes whose keys are worth a re-list instead of a HEAD each: not a whole
+            // bucket or file system, and not more than a few LIST pages.
+            let root = matches!(ns, Namespace::S3 { prefix, .. } if prefix.is_empty())
+                || matches!(ns, Namespace::File { path } if path == "/");
+            if files.len() > 1 && files.len() <= 5_000 && !root {
                 if self.prefixes.len() >= MAX_LISTINGS {
                     self.prefixes.clear();
                 }
@@ -481,8 +497,10 @@ impl Node {
                     .collect::<Result<Vec<_>, _>>()
                 {
                     Ok(f) => {
-                        if let Ok(b) = serde_json::to_vec(&f) {
-                            self.store.meta_put(&format!("list:{ns}@{rev_id}"), b);
+                        if ns.has_revisions() {
+                            if let Ok(b) = serde_json::to_vec(&f) {
+                                self.store.meta_put(&format!("list:{ns}@{rev_id}"), b);
+                            }
                         }
                         return Ok(Some(f));
                     }

@@ -36,6 +36,9 @@ use crate::retry::{describe_reqwest, send_with_retry};
 use crate::snapshot::{identity_key, Snapshots};
 use crate::{ByteStream, Origin, OriginError, RetryPolicy};
 
+/// Largest file taken (as the peer protocol's bound).
+const MAX_SIZE: u64 = 1 << 50;
+
 /// Longest a spool of a server without `Range` support is kept.
 const SPOOL_TTL: Duration = Duration::from_secs(3600);
 
@@ -57,13 +60,17 @@ struct Spool {
 
 type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
 
-/// Link-local addresses: where cloud metadata services answer.
+/// Where cloud metadata services answer: link-local addresses, AWS's IPv6 endpoint
+/// (`fd00:ec2::254`, and `fd00:ec2::23` for its DNS) and Alibaba's `100.100.100.200`.
 fn link_local(ip: IpAddr) -> bool {
+    let v4 = |v4: std::net::Ipv4Addr| v4.is_link_local() || v4.octets() == [100, 100, 100, 200];
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V4(ip) => v4(ip),
         IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+            let s = v6.segments();
+            (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0xfd00 && s[1] == 0x0ec2)
+                || v6.to_ipv4_mapped().is_some_and(v4)
         }
     }
 }
@@ -117,6 +124,8 @@ fn status_error(status: StatusCode, what: &str) -> OriginError {
     let what = what.to_string();
     match status.as_u16() {
         404 | 410 => OriginError::NotFound { what, kind: "file" },
+        // A range past the end: the file shrank since it was listed.
+        416 => OriginError::Changed { what },
         401 | 403 => OriginError::AccessDenied {
             what,
             detail: format!("HTTP {status}"),
@@ -158,6 +167,8 @@ impl HttpOrigin {
             }
         });
         let client = reqwest::Client::builder()
+            // A proxy would resolve names itself, past the filter below.
+            .no_proxy()
             .dns_resolver(Arc::new(NoLinkLocal))
             .redirect(redirects)
             .connect_timeout(Duration::from_secs(10))
@@ -212,9 +223,10 @@ impl HttpOrigin {
         let h = resp.headers();
         let size = header(h, CONTENT_LENGTH)
             .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| *n <= MAX_SIZE)
             .ok_or_else(|| OriginError::Protocol {
                 what: url.to_string(),
-                detail: "the server gives no Content-Length; locus needs the size".into(),
+                detail: "the server gives no usable Content-Length; locus needs the size".into(),
             })?;
         let v = Validators {
             etag: header(h, ETAG),
@@ -250,6 +262,9 @@ impl HttpOrigin {
 
     /// Fetches `file` whole into a spool (once, however many chunks ask at the same time).
     async fn spool(&self, file: &RemoteFile, v: &Validators) -> Result<Arc<Spool>, OriginError> {
+        // Spools whose readers stopped early go after their TTL.
+        self.spools
+            .retain(|_, c| c.get().is_none_or(|s| s.made.elapsed() < SPOOL_TTL));
         let cell = self
             .spools
             .entry(file.key.clone())
@@ -376,17 +391,27 @@ impl Origin for HttpOrigin {
         .await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
-                let start = header(resp.headers(), CONTENT_RANGE).and_then(|c| {
-                    c.strip_prefix("bytes ")?
-                        .split('-')
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                });
+                // `bytes START-END/TOTAL`: the range asked for, of a file of the listed size.
+                let cr = header(resp.headers(), CONTENT_RANGE).unwrap_or_default();
+                let (span, total) = cr
+                    .strip_prefix("bytes ")
+                    .and_then(|c| c.split_once('/'))
+                    .unwrap_or(("", ""));
+                let start = span.split('-').next().and_then(|n| n.parse::<u64>().ok());
                 if start != Some(range.start) {
                     return Err(OriginError::Protocol {
                         what: what.to_string(),
                         detail: "206 answer for another range".into(),
+                    });
+                }
+                // A server that ignores the precondition still names what it sends.
+                let moved = (total != "*" && total.parse::<u64>().ok() != Some(file.size))
+                    || v.etag
+                        .as_ref()
+                        .is_some_and(|e| header(resp.headers(), ETAG).is_some_and(|got| &got != e));
+                if moved {
+                    return Err(OriginError::Changed {
+                        what: what.to_string(),
                     });
                 }
                 let w = what.to_string();
@@ -418,6 +443,8 @@ mod tests {
             "http://169.254.169.254/latest/meta-data/",
             "http://[fe80::1]/x",
             "http://[::ffff:169.254.1.1]/",
+            "http://[fd00:ec2::254]/latest/",
+            "http://100.100.100.200/latest/meta-data/",
         ] {
             let ns = Namespace::Http { url: u.into() };
             assert!(

@@ -32,6 +32,9 @@ use crate::{count_request, ByteStream, Origin, OriginError, RetryPolicy};
 /// Entries per LIST page at S3.
 const LIST_PAGE: usize = 1000;
 
+/// S3 clients kept (one per bucket).
+const MAX_BUCKETS: usize = 256;
+
 /// Where an object's bytes are and which version of them a listing saw.
 #[derive(Serialize, Deserialize, Default)]
 struct Locator {
@@ -48,10 +51,44 @@ struct Place {
     base: String,
     /// What makes keys of two stores differ (the bucket, or `""` for local files).
     root: String,
+    /// The name a single object is listed under: the last segment of the name asked for (not
+    /// of a symlink's target).
+    name: String,
+    /// Check the object's identity again after a read: local files can be rewritten in place,
+    /// after the open that checked it.
+    recheck: bool,
 }
 
+impl Place {
+    /// The store path of the namespace: the key as it is (no percent-encoding of `~`, `[`, `%`
+    /// and the like, which would name another object).
+    fn path(&self, what: &str) -> Result<Path, OriginError> {
+        Path::parse(&self.base).map_err(|e| OriginError::Protocol {
+            what: what.to_string(),
+            detail: format!("a key locus cannot name: {e}"),
+        })
+    }
+}
+
+/// An error on one line, without an S3 error body's request details (a signature mismatch
+/// echoes the canonical request, which holds the session token): only its Code and Message.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string().replace('\n', " ");
+    let mut s = e.to_string().replace('\n', " ");
+    if let Some(at) = s.find("<?xml").or_else(|| s.find("<Error>")) {
+        let tag = |t: &str| {
+            let open = format!("<{t}>");
+            let start = s.find(&open)? + open.len();
+            let len = s[start..].find('<')?;
+            Some(s[start..start + len].to_string())
+        };
+        let summary = match (tag("Code"), tag("Message")) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c,
+            _ => "S3 error".to_string(),
+        };
+        s.truncate(at);
+        s.push_str(&summary);
+    }
     match s.char_indices().nth(400) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s,
@@ -72,6 +109,13 @@ fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> Ori
             hint: denied_hint,
         },
         E::Precondition { .. } | E::NotModified { .. } => OriginError::Changed { what },
+        // Retrying these cannot help: say so instead of "unavailable".
+        E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented => {
+            OriginError::Protocol {
+                what,
+                detail: one_line(&e),
+            }
+        }
         other => {
             let detail = one_line(&other);
             if detail.contains("NoSuchBucket") {
@@ -106,9 +150,11 @@ fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> Ori
 }
 
 fn remote(ns: &Namespace, place: &Place, rel: &str, name: &str, meta: &ObjectMeta) -> RemoteFile {
+    // No version id: a GET with one needs `s3:GetObjectVersion`, and `If-Match` on the ETag
+    // already pins the bytes. (Keys then agree whether an object was listed alone or in a prefix.)
     let loc = Locator {
         etag: meta.e_tag.clone(),
-        version: meta.version.clone(),
+        version: None,
     };
     RemoteFile {
         uri: ns.file_uri(LATEST, rel),
@@ -139,17 +185,20 @@ async fn list_place(
     let what = ns.to_string();
     if !place.base.is_empty() {
         count_request("head");
-        match place.store.head(&Path::from(place.base.as_str())).await {
-            Ok(meta) => {
-                let name = place.base.rsplit('/').next().unwrap_or(&place.base);
-                return Ok(vec![remote(ns, place, "", name, &meta)]);
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
+        match place.store.head(&place.path(&what)?).await {
+            Ok(meta) => return Ok(vec![remote(ns, place, "", &place.name, &meta)]),
+            // Not an object; a policy that grants `prefix/*` denies a HEAD of `prefix` itself.
+            Err(
+                object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. },
+            ) => {}
             Err(e) => return Err(map_err(e, &what, denied_hint)),
         }
     }
     count_request("list");
-    let prefix = (!place.base.is_empty()).then(|| Path::from(place.base.as_str()));
+    let prefix = match place.base.is_empty() {
+        true => None,
+        false => Some(place.path(&what)?),
+    };
     let mut entries = place.store.list(prefix.as_ref());
     let mut files = Vec::new();
     let mut seen = 0usize;
@@ -172,16 +221,30 @@ async fn list_place(
         };
         match rel.map(locus_core::uri::normalize_path) {
             Some(Ok(rel)) if !rel.is_empty() => files.push(remote(ns, place, &rel, &rel, &meta)),
+            // `prefix/` itself: a folder marker.
+            Some(Ok(_)) if meta.size == 0 => {}
             _ => tracing::warn!(%ns, key, "skipping an object whose key locus cannot name"),
         }
     }
-    if files.is_empty() && !place.base.is_empty() {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    // Folder markers (`dir/`, an empty object listed as `dir`) would hide the folder's files.
+    let dirs: std::collections::HashSet<&str> = files
+        .iter()
+        .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
+        .flat_map(|d| d.match_indices('/').map(|(i, _)| &d[..i]).chain([d]))
+        .collect();
+    let markers: std::collections::HashSet<String> = files
+        .iter()
+        .filter(|f| f.size == 0 && dirs.contains(f.path.as_str()))
+        .map(|f| f.path.clone())
+        .collect();
+    files.retain(|f| !markers.contains(&f.path));
+    if files.is_empty() && !place.base.is_empty() && seen == 0 {
         return Err(OriginError::NotFound {
             what,
             kind: "object or prefix",
         });
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
 
@@ -203,6 +266,8 @@ async fn read_place(
         what: what.clone(),
         detail: format!("bad locator: {e}"),
     })?;
+    let path = place.path(&what)?;
+    let etag = loc.etag.clone();
     let opts = GetOptions {
         range: Some(GetRange::Bounded(range)),
         if_match: loc.etag,
@@ -212,18 +277,32 @@ async fn read_place(
     count_request("get");
     let got = place
         .store
-        .get_opts(&Path::from(place.base.as_str()), opts)
+        .get_opts(&path, opts)
         .await
         .map_err(|e| map_err(e, &what, denied_hint))?;
-    Ok(got
+    let w = what.clone();
+    let body = got
         .into_stream()
-        .map_err(move |e| match map_err(e, &what, denied_hint) {
+        .map_err(move |e| match map_err(e, &w, denied_hint) {
             OriginError::Unavailable { what, detail, .. } => {
                 OriginError::Transient { what, detail }
             }
             e => e,
-        })
-        .boxed())
+        });
+    if !place.recheck {
+        return Ok(body.boxed());
+    }
+    // A local file rewritten in place during the read keeps its inode: its identity is checked
+    // once more after the last byte, so that mixed bytes fail the read.
+    let store = place.store.clone();
+    let after = futures::stream::once(async move {
+        match store.head(&path).await {
+            Ok(m) if m.e_tag == etag => None,
+            _ => Some(Err(OriginError::Changed { what })),
+        }
+    })
+    .filter_map(|r| async move { r });
+    Ok(body.chain(after).boxed())
 }
 
 /// An origin of objects in an `object_store`: where a namespace sits, and its listings.
@@ -331,16 +410,25 @@ impl S3Origin {
                 .with_allow_http(ep.starts_with("http://"))
                 .with_endpoint(ep);
         }
+        let profile = profile_credentials();
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            if let Some(r) = profile.as_ref().and_then(|p| p.region.clone()) {
+                b = b.with_region(r);
+            }
+        }
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-            if let Some(p) = profile_credentials() {
-                b = b
-                    .with_access_key_id(p.key_id)
-                    .with_secret_access_key(p.secret);
-                if let Some(t) = p.token {
+            if let Some((id, secret)) = profile.as_ref().and_then(|p| p.keys.clone()) {
+                b = b.with_access_key_id(id).with_secret_access_key(secret);
+                if let Some(t) = profile.as_ref().and_then(|p| p.token.clone()) {
                     b = b.with_token(t);
                 }
-                if let Some(r) = p.region {
-                    b = b.with_region(r);
+            } else if let Some(p) = &profile {
+                if p.other_kind {
+                    tracing::warn!(
+                        "AWS_PROFILE uses role_arn, sso or credential_process, which locus does not read; using the environment's credential chain (web identity, instance role)"
+                    );
                 }
             }
         }
@@ -349,6 +437,10 @@ impl S3Origin {
                 what: format!("s3://{bucket}"),
                 detail: one_line(&e),
             })?);
+        // Peers may name any bucket: keep the clients of a bounded number.
+        if self.stores.len() >= MAX_BUCKETS {
+            self.stores.clear();
+        }
         self.stores.insert(bucket.to_string(), store.clone());
         Ok(store)
     }
@@ -359,6 +451,8 @@ impl S3Origin {
                 store: self.store(bucket)?,
                 base: prefix.clone(),
                 root: bucket.clone(),
+                name: prefix.rsplit('/').next().unwrap_or(prefix).to_string(),
+                recheck: false,
             }),
             other => Err(OriginError::Protocol {
                 what: other.to_string(),
@@ -382,10 +476,11 @@ impl Places for S3Origin {
 
 /// Credentials of `AWS_PROFILE` (default `default`) from the shared credentials file.
 struct ProfileCredentials {
-    key_id: String,
-    secret: String,
+    keys: Option<(String, String)>,
     token: Option<String>,
     region: Option<String>,
+    /// The profile names credentials another way (a role, SSO, a process).
+    other_kind: bool,
 }
 
 fn profile_credentials() -> Option<ProfileCredentials> {
@@ -394,7 +489,7 @@ fn profile_credentials() -> Option<ProfileCredentials> {
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")))?;
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let text = std::fs::read_to_string(file).ok()?;
+    let text = std::fs::read_to_string(file).unwrap_or_default();
     let section = ini_section(&text, &profile);
     let config = std::env::var_os("AWS_CONFIG_FILE")
         .map(PathBuf::from)
@@ -409,11 +504,21 @@ fn profile_credentials() -> Option<ProfileCredentials> {
     let get = |s: &[(String, String)], k: &str| {
         s.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     };
+    let config_section = ini_section(&config, &config_name);
+    let keys = get(&section, "aws_access_key_id").zip(get(&section, "aws_secret_access_key"));
+    let other_kind = [
+        "role_arn",
+        "sso_session",
+        "sso_start_url",
+        "credential_process",
+    ]
+    .iter()
+    .any(|k| get(&section, k).is_some() || get(&config_section, k).is_some());
     Some(ProfileCredentials {
-        key_id: get(&section, "aws_access_key_id")?,
-        secret: get(&section, "aws_secret_access_key")?,
+        keys,
         token: get(&section, "aws_session_token"),
-        region: get(&ini_section(&config, &config_name), "region"),
+        region: get(&config_section, "region"),
+        other_kind,
     })
 }
 
@@ -492,6 +597,8 @@ impl FileOrigin {
             store: self.store.clone(),
             base: rel_to_fs_root(&real),
             root: String::new(),
+            name: path.rsplit('/').next().unwrap_or(path).to_string(),
+            recheck: true,
         })
     }
 }

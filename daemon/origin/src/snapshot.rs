@@ -50,8 +50,9 @@ impl Snapshots {
         Ok(id)
     }
 
-    /// The listing with fingerprint `id`: kept from [`Snapshots::resolve`], else taken afresh
-    /// (then possibly newer than `id`; its files' keys still name their own bytes).
+    /// The listing with fingerprint `id`: kept from [`Snapshots::resolve`], else taken afresh,
+    /// and refused ([`OriginError::Changed`]) if the namespace has moved on since: a listing is
+    /// never kept under another listing's name.
     pub(crate) async fn list<F>(
         &self,
         ns: &Namespace,
@@ -66,7 +67,13 @@ impl Snapshots {
                 return Ok(e.1.as_ref().clone());
             }
         }
-        list_now.await
+        let files = list_now.await?;
+        if fingerprint(&files) != id {
+            return Err(OriginError::Changed {
+                what: format!("{ns} (listing {id})"),
+            });
+        }
+        Ok(files)
     }
 }
 

@@ -99,8 +99,10 @@ impl Node {
                 .iter()
                 .find(|f| f.key == r.key && f.uri == r.uri && f.size == r.size)
                 .cloned()
+                // The object moved on since that listing: not the peer's fault (no mark-down),
+                // and the asker's own origin read will say what changed.
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    Status::aborted(format!(
                         "{}: not in listing {} of {ns} here",
                         r.uri, r.revision
                     ))
