@@ -524,6 +524,7 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
                 .resolve(pb::ResolveRequest {
                     namespace: ns.into(),
                     revision: "main".into(),
+                    max_age_ms: 0,
                 })
                 .await;
             assert_eq!(

@@ -172,6 +172,8 @@ pub struct Node {
     meta_flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
     prefixes: DashMap<Namespace, ()>,
+    /// Namespaces whose listing an object changed under: listed again on their next use.
+    stale: DashMap<Namespace, ()>,
     listings: DashMap<(Namespace, String), Arc<Vec<RemoteFile>>>,
     permits: Arc<Semaphore>,
     counters: Counters,
@@ -180,6 +182,10 @@ pub struct Node {
     /// Peer requests being served now (the load this node reports).
     serving: AtomicU32,
 }
+
+/// After an object changed under a listing, answers older than this are not taken (a burst of
+/// readers that hit the change still costs one listing).
+const RELIST_AGE: Duration = Duration::from_secs(1);
 
 /// Listings kept in memory at most (the index keeps them all).
 const MAX_LISTINGS: usize = 4096;
@@ -223,6 +229,7 @@ impl Node {
             revisions: DashMap::new(),
             meta_flights: DashMap::new(),
             prefixes: DashMap::new(),
+            stale: DashMap::new(),
             listings: DashMap::new(),
             counters: Counters::default(),
             cluster,
@@ -301,8 +308,13 @@ impl Node {
             return Ok(rev.to_string());
         }
         let k = (ns.clone(), rev.to_string());
+        // After an object changed under this namespace's listing: a fresh one, also from its owner.
+        let max_age = match self.stale.remove(ns) {
+            Some(_) => RELIST_AGE,
+            None => self.cfg.metadata_ttl,
+        };
         if let Some(e) = self.revisions.get(&k) {
-            if e.1.elapsed() < self.cfg.metadata_ttl {
+            if e.1.elapsed() < max_age {
                 return Ok(e.0.clone());
             }
         }
@@ -310,6 +322,7 @@ impl Node {
             let req = locus_grpc::v1::ResolveRequest {
                 namespace: ns.to_string(),
                 revision: rev.to_string(),
+                max_age_ms: max_age.as_millis() as u64,
             };
             match peers.resolve(&owner, req).await {
                 Ok(r) if r.id.len() <= peer::MAX_FIELD && !r.id.is_empty() => {
@@ -328,21 +341,36 @@ impl Node {
                 }
             }
         }
-        self.revision_local(ns, rev).await.map(|(id, _)| id)
+        self.revision_local(ns, rev, max_age)
+            .await
+            .map(|(id, _)| id)
     }
 
-    /// Resolves a revision from this node's cache or the origin (never a peer), with the age
-    /// of the answer: what a metadata owner serves.
+    /// Marks the listing `file` came from as out of date (an object changed under it): the next
+    /// resolution of its namespace lists again, at its owner too.
+    pub(crate) fn listing_changed(&self, file: &RemoteFile) {
+        let Some(l) = &file.listed else { return };
+        if let Ok(u) = LocusUri::parse(&l.namespace) {
+            self.revisions
+                .remove(&(u.namespace.clone(), locus_core::LATEST.to_string()));
+            self.stale.insert(u.namespace, ());
+        }
+    }
+
+    /// Resolves a revision from this node's cache (answers younger than `max_age` and the TTL)
+    /// or the origin (never a peer), with the age of the answer: what a metadata owner serves.
     pub async fn revision_local(
         &self,
         ns: &Namespace,
         rev: &str,
+        max_age: Duration,
     ) -> Result<(String, Duration), NodeError> {
         let k = (ns.clone(), rev.to_string());
+        let max_age = max_age.min(self.cfg.metadata_ttl);
         let fresh = |n: &Node| {
             n.revisions
                 .get(&k)
-                .filter(|e| e.1.elapsed() < n.cfg.metadata_ttl)
+                .filter(|e| e.1.elapsed() < max_age)
                 .map(|e| (e.0.clone(), e.1.elapsed()))
         };
         if let Some(hit) = fresh(self) {

@@ -582,7 +582,7 @@ impl Node {
                 if matches!(e, locus_origin::OriginError::Changed { .. }) {
                     // Overwritten since it was listed: list again on the next request rather
                     // than fail until the metadata TTL runs out.
-                    self.revisions.retain(|k, _| k.0.has_revisions());
+                    self.listing_changed(file);
                 }
                 return Err(e.into());
             }

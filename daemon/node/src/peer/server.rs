@@ -272,7 +272,11 @@ impl Peer for PeerService {
         let r = request.into_inner();
         let ns = namespace(&r.namespace)?;
         revision("revision", &r.revision)?;
-        let (id, age) = self.node.revision_local(&ns, &r.revision).await?;
+        let max_age = match r.max_age_ms {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(ms),
+        };
+        let (id, age) = self.node.revision_local(&ns, &r.revision, max_age).await?;
         Ok(Response::new(pb::ResolveResponse {
             id,
             age_ms: age.as_millis() as u64,
