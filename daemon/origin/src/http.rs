@@ -4,6 +4,8 @@
 //!   (URL, ETag or Last-Modified, size).
 //! - Bytes: `GET` with `Range`, guarded by `If-Match` (a strong ETag) or `If-Unmodified-Since`,
 //!   so that a file replaced during a read fails the read instead of mixing versions.
+//! - A file without validators (no strong ETag, no Last-Modified) is fetched whole in one GET,
+//!   under an identity of its own per listing: read again once per metadata TTL.
 //! - A server without `Range` support (no `Accept-Ranges: bytes`, or a 200 answer to a ranged
 //!   request) is fetched whole, once, into a spool file that serves every chunk of it; a log line
 //!   says so. The spool goes once every byte has been served, or at the latest after an hour.
@@ -233,11 +235,18 @@ impl HttpOrigin {
             last_modified: header(h, LAST_MODIFIED),
             ranges: header(h, ACCEPT_RANGES).is_some_and(|r| r.contains("bytes")),
         };
-        let tag = v
-            .etag
-            .clone()
-            .or_else(|| v.last_modified.clone())
-            .unwrap_or_default();
+        let validated =
+            v.etag.as_ref().is_some_and(|e| !e.starts_with("W/")) || v.last_modified.is_some();
+        let (v, tag) = match (&v.etag, &v.last_modified) {
+            (Some(e), _) if validated => (v.clone(), e.clone()),
+            (_, Some(lm)) => (v.clone(), lm.clone()),
+            // Nothing tells one version from the next: each listing is its own identity (read
+            // again once per TTL), fetched in one GET (a spool), so a read never mixes versions.
+            _ => (
+                Validators { ranges: false, ..v },
+                format!("seen-{}", locus_core::unix_ms()),
+            ),
+        };
         Ok(vec![RemoteFile {
             uri: url.to_string(),
             path: file_name(url),
