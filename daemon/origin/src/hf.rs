@@ -23,7 +23,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::retry::{describe_reqwest, send_with_retry, RetryPolicy};
+use crate::retry::{build_client, describe_reqwest, send_with_retry, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -146,18 +146,9 @@ fn hf_parts(ns: &Namespace) -> Result<(RepoType, &str), OriginError> {
 impl HfOrigin {
     /// A Hub origin with `cfg`.
     pub fn new(cfg: HfConfig) -> Result<Self, OriginError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(concat!("locus/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| OriginError::Protocol {
-                what: "HTTP client".into(),
-                detail: e.to_string(),
-            })?;
+        let client = build_client(cfg.connect_timeout, cfg.read_timeout, |b| {
+            b.redirect(reqwest::redirect::Policy::none())
+        })?;
         Ok(Self {
             cfg,
             client,

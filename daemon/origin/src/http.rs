@@ -34,7 +34,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::retry::{describe_reqwest, send_with_retry};
+use crate::retry::{build_client, describe_reqwest, send_with_retry};
 use crate::snapshot::{identity_key, Snapshots};
 use crate::{ByteStream, Origin, OriginError, RetryPolicy};
 
@@ -168,20 +168,12 @@ impl HttpOrigin {
                 attempt.follow()
             }
         });
-        let client = reqwest::Client::builder()
+        let client = build_client(Duration::from_secs(10), Duration::from_secs(60), |b| {
             // A proxy would resolve names itself, past the filter below.
-            .no_proxy()
-            .dns_resolver(Arc::new(NoLinkLocal))
-            .redirect(redirects)
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .user_agent(concat!("locus/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| OriginError::Protocol {
-                what: "HTTP client".into(),
-                detail: e.to_string(),
-            })?;
+            b.no_proxy()
+                .dns_resolver(Arc::new(NoLinkLocal))
+                .redirect(redirects)
+        })?;
         // Spools of an earlier run are never reused.
         let _ = std::fs::remove_dir_all(&spool_dir);
         Ok(Self {

@@ -97,6 +97,27 @@ pub(crate) async fn send_with_retry(
     }
 }
 
+/// The settings every origin's HTTP client shares; `customize` adds its own, then it is built.
+pub(crate) fn build_client(
+    connect_timeout: std::time::Duration,
+    read_timeout: std::time::Duration,
+    customize: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, crate::OriginError> {
+    customize(
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("locus/", env!("CARGO_PKG_VERSION"))),
+    )
+    .build()
+    .map_err(|e| crate::OriginError::Protocol {
+        what: "HTTP client".into(),
+        detail: e.to_string(),
+    })
+}
+
 /// A reqwest error with its causes, on one line.
 pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error as _;
