@@ -57,6 +57,8 @@ struct Place {
     /// Check the object's identity again after a read: local files can be rewritten in place,
     /// after the open that checked it.
     recheck: bool,
+    /// List by walking the folder here, within these roots (local files).
+    walk: Option<Arc<Vec<PathBuf>>>,
 }
 
 impl Place {
@@ -150,25 +152,45 @@ fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> Ori
 }
 
 fn remote(ns: &Namespace, place: &Place, rel: &str, name: &str, meta: &ObjectMeta) -> RemoteFile {
+    remote_of(
+        ns,
+        place,
+        rel,
+        name,
+        meta.location.as_ref(),
+        meta.size,
+        meta.e_tag.clone(),
+    )
+}
+
+fn remote_of(
+    ns: &Namespace,
+    place: &Place,
+    rel: &str,
+    name: &str,
+    location: &str,
+    size: u64,
+    etag: Option<String>,
+) -> RemoteFile {
     // No version id: a GET with one needs `s3:GetObjectVersion`, and `If-Match` on the ETag
     // already pins the bytes. (Keys then agree whether an object was listed alone or in a prefix.)
     let loc = Locator {
-        etag: meta.e_tag.clone(),
+        etag,
         version: None,
     };
     RemoteFile {
         uri: ns.file_uri(LATEST, rel),
         path: name.to_string(),
-        size: meta.size,
+        size,
         key: identity_key(
             ns.scheme(),
             &[
                 &place.root,
-                meta.location.as_ref(),
+                location,
                 loc.etag.as_deref().unwrap_or(""),
                 loc.version.as_deref().unwrap_or(""),
             ],
-            meta.size,
+            size,
         ),
         locator: serde_json::to_string(&loc).unwrap_or_default(),
         digest: None,
@@ -195,6 +217,9 @@ async fn list_place(
         }
     }
     count_request("list");
+    if let Some(roots) = &place.walk {
+        return walk_place(ns, place, roots.clone()).await;
+    }
     let prefix = match place.base.is_empty() {
         true => None,
         false => Some(place.path(&what)?),
@@ -246,6 +271,108 @@ async fn list_place(
         });
     }
     Ok(files)
+}
+
+/// Files listed in one walk at most.
+const MAX_WALK: usize = 1_000_000;
+
+/// Lists a local folder by walking it here rather than through `object_store`, whose walk ends
+/// at the first unreadable folder or non-UTF-8 name: those are skipped with a warning, and
+/// symlinks are followed only where they resolve inside a root (once per folder: no cycles).
+async fn walk_place(
+    ns: &Namespace,
+    place: &Place,
+    roots: Arc<Vec<PathBuf>>,
+) -> Result<Vec<RemoteFile>, OriginError> {
+    let base = PathBuf::from(format!("/{}", place.base));
+    let b = base.clone();
+    let found = tokio::task::spawn_blocking(move || walk(&b, &roots))
+        .await
+        .map_err(|e| OriginError::Protocol {
+            what: ns.to_string(),
+            detail: e.to_string(),
+        })?;
+    let mut files = Vec::with_capacity(found.len());
+    for (path, size, etag) in found {
+        let Some(rel) = path.strip_prefix(&base).ok().and_then(|r| r.to_str()) else {
+            continue;
+        };
+        let Ok(rel) = locus_core::uri::normalize_path(rel) else {
+            tracing::warn!(%ns, path = %path.display(), "skipping a file locus cannot name");
+            continue;
+        };
+        let location = path.to_string_lossy();
+        let location = location.trim_start_matches('/');
+        files.push(remote_of(ns, place, &rel, &rel, location, size, Some(etag)));
+    }
+    if files.is_empty() && !base.is_dir() {
+        return Err(OriginError::NotFound {
+            what: ns.to_string(),
+            kind: "file or folder",
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// The identity `object_store`'s `LocalFileSystem` gives a file (checked by its reads).
+fn local_etag(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    format!("{:x}-{mtime:x}-{:x}", m.ino(), m.len())
+}
+
+/// Every file under `base`: (path, size, identity). A symlinked folder is walked unless it
+/// points to one of its own ancestors (a cycle); folders deeper than 128 levels are skipped.
+fn walk(base: &FsPath, roots: &[PathBuf]) -> Vec<(PathBuf, u64, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(base.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "skipping an unreadable folder");
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.to_str().is_none() {
+                tracing::warn!(path = %path.display(), "skipping a name that is not UTF-8");
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_symlink() {
+                let here = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+                match std::fs::canonicalize(&path) {
+                    Ok(real)
+                        if roots.iter().any(|r| real.starts_with(r))
+                            && !here.starts_with(&real) => {}
+                    _ => continue,
+                }
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() && depth < 128 {
+                stack.push((path, depth + 1));
+            } else if meta.is_file() {
+                out.push((path, meta.len(), local_etag(&meta)));
+                if out.len() >= MAX_WALK {
+                    tracing::warn!(base = %base.display(), "listing cut at {MAX_WALK} files");
+                    return out;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Reads `range` of an object, only as the version its listing saw.
@@ -453,6 +580,7 @@ impl S3Origin {
                 root: bucket.clone(),
                 name: prefix.rsplit('/').next().unwrap_or(prefix).to_string(),
                 recheck: false,
+                walk: None,
             }),
             other => Err(OriginError::Protocol {
                 what: other.to_string(),
@@ -544,7 +672,7 @@ const FILE_DENIED: &str = "check the file's permissions for the daemon's user";
 /// may ask for any file, so the daemon never reads outside them.
 pub struct FileOrigin {
     store: Arc<LocalFileSystem>,
-    roots: Vec<PathBuf>,
+    roots: Arc<Vec<PathBuf>>,
     snapshots: Snapshots,
 }
 
@@ -562,7 +690,7 @@ impl FileOrigin {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             store: Arc::new(LocalFileSystem::new()),
-            roots,
+            roots: Arc::new(roots),
             snapshots: Snapshots::default(),
         })
     }
@@ -599,6 +727,7 @@ impl FileOrigin {
             root: String::new(),
             name: path.rsplit('/').next().unwrap_or(path).to_string(),
             recheck: true,
+            walk: Some(self.roots.clone()),
         })
     }
 }
@@ -623,6 +752,7 @@ impl Places for FileOrigin {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn reads_ini_sections() {
@@ -659,13 +789,39 @@ mod tests {
         let got: Vec<Bytes> = o.read(x, 6..11).await.unwrap().try_collect().await.unwrap();
         let got = got.concat();
         assert_eq!(got, b"world");
-        // A symlink out of the root is refused when read.
-        if let Some(l) = files.iter().find(|f| f.path == "link") {
-            assert!(matches!(
-                o.read(l, 0..2).await,
-                Err(OriginError::AccessDenied { .. })
-            ));
-        }
+        // A symlink out of the root is not listed, a name that is not UTF-8 is skipped (not
+        // the end of the listing), and a symlink to an ancestor folder is not followed.
+        assert!(!paths.contains(&"link"), "{paths:?}");
+        std::os::unix::fs::symlink(root.join("a"), root.join("again")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"bad\xff.bin");
+        std::fs::write(root.join(bad), b"x").unwrap();
+        let walked = walk(&root, std::slice::from_ref(&root));
+        let names: Vec<_> = walked
+            .iter()
+            .map(|(p, ..)| {
+                p.strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(names.contains(&"a/b/x.bin".to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("bad")), "{names:?}");
+        // Both names of the symlinked folder, and no walk around the loop.
+        let mut xs: Vec<_> = names.iter().filter(|n| n.ends_with("x.bin")).collect();
+        xs.sort();
+        assert_eq!(xs, ["a/b/x.bin", "again/b/x.bin"], "{names:?}");
+        std::fs::remove_file(root.join(bad)).unwrap();
+        std::fs::remove_file(root.join("again")).unwrap();
+        std::fs::remove_file(root.join("a/loop")).unwrap();
+        // A symlink out of the root is refused when read, too.
+        let mut l = x.clone();
+        l.uri = format!("file://{}/link", root.display());
+        assert!(matches!(
+            o.read(&l, 0..2).await,
+            Err(OriginError::AccessDenied { .. })
+        ));
         // Outside every root.
         let out = LocusUri::parse(&format!("file://{}/secret", dir.path().display()))
             .unwrap()
