@@ -95,9 +95,24 @@ impl Node {
             let ns = namespace(&r.namespace)?;
             check_field("file.revision", &r.revision, false).map_err(invalid)?;
             let files = self.listing(&ns, &r.revision, false).await?;
-            return files
-                .iter()
-                .find(|f| f.key == r.key && f.uri == r.uri && f.size == r.size)
+            // Listings are sorted by path, and a file's URI is its namespace's plus its path:
+            // a lookup, not a scan per chunk request (listings may hold 100,000s of files).
+            let base = ns.file_uri(locus_core::LATEST, "x");
+            let base = &base[..base.len() - 1];
+            let rel = match ns {
+                // One file, named by the URL itself.
+                Namespace::Http { .. } => None,
+                _ => r.uri.strip_prefix(base),
+            };
+            let found = match rel {
+                Some(rel) => files
+                    .binary_search_by(|f| f.path.as_str().cmp(rel))
+                    .ok()
+                    .map(|i| &files[i]),
+                None => files.first().filter(|_| files.len() == 1),
+            };
+            return found
+                .filter(|f| f.key == r.key && f.uri == r.uri && f.size == r.size)
                 .cloned()
                 // The object moved on since that listing: not the peer's fault (no mark-down),
                 // and the asker's own origin read will say what changed.
