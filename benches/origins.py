@@ -43,6 +43,15 @@ def put_all(client, objects):
         list(ex.map(lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]), objects.items()))
 
 
+def moto_with(objects):
+    """moto's S3 server holding `objects` in BUCKET."""
+    moto = Moto()
+    c = moto.client()
+    c.create_bucket(Bucket=BUCKET)
+    put_all(c, objects)
+    return moto
+
+
 def read_tree(root: Path, threads=16) -> int:
     files = [p for p in root.rglob("*") if p.is_file()]
     with concurrent.futures.ThreadPoolExecutor(threads) as ex:
@@ -50,11 +59,8 @@ def read_tree(root: Path, threads=16) -> int:
 
 
 def bench_epoch(work: Path, runs: int):
-    moto = Moto()
-    c = moto.client()
-    c.create_bucket(Bucket=BUCKET)
     objects = {f"epoch/part-{i % 50:02d}/obj-{i:05d}.bin": os.urandom(OBJECT_SIZE) for i in range(N_OBJECTS)}
-    put_all(c, objects)
+    moto = moto_with(objects)
     total = sum(len(v) for v in objects.values())
     proxy = Proxy(moto.url)
     reads = NODES * 2 * N_OBJECTS
@@ -126,11 +132,8 @@ def bench_epoch(work: Path, runs: int):
 
 
 def bench_warm(work: Path, runs: int):
-    moto = Moto()
-    c = moto.client()
-    c.create_bucket(Bucket=BUCKET)
     objects = {f"large/shard-{i:02d}.bin": os.urandom(LARGE_SIZE) for i in range(LARGE)}
-    put_all(c, objects)
+    moto = moto_with(objects)
     total = LARGE * LARGE_SIZE
     print(f"cold warm: {LARGE} x {LARGE_SIZE >> 20} MiB ({total >> 20} MiB), concurrency {CONCURRENCY}")
     import boto3

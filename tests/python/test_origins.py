@@ -49,6 +49,13 @@ def start(workdir, proxy, name="n1", extra=(), **kw):
     return Daemon(workdir, name, extra=["--s3-endpoint", proxy.url, *extra], **kw)
 
 
+def fails_with_one_line(r, text):
+    """Exit status 1 and one line of stderr that says `text`."""
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and len(err.splitlines()) == 1 and text in err, err
+    return err
+
+
 def secret_free(*texts):
     for t in texts:
         assert SECRET not in t, "the AWS secret reached a log or an output"
@@ -132,9 +139,8 @@ def test_s3_throttled_and_failing_endpoint(s3, workdir):
         proxy.fail("*", 500, 10_000, "InternalError")
         t = time.time()
         r = d.run("cat", f"s3://{BUCKET}/data/large/shard-0.bin", check=False)
-        assert r.returncode == 1 and time.time() - t < 120
-        err = r.stderr.decode().strip()
-        assert len(err.splitlines()) == 1 and "unavailable" in err, err
+        assert time.time() - t < 120
+        fails_with_one_line(r, "unavailable")
     finally:
         proxy.faults.clear()
         d.close()
@@ -142,8 +148,7 @@ def test_s3_throttled_and_failing_endpoint(s3, workdir):
     d = Daemon(workdir, "n2", extra=["--s3-endpoint", f"http://127.0.0.1:{free_port()}"])
     try:
         r = d.run("ls", f"s3://{BUCKET}/data", check=False, timeout=200)
-        err = r.stderr.decode().strip()
-        assert r.returncode == 1 and len(err.splitlines()) == 1 and "unavailable" in err, err
+        fails_with_one_line(r, "unavailable")
     finally:
         d.close()
 

@@ -88,6 +88,22 @@ fn literal_link_local(url: &reqwest::Url) -> bool {
     }
 }
 
+/// A URL locus may fetch: well-formed, and not naming a metadata address literally.
+fn checked(url: &str) -> Result<(), OriginError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Protocol {
+        what: url.to_string(),
+        detail: e.to_string(),
+    })?;
+    if literal_link_local(&parsed) {
+        return Err(OriginError::AccessDenied {
+            what: url.to_string(),
+            detail: "a link-local address".into(),
+            hint: LINK_LOCAL,
+        });
+    }
+    Ok(())
+}
+
 /// The system resolver, without link-local answers.
 struct NoLinkLocal;
 
@@ -187,20 +203,7 @@ impl HttpOrigin {
 
     fn url(ns: &Namespace) -> Result<&str, OriginError> {
         match ns {
-            Namespace::Http { url } => {
-                let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Protocol {
-                    what: url.clone(),
-                    detail: e.to_string(),
-                })?;
-                if literal_link_local(&parsed) {
-                    return Err(OriginError::AccessDenied {
-                        what: url.clone(),
-                        detail: "a link-local address".into(),
-                        hint: LINK_LOCAL,
-                    });
-                }
-                Ok(url)
-            }
+            Namespace::Http { url } => checked(url).map(|_| url.as_str()),
             other => Err(OriginError::Protocol {
                 what: other.to_string(),
                 detail: "not an http(s):// name".into(),
@@ -374,9 +377,7 @@ impl Origin for HttpOrigin {
                 detail: format!("bad range {range:?} of a {}-byte file", file.size),
             });
         }
-        Self::url(&Namespace::Http {
-            url: file.uri.clone(),
-        })?;
+        checked(what)?;
         let v: Validators =
             serde_json::from_str(&file.locator).map_err(|e| OriginError::Protocol {
                 what: what.to_string(),

@@ -571,6 +571,10 @@ impl S3Origin {
         self.stores.insert(bucket.to_string(), store.clone());
         Ok(store)
     }
+}
+
+impl Places for S3Origin {
+    const DENIED: &'static str = S3_DENIED;
 
     fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
         match ns {
@@ -587,14 +591,6 @@ impl S3Origin {
                 detail: "not an s3:// name".into(),
             }),
         }
-    }
-}
-
-impl Places for S3Origin {
-    const DENIED: &'static str = S3_DENIED;
-
-    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
-        S3Origin::place(self, ns)
     }
 
     fn snapshots(&self) -> &Snapshots {
@@ -694,6 +690,14 @@ impl FileOrigin {
             snapshots: Snapshots::default(),
         })
     }
+}
+
+fn rel_to_fs_root(p: &FsPath) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+impl Places for FileOrigin {
+    const DENIED: &'static str = FILE_DENIED;
 
     /// The place of `path` after checking, with symlinks resolved, that it is under a root.
     fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
@@ -729,18 +733,6 @@ impl FileOrigin {
             recheck: true,
             walk: Some(self.roots.clone()),
         })
-    }
-}
-
-fn rel_to_fs_root(p: &FsPath) -> String {
-    p.to_string_lossy().trim_start_matches('/').to_string()
-}
-
-impl Places for FileOrigin {
-    const DENIED: &'static str = FILE_DENIED;
-
-    fn place(&self, ns: &Namespace) -> Result<Place, OriginError> {
-        FileOrigin::place(self, ns)
     }
 
     fn snapshots(&self) -> &Snapshots {
