@@ -73,6 +73,10 @@ pub struct DaemonArgs {
     /// The name every member's certificate carries [default: locus-peer].
     #[arg(long, env = "LOCUS_PEER_TLS_NAME")]
     peer_tls_name: Option<String>,
+    /// Send chunk bodies between peers over gRPC only, not the plain-TCP chunk wire (which
+    /// is off anyway with mutual TLS).
+    #[arg(long, env = "LOCUS_NO_PEER_WIRE")]
+    no_peer_wire: bool,
     /// An S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, env = "LOCUS_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -111,6 +115,7 @@ pub struct FileConfig {
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
     peer_tls_name: Option<String>,
+    no_peer_wire: Option<bool>,
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
@@ -177,6 +182,10 @@ impl DaemonConfig {
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
+            format!(
+                "peer-wire = {}",
+                self.security.wire && self.security.tls.is_none()
+            ),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
             format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
             format!(
@@ -254,13 +263,14 @@ impl DaemonConfig {
                 "--membership-ttl must be between 2 and 3600 seconds",
             ));
         }
-        let security = peer_security(
+        let mut security = peer_security(
             a.peer_token_file.or(f.peer_token_file),
             a.peer_tls_cert.or(f.peer_tls_cert),
             a.peer_tls_key.or(f.peer_tls_key),
             a.peer_tls_ca.or(f.peer_tls_ca),
             a.peer_tls_name.or(f.peer_tls_name),
         )?;
+        security.wire = !(a.no_peer_wire || f.no_peer_wire.unwrap_or(false));
         let s3_endpoint = a.s3_endpoint.or(f.s3_endpoint);
         if let Some(e) = &s3_endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -354,5 +364,9 @@ fn peer_security(
             ))
         }
     };
-    Ok(PeerSecurity { token, tls })
+    Ok(PeerSecurity {
+        token,
+        tls,
+        ..PeerSecurity::default()
+    })
 }

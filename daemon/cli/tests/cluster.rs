@@ -433,6 +433,7 @@ fn a_garbled_peer_costs_time_never_bytes() {
 #[test]
 fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
     use locus_grpc::v1 as pb;
+    use sha2::Digest as _;
     let env = Env::new();
     let files = random_files(1, 1 << 20, 61);
     env.sim.commit("model", REPO, files.clone());
@@ -558,8 +559,124 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
         let h = c.health(pb::HealthRequest {}).await.unwrap().into_inner();
         assert_eq!(h.addr, addrs[0]);
     });
+    // An LFS file: its key is its sha256 and size.
+    let key = locus_core::RemoteFile::key_for_digest(
+        &locus_core::Digest::Sha256(hex::encode(sha2::Sha256::digest(&files[0].1))),
+        files[0].1.len() as u64,
+    );
+    hostile_wire(&addrs[0], &file_uri, &key, &files[0].1);
     let got = ds[0].ok(&["cat", &uri]);
     assert!(got == files[0].1.to_vec());
+}
+
+/// The chunk wire (plain TCP on the peer port) against malformed and hostile input: error
+/// frames and closed connections, never a panic; after an error frame the connection still
+/// serves a good request, byte for byte.
+fn hostile_wire(addr: &str, file_uri: &str, key: &str, want: &[u8]) {
+    use locus_grpc::v1 as pb;
+    use locus_node::peer::wire::{HELLO, MAGIC};
+    use prost::Message;
+    use std::io::{Read, Write};
+    let connect = |token: &[u8]| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
+        hello.extend_from_slice(token);
+        c.write_all(&hello).unwrap();
+        c
+    };
+    let frame = |c: &mut std::net::TcpStream| -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        c.read_exact(&mut head).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
+        c.read_exact(&mut body).unwrap();
+        (head[0], body)
+    };
+    let code = |body: &[u8]| {
+        tonic::Code::from_i32(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+    };
+    let closed = |c: &mut std::net::TcpStream| {
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "more after an error frame: {rest:?}");
+    };
+    let request = |c: &mut std::net::TcpStream, req: &pb::ChunkRequest| {
+        let m = req.encode_to_vec();
+        c.write_all(&(m.len() as u32).to_be_bytes()).unwrap();
+        c.write_all(&m).unwrap();
+    };
+    let hello_ok = |c: &mut std::net::TcpStream| {
+        let mut h = [0u8; 8];
+        c.read_exact(&mut h).unwrap();
+        assert_eq!(&h, HELLO);
+    };
+    // A token where none is set is ignored; an oversized one is refused.
+    let mut c = connect(&[]);
+    hello_ok(&mut c);
+    // A request length past the bound: refused before anything is allocated.
+    c.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let (k, body) = frame(&mut c);
+    assert_eq!((k, code(&body)), (b'E', tonic::Code::InvalidArgument));
+    closed(&mut c);
+    // Bytes that are no request.
+    let mut c = connect(&[]);
+    hello_ok(&mut c);
+    c.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    let (k, body) = frame(&mut c);
+    assert_eq!((k, code(&body)), (b'E', tonic::Code::InvalidArgument));
+    closed(&mut c);
+    // Hung up halfway through a hello, and through a request.
+    drop(
+        std::net::TcpStream::connect(addr)
+            .unwrap()
+            .write_all(&MAGIC[..5]),
+    );
+    let mut c = connect(&[]);
+    hello_ok(&mut c);
+    c.write_all(&[0, 0, 1, 0, 1, 2]).unwrap();
+    drop(c);
+    // A bad request, then a good one on the same connection.
+    let req = |index: u32| pb::ChunkRequest {
+        file: Some(pb::FileRef {
+            uri: file_uri.into(),
+            key: key.into(),
+            size: want.len() as u64,
+            ..Default::default()
+        }),
+        chunk_size: 256 << 10,
+        index,
+        hops: 0,
+        header_only: false,
+        local_only: false,
+    };
+    let mut c = connect(&[]);
+    hello_ok(&mut c);
+    request(&mut c, &req(u32::MAX));
+    let (k, body) = frame(&mut c);
+    assert_eq!(k, b'E');
+    assert!(
+        matches!(
+            code(&body),
+            tonic::Code::OutOfRange | tonic::Code::FailedPrecondition
+        ),
+        "{:?}",
+        String::from_utf8_lossy(&body[4..])
+    );
+    let mut ask = req(1);
+    request(&mut c, &ask);
+    let (k, body) = frame(&mut c);
+    assert_eq!(k, b'H', "{}", String::from_utf8_lossy(&body));
+    let h = pb::ChunkPiece::decode(body.as_slice()).unwrap();
+    assert!(h.header && h.length == 256 << 10);
+    let mut chunk = vec![0u8; h.length as usize];
+    c.read_exact(&mut chunk).unwrap();
+    assert!(chunk == want[256 << 10..512 << 10]);
+    assert_eq!(crc32c::crc32c(&chunk), h.crc32c);
+    ask.index = 0;
+    request(&mut c, &ask);
+    let (k, _) = frame(&mut c);
+    assert_eq!(k, b'H');
 }
 
 #[test]

@@ -253,6 +253,22 @@ impl Node {
         self.serving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counts chunk bytes received from a peer.
+    pub(crate) fn count_received(&self, n: u64) {
+        self.counters
+            .peer_bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("locus_peer_bytes_total", "direction" => "received").increment(n);
+    }
+
+    /// Counts chunk bytes sent to a peer.
+    pub(crate) fn count_sent(&self, n: u64) {
+        self.counters
+            .peer_bytes_sent
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("locus_peer_bytes_total", "direction" => "sent").increment(n);
+    }
+
     /// Marks `addr` down when `e` says it cannot serve this node.
     fn peer_failed(&self, addr: &str, e: &peer::PeerError) {
         if e.marks_down() {

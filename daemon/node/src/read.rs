@@ -362,7 +362,7 @@ impl Node {
     /// `None`: no peer could help (the caller goes to the origin).
     #[allow(clippy::too_many_arguments)]
     async fn fetch_via_peers(
-        &self,
+        self: &Arc<Self>,
         peers: &Arc<dyn PeerTransport>,
         plan: Plan,
         file: &RemoteFile,
@@ -434,7 +434,7 @@ impl Node {
     /// the CRC the peer sent. Errors that are the peer's come back as [`NodeError::Peer`].
     #[allow(clippy::too_many_arguments)]
     async fn fetch_from_peer(
-        &self,
+        self: &Arc<Self>,
         peers: &Arc<dyn PeerTransport>,
         addr: &str,
         file: &RemoteFile,
@@ -452,6 +452,27 @@ impl Node {
                 detail,
             })
         };
+        let target = crate::peer::wire::ChunkTarget {
+            h: h.clone(),
+            offset: range.start,
+            len: want,
+            count: {
+                let node = self.clone();
+                Arc::new(move |n| node.count_received(n))
+            },
+        };
+        let req = self.chunk_request(file, idx, hops, false, local_only);
+        if let Some((header, crc)) = peers.fetch_chunk_into(addr, req, target).await? {
+            self.cluster.mark_up(addr, header.load as f64);
+            let ok = crc == header.crc32c;
+            let result = if ok { "ok" } else { "error" };
+            metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
+            return if ok {
+                Ok(crc)
+            } else {
+                Err(garbled("chunk bytes do not match their CRC".into()))
+            };
+        }
         let (header, s) = self
             .request_chunk(peers, addr, file, idx, hops, false, local_only)
             .await?;
@@ -483,10 +504,7 @@ impl Node {
                 Some((item, s))
             }
         });
-        let count = |n: u64| {
-            self.counters.peer_bytes.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("locus_peer_bytes_total", "direction" => "received").increment(n);
-        };
+        let count = |n: u64| self.count_received(n);
         let crc = match self.write_stream(file, h, range, data, &count).await {
             Ok(crc) if crc == header.crc32c => Ok(crc),
             Ok(_) => Err(garbled("chunk bytes do not match their CRC".into())),
@@ -526,7 +544,35 @@ impl Node {
                 detail: detail.to_string(),
             })
         };
-        let req = pb::ChunkRequest {
+        let req = self.chunk_request(file, idx, hops, header_only, local_only);
+        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
+            .await
+            .map_err(|_| unreachable("no answer"))??;
+        loop {
+            let piece = tokio::time::timeout(IDLE_TIMEOUT, s.next())
+                .await
+                .map_err(|_| unreachable("silent for too long"))?
+                .ok_or_else(|| garbled("the stream ended before the header"))??;
+            if piece.header {
+                self.cluster.mark_up(addr, piece.load as f64);
+                return Ok((piece, s));
+            }
+            if !piece.data.is_empty() {
+                return Err(garbled("data before the header"));
+            }
+        }
+    }
+
+    /// The request for chunk `idx` of `file`.
+    fn chunk_request(
+        &self,
+        file: &RemoteFile,
+        idx: u32,
+        hops: u32,
+        header_only: bool,
+        local_only: bool,
+    ) -> pb::ChunkRequest {
+        pb::ChunkRequest {
             file: Some(pb::FileRef {
                 uri: file.uri.clone(),
                 key: file.key.clone(),
@@ -547,22 +593,6 @@ impl Node {
             hops,
             header_only,
             local_only,
-        };
-        let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
-            .await
-            .map_err(|_| unreachable("no answer"))??;
-        loop {
-            let piece = tokio::time::timeout(IDLE_TIMEOUT, s.next())
-                .await
-                .map_err(|_| unreachable("silent for too long"))?
-                .ok_or_else(|| garbled("the stream ended before the header"))??;
-            if piece.header {
-                self.cluster.mark_up(addr, piece.load as f64);
-                return Ok((piece, s));
-            }
-            if !piece.data.is_empty() {
-                return Err(garbled("data before the header"));
-            }
         }
     }
 

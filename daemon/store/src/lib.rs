@@ -531,6 +531,12 @@ impl FileHandle {
         self.with_entry(|e| e.rec.digest.clone()).flatten()
     }
 
+    /// The data file, open for reading and writing (shared by every handle of the key): what a
+    /// peer server hands to `sendfile` once it has checked a chunk.
+    pub fn data_file(&self) -> Result<Arc<File>, StoreError> {
+        self.file()
+    }
+
     fn file(&self) -> Result<Arc<File>, StoreError> {
         if let Some(Some(f)) = self.with_entry(|e| e.file.clone()) {
             return Ok(f);

@@ -9,6 +9,7 @@
 //! fetches from the origin uses its own.
 
 pub mod server;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +139,18 @@ pub type ProgressStream = BoxStream<'static, Result<pb::WarmProgress, PeerError>
 pub trait PeerTransport: Send + Sync + 'static {
     /// Streams one chunk.
     async fn get_chunk(&self, addr: &str, req: pb::ChunkRequest) -> Result<PieceStream, PeerError>;
+    /// Fetches one chunk straight into its range of the cache file; returns the header and the
+    /// CRC32C of the bytes written (the caller compares them). `Ok(None)`: not possible this
+    /// way for `addr`; the caller streams [`PeerTransport::get_chunk`] instead.
+    async fn fetch_chunk_into(
+        &self,
+        addr: &str,
+        req: pb::ChunkRequest,
+        into: wire::ChunkTarget,
+    ) -> Result<Option<(pb::ChunkPiece, u32)>, crate::NodeError> {
+        let _ = (addr, req, into);
+        Ok(None)
+    }
     /// Resolves a revision at the metadata owner.
     async fn resolve(
         &self,
@@ -179,13 +192,25 @@ impl std::fmt::Debug for PeerTls {
     }
 }
 
-/// How peers authenticate each other.
-#[derive(Clone, Debug, Default)]
+/// How peers authenticate each other, and whether chunk bodies may use the [`wire`].
+#[derive(Clone, Debug)]
 pub struct PeerSecurity {
     /// A shared token sent as `authorization: Bearer …` and required from callers.
     pub token: Option<Secret>,
-    /// Mutual TLS.
+    /// Mutual TLS (turns the wire off: chunks then stream over gRPC inside TLS).
     pub tls: Option<PeerTls>,
+    /// Chunk bodies over the plain-TCP wire where the peer speaks it.
+    pub wire: bool,
+}
+
+impl Default for PeerSecurity {
+    fn default() -> Self {
+        PeerSecurity {
+            token: None,
+            tls: None,
+            wire: true,
+        }
+    }
 }
 
 /// Adds the peer token to every request.
@@ -203,11 +228,13 @@ impl tonic::service::Interceptor for TokenInterceptor {
 
 type Client = PeerClient<InterceptedService<Channel, TokenInterceptor>>;
 
-/// Peers over gRPC on TCP, one multiplexed HTTP/2 connection per peer.
+/// Peers over gRPC on TCP, one multiplexed HTTP/2 connection per peer, with chunk bodies on
+/// the [`wire`] where peers speak it (not with TLS).
 pub struct GrpcPeers {
     channels: DashMap<String, Channel>,
     tls: Option<ClientTlsConfig>,
     token: TokenInterceptor,
+    wire: Option<Arc<wire::WireClient>>,
 }
 
 impl GrpcPeers {
@@ -227,10 +254,13 @@ impl GrpcPeers {
                 .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
                 .domain_name(t.server_name.clone())
         });
+        let wire = (tls.is_none() && security.wire)
+            .then(|| Arc::new(wire::WireClient::new(security.token.as_ref())));
         Ok(Arc::new(GrpcPeers {
             channels: DashMap::new(),
             tls,
             token: TokenInterceptor(token),
+            wire,
         }))
     }
 
@@ -287,6 +317,22 @@ impl PeerTransport for GrpcPeers {
             .map_err(|s| PeerError::from_status(addr, s))?
             .into_inner();
         Ok(s.map_err(move |e| PeerError::from_status(&a, e)).boxed())
+    }
+
+    async fn fetch_chunk_into(
+        &self,
+        addr: &str,
+        req: pb::ChunkRequest,
+        into: wire::ChunkTarget,
+    ) -> Result<Option<(pb::ChunkPiece, u32)>, crate::NodeError> {
+        let Some(w) = self.wire.clone() else {
+            return Ok(None);
+        };
+        let addr = addr.to_string();
+        // Blocking sockets and writes: a thread receives, checks and writes one chunk.
+        tokio::task::spawn_blocking(move || w.fetch(&addr, &req, &into))
+            .await
+            .map_err(|e| crate::NodeError::Internal(e.to_string()))?
     }
 
     async fn resolve(

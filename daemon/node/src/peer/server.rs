@@ -8,6 +8,7 @@ use futures::StreamExt;
 use locus_core::{LocusUri, Namespace, RemoteFile, Secret};
 use locus_grpc::v1 as pb;
 use locus_grpc::v1::peer_server::Peer;
+use locus_store::FileHandle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -20,7 +21,7 @@ use crate::{Node, NodeError};
 /// Bytes per data piece of a chunk stream.
 const PIECE: usize = 1 << 20;
 /// How often a server waiting on a fetch tells the reader it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The peer API over a node.
 pub struct PeerService {
@@ -48,9 +49,7 @@ pub fn check_token(
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let same = got.len() == want.len()
-            && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if same {
+        if same_secret(got, want) {
             Ok(req)
         } else {
             metrics::counter!(crate::metrics_defs::PEER_AUTH_FAILURES).increment(1);
@@ -61,7 +60,12 @@ pub fn check_token(
     }
 }
 
-fn invalid(what: impl std::fmt::Display) -> Status {
+/// Compares a presented secret in constant time (for its length).
+pub(crate) fn same_secret(got: &[u8], want: &[u8]) -> bool {
+    got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+pub(crate) fn invalid(what: impl std::fmt::Display) -> Status {
     metrics::counter!(crate::metrics_defs::PEER_INVALID_REQUESTS).increment(1);
     Status::invalid_argument(what.to_string())
 }
@@ -142,36 +146,60 @@ fn source(s: Source) -> i32 {
     }
 }
 
-struct Serving<'a>(&'a Node);
+/// Counts a chunk being served in this node's load while it lives.
+pub(crate) struct Serving(Arc<Node>);
 
-impl Drop for Serving<'_> {
+impl Serving {
+    fn new(node: &Arc<Node>) -> Serving {
+        node.serving.fetch_add(1, Ordering::Relaxed);
+        Serving(node.clone())
+    }
+}
+
+impl Drop for Serving {
     fn drop(&mut self) {
         self.0.serving.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-#[tonic::async_trait]
-impl Peer for PeerService {
-    type GetChunkStream = BoxStream<pb::ChunkPiece>;
-    type WarmStream = BoxStream<pb::WarmProgress>;
+/// A chunk request checked against this node: the file, its handle and the chunk.
+pub(crate) struct Prepared {
+    file: RemoteFile,
+    h: Arc<FileHandle>,
+    idx: u32,
+    hops: u32,
+    header_only: bool,
+}
 
-    async fn get_chunk(
-        &self,
-        request: Request<pb::ChunkRequest>,
-    ) -> Result<Response<Self::GetChunkStream>, Status> {
-        let req = request.into_inner();
+/// A chunk ready to send: its header and, unless only the header was asked for, its bytes
+/// (mapped from the cache file and checked against the CRC in the header).
+pub(crate) struct Ready {
+    pub header: pb::ChunkPiece,
+    pub data: Option<bytes::Bytes>,
+    pub h: Arc<FileHandle>,
+    pub idx: u32,
+    _serving: Serving,
+}
+
+impl Node {
+    /// Checks a chunk request (the gRPC and the wire one alike): fields, chunk size, the file
+    /// against this node's listing, the index. A `local_only` request for a chunk not held
+    /// here ends here (and, asked as a less loaded candidate, copies it for the next reader).
+    pub(crate) async fn prepare_chunk(
+        self: &Arc<Self>,
+        req: pb::ChunkRequest,
+    ) -> Result<Prepared, Status> {
         let fref = req.file.ok_or_else(|| invalid("file missing"))?;
-        if req.chunk_size != self.node.cfg.chunk_size {
+        if req.chunk_size != self.cfg.chunk_size {
             return Err(Status::failed_precondition(format!(
                 "chunk size {} differs from this node's {} (every node needs the same --chunk-size)",
-                req.chunk_size, self.node.cfg.chunk_size
+                req.chunk_size, self.cfg.chunk_size
             )));
         }
-        let file = self.node.file_by_ref(&fref).await?;
+        let file = self.file_by_ref(&fref).await?;
         let h = Arc::new(
-            self.node
-                .store
-                .register(&file, self.node.cfg.chunk_size)
+            self.store
+                .register(&file, self.cfg.chunk_size)
                 .map_err(NodeError::from)?,
         );
         let idx = req.index;
@@ -185,24 +213,96 @@ impl Peer for PeerService {
         if req.local_only && h.crc(idx).is_none() {
             if req.hops > 0 {
                 // Asked as a less loaded candidate: copy the chunk for the next reader.
-                let node = self.node.clone();
+                let node = self.clone();
                 tokio::spawn(async move {
                     let _ = node.ensure_chunk(&file, &h, idx).await;
                 });
             }
             return Err(Status::not_found("chunk not cached here"));
         }
-        let hops = req.hops.min(crate::read::READER_HOPS - 1);
+        Ok(Prepared {
+            file,
+            h,
+            idx,
+            hops: req.hops.min(crate::read::READER_HOPS - 1),
+            header_only: req.header_only,
+        })
+    }
+}
+
+impl Prepared {
+    /// Makes the chunk present here (a hit, or a fetch from its owner or the origin) and
+    /// checks its bytes against their CRC before anything is sent: a corrupt copy is dropped
+    /// (fetched again next time) and the reader told to go elsewhere. Callers send heartbeats
+    /// while this waits.
+    pub(crate) async fn ready(self, node: &Arc<Node>) -> Result<Ready, Status> {
+        let serving = Serving::new(node);
+        let Prepared {
+            file,
+            h,
+            idx,
+            hops,
+            header_only,
+        } = self;
+        h.touch();
+        let src = node.ensure_chunk_via(&file, &h, idx, hops).await?;
+        let Some(crc) = h.crc(idx) else {
+            return Err(Status::unavailable("chunk evicted while serving"));
+        };
+        let range = h.layout().range(idx);
+        let header = pb::ChunkPiece {
+            header: true,
+            length: range.end - range.start,
+            crc32c: crc,
+            source: source(src),
+            load: node.serving(),
+            data: Default::default(),
+        };
+        let data = if header_only {
+            None
+        } else {
+            let hb = h.clone();
+            let (data, sum) = tokio::task::spawn_blocking(move || {
+                let m = hb.map_chunk(idx)?;
+                let sum = crc32c::crc32c(&m);
+                Ok::<_, locus_store::StoreError>((m, sum))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(NodeError::from)?;
+            if sum != crc {
+                h.chunk_failed(idx);
+                return Err(Status::data_loss("chunk failed its checksum here"));
+            }
+            Some(data)
+        };
+        Ok(Ready {
+            header,
+            data,
+            h,
+            idx,
+            _serving: serving,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type GetChunkStream = BoxStream<pb::ChunkPiece>;
+    type WarmStream = BoxStream<pb::WarmProgress>;
+
+    async fn get_chunk(
+        &self,
+        request: Request<pb::ChunkRequest>,
+    ) -> Result<Response<Self::GetChunkStream>, Status> {
+        let prepared = self.node.prepare_chunk(request.into_inner()).await?;
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            node.serving.fetch_add(1, Ordering::Relaxed);
-            let _serving = Serving(&node);
-            h.touch();
-            let mut ensure = std::pin::pin!(node.ensure_chunk_via(&file, &h, idx, hops));
-            let src = loop {
+            let mut ready = std::pin::pin!(prepared.ready(&node));
+            let ready = loop {
                 tokio::select! {
-                    r = &mut ensure => break r,
+                    r = &mut ready => break r,
                     _ = tokio::time::sleep(HEARTBEAT) => {
                         if tx.send(Ok(pb::ChunkPiece::default())).await.is_err() {
                             return;
@@ -210,71 +310,28 @@ impl Peer for PeerService {
                     }
                 }
             };
-            let src = match src {
-                Ok(s) => s,
+            let ready = match ready {
+                Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Err(Status::from(e))).await;
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            let Some(crc) = h.crc(idx) else {
-                let _ = tx
-                    .send(Err(Status::unavailable("chunk evicted while serving")))
-                    .await;
-                return;
-            };
-            let range = h.layout().range(idx);
-            let header = pb::ChunkPiece {
-                header: true,
-                length: range.end - range.start,
-                crc32c: crc,
-                source: source(src),
-                load: node.serving(),
-                data: Default::default(),
-            };
-            if tx.send(Ok(header)).await.is_err() || req.header_only {
+            if tx.send(Ok(ready.header.clone())).await.is_err() {
                 return;
             }
-            let hb = h.clone();
-            let mapped = tokio::task::spawn_blocking(move || {
-                let m = hb.map_chunk(idx)?;
-                let sum = crc32c::crc32c(&m);
-                Ok::<_, locus_store::StoreError>((m, sum))
-            })
-            .await;
-            let (data, sum) = match mapped {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(Status::from(NodeError::from(e)))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
+            let Some(data) = &ready.data else {
+                return;
             };
-            if sum == crc {
-                for piece in data.chunks(PIECE) {
-                    let n = piece.len() as u64;
-                    node.counters
-                        .peer_bytes_sent
-                        .fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!("locus_peer_bytes_total", "direction" => "sent").increment(n);
-                    let piece = pb::ChunkPiece {
-                        data: data.slice_ref(piece),
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(piece)).await.is_err() {
-                        return;
-                    }
+            for piece in data.chunks(PIECE) {
+                node.count_sent(piece.len() as u64);
+                let piece = pb::ChunkPiece {
+                    data: data.slice_ref(piece),
+                    ..Default::default()
+                };
+                if tx.send(Ok(piece)).await.is_err() {
+                    return;
                 }
-            }
-            if sum != crc {
-                // Checked before sending: the reader goes elsewhere; this copy is dropped.
-                h.chunk_failed(idx);
-                let _ = tx
-                    .send(Err(Status::data_loss("chunk failed its checksum here")))
-                    .await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
