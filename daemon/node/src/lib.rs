@@ -34,6 +34,7 @@ pub mod peer;
 mod read;
 mod scope;
 pub mod service;
+pub mod sha_chain;
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use locus_store::FileHandle;
 use sha1::Digest as _;
 
 use crate::peer::{PeerError, PeerTransport, PieceStream, IDLE_TIMEOUT, MAX_PIECE};
+use crate::sha_chain;
 use crate::{Node, NodeError};
 use locus_cluster::Plan;
 use locus_grpc::v1 as pb;
@@ -462,16 +463,19 @@ impl Node {
             },
         };
         let req = self.chunk_request(file, idx, hops, false, local_only);
-        if let Some((header, crc)) = peers.fetch_chunk_into(addr, req, target).await? {
-            self.cluster.mark_up(addr, header.load as f64);
-            let ok = crc == header.crc32c;
+        if let Some(f) = peers.fetch_chunk_into(addr, req, target).await? {
+            self.cluster.mark_up(addr, f.header.load as f64);
+            let ok = f.crc == f.header.crc32c;
             let result = if ok { "ok" } else { "error" };
             metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
-            return if ok {
-                Ok(crc)
-            } else {
-                Err(garbled("chunk bytes do not match their CRC".into()))
-            };
+            if !ok {
+                return Err(garbled("chunk bytes do not match their CRC".into()));
+            }
+            if let Some(step) = f.step {
+                // Checked on the bytes written: the whole-file check takes it without hashing.
+                h.set_step(idx, step);
+            }
+            return Ok(f.crc);
         }
         let (header, s) = self
             .request_chunk(peers, addr, file, idx, hops, false, local_only)
@@ -691,15 +695,18 @@ async fn write(
 }
 
 enum Hasher {
-    Sha256(sha2::Sha256),
+    Sha256(Box<sha_chain::Chain>),
     Sha1(sha1::Sha1),
     None,
 }
 
 /// Reads the whole file back in chunk order, each chunk once `landed` names it, checking the
 /// file's digest, and the CRC of each chunk that was already stored (a fresh chunk's CRC was
-/// computed as it was written). Returns `Incomplete` if `landed` closes before every chunk
-/// was named (the fetch failed; its error is what the caller reports).
+/// computed as it was written). A fresh chunk whose SHA-256 step was checked as it arrived (see
+/// [`sha_chain`]) is not read: the step is taken if it starts where the hash stands. Once the
+/// file matches, the step of every chunk is recorded for peers. Returns `Incomplete` if
+/// `landed` closes before every chunk was named (the fetch failed; its error is what the caller
+/// reports).
 fn verify(
     h: &FileHandle,
     digest: Option<&Digest>,
@@ -707,7 +714,7 @@ fn verify(
 ) -> Result<Checked, NodeError> {
     let layout = h.layout();
     let mut hasher = match digest {
-        Some(Digest::Sha256(_)) => Hasher::Sha256(sha2::Sha256::new()),
+        Some(Digest::Sha256(_)) => Hasher::Sha256(Box::default()),
         Some(Digest::GitBlobSha1(_)) => {
             let mut s = sha1::Sha1::new();
             s.update(format!("blob {}\0", layout.size).as_bytes());
@@ -715,6 +722,8 @@ fn verify(
         }
         None => Hasher::None,
     };
+    // The SHA-256 state at each chunk boundary, while the chunks are whole blocks.
+    let mut bounds: Vec<sha_chain::State> = Vec::new();
     // None: not landed yet; Some(fresh).
     let mut ready: Vec<Option<bool>> = vec![None; layout.count() as usize];
     for idx in 0..layout.count() {
@@ -728,9 +737,21 @@ fn verify(
                 Err(_) => return Ok(Checked::Incomplete),
             }
         }
+        let fresh = ready[idx as usize] == Some(true);
+        if let Hasher::Sha256(c) = &mut hasher {
+            if let Some(s) = c.state() {
+                bounds.push(s);
+            }
+            let stepped = fresh
+                && h.step(idx)
+                    .is_some_and(|step| c.take_step(&step, layout.len(idx)));
+            if stepped {
+                continue;
+            }
+        }
         // Hashed straight from the page cache through a map: no copy.
         let bytes = h.map_chunk(idx)?;
-        if ready[idx as usize] == Some(false) && h.crc(idx) != Some(crc32c::crc32c(&bytes)) {
+        if !fresh && h.crc(idx) != Some(crc32c::crc32c(&bytes)) {
             h.chunk_failed(idx);
             return Ok(Checked::ChunkDropped);
         }
@@ -741,12 +762,88 @@ fn verify(
         }
     }
     let got = match hasher {
-        Hasher::Sha256(s) => hex::encode(s.finalize()),
+        Hasher::Sha256(s) => hex::encode(s.finish()),
         Hasher::Sha1(s) => hex::encode(s.finalize()),
         Hasher::None => return Ok(Checked::Good),
     };
-    Ok(match digest {
-        Some(d) if d.hex().eq_ignore_ascii_case(&got) => Checked::Good,
-        _ => Checked::Mismatch,
-    })
+    let good = matches!(digest, Some(d) if d.hex().eq_ignore_ascii_case(&got));
+    if !good {
+        return Ok(Checked::Mismatch);
+    }
+    // Every chunk but the last, when each started at a block boundary.
+    if bounds.len() == layout.count() as usize {
+        for (k, w) in bounds.windows(2).enumerate() {
+            h.set_step(k as u32, [w[0], w[1]]);
+        }
+    }
+    Ok(Checked::Good)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use locus_store::Store;
+
+    /// A complete cache file of 4 chunks of 64 KiB and a tail, committed with its CRCs.
+    fn cached(dir: &std::path::Path, data: &[u8]) -> (Arc<Store>, FileHandle) {
+        let store = Store::open(dir, 1 << 30).unwrap();
+        let hex = hex::encode(sha2::Sha256::digest(data));
+        let digest = Digest::Sha256(hex);
+        let file = RemoteFile {
+            uri: "hf://o/n@abc/f.bin".into(),
+            path: "f.bin".into(),
+            size: data.len() as u64,
+            key: RemoteFile::key_for_digest(&digest, data.len() as u64),
+            locator: "f.bin".into(),
+            digest: Some(digest),
+            listed: None,
+        };
+        let h = store.register(&file, 64 << 10).unwrap();
+        for idx in 0..h.layout().count() {
+            let r = h.layout().range(idx);
+            let bytes = &data[r.start as usize..r.end as usize];
+            h.reserve(bytes.len() as u64).unwrap();
+            h.write_at(bytes, r.start).unwrap();
+            h.commit_chunk(idx, crc32c::crc32c(bytes));
+        }
+        (store, h)
+    }
+
+    fn check(h: &FileHandle) -> Checked {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for idx in 0..h.layout().count() {
+            tx.send((idx, true)).unwrap();
+        }
+        drop(tx);
+        verify(h, h.digest().as_ref(), rx).unwrap()
+    }
+
+    #[test]
+    fn steps_replace_hashing_only_where_they_chain_to_the_digest() {
+        let data: Vec<u8> = (0..(4 << 16) + 777u32)
+            .map(|i| (i * 31 % 253) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, h) = cached(dir.path(), &data);
+        // Hashed in one pass: good, and the steps of every chunk but the last are recorded.
+        assert!(matches!(check(&h), Checked::Good));
+        let steps: Vec<_> = (0..4).map(|i| h.step(i).unwrap()).collect();
+        assert!(h.step(4).is_none());
+        for (k, s) in steps.iter().enumerate() {
+            let mut st = s[0];
+            sha_chain::advance(&mut st, &data[k << 16..(k + 1) << 16]);
+            assert_eq!(st, s[1]);
+        }
+        // Steps that chain are taken (the bytes are not read: a changed byte under a good
+        // step goes unseen here, which is why steps are only ever recorded once checked on
+        // the bytes written).
+        assert!(matches!(check(&h), Checked::Good));
+        // A step that does not start where the hash stands is ignored: the bytes are hashed.
+        h.set_step(1, [[1; 8], steps[1][1]]);
+        assert!(matches!(check(&h), Checked::Good));
+        // A step from the right state to a wrong one (a peer lying about its bytes) makes the
+        // file fail its digest.
+        h.set_step(1, [steps[1][0], [2; 8]]);
+        assert!(matches!(check(&h), Checked::Mismatch));
+    }
 }

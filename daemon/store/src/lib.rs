@@ -76,7 +76,13 @@ struct Entry {
     bytes: u64,
     users: u32,
     file: Option<Arc<File>>,
+    /// Checked whole-file hash steps of chunks (opaque here; see locus-node's `sha_chain`),
+    /// kept in memory only: empty until the first is set.
+    steps: Vec<Option<Step>>,
 }
+
+/// A hash step of a chunk: the SHA-256 state before its bytes and after them.
+pub type Step = [[u32; 8]; 2];
 
 impl Entry {
     fn layout(&self) -> ChunkLayout {
@@ -110,7 +116,13 @@ pub struct Store {
     capacity: u64,
     state: Mutex<State>,
     index: Index,
+    /// Writers of one data file take turns here: the kernel serializes buffered writes to an
+    /// inode anyway, and its waiters spin on the inode lock (a core lost per waiter on a busy
+    /// machine) where these sleep. Striped by file id.
+    write_locks: [Mutex<()>; WRITE_LOCKS],
 }
+
+const WRITE_LOCKS: usize = 64;
 
 /// A file registered in the store. While a handle lives, the file is not evicted.
 pub struct FileHandle {
@@ -163,6 +175,7 @@ impl Store {
                     bytes,
                     users: 0,
                     file: None,
+                    steps: Vec::new(),
                 },
             );
         }
@@ -197,6 +210,7 @@ impl Store {
                 next_id,
             }),
             index,
+            write_locks: std::array::from_fn(|_| Mutex::new(())),
         });
         store.publish_gauges(&store.lock());
         Ok(store)
@@ -263,6 +277,7 @@ impl Store {
                     bytes: 0,
                     users: 0,
                     file: None,
+                    steps: Vec::new(),
                 },
             );
             self.publish_gauges(&st);
@@ -588,7 +603,11 @@ impl FileHandle {
     pub fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> Result<(), StoreError> {
         let f = self.file()?;
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let write = || pwritev_all(&f, bufs, offset);
+        let lock = &self.store.write_locks[self.id as usize % WRITE_LOCKS];
+        let write = || {
+            let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
+            pwritev_all(&f, bufs, offset)
+        };
         match write() {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -621,12 +640,33 @@ impl FileHandle {
         self.store.index.send(Op::SetChunk { id, idx, crc });
     }
 
+    /// Records the checked hash step of chunk `idx`.
+    pub fn set_step(&self, idx: u32, step: Step) {
+        self.with_entry(|e| {
+            if e.steps.len() < e.chunks.len() {
+                e.steps.resize(e.chunks.len(), None);
+            }
+            if let Some(slot) = e.steps.get_mut(idx as usize) {
+                *slot = Some(step);
+            }
+        });
+    }
+
+    /// The hash step of chunk `idx`, if one was recorded since its bytes were written.
+    pub fn step(&self, idx: u32) -> Option<Step> {
+        self.with_entry(|e| e.steps.get(idx as usize).copied().flatten())
+            .flatten()
+    }
+
     /// Drops chunk `idx` (a failed check): it will be fetched again, never served.
     pub fn drop_chunk(&self, idx: u32) {
         let id = self.id;
         let dropped = self
             .with_entry(|e| {
                 e.rec.verified = false;
+                if let Some(step) = e.steps.get_mut(idx as usize) {
+                    *step = None;
+                }
                 let len = e.layout().len(idx);
                 match e.chunks.get_mut(idx as usize) {
                     Some(slot @ Some(_)) => {

@@ -139,15 +139,16 @@ pub type ProgressStream = BoxStream<'static, Result<pb::WarmProgress, PeerError>
 pub trait PeerTransport: Send + Sync + 'static {
     /// Streams one chunk.
     async fn get_chunk(&self, addr: &str, req: pb::ChunkRequest) -> Result<PieceStream, PeerError>;
-    /// Fetches one chunk straight into its range of the cache file; returns the header and the
-    /// CRC32C of the bytes written (the caller compares them). `Ok(None)`: not possible this
+    /// Fetches one chunk straight into its range of the cache file; returns the header, the
+    /// CRC32C of the bytes written (the caller compares them) and the chunk's checked hash
+    /// step. `Ok(None)`: not possible this
     /// way for `addr`; the caller streams [`PeerTransport::get_chunk`] instead.
     async fn fetch_chunk_into(
         &self,
         addr: &str,
         req: pb::ChunkRequest,
         into: wire::ChunkTarget,
-    ) -> Result<Option<(pb::ChunkPiece, u32)>, crate::NodeError> {
+    ) -> Result<Option<wire::Fetched>, crate::NodeError> {
         let _ = (addr, req, into);
         Ok(None)
     }
@@ -324,7 +325,7 @@ impl PeerTransport for GrpcPeers {
         addr: &str,
         req: pb::ChunkRequest,
         into: wire::ChunkTarget,
-    ) -> Result<Option<(pb::ChunkPiece, u32)>, crate::NodeError> {
+    ) -> Result<Option<wire::Fetched>, crate::NodeError> {
         let Some(w) = self.wire.clone() else {
             return Ok(None);
         };

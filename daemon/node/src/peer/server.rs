@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::{check_field, file_to_pb};
 use crate::read::Source;
 use crate::service::{warm_stream, BoxStream};
-use crate::{Node, NodeError};
+use crate::{sha_chain, Node, NodeError};
 
 /// Bytes per data piece of a chunk stream.
 const PIECE: usize = 1 << 20;
@@ -250,6 +250,8 @@ impl Prepared {
             return Err(Status::unavailable("chunk evicted while serving"));
         };
         let range = h.layout().range(idx);
+        // Steps are recorded for a file only once it matched its published digest.
+        let step = h.step(idx).filter(|_| h.verified());
         let header = pb::ChunkPiece {
             header: true,
             length: range.end - range.start,
@@ -257,6 +259,8 @@ impl Prepared {
             source: source(src),
             load: node.serving(),
             data: Default::default(),
+            sha256_before: step.map(|s| sha_chain::to_bytes(&s[0])).unwrap_or_default(),
+            sha256_after: step.map(|s| sha_chain::to_bytes(&s[1])).unwrap_or_default(),
         };
         let data = if header_only {
             None

@@ -44,6 +44,7 @@ use tonic::Status;
 
 use super::server::{invalid, same_secret, HEARTBEAT};
 use super::{PeerError, CONNECT_TIMEOUT, IDLE_TIMEOUT, MAX_FIELD};
+use crate::sha_chain::{self, Step};
 use crate::{Node, NodeError};
 
 /// First bytes a reader sends (HTTP/2 clients send `PRI * HTTP/2.0…`).
@@ -270,6 +271,17 @@ pub struct ChunkTarget {
     pub count: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
+/// A chunk fetched into the cache file.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The server's header.
+    pub header: pb::ChunkPiece,
+    /// CRC32C of the bytes written (the caller compares it with the header's).
+    pub crc: u32,
+    /// The chunk's hash step, checked on the bytes written, when the server sent one.
+    pub step: Option<Step>,
+}
+
 /// The reader's side: connections to each peer, kept for reuse.
 pub struct WireClient {
     hello: Vec<u8>,
@@ -368,7 +380,7 @@ impl WireClient {
         addr: &str,
         req: &pb::ChunkRequest,
         t: &ChunkTarget,
-    ) -> Result<Option<(pb::ChunkPiece, u32)>, NodeError> {
+    ) -> Result<Option<Fetched>, NodeError> {
         if let Some(since) = self.unsupported.get(addr).map(|v| *v) {
             if since.elapsed() < UNSUPPORTED_FOR {
                 return Ok(None);
@@ -467,7 +479,7 @@ fn exchange(
     c: &mut StdStream,
     frame: &[u8],
     t: &ChunkTarget,
-) -> Result<(pb::ChunkPiece, u32), Failure> {
+) -> Result<Fetched, Failure> {
     if c.write_all(frame).is_err() {
         return Err(Failure::Stale);
     }
@@ -501,16 +513,39 @@ fn exchange(
                     )
                     .into());
                 }
-                let crc = receive(addr, c, t)?;
-                return Ok((header, crc));
+                // A step is checked where the chunk is whole blocks at a block boundary.
+                let step = match (
+                    sha_chain::from_bytes(&header.sha256_before),
+                    sha_chain::from_bytes(&header.sha256_after),
+                ) {
+                    (Some(b), Some(a)) if t.len.is_multiple_of(64) && t.offset.is_multiple_of(64) => Some([b, a]),
+                    _ => None,
+                };
+                let (crc, end) = receive(addr, c, t, step.map(|s| s[0]))?;
+                let crc = match (step, end) {
+                    (Some(step), Some(end)) if step[1] != end => {
+                        return Err(garbled(addr, "chunk bytes do not match their hash step").into())
+                    }
+                    // The bytes are the ones the server checked against this CRC before it
+                    // sent them: a SHA-256 step catches every change a CRC would.
+                    (Some(_), _) => header.crc32c,
+                    (None, _) => crc,
+                };
+                return Ok(Fetched { header, crc, step });
             }
             k => return Err(garbled(addr, format!("unknown frame {k:#04x}")).into()),
         }
     }
 }
 
-/// Receives `t.len` bytes into the cache file, computing their CRC32C on the way.
-fn receive(addr: &str, c: &mut StdStream, t: &ChunkTarget) -> Result<u32, NodeError> {
+/// Receives `t.len` bytes into the cache file, computing on the way (while the bytes are in
+/// the CPU cache) their hash step from `sha_from`, or else their CRC32C.
+fn receive(
+    addr: &str,
+    c: &mut StdStream,
+    t: &ChunkTarget,
+    mut sha_from: Option<sha_chain::State>,
+) -> Result<(u32, Option<sha_chain::State>), NodeError> {
     RECV_BUF.with_borrow_mut(|buf| {
         buf.resize(BUF, 0);
         let mut crc = 0u32;
@@ -523,12 +558,15 @@ fn receive(addr: &str, c: &mut StdStream, t: &ChunkTarget) -> Result<u32, NodeEr
                     format!("{} after {got} bytes of the chunk", io_detail(&e)),
                 )
             })?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            match &mut sha_from {
+                Some(s) => sha_chain::advance(s, &buf[..n]),
+                None => crc = crc32c::crc32c_append(crc, &buf[..n]),
+            }
             t.h.write_at(&buf[..n], t.offset + got)?;
             (t.count)(n as u64);
             got += n as u64;
         }
-        Ok(crc)
+        Ok((crc, sha_from))
     })
 }
 
@@ -604,7 +642,7 @@ mod tests {
         f
     }
 
-    fn fetch(addr: &str, t: &ChunkTarget) -> Result<Option<(pb::ChunkPiece, u32)>, NodeError> {
+    fn fetch(addr: &str, t: &ChunkTarget) -> Result<Option<Fetched>, NodeError> {
         WireClient::new(None).fetch(addr, &pb::ChunkRequest::default(), t)
     }
 
@@ -616,11 +654,61 @@ mod tests {
         let crc = crc32c::crc32c(&body);
         let b = body.clone();
         let addr = serve(move |c| hello_then(c, &[b".", b".", &header(LEN, crc), &b]));
-        let (h, got) = fetch(&addr, &t).unwrap().unwrap();
-        assert_eq!((h.crc32c, got), (crc, crc));
+        let f = fetch(&addr, &t).unwrap().unwrap();
+        assert_eq!((f.header.crc32c, f.crc), (crc, crc));
         let mut back = vec![0u8; LEN as usize];
         t.h.read_at(&mut back, 0).unwrap();
         assert!(back == body);
+    }
+
+    fn header_with_step(length: u64, crc: u32, step: &Step) -> Vec<u8> {
+        let h = pb::ChunkPiece {
+            header: true,
+            length,
+            crc32c: crc,
+            sha256_before: sha_chain::to_bytes(&step[0]),
+            sha256_after: sha_chain::to_bytes(&step[1]),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut f = vec![HEADER];
+        f.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        f.extend_from_slice(&h);
+        f
+    }
+
+    #[test]
+    fn hash_steps_are_checked_on_the_bytes_received() {
+        let dir = tempfile::tempdir().unwrap();
+        // A chunk of whole 64-byte blocks.
+        let mut t = target(dir.path());
+        t.len = LEN / 64 * 64;
+        let body: Vec<u8> = (0..t.len).map(|i| (i * 13 % 241) as u8).collect();
+        let crc = crc32c::crc32c(&body);
+        let before = [7u32; 8];
+        let mut after = before;
+        sha_chain::advance(&mut after, &body);
+        let step = [before, after];
+        let b = body.clone();
+        let addr =
+            serve(move |c| hello_then(c, &[&header_with_step(b.len() as u64, crc, &step), &b]));
+        let f = fetch(&addr, &t).unwrap().unwrap();
+        assert_eq!((f.step, f.crc), (Some(step), crc));
+        // A server whose bytes do not take its step (a flipped byte, with a CRC to match).
+        let mut bad = body.clone();
+        bad[1000] ^= 1;
+        let bad_crc = crc32c::crc32c(&bad);
+        let addr = serve(move |c| {
+            hello_then(
+                c,
+                &[&header_with_step(bad.len() as u64, bad_crc, &step), &bad],
+            )
+        });
+        let e = fetch(&addr, &t).unwrap_err();
+        assert!(
+            matches!(e, NodeError::Peer(PeerError::Garbled { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -632,8 +720,8 @@ mod tests {
         // refuses them.
         let b = body.clone();
         let addr = serve(move |c| hello_then(c, &[&header(LEN, 42), &b]));
-        let (h, got) = fetch(&addr, &t).unwrap().unwrap();
-        assert_ne!(h.crc32c, got);
+        let f = fetch(&addr, &t).unwrap().unwrap();
+        assert_ne!(f.header.crc32c, f.crc);
 
         type Script = Box<dyn Fn(&mut StdStream) + Send>;
         let garbled: Vec<(&str, Script)> = vec![
