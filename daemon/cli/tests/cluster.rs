@@ -430,6 +430,37 @@ fn a_garbled_peer_costs_time_never_bytes() {
     assert!(log.contains("peer marked down"), "{log}");
 }
 
+/// A node that checked a whole file sends its chunks with their SHA-256 steps and, having read
+/// them a moment ago, without reading them again. Its copy rotting on disk since must still
+/// never reach a reader: the reader checks each step on the bytes it receives.
+#[test]
+fn a_peer_copy_changed_since_it_was_checked_is_caught_by_the_hash_steps() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    let files = random_files(1, 2 << 20, 81);
+    env.sim.commit("model", REPO, files.clone());
+    let (ds, _) = static_cluster(&env, 2, &[]);
+    let uri = format!("hf://acme/model/{}", files[0].0);
+    // Node 0 holds the whole file, checked against its digest (with steps); node 1 the chunks
+    // it owns.
+    ds[0].ok(&["warm", &uri]);
+    let data = std::fs::read_dir(ds[0].cache.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() == 2 << 20)
+        .expect("node 0's data file");
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    for k in 0..8u64 {
+        f.write_all_at(&[files[0].1[(k << 18) as usize] ^ 0xff], k << 18)
+            .unwrap();
+    }
+    drop(f);
+    let got = ds[1].ok(&["cat", &uri]);
+    assert!(got == files[0].1.to_vec(), "wrong bytes reached the reader");
+    let log = ds[1].log_text();
+    assert!(log.contains("do not match their hash step"), "{log}");
+}
+
 #[test]
 fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
     use locus_grpc::v1 as pb;

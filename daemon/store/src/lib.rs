@@ -79,6 +79,8 @@ struct Entry {
     /// Checked whole-file hash steps of chunks (opaque here; see locus-node's `sha_chain`),
     /// kept in memory only: empty until the first is set.
     steps: Vec<Option<Step>>,
+    /// When this process last read each chunk's bytes and found them right (memory only).
+    checked: Vec<Option<std::time::Instant>>,
 }
 
 /// A hash step of a chunk: the SHA-256 state before its bytes and after them.
@@ -176,6 +178,7 @@ impl Store {
                     users: 0,
                     file: None,
                     steps: Vec::new(),
+                    checked: Vec::new(),
                 },
             );
         }
@@ -278,6 +281,7 @@ impl Store {
                     users: 0,
                     file: None,
                     steps: Vec::new(),
+                    checked: Vec::new(),
                 },
             );
             self.publish_gauges(&st);
@@ -652,6 +656,30 @@ impl FileHandle {
         });
     }
 
+    /// Records that chunk `idx`'s bytes were just read and found right.
+    pub fn mark_checked(&self, idx: u32) {
+        self.with_entry(|e| {
+            if e.checked.len() < e.chunks.len() {
+                e.checked.resize(e.chunks.len(), None);
+            }
+            if let Some(slot) = e.checked.get_mut(idx as usize) {
+                *slot = Some(std::time::Instant::now());
+            }
+        });
+    }
+
+    /// Whether chunk `idx`'s bytes were found right less than `age` ago.
+    pub fn checked_within(&self, idx: u32, age: std::time::Duration) -> bool {
+        self.with_entry(|e| {
+            e.checked
+                .get(idx as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|t| t.elapsed() < age)
+        })
+        .unwrap_or(false)
+    }
+
     /// The hash step of chunk `idx`, if one was recorded since its bytes were written.
     pub fn step(&self, idx: u32) -> Option<Step> {
         self.with_entry(|e| e.steps.get(idx as usize).copied().flatten())
@@ -666,6 +694,9 @@ impl FileHandle {
                 e.rec.verified = false;
                 if let Some(step) = e.steps.get_mut(idx as usize) {
                     *step = None;
+                }
+                if let Some(at) = e.checked.get_mut(idx as usize) {
+                    *at = None;
                 }
                 let len = e.layout().len(idx);
                 match e.chunks.get_mut(idx as usize) {

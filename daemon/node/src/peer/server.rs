@@ -20,6 +20,8 @@ use crate::{sha_chain, Node, NodeError};
 
 /// Bytes per data piece of a chunk stream.
 const PIECE: usize = 1 << 20;
+/// How long a chunk found right stays trusted for sending with its hash step.
+const RECHECK: Duration = Duration::from_secs(600);
 /// How often a server waiting on a fetch tells the reader it is alive.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -172,7 +174,8 @@ pub(crate) struct Prepared {
 }
 
 /// A chunk ready to send: its header and, unless only the header was asked for, its bytes
-/// (mapped from the cache file and checked against the CRC in the header).
+/// (mapped from the cache file and checked against the CRC in the header; empty when the
+/// caller sends them from the file itself).
 pub(crate) struct Ready {
     pub header: pb::ChunkPiece,
     pub data: Option<bytes::Bytes>,
@@ -234,8 +237,9 @@ impl Prepared {
     /// Makes the chunk present here (a hit, or a fetch from its owner or the origin) and
     /// checks its bytes against their CRC before anything is sent: a corrupt copy is dropped
     /// (fetched again next time) and the reader told to go elsewhere. Callers send heartbeats
-    /// while this waits.
-    pub(crate) async fn ready(self, node: &Arc<Node>) -> Result<Ready, Status> {
+    /// while this waits. `map`: the bytes are wanted mapped (else only checked: the caller
+    /// sends them from the file).
+    pub(crate) async fn ready(self, node: &Arc<Node>, map: bool) -> Result<Ready, Status> {
         let serving = Serving::new(node);
         let Prepared {
             file,
@@ -262,8 +266,23 @@ impl Prepared {
             sha256_before: step.map(|s| sha_chain::to_bytes(&s[0])).unwrap_or_default(),
             sha256_after: step.map(|s| sha_chain::to_bytes(&s[1])).unwrap_or_default(),
         };
+        // A chunk found right here a moment ago and sent with its hash step, which the reader
+        // checks on what it receives, is not read again: a node serving a hot file to many
+        // readers reads each chunk once per RECHECK, not once per reader. Anything else is
+        // checked before it is sent, so that a node never sends its own corrupt copy.
+        let trusted = step.is_some() && h.checked_within(idx, RECHECK);
         let data = if header_only {
             None
+        } else if trusted && !map {
+            Some(bytes::Bytes::new())
+        } else if trusted {
+            let hb = h.clone();
+            Some(
+                tokio::task::spawn_blocking(move || hb.map_chunk(idx))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(NodeError::from)?,
+            )
         } else {
             let hb = h.clone();
             let (data, sum) = tokio::task::spawn_blocking(move || {
@@ -278,6 +297,7 @@ impl Prepared {
                 h.chunk_failed(idx);
                 return Err(Status::data_loss("chunk failed its checksum here"));
             }
+            h.mark_checked(idx);
             Some(data)
         };
         Ok(Ready {
@@ -303,7 +323,7 @@ impl Peer for PeerService {
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut ready = std::pin::pin!(prepared.ready(&node));
+            let mut ready = std::pin::pin!(prepared.ready(&node, true));
             let ready = loop {
                 tokio::select! {
                     r = &mut ready => break r,

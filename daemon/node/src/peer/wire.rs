@@ -202,7 +202,7 @@ async fn serve_one(
         Ok(p) => p,
         Err(st) => return send_error(s, &st).await,
     };
-    let mut ready = std::pin::pin!(prepared.ready(node));
+    let mut ready = std::pin::pin!(prepared.ready(node, false));
     let ready = loop {
         tokio::select! {
             r = &mut ready => break r,
@@ -518,7 +518,11 @@ fn exchange(
                     sha_chain::from_bytes(&header.sha256_before),
                     sha_chain::from_bytes(&header.sha256_after),
                 ) {
-                    (Some(b), Some(a)) if t.len.is_multiple_of(64) && t.offset.is_multiple_of(64) => Some([b, a]),
+                    (Some(b), Some(a))
+                        if t.len.is_multiple_of(64) && t.offset.is_multiple_of(64) =>
+                    {
+                        Some([b, a])
+                    }
                     _ => None,
                 };
                 let (crc, end) = receive(addr, c, t, step.map(|s| s[0]))?;
