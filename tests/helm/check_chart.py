@@ -478,8 +478,11 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
             check(flag("--peer-tls-name") == v["peerAuth"]["tls"]["serverName"], f"{label}: --peer-tls-name")
         if s:
             check(s.get("peer-tls") == "true", f"{label}: the daemon uses mutual TLS between peers")
+            check(s.get("peer-wire") == "false", f"{label}: with TLS, chunk bodies stay inside TLS (no plain-TCP chunk wire)")
     else:
         check(not any(a.startswith("--peer-tls") for a in args) and "peer-tls" not in vols, f"{label}: no peer TLS")
+        if s:
+            check(s.get("peer-wire") == "true", f"{label}: chunk bodies between peers on the chunk wire")
 
     # Metrics Service and ServiceMonitor.
     msvc = find(objs, "Service", "-metrics")
