@@ -141,8 +141,8 @@ pub trait PeerTransport: Send + Sync + 'static {
     async fn get_chunk(&self, addr: &str, req: pb::ChunkRequest) -> Result<PieceStream, PeerError>;
     /// Fetches one chunk straight into its range of the cache file; returns the header, the
     /// CRC32C of the bytes written (the caller compares them) and the chunk's checked hash
-    /// step. `Ok(None)`: not possible this
-    /// way for `addr`; the caller streams [`PeerTransport::get_chunk`] instead.
+    /// step. `Ok(None)`: not possible this way for `addr`; the caller streams
+    /// [`PeerTransport::get_chunk`] instead.
     async fn fetch_chunk_into(
         &self,
         addr: &str,
