@@ -475,24 +475,33 @@ impl<B: Backend> LocusFs<B> {
             .clamp(1, 8)
             .min(todo.len().max(1));
         let shared: &Inner = inner;
-        let results: Vec<(u32, bool)> = std::thread::scope(|s| {
-            let todo = &todo;
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    s.spawn(move || {
-                        todo.iter()
-                            .skip(w)
-                            .step_by(workers)
-                            .map(|&c| (c, Self::check_chunk(shared, st.size, c).unwrap_or(false)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+        let results: Vec<(u32, bool)> = if workers == 1 {
+            // One chunk or one core: no thread to start (it would cost more than a small check).
+            todo.iter()
+                .map(|&c| (c, Self::check_chunk(shared, st.size, c).unwrap_or(false)))
                 .collect()
-        });
+        } else {
+            std::thread::scope(|s| {
+                let todo = &todo;
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        s.spawn(move || {
+                            todo.iter()
+                                .skip(w)
+                                .step_by(workers)
+                                .map(|&c| {
+                                    (c, Self::check_chunk(shared, st.size, c).unwrap_or(false))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
         for (c, ok) in results {
             if !ok {
                 tracing::error!(
@@ -555,6 +564,10 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let _ = config
             .set_max_readahead(u32::MAX)
             .or_else(|max| config.set_max_readahead(max));
+        // Lookups in one folder need not wait on each other (without this the kernel takes a
+        // per-folder lock around each LOOKUP round trip): the tree is shared behind a lock and
+        // a lazy folder is made once however many threads ask.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         if self.opts.passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
             let _ = config.set_max_stack_depth(2);
             self.passthrough_on = true;
