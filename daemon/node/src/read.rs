@@ -455,6 +455,7 @@ impl Node {
         };
         let target = crate::peer::wire::ChunkTarget {
             h: h.clone(),
+            idx,
             offset: range.start,
             len: want,
             count: {

@@ -628,6 +628,51 @@ impl FileHandle {
         }
     }
 
+    /// Moves `len` bytes from the pipe `from` into the data file at `offset` with `splice`: the
+    /// bytes go from the pipe's pages (a socket's, for a peer's chunk) into the page cache
+    /// without passing through user space. On a full disk, evicts and tries once more. After
+    /// an error the pipe may still hold bytes: the caller drops it.
+    pub fn splice_at(
+        &self,
+        from: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        use nix::errno::Errno;
+        let f = self.file()?;
+        let lock = &self.store.write_locks[self.id as usize % WRITE_LOCKS];
+        let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut off = offset as i64;
+        let mut left = len;
+        let mut evicted = false;
+        while left > 0 {
+            match nix::fcntl::splice(
+                from,
+                None,
+                f.as_ref(),
+                Some(&mut off),
+                left,
+                nix::fcntl::SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) => return Err(io_err(&self.path, "the pipe ran dry")),
+                Ok(n) => left -= n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::ENOSPC) if !evicted => {
+                    // Another writer may have freed room already; try again either way.
+                    evicted = true;
+                    self.store.evict_for_disk(len as u64 * 4);
+                }
+                Err(Errno::ENOSPC) => {
+                    return Err(StoreError::DiskFull {
+                        path: self.store.dir.display().to_string(),
+                    })
+                }
+                Err(e) => return Err(io_err(&self.path, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Records chunk `idx` (its bytes already written and reserved) with its CRC.
     pub fn commit_chunk(&self, idx: u32, crc: u32) {
         let id = self.id;

@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream as StdStream, ToSocketAddrs};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,9 +68,8 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 const POOL_MAX: usize = 32;
 /// How long a peer that did not answer the hello is read over gRPC before it is asked again.
 const UNSUPPORTED_FOR: Duration = Duration::from_secs(60);
-/// The reader's receive buffer: small enough to stay in the CPU cache between the receive,
-/// the CRC and the write.
-const BUF: usize = 256 << 10;
+/// Bytes moved per `splice` (the pipe's size).
+const PIPE_SIZE: usize = 1 << 20;
 
 /// Accepts connections on the peer port: wire connections are served here, the others (gRPC)
 /// come out of the returned stream, for tonic's `serve_with_incoming`.
@@ -263,6 +262,8 @@ async fn send_error(s: &mut TcpStream, st: &Status) -> std::io::Result<()> {
 pub struct ChunkTarget {
     /// The cache file.
     pub h: Arc<FileHandle>,
+    /// The chunk's index.
+    pub idx: u32,
     /// Where the chunk starts in it.
     pub offset: u64,
     /// The chunk's length.
@@ -304,7 +305,8 @@ impl From<NodeError> for Failure {
 }
 
 thread_local! {
-    static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Each receiving thread's pipe for `splice` (read end, write end).
+    static PIPE: RefCell<Option<(OwnedFd, OwnedFd)>> = const { RefCell::new(None) };
 }
 
 fn unreachable(addr: &str, detail: impl std::fmt::Display) -> NodeError {
@@ -542,36 +544,82 @@ fn exchange(
     }
 }
 
-/// Receives `t.len` bytes into the cache file, computing on the way (while the bytes are in
-/// the CPU cache) their hash step from `sha_from`, or else their CRC32C.
+/// Receives `t.len` bytes into the cache file with `splice` (socket → pipe → page cache, no
+/// copy through user space), then computes from the page cache their hash step from
+/// `sha_from`, or else their CRC32C: what is checked is what was stored.
 fn receive(
     addr: &str,
     c: &mut StdStream,
     t: &ChunkTarget,
-    mut sha_from: Option<sha_chain::State>,
+    sha_from: Option<sha_chain::State>,
 ) -> Result<(u32, Option<sha_chain::State>), NodeError> {
-    RECV_BUF.with_borrow_mut(|buf| {
-        buf.resize(BUF, 0);
-        let mut crc = 0u32;
-        let mut got = 0u64;
-        while got < t.len {
-            let n = (t.len - got).min(BUF as u64) as usize;
-            c.read_exact(&mut buf[..n]).map_err(|e| {
-                unreachable(
-                    addr,
-                    format!("{} after {got} bytes of the chunk", io_detail(&e)),
-                )
-            })?;
-            match &mut sha_from {
-                Some(s) => sha_chain::advance(s, &buf[..n]),
-                None => crc = crc32c::crc32c_append(crc, &buf[..n]),
-            }
-            t.h.write_at(&buf[..n], t.offset + got)?;
-            (t.count)(n as u64);
-            got += n as u64;
+    PIPE.with_borrow_mut(|pipe| {
+        let r = receive_with(addr, c, t, pipe);
+        if r.is_err() {
+            // It may still hold bytes of this chunk.
+            *pipe = None;
         }
-        Ok((crc, sha_from))
+        r
+    })?;
+    let bytes = t.h.map_chunk(t.idx)?;
+    Ok(match sha_from {
+        Some(mut s) => {
+            sha_chain::advance(&mut s, &bytes);
+            (0, Some(s))
+        }
+        None => (crc32c::crc32c(&bytes), None),
     })
+}
+
+fn receive_with(
+    addr: &str,
+    c: &mut StdStream,
+    t: &ChunkTarget,
+    pipe: &mut Option<(OwnedFd, OwnedFd)>,
+) -> Result<(), NodeError> {
+    use nix::errno::Errno;
+    if pipe.is_none() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| NodeError::Internal(format!("pipe: {e}")))?;
+        // Best effort: a larger pipe moves more per call.
+        let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        *pipe = Some((r, w));
+    }
+    let Some((r, w)) = pipe.as_ref() else {
+        return Err(NodeError::Internal("no pipe".into()));
+    };
+    let mut got = 0u64;
+    while got < t.len {
+        let want = (t.len - got).min(PIPE_SIZE as u64) as usize;
+        let n = match nix::fcntl::splice(
+            &*c,
+            None,
+            w,
+            None,
+            want,
+            nix::fcntl::SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(0) => {
+                return Err(unreachable(
+                    addr,
+                    format!("connection closed after {got} bytes of the chunk"),
+                ))
+            }
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                return Err(unreachable(
+                    addr,
+                    format!("silent for too long after {got} bytes of the chunk"),
+                ))
+            }
+            Err(e) => return Err(unreachable(addr, e)),
+        };
+        t.h.splice_at(r.as_fd(), n, t.offset + got)?;
+        (t.count)(n as u64);
+        got += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -583,22 +631,27 @@ mod tests {
 
     const LEN: u64 = 300_000;
 
-    /// A wire client and a cache file range of `LEN` bytes to fetch into.
+    /// A cache file of one `LEN`-byte chunk to fetch into.
     fn target(dir: &std::path::Path) -> ChunkTarget {
+        target_of(dir, LEN)
+    }
+
+    fn target_of(dir: &std::path::Path, len: u64) -> ChunkTarget {
         let store = Store::open(dir, 1 << 30).unwrap();
         let file = RemoteFile {
             uri: "hf://o/n@abc/f.bin".into(),
             path: "f.bin".into(),
-            size: LEN,
+            size: len,
             key: "test:f".into(),
             locator: "f.bin".into(),
             digest: None,
             listed: None,
         };
         ChunkTarget {
-            h: Arc::new(store.register(&file, LEN).unwrap()),
+            h: Arc::new(store.register(&file, len).unwrap()),
+            idx: 0,
             offset: 0,
-            len: LEN,
+            len,
             count: Arc::new(|_| {}),
         }
     }
@@ -685,8 +738,7 @@ mod tests {
     fn hash_steps_are_checked_on_the_bytes_received() {
         let dir = tempfile::tempdir().unwrap();
         // A chunk of whole 64-byte blocks.
-        let mut t = target(dir.path());
-        t.len = LEN / 64 * 64;
+        let t = target_of(dir.path(), LEN / 64 * 64);
         let body: Vec<u8> = (0..t.len).map(|i| (i * 13 % 241) as u8).collect();
         let crc = crc32c::crc32c(&body);
         let before = [7u32; 8];
