@@ -827,6 +827,42 @@ mod tests {
         }
     }
 
+    /// A full disk under the cache: the chunk fails with "no space", never a short write
+    /// taken for a chunk. Needs root (a small tmpfs), as the FUSE tests do.
+    #[test]
+    fn a_full_disk_fails_the_chunk_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=2m"),
+        )
+        .expect("mounting a small tmpfs (run the tests as root)");
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let len = 4 << 20;
+        let t = target_of(dir.path(), len);
+        let body = vec![3u8; len as usize];
+        let crc = crc32c::crc32c(&body);
+        let addr = serve(move |c| hello_then(c, &[&header(len, crc), &body]));
+        match fetch(&addr, &t) {
+            Err(NodeError::Store(e)) => {
+                assert!(
+                    matches!(*e, locus_store::StoreError::DiskFull { .. }),
+                    "{e:?}"
+                )
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
     #[test]
     fn a_server_that_does_not_speak_the_wire_means_grpc() {
         let dir = tempfile::tempdir().unwrap();
