@@ -38,7 +38,8 @@ pub const PEER_DOWN: &str = "locus_peer_down_total";
 pub const PEER_AUTH_FAILURES: &str = "locus_peer_auth_failures_total";
 /// Peer requests refused as malformed.
 pub const PEER_INVALID_REQUESTS: &str = "locus_peer_invalid_requests_total";
-/// Peer chunk requests, by `result` (`ok`, `error`) as seen by the reader.
+/// Peer chunk requests, by `result` (`ok`, `error`) as seen by the reader and `transport`
+/// (`wire`: the plain-TCP chunk wire; `grpc`: a gRPC stream).
 pub const PEER_REQUESTS: &str = "locus_peer_requests_total";
 /// Times the membership source (etcd, DNS) could not be reached.
 pub const MEMBERSHIP_ERRORS: &str = "locus_membership_errors_total";
@@ -81,7 +82,10 @@ pub fn describe() {
         "Peer requests refused for a missing or wrong token"
     );
     metrics::describe_counter!(PEER_INVALID_REQUESTS, "Peer requests refused as malformed");
-    metrics::describe_counter!(PEER_REQUESTS, "Chunk requests sent to peers, by result");
+    metrics::describe_counter!(
+        PEER_REQUESTS,
+        "Chunk requests sent to peers, by result and transport"
+    );
     metrics::describe_counter!(
         MEMBERSHIP_ERRORS,
         "Times the membership source could not be reached"
@@ -108,7 +112,9 @@ pub fn describe() {
         metrics::counter!(PEER_BYTES, "direction" => d).absolute(0);
     }
     for r in ["ok", "error"] {
-        metrics::counter!(PEER_REQUESTS, "result" => r).absolute(0);
+        for t in ["wire", "grpc"] {
+            metrics::counter!(PEER_REQUESTS, "result" => r, "transport" => t).absolute(0);
+        }
     }
     for k in locus_origin::REQUEST_KINDS {
         metrics::counter!(ORIGIN_REQUESTS, "kind" => k).absolute(0);

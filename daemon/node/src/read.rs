@@ -468,7 +468,8 @@ impl Node {
             self.cluster.mark_up(addr, f.header.load as f64);
             let ok = f.crc == f.header.crc32c;
             let result = if ok { "ok" } else { "error" };
-            metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
+            metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result, "transport" => "wire")
+                .increment(1);
             if !ok {
                 return Err(garbled("chunk bytes do not match their CRC".into()));
             }
@@ -519,7 +520,8 @@ impl Node {
             Err(e) => Err(e),
         };
         let result = if crc.is_ok() { "ok" } else { "error" };
-        metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result).increment(1);
+        metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result, "transport" => "grpc")
+            .increment(1);
         crc
     }
 
