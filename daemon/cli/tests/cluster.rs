@@ -459,6 +459,12 @@ fn a_peer_copy_changed_since_it_was_checked_is_caught_by_the_hash_steps() {
     assert!(got == files[0].1.to_vec(), "wrong bytes reached the reader");
     let log = ds[1].log_text();
     assert!(log.contains("do not match their hash step"), "{log}");
+    // A copy gone bad is no reason to mark its node down.
+    assert!(
+        members(&ds[1]).iter().all(|(_, s)| s == "up"),
+        "{:?}",
+        members(&ds[1])
+    );
 }
 
 #[test]

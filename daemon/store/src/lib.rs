@@ -641,11 +641,14 @@ impl FileHandle {
         use nix::errno::Errno;
         let f = self.file()?;
         let lock = &self.store.write_locks[self.id as usize % WRITE_LOCKS];
-        let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut turn = Some(lock.lock().unwrap_or_else(|p| p.into_inner()));
         let mut off = offset as i64;
         let mut left = len;
         let mut evicted = false;
         while left > 0 {
+            if turn.is_none() {
+                turn = Some(lock.lock().unwrap_or_else(|p| p.into_inner()));
+            }
             match nix::fcntl::splice(
                 from,
                 None,
@@ -658,8 +661,10 @@ impl FileHandle {
                 Ok(n) => left -= n,
                 Err(Errno::EINTR) => {}
                 Err(Errno::ENOSPC) if !evicted => {
-                    // Another writer may have freed room already; try again either way.
+                    // Another writer may have freed room already; try again either way. Other
+                    // writers of this stripe need not wait for the eviction.
                     evicted = true;
+                    turn = None;
                     self.store.evict_for_disk(len as u64 * 4);
                 }
                 Err(Errno::ENOSPC) => {

@@ -33,6 +33,8 @@ pub const MAX_FILES: usize = 1_000_000;
 /// Longest string field (URI, path, key, locator).
 pub const MAX_FIELD: usize = 4096;
 
+/// Chunk fetches on the wire at once (each holds a blocking thread; tokio's pool has 512).
+pub const WIRE_FETCHES: usize = 64;
 /// HTTP/2 frame size between peers (both directions).
 pub const PEER_FRAME: u32 = 1 << 20;
 /// How long a peer may take to accept a connection.
@@ -236,6 +238,7 @@ pub struct GrpcPeers {
     tls: Option<ClientTlsConfig>,
     token: TokenInterceptor,
     wire: Option<Arc<wire::WireClient>>,
+    wire_slots: tokio::sync::Semaphore,
 }
 
 impl GrpcPeers {
@@ -262,6 +265,7 @@ impl GrpcPeers {
             tls,
             token: TokenInterceptor(token),
             wire,
+            wire_slots: tokio::sync::Semaphore::new(WIRE_FETCHES),
         }))
     }
 
@@ -329,6 +333,15 @@ impl PeerTransport for GrpcPeers {
         let Some(w) = self.wire.clone() else {
             return Ok(None);
         };
+        // Each wire fetch holds a blocking thread (waiting on heartbeats while the server
+        // fetches): far fewer than the pool's threads, so that serving peers and writing to
+        // the cache always find one and two nodes fetching from each other never wait on each
+        // other's pools.
+        let _slot = self
+            .wire_slots
+            .acquire()
+            .await
+            .map_err(|e| crate::NodeError::Internal(e.to_string()))?;
         let addr = addr.to_string();
         // Blocking sockets and writes: a thread receives, checks and writes one chunk.
         tokio::task::spawn_blocking(move || w.fetch(&addr, &req, &into))

@@ -20,8 +20,9 @@ use crate::{sha_chain, Node, NodeError};
 
 /// Bytes per data piece of a chunk stream.
 const PIECE: usize = 1 << 20;
-/// How long a chunk found right stays trusted for sending with its hash step.
-const RECHECK: Duration = Duration::from_secs(600);
+/// How long a chunk found right stays trusted for sending with its hash step (the reader checks
+/// the step; this bounds how long a copy that went bad keeps being sent).
+const RECHECK: Duration = Duration::from_secs(60);
 /// How often a server waiting on a fetch tells the reader it is alive.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -268,8 +269,10 @@ impl Prepared {
         };
         // A chunk found right here a moment ago and sent with its hash step, which the reader
         // checks on what it receives, is not read again: a node serving a hot file to many
-        // readers reads each chunk once per RECHECK, not once per reader. Anything else is
-        // checked before it is sent, so that a node never sends its own corrupt copy.
+        // readers reads each chunk once per RECHECK, not once per reader. A copy that went bad
+        // meanwhile is caught by the reader's step check (which does not mark this node down)
+        // and here at the next check. Anything else is checked before it is sent, so that a
+        // node never knowingly sends its own corrupt copy.
         let trusted = step.is_some() && h.checked_within(idx, RECHECK);
         let data = if header_only {
             None

@@ -165,7 +165,7 @@ async fn serve(node: &Arc<Node>, mut s: TcpStream, want: Option<&[u8]>) -> std::
             return send_error(&mut s, &st).await;
         }
     }
-    s.write_all(HELLO).await?;
+    write_within(&mut s, HELLO).await?;
     loop {
         let len = match tokio::time::timeout(SERVER_IDLE, s.read_u32()).await {
             Ok(Ok(n)) => n,
@@ -205,7 +205,7 @@ async fn serve_one(
     let ready = loop {
         tokio::select! {
             r = &mut ready => break r,
-            _ = tokio::time::sleep(HEARTBEAT) => s.write_all(&[BEAT]).await?,
+            _ = tokio::time::sleep(HEARTBEAT) => write_within(s, &[BEAT]).await?,
         }
     };
     let ready = match ready {
@@ -217,7 +217,7 @@ async fn serve_one(
     frame.push(HEADER);
     frame.extend_from_slice(&(head.len() as u32).to_be_bytes());
     frame.extend_from_slice(&head);
-    s.write_all(&frame).await?;
+    write_within(s, &frame).await?;
     if ready.data.is_none() {
         return Ok(());
     }
@@ -230,13 +230,15 @@ async fn serve_one(
     let end = range.end as i64;
     while off < end {
         // The kernel sends the page cache's pages, which the check in `ready` just read.
-        let n = s
-            .async_io(Interest::WRITABLE, || {
-                let left = (end - off) as usize;
-                nix::sys::sendfile::sendfile64(s.as_fd(), file.as_fd(), Some(&mut off), left)
-                    .map_err(std::io::Error::from)
-            })
-            .await?;
+        // A reader that stops reading must not hold the chunk (and this node's load) forever.
+        let send = s.async_io(Interest::WRITABLE, || {
+            let left = (end - off) as usize;
+            nix::sys::sendfile::sendfile64(s.as_fd(), file.as_fd(), Some(&mut off), left)
+                .map_err(std::io::Error::from)
+        });
+        let n = tokio::time::timeout(IDLE_TIMEOUT, send)
+            .await
+            .map_err(timed_out)??;
         if n == 0 {
             // The file is shorter than the chunk: cut the connection, the reader goes elsewhere.
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -244,6 +246,13 @@ async fn serve_one(
         node.count_sent(n as u64);
     }
     Ok(())
+}
+
+/// Writes `buf`, giving up after [`IDLE_TIMEOUT`] (a reader that stopped reading).
+async fn write_within(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(IDLE_TIMEOUT, s.write_all(buf))
+        .await
+        .map_err(timed_out)?
 }
 
 async fn send_error(s: &mut TcpStream, st: &Status) -> std::io::Result<()> {
@@ -254,7 +263,7 @@ async fn send_error(s: &mut TcpStream, st: &Status) -> std::io::Result<()> {
     frame.extend_from_slice(&(4 + msg.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(st.code() as i32).to_be_bytes());
     frame.extend_from_slice(msg);
-    s.write_all(&frame).await
+    write_within(s, &frame).await
 }
 
 /// Where a reader puts a chunk's bytes: its range of the cache file.
@@ -389,6 +398,11 @@ impl WireClient {
             }
             self.unsupported.remove(addr);
         }
+        // No pipe for `splice` (out of file descriptors): this chunk goes over gRPC.
+        if let Err(e) = PIPE.with_borrow_mut(ensure_pipe) {
+            tracing::warn!(error = %e, "no pipe for the chunk wire; using gRPC");
+            return Ok(None);
+        }
         let msg = req.encode_to_vec();
         let mut frame = Vec::with_capacity(4 + msg.len());
         frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
@@ -401,7 +415,7 @@ impl WireClient {
                 }
                 // The server dropped it meanwhile: once more, on a new connection.
                 Err(Failure::Stale) => {}
-                Err(Failure::Failed(e)) => return Err(e),
+                Err(Failure::Failed(e)) => return Err(self.after_error(addr, c, e)),
             }
         }
         let Some(mut c) = self.connect(addr)? else {
@@ -418,8 +432,17 @@ impl WireClient {
                 Ok(Some(r))
             }
             Err(Failure::Stale) => Err(unreachable(addr, "connection closed before an answer")),
-            Err(Failure::Failed(e)) => Err(e),
+            Err(Failure::Failed(e)) => Err(self.after_error(addr, c, e)),
         }
+    }
+
+    /// After an error frame the connection is ready for the next request: keep it (a miss
+    /// of a `local_only` request is common). After anything else it is dropped.
+    fn after_error(&self, addr: &str, c: StdStream, e: NodeError) -> NodeError {
+        if matches!(e, NodeError::Peer(PeerError::Status { .. })) {
+            self.put_back(addr, c);
+        }
+        e
     }
 
     fn pooled(&self, addr: &str) -> Option<StdStream> {
@@ -435,6 +458,11 @@ impl WireClient {
 
     fn put_back(&self, addr: &str, c: StdStream) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections to peers that are no longer asked (gone members) are closed here.
+        pool.retain(|_, conns| {
+            conns.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+            !conns.is_empty()
+        });
         let conns = pool.entry(addr.to_string()).or_default();
         if conns.len() < POOL_MAX {
             conns.push((c, Instant::now()));
@@ -528,15 +556,19 @@ fn exchange(
                     _ => None,
                 };
                 let (crc, end) = receive(addr, c, t, step.map(|s| s[0]))?;
-                let crc = match (step, end) {
-                    (Some(step), Some(end)) if step[1] != end => {
-                        return Err(garbled(addr, "chunk bytes do not match their hash step").into())
+                if let (Some(step), Some(end)) = (step, end) {
+                    if step[1] != end {
+                        // The server sent a chunk without reading it again (it found it right
+                        // a moment ago): its copy may have gone bad since, which is no reason
+                        // to mark it down. The chunk comes from elsewhere.
+                        return Err(NodeError::Peer(PeerError::Status {
+                            addr: addr.to_string(),
+                            code: tonic::Code::DataLoss,
+                            message: "chunk bytes do not match their hash step".into(),
+                        })
+                        .into());
                     }
-                    // The bytes are the ones the server checked against this CRC before it
-                    // sent them: a SHA-256 step catches every change a CRC would.
-                    (Some(_), _) => header.crc32c,
-                    (None, _) => crc,
-                };
+                }
                 return Ok(Fetched { header, crc, step });
             }
             k => return Err(garbled(addr, format!("unknown frame {k:#04x}")).into()),
@@ -545,8 +577,8 @@ fn exchange(
 }
 
 /// Receives `t.len` bytes into the cache file with `splice` (socket → pipe → page cache, no
-/// copy through user space), then computes from the page cache their hash step from
-/// `sha_from`, or else their CRC32C: what is checked is what was stored.
+/// copy through user space), then computes from the page cache their CRC32C and, from
+/// `sha_from`, their hash step: what is checked is what was stored.
 fn receive(
     addr: &str,
     c: &mut StdStream,
@@ -562,13 +594,25 @@ fn receive(
         r
     })?;
     let bytes = t.h.map_chunk(t.idx)?;
-    Ok(match sha_from {
-        Some(mut s) => {
-            sha_chain::advance(&mut s, &bytes);
-            (0, Some(s))
+    let end = sha_from.map(|mut s| {
+        sha_chain::advance(&mut s, &bytes);
+        s
+    });
+    Ok((crc32c::crc32c(&bytes), end))
+}
+
+/// Makes this thread's pipe for `splice`.
+fn ensure_pipe(pipe: &mut Option<(OwnedFd, OwnedFd)>) -> nix::Result<()> {
+    if pipe.is_none() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A larger pipe moves more per call; a user over its pipe quota keeps the default.
+        if let Err(e) = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+        {
+            tracing::debug!(error = %e, "pipe left at its default size");
         }
-        None => (crc32c::crc32c(&bytes), None),
-    })
+        *pipe = Some((r, w));
+    }
+    Ok(())
 }
 
 fn receive_with(
@@ -578,13 +622,7 @@ fn receive_with(
     pipe: &mut Option<(OwnedFd, OwnedFd)>,
 ) -> Result<(), NodeError> {
     use nix::errno::Errno;
-    if pipe.is_none() {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| NodeError::Internal(format!("pipe: {e}")))?;
-        // Best effort: a larger pipe moves more per call.
-        let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
-        *pipe = Some((r, w));
-    }
+    ensure_pipe(pipe).map_err(|e| NodeError::Internal(format!("pipe: {e}")))?;
     let Some((r, w)) = pipe.as_ref() else {
         return Err(NodeError::Internal("no pipe".into()));
     };
@@ -760,11 +798,15 @@ mod tests {
                 &[&header_with_step(bad.len() as u64, bad_crc, &step), &bad],
             )
         });
-        let e = fetch(&addr, &t).unwrap_err();
-        assert!(
-            matches!(e, NodeError::Peer(PeerError::Garbled { .. })),
-            "{e:?}"
-        );
+        // Not counted against the server (its copy may have gone bad since it checked it): the
+        // chunk comes from elsewhere.
+        match fetch(&addr, &t).unwrap_err() {
+            NodeError::Peer(e @ PeerError::Status { code, .. }) => {
+                assert_eq!(code, tonic::Code::DataLoss);
+                assert!(!e.marks_down());
+            }
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]
