@@ -169,8 +169,34 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
+        // Taken out first: a full disk must get its room back and waiters must wake even when
+        // the transaction cannot begin (redb refuses every transaction after an I/O error).
         let mut unlinks = Vec::new();
         let mut waiters = Vec::new();
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Flush(tx) => {
+                    waiters.push(tx);
+                    None
+                }
+                Op::RemoveFile {
+                    key,
+                    id,
+                    chunks,
+                    unlink,
+                } => {
+                    unlinks.extend(unlink);
+                    Some(Op::RemoveFile {
+                        key,
+                        id,
+                        chunks,
+                        unlink: None,
+                    })
+                }
+                op => Some(op),
+            })
+            .collect();
         // redb's error is large; it is built at most once per commit, off the hot path.
         #[allow(clippy::result_large_err)]
         let result = (|| -> Result<(), redb::Error> {
@@ -186,10 +212,7 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
                             files.insert(key.as_str(), v.as_slice())?;
                         }
                         Op::RemoveFile {
-                            key,
-                            id,
-                            chunks: n,
-                            unlink,
+                            key, id, chunks: n, ..
                         } => {
                             // Only remove the record if it still names this id (the key may
                             // have been registered again since).
@@ -203,7 +226,6 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
                             for idx in 0..n {
                                 chunks.remove((id, idx))?;
                             }
-                            unlinks.extend(unlink);
                         }
                         Op::SetChunk { id, idx, crc } => {
                             chunks.insert((id, idx), crc)?;
@@ -214,7 +236,7 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
                         Op::PutMeta { key, value } => {
                             meta.insert(key.as_str(), value.as_slice())?;
                         }
-                        Op::Flush(tx) => waiters.push(tx),
+                        Op::Flush(_) => {}
                     }
                 }
             }
