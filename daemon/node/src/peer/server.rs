@@ -22,7 +22,7 @@ use crate::{sha_chain, Node, NodeError};
 const PIECE: usize = 1 << 20;
 /// How long a chunk found right stays trusted for sending with its hash step (the reader checks
 /// the step; this bounds how long a copy that went bad keeps being sent).
-const RECHECK: Duration = Duration::from_secs(60);
+const RECHECK: Duration = Duration::from_secs(600);
 /// How often a server waiting on a fetch tells the reader it is alive.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
