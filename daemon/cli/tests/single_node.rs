@@ -479,7 +479,7 @@ fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
         }
     }
     let _guard = Unmount(mnt.clone());
-    let d = env.daemon(
+    let mut d = env.daemon(
         "n",
         &[
             "--cache-dir",
@@ -511,6 +511,18 @@ fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
         d.ok(&["cat", &format!("hf://acme/small/{}", small[0].0)]),
         small[0].1.to_vec()
     );
+    // The index recorded it, even where an index commit had failed on the full disk (redb
+    // refuses everything after an I/O error until it is opened again): a restart keeps it.
+    assert!(d.signal(Signal::SIGTERM).success());
+    let before = env.sim.stats();
+    d.restart();
+    let out = d.ok(&["warm", "hf://acme/small"]);
+    assert!(
+        String::from_utf8_lossy(&out).contains("0 B from origin"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(env.sim.stats().data_requests(), before.data_requests());
 }
 
 #[test]

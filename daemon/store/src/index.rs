@@ -61,8 +61,11 @@ pub(crate) enum Op {
 
 pub(crate) type Loaded = Vec<(String, FileRecord, Vec<(u32, u32)>)>;
 
+/// The database, `None` while it cannot be opened again after an I/O error.
+type Slot = std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<Database>>>>;
+
 pub(crate) struct Index {
-    db: std::sync::Arc<Database>,
+    db: Slot,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -114,12 +117,13 @@ impl Index {
                 loaded.push((k.value().to_string(), rec, crcs));
             }
         }
-        let db = std::sync::Arc::new(db);
+        let db: Slot = std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(db))));
         let (tx, rx) = mpsc::channel();
         let wdb = db.clone();
+        let wpath = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("locus-index".into())
-            .spawn(move || writer(wdb, rx))
+            .spawn(move || writer(wdb, wpath, rx))
             .map_err(idx_err)?;
         Ok((
             Index {
@@ -146,7 +150,8 @@ impl Index {
     }
 
     pub fn meta_get(&self, key: &str) -> Option<Vec<u8>> {
-        let r = self.db.begin_read().ok()?;
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let r = db.begin_read().ok()?;
         let t = r.open_table(META).ok()?;
         let v = t.get(key).ok()??;
         Some(v.value().to_vec())
@@ -163,7 +168,24 @@ impl Drop for Index {
     }
 }
 
-fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
+/// Opens the database again: redb refuses every transaction after an I/O error (a full disk,
+/// say) until it is reopened. While a reader still holds the old one the file stays locked and
+/// this fails; the next commit tries again.
+fn reopen(slot: &Slot, path: &Path) {
+    let mut g = slot.write().unwrap_or_else(|p| p.into_inner());
+    g.take();
+    match Database::create(path) {
+        Ok(db) => {
+            tracing::info!(path = %path.display(), "cache index reopened");
+            *g = Some(std::sync::Arc::new(db));
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cache index cannot be reopened yet")
+        }
+    }
+}
+
+fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -197,9 +219,16 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
                 op => Some(op),
             })
             .collect();
+        if slot.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            reopen(&slot, &path);
+        }
+        let db = slot.read().unwrap_or_else(|p| p.into_inner()).clone();
         // redb's error is large; it is built at most once per commit, off the hot path.
         #[allow(clippy::result_large_err)]
         let result = (|| -> Result<(), redb::Error> {
+            let Some(db) = db.as_ref() else {
+                return Err(redb::Error::PreviousIo);
+            };
             let w = db.begin_write()?;
             {
                 let mut files = w.open_table(FILES)?;
@@ -246,6 +275,8 @@ fn writer(db: std::sync::Arc<Database>, rx: mpsc::Receiver<Op>) {
         if let Err(e) = result {
             // Memory stays ahead of the index; a restart refetches what was not recorded.
             tracing::error!(error = %e, "cache index commit failed");
+            drop(db);
+            reopen(&slot, &path);
         }
         // Unlink even if the commit failed (a full disk must still get its room back): an
         // index entry whose data file is gone is dropped at the next start.
