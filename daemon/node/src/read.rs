@@ -463,21 +463,29 @@ impl Node {
                 Arc::new(move |n| node.count_received(n))
             },
         };
+        // Counts the request by transport and result; the CRC of the bytes written must be
+        // the header's.
+        let tally = |transport: &'static str, r: Result<u32, NodeError>, want_crc: u32| {
+            let r = match r {
+                Ok(crc) if crc != want_crc => {
+                    Err(garbled("chunk bytes do not match their CRC".into()))
+                }
+                r => r,
+            };
+            let result = if r.is_ok() { "ok" } else { "error" };
+            metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result, "transport" => transport)
+                .increment(1);
+            r
+        };
         let req = self.chunk_request(file, idx, hops, false, local_only);
         if let Some(f) = peers.fetch_chunk_into(addr, req, target).await? {
             self.cluster.mark_up(addr, f.header.load as f64);
-            let ok = f.crc == f.header.crc32c;
-            let result = if ok { "ok" } else { "error" };
-            metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result, "transport" => "wire")
-                .increment(1);
-            if !ok {
-                return Err(garbled("chunk bytes do not match their CRC".into()));
-            }
+            let crc = tally("wire", Ok(f.crc), f.header.crc32c)?;
             if let Some(step) = f.step {
                 // Checked on the bytes written: the whole-file check takes it without hashing.
                 h.set_step(idx, step);
             }
-            return Ok(f.crc);
+            return Ok(crc);
         }
         let (header, s) = self
             .request_chunk(peers, addr, file, idx, hops, false, local_only)
@@ -511,18 +519,13 @@ impl Node {
             }
         });
         let count = |n: u64| self.count_received(n);
-        let crc = match self.write_stream(file, h, range, data, &count).await {
-            Ok(crc) if crc == header.crc32c => Ok(crc),
-            Ok(_) => Err(garbled("chunk bytes do not match their CRC".into())),
+        let written = match self.write_stream(file, h, range, data, &count).await {
             Err(NodeError::ShortBody { got, want, .. }) => {
                 Err(garbled(format!("{got} bytes for a {want}-byte chunk")))
             }
-            Err(e) => Err(e),
+            r => r,
         };
-        let result = if crc.is_ok() { "ok" } else { "error" };
-        metrics::counter!(crate::metrics_defs::PEER_REQUESTS, "result" => result, "transport" => "grpc")
-            .increment(1);
-        crc
+        tally("grpc", written, header.crc32c)
     }
 
     /// Asks `addr` for chunk `idx` and waits for the header (heartbeats skipped, at most

@@ -437,6 +437,16 @@ impl Drop for FileHandle {
     }
 }
 
+/// Sets chunk `idx`'s slot of a per-chunk table that is grown to `chunks` entries on first use.
+fn set_slot<T: Clone>(table: &mut Vec<Option<T>>, chunks: usize, idx: u32, v: T) {
+    if table.len() < chunks {
+        table.resize(chunks, None);
+    }
+    if let Some(slot) = table.get_mut(idx as usize) {
+        *slot = Some(v);
+    }
+}
+
 /// `pwritev` until every byte of `bufs` is written at `offset`.
 fn pwritev_all(f: &File, bufs: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -696,26 +706,13 @@ impl FileHandle {
 
     /// Records the checked hash step of chunk `idx`.
     pub fn set_step(&self, idx: u32, step: Step) {
-        self.with_entry(|e| {
-            if e.steps.len() < e.chunks.len() {
-                e.steps.resize(e.chunks.len(), None);
-            }
-            if let Some(slot) = e.steps.get_mut(idx as usize) {
-                *slot = Some(step);
-            }
-        });
+        self.with_entry(|e| set_slot(&mut e.steps, e.chunks.len(), idx, step));
     }
 
     /// Records that chunk `idx`'s bytes were just read and found right.
     pub fn mark_checked(&self, idx: u32) {
-        self.with_entry(|e| {
-            if e.checked.len() < e.chunks.len() {
-                e.checked.resize(e.chunks.len(), None);
-            }
-            if let Some(slot) = e.checked.get_mut(idx as usize) {
-                *slot = Some(std::time::Instant::now());
-            }
-        });
+        let now = std::time::Instant::now();
+        self.with_entry(|e| set_slot(&mut e.checked, e.chunks.len(), idx, now));
     }
 
     /// Whether chunk `idx`'s bytes were found right less than `age` ago.

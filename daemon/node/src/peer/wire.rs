@@ -724,13 +724,16 @@ mod tests {
     }
 
     fn header(length: u64, crc: u32) -> Vec<u8> {
-        let h = pb::ChunkPiece {
+        header_frame(pb::ChunkPiece {
             header: true,
             length,
             crc32c: crc,
             ..Default::default()
-        }
-        .encode_to_vec();
+        })
+    }
+
+    fn header_frame(piece: pb::ChunkPiece) -> Vec<u8> {
+        let h = piece.encode_to_vec();
         let mut f = vec![HEADER];
         f.extend_from_slice(&(h.len() as u32).to_be_bytes());
         f.extend_from_slice(&h);
@@ -757,19 +760,14 @@ mod tests {
     }
 
     fn header_with_step(length: u64, crc: u32, step: &Step) -> Vec<u8> {
-        let h = pb::ChunkPiece {
+        header_frame(pb::ChunkPiece {
             header: true,
             length,
             crc32c: crc,
             sha256_before: sha_chain::to_bytes(&step[0]),
             sha256_after: sha_chain::to_bytes(&step[1]),
             ..Default::default()
-        }
-        .encode_to_vec();
-        let mut f = vec![HEADER];
-        f.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        f.extend_from_slice(&h);
-        f
+        })
     }
 
     #[test]
