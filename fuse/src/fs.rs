@@ -5,13 +5,14 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, Request,
 };
 
 use crate::{Backend, ChunkInfo, Entry, FsError, MAX_READAHEAD_CHUNKS};
@@ -26,6 +27,8 @@ pub struct MountOptions {
     pub ttl: Duration,
     /// Hand complete files to the kernel where it supports FUSE passthrough.
     pub passthrough: bool,
+    /// How long a request reader waits for the next request before it sleeps (zero: never).
+    pub linger: Duration,
 }
 
 impl Default for MountOptions {
@@ -33,6 +36,7 @@ impl Default for MountOptions {
         Self {
             ttl: Duration::from_secs(3600),
             passthrough: true,
+            linger: Duration::from_micros(50),
         }
     }
 }
@@ -144,8 +148,96 @@ fn insert_entries(inodes: &mut Vec<Inode>, root: u64, entries: Vec<Entry>) {
     }
 }
 
-/// The file system.
+/// The file system: a request that may wait (on the daemon, the origin or a whole-file check)
+/// runs on a blocking pool; the rest is answered on the thread that read it from the kernel,
+/// which then takes the next request without sleeping in between.
 pub struct LocusFs<B: Backend> {
+    core: Arc<Core<B>>,
+    pool: tokio::runtime::Runtime,
+}
+
+/// Blocking threads for requests that may wait.
+const POOL_THREADS: usize = 16;
+
+/// Reads up to this size of checked chunks are answered inline.
+const INLINE_READ_MAX: u32 = 128 << 10;
+
+impl<B: Backend> LocusFs<B> {
+    /// Lists `uri` through `backend` and builds the tree.
+    pub fn new(backend: Arc<B>, uri: &str, opts: MountOptions) -> Result<Self, FsError> {
+        let entries = backend.list(uri)?;
+        Self::wrap(Core::from_entries(backend, entries, opts))
+    }
+
+    /// A tree of `entries` (paths relative to the root).
+    pub fn from_entries(
+        backend: Arc<B>,
+        entries: Vec<Entry>,
+        opts: MountOptions,
+    ) -> Result<Self, FsError> {
+        Self::wrap(Core::from_entries(backend, entries, opts))
+    }
+
+    /// The namespace view: `hf/ORG/NAME[@REV]/…`, `hf/datasets/ORG/NAME[@REV]/…` and
+    /// `s3/BUCKET/…`, each repo or bucket listed when first named.
+    pub fn namespace(backend: Arc<B>, opts: MountOptions) -> Result<Self, FsError> {
+        Self::wrap(Core::namespace(backend, opts))
+    }
+
+    fn wrap(core: Core<B>) -> Result<Self, FsError> {
+        let pool = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(POOL_THREADS)
+            .thread_name("locus-fuse-io")
+            .build()
+            .map_err(|e| FsError::Io(format!("starting the FUSE worker pool: {e}")))?;
+        Ok(Self {
+            core: Arc::new(core),
+            pool,
+        })
+    }
+
+    /// Where a duplicate of the session's device descriptor goes.
+    pub fn device_slot(&self) -> Arc<OnceLock<std::os::fd::OwnedFd>> {
+        self.core.device.clone()
+    }
+
+    /// After an answer, waits a moment for the next request without sleeping, so that it is
+    /// taken at once instead of after a wake-up (on a VM, waking an idle vCPU costs tens of
+    /// microseconds). One reader thread at a time lingers, so a storm of requests keeps at most
+    /// one core busy, and only while requests come faster than the linger.
+    fn linger(&self) {
+        use std::os::fd::AsRawFd;
+        let core = &self.core;
+        let Some(fd) = core.device.get() else {
+            return;
+        };
+        if core.spin.is_zero() || core.lingering.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        while start.elapsed() < core.spin {
+            // SAFETY: one valid pollfd, zero timeout.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        core.lingering.store(false, Ordering::Release);
+    }
+
+    /// Runs `f` on the blocking pool.
+    fn offload(&self, f: impl FnOnce(&Core<B>) + Send + 'static) {
+        let core = self.core.clone();
+        self.pool.spawn_blocking(move || f(&core));
+    }
+}
+
+struct Core<B: Backend> {
     backend: Arc<B>,
     inodes: RwLock<Vec<Inode>>,
     files: Mutex<HashMap<u64, Arc<FileState>>>,
@@ -156,18 +248,15 @@ pub struct LocusFs<B: Backend> {
     mtime: SystemTime,
     uid: u32,
     gid: u32,
-    passthrough_on: bool,
+    passthrough_on: AtomicBool,
+    /// A duplicate of the session's /dev/fuse descriptor, to see requests waiting.
+    device: Arc<OnceLock<std::os::fd::OwnedFd>>,
+    spin: Duration,
+    lingering: AtomicBool,
 }
 
-impl<B: Backend> LocusFs<B> {
-    /// Lists `uri` through `backend` and builds the tree.
-    pub fn new(backend: Arc<B>, uri: &str, opts: MountOptions) -> Result<Self, FsError> {
-        let entries = backend.list(uri)?;
-        Ok(Self::from_entries(backend, entries, opts))
-    }
-
-    /// A tree of `entries` (paths relative to the root).
-    pub fn from_entries(backend: Arc<B>, entries: Vec<Entry>, opts: MountOptions) -> Self {
+impl<B: Backend> Core<B> {
+    fn from_entries(backend: Arc<B>, entries: Vec<Entry>, opts: MountOptions) -> Self {
         let mut inodes = vec![
             // Index 0 is unused so that index = inode number; 1 is the root.
             Inode {
@@ -183,9 +272,7 @@ impl<B: Backend> LocusFs<B> {
         Self::with_inodes(backend, inodes, opts)
     }
 
-    /// The namespace view: `hf/ORG/NAME[@REV]/…`, `hf/datasets/ORG/NAME[@REV]/…` and
-    /// `s3/BUCKET/…`, each repo or bucket listed when first named.
-    pub fn namespace(backend: Arc<B>, opts: MountOptions) -> Self {
+    fn namespace(backend: Arc<B>, opts: MountOptions) -> Self {
         let mut root = BTreeMap::new();
         root.insert("hf".to_string(), 2);
         root.insert("s3".to_string(), 3);
@@ -211,6 +298,7 @@ impl<B: Backend> LocusFs<B> {
     }
 
     fn with_inodes(backend: Arc<B>, inodes: Vec<Inode>, opts: MountOptions) -> Self {
+        let spin = opts.linger;
         Self {
             backend,
             inodes: RwLock::new(inodes),
@@ -223,7 +311,10 @@ impl<B: Backend> LocusFs<B> {
             uid: unsafe { libc::getuid() },
             // SAFETY: as above.
             gid: unsafe { libc::getgid() },
-            passthrough_on: false,
+            passthrough_on: AtomicBool::new(false),
+            device: Arc::new(OnceLock::new()),
+            spin,
+            lingering: AtomicBool::new(false),
         }
     }
 
@@ -288,11 +379,50 @@ impl<B: Backend> LocusFs<B> {
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let tree = self.tree();
         let node = tree.get(ino as usize).filter(|_| ino >= 1)?;
+        Some(self.attr_of(ino, node))
+    }
+
+    /// Calls `add(ino, next offset, name, attributes)` for the entries of directory `ino` from
+    /// `offset` on, until it says the reply is full.
+    fn each_entry(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, &str, &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        let tree = self.tree();
+        let Some(node) = tree.get(ino as usize).filter(|_| ino >= 1) else {
+            return Err(Errno::ENOENT);
+        };
+        let Kind::Dir(children, _) = &node.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        let dots = [(ino, "."), (node.parent, "..")];
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|(name, &child)| (child, name.as_str())));
+        for (i, (child, name)) in all.enumerate().skip(offset as usize) {
+            let Some(child_node) = tree.get(child as usize) else {
+                continue;
+            };
+            if add(
+                child,
+                (i + 1) as u64,
+                name,
+                &self.attr_of(child, child_node),
+            ) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn attr_of(&self, ino: u64, node: &Inode) -> FileAttr {
         let (kind, size, perm, nlink) = match &node.kind {
             Kind::Dir(c, _) => (FileType::Directory, 0, 0o555, 2 + c.len() as u32),
             Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
         };
-        Some(FileAttr {
+        FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
@@ -308,7 +438,7 @@ impl<B: Backend> LocusFs<B> {
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
-        })
+        }
     }
 
     fn state(&self, ino: u64) -> Option<Arc<FileState>> {
@@ -462,6 +592,103 @@ impl<B: Backend> LocusFs<B> {
         Ok(())
     }
 
+    /// The child `name` of a lazy directory (may list a repo through the daemon).
+    fn lookup_lazy(&self, parent: u64, lazy: &Lazy, name: &str, reply: ReplyEntry) {
+        match self.materialize(parent, lazy, name) {
+            Ok(ino) => self.reply_entry(ino, reply),
+            Err(e) => {
+                tracing::error!(name, error = %e, "lookup failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn reply_entry(&self, ino: Option<u64>, reply: ReplyEntry) {
+        match ino.and_then(|i| self.attr(i)) {
+            Some(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    /// Whether an open is answered at once: no passthrough to set up (which may ask the daemon
+    /// and checks the whole file).
+    fn open_is_inline(&self, st: &FileState) -> bool {
+        !self.passthrough_on.load(Ordering::Relaxed) || st.size < PASSTHROUGH_MIN
+    }
+
+    fn open_file(&self, st: Arc<FileState>, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if self.passthrough_on.load(Ordering::Relaxed) {
+            let mut inner = lock(&st.inner);
+            // The kernel keeps an inode in one io mode while files are open: passthrough only
+            // when no open of it reads through this process's cache path.
+            // Small files read faster through here than through a backing file's setup.
+            if inner.backing.is_none() && inner.cached_opens == 0 && st.size >= PASSTHROUGH_MIN {
+                // Known complete (from the listing or an earlier open): no need to ask.
+                let known = if inner.complete {
+                    Ok(())
+                } else {
+                    self.backend
+                        .chunks(&st.uri, 0, 0, false)
+                        .and_then(|info| Self::absorb(&mut inner, info))
+                };
+                if known.is_ok() && inner.complete && self.check_all(&st, &mut inner) {
+                    if let Some((_, f)) = &inner.file {
+                        match reply.open_backing(f.as_ref()) {
+                            Ok(id) => inner.backing = Some(Arc::new(id)),
+                            Err(e) => tracing::debug!(error = %e, "no passthrough"),
+                        }
+                    }
+                }
+            }
+            if let Some(id) = inner.backing.clone() {
+                inner.passthrough_opens += 1;
+                drop(inner);
+                lock(&self.handles).insert(fh, (st, true));
+                // FOPEN_KEEP_CACHE is not allowed with passthrough: the kernel caches the
+                // backing file's pages itself.
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+            }
+            inner.cached_opens += 1;
+        }
+        lock(&self.handles).insert(fh, (st.clone(), false));
+        // The identity behind an inode never changes: keep the kernel's pages across opens.
+        // Nothing is ever written, so a close needs no FLUSH round trip.
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
+    }
+
+    /// Whether a read is answered at once: small, and every chunk it covers is stored and
+    /// either checked or small enough to check on the way.
+    fn read_is_inline(&self, st: &FileState, offset: u64, size: u32) -> bool {
+        if size > INLINE_READ_MAX {
+            return false;
+        }
+        let inner = lock(&st.inner);
+        let cs = inner.chunk_size;
+        if cs == 0 || offset >= st.size {
+            return cs != 0;
+        }
+        let end = (offset + size as u64).min(st.size);
+        (offset / cs..=(end - 1) / cs).all(|c| {
+            let present = inner.crcs.get(c as usize).copied().flatten().is_some();
+            let checked = inner.checked.get(c as usize).copied().unwrap_or(false);
+            present && (checked || cs.min(st.size - c * cs) <= 1 << 20)
+        })
+    }
+
+    fn read_reply(&self, st: &FileState, offset: u64, size: u32, reply: ReplyData) {
+        READ_BUF.with_borrow_mut(|buf| match self.read_range(st, offset, size, buf) {
+            Ok(()) => reply.data(buf),
+            Err(e) => {
+                tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        })
+    }
+
     /// Checks every chunk not yet checked by this mount, refetching any that fail, before the
     /// kernel is given the file: with passthrough, reads no longer pass through here.
     fn check_all(&self, st: &FileState, inner: &mut MutexGuard<'_, Inner>) -> bool {
@@ -559,6 +786,15 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Lingers when the handler is done (its reply sent).
+struct Linger<'a, B: Backend>(&'a LocusFs<B>);
+
+impl<B: Backend> Drop for Linger<'_, B> {
+    fn drop(&mut self) {
+        self.0.linger();
+    }
+}
+
 impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config
@@ -568,99 +804,62 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         // per-folder lock around each LOOKUP round trip): the tree is shared behind a lock and
         // a lazy folder is made once however many threads ask.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        if self.opts.passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+        // Listings carry attributes (READDIRPLUS): a walk (`ls -l`, `find`, `du`) needs no
+        // LOOKUP per name.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        if self.core.opts.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
             let _ = config.set_max_stack_depth(2);
-            self.passthrough_on = true;
+            self.core.passthrough_on.store(true, Ordering::Relaxed);
         }
-        tracing::info!(passthrough = self.passthrough_on, "mounted");
+        let passthrough = self.core.passthrough_on.load(Ordering::Relaxed);
+        tracing::info!(passthrough, "mounted");
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _linger = Linger(self);
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
         let (found, lazy) = {
-            let tree = self.tree();
+            let tree = self.core.tree();
             match tree.get(parent.0 as usize).map(|n| &n.kind) {
                 Some(Kind::Dir(children, lazy)) => (children.get(name).copied(), lazy.clone()),
                 _ => return reply.error(Errno::ENOTDIR),
             }
         };
-        let ino = match (found, lazy) {
-            (Some(ino), _) => Some(ino),
-            (None, Some(lazy)) => match self.materialize(parent.0, &lazy, name) {
-                Ok(ino) => ino,
-                Err(e) => {
-                    tracing::error!(name, error = %e, "lookup failed");
-                    return reply.error(errno(&e));
-                }
-            },
-            (None, None) => None,
-        };
-        match ino.and_then(|i| self.attr(i)) {
-            Some(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+        match (found, lazy) {
+            (None, Some(lazy)) => {
+                let name = name.to_string();
+                self.offload(move |core| core.lookup_lazy(parent.0, &lazy, &name, reply));
+            }
+            (found, _) => self.core.reply_entry(found, reply),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino.0) {
-            Some(a) => reply.attr(&self.opts.ttl, &a),
+        let _linger = Linger(self);
+        match self.core.attr(ino.0) {
+            Some(a) => reply.attr(&self.core.opts.ttl, &a),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _linger = Linger(self);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let Some(st) = self.state(ino.0) else {
+        let Some(st) = self.core.state(ino.0) else {
             return reply.error(Errno::EISDIR);
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if self.passthrough_on {
-            let mut inner = lock(&st.inner);
-            // The kernel keeps an inode in one io mode while files are open: passthrough only
-            // when no open of it reads through this process's cache path.
-            // Small files read faster through here than through a backing file's setup.
-            if inner.backing.is_none() && inner.cached_opens == 0 && st.size >= PASSTHROUGH_MIN {
-                // Known complete (from the listing or an earlier open): no need to ask.
-                let known = if inner.complete {
-                    Ok(())
-                } else {
-                    self.backend
-                        .chunks(&st.uri, 0, 0, false)
-                        .and_then(|info| Self::absorb(&mut inner, info))
-                };
-                if known.is_ok() && inner.complete && self.check_all(&st, &mut inner) {
-                    {
-                        if let Some((_, f)) = &inner.file {
-                            match reply.open_backing(f.as_ref()) {
-                                Ok(id) => inner.backing = Some(Arc::new(id)),
-                                Err(e) => tracing::debug!(error = %e, "no passthrough"),
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(id) = inner.backing.clone() {
-                inner.passthrough_opens += 1;
-                drop(inner);
-                lock(&self.handles).insert(fh, (st, true));
-                // FOPEN_KEEP_CACHE is not allowed with passthrough: the kernel caches the
-                // backing file's pages itself.
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
-            }
-            inner.cached_opens += 1;
+        if self.core.open_is_inline(&st) {
+            self.core.open_file(st, reply);
+        } else {
+            self.offload(move |core| core.open_file(st, reply));
         }
-        lock(&self.handles).insert(fh, (st, false));
-        // The identity behind an inode never changes: keep the kernel's pages across opens.
-        // Nothing is ever written, so a close needs no FLUSH round trip.
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-        );
     }
 
     fn read(
@@ -674,17 +873,16 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((st, _)) = lock(&self.handles).get(&fh.0).cloned() else {
+        let _linger = Linger(self);
+        let Some((st, _)) = lock(&self.core.handles).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(offset, size, "read");
-        READ_BUF.with_borrow_mut(|buf| match self.read_range(&st, offset, size, buf) {
-            Ok(()) => reply.data(buf),
-            Err(e) => {
-                tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
-                reply.error(errno(&e))
-            }
-        })
+        if self.core.read_is_inline(&st, offset, size) {
+            self.core.read_reply(&st, offset, size, reply);
+        } else {
+            self.offload(move |core| core.read_reply(&st, offset, size, reply));
+        }
     }
 
     fn flush(
@@ -708,8 +906,9 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        if let Some((st, passthrough)) = lock(&self.handles).remove(&fh.0) {
-            if self.passthrough_on {
+        let _linger = Linger(self);
+        if let Some((st, passthrough)) = lock(&self.core.handles).remove(&fh.0) {
+            if self.core.passthrough_on.load(Ordering::Relaxed) {
                 let mut inner = lock(&st.inner);
                 if passthrough {
                     inner.passthrough_opens -= 1;
@@ -733,30 +932,36 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let tree = self.tree();
-        let Some(node) = tree.get(ino.0 as usize).filter(|_| ino.0 >= 1) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let Kind::Dir(children, _) = &node.kind else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let mut all: Vec<(u64, FileType, &str)> = vec![
-            (ino.0, FileType::Directory, "."),
-            (node.parent, FileType::Directory, ".."),
-        ];
-        for (name, &child) in children {
-            let kind = match tree[child as usize].kind {
-                Kind::Dir(..) => FileType::Directory,
-                Kind::File { .. } => FileType::RegularFile,
-            };
-            all.push((child, kind, name));
+        match self
+            .core
+            .each_entry(ino.0, offset, |child, next, name, attr| {
+                reply.add(INodeNo(child), next, attr.kind, name)
+            }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
-                break;
-            }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _linger = Linger(self);
+        // The kernel takes each entry's name and attributes: a walk of the tree then needs no
+        // LOOKUP per file.
+        let ttl = self.core.opts.ttl;
+        match self
+            .core
+            .each_entry(ino.0, offset, |child, next, name, attr| {
+                reply.add(INodeNo(child), next, name, &ttl, attr, Generation(0))
+            }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -771,12 +976,13 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _linger = Linger(self);
         // Programs probe files with ioctls (isatty's TCGETS): none apply here.
         reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
-        let files = self.tree().len() as u64;
+        let files = self.core.tree().len() as u64;
         reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
     }
 }

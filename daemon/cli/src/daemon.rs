@@ -298,9 +298,10 @@ async fn mount_namespace(
                     ttl,
                     ..locus_fuse::MountOptions::default()
                 },
-            );
-            let config = crate::mount::fuse_config("locus".into(), true, 16);
-            let session = fuser::spawn_mount(fs, &dir, &config).with_context(|| {
+            )?;
+            let config =
+                crate::mount::fuse_config("locus".into(), true, crate::mount::default_threads());
+            let session = crate::mount::spawn_session(fs, &dir, &config).with_context(|| {
                 format!(
                     "--mount {}: cannot mount (needs root and /dev/fuse)",
                     dir.display()

@@ -23,12 +23,25 @@ pub struct MountArgs {
     /// Let other users (and containers) read the mount.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     allow_other: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 16)]
+    /// Threads reading FUSE requests (requests that wait run on a pool of their own).
+    #[arg(long, default_value_t = default_threads())]
     threads: usize,
     /// Never hand complete files to the kernel (FUSE passthrough, Linux 6.9+, root).
     #[arg(long)]
     no_passthrough: bool,
+    /// Microseconds a request reader waits for the next request before it sleeps; 0 never
+    /// waits. During a storm of small requests this keeps up to one core busy.
+    #[arg(long, default_value_t = 50)]
+    linger_us: u64,
+}
+
+/// One request reader per 4 cores, 1 to 8: a reader that finds requests queued takes them
+/// without sleeping, and on a small machine every extra reader adds a wake-up per request
+/// (48 threads reading 10 KB files on 2 cores: 0.61x native with 1 reader, 0.53x with 2,
+/// 0.46x with 16).
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 4).clamp(1, 8)
 }
 
 /// Whether `path` is a mount point now (per /proc/self/mountinfo).
@@ -88,12 +101,13 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         &a.uri,
         MountOptions {
             passthrough: !a.no_passthrough,
+            linger: Duration::from_micros(a.linger_us),
             ..MountOptions::default()
         },
     )
     .map_err(|e| Failure::new(1, e.to_string()))?;
     let config = fuse_config(format!("locus:{}", a.uri), a.allow_other, a.threads);
-    let session = fuser::spawn_mount(fs, &a.mountpoint, &config)
+    let session = spawn_session(fs, &a.mountpoint, &config)
         .map_err(|e| Failure::new(1, format!("mounting {}: {e}", a.mountpoint.display())))?;
     raise_readahead(&a.mountpoint);
     tracing::info!(uri = a.uri, mountpoint = %a.mountpoint.display(), "ready");
@@ -141,6 +155,8 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         .arg(a.threads.to_string())
         .arg("--allow-other")
         .arg(a.allow_other.to_string())
+        .arg("--linger-us")
+        .arg(a.linger_us.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -185,6 +201,20 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Mounts `fs` and serves it on threads of its own; the file system gets a duplicate of the
+/// session's device descriptor (to see requests waiting) before the first request.
+pub fn spawn_session<B: locus_fuse::Backend>(
+    fs: LocusFs<B>,
+    mountpoint: &Path,
+    config: &fuser::Config,
+) -> std::io::Result<fuser::BackgroundSession> {
+    use std::os::fd::AsFd;
+    let device = fs.device_slot();
+    let session = fuser::Session::new(fs, mountpoint, config)?;
+    let _ = device.set(session.as_fd().try_clone_to_owned()?);
+    session.spawn()
 }
 
 /// Mount options shared by `locus mount` and the daemon's namespace view.

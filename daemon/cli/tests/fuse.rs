@@ -247,6 +247,67 @@ fn a_parallel_walk_and_many_readers_at_once() {
     });
 }
 
+/// The pid of the process serving the mount at `dir`.
+fn mount_pid(uri: &str, dir: &Path) -> nix::unistd::Pid {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("mount {uri} {}", dir.display())])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::unistd::Pid::from_raw(pid)
+}
+
+#[test]
+fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
+    let env = Env::new();
+    let small = random_files(3, 50_000, 31);
+    let big = (
+        "big/shard.bin".to_string(),
+        locus_testorigin::model::random_bytes(32, 4 << 20),
+    );
+    let mut files = small.clone();
+    files.push(big.clone());
+    env.sim.commit("model", "acme/m", files);
+    let d = env.daemon("n", &[], &[]);
+    for (p, _) in &small {
+        d.ok(&["warm", &format!("hf://acme/m/{p}")]);
+    }
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    // From now on every origin request takes 5 s.
+    env.sim.set_faults(Faults {
+        delay_ms: 5000,
+        ..Faults::default()
+    });
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            let got = std::fs::read(m.dir.join(&big.0)).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            got
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The mount reads requests on one thread; the uncached read waits elsewhere.
+        for (p, b) in &small {
+            assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
+            assert_eq!(
+                std::fs::metadata(m.dir.join(p)).unwrap().len(),
+                b.len() as u64
+            );
+        }
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "the cached files were read only after the uncached one"
+        );
+        assert_eq!(slow.join().unwrap(), big.1.to_vec());
+    });
+}
+
 #[test]
 fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
     let env = Env::new();
@@ -265,19 +326,8 @@ fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
         files[1].1.to_vec()
     );
     // Kill the mount process: `locus unmount` still clears the mount point.
-    let pid = std::process::Command::new("pgrep")
-        .args(["-f", &format!("mount hf://acme/m {}", m.dir.display())])
-        .output()
-        .unwrap();
-    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
+        mount_pid("hf://acme/m", &m.dir),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
