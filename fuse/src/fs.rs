@@ -487,14 +487,16 @@ impl<B: Backend> Core<B> {
     }
 
     /// Reads `offset..offset + size` of a file into `out`, fetching and checking chunks as
-    /// needed.
+    /// needed. Without `may_wait` (on a request reader) it stops with [`ReadError::MustWait`]
+    /// where it would ask the daemon.
     fn read_range(
         &self,
         st: &FileState,
         offset: u64,
         size: u32,
         out: &mut Vec<u8>,
-    ) -> Result<(), FsError> {
+        may_wait: bool,
+    ) -> Result<(), ReadError> {
         out.clear();
         if offset >= st.size || size == 0 {
             return Ok(());
@@ -502,12 +504,20 @@ impl<B: Backend> Core<B> {
         let end = (offset + size as u64).min(st.size);
         let mut inner = lock(&st.inner);
         if inner.chunk_size == 0 {
+            if !may_wait {
+                return Err(ReadError::MustWait);
+            }
             let info = self.backend.chunks(&st.uri, 0, 0, false)?;
             Self::absorb(&mut inner, info)?;
         }
         let cs = inner.chunk_size;
         let first = (offset / cs) as u32;
         let last = ((end - 1) / cs) as u32;
+        let missing =
+            (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
+        if missing && !may_wait {
+            return Err(ReadError::MustWait);
+        }
         // Read-ahead for a sequential reader, doubling its window.
         let sequential = offset == inner.last_end || offset == 0;
         inner.last_end = end;
@@ -523,8 +533,6 @@ impl<B: Backend> Core<B> {
         } else {
             inner.window = 0;
         }
-        let missing =
-            (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
         if missing {
             // Not under the lock of other readers' progress: the daemon single-flights.
             drop(inner);
@@ -564,6 +572,9 @@ impl<B: Backend> Core<B> {
                 continue;
             }
             if !Self::check_chunk(&inner, st.size, c)? {
+                if !may_wait {
+                    return Err(ReadError::MustWait);
+                }
                 tracing::error!(
                     uri = st.uri,
                     chunk = c,
@@ -574,7 +585,7 @@ impl<B: Backend> Core<B> {
                 inner = lock(&st.inner);
                 Self::absorb(&mut inner, info)?;
                 if !Self::check_chunk(&inner, st.size, c)? {
-                    return Err(FsError::Io(format!("{}: chunk {c} is corrupt", st.uri)));
+                    return Err(FsError::Io(format!("{}: chunk {c} is corrupt", st.uri)).into());
                 }
             }
             if let Some(slot) = inner.checked.get_mut(c as usize) {
@@ -679,14 +690,29 @@ impl<B: Backend> Core<B> {
         })
     }
 
-    fn read_reply(&self, st: &FileState, offset: u64, size: u32, reply: ReplyData) {
-        READ_BUF.with_borrow_mut(|buf| match self.read_range(st, offset, size, buf) {
-            Ok(()) => reply.data(buf),
-            Err(e) => {
-                tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
-                reply.error(errno(&e))
-            }
-        })
+    /// Answers a read; without `may_wait`, hands the reply back where the read must wait.
+    fn read_reply(
+        &self,
+        st: &FileState,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+        may_wait: bool,
+    ) -> Option<ReplyData> {
+        READ_BUF.with_borrow_mut(
+            |buf| match self.read_range(st, offset, size, buf, may_wait) {
+                Ok(()) => {
+                    reply.data(buf);
+                    None
+                }
+                Err(ReadError::MustWait) => Some(reply),
+                Err(ReadError::Fs(e)) => {
+                    tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
+                    reply.error(errno(&e));
+                    None
+                }
+            },
+        )
     }
 
     /// Checks every chunk not yet checked by this mount, refetching any that fail, before the
@@ -779,6 +805,19 @@ impl<B: Backend> Core<B> {
         }
         .map_err(|e| FsError::Io(e.to_string()))?;
         Ok(crc32c::crc32c(&map) == crc)
+    }
+}
+
+/// Why a read stopped.
+enum ReadError {
+    Fs(FsError),
+    /// It must ask the daemon: not on a request reader.
+    MustWait,
+}
+
+impl From<FsError> for ReadError {
+    fn from(e: FsError) -> Self {
+        ReadError::Fs(e)
     }
 }
 
@@ -878,10 +917,15 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(offset, size, "read");
-        if self.core.read_is_inline(&st, offset, size) {
-            self.core.read_reply(&st, offset, size, reply);
+        let reply = if self.core.read_is_inline(&st, offset, size) {
+            self.core.read_reply(&st, offset, size, reply, false)
         } else {
-            self.offload(move |core| core.read_reply(&st, offset, size, reply));
+            Some(reply)
+        };
+        if let Some(reply) = reply {
+            self.offload(move |core| {
+                core.read_reply(&st, offset, size, reply, true);
+            });
         }
     }
 
