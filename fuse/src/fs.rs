@@ -15,7 +15,7 @@ use fuser::{
     ReplyOpen, Request,
 };
 
-use crate::{Backend, ChunkInfo, Entry, FsError, MAX_READAHEAD_CHUNKS};
+use crate::{metrics, Backend, ChunkInfo, Entry, FsError, MAX_READAHEAD_CHUNKS};
 
 /// Files smaller than this are always read through this process.
 const PASSTHROUGH_MIN: u64 = 1 << 20;
@@ -105,6 +105,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The lock if nobody holds it: a request reader never waits behind work on the pool.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Adds `entries` (paths relative to `root`) under the directory `root`.
 fn insert_entries(inodes: &mut Vec<Inode>, root: u64, entries: Vec<Entry>) {
     for e in entries {
@@ -157,7 +166,7 @@ pub struct LocusFs<B: Backend> {
 }
 
 /// Blocking threads for requests that may wait.
-const POOL_THREADS: usize = 16;
+const POOL_THREADS: usize = 64;
 
 /// Reads up to this size of checked chunks are answered inline.
 const INLINE_READ_MAX: u32 = 128 << 10;
@@ -230,8 +239,9 @@ impl<B: Backend> LocusFs<B> {
         core.lingering.store(false, Ordering::Release);
     }
 
-    /// Runs `f` on the blocking pool.
-    fn offload(&self, f: impl FnOnce(&Core<B>) + Send + 'static) {
+    /// Runs request `op` on the blocking pool.
+    fn offload(&self, op: &'static str, f: impl FnOnce(&Core<B>) + Send + 'static) {
+        metrics::request(op, "pool");
         let core = self.core.clone();
         self.pool.spawn_blocking(move || f(&core));
     }
@@ -502,12 +512,18 @@ impl<B: Backend> Core<B> {
             return Ok(());
         }
         let end = (offset + size as u64).min(st.size);
-        let mut inner = lock(&st.inner);
+        let mut inner = if may_wait {
+            lock(&st.inner)
+        } else {
+            try_lock(&st.inner).ok_or(ReadError::MustWait)?
+        };
         if inner.chunk_size == 0 {
             if !may_wait {
                 return Err(ReadError::MustWait);
             }
+            drop(inner);
             let info = self.backend.chunks(&st.uri, 0, 0, false)?;
+            inner = lock(&st.inner);
             Self::absorb(&mut inner, info)?;
         }
         let cs = inner.chunk_size;
@@ -571,6 +587,10 @@ impl<B: Backend> Core<B> {
             if inner.checked.get(c as usize).copied().unwrap_or(false) {
                 continue;
             }
+            // A large chunk's check (found unchecked again after a refetch) is no reader's job.
+            if !may_wait && cs.min(st.size - c as u64 * cs) > 1 << 20 {
+                return Err(ReadError::MustWait);
+            }
             if !Self::check_chunk(&inner, st.size, c)? {
                 if !may_wait {
                     return Err(ReadError::MustWait);
@@ -609,6 +629,7 @@ impl<B: Backend> Core<B> {
             Ok(ino) => self.reply_entry(ino, reply),
             Err(e) => {
                 tracing::error!(name, error = %e, "lookup failed");
+                metrics::failure("lookup");
                 reply.error(errno(&e))
             }
         }
@@ -627,10 +648,19 @@ impl<B: Backend> Core<B> {
         !self.passthrough_on.load(Ordering::Relaxed) || st.size < PASSTHROUGH_MIN
     }
 
-    fn open_file(&self, st: Arc<FileState>, reply: ReplyOpen) {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    /// Answers an open; without `may_wait`, hands the reply back where the file's state is
+    /// busy (a check or a fetch on the pool holds it).
+    fn open_file(&self, st: Arc<FileState>, reply: ReplyOpen, may_wait: bool) -> Option<ReplyOpen> {
         if self.passthrough_on.load(Ordering::Relaxed) {
-            let mut inner = lock(&st.inner);
+            let mut inner = if may_wait {
+                lock(&st.inner)
+            } else {
+                match try_lock(&st.inner) {
+                    Some(g) => g,
+                    None => return Some(reply),
+                }
+            };
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             // The kernel keeps an inode in one io mode while files are open: passthrough only
             // when no open of it reads through this process's cache path.
             // Small files read faster through here than through a backing file's setup.
@@ -655,14 +685,30 @@ impl<B: Backend> Core<B> {
             if let Some(id) = inner.backing.clone() {
                 inner.passthrough_opens += 1;
                 drop(inner);
+                ::metrics::counter!(metrics::PASSTHROUGH_OPENS).increment(1);
                 lock(&self.handles).insert(fh, (st, true));
                 // FOPEN_KEEP_CACHE is not allowed with passthrough: the kernel caches the
                 // backing file's pages itself.
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                return None;
             }
             inner.cached_opens += 1;
+            drop(inner);
+            Self::opened_cached(&self.handles, fh, st, reply);
+        } else {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            Self::opened_cached(&self.handles, fh, st, reply);
         }
-        lock(&self.handles).insert(fh, (st.clone(), false));
+        None
+    }
+
+    fn opened_cached(
+        handles: &Mutex<HashMap<u64, (Arc<FileState>, bool)>>,
+        fh: u64,
+        st: Arc<FileState>,
+        reply: ReplyOpen,
+    ) {
+        lock(handles).insert(fh, (st, false));
         // The identity behind an inode never changes: keep the kernel's pages across opens.
         // Nothing is ever written, so a close needs no FLUSH round trip.
         reply.opened(
@@ -671,13 +717,28 @@ impl<B: Backend> Core<B> {
         );
     }
 
+    /// Counts a closed open of `st` (`passthrough`: one the kernel read by passthrough).
+    fn closed(inner: &mut Inner, passthrough: bool) {
+        if passthrough {
+            inner.passthrough_opens = inner.passthrough_opens.saturating_sub(1);
+            if inner.passthrough_opens == 0 {
+                // The kernel drops the inode's backing with its last passthrough file.
+                inner.backing = None;
+            }
+        } else {
+            inner.cached_opens = inner.cached_opens.saturating_sub(1);
+        }
+    }
+
     /// Whether a read is answered at once: small, and every chunk it covers is stored and
     /// either checked or small enough to check on the way.
     fn read_is_inline(&self, st: &FileState, offset: u64, size: u32) -> bool {
         if size > INLINE_READ_MAX {
             return false;
         }
-        let inner = lock(&st.inner);
+        let Some(inner) = try_lock(&st.inner) else {
+            return false;
+        };
         let cs = inner.chunk_size;
         if cs == 0 || offset >= st.size {
             return cs != 0;
@@ -702,12 +763,14 @@ impl<B: Backend> Core<B> {
         READ_BUF.with_borrow_mut(
             |buf| match self.read_range(st, offset, size, buf, may_wait) {
                 Ok(()) => {
+                    ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
                 }
                 Err(ReadError::MustWait) => Some(reply),
                 Err(ReadError::Fs(e)) => {
                     tracing::error!(uri = st.uri, offset, size, error = %e, "read failed");
+                    metrics::failure("read");
                     reply.error(errno(&e));
                     None
                 }
@@ -846,6 +909,14 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         // Listings carry attributes (READDIRPLUS): a walk (`ls -l`, `find`, `du`) needs no
         // LOOKUP per name.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Read-ahead READs are background requests: the kernel holds back every other file's
+        // reads once this many are in flight, so leave room for a slow file's whole window.
+        let _ = config
+            .set_max_background(128)
+            .or_else(|max| config.set_max_background(max));
+        let _ = config
+            .set_congestion_threshold(96)
+            .or_else(|max| config.set_congestion_threshold(max));
         if self.core.opts.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
@@ -872,14 +943,20 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         match (found, lazy) {
             (None, Some(lazy)) => {
                 let name = name.to_string();
-                self.offload(move |core| core.lookup_lazy(parent.0, &lazy, &name, reply));
+                self.offload("lookup", move |core| {
+                    core.lookup_lazy(parent.0, &lazy, &name, reply)
+                });
             }
-            (found, _) => self.core.reply_entry(found, reply),
+            (found, _) => {
+                metrics::request("lookup", "reader");
+                self.core.reply_entry(found, reply)
+            }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _linger = Linger(self);
+        metrics::request("getattr", "reader");
         match self.core.attr(ino.0) {
             Some(a) => reply.attr(&self.core.opts.ttl, &a),
             None => reply.error(Errno::ENOENT),
@@ -894,10 +971,16 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let Some(st) = self.core.state(ino.0) else {
             return reply.error(Errno::EISDIR);
         };
-        if self.core.open_is_inline(&st) {
-            self.core.open_file(st, reply);
+        let reply = if self.core.open_is_inline(&st) {
+            self.core.open_file(st.clone(), reply, false)
         } else {
-            self.offload(move |core| core.open_file(st, reply));
+            Some(reply)
+        };
+        match reply {
+            None => metrics::request("open", "reader"),
+            Some(reply) => self.offload("open", move |core| {
+                core.open_file(st, reply, true);
+            }),
         }
     }
 
@@ -922,10 +1005,11 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         } else {
             Some(reply)
         };
-        if let Some(reply) = reply {
-            self.offload(move |core| {
+        match reply {
+            None => metrics::request("read", "reader"),
+            Some(reply) => self.offload("read", move |core| {
                 core.read_reply(&st, offset, size, reply, true);
-            });
+            }),
         }
     }
 
@@ -937,6 +1021,8 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         _lock_owner: fuser::LockOwner,
         reply: fuser::ReplyEmpty,
     ) {
+        let _linger = Linger(self);
+        metrics::request("flush", "reader");
         reply.ok();
     }
 
@@ -951,20 +1037,50 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: fuser::ReplyEmpty,
     ) {
         let _linger = Linger(self);
-        if let Some((st, passthrough)) = lock(&self.core.handles).remove(&fh.0) {
+        metrics::request("release", "reader");
+        let open = lock(&self.core.handles).remove(&fh.0);
+        if let Some((st, passthrough)) = open {
             if self.core.passthrough_on.load(Ordering::Relaxed) {
-                let mut inner = lock(&st.inner);
-                if passthrough {
-                    inner.passthrough_opens -= 1;
-                    if inner.passthrough_opens == 0 {
-                        // The kernel drops the inode's backing with its last passthrough file.
-                        inner.backing = None;
-                    }
-                } else {
-                    inner.cached_opens = inner.cached_opens.saturating_sub(1);
+                let counted = try_lock(&st.inner)
+                    .map(|mut inner| Core::<B>::closed(&mut inner, passthrough))
+                    .is_some();
+                if !counted {
+                    self.pool.spawn_blocking(move || {
+                        Core::<B>::closed(&mut lock(&st.inner), passthrough)
+                    });
                 }
             }
         }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _linger = Linger(self);
+        metrics::request("opendir", "reader");
+        let fixed = matches!(
+            self.core.tree().get(ino.0 as usize).map(|n| &n.kind),
+            Some(Kind::Dir(_, None))
+        );
+        // A listed folder never changes: the kernel may keep its listing across opens. A lazy
+        // one (the namespace view) grows as names are looked up.
+        let flags = if fixed {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags);
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        let _linger = Linger(self);
+        metrics::request("releasedir", "reader");
         reply.ok();
     }
 
@@ -976,6 +1092,8 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _linger = Linger(self);
+        metrics::request("readdir", "reader");
         match self
             .core
             .each_entry(ino.0, offset, |child, next, name, attr| {
@@ -995,6 +1113,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _linger = Linger(self);
+        metrics::request("readdirplus", "reader");
         // The kernel takes each entry's name and attributes: a walk of the tree then needs no
         // LOOKUP per file.
         let ttl = self.core.opts.ttl;
@@ -1021,11 +1140,14 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: fuser::ReplyIoctl,
     ) {
         let _linger = Linger(self);
+        metrics::request("ioctl", "reader");
         // Programs probe files with ioctls (isatty's TCGETS): none apply here.
         reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        let _linger = Linger(self);
+        metrics::request("statfs", "reader");
         let files = self.core.tree().len() as u64;
         reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
     }

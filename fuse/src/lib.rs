@@ -24,13 +24,15 @@
 //! but memory and the page cache (names, attributes, listings with attributes (READDIRPLUS),
 //! opens of small files, small reads of stored chunks). Anything that may wait (a lazy
 //! folder's listing, a read of missing chunks, a passthrough open that checks the whole file)
-//! runs on a pool of 16 blocking threads, so a reader stuck on the origin holds up no one.
+//! runs on a pool of up to 64 blocking threads, and a reader never waits for a file's state
+//! while the pool holds it, so a read stuck on the origin holds up no other file.
 //! After each answer a reader polls the device for up to [`MountOptions::linger`] (50 µs)
 //! before it sleeps: each FUSE round trip otherwise costs a wake-up, which on a VM means a
 //! halted vCPU woken by the host. One reader lingers at a time.
 
 pub mod daemon;
 mod fs;
+pub mod metrics;
 
 pub use fs::{LocusFs, MountOptions};
 

@@ -47,6 +47,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let prom = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     metrics_defs::describe();
+    if cfg.mount.is_some() {
+        locus_fuse::metrics::describe();
+    }
 
     let store = Store::open(&cfg.cache_dir, cfg.cache_size)
         .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;

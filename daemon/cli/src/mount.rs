@@ -33,6 +33,9 @@ pub struct MountArgs {
     /// waits. During a storm of small requests this keeps up to one core busy.
     #[arg(long, default_value_t = 50)]
     linger_us: u64,
+    /// Serve this mount's Prometheus metrics at http://ADDR/metrics (and /healthz).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// One request reader per 4 cores, 1 to 8: a reader that finds requests queued takes them
@@ -94,6 +97,9 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    if let Some(addr) = a.metrics {
+        serve_metrics(addr)?;
+    }
     let backend =
         Arc::new(DaemonBackend::connect(socket).map_err(|e| Failure::new(1, e.to_string()))?);
     let fs = LocusFs::new(
@@ -163,6 +169,9 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     if a.no_passthrough {
         cmd.arg("--no-passthrough");
     }
+    if let Some(addr) = a.metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
+    }
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -203,8 +212,35 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     }
 }
 
+/// Installs a Prometheus recorder and serves it at `addr` on a thread of its own.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prom = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| Failure::new(1, e.to_string()))?;
+    locus_fuse::metrics::describe();
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Failure::new(1, format!("--metrics {addr}: cannot listen: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, e.to_string()))?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prom.render());
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    let _ = locus_node::http::serve(l, render, std::future::pending()).await;
+                }
+                Err(e) => tracing::error!(error = %e, "metrics endpoint failed"),
+            }
+        })
+    });
+    Ok(())
+}
+
 /// Mounts `fs` and serves it on threads of its own; the file system gets a duplicate of the
-/// session's device descriptor (to see requests waiting) before the first request.
+/// session's device descriptor (to see requests waiting) before it serves anything but INIT.
 pub fn spawn_session<B: locus_fuse::Backend>(
     fs: LocusFs<B>,
     mountpoint: &Path,

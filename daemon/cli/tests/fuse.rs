@@ -16,9 +16,15 @@ struct Mount {
 
 impl Mount {
     fn new(d: &Daemon, env: &Env, uri: &str, name: &str) -> Mount {
+        Self::with_args(d, env, uri, name, &[])
+    }
+
+    fn with_args(d: &Daemon, env: &Env, uri: &str, name: &str, args: &[&str]) -> Mount {
         let dir = env.path(name);
         std::fs::create_dir_all(&dir).unwrap();
-        d.ok(&["mount", uri, dir.to_str().unwrap()]);
+        let mut all = vec!["mount", uri, dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        d.ok(&all);
         Mount { dir }
     }
 }
@@ -278,7 +284,14 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
     for (p, _) in &small {
         d.ok(&["warm", &format!("hf://acme/m/{p}")]);
     }
-    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(
+        &d,
+        &env,
+        "hf://acme/m",
+        "mnt",
+        &["--metrics", &addr, "--threads", "1"],
+    );
     // From now on every origin request takes 5 s.
     env.sim.set_faults(Faults {
         delay_ms: 5000,
@@ -292,7 +305,7 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
             got
         });
         std::thread::sleep(Duration::from_millis(500));
-        // The mount reads requests on one thread; the uncached read waits elsewhere.
+        // One thread reads the mount's requests; the uncached read waits on the pool.
         for (p, b) in &small {
             assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
             assert_eq!(
@@ -306,6 +319,31 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
         );
         assert_eq!(slow.join().unwrap(), big.1.to_vec());
     });
+    // The mount's metrics say where each read was answered.
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(value(r#"locus_fuse_requests_total{op="read",on="reader"}"#) >= small.len() as f64);
+    assert!(
+        value(r#"locus_fuse_requests_total{op="read",on="pool"}"#) >= 1.0,
+        "{text}"
+    );
+    let total: usize = small.iter().map(|(_, b)| b.len()).sum::<usize>() + big.1.len();
+    assert!(
+        value("locus_fuse_read_bytes_total") >= total as f64,
+        "{text}"
+    );
+    assert!(
+        text.contains("locus_fuse_passthrough_opens_total"),
+        "{text}"
+    );
 }
 
 #[test]

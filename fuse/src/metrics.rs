@@ -1,0 +1,40 @@
+//! The mount's metrics (the daemon's are in `locus_node::metrics_defs`). A mount inside the
+//! daemon (`locus daemon --mount`) is exported on the daemon's `--metrics` endpoint; a
+//! `locus mount` process on its own `--metrics` endpoint.
+
+/// FUSE requests answered, by `op` and `on` (`reader`: on the thread that read it from the
+/// kernel; `pool`: on the blocking pool, for requests that may wait).
+pub const REQUESTS: &str = "locus_fuse_requests_total";
+/// Bytes returned by reads through the mount's own read path (not passthrough).
+pub const READ_BYTES: &str = "locus_fuse_read_bytes_total";
+/// Requests answered with an error other than a plain "no such name", by `op`.
+pub const FAILURES: &str = "locus_fuse_failures_total";
+/// Opens handed to the kernel (FUSE passthrough: its reads never reach the mount).
+pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
+
+/// Describes the mount's metrics and makes the counters visible from the start.
+pub fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(REQUESTS, "FUSE requests answered, by op and thread kind");
+    metrics::describe_counter!(
+        READ_BYTES,
+        Unit::Bytes,
+        "Bytes read through the mount's own read path"
+    );
+    metrics::describe_counter!(FAILURES, "FUSE requests answered with an I/O error, by op");
+    metrics::describe_counter!(
+        PASSTHROUGH_OPENS,
+        "Opens handed to the kernel (passthrough)"
+    );
+    for c in [READ_BYTES, PASSTHROUGH_OPENS] {
+        metrics::counter!(c).absolute(0);
+    }
+}
+
+pub(crate) fn request(op: &'static str, on: &'static str) {
+    metrics::counter!(REQUESTS, "op" => op, "on" => on).increment(1);
+}
+
+pub(crate) fn failure(op: &'static str) {
+    metrics::counter!(FAILURES, "op" => op).increment(1);
+}
