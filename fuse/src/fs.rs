@@ -165,6 +165,9 @@ pub struct LocusFs<B: Backend> {
     pool: tokio::runtime::Runtime,
 }
 
+/// A folder's entries in listing order: (inode, name).
+type Listing = Arc<Vec<(u64, String)>>;
+
 /// Blocking threads for requests that may wait.
 const POOL_THREADS: usize = 64;
 
@@ -259,6 +262,10 @@ struct Core<B: Backend> {
     uid: u32,
     gid: u32,
     passthrough_on: AtomicBool,
+    /// Listings of open folders, by handle.
+    dir_handles: Mutex<HashMap<u64, Listing>>,
+    /// Listings of folders that never change.
+    listings: Mutex<HashMap<u64, Listing>>,
     /// A duplicate of the session's /dev/fuse descriptor, to see requests waiting.
     device: Arc<OnceLock<std::os::fd::OwnedFd>>,
     spin: Duration,
@@ -322,6 +329,8 @@ impl<B: Backend> Core<B> {
             // SAFETY: as above.
             gid: unsafe { libc::getgid() },
             passthrough_on: AtomicBool::new(false),
+            dir_handles: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
             spin,
             lingering: AtomicBool::new(false),
@@ -392,35 +401,54 @@ impl<B: Backend> Core<B> {
         Some(self.attr_of(ino, node))
     }
 
-    /// Calls `add(ino, next offset, name, attributes)` for the entries of directory `ino` from
-    /// `offset` on, until it says the reply is full.
-    fn each_entry(
-        &self,
-        ino: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, u64, &str, &FileAttr) -> bool,
-    ) -> Result<(), Errno> {
+    /// The entries of folder `ino` in order (".", ".." and its children) and whether they
+    /// never change. A listed folder's are made once; a lazy folder's at each open, as it grows.
+    fn listing(&self, ino: u64) -> Result<(Listing, bool), Errno> {
+        if let Some(l) = lock(&self.listings).get(&ino) {
+            return Ok((l.clone(), true));
+        }
         let tree = self.tree();
         let Some(node) = tree.get(ino as usize).filter(|_| ino >= 1) else {
             return Err(Errno::ENOENT);
         };
-        let Kind::Dir(children, _) = &node.kind else {
+        let Kind::Dir(children, lazy) = &node.kind else {
             return Err(Errno::ENOTDIR);
         };
-        let dots = [(ino, "."), (node.parent, "..")];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, &child)| (child, name.as_str())));
-        for (i, (child, name)) in all.enumerate().skip(offset as usize) {
-            let Some(child_node) = tree.get(child as usize) else {
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        entries.push((ino, ".".to_string()));
+        entries.push((node.parent, "..".to_string()));
+        entries.extend(children.iter().map(|(name, &child)| (child, name.clone())));
+        let entries: Listing = Arc::new(entries);
+        let fixed = lazy.is_none();
+        if fixed {
+            lock(&self.listings).insert(ino, entries.clone());
+        }
+        Ok((entries, fixed))
+    }
+
+    /// Calls `add(ino, next offset, name, attributes)` for the entries of the open folder `fh`
+    /// (folder `ino`) from `offset` on, until it says the reply is full. The offset indexes the
+    /// listing taken at open, so each call costs only the entries it returns.
+    fn each_entry(
+        &self,
+        fh: u64,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, &str, &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        let open = lock(&self.dir_handles).get(&fh).cloned();
+        let listing = match open {
+            Some(l) => l,
+            None => self.listing(ino)?.0,
+        };
+        let tree = self.tree();
+        let from = (offset as usize).min(listing.len());
+        for (i, (child, name)) in listing[from..].iter().enumerate() {
+            let Some(child_node) = tree.get(*child as usize) else {
                 continue;
             };
-            if add(
-                child,
-                (i + 1) as u64,
-                name,
-                &self.attr_of(child, child_node),
-            ) {
+            let next = (from + i + 1) as u64;
+            if add(*child, next, name, &self.attr_of(*child, child_node)) {
                 break;
             }
         }
@@ -1057,10 +1085,12 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _linger = Linger(self);
         metrics::request("opendir", "reader");
-        let fixed = matches!(
-            self.core.tree().get(ino.0 as usize).map(|n| &n.kind),
-            Some(Kind::Dir(_, None))
-        );
+        let (listing, fixed) = match self.core.listing(ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let fh = self.core.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.core.dir_handles).insert(fh, listing);
         // A listed folder never changes: the kernel may keep its listing across opens. A lazy
         // one (the namespace view) grows as names are looked up.
         let flags = if fixed {
@@ -1068,19 +1098,20 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         } else {
             FopenFlags::empty()
         };
-        reply.opened(FileHandle(0), flags);
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: fuser::ReplyEmpty,
     ) {
         let _linger = Linger(self);
         metrics::request("releasedir", "reader");
+        lock(&self.core.dir_handles).remove(&fh.0);
         reply.ok();
     }
 
@@ -1088,7 +1119,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
@@ -1096,7 +1127,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         metrics::request("readdir", "reader");
         match self
             .core
-            .each_entry(ino.0, offset, |child, next, name, attr| {
+            .each_entry(fh.0, ino.0, offset, |child, next, name, attr| {
                 reply.add(INodeNo(child), next, attr.kind, name)
             }) {
             Ok(()) => reply.ok(),
@@ -1108,7 +1139,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
@@ -1119,7 +1150,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let ttl = self.core.opts.ttl;
         match self
             .core
-            .each_entry(ino.0, offset, |child, next, name, attr| {
+            .each_entry(fh.0, ino.0, offset, |child, next, name, attr| {
                 reply.add(INodeNo(child), next, name, &ttl, attr, Generation(0))
             }) {
             Ok(()) => reply.ok(),

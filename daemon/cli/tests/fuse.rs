@@ -66,6 +66,12 @@ fn a_mount_shows_the_repo_and_reads_the_origins_bytes() {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), b.len() as u64);
         assert_eq!(std::fs::read(&path).unwrap(), b.to_vec(), "{p}");
         // Real programs too.
+        let out = std::process::Command::new("cat")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b.to_vec(), "cat {p}");
         let out = std::process::Command::new("sha256sum")
             .arg(&path)
             .output()
@@ -200,14 +206,17 @@ fn origin_failures_and_corrupt_chunks_never_give_wrong_bytes() {
 #[test]
 fn a_parallel_walk_and_many_readers_at_once() {
     let env = Env::new();
-    let files: Vec<_> = (0..300)
+    // 2,000 files in 7 × 3 folders (about 95 per folder: several READDIRPLUS replies each).
+    let files: Vec<_> = (0..2000)
         .map(|i| {
             (
                 format!("d{}/e{}/f{i}.bin", i % 7, i % 3),
-                locus_testorigin::model::random_bytes(i, 1000 + (i as usize * 37) % 20_000),
+                locus_testorigin::model::random_bytes(i, 1000 + (i as usize * 37) % 8_000),
             )
         })
         .collect();
+    let by_path: std::collections::HashMap<&str, &bytes::Bytes> =
+        files.iter().map(|(p, b)| (p.as_str(), b)).collect();
     env.sim.commit("dataset", "acme/many", files.clone());
     let d = env.daemon("n", &[], &[]);
     d.ok(&["warm", "hf://datasets/acme/many"]);
@@ -218,7 +227,7 @@ fn a_parallel_walk_and_many_readers_at_once() {
         for t in 0..8 {
             let root = &root;
             let found = &found;
-            let files = &files;
+            let by_path = &by_path;
             s.spawn(move || {
                 for d1 in (0..7).filter(|d| d % 8 == t || t >= 7) {
                     let dir = root.join(format!("d{d1}"));
@@ -226,7 +235,9 @@ fn a_parallel_walk_and_many_readers_at_once() {
                         for f in std::fs::read_dir(e.unwrap().path()).unwrap() {
                             let p = f.unwrap().path();
                             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                            let want = &files.iter().find(|(n, _)| *n == rel).unwrap().1;
+                            let want = by_path[rel.as_str()];
+                            let meta = std::fs::metadata(&p).unwrap();
+                            assert_eq!(meta.len(), want.len() as u64, "{rel}");
                             assert_eq!(std::fs::read(&p).unwrap(), want.to_vec(), "{rel}");
                             found.lock().unwrap().push(rel);
                         }
