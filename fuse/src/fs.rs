@@ -223,7 +223,7 @@ impl<B: Backend> LocusFs<B> {
         let Some(fd) = core.device.get() else {
             return;
         };
-        if core.spin.is_zero() || core.lingering.swap(true, Ordering::Acquire) {
+        if core.linger.is_zero() || core.lingering.swap(true, Ordering::Acquire) {
             return;
         }
         let start = std::time::Instant::now();
@@ -232,7 +232,7 @@ impl<B: Backend> LocusFs<B> {
             events: libc::POLLIN,
             revents: 0,
         };
-        while start.elapsed() < core.spin {
+        while start.elapsed() < core.linger {
             // SAFETY: one valid pollfd, zero timeout.
             if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
                 break;
@@ -268,7 +268,7 @@ struct Core<B: Backend> {
     listings: Mutex<HashMap<u64, Listing>>,
     /// A duplicate of the session's /dev/fuse descriptor, to see requests waiting.
     device: Arc<OnceLock<std::os::fd::OwnedFd>>,
-    spin: Duration,
+    linger: Duration,
     lingering: AtomicBool,
 }
 
@@ -315,7 +315,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn with_inodes(backend: Arc<B>, inodes: Vec<Inode>, opts: MountOptions) -> Self {
-        let spin = opts.linger;
+        let linger = opts.linger;
         Self {
             backend,
             inodes: RwLock::new(inodes),
@@ -332,7 +332,7 @@ impl<B: Backend> Core<B> {
             dir_handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
-            spin,
+            linger,
             lingering: AtomicBool::new(false),
         }
     }
@@ -539,6 +539,9 @@ impl<B: Backend> Core<B> {
         if offset >= st.size || size == 0 {
             return Ok(());
         }
+        if !may_wait && size > INLINE_READ_MAX {
+            return Err(ReadError::MustWait);
+        }
         let end = (offset + size as u64).min(st.size);
         let mut inner = if may_wait {
             lock(&st.inner)
@@ -559,7 +562,16 @@ impl<B: Backend> Core<B> {
         let last = ((end - 1) / cs) as u32;
         let missing =
             (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
-        if missing && !may_wait {
+        // A reader answers only from stored chunks, checked or small enough to check on the
+        // way; it stops before the read-ahead state changes, so the retry on the pool sees the
+        // same read.
+        if !may_wait
+            && (missing
+                || (first..=last).any(|c| {
+                    !inner.checked.get(c as usize).copied().unwrap_or(false)
+                        && cs.min(st.size - c as u64 * cs) > 1 << 20
+                }))
+        {
             return Err(ReadError::MustWait);
         }
         // Read-ahead for a sequential reader, doubling its window.
@@ -614,10 +626,6 @@ impl<B: Backend> Core<B> {
         for c in first..=last {
             if inner.checked.get(c as usize).copied().unwrap_or(false) {
                 continue;
-            }
-            // A large chunk's check (found unchecked again after a refetch) is no reader's job.
-            if !may_wait && cs.min(st.size - c as u64 * cs) > 1 << 20 {
-                return Err(ReadError::MustWait);
             }
             if !Self::check_chunk(&inner, st.size, c)? {
                 if !may_wait {
@@ -679,6 +687,7 @@ impl<B: Backend> Core<B> {
     /// Answers an open; without `may_wait`, hands the reply back where the file's state is
     /// busy (a check or a fetch on the pool holds it).
     fn open_file(&self, st: Arc<FileState>, reply: ReplyOpen, may_wait: bool) -> Option<ReplyOpen> {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if self.passthrough_on.load(Ordering::Relaxed) {
             let mut inner = if may_wait {
                 lock(&st.inner)
@@ -688,7 +697,6 @@ impl<B: Backend> Core<B> {
                     None => return Some(reply),
                 }
             };
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             // The kernel keeps an inode in one io mode while files are open: passthrough only
             // when no open of it reads through this process's cache path.
             // Small files read faster through here than through a backing file's setup.
@@ -721,28 +729,15 @@ impl<B: Backend> Core<B> {
                 return None;
             }
             inner.cached_opens += 1;
-            drop(inner);
-            Self::opened_cached(&self.handles, fh, st, reply);
-        } else {
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            Self::opened_cached(&self.handles, fh, st, reply);
         }
-        None
-    }
-
-    fn opened_cached(
-        handles: &Mutex<HashMap<u64, (Arc<FileState>, bool)>>,
-        fh: u64,
-        st: Arc<FileState>,
-        reply: ReplyOpen,
-    ) {
-        lock(handles).insert(fh, (st, false));
+        lock(&self.handles).insert(fh, (st, false));
         // The identity behind an inode never changes: keep the kernel's pages across opens.
         // Nothing is ever written, so a close needs no FLUSH round trip.
         reply.opened(
             FileHandle(fh),
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
         );
+        None
     }
 
     /// Counts a closed open of `st` (`passthrough`: one the kernel read by passthrough).
@@ -756,27 +751,6 @@ impl<B: Backend> Core<B> {
         } else {
             inner.cached_opens = inner.cached_opens.saturating_sub(1);
         }
-    }
-
-    /// Whether a read is answered at once: small, and every chunk it covers is stored and
-    /// either checked or small enough to check on the way.
-    fn read_is_inline(&self, st: &FileState, offset: u64, size: u32) -> bool {
-        if size > INLINE_READ_MAX {
-            return false;
-        }
-        let Some(inner) = try_lock(&st.inner) else {
-            return false;
-        };
-        let cs = inner.chunk_size;
-        if cs == 0 || offset >= st.size {
-            return cs != 0;
-        }
-        let end = (offset + size as u64).min(st.size);
-        (offset / cs..=(end - 1) / cs).all(|c| {
-            let present = inner.crcs.get(c as usize).copied().flatten().is_some();
-            let checked = inner.checked.get(c as usize).copied().unwrap_or(false);
-            present && (checked || cs.min(st.size - c * cs) <= 1 << 20)
-        })
     }
 
     /// Answers a read; without `may_wait`, hands the reply back where the read must wait.
@@ -1028,12 +1002,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(offset, size, "read");
-        let reply = if self.core.read_is_inline(&st, offset, size) {
-            self.core.read_reply(&st, offset, size, reply, false)
-        } else {
-            Some(reply)
-        };
-        match reply {
+        match self.core.read_reply(&st, offset, size, reply, false) {
             None => metrics::request("read", "reader"),
             Some(reply) => self.offload("read", move |core| {
                 core.read_reply(&st, offset, size, reply, true);
