@@ -182,10 +182,7 @@ impl DaemonConfig {
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
-            format!(
-                "peer-wire = {}",
-                self.security.wire && self.security.tls.is_none()
-            ),
+            format!("peer-wire = {}", self.security.wire_enabled()),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
             format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
             format!(

@@ -145,23 +145,23 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 PeerServer::new(PeerService::new(node.clone())).max_decoding_message_size(1 << 20),
                 check_token(cfg.security.token.clone()),
             );
-            let builder = builder.add_service(svc);
-            type Serve = std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+            type Incoming = std::pin::Pin<
+                Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
             >;
-            let serve: Serve = if cfg.security.wire && cfg.security.tls.is_none() {
+            let incoming: Incoming = if cfg.security.wire_enabled() {
                 // Chunk bodies on the plain-TCP wire, everything else gRPC, on one port.
-                let incoming = locus_node::peer::wire::split(
+                Box::pin(locus_node::peer::wire::split(
                     l,
                     node.clone(),
                     cfg.security.token.clone(),
                     stop_rx.clone(),
-                );
-                Box::pin(builder.serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())))
+                ))
             } else {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-                Box::pin(builder.serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())))
+                Box::pin(tokio_stream::wrappers::TcpListenerStream::new(l))
             };
+            let serve = builder
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone()));
             let membership = tokio::spawn(locus_cluster::membership::run(
                 cfg.membership
                     .clone()

@@ -549,16 +549,10 @@ impl Node {
                         }
                         return Ok(Some(f));
                     }
-                    Err(why) => peer::PeerError::Garbled {
-                        addr: owner.to_string(),
-                        detail: why,
-                    },
+                    Err(why) => peer::PeerError::garbled(owner, why),
                 }
             }
-            Ok(_) => peer::PeerError::Garbled {
-                addr: owner.to_string(),
-                detail: "too many files".into(),
-            },
+            Ok(_) => peer::PeerError::garbled(owner, "too many files"),
             Err(e) => e,
         };
         self.peer_failed(owner, &e);

@@ -447,12 +447,7 @@ impl Node {
     ) -> Result<u32, NodeError> {
         let _load = self.cluster.begin(addr);
         let want = range.end - range.start;
-        let garbled = |detail: String| {
-            NodeError::Peer(PeerError::Garbled {
-                addr: addr.to_string(),
-                detail,
-            })
-        };
+        let garbled = |detail: String| NodeError::Peer(PeerError::garbled(addr, detail));
         let target = crate::peer::wire::ChunkTarget {
             h: h.clone(),
             idx,
@@ -501,17 +496,17 @@ impl Node {
             let a = a.clone();
             async move {
                 let item = match tokio::time::timeout(IDLE_TIMEOUT, s.next()).await {
-                    Err(_) => Err(NodeError::Peer(PeerError::Unreachable {
-                        addr: a,
-                        detail: "silent for too long".into(),
-                    })),
+                    Err(_) => Err(NodeError::Peer(PeerError::unreachable(
+                        &a,
+                        "silent for too long",
+                    ))),
                     Ok(None) => return None,
                     Ok(Some(Err(e))) => Err(NodeError::Peer(e)),
                     Ok(Some(Ok(p))) if p.header || p.data.len() > MAX_PIECE => {
-                        Err(NodeError::Peer(PeerError::Garbled {
-                            addr: a,
-                            detail: "a second header or an oversized piece".into(),
-                        }))
+                        Err(NodeError::Peer(PeerError::garbled(
+                            &a,
+                            "a second header or an oversized piece",
+                        )))
                     }
                     Ok(Some(Ok(p))) => Ok(p.data),
                 };
@@ -542,18 +537,8 @@ impl Node {
         header_only: bool,
         local_only: bool,
     ) -> Result<(pb::ChunkPiece, PieceStream), NodeError> {
-        let unreachable = |detail: &str| {
-            NodeError::Peer(PeerError::Unreachable {
-                addr: addr.to_string(),
-                detail: detail.to_string(),
-            })
-        };
-        let garbled = |detail: &str| {
-            NodeError::Peer(PeerError::Garbled {
-                addr: addr.to_string(),
-                detail: detail.to_string(),
-            })
-        };
+        let unreachable = |detail: &str| NodeError::Peer(PeerError::unreachable(addr, detail));
+        let garbled = |detail: &str| NodeError::Peer(PeerError::garbled(addr, detail));
         let req = self.chunk_request(file, idx, hops, header_only, local_only);
         let mut s = tokio::time::timeout(IDLE_TIMEOUT, peers.get_chunk(addr, req))
             .await
@@ -701,7 +686,7 @@ async fn write(
 }
 
 enum Hasher {
-    Sha256(Box<sha_chain::Chain>),
+    Sha256(sha_chain::Chain),
     Sha1(sha1::Sha1),
     None,
 }
@@ -720,7 +705,7 @@ fn verify(
 ) -> Result<Checked, NodeError> {
     let layout = h.layout();
     let mut hasher = match digest {
-        Some(Digest::Sha256(_)) => Hasher::Sha256(Box::default()),
+        Some(Digest::Sha256(_)) => Hasher::Sha256(sha_chain::Chain::default()),
         Some(Digest::GitBlobSha1(_)) => {
             let mut s = sha1::Sha1::new();
             s.update(format!("blob {}\0", layout.size).as_bytes());

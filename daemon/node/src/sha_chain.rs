@@ -101,16 +101,6 @@ impl Chain {
         (self.buffered == 0).then_some(self.state)
     }
 
-    /// Bytes hashed so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was hashed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Takes a checked step of `n` bytes: the state becomes `step[1]`. Only when the state now
     /// is `step[0]` at a block boundary; returns whether it was taken.
     pub fn take_step(&mut self, step: &Step, n: u64) -> bool {

@@ -563,10 +563,6 @@ impl FileHandle {
     /// The data file, open for reading and writing (shared by every handle of the key): what a
     /// peer server hands to `sendfile` once it has checked a chunk.
     pub fn data_file(&self) -> Result<Arc<File>, StoreError> {
-        self.file()
-    }
-
-    fn file(&self) -> Result<Arc<File>, StoreError> {
         if let Some(Some(f)) = self.with_entry(|e| e.file.clone()) {
             return Ok(f);
         }
@@ -581,6 +577,11 @@ impl FileHandle {
         );
         self.with_entry(|e| e.file = Some(f.clone()));
         Ok(f)
+    }
+
+    /// This file's stripe of the writers' locks: one writer per file at a time.
+    fn write_lock(&self) -> &Mutex<()> {
+        &self.store.write_locks[self.id as usize % WRITE_LOCKS]
     }
 
     /// Reserves room for `bytes` before they are written, evicting LRU files if needed.
@@ -615,9 +616,9 @@ impl FileHandle {
     /// received from the network need no copy into one buffer). On a full disk, evicts and
     /// tries once more.
     pub fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> Result<(), StoreError> {
-        let f = self.file()?;
+        let f = self.data_file()?;
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let lock = &self.store.write_locks[self.id as usize % WRITE_LOCKS];
+        let lock = self.write_lock();
         let write = || {
             let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
             pwritev_all(&f, bufs, offset)
@@ -649,8 +650,8 @@ impl FileHandle {
         offset: u64,
     ) -> Result<(), StoreError> {
         use nix::errno::Errno;
-        let f = self.file()?;
-        let lock = &self.store.write_locks[self.id as usize % WRITE_LOCKS];
+        let f = self.data_file()?;
+        let lock = self.write_lock();
         let mut turn = Some(lock.lock().unwrap_or_else(|p| p.into_inner()));
         let mut off = offset as i64;
         let mut left = len;
@@ -773,7 +774,7 @@ impl FileHandle {
     /// Reads `buf.len()` bytes at `offset` without any check: for streaming a chunk whose CRC
     /// the caller computes on the way (see [`FileHandle::chunk_failed`]).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        let f = self.file()?;
+        let f = self.data_file()?;
         f.read_exact_at(buf, offset)
             .map_err(|e| io_err(&self.path, e))
     }
@@ -781,7 +782,7 @@ impl FileHandle {
     /// Chunk `idx` as bytes mapped from the data file, without a copy: what a peer server
     /// sends. The caller checks them against [`FileHandle::crc`] (the map sees the page cache).
     pub fn map_chunk(&self, idx: u32) -> Result<bytes::Bytes, StoreError> {
-        let f = self.file()?;
+        let f = self.data_file()?;
         let r = self.layout.range(idx);
         if r.end == r.start {
             return Ok(bytes::Bytes::new());
@@ -821,7 +822,7 @@ impl FileHandle {
         };
         let r = self.layout.range(idx);
         buf.resize((r.end - r.start) as usize, 0);
-        let f = self.file()?;
+        let f = self.data_file()?;
         f.read_exact_at(buf, r.start)
             .map_err(|e| io_err(&self.path, e))?;
         if crc32c::crc32c(buf) != crc {

@@ -78,6 +78,22 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// The peer could not be reached or went silent.
+    pub fn unreachable(addr: &str, detail: impl std::fmt::Display) -> Self {
+        PeerError::Unreachable {
+            addr: addr.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The peer answered with something that breaks the protocol.
+    pub fn garbled(addr: &str, detail: impl std::fmt::Display) -> Self {
+        PeerError::Garbled {
+            addr: addr.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
     /// Whether the peer should be skipped until a health check succeeds: it is gone, it sent
     /// garbage, or it cannot serve this node at all (auth, chunk size, version).
     pub fn marks_down(&self) -> bool {
@@ -206,6 +222,14 @@ pub struct PeerSecurity {
     pub wire: bool,
 }
 
+impl PeerSecurity {
+    /// Whether chunk bodies go over the plain-TCP wire: asked for, and no TLS (the wire has
+    /// none).
+    pub fn wire_enabled(&self) -> bool {
+        self.wire && self.tls.is_none()
+    }
+}
+
 impl Default for PeerSecurity {
     fn default() -> Self {
         PeerSecurity {
@@ -258,7 +282,8 @@ impl GrpcPeers {
                 .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
                 .domain_name(t.server_name.clone())
         });
-        let wire = (tls.is_none() && security.wire)
+        let wire = security
+            .wire_enabled()
             .then(|| Arc::new(wire::WireClient::new(security.token.as_ref())));
         Ok(Arc::new(GrpcPeers {
             channels: DashMap::new(),
@@ -273,10 +298,7 @@ impl GrpcPeers {
         let channel = match self.channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let unreachable = |detail: String| PeerError::Unreachable {
-                    addr: addr.to_string(),
-                    detail,
-                };
+                let unreachable = |detail: String| PeerError::unreachable(addr, detail);
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
                 let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(|e| unreachable(format!("bad address: {e}")))?

@@ -212,12 +212,7 @@ async fn serve_one(
         Ok(r) => r,
         Err(st) => return send_error(s, &st).await,
     };
-    let head = ready.header.encode_to_vec();
-    let mut frame = Vec::with_capacity(5 + head.len());
-    frame.push(HEADER);
-    frame.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&head);
-    write_within(s, &frame).await?;
+    write_within(s, &frame(HEADER, &[&ready.header.encode_to_vec()])).await?;
     if ready.data.is_none() {
         return Ok(());
     }
@@ -258,12 +253,19 @@ async fn write_within(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
 async fn send_error(s: &mut TcpStream, st: &Status) -> std::io::Result<()> {
     let msg = st.message().as_bytes();
     let msg = &msg[..msg.len().min(MAX_ERROR as usize - 4)];
-    let mut frame = Vec::with_capacity(9 + msg.len());
-    frame.push(ERROR);
-    frame.extend_from_slice(&(4 + msg.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&(st.code() as i32).to_be_bytes());
-    frame.extend_from_slice(msg);
-    write_within(s, &frame).await
+    write_within(s, &frame(ERROR, &[&(st.code() as i32).to_be_bytes(), msg])).await
+}
+
+/// A frame: its kind, the length of its body (u32, big-endian), then the body's parts.
+fn frame(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut f = Vec::with_capacity(5 + len);
+    f.push(kind);
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    for p in parts {
+        f.extend_from_slice(p);
+    }
+    f
 }
 
 /// Where a reader puts a chunk's bytes: its range of the cache file.
@@ -319,17 +321,11 @@ thread_local! {
 }
 
 fn unreachable(addr: &str, detail: impl std::fmt::Display) -> NodeError {
-    NodeError::Peer(PeerError::Unreachable {
-        addr: addr.to_string(),
-        detail: detail.to_string(),
-    })
+    NodeError::Peer(PeerError::unreachable(addr, detail))
 }
 
 fn garbled(addr: &str, detail: impl std::fmt::Display) -> NodeError {
-    NodeError::Peer(PeerError::Garbled {
-        addr: addr.to_string(),
-        detail: detail.to_string(),
-    })
+    NodeError::Peer(PeerError::garbled(addr, detail))
 }
 
 fn io_detail(e: &std::io::Error) -> String {
@@ -594,11 +590,15 @@ fn receive(
         r
     })?;
     let bytes = t.h.map_chunk(t.idx)?;
-    let end = sha_from.map(|mut s| {
-        sha_chain::advance(&mut s, &bytes);
-        s
-    });
-    Ok((crc32c::crc32c(&bytes), end))
+    // One pass, each slice hashed while it is in the CPU's cache (a multiple of 64 bytes).
+    let (mut crc, mut end) = (0, sha_from);
+    for s in bytes.chunks(256 << 10) {
+        crc = crc32c::crc32c_append(crc, s);
+        if let Some(state) = end.as_mut() {
+            sha_chain::advance(state, s);
+        }
+    }
+    Ok((crc, end))
 }
 
 /// Makes this thread's pipe for `splice`.
@@ -733,11 +733,7 @@ mod tests {
     }
 
     fn header_frame(piece: pb::ChunkPiece) -> Vec<u8> {
-        let h = piece.encode_to_vec();
-        let mut f = vec![HEADER];
-        f.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        f.extend_from_slice(&h);
-        f
+        frame(HEADER, &[&piece.encode_to_vec()])
     }
 
     fn fetch(addr: &str, t: &ChunkTarget) -> Result<Option<Fetched>, NodeError> {
