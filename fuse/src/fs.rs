@@ -610,9 +610,14 @@ impl<B: Backend> Core<B> {
                 (inner.crcs.get(first as usize).copied(), inner.file.clone())
             {
                 out.resize(chunk_len as usize, 0);
-                f.read_exact_at(out, chunk_start)
-                    .map_err(|e| FsError::Io(format!("{}: {e}", st.uri)))?;
-                if crc32c::crc32c(out) == crc {
+                // Read in place (this is the small-file path): a file cut short counts as a
+                // failed check, and the check below asks the daemon to fetch it again.
+                let read = match f.read_exact_at(out, chunk_start) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                    Err(e) => return Err(FsError::Io(format!("{}: {e}", st.uri)).into()),
+                };
+                if read && crc32c::crc32c(out) == crc {
                     if let Some(slot) = inner.checked.get_mut(first as usize) {
                         *slot = true;
                     }
@@ -851,25 +856,10 @@ impl<B: Backend> Core<B> {
             return Ok(false);
         };
         let start = c as u64 * inner.chunk_size;
-        let len = inner.chunk_size.min(size.saturating_sub(start));
-        if len < 1 << 20 {
-            // Small chunks: a read is cheaper than setting up a mapping.
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, start)
-                .map_err(|e| FsError::Io(e.to_string()))?;
-            return Ok(crc32c::crc32c(&buf) == crc);
-        }
-        // SAFETY: the cache file is never truncated or rewritten with other bytes (locus-store's
-        // invariants); the mapped range is checked, not trusted.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(start)
-                .len(len as usize)
-                .populate()
-                .map(f.as_ref())
-        }
-        .map_err(|e| FsError::Io(e.to_string()))?;
-        Ok(crc32c::crc32c(&map) == crc)
+        let end = (start + inner.chunk_size).min(size);
+        Ok(locus_core::check_stored(f, start..end, crc)
+            .map_err(|e| FsError::Io(e.to_string()))?
+            .is_ok())
     }
 }
 

@@ -106,5 +106,23 @@ async fn open(client: &mut locus_grpc::LocalClient, uri: &str) -> Result<PathBuf
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(PathBuf::from(r.path))
+    // The daemon checked every chunk before it answered; a file that is not the length it
+    // said (changed since, by someone else) is never mapped, as a mapping past its end faults.
+    let path = PathBuf::from(r.path);
+    let len = std::fs::metadata(&path)
+        .map_err(|source| LoaderError::Io {
+            path: uri.to_string(),
+            source,
+        })?
+        .len();
+    if len != r.size {
+        return Err(LoaderError::Remote {
+            kind: ErrorKind::Unavailable,
+            message: format!(
+                "{uri}: the cache file changed while it was opened ({len} bytes, {} expected); try again",
+                r.size
+            ),
+        });
+    }
+    Ok(path)
 }

@@ -1,7 +1,6 @@
 //! Client subcommands: they talk to the node's daemon over its Unix socket.
 
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -211,38 +210,18 @@ pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
 
 /// Copies a cached file to `out`, checking every chunk against the CRC the daemon recorded.
 /// Returns the bytes written: fewer than the size if a chunk failed its check (nothing of that
-/// chunk was written; the caller asks the daemon for the rest).
-///
-/// Each chunk is mapped (pre-faulted) rather than read into a buffer: the check then reads the
-/// page cache in place and the bytes are copied once, by the write.
+/// chunk was written; the caller asks the daemon for the rest). Large chunks are mapped
+/// (pre-faulted), so the check reads the page cache in place and the write copies them once.
 pub fn copy_verified(open: &pb::OpenResponse, out: &mut dyn Write) -> std::io::Result<u64> {
     let f = std::fs::File::open(&open.path)?;
-    let mut buf = Vec::new();
     for (idx, crc) in open.chunk_crc32c.iter().enumerate() {
         let start = idx as u64 * open.chunk_size;
-        let len = (open.size - start).min(open.chunk_size) as usize;
-        // SAFETY: the daemon never truncates a cache file or rewrites it with other bytes (see
-        // locus-store's invariants), and an evicted file is only unlinked, so the mapped range
-        // stays valid; its bytes are checked against the chunk's CRC before they are used.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(start)
-                .len(len)
-                .populate()
-                .map(&f)
-        };
-        let bytes: &[u8] = match &map {
-            Ok(m) => m,
-            Err(_) => {
-                buf.resize(len, 0);
-                f.read_exact_at(&mut buf, start)?;
-                &buf
-            }
-        };
-        if crc32c::crc32c(bytes) != *crc {
+        let end = (start + open.chunk_size).min(open.size);
+        // A short file or a failed CRC: nothing of the chunk is written.
+        let Ok(bytes) = locus_core::check_stored(&f, start..end, *crc)? else {
             return Ok(start);
-        }
-        out.write_all(bytes)?;
+        };
+        out.write_all(&bytes)?;
     }
     Ok(open.size)
 }

@@ -1,6 +1,8 @@
-//! How a file is cut into fixed-size chunks.
+//! How a file is cut into fixed-size chunks, and the one check of a stored chunk's bytes.
 
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 /// The chunk layout of one file. The chunk size is fixed per file when it enters the cache, so
 /// a later change of `--chunk-size` never reinterprets existing cache entries.
@@ -47,9 +49,167 @@ impl ChunkLayout {
     }
 }
 
+/// Chunks shorter than this are read into memory rather than mapped: a read costs less than
+/// setting up a mapping.
+const MAP_AT: u64 = 1 << 20;
+
+/// The bytes of a stored chunk, mapped from its cache file or read into memory.
+pub enum ChunkBytes {
+    /// Mapped read-only (pre-faulted).
+    Mapped(memmap2::Mmap),
+    /// Read into memory (small chunks, or where a mapping failed).
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Mapped(m) => m,
+            ChunkBytes::Read(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for ChunkBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Why stored bytes are not a chunk's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkFault {
+    /// The file ends before the chunk does (a power loss, or someone truncated it).
+    #[error("the cache file is {len} bytes long; the chunk ends at byte {end}")]
+    Short {
+        /// The file's length.
+        len: u64,
+        /// Where the chunk ends.
+        end: u64,
+    },
+    /// The bytes do not match the CRC32C recorded when they were written.
+    #[error("the chunk's bytes do not match their CRC32C")]
+    Crc,
+    /// The range asked for is not a chunk (it ends before it starts: a size that changed).
+    #[error("bytes {start}..{end} are not a chunk")]
+    Range {
+        /// Where it starts.
+        start: u64,
+        /// Where it ends.
+        end: u64,
+    },
+}
+
+/// Reads the bytes of `range` from a cache file, checking first that the file holds all of
+/// them: a mapping of bytes past the end of a file faults (SIGBUS) on access, so nothing is
+/// ever mapped past the length this returns against. The outer error is an I/O failure; the
+/// inner one says the bytes are not there.
+pub fn read_stored(f: &File, range: Range<u64>) -> std::io::Result<Result<ChunkBytes, ChunkFault>> {
+    if range.end < range.start || range.end - range.start > usize::MAX as u64 {
+        return Ok(Err(ChunkFault::Range {
+            start: range.start,
+            end: range.end,
+        }));
+    }
+    let len = f.metadata()?.len();
+    if len < range.end {
+        return Ok(Err(ChunkFault::Short {
+            len,
+            end: range.end,
+        }));
+    }
+    let n = (range.end - range.start) as usize;
+    if n as u64 >= MAP_AT {
+        // SAFETY: the range lies inside the file (checked just above), and cache files are
+        // never truncated while in use (locus-store's invariants); a truncation by anyone else
+        // is outside what locus promises. The bytes are checked, not trusted, by the callers.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(range.start)
+                .len(n)
+                .populate()
+                .map(f)
+        };
+        if let Ok(m) = map {
+            return Ok(Ok(ChunkBytes::Mapped(m)));
+        }
+    }
+    let mut buf = vec![0u8; n];
+    match f.read_exact_at(&mut buf, range.start) {
+        Ok(()) => Ok(Ok(ChunkBytes::Read(buf))),
+        // Shortened between the length check and the read.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Err(ChunkFault::Short {
+            len: f.metadata()?.len(),
+            end: range.end,
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`read_stored`], then the CRC32C: the bytes of `range` only if they are the chunk's.
+/// Every reader of a cache file (the daemon, the mount, `locus cat`, the loader through the
+/// daemon) checks stored bytes through this one function.
+pub fn check_stored(
+    f: &File,
+    range: Range<u64>,
+    crc: u32,
+) -> std::io::Result<Result<ChunkBytes, ChunkFault>> {
+    Ok(read_stored(f, range)?.and_then(|b| {
+        if crc32c::crc32c(&b) == crc {
+            Ok(b)
+        } else {
+            Err(ChunkFault::Crc)
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_chunks_are_checked_for_length_then_crc() {
+        let dir = std::env::temp_dir().join(format!("locus-chunk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        let big = 0..(2u64 << 20);
+        let small = (2u64 << 20)..(2u64 << 20) + 4096;
+        for r in [big.clone(), small.clone()] {
+            let crc = crc32c::crc32c(&data[r.start as usize..r.end as usize]);
+            let b = check_stored(&f, r.clone(), crc).unwrap().unwrap();
+            assert_eq!(&*b, &data[r.start as usize..r.end as usize]);
+            assert_eq!(
+                check_stored(&f, r.clone(), crc ^ 1).unwrap().err(),
+                Some(ChunkFault::Crc)
+            );
+        }
+        // A file cut short is never mapped past its end.
+        let cut = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        cut.set_len(1 << 20).unwrap();
+        assert_eq!(
+            read_stored(&f, big).unwrap().err(),
+            Some(ChunkFault::Short {
+                len: 1 << 20,
+                end: 2 << 20
+            })
+        );
+        assert!(matches!(
+            read_stored(&f, small).unwrap(),
+            Err(ChunkFault::Short { .. })
+        ));
+        // A range from a size that changed under the caller is refused, not computed with.
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 16u64..10;
+        assert!(matches!(
+            read_stored(&f, backwards).unwrap(),
+            Err(ChunkFault::Range { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn layout() {

@@ -126,11 +126,20 @@ impl From<StoreError> for NodeError {
 }
 
 impl NodeError {
+    /// Whether one attempt failed in a way another may not (the node owns these retries).
     fn is_transient(&self) -> bool {
         match self {
             NodeError::Origin(e) => e.is_transient(),
             NodeError::ShortBody { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The wait the origin asked for before the next attempt.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            NodeError::Origin(e) => e.retry_after(),
+            _ => None,
         }
     }
 }
@@ -423,7 +432,7 @@ impl Node {
                 }
                 Ok(id)
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_outage() => {
                 let stale = self.revisions.get(&k).map(|e| e.0.clone()).or_else(|| {
                     self.store
                         .meta_get(&meta_key)

@@ -29,6 +29,9 @@ pub const FETCH_SECONDS: &str = "locus_fetch_seconds";
 pub const RING_MEMBERS: &str = "locus_ring_members";
 /// Chunks that failed their checksum on read.
 pub const CHUNK_CORRUPTIONS: &str = "locus_chunk_corruptions_total";
+/// Stored chunks read again and CRC-checked before a file was handed out (chunks not found
+/// right since the daemon started, or of a file changed on disk since).
+pub const CHUNKS_RECHECKED: &str = "locus_chunks_rechecked_total";
 /// Files whose bytes did not match the origin's digest.
 pub const DIGEST_MISMATCHES: &str = "locus_digest_mismatches_total";
 
@@ -92,6 +95,10 @@ pub fn describe() {
     );
     metrics::describe_counter!(CHUNK_CORRUPTIONS, "Chunks that failed their checksum");
     metrics::describe_counter!(
+        CHUNKS_RECHECKED,
+        "Stored chunks CRC-checked again before a file was handed out"
+    );
+    metrics::describe_counter!(
         DIGEST_MISMATCHES,
         "Files whose bytes did not match the origin's digest"
     );
@@ -101,6 +108,7 @@ pub fn describe() {
         CACHE_MISSES,
         EVICTIONS,
         CHUNK_CORRUPTIONS,
+        CHUNKS_RECHECKED,
         PEER_DOWN,
         PEER_AUTH_FAILURES,
         PEER_INVALID_REQUESTS,

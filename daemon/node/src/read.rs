@@ -3,12 +3,13 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use locus_core::{Digest, RemoteFile};
-use locus_store::FileHandle;
+use locus_origin::OriginError;
+use locus_store::{ChunkCheck, FileHandle, SINCE_START};
 use sha1::Digest as _;
 
 use crate::peer::{PeerError, PeerTransport, PieceStream, IDLE_TIMEOUT, MAX_PIECE};
@@ -89,6 +90,11 @@ impl Node {
         // Bytes this call reported done, taken back if a round must fetch again.
         let done_here = AtomicU64::new(0);
         loop {
+            if h.verified() {
+                // Checked once against its digest, perhaps before this start: chunks not found
+                // right since then are read again first (a power loss, or rot on disk).
+                self.check_unchecked(&h).await?;
+            }
             let missing = h.missing();
             let missing_set: std::collections::HashSet<u32> = missing.iter().copied().collect();
             let present: u64 = (0..layout.count())
@@ -183,6 +189,44 @@ impl Node {
                 .done_bytes
                 .fetch_sub(done_here.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// CRC-checks every stored chunk of `h` not found right since this process started, in
+    /// parallel. One that fails is dropped, which leaves the file unverified: the caller's
+    /// round fetches it again and checks the whole file.
+    async fn check_unchecked(&self, h: &Arc<FileHandle>) -> Result<(), NodeError> {
+        // Changed on disk since it was last found right (a write or truncation by anyone
+        // else): every chunk is read again.
+        let trust = match h.unchanged_since_checked() {
+            true => SINCE_START,
+            false => Duration::ZERO,
+        };
+        let todo: Vec<u32> = (0..h.layout().count())
+            .filter(|&i| !h.checked_within(i, trust))
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let par = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let checks = todo.len() as u64;
+        let all_good = futures::stream::iter(todo)
+            .map(|idx| {
+                let h = h.clone();
+                tokio::task::spawn_blocking(move || h.check_chunk(idx, trust))
+            })
+            .buffer_unordered(par)
+            .map(|r| match r {
+                Ok(Ok(c)) => Ok(matches!(c, ChunkCheck::Checked(_) | ChunkCheck::Trusted)),
+                Ok(Err(e)) => Err(NodeError::from(e)),
+                Err(e) => Err(NodeError::Internal(e.to_string())),
+            })
+            .try_fold(true, |all, ok| async move { Ok(all && ok) })
+            .await?;
+        metrics::counter!(crate::metrics_defs::CHUNKS_RECHECKED).increment(checks);
+        if all_good {
+            h.note_all_checked();
+        }
+        Ok(())
     }
 
     /// Makes chunks `range` of `file` present, without the whole-file check; when that leaves
@@ -327,16 +371,20 @@ impl Node {
             }
             None => {}
         }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let started = Instant::now();
         let mut attempt = 0;
+        // The one owner of a chunk's origin retries (the origin sends each request once): at
+        // most `attempts` requests per chunk, and no origin connection held while waiting.
         loop {
             attempt += 1;
-            match self.fetch_once(file, h, range.clone()).await {
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+            let r = self.fetch_once(file, h, range.clone()).await;
+            drop(permit);
+            match r {
                 Ok(crc) => {
                     h.commit_chunk(idx, crc);
                     metrics::histogram!("locus_fetch_seconds", "source" => "origin")
@@ -344,13 +392,24 @@ impl Node {
                     return Ok(Source::Origin);
                 }
                 Err(e) if e.is_transient() && attempt < self.cfg.retry.attempts => {
-                    let wait = self.cfg.retry.backoff(attempt, None);
+                    let wait = self.cfg.retry.backoff(attempt, e.retry_after());
+                    metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
+                        .increment(1);
                     tracing::warn!(uri = file.uri, chunk = idx, attempt, error = %e, ?wait, "chunk fetch failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    tracing::error!(uri = file.uri, chunk = idx, error = %e, "chunk fetch failed");
-                    return Err(e);
+                    tracing::error!(uri = file.uri, chunk = idx, attempt, error = %e, "chunk fetch failed");
+                    return Err(match e {
+                        NodeError::Origin(OriginError::Transient { what, detail, .. }) => {
+                            NodeError::Origin(OriginError::Unavailable {
+                                what,
+                                attempts: attempt,
+                                detail,
+                            })
+                        }
+                        e => e,
+                    });
                 }
             }
         }
@@ -740,12 +799,19 @@ fn verify(
                 continue;
             }
         }
-        // Hashed straight from the page cache through a map: no copy.
-        let bytes = h.map_chunk(idx)?;
-        if !fresh && h.crc(idx) != Some(crc32c::crc32c(&bytes)) {
-            h.chunk_failed(idx);
+        // Hashed straight from the page cache through a map: no copy. A fresh chunk's CRC
+        // was computed from the bytes written; any other is checked here.
+        let stored = if fresh {
+            h.map_chunk(idx)?
+        } else {
+            match h.check_chunk(idx, std::time::Duration::ZERO)? {
+                ChunkCheck::Checked(b) => Some(b),
+                _ => None,
+            }
+        };
+        let Some(bytes) = stored else {
             return Ok(Checked::ChunkDropped);
-        }
+        };
         match &mut hasher {
             Hasher::Sha256(s) => s.update(&bytes),
             Hasher::Sha1(s) => s.update(&bytes),
@@ -771,6 +837,7 @@ fn verify(
     for idx in 0..layout.count() {
         h.mark_checked(idx);
     }
+    h.note_all_checked();
     Ok(Checked::Good)
 }
 

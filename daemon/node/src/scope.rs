@@ -155,10 +155,10 @@ impl Node {
             .filter(|m| m.state != locus_cluster::MemberState::Down)
             .map(|m| m.addr)
             .collect();
-        let size: u64 = files.iter().map(|f| f.size).sum();
+        let size = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
         progress
             .total_bytes
-            .store(size * members.len() as u64, Ordering::Relaxed);
+            .store(size.saturating_mul(members.len() as u64), Ordering::Relaxed);
         progress
             .total_files
             .store((files.len() * members.len()) as u64, Ordering::Relaxed);

@@ -41,11 +41,20 @@ impl From<NodeError> for Status {
             }
             NodeError::Origin(OriginError::AccessDenied { .. }) => Status::permission_denied(msg),
             NodeError::Origin(OriginError::Changed { .. }) => Status::aborted(msg),
+            NodeError::Origin(OriginError::Invalid { .. }) => Status::invalid_argument(msg),
+            NodeError::Origin(OriginError::NotConfigured { .. }) => {
+                Status::failed_precondition(msg)
+            }
             NodeError::Origin(OriginError::Unavailable { .. } | OriginError::Transient { .. })
             | NodeError::ShortBody { .. } => Status::unavailable(msg),
             NodeError::Origin(OriginError::Protocol { .. }) => Status::unavailable(msg),
             NodeError::Store(s)
-                if matches!(**s, StoreError::Full { .. } | StoreError::DiskFull { .. }) =>
+                if matches!(
+                    **s,
+                    StoreError::Full { .. }
+                        | StoreError::DiskFull { .. }
+                        | StoreError::TooLarge { .. }
+                ) =>
             {
                 Status::resource_exhausted(msg)
             }
@@ -110,7 +119,11 @@ pub(crate) fn warm_stream(
     let progress = Arc::new(WarmProgress::default());
     progress
         .total_bytes
-        .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+        // Sizes come from origins and peers: a sum that cannot overflow.
+        .store(
+            files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
+            Ordering::Relaxed,
+        );
     progress
         .total_files
         .store(files.len() as u64, Ordering::Relaxed);
@@ -277,9 +290,8 @@ impl Local for LocalService {
                     .map_err(NodeError::from)?,
             );
             tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::new();
                 for idx in first..end.min(h.layout().count()) {
-                    h.read_chunk_verified(idx, &mut buf)?;
+                    h.check_chunk(idx, Duration::ZERO)?;
                 }
                 Ok::<_, StoreError>(())
             })
@@ -323,22 +335,19 @@ impl Local for LocalService {
                 let mut skip = (req.offset % layout.chunk_size) as usize;
                 while idx < layout.count() {
                     let hb = h.clone();
-                    let (ok, buf) = tokio::task::spawn_blocking(move || {
-                        let mut buf = Vec::new();
-                        hb.read_chunk_verified(idx, &mut buf).map(|ok| (ok, buf))
-                    })
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(NodeError::from)?;
-                    if !ok {
+                    let checked =
+                        tokio::task::spawn_blocking(move || hb.checked_bytes(idx, Duration::ZERO))
+                            .await
+                            .map_err(|e| Status::internal(e.to_string()))?
+                            .map_err(NodeError::from)?;
+                    let Some(buf) = checked else {
                         // Dropped on a failed check: fetch it again, then go on.
                         h = node.ensure_file(&file, &progress).await?;
                         continue;
-                    }
+                    };
                     node.counters
                         .local_bytes
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    let buf = bytes::Bytes::from(buf);
                     let buf = buf.slice(skip.min(buf.len())..);
                     skip = 0;
                     for piece in buf.chunks(READ_MESSAGE) {

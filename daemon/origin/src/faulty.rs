@@ -49,6 +49,7 @@ impl<O: Origin> Origin for FaultyOrigin<O> {
             return Err(OriginError::Transient {
                 what: file.uri.clone(),
                 detail: "injected fault".into(),
+                retry_after: None,
             });
         }
         self.inner.read(file, range).await

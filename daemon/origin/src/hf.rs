@@ -23,7 +23,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::retry::{build_client, describe_reqwest, send_with_retry, RetryPolicy};
+use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -177,6 +177,17 @@ impl HfOrigin {
         send_with_retry(self.cfg.retry, what, kind, build).await
     }
 
+    /// One attempt of a data request: the reader of a chunk owns its retries (see
+    /// [`crate::retry::send_once`]).
+    async fn send_once(
+        &self,
+        what: &str,
+        kind: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, OriginError> {
+        send_once(what, kind, build()).await
+    }
+
     async fn get_json<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
@@ -192,6 +203,7 @@ impl HfOrigin {
         let body = resp.bytes().await.map_err(|e| OriginError::Transient {
             what: what.to_string(),
             detail: describe_reqwest(&e),
+            retry_after: None,
         })?;
         let value = serde_json::from_slice(&body).map_err(|e| OriginError::Protocol {
             what: what.to_string(),
@@ -211,7 +223,7 @@ impl HfOrigin {
         }
         let what = file.uri.as_str();
         let resp = self
-            .send(what, "head", || {
+            .send_once(what, "head", || {
                 self.auth(self.client.request(Method::HEAD, &resolve))
             })
             .await?;
@@ -397,7 +409,7 @@ impl Origin for HfOrigin {
         loop {
             let (url, via_cdn) = self.data_url(file).await?;
             let resp = self
-                .send(&what, "get", || {
+                .send_once(&what, "get", || {
                     let req = self.client.get(&*url).header(RANGE, &range_header);
                     // Signed CDN URLs need no token, and must never see it.
                     if via_cdn {
@@ -431,6 +443,7 @@ impl Origin for HfOrigin {
                 .map_err(move |e| OriginError::Transient {
                     what: w.clone(),
                     detail: describe_reqwest(&e),
+                    retry_after: None,
                 });
             return Ok(stream.boxed());
         }

@@ -34,7 +34,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::retry::{build_client, describe_reqwest, send_with_retry};
+use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry};
 use crate::snapshot::{identity_key, Snapshots};
 use crate::{ByteStream, Origin, OriginError, RetryPolicy};
 
@@ -90,9 +90,9 @@ fn literal_link_local(url: &reqwest::Url) -> bool {
 
 /// A URL locus may fetch: well-formed, and not naming a metadata address literally.
 fn checked(url: &str) -> Result<(), OriginError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Protocol {
+    let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Invalid {
         what: url.to_string(),
-        detail: e.to_string(),
+        detail: format!("not a valid URL: {e}"),
     })?;
     if literal_link_local(&parsed) {
         return Err(OriginError::AccessDenied {
@@ -301,6 +301,7 @@ impl HttpOrigin {
                     let piece = piece.map_err(|e| OriginError::Transient {
                         what: what.to_string(),
                         detail: describe_reqwest(&e),
+                        retry_after: None,
                     })?;
                     got += piece.len() as u64;
                     if got > file.size {
@@ -387,10 +388,8 @@ impl Origin for HttpOrigin {
             return self.read_spooled(file, &v, range).await;
         }
         let range_header = format!("bytes={}-{}", range.start, range.end - 1);
-        let resp = send_with_retry(self.retry, what, "get", || {
-            self.get(file, &v).header(RANGE, &range_header)
-        })
-        .await?;
+        // One attempt: the reader of the chunk owns its retries.
+        let resp = send_once(what, "get", self.get(file, &v).header(RANGE, &range_header)).await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 // `bytes START-END/TOTAL`: the range asked for, of a file of the listed size.
@@ -422,6 +421,7 @@ impl Origin for HttpOrigin {
                     .map_err(move |e| OriginError::Transient {
                         what: w.clone(),
                         detail: describe_reqwest(&e),
+                        retry_after: None,
                     })
                     .boxed())
             }

@@ -90,12 +90,31 @@ pub enum OriginError {
         /// The last failure.
         detail: String,
     },
-    /// A transient failure that the caller may retry (a body cut short, a 5xx).
+    /// A transient failure of one attempt that the caller may retry (a body cut short, a
+    /// 5xx, a 429): the caller owns the retries of this request.
     #[error("{what}: {detail}")]
     Transient {
         /// The object asked for.
         what: String,
         /// What happened.
+        detail: String,
+        /// How long the server asked the caller to wait (`Retry-After`).
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The daemon has no origin for this scheme: its configuration, not an outage.
+    #[error("{what}: {hint}")]
+    NotConfigured {
+        /// The namespace asked for.
+        what: String,
+        /// What to configure.
+        hint: &'static str,
+    },
+    /// The request names something no origin can fetch (a malformed URL).
+    #[error("{what}: {detail}")]
+    Invalid {
+        /// What was asked for.
+        what: String,
+        /// What is wrong with it.
         detail: String,
     },
     /// The origin answered something locus cannot use.
@@ -109,12 +128,28 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// Whether trying again may succeed.
+    /// Whether the caller should try again: one attempt failed transiently. `Unavailable`
+    /// is not: the layer that said it already spent its attempts, and retrying it again
+    /// would multiply them (8 × 8 requests per chunk against an origin that stays down).
     pub fn is_transient(&self) -> bool {
+        matches!(self, OriginError::Transient { .. })
+    }
+
+    /// Whether the origin could not be reached or kept failing (retried or not): a reason to
+    /// use metadata known from before, never a wrong answer.
+    pub fn is_outage(&self) -> bool {
         matches!(
             self,
             OriginError::Transient { .. } | OriginError::Unavailable { .. }
         )
+    }
+
+    /// The wait the origin asked for before the next attempt.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            OriginError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -157,9 +192,9 @@ impl Origins {
                 "file:// origins are off: start the daemon with --file-root DIR",
             ),
         };
-        o.as_ref().ok_or_else(|| OriginError::Protocol {
+        o.as_ref().ok_or_else(|| OriginError::NotConfigured {
             what: ns.to_string(),
-            detail: hint.to_string(),
+            hint,
         })
     }
 

@@ -411,9 +411,11 @@ async fn read_place(
     let body = got
         .into_stream()
         .map_err(move |e| match map_err(e, &w, denied_hint) {
-            OriginError::Unavailable { what, detail, .. } => {
-                OriginError::Transient { what, detail }
-            }
+            OriginError::Unavailable { what, detail, .. } => OriginError::Transient {
+                what,
+                detail,
+                retry_after: None,
+            },
             e => e,
         });
     if !place.recheck {

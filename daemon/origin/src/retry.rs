@@ -46,36 +46,59 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// Sends a request with retries. `build` makes a fresh request per attempt. Returns the first
-/// response that is not transient (2xx, 3xx or a final 4xx); each attempt counts as one origin
-/// call of `kind`.
+/// Sends one request, counted as one origin call of `kind`. Returns a response that is not
+/// transient (2xx, 3xx or a final 4xx), or [`crate::OriginError::Transient`] (5xx, 429, a
+/// failed connection) with the server's `Retry-After`: whoever calls this owns the retries.
+pub(crate) async fn send_once(
+    what: &str,
+    kind: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, crate::OriginError> {
+    use reqwest::StatusCode;
+    crate::count_request(kind);
+    let (detail, retry_after) = match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                let ra = parse_retry_after(
+                    resp.headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                (format!("HTTP {status}"), ra)
+            } else {
+                return Ok(resp);
+            }
+        }
+        // URLs carry no secret (tokens are headers), so the error may name them.
+        Err(e) => (describe_reqwest(&e), None),
+    };
+    Err(crate::OriginError::Transient {
+        what: what.to_string(),
+        detail,
+        retry_after,
+    })
+}
+
+/// Sends a request with retries (metadata calls, whole-file spools: requests nobody above
+/// retries). `build` makes a fresh request per attempt. Returns the first response that is not
+/// transient; after `policy.attempts` transient failures, [`crate::OriginError::Unavailable`].
 pub(crate) async fn send_with_retry(
     policy: RetryPolicy,
     what: &str,
     kind: &'static str,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, crate::OriginError> {
-    use reqwest::StatusCode;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        crate::count_request(kind);
-        let (detail, retry_after) = match build().send().await {
-            Ok(resp) => {
-                let status = resp.status();
-                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    let ra = parse_retry_after(
-                        resp.headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok()),
-                    );
-                    (format!("HTTP {status}"), ra)
-                } else {
-                    return Ok(resp);
-                }
-            }
-            // URLs carry no secret (tokens are headers), so the error may name them.
-            Err(e) => (describe_reqwest(&e), None),
+        let (detail, retry_after) = match send_once(what, kind, build()).await {
+            Err(crate::OriginError::Transient {
+                detail,
+                retry_after,
+                ..
+            }) => (detail, retry_after),
+            r => return r,
         };
         metrics::counter!("locus_origin_retries_total", "kind" => kind).increment(1);
         if attempt >= policy.attempts {

@@ -70,6 +70,21 @@ pub(crate) struct Index {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Whether redb's refusal to open proves the file's bytes wrong (as opposed to an index it
+/// cannot use right now: permissions, I/O, a lock, a format upgrade).
+fn proven_corrupt(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        // Not redb's magic number (InvalidData), or a file cut short inside its header or a
+        // region the header names.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 fn idx_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Index(e.to_string())
 }
@@ -78,13 +93,22 @@ impl Index {
     pub fn open(path: &Path) -> Result<(Index, Loaded), StoreError> {
         let db = match Database::create(path) {
             Ok(db) => db,
-            Err(e) => {
-                // An index that cannot be opened (torn by a crash of an old version, or foreign)
-                // is moved aside; the data files it described are then unknown and removed.
-                tracing::error!(path = %path.display(), error = %e, "cache index unreadable; starting an empty one");
+            Err(e) if proven_corrupt(&e) => {
+                // Only an index whose bytes are proven wrong is moved aside; the data files it
+                // described are then unknown and removed (refetched as needed): nothing is
+                // ever served unchecked from a cache whose records were lost.
+                tracing::error!(path = %path.display(), error = %e, "cache index corrupt; setting it aside and starting an empty one");
                 let aside = path.with_extension("redb.broken");
                 std::fs::rename(path, &aside).map_err(idx_err)?;
                 Database::create(path).map_err(idx_err)?
+            }
+            // Permissions, a read-only or failing disk, a lock held, a newer format: the
+            // index may be fine; changing anything could destroy a good cache.
+            Err(e) => {
+                return Err(StoreError::IndexUnusable {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })
             }
         };
         let w = db.begin_write().map_err(idx_err)?;

@@ -43,6 +43,23 @@ pub enum StoreError {
     /// The index database failed.
     #[error("cache index: {0}")]
     Index(String),
+    /// Another process holds the cache directory.
+    #[error("cache at {path} is in use by another locus daemon ({holder}); stop it or choose another --cache-dir")]
+    Locked {
+        /// The cache directory.
+        path: String,
+        /// Who holds it ("pid N", as its lock file says).
+        holder: String,
+    },
+    /// The index exists but cannot be opened for a reason other than proven corruption: it is
+    /// left as it is (no repair, nothing deleted).
+    #[error("cache index {path} cannot be opened: {detail}; nothing in the cache was changed")]
+    IndexUnusable {
+        /// The index file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
     /// No room even after evicting everything evictable.
     #[error("cache full: {needed} more bytes needed, {used} of {capacity} bytes used by files that are pinned or in use; raise --cache-size, unpin, or free disk space")]
     Full {
@@ -51,6 +68,16 @@ pub enum StoreError {
         /// Bytes in use.
         used: u64,
         /// Capacity.
+        capacity: u64,
+    },
+    /// A file larger than the whole cache (a size an origin or a peer claimed).
+    #[error("{uri}: {size} bytes do not fit in a cache of {capacity} bytes; raise --cache-size")]
+    TooLarge {
+        /// The file.
+        uri: String,
+        /// Its claimed size.
+        size: u64,
+        /// The cache's capacity.
         capacity: u64,
     },
     /// The disk has no space left even after evicting what could be evicted.
@@ -79,8 +106,29 @@ struct Entry {
     /// Checked whole-file hash steps of chunks (opaque here; see locus-node's `sha_chain`),
     /// kept in memory only: empty until the first is set.
     steps: Vec<Option<Step>>,
-    /// When this process last read each chunk's bytes and found them right (memory only).
+    /// When this process last found each chunk's bytes right: read and CRC-checked, or
+    /// written with the CRC computed from the bytes received (memory only, so every chunk is
+    /// unchecked after a start, power loss or not).
     checked: Vec<Option<std::time::Instant>>,
+    /// The data file's change time and length when every chunk was last found right: a file
+    /// changed on disk since then (by anyone: ctime cannot be set back) is checked again.
+    seen: Option<FileStamp>,
+}
+
+/// What `fstat` says of a data file that changes with any write or truncation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    ctime: (i64, i64),
+    len: u64,
+}
+
+fn stamp(f: &File) -> std::io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok(FileStamp {
+        ctime: (m.ctime(), m.ctime_nsec()),
+        len: m.len(),
+    })
 }
 
 /// A hash step of a chunk: the SHA-256 state before its bytes and after them.
@@ -111,8 +159,25 @@ pub struct StoreStats {
     pub pinned: u64,
 }
 
+/// What [`FileHandle::check_chunk`] found.
+pub enum ChunkCheck {
+    /// Found right within the age asked for: not read again.
+    Trusted,
+    /// Read now and found right: its bytes.
+    Checked(bytes::Bytes),
+    /// Not stored (never, or dropped meanwhile).
+    Missing,
+    /// Its bytes were wrong or short: dropped (fetched again next time), never served.
+    Dropped,
+}
+
+/// Trust a chunk found right at any time since this process started (or wrote it).
+pub const SINCE_START: std::time::Duration = std::time::Duration::MAX;
+
 /// The node-local cache.
 pub struct Store {
+    /// Held (`flock`, exclusive) for the store's lifetime: one daemon per cache directory.
+    _lock: File,
     dir: PathBuf,
     data_dir: PathBuf,
     capacity: u64,
@@ -142,6 +207,9 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         // Absolute, because clients open the data files by the paths the daemon hands out.
         let dir = &std::fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
+        // Before anything in the directory is read or changed: a second daemon on a live cache
+        // would take the live index for a broken one and delete its data.
+        let lock = lock_dir(dir)?;
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir).map_err(|e| io_err(&data_dir, e))?;
         let (index, loaded) = Index::open(&dir.join("index.redb"))?;
@@ -179,6 +247,7 @@ impl Store {
                     file: None,
                     steps: Vec::new(),
                     checked: Vec::new(),
+                    seen: None,
                 },
             );
         }
@@ -204,6 +273,7 @@ impl Store {
             }
         }
         let store = Arc::new(Store {
+            _lock: lock,
             dir: dir.to_path_buf(),
             data_dir,
             capacity,
@@ -243,6 +313,15 @@ impl Store {
         file: &RemoteFile,
         chunk_size: u64,
     ) -> Result<FileHandle, StoreError> {
+        // Sizes come from origins and peers; the per-chunk tables are sized by them.
+        let chunks = file.size.div_ceil(chunk_size.max(1));
+        if file.size > self.capacity || chunks > u32::MAX as u64 {
+            return Err(StoreError::TooLarge {
+                uri: file.uri.clone(),
+                size: file.size,
+                capacity: self.capacity,
+            });
+        }
         let mut st = self.lock();
         if !st.files.contains_key(&file.key) {
             let id = st.next_id;
@@ -282,6 +361,7 @@ impl Store {
                     file: None,
                     steps: Vec::new(),
                     checked: Vec::new(),
+                    seen: None,
                 },
             );
             self.publish_gauges(&st);
@@ -445,6 +525,45 @@ fn set_slot<T: Clone>(table: &mut Vec<Option<T>>, chunks: usize, idx: u32, v: T)
     if let Some(slot) = table.get_mut(idx as usize) {
         *slot = Some(v);
     }
+}
+
+/// Takes the cache directory's lock file (`lock`, exclusive `flock`, held while the returned
+/// file is open) and writes this process's pid into it; fails with [`StoreError::Locked`],
+/// naming the holder, when another process has it. The kernel drops the lock when its holder
+/// dies, however it dies, so a crash never leaves a stale lock.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(StoreError::Locked {
+                path: dir.display().to_string(),
+                holder: match pid.parse::<u32>() {
+                    Ok(p) => format!("pid {p}"),
+                    Err(_) => "pid unknown".into(),
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
+    }
+    let write = |f: &mut File| -> std::io::Result<()> {
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())
+    };
+    write(&mut f).map_err(|e| io_err(&path, e))?;
+    Ok(f)
 }
 
 /// `pwritev` until every byte of `bufs` is written at `offset`.
@@ -692,14 +811,18 @@ impl FileHandle {
     /// Records chunk `idx` (its bytes already written and reserved) with its CRC.
     pub fn commit_chunk(&self, idx: u32, crc: u32) {
         let id = self.id;
+        let now = std::time::Instant::now();
         self.with_entry(|e| {
             let len = e.layout().len(idx);
+            let count = e.chunks.len();
             if let Some(slot) = e.chunks.get_mut(idx as usize) {
                 if slot.is_none() {
                     e.present += 1;
                     e.bytes += len;
                 }
                 *slot = Some(crc);
+                // The CRC was computed from the bytes written: they count as checked now.
+                set_slot(&mut e.checked, count, idx, now);
             }
         });
         self.store.index.send(Op::SetChunk { id, idx, crc });
@@ -708,6 +831,25 @@ impl FileHandle {
     /// Records the checked hash step of chunk `idx`.
     pub fn set_step(&self, idx: u32, step: Step) {
         self.with_entry(|e| set_slot(&mut e.steps, e.chunks.len(), idx, step));
+    }
+
+    /// Records that every chunk was just found right, with the data file as it is now.
+    pub fn note_all_checked(&self) {
+        let Ok(f) = self.data_file() else { return };
+        let Ok(now) = stamp(&f) else { return };
+        self.with_entry(|e| e.seen = Some(now));
+    }
+
+    /// Whether the data file is as it was when every chunk was last found right (`false` when
+    /// that never happened in this process, or it cannot be told).
+    pub fn unchanged_since_checked(&self) -> bool {
+        let Some(Some(seen)) = self.with_entry(|e| e.seen) else {
+            return false;
+        };
+        self.data_file()
+            .ok()
+            .and_then(|f| stamp(&f).ok())
+            .is_some_and(|now| now == seen)
     }
 
     /// Records that chunk `idx`'s bytes were just read and found right.
@@ -779,57 +921,77 @@ impl FileHandle {
             .map_err(|e| io_err(&self.path, e))
     }
 
-    /// Chunk `idx` as bytes mapped from the data file, without a copy: what a peer server
-    /// sends. The caller checks them against [`FileHandle::crc`] (the map sees the page cache).
-    pub fn map_chunk(&self, idx: u32) -> Result<bytes::Bytes, StoreError> {
+    /// Chunk `idx`'s bytes, mapped from the data file (small chunks read), without a check of
+    /// their CRC: for a caller that checks them itself or trusts them ([`ChunkCheck::Trusted`]).
+    /// A data file too short to hold the chunk is never mapped: the chunk is dropped and
+    /// `Ok(None)` returned.
+    pub fn map_chunk(&self, idx: u32) -> Result<Option<bytes::Bytes>, StoreError> {
         let f = self.data_file()?;
-        let r = self.layout.range(idx);
-        if r.end == r.start {
-            return Ok(bytes::Bytes::new());
+        match locus_core::read_stored(&f, self.layout.range(idx))
+            .map_err(|e| io_err(&self.path, e))?
+        {
+            Ok(b) => Ok(Some(bytes::Bytes::from_owner(b))),
+            Err(fault) => {
+                self.chunk_failed(idx, &fault);
+                Ok(None)
+            }
         }
-        // SAFETY: data files are only ever written at chunk offsets and never truncated while
-        // registered, so the mapped range (a stored chunk, inside the file) stays valid; bytes
-        // rewritten under the map are caught by the CRC the caller checks.
-        // Populated: every caller reads the whole chunk, and one call that fills the page
-        // tables costs less than a fault per 16 pages.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(r.start)
-                .len((r.end - r.start) as usize)
-                .populate()
-                .map(&*f)
-        }
-        .map_err(|e| io_err(&self.path, e))?;
-        Ok(bytes::Bytes::from_owner(map))
     }
 
-    /// Drops chunk `idx` after a reader found that its bytes do not match its CRC.
-    pub fn chunk_failed(&self, idx: u32) {
+    /// Makes sure chunk `idx`'s stored bytes are right before they are served: trusted if
+    /// found right less than `trust_for` ago (written by this process, or read and checked;
+    /// [`SINCE_START`] trusts any check since the start), else read (the file's length first,
+    /// then the CRC recorded when the bytes were written). A chunk that fails is dropped.
+    pub fn check_chunk(
+        &self,
+        idx: u32,
+        trust_for: std::time::Duration,
+    ) -> Result<ChunkCheck, StoreError> {
+        let Some(crc) = self.crc(idx) else {
+            return Ok(ChunkCheck::Missing);
+        };
+        if self.checked_within(idx, trust_for) {
+            return Ok(ChunkCheck::Trusted);
+        }
+        let f = self.data_file()?;
+        match locus_core::check_stored(&f, self.layout.range(idx), crc)
+            .map_err(|e| io_err(&self.path, e))?
+        {
+            Ok(b) => {
+                self.mark_checked(idx);
+                Ok(ChunkCheck::Checked(bytes::Bytes::from_owner(b)))
+            }
+            Err(fault) => {
+                self.chunk_failed(idx, &fault);
+                Ok(ChunkCheck::Dropped)
+            }
+        }
+    }
+
+    /// Chunk `idx`'s bytes once [`FileHandle::check_chunk`] found them right (mapped again when
+    /// they were trusted); `None` if the chunk is missing or was dropped.
+    pub fn checked_bytes(
+        &self,
+        idx: u32,
+        trust_for: std::time::Duration,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        match self.check_chunk(idx, trust_for)? {
+            ChunkCheck::Checked(b) => Ok(Some(b)),
+            ChunkCheck::Trusted => self.map_chunk(idx),
+            ChunkCheck::Missing | ChunkCheck::Dropped => Ok(None),
+        }
+    }
+
+    /// Drops chunk `idx` after a reader found its stored bytes wrong or short.
+    pub fn chunk_failed(&self, idx: u32, fault: &locus_core::ChunkFault) {
         tracing::error!(
             file = self.path.display().to_string(),
             chunk = idx,
+            %fault,
             "chunk failed its checksum; dropping it"
         );
         metrics::counter!("locus_chunk_corruptions_total").increment(1);
         self.drop_chunk(idx);
-    }
-
-    /// Reads chunk `idx` into `buf` (resized to the chunk's length) and checks its CRC. A chunk
-    /// that fails is dropped and `Ok(false)` returned.
-    pub fn read_chunk_verified(&self, idx: u32, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
-        let Some(crc) = self.crc(idx) else {
-            return Ok(false);
-        };
-        let r = self.layout.range(idx);
-        buf.resize((r.end - r.start) as usize, 0);
-        let f = self.data_file()?;
-        f.read_exact_at(buf, r.start)
-            .map_err(|e| io_err(&self.path, e))?;
-        if crc32c::crc32c(buf) != crc {
-            self.chunk_failed(idx);
-            return Ok(false);
-        }
-        Ok(true)
     }
 
     /// Marks the whole file as checked against its digest.

@@ -90,6 +90,17 @@ fn revision(name: &str, s: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The path of `uri` inside the listing of `ns` (a file's URI is its namespace's plus its
+/// path), or `None` for a namespace that is one file (an HTTP URL, which may end in any
+/// character: nothing is cut from it by bytes).
+fn path_in<'a>(ns: &Namespace, uri: &'a str) -> Option<&'a str> {
+    if let Namespace::Http { .. } = ns {
+        return None;
+    }
+    let probe = ns.file_uri(locus_core::LATEST, "x");
+    uri.strip_prefix(probe.strip_suffix('x')?)
+}
+
 impl Node {
     /// The file a peer names, checked against this node's own listing: its URI must resolve to
     /// a file with the same key and size.
@@ -104,13 +115,7 @@ impl Node {
             let files = self.listing(&ns, &r.revision, false).await?;
             // Listings are sorted by path, and a file's URI is its namespace's plus its path:
             // a lookup, not a scan per chunk request (listings may hold 100,000s of files).
-            let base = ns.file_uri(locus_core::LATEST, "x");
-            let base = &base[..base.len() - 1];
-            let rel = match ns {
-                // One file, named by the URL itself.
-                Namespace::Http { .. } => None,
-                _ => r.uri.strip_prefix(base),
-            };
+            let rel = path_in(&ns, &r.uri);
             let found = match rel {
                 Some(rel) => files
                     .binary_search_by(|f| f.path.as_str().cmp(rel))
@@ -281,21 +286,14 @@ impl Prepared {
             Some(bytes::Bytes::new())
         } else {
             let hb = h.clone();
-            let (data, sum) = tokio::task::spawn_blocking(move || {
-                let m = hb.map_chunk(idx)?;
-                let sum = (!trusted).then(|| crc32c::crc32c(&m));
-                Ok::<_, locus_store::StoreError>((m, sum))
+            let data = tokio::task::spawn_blocking(move || match trusted {
+                true => hb.map_chunk(idx),
+                false => hb.checked_bytes(idx, Duration::ZERO),
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(NodeError::from)?;
-            if let Some(sum) = sum {
-                if sum != crc {
-                    h.chunk_failed(idx);
-                    return Err(Status::data_loss("chunk failed its checksum here"));
-                }
-                h.mark_checked(idx);
-            }
+            .map_err(NodeError::from)?
+            .ok_or_else(|| Status::data_loss("chunk failed its checksum here"))?;
             Some(data)
         };
         Ok(Ready {
@@ -420,5 +418,24 @@ impl Peer for PeerService {
             chunk_size: self.node.cfg.chunk_size,
             version: env!("CARGO_PKG_VERSION").into(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_in_listings_are_cut_by_parsed_prefixes_never_by_bytes() {
+        for (ns, uri, want) in [
+            ("http://h/é", "http://h/é", None),
+            ("http://h/a", "http://h/a", None),
+            ("s3://bkt/p/é", "s3://bkt/p/é/x/ü.bin", Some("x/ü.bin")),
+            ("s3://bkt/p", "s3://other/p/x", None),
+            ("file:///srv/é", "file:///srv/é/ü", Some("ü")),
+        ] {
+            let ns = LocusUri::parse(ns).unwrap().namespace;
+            assert_eq!(path_in(&ns, uri), want, "{ns} {uri}");
+        }
     }
 }

@@ -589,7 +589,9 @@ fn receive(
         }
         r
     })?;
-    let bytes = t.h.map_chunk(t.idx)?;
+    let Some(bytes) = t.h.map_chunk(t.idx)? else {
+        return Err(garbled(addr, "the chunk was not stored whole").into());
+    };
     // One pass, each slice hashed while it is in the CPU's cache (a multiple of 64 bytes).
     let (mut crc, mut end) = (0, sha_from);
     for s in bytes.chunks(256 << 10) {

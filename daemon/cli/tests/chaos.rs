@@ -1,0 +1,379 @@
+//! The chaos suite: faults a production node meets (a second daemon on its cache, power loss,
+//! rot and truncation on disk, a read-only or corrupt cache, an origin that never recovers),
+//! injected into real daemons, each followed by a full byte check against the origin. Nothing
+//! here may ever serve a wrong byte or need a manual clean-up.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use locus_loader::{Checkpoint, OpenOptions};
+use locus_testorigin::{FailRule, Faults};
+use nix::sys::signal::Signal;
+
+const REPO: &str = "acme/model";
+
+fn model_env() -> (Env, Vec<(String, bytes::Bytes)>) {
+    let env = Env::new();
+    let files = locus_testorigin::model::generate_model(3 << 20, 2, 7);
+    env.sim.commit("model", REPO, files.clone());
+    (env, files)
+}
+
+/// Every file of the repo through `cat`, and every tensor through the loader, equal the origin's.
+fn check_all(d: &Daemon, files: &[(String, bytes::Bytes)]) {
+    for (path, want) in files {
+        assert_eq!(
+            d.ok(&["cat", &format!("hf://{REPO}/{path}")]),
+            want.to_vec(),
+            "cat {path}"
+        );
+    }
+    check_loader(d, files);
+}
+
+/// Every tensor the loader maps from `hf://REPO` equals the one the official crate reads from
+/// the origin's bytes.
+fn check_loader(d: &Daemon, files: &[(String, bytes::Bytes)]) {
+    let opts = OpenOptions {
+        socket: Some(d.socket.clone()),
+    };
+    let ckpt = Checkpoint::open_with(&format!("hf://{REPO}"), &opts).expect("loader opens");
+    let mut seen = 0;
+    for (path, bytes) in files.iter().filter(|(p, _)| p.ends_with(".safetensors")) {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        for (name, view) in st.tensors() {
+            let t = ckpt.tensor(&name).unwrap();
+            assert!(t.data() == view.data(), "tensor {name} of {path} differs");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0);
+}
+
+/// Every data file of a cache, with its length.
+fn data_files(cache: &Path) -> Vec<(PathBuf, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(cache.join("data"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A cache directory's names, lengths and contents' hashes: what "changes nothing" compares.
+fn snapshot(cache: &Path) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![cache.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.strip_prefix(cache).unwrap().display().to_string();
+            // The lock file holds the pid of whoever holds the lock (checked apart).
+            if name == "lock" {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            out.push((name, bytes.len() as u64, xxhash(&bytes)));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn xxhash(b: &[u8]) -> u64 {
+    // FNV-1a: enough to tell two contents apart here.
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Runs a second `locus daemon` on `cache` (its own socket and port) and waits for it to end.
+fn second_daemon(env: &Env, cache: &Path) -> std::process::Output {
+    let mut child = Command::new(LOCUS)
+        .args(["daemon", "--cache-dir"])
+        .arg(cache)
+        .arg("--socket")
+        .arg(env.path("second.sock"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("HF_ENDPOINT", env.sim.url())
+        .env_remove("LOCUS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second daemon on a live cache kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_second_daemon_on_a_live_cache_exits_and_changes_nothing() {
+    let (env, files) = model_env();
+    let d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    // The index writer commits in the background: let it settle, so that the snapshot is the
+    // cache as it stays.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = snapshot(&d.cache);
+    let out = second_daemon(&env, &d.cache);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let canonical = std::fs::canonicalize(&d.cache).unwrap();
+    assert!(
+        err.contains(&canonical.display().to_string())
+            && err.contains(&format!("pid {}", d.child.id())),
+        "names the directory and the live daemon's pid: {err}"
+    );
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one line, no log noise: {err}"
+    );
+    assert_eq!(
+        snapshot(&d.cache),
+        before,
+        "the second daemon changed the cache"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.cache.join("lock"))
+            .unwrap()
+            .trim(),
+        d.child.id().to_string(),
+        "the lock file still names the live daemon"
+    );
+    assert!(!env.path("second.sock").exists());
+    // The first daemon still serves everything, from its cache.
+    let origin = env.sim.stats().data_requests();
+    check_all(&d, &files);
+    assert_eq!(env.sim.stats().data_requests(), origin);
+}
+
+#[test]
+fn a_read_only_cache_stops_the_daemon_and_keeps_the_cache() {
+    let (env, files) = model_env();
+    let mut d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    d.signal(Signal::SIGTERM);
+    let before = snapshot(&d.cache);
+    let cache = d.cache.display().to_string();
+    let mount = |args: &[&str]| {
+        let s = Command::new("mount").args(args).status().unwrap();
+        assert!(s.success(), "mount {args:?}");
+    };
+    mount(&["--bind", &cache, &cache]);
+    mount(&["-o", "remount,ro,bind", &cache]);
+    let out = second_daemon(&env, &d.cache);
+    let _ = Command::new("umount").arg(&cache).status();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(snapshot(&d.cache), before);
+    // Writable again: everything is still there, no origin byte needed.
+    let origin = env.sim.stats().data_requests();
+    d.restart();
+    check_all(&d, &files);
+    assert_eq!(env.sim.stats().data_requests(), origin);
+}
+
+#[test]
+fn an_index_that_cannot_be_opened_is_left_alone() {
+    let (env, _) = model_env();
+    let mut d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    d.signal(Signal::SIGTERM);
+    // An index that is there but unusable (here a folder: EISDIR, as EIO or EACCES would be):
+    // not proven corrupt, so nothing may be renamed or deleted.
+    let index = d.cache.join("index.redb");
+    std::fs::rename(&index, d.cache.join("index.real")).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    let before = snapshot(&d.cache);
+    let out = second_daemon(&env, &d.cache);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot be opened") && err.contains("nothing in the cache was changed"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&d.cache), before, "nothing renamed or deleted");
+    assert!(!data_files(&d.cache).is_empty());
+}
+
+#[test]
+fn a_corrupt_index_is_set_aside_and_nothing_unchecked_is_served() {
+    let (env, files) = model_env();
+    let mut d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    d.signal(Signal::SIGTERM);
+    let index = d.cache.join("index.redb");
+    let mut bytes = std::fs::read(&index).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b = 0x5a;
+    }
+    std::fs::write(&index, bytes).unwrap();
+    d.restart();
+    assert!(
+        d.log_text().contains("cache index corrupt"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.cache.join("index.redb.broken").exists());
+    let origin = env.sim.stats().data_requests();
+    check_all(&d, &files);
+    assert!(
+        env.sim.stats().data_requests() > origin,
+        "the cache was rebuilt from the origin, not served from unrecorded files"
+    );
+}
+
+#[test]
+fn power_loss_never_serves_bytes_that_did_not_reach_the_disk() {
+    let (env, files) = model_env();
+    let mut d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    // The index commit may become durable before the bytes it describes: after a power loss a
+    // recorded chunk holds zeros (a hole) or lies past the end of its file. Simulate both on a
+    // killed daemon's cache: zero a chunk's worth in one file, cut the other short.
+    d.signal(Signal::SIGKILL);
+    let data = data_files(&d.cache);
+    let big: Vec<_> = data.iter().filter(|(_, len)| *len > 1 << 20).collect();
+    assert!(big.len() >= 2, "{data:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big[0].0)
+        .unwrap();
+    f.write_all_at(&vec![0u8; 256 << 10], 512 << 10).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big[1].0)
+        .unwrap();
+    f.set_len(big[1].1 / 2 - 1000).unwrap();
+    drop(f);
+    d.restart();
+    let origin = env.sim.stats().data_requests();
+    // The loader first: it maps what the daemon hands out.
+    check_loader(&d, &files);
+    check_all(&d, &files);
+    assert!(
+        env.sim.stats().data_requests() > origin,
+        "the lost bytes came again"
+    );
+    assert!(d.log_text().contains("failed its checksum"));
+    // Nothing else was fetched again: only the damaged chunks.
+    let again = env.sim.stats().data_requests();
+    check_all(&d, &files);
+    assert_eq!(env.sim.stats().data_requests(), again);
+}
+
+#[test]
+fn rot_and_truncation_under_a_running_daemon_never_reach_a_reader() {
+    let (env, files) = model_env();
+    let d = env.daemon("n", &[], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    check_loader(&d, &files);
+    // One byte flipped in place in every large cached file (as rot, or a stray writer).
+    for (p, len) in data_files(&d.cache) {
+        if len > 1 << 20 {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, len / 2).unwrap();
+            f.write_all_at(&[b[0] ^ 0x01], len / 2).unwrap();
+        }
+    }
+    check_loader(&d, &files);
+    // A cached file cut short under the daemon: no reader may fault on it (SIGBUS), each gets
+    // the origin's bytes.
+    let (p, len) = data_files(&d.cache)
+        .into_iter()
+        .max_by_key(|(_, l)| *l)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    check_all(&d, &files);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    check_loader(&d, &files);
+    assert!(d.log_text().contains("failed its checksum"));
+}
+
+#[test]
+fn an_origin_that_always_fails_costs_at_most_the_configured_attempts() {
+    let env = Env::new();
+    // 20 MiB in 3 chunks of 8 MiB.
+    let files = random_files(1, 20 << 20, 5);
+    env.sim.commit("model", REPO, files.clone());
+    let d = env.daemon("n", &[], &[]);
+    d.ok(&["ls", &format!("hf://{REPO}")]);
+    env.sim.set_faults(Faults {
+        fail: vec![FailRule {
+            kind: "cdn".into(),
+            status: 503,
+            count: u32::MAX,
+            retry_after: None,
+        }],
+        ..Faults::default()
+    });
+    env.sim.reset_stats();
+    let started = Instant::now();
+    let out = d.locus(&["cat", &format!("hf://{REPO}/{}", files[0].0)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("503"), "{err}");
+    assert!(out.stdout.is_empty());
+    let cdn = env.sim.stats().get("cdn");
+    // Default attempts: 8 per chunk, in one layer (it was 8 x 8 per chunk).
+    assert!(cdn <= 3 * 8, "{cdn} CDN requests for 3 chunks");
+    assert!(cdn >= 3, "{cdn}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn configuration_errors_are_not_outages() {
+    let (env, _) = model_env();
+    let d = env.daemon("n", &[], &[]);
+    // No --file-root: the daemon's configuration, not an origin outage.
+    let out = d.locus(&["cat", "file:///etc/hostname"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--file-root"), "{err}");
+    assert!(!err.contains("unexpected answer from origin"), "{err}");
+    let status = env.rt.block_on(async {
+        let mut c = locus_grpc::connect_local(&d.socket).await.unwrap();
+        c.open(locus_grpc::v1::OpenRequest {
+            uri: "file:///etc/hostname".into(),
+        })
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+}
