@@ -590,7 +590,7 @@ fn receive(
         r
     })?;
     let Some(bytes) = t.h.map_chunk(t.idx)? else {
-        return Err(garbled(addr, "the chunk was not stored whole").into());
+        return Err(garbled(addr, "the chunk was not stored whole"));
     };
     // One pass, each slice hashed while it is in the CPU's cache (a multiple of 64 bytes).
     let (mut crc, mut end) = (0, sha_from);
