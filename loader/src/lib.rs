@@ -28,6 +28,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use locus_core::FileBytes;
+
 pub use checkpoint::{Checkpoint, OpenOptions};
 pub use header::{parse_header, Header};
 pub use safetensors::Dtype;
@@ -108,26 +110,11 @@ pub struct TensorInfo {
     pub range: Range<usize>,
 }
 
-enum Bytes {
-    Map(memmap2::Mmap),
-    /// An empty data section cannot be mapped on Linux; such files are read instead.
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Map(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
-
 /// One mapped safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    bytes: Bytes,
+    /// Mapped; an empty data section cannot be mapped on Linux, so such files are read.
+    bytes: FileBytes,
     header: Header,
     by_name: BTreeMap<String, usize>,
 }
@@ -153,13 +140,13 @@ impl SafetensorsFile {
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let bytes = if len < 4096 {
-            Bytes::Owned(std::fs::read(path).map_err(io)?)
+            FileBytes::Read(std::fs::read(path).map_err(io)?)
         } else {
             // SAFETY: the mapping is read-only and private to this process. locus's cache never
             // truncates or rewrites a file in place; for other files, as with every mmap-based
             // loader (safetensors included), a concurrent truncation by another process is the
             // caller's responsibility.
-            Bytes::Map(unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?)
+            FileBytes::Mapped(unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?)
         };
         let header = parse_header(&bytes).map_err(|reason| LoaderError::Malformed {
             path: shown.clone(),

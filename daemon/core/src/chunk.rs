@@ -53,25 +53,26 @@ impl ChunkLayout {
 /// setting up a mapping.
 const MAP_AT: u64 = 1 << 20;
 
-/// The bytes of a stored chunk, mapped from its cache file or read into memory.
-pub enum ChunkBytes {
-    /// Mapped read-only (pre-faulted).
+/// Bytes of a file, mapped or read into memory: a stored chunk ([`read_stored`]), or a whole
+/// safetensors file (the loader).
+pub enum FileBytes {
+    /// Mapped read-only.
     Mapped(memmap2::Mmap),
-    /// Read into memory (small chunks, or where a mapping failed).
+    /// Read into memory (small chunks or files, or where a mapping failed or cannot be made).
     Read(Vec<u8>),
 }
 
-impl std::ops::Deref for ChunkBytes {
+impl std::ops::Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            ChunkBytes::Mapped(m) => m,
-            ChunkBytes::Read(v) => v,
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
         }
     }
 }
 
-impl AsRef<[u8]> for ChunkBytes {
+impl AsRef<[u8]> for FileBytes {
     fn as_ref(&self) -> &[u8] {
         self
     }
@@ -105,7 +106,7 @@ pub enum ChunkFault {
 /// them: a mapping of bytes past the end of a file faults (SIGBUS) on access, so nothing is
 /// ever mapped past the length this returns against. The outer error is an I/O failure; the
 /// inner one says the bytes are not there.
-pub fn read_stored(f: &File, range: Range<u64>) -> std::io::Result<Result<ChunkBytes, ChunkFault>> {
+pub fn read_stored(f: &File, range: Range<u64>) -> std::io::Result<Result<FileBytes, ChunkFault>> {
     if range.end < range.start || range.end - range.start > usize::MAX as u64 {
         return Ok(Err(ChunkFault::Range {
             start: range.start,
@@ -132,12 +133,12 @@ pub fn read_stored(f: &File, range: Range<u64>) -> std::io::Result<Result<ChunkB
                 .map(f)
         };
         if let Ok(m) = map {
-            return Ok(Ok(ChunkBytes::Mapped(m)));
+            return Ok(Ok(FileBytes::Mapped(m)));
         }
     }
     let mut buf = vec![0u8; n];
     match f.read_exact_at(&mut buf, range.start) {
-        Ok(()) => Ok(Ok(ChunkBytes::Read(buf))),
+        Ok(()) => Ok(Ok(FileBytes::Read(buf))),
         // Shortened between the length check and the read.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Err(ChunkFault::Short {
             len: f.metadata()?.len(),
@@ -154,7 +155,7 @@ pub fn check_stored(
     f: &File,
     range: Range<u64>,
     crc: u32,
-) -> std::io::Result<Result<ChunkBytes, ChunkFault>> {
+) -> std::io::Result<Result<FileBytes, ChunkFault>> {
     Ok(read_stored(f, range)?.and_then(|b| {
         if crc32c::crc32c(&b) == crc {
             Ok(b)

@@ -9,7 +9,7 @@ pub mod secret;
 pub mod size;
 pub mod uri;
 
-pub use chunk::{check_stored, read_stored, ChunkBytes, ChunkFault, ChunkLayout};
+pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
 pub use identity::{Digest, Listed, RemoteFile};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};

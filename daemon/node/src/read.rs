@@ -201,9 +201,7 @@ impl Node {
             true => SINCE_START,
             false => Duration::ZERO,
         };
-        let todo: Vec<u32> = (0..h.layout().count())
-            .filter(|&i| !h.checked_within(i, trust))
-            .collect();
+        let todo = h.unchecked(trust);
         if todo.is_empty() {
             return Ok(());
         }

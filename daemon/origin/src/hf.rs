@@ -177,17 +177,6 @@ impl HfOrigin {
         send_with_retry(self.cfg.retry, what, kind, build).await
     }
 
-    /// One attempt of a data request: the reader of a chunk owns its retries (see
-    /// [`crate::retry::send_once`]).
-    async fn send_once(
-        &self,
-        what: &str,
-        kind: &'static str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, OriginError> {
-        send_once(what, kind, build()).await
-    }
-
     async fn get_json<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
@@ -222,11 +211,13 @@ impl HfOrigin {
             }
         }
         let what = file.uri.as_str();
-        let resp = self
-            .send_once(what, "head", || {
-                self.auth(self.client.request(Method::HEAD, &resolve))
-            })
-            .await?;
+        // One attempt: the reader of the chunk owns its retries.
+        let resp = send_once(
+            what,
+            "head",
+            self.auth(self.client.request(Method::HEAD, &resolve)),
+        )
+        .await?;
         if resp.status().is_redirection() {
             let loc = resp
                 .headers()
@@ -408,17 +399,11 @@ impl Origin for HfOrigin {
         let mut refreshed = false;
         loop {
             let (url, via_cdn) = self.data_url(file).await?;
-            let resp = self
-                .send_once(&what, "get", || {
-                    let req = self.client.get(&*url).header(RANGE, &range_header);
-                    // Signed CDN URLs need no token, and must never see it.
-                    if via_cdn {
-                        req
-                    } else {
-                        self.auth(req)
-                    }
-                })
-                .await?;
+            let req = self.client.get(&*url).header(RANGE, &range_header);
+            // Signed CDN URLs need no token, and must never see it.
+            let req = if via_cdn { req } else { self.auth(req) };
+            // One attempt: the reader of the chunk owns its retries.
+            let resp = send_once(&what, "get", req).await?;
             let status = resp.status();
             if via_cdn && !refreshed && matches!(status.as_u16(), 403 | 404 | 410) {
                 // An expired signed URL: learn a fresh one once.

@@ -138,6 +138,14 @@ impl Entry {
     fn layout(&self) -> ChunkLayout {
         ChunkLayout::new(self.rec.size, self.rec.chunk_size)
     }
+
+    fn checked_within(&self, idx: u32, age: std::time::Duration) -> bool {
+        self.checked
+            .get(idx as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|t| t.elapsed() < age)
+    }
 }
 
 struct State {
@@ -858,16 +866,20 @@ impl FileHandle {
         self.with_entry(|e| set_slot(&mut e.checked, e.chunks.len(), idx, now));
     }
 
+    /// Chunks (stored or not) not found right less than `age` ago, in one look under the lock.
+    pub fn unchecked(&self, age: std::time::Duration) -> Vec<u32> {
+        self.with_entry(|e| {
+            (0..e.chunks.len() as u32)
+                .filter(|&i| !e.checked_within(i, age))
+                .collect()
+        })
+        .unwrap_or_else(|| (0..self.layout.count()).collect())
+    }
+
     /// Whether chunk `idx`'s bytes were found right less than `age` ago.
     pub fn checked_within(&self, idx: u32, age: std::time::Duration) -> bool {
-        self.with_entry(|e| {
-            e.checked
-                .get(idx as usize)
-                .copied()
-                .flatten()
-                .is_some_and(|t| t.elapsed() < age)
-        })
-        .unwrap_or(false)
+        self.with_entry(|e| e.checked_within(idx, age))
+            .unwrap_or(false)
     }
 
     /// The hash step of chunk `idx`, if one was recorded since its bytes were written.

@@ -286,9 +286,12 @@ impl Prepared {
             Some(bytes::Bytes::new())
         } else {
             let hb = h.clone();
-            let data = tokio::task::spawn_blocking(move || match trusted {
-                true => hb.map_chunk(idx),
-                false => hb.checked_bytes(idx, Duration::ZERO),
+            let data = tokio::task::spawn_blocking(move || {
+                if trusted {
+                    hb.map_chunk(idx)
+                } else {
+                    hb.checked_bytes(idx, Duration::ZERO)
+                }
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
