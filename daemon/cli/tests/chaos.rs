@@ -391,3 +391,153 @@ fn configuration_errors_are_not_outages() {
     });
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }
+
+/// xorshift64*: the seeded choices of the kill test (the seed is printed, and
+/// `LOCUS_CHAOS_SEED` replays a run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Every file of `repo` read through `d` equals the origin's; returns the bytes checked.
+fn check_repo(d: &Daemon, repo: &str, files: &[(String, bytes::Bytes)]) -> u64 {
+    let mut n = 0;
+    for (path, want) in files {
+        let got = d.ok(&["cat", &format!("hf://{repo}/{path}")]);
+        assert!(got == want.to_vec(), "{repo}/{path} differs");
+        n += got.len() as u64;
+    }
+    n
+}
+
+#[test]
+fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
+    let seed = std::env::var("LOCUS_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| locus_core::unix_ms() | 1);
+    eprintln!("kill -9 chaos: LOCUS_CHAOS_SEED={seed}");
+    let mut rng = Rng(seed);
+    let env = Env::new();
+    // Paced so that a warm of a repo takes a few hundred milliseconds: kills land inside it.
+    env.sim.set_faults(Faults {
+        throttle_bps: 1 << 20,
+        ..Faults::default()
+    });
+    let addrs: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = addrs.join(",");
+    let mut ds: Vec<Daemon> = (0..2)
+        .map(|i| {
+            env.daemon(
+                &format!("n{i}"),
+                &["--chunk-size", "256KiB", "--listen", &addrs[i], "--peers", &peers],
+                &[],
+            )
+        })
+        .collect();
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (mut kills, mut checked, mut interrupted) = ([0u32; 3], 0u64, 0u32);
+    for round in 0..21u64 {
+        // A repo of its own per round: every read starts cold.
+        let repo = format!("acme/r{round}");
+        let files = locus_testorigin::model::generate_model(2 << 20, 2, 100 + round);
+        env.sim.commit("model", &repo, files.clone());
+        let uri = format!("hf://{repo}");
+        let scenario = rng.next(3) as usize;
+        let at = Duration::from_millis(rng.next(400));
+        let victim = match scenario {
+            // A warm on node 0.
+            0 => {
+                let mut c = Command::new(LOCUS)
+                    .args(["warm", &uri, "--socket"])
+                    .arg(&ds[0].socket)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(at);
+                ds[0].signal(Signal::SIGKILL);
+                if !c.wait().unwrap().success() {
+                    interrupted += 1;
+                }
+                0
+            }
+            // Node 1 reads from node 0, which holds the repo; either one is killed.
+            1 => {
+                ds[0].ok(&["warm", &uri]);
+                let mut c = Command::new(LOCUS)
+                    .args(["warm", &uri, "--socket"])
+                    .arg(&ds[1].socket)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let victim = rng.next(2) as usize;
+                std::thread::sleep(at / 4);
+                ds[victim].signal(Signal::SIGKILL);
+                if !c.wait().unwrap().success() {
+                    interrupted += 1;
+                }
+                victim
+            }
+            // A mount over node 0, read while node 0 dies: whatever a reader got is right.
+            _ => {
+                let dir = mnt.join(format!("r{round}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                ds[0].ok(&["mount", &uri, dir.to_str().unwrap()]);
+                let reader = {
+                    let dir = dir.clone();
+                    let files = files.clone();
+                    std::thread::spawn(move || {
+                        files
+                            .iter()
+                            .map(|(p, want)| match std::fs::read(dir.join(p)) {
+                                Ok(got) => {
+                                    assert!(got == want.to_vec(), "mount read of {p} differs");
+                                    true
+                                }
+                                Err(_) => false,
+                            })
+                            .all(|ok| ok)
+                    })
+                };
+                std::thread::sleep(at);
+                ds[0].signal(Signal::SIGKILL);
+                if !reader.join().unwrap() {
+                    interrupted += 1;
+                }
+                ds[0].restart();
+                // The mount reconnects: every file through it equals the origin's.
+                for (p, want) in &files {
+                    let got = std::fs::read(dir.join(p)).unwrap();
+                    assert!(got == want.to_vec(), "{p} through the mount after a restart");
+                    checked += got.len() as u64;
+                }
+                let _ = Command::new(LOCUS).arg("unmount").arg(&dir).output();
+                kills[2] += 1;
+                checked += check_repo(&ds[0], &repo, &files);
+                continue;
+            }
+        };
+        kills[scenario] += 1;
+        ds[victim].restart();
+        for d in &ds {
+            checked += check_repo(d, &repo, &files);
+        }
+    }
+    eprintln!(
+        "kill -9: {} in warms, {} in peer reads, {} in mount reads; {} operations interrupted; \
+         {checked} bytes checked, 0 wrong",
+        kills[0], kills[1], kills[2], interrupted
+    );
+    assert_eq!(kills.iter().sum::<u32>(), 21);
+}

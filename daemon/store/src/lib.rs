@@ -1041,4 +1041,6 @@ impl FileHandle {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
