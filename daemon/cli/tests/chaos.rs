@@ -438,7 +438,14 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
         .map(|i| {
             env.daemon(
                 &format!("n{i}"),
-                &["--chunk-size", "256KiB", "--listen", &addrs[i], "--peers", &peers],
+                &[
+                    "--chunk-size",
+                    "256KiB",
+                    "--listen",
+                    &addrs[i],
+                    "--peers",
+                    &peers,
+                ],
                 &[],
             )
         })
@@ -498,16 +505,16 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
                     let dir = dir.clone();
                     let files = files.clone();
                     std::thread::spawn(move || {
-                        files
-                            .iter()
-                            .map(|(p, want)| match std::fs::read(dir.join(p)) {
+                        let mut all = true;
+                        for (p, want) in &files {
+                            match std::fs::read(dir.join(p)) {
                                 Ok(got) => {
-                                    assert!(got == want.to_vec(), "mount read of {p} differs");
-                                    true
+                                    assert!(got == want.to_vec(), "mount read of {p} differs")
                                 }
-                                Err(_) => false,
-                            })
-                            .all(|ok| ok)
+                                Err(_) => all = false,
+                            }
+                        }
+                        all
                     })
                 };
                 std::thread::sleep(at);
@@ -519,7 +526,10 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
                 // The mount reconnects: every file through it equals the origin's.
                 for (p, want) in &files {
                     let got = std::fs::read(dir.join(p)).unwrap();
-                    assert!(got == want.to_vec(), "{p} through the mount after a restart");
+                    assert!(
+                        got == want.to_vec(),
+                        "{p} through the mount after a restart"
+                    );
                     checked += got.len() as u64;
                 }
                 let _ = Command::new(LOCUS).arg("unmount").arg(&dir).output();

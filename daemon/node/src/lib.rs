@@ -28,6 +28,8 @@
 //! pass too. A failed chunk is dropped and fetched again; a failed digest drops the file's chunks
 //! and fetches them once more, then fails, so wrong bytes are never served.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod metrics_defs;
 pub mod peer;

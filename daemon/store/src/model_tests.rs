@@ -18,15 +18,29 @@ const KEYS: u8 = 6;
 #[derive(Clone, Debug)]
 enum Op {
     /// Write chunk `idx` of file `key` (registered first).
-    Write { key: u8, idx: u8 },
-    Pin { key: u8, pinned: bool },
+    Write {
+        key: u8,
+        idx: u8,
+    },
+    Pin {
+        key: u8,
+        pinned: bool,
+    },
     /// Read chunk `idx` of `key`, trusting checks since the start, or checking now.
-    Read { key: u8, idx: u8, recheck: bool },
+    Read {
+        key: u8,
+        idx: u8,
+        recheck: bool,
+    },
     /// A clean stop and a start.
     Restart,
     /// A stop, then damage that a power loss can leave (zeros over a recorded chunk, or the
     /// file cut short), then a start.
-    PowerLoss { key: u8, idx: u8, cut: bool },
+    PowerLoss {
+        key: u8,
+        idx: u8,
+        cut: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

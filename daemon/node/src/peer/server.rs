@@ -73,7 +73,7 @@ pub(crate) fn invalid(what: impl std::fmt::Display) -> Status {
     Status::invalid_argument(what.to_string())
 }
 
-fn namespace(s: &str) -> Result<Namespace, Status> {
+pub(crate) fn namespace(s: &str) -> Result<Namespace, Status> {
     check_field("namespace", s, false).map_err(invalid)?;
     let u = LocusUri::parse(s).map_err(invalid)?;
     if u.revision.is_some() || !u.path.is_empty() {
@@ -82,7 +82,7 @@ fn namespace(s: &str) -> Result<Namespace, Status> {
     Ok(u.namespace)
 }
 
-fn revision(name: &str, s: &str) -> Result<(), Status> {
+pub(crate) fn revision(name: &str, s: &str) -> Result<(), Status> {
     check_field(name, s, false).map_err(invalid)?;
     if s.len() > 256 {
         return Err(invalid(format!("{name} too long")));
@@ -93,7 +93,7 @@ fn revision(name: &str, s: &str) -> Result<(), Status> {
 /// The path of `uri` inside the listing of `ns` (a file's URI is its namespace's plus its
 /// path), or `None` for a namespace that is one file (an HTTP URL, which may end in any
 /// character: nothing is cut from it by bytes).
-fn path_in<'a>(ns: &Namespace, uri: &'a str) -> Option<&'a str> {
+pub(crate) fn path_in<'a>(ns: &Namespace, uri: &'a str) -> Option<&'a str> {
     if let Namespace::Http { .. } = ns {
         return None;
     }
@@ -101,17 +101,27 @@ fn path_in<'a>(ns: &Namespace, uri: &'a str) -> Option<&'a str> {
     uri.strip_prefix(probe.strip_suffix('x')?)
 }
 
+/// A peer's file reference, checked without this node's state: its URI, and for a namespace
+/// without revisions the namespace its listing came from (fuzzed: `peer_messages`).
+pub(crate) fn parse_ref(r: &pb::FileRef) -> Result<(LocusUri, Option<Namespace>), Status> {
+    check_field("file.uri", &r.uri, false).map_err(invalid)?;
+    check_field("file.key", &r.key, false).map_err(invalid)?;
+    let uri = LocusUri::parse(&r.uri).map_err(invalid)?;
+    if uri.namespace.has_revisions() {
+        return Ok((uri, None));
+    }
+    let ns = namespace(&r.namespace)?;
+    check_field("file.revision", &r.revision, false).map_err(invalid)?;
+    Ok((uri, Some(ns)))
+}
+
 impl Node {
     /// The file a peer names, checked against this node's own listing: its URI must resolve to
     /// a file with the same key and size.
     async fn file_by_ref(&self, r: &pb::FileRef) -> Result<RemoteFile, Status> {
-        check_field("file.uri", &r.uri, false).map_err(invalid)?;
-        check_field("file.key", &r.key, false).map_err(invalid)?;
-        let uri = LocusUri::parse(&r.uri).map_err(invalid)?;
-        if !uri.namespace.has_revisions() {
+        let (uri, listed_in) = parse_ref(r)?;
+        if let Some(ns) = listed_in {
             // No immutable name to resolve: the file must be in the listing it came from.
-            let ns = namespace(&r.namespace)?;
-            check_field("file.revision", &r.revision, false).map_err(invalid)?;
             let files = self.listing(&ns, &r.revision, false).await?;
             // Listings are sorted by path, and a file's URI is its namespace's plus its path:
             // a lookup, not a scan per chunk request (listings may hold 100,000s of files).

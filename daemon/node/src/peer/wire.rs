@@ -51,8 +51,8 @@ use crate::{Node, NodeError};
 pub const MAGIC: &[u8; 8] = b"LOCUSCW1";
 /// The server's answer to a good hello.
 pub const HELLO: &[u8; 8] = b"LOCUSOK1";
-const BEAT: u8 = b'.';
-const HEADER: u8 = b'H';
+pub(crate) const BEAT: u8 = b'.';
+pub(crate) const HEADER: u8 = b'H';
 const ERROR: u8 = b'E';
 /// Largest request, header and error frames.
 const MAX_REQUEST: u32 = 64 << 10;
@@ -338,7 +338,7 @@ fn io_detail(e: &std::io::Error) -> String {
 }
 
 /// Reads a length-prefixed payload of at most `max` bytes.
-fn read_payload(c: &mut StdStream, addr: &str, max: u32) -> Result<Vec<u8>, NodeError> {
+fn read_payload(c: &mut impl Read, addr: &str, max: u32) -> Result<Vec<u8>, NodeError> {
     let mut len = [0u8; 4];
     c.read_exact(&mut len)
         .map_err(|e| unreachable(addr, io_detail(&e)))?;
@@ -353,7 +353,7 @@ fn read_payload(c: &mut StdStream, addr: &str, max: u32) -> Result<Vec<u8>, Node
 }
 
 /// An error frame's status.
-fn error_frame(c: &mut StdStream, addr: &str) -> NodeError {
+fn error_frame(c: &mut impl Read, addr: &str) -> NodeError {
     match read_payload(c, addr, MAX_ERROR) {
         Ok(p) if p.len() >= 4 => NodeError::Peer(PeerError::Status {
             addr: addr.to_string(),
@@ -522,35 +522,9 @@ fn exchange(
             Err(e) => return Err(unreachable(addr, io_detail(&e)).into()),
         }
         answered = true;
-        match kind[0] {
-            BEAT => continue,
-            ERROR => return Err(error_frame(c, addr).into()),
-            HEADER => {
-                let p = read_payload(c, addr, MAX_HEADER)?;
-                let header = pb::ChunkPiece::decode(p.as_slice())
-                    .map_err(|e| garbled(addr, format!("malformed header: {e}")))?;
-                if !header.header || !header.data.is_empty() || header.length != t.len {
-                    return Err(garbled(
-                        addr,
-                        format!(
-                            "header says {} bytes for a {}-byte chunk",
-                            header.length, t.len
-                        ),
-                    )
-                    .into());
-                }
-                // A step is checked where the chunk is whole blocks at a block boundary.
-                let step = match (
-                    sha_chain::from_bytes(&header.sha256_before),
-                    sha_chain::from_bytes(&header.sha256_after),
-                ) {
-                    (Some(b), Some(a))
-                        if t.len.is_multiple_of(64) && t.offset.is_multiple_of(64) =>
-                    {
-                        Some([b, a])
-                    }
-                    _ => None,
-                };
+        match answer(kind[0], c, addr, t.len, t.offset)? {
+            None => continue,
+            Some((header, step)) => {
                 let (crc, end) = receive(addr, c, t, step.map(|s| s[0]))?;
                 if let (Some(step), Some(end)) = (step, end) {
                     if step[1] != end {
@@ -567,8 +541,46 @@ fn exchange(
                 }
                 return Ok(Fetched { header, crc, step });
             }
-            k => return Err(garbled(addr, format!("unknown frame {k:#04x}")).into()),
         }
+    }
+}
+
+/// The rest of a server's frame of `kind`, up to the chunk's bytes: `None` for a heartbeat,
+/// the checked header (and its hash step, where the chunk of `len` bytes at `offset` is whole
+/// blocks at a block boundary) before a chunk, or the error the frame carries or the stream
+/// shows. Everything a peer sends before chunk bytes is parsed here (fuzzed: `wire_frames`).
+pub(crate) fn answer(
+    kind: u8,
+    c: &mut impl Read,
+    addr: &str,
+    len: u64,
+    offset: u64,
+) -> Result<Option<(pb::ChunkPiece, Option<Step>)>, NodeError> {
+    match kind {
+        BEAT => Ok(None),
+        ERROR => Err(error_frame(c, addr)),
+        HEADER => {
+            let p = read_payload(c, addr, MAX_HEADER)?;
+            let header = pb::ChunkPiece::decode(p.as_slice())
+                .map_err(|e| garbled(addr, format!("malformed header: {e}")))?;
+            if !header.header || !header.data.is_empty() || header.length != len {
+                return Err(garbled(
+                    addr,
+                    format!("header says {} bytes for a {len}-byte chunk", header.length),
+                ));
+            }
+            let step = match (
+                sha_chain::from_bytes(&header.sha256_before),
+                sha_chain::from_bytes(&header.sha256_after),
+            ) {
+                (Some(b), Some(a)) if len.is_multiple_of(64) && offset.is_multiple_of(64) => {
+                    Some([b, a])
+                }
+                _ => None,
+            };
+            Ok(Some((header, step)))
+        }
+        k => Err(garbled(addr, format!("unknown frame {k:#04x}"))),
     }
 }
 
