@@ -78,8 +78,13 @@ struct FileState {
 
 #[derive(Default)]
 struct Inner {
-    /// The daemon's cache file, opened once.
+    /// The daemon's cache file, open while the file is: closed with its last open, so that a
+    /// mount holds as many cache files as it has files open (not one per file ever read), and
+    /// an evicted cache file's space comes back.
     file: Option<(PathBuf, Arc<File>)>,
+    /// The cache file closed with the last open: opened again, its chunks stay checked if the
+    /// daemon names the same file with the same CRCs.
+    last_path: Option<PathBuf>,
     chunk_size: u64,
     crcs: Vec<Option<u32>>,
     /// Chunks this mount has checked against their CRC.
@@ -513,9 +518,18 @@ impl<B: Backend> Core<B> {
         if reopen {
             let f = File::open(&info.path)
                 .map_err(|e| FsError::Io(format!("{}: {e}", info.path.display())))?;
+            // The file closed with the last open, named again with the same CRCs: its checked
+            // chunks stay checked. Another cache file (the old one was evicted): check its
+            // chunks afresh.
+            let again = inner.last_path.take().as_ref() == Some(&info.path);
+            inner.checked = (0..info.crcs.len())
+                .map(|i| {
+                    again
+                        && inner.checked.get(i) == Some(&true)
+                        && inner.crcs.get(i) == info.crcs.get(i)
+                })
+                .collect();
             inner.file = Some((info.path.clone(), Arc::new(f)));
-            // Another cache file (the old one was evicted): check its chunks afresh.
-            inner.checked = vec![false; info.crcs.len()];
         }
         inner.checked.resize(info.crcs.len(), false);
         inner.chunk_size = info.chunk_size;
@@ -560,8 +574,9 @@ impl<B: Backend> Core<B> {
         let cs = inner.chunk_size;
         let first = (offset / cs) as u32;
         let last = ((end - 1) / cs) as u32;
-        let missing =
-            (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
+        // Closed with its last open: the daemon says again where the cache file is.
+        let missing = inner.file.is_none()
+            || (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
         // A reader answers only from stored chunks, checked or small enough to check on the
         // way; it stops before the read-ahead state changes, so the retry on the pool sees the
         // same read.
@@ -693,21 +708,21 @@ impl<B: Backend> Core<B> {
     /// busy (a check or a fetch on the pool holds it).
     fn open_file(&self, st: Arc<FileState>, reply: ReplyOpen, may_wait: bool) -> Option<ReplyOpen> {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut inner = if may_wait {
+            lock(&st.inner)
+        } else {
+            match try_lock(&st.inner) {
+                Some(g) => g,
+                None => return Some(reply),
+            }
+        };
         if self.passthrough_on.load(Ordering::Relaxed) {
-            let mut inner = if may_wait {
-                lock(&st.inner)
-            } else {
-                match try_lock(&st.inner) {
-                    Some(g) => g,
-                    None => return Some(reply),
-                }
-            };
             // The kernel keeps an inode in one io mode while files are open: passthrough only
             // when no open of it reads through this process's cache path.
             // Small files read faster through here than through a backing file's setup.
             if inner.backing.is_none() && inner.cached_opens == 0 && st.size >= PASSTHROUGH_MIN {
-                // Known complete (from the listing or an earlier open): no need to ask.
-                let known = if inner.complete {
+                // Known complete and open (from the listing or an earlier open): no need to ask.
+                let known = if inner.complete && inner.file.is_some() {
                     Ok(())
                 } else {
                     self.backend
@@ -733,8 +748,9 @@ impl<B: Backend> Core<B> {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
                 return None;
             }
-            inner.cached_opens += 1;
         }
+        inner.cached_opens += 1;
+        drop(inner);
         lock(&self.handles).insert(fh, (st, false));
         // The identity behind an inode never changes: keep the kernel's pages across opens.
         // Nothing is ever written, so a close needs no FLUSH round trip.
@@ -755,6 +771,11 @@ impl<B: Backend> Core<B> {
             }
         } else {
             inner.cached_opens = inner.cached_opens.saturating_sub(1);
+        }
+        if inner.passthrough_opens == 0 && inner.cached_opens == 0 {
+            if let Some((p, _)) = inner.file.take() {
+                inner.last_path = Some(p);
+            }
         }
     }
 
@@ -1027,15 +1048,12 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         metrics::request("release", "reader");
         let open = lock(&self.core.handles).remove(&fh.0);
         if let Some((st, passthrough)) = open {
-            if self.core.passthrough_on.load(Ordering::Relaxed) {
-                let counted = try_lock(&st.inner)
-                    .map(|mut inner| Core::<B>::closed(&mut inner, passthrough))
-                    .is_some();
-                if !counted {
-                    self.pool.spawn_blocking(move || {
-                        Core::<B>::closed(&mut lock(&st.inner), passthrough)
-                    });
-                }
+            let counted = try_lock(&st.inner)
+                .map(|mut inner| Core::<B>::closed(&mut inner, passthrough))
+                .is_some();
+            if !counted {
+                self.pool
+                    .spawn_blocking(move || Core::<B>::closed(&mut lock(&st.inner), passthrough));
             }
         }
         reply.ok();

@@ -441,3 +441,71 @@ fn the_daemons_namespace_view() {
     );
     assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
 }
+
+/// Open descriptors of process `pid` on files under `dir`.
+fn fds_under(pid: nix::unistd::Pid, dir: &Path) -> usize {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(&dir))
+        .count()
+}
+
+#[test]
+fn a_mount_holds_cache_files_only_while_they_are_open() {
+    let env = Env::new();
+    // Many small files (read through the mount, not passthrough) and a large one (passthrough).
+    let mut files: Vec<(String, bytes::Bytes)> = (0..40)
+        .map(|i| {
+            (
+                format!("small/{i}.bin"),
+                locus_testorigin::model::random_bytes(i, 10_000 + i as usize),
+            )
+        })
+        .collect();
+    files.push((
+        "big.bin".into(),
+        locus_testorigin::model::random_bytes(99, 3 << 20),
+    ));
+    env.sim.commit("model", "acme/many", files.clone());
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/many"]);
+    let m = Mount::new(&d, &env, "hf://acme/many", "mnt");
+    let pid = mount_pid("hf://acme/many", &m.dir);
+    let data = d.cache.join("data");
+    for _ in 0..2 {
+        for (p, b) in &files {
+            assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
+        }
+    }
+    // Every file was read twice and closed: the mount holds none of their cache files (it
+    // held one per file ever read), so an evicted one gives its space back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fds_under(pid, &data) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} cache files still open after every file was closed",
+            fds_under(pid, &data)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While a file is open its cache file is too, and it reads right after a reopen.
+    let open = std::fs::File::open(m.dir.join("small/3.bin")).unwrap();
+    // Out of the kernel's page cache, so that the read reaches the mount.
+    nix::fcntl::posix_fadvise(
+        &open,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &open, &mut got).unwrap();
+    assert_eq!(got, files[3].1.to_vec());
+    assert_eq!(fds_under(pid, &data), 1, "the open file's cache file");
+    drop(open);
+    for (p, b) in &files {
+        assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
+    }
+}
