@@ -179,14 +179,18 @@ pub struct Node {
     store: Arc<Store>,
     cfg: NodeConfig,
     inflight: DashMap<(String, u32), ChunkFuture>,
-    revisions: DashMap<(Namespace, String), (String, Instant)>,
+    /// Resolved revisions, with when they were resolved. Bounded (least recently used go;
+    /// they are resolved again): names come from users and peers.
+    revisions: quick_cache::sync::Cache<(Namespace, String), (String, Instant)>,
     /// One lock per metadata key being fetched.
     meta_flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
-    prefixes: DashMap<Namespace, ()>,
+    prefixes: quick_cache::sync::Cache<Namespace, ()>,
     /// Namespaces whose listing an object changed under: listed again on their next use.
-    stale: DashMap<Namespace, ()>,
-    listings: DashMap<(Namespace, String), Arc<Vec<RemoteFile>>>,
+    stale: quick_cache::sync::Cache<Namespace, ()>,
+    /// Listings in memory, bounded by their files in all (the index keeps those at immutable
+    /// revisions).
+    listings: quick_cache::sync::Cache<(Namespace, String), Arc<Vec<RemoteFile>>, ListingWeight>,
     permits: Arc<Semaphore>,
     counters: Counters,
     cluster: Arc<Cluster>,
@@ -199,8 +203,22 @@ pub struct Node {
 /// readers that hit the change still costs one listing).
 const RELIST_AGE: Duration = Duration::from_secs(1);
 
-/// Listings kept in memory at most (the index keeps them all).
+/// Listings, prefixes and namespaces marked stale kept in memory at most.
 const MAX_LISTINGS: usize = 4096;
+/// Files of all the listings kept in memory at most.
+const MAX_LISTED_FILES: u64 = 1 << 20;
+/// Resolved revisions kept in memory at most.
+const MAX_REVISIONS: usize = 65_536;
+
+/// A listing weighs its files.
+#[derive(Clone)]
+struct ListingWeight;
+
+impl quick_cache::Weighter<(Namespace, String), Arc<Vec<RemoteFile>>> for ListingWeight {
+    fn weight(&self, _: &(Namespace, String), v: &Arc<Vec<RemoteFile>>) -> u64 {
+        v.len() as u64 + 1
+    }
+}
 
 /// A URI resolved at an immutable revision.
 pub struct Resolved {
@@ -238,11 +256,15 @@ impl Node {
             store,
             cfg,
             inflight: DashMap::new(),
-            revisions: DashMap::new(),
+            revisions: quick_cache::sync::Cache::new(MAX_REVISIONS),
             meta_flights: DashMap::new(),
-            prefixes: DashMap::new(),
-            stale: DashMap::new(),
-            listings: DashMap::new(),
+            prefixes: quick_cache::sync::Cache::new(MAX_LISTINGS),
+            stale: quick_cache::sync::Cache::new(MAX_LISTINGS),
+            listings: quick_cache::sync::Cache::with_weighter(
+                MAX_LISTINGS,
+                MAX_LISTED_FILES,
+                ListingWeight,
+            ),
             counters: Counters::default(),
             cluster,
             peers,
@@ -463,7 +485,7 @@ impl Node {
     ) -> Result<Arc<Vec<RemoteFile>>, NodeError> {
         let k = (ns.clone(), rev_id.to_string());
         if let Some(l) = self.listings.get(&k) {
-            return Ok(l.clone());
+            return Ok(l);
         }
         let meta_key = format!("list:{ns}@{rev_id}");
         // A metadata owner serving a peer (`local_only`) never waits behind this node's own
@@ -475,7 +497,7 @@ impl Node {
         };
         let _flight = self.meta_flight(&flight).await;
         if let Some(l) = self.listings.get(&k) {
-            return Ok(l.clone());
+            return Ok(l);
         }
         let from_owner = match self.metadata_owner(ns).filter(|_| !local_only) {
             Some((owner, peers)) if self.store.meta_get(&meta_key).is_none() => {
@@ -509,9 +531,6 @@ impl Node {
             let root = matches!(ns, Namespace::S3 { prefix, .. } if prefix.is_empty())
                 || matches!(ns, Namespace::File { path } if path == "/");
             if files.len() > 1 && files.len() <= 5_000 && !root {
-                if self.prefixes.len() >= MAX_LISTINGS {
-                    self.prefixes.clear();
-                }
                 self.prefixes.insert(ns.clone(), ());
             }
             let listed = locus_core::Listed {
@@ -523,10 +542,6 @@ impl Node {
             }
         }
         let files = Arc::new(files);
-        // Listings of prefixes move on every TTL; an unbounded map would grow with them.
-        if self.listings.len() >= MAX_LISTINGS {
-            self.listings.clear();
-        }
         self.listings.insert(k, files.clone());
         Ok(files)
     }
@@ -587,7 +602,7 @@ impl Node {
             else {
                 continue;
             };
-            let Some(all) = self.listings.get(&(k.0, rev.clone())).map(|l| l.clone()) else {
+            let Some(all) = self.listings.get(&(k.0, rev.clone())) else {
                 continue;
             };
             if let Some(f) = all.iter().find(|f| f.path == rel) {

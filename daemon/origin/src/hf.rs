@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use futures::{StreamExt, TryStreamExt};
 use locus_core::uri::RepoType;
 use locus_core::{Digest, Namespace, RemoteFile, Secret};
@@ -28,6 +27,8 @@ use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
 const CDN_URL_TTL: Duration = Duration::from_secs(600);
+/// CDN URLs kept at most (one per file read within the TTL).
+const MAX_CDN_URLS: usize = 65_536;
 
 /// Settings of the Hub origin.
 #[derive(Clone, Debug)]
@@ -80,8 +81,8 @@ fn token_from_env() -> Option<Secret> {
 pub struct HfOrigin {
     cfg: HfConfig,
     client: reqwest::Client,
-    /// resolve URL → (CDN URL, when it was learnt).
-    cdn_urls: DashMap<String, (Arc<str>, Instant)>,
+    /// resolve URL → (CDN URL, when it was learnt); bounded, least recently used go.
+    cdn_urls: quick_cache::sync::Cache<String, (Arc<str>, Instant)>,
 }
 
 #[derive(Deserialize)]
@@ -152,7 +153,7 @@ impl HfOrigin {
         Ok(Self {
             cfg,
             client,
-            cdn_urls: DashMap::new(),
+            cdn_urls: quick_cache::sync::Cache::new(MAX_CDN_URLS),
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use locus_core::Digest;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -15,8 +15,15 @@ use crate::StoreError;
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (file id, chunk index) → CRC32C.
 const CHUNKS: TableDefinition<(u64, u32), u32> = TableDefinition::new("chunks");
-/// Cached metadata (listings at immutable revisions, resolved branches).
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Cached metadata (listings at immutable revisions, resolved branches): key → the entry's
+/// sequence number (8 bytes, big-endian), then its value.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v2");
+/// Sequence number → metadata key, oldest first: what goes when there are too many.
+const META_ORDER: TableDefinition<u64, &str> = TableDefinition::new("meta_order");
+/// The table of an older layout (values without sequence numbers), dropped at open.
+const META_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Metadata entries kept at most; the oldest written go first (they are fetched again).
+const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -116,6 +123,8 @@ impl Index {
             w.open_table(FILES).map_err(idx_err)?;
             w.open_table(CHUNKS).map_err(idx_err)?;
             w.open_table(META).map_err(idx_err)?;
+            w.open_table(META_ORDER).map_err(idx_err)?;
+            let _ = w.delete_table(META_V1);
         }
         w.commit().map_err(idx_err)?;
 
@@ -178,7 +187,7 @@ impl Index {
         let r = db.begin_read().ok()?;
         let t = r.open_table(META).ok()?;
         let v = t.get(key).ok()??;
-        Some(v.value().to_vec())
+        v.value().get(8..).map(|b| b.to_vec())
     }
 }
 
@@ -207,6 +216,37 @@ fn reopen(slot: &Slot, path: &Path) {
             tracing::warn!(path = %path.display(), error = %e, "cache index cannot be reopened yet")
         }
     }
+}
+
+/// Stores a metadata entry as the newest, and drops the oldest while there are too many.
+#[allow(clippy::result_large_err)]
+fn put_meta(
+    meta: &mut redb::Table<&str, &[u8]>,
+    order: &mut redb::Table<u64, &str>,
+    key: &str,
+    value: &[u8],
+) -> Result<(), redb::Error> {
+    let seq_of = |v: &[u8]| {
+        v.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    if let Some(old) = meta.get(key)?.and_then(|v| seq_of(v.value())) {
+        order.remove(old)?;
+    }
+    let seq = order.last()?.map_or(0, |(k, _)| k.value() + 1);
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(value);
+    meta.insert(key, v.as_slice())?;
+    order.insert(seq, key)?;
+    while order.len()? > MAX_META {
+        let Some((_, k)) = order.pop_first()? else {
+            break;
+        };
+        meta.remove(k.value())?;
+    }
+    Ok(())
 }
 
 fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
@@ -258,6 +298,7 @@ fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
                 let mut files = w.open_table(FILES)?;
                 let mut chunks = w.open_table(CHUNKS)?;
                 let mut meta = w.open_table(META)?;
+                let mut order = w.open_table(META_ORDER)?;
                 for op in ops {
                     match op {
                         Op::PutFile { key, rec } => {
@@ -287,7 +328,7 @@ fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
                             chunks.remove((id, idx))?;
                         }
                         Op::PutMeta { key, value } => {
-                            meta.insert(key.as_str(), value.as_slice())?;
+                            put_meta(&mut meta, &mut order, &key, &value)?
                         }
                         Op::Flush(_) => {}
                     }

@@ -178,3 +178,30 @@ fn a_short_data_file_is_never_mapped() {
         ChunkCheck::Missing
     ));
 }
+
+#[test]
+fn metadata_is_bounded_and_the_oldest_goes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 100).unwrap();
+    // 150 entries against a bound of 100 (in tests); entry 0 is written again last, so it is
+    // the newest.
+    for i in 0..150 {
+        s.meta_put(&format!("k{i}"), vec![i as u8; 3]);
+    }
+    s.meta_put("k0", b"again".to_vec());
+    s.flush();
+    let kept: Vec<usize> = (0..150)
+        .filter(|i| s.meta_get(&format!("k{i}")).is_some())
+        .collect();
+    assert_eq!(kept.len(), 100, "{kept:?}");
+    assert_eq!(s.meta_get("k0").as_deref(), Some(&b"again"[..]));
+    assert_eq!(s.meta_get("k149"), Some(vec![149; 3]));
+    assert!(s.meta_get("k1").is_none() && s.meta_get("k50").is_none());
+    drop(s);
+    // The order survives a restart.
+    let s = Store::open(dir.path(), 100).unwrap();
+    s.meta_put("new", vec![1]);
+    s.flush();
+    assert!(s.meta_get("k51").is_none());
+    assert!(s.meta_get("k0").is_some() && s.meta_get("new").is_some());
+}

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use locus_core::{Digest, RemoteFile, Secret};
@@ -255,10 +254,15 @@ impl tonic::service::Interceptor for TokenInterceptor {
 
 type Client = PeerClient<InterceptedService<Channel, TokenInterceptor>>;
 
+/// Peer channels kept at most.
+const MAX_CHANNELS: usize = 4096;
+
 /// Peers over gRPC on TCP, one multiplexed HTTP/2 connection per peer, with chunk bodies on
 /// the [`wire`] where peers speak it (not with TLS).
 pub struct GrpcPeers {
-    channels: DashMap<String, Channel>,
+    /// One channel per peer address; bounded (addresses come and go with pods), a channel
+    /// that goes is made again when needed.
+    channels: quick_cache::sync::Cache<String, Channel>,
     tls: Option<ClientTlsConfig>,
     token: TokenInterceptor,
     wire: Option<Arc<wire::WireClient>>,
@@ -286,7 +290,7 @@ impl GrpcPeers {
             .wire_enabled()
             .then(|| Arc::new(wire::WireClient::new(security.token.as_ref())));
         Ok(Arc::new(GrpcPeers {
-            channels: DashMap::new(),
+            channels: quick_cache::sync::Cache::new(MAX_CHANNELS),
             tls,
             token: TokenInterceptor(token),
             wire,
