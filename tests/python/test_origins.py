@@ -239,6 +239,17 @@ def test_http_origin(workdir, ranges):
         else:
             assert srv.counts["GET"] == 1, srv.counts  # whole, once
             assert "does not support Range" in d.logs()
+            # The whole-file spool takes its room from the cache: 20 MiB spooled beside the
+            # chunks being fetched does not fit in 24 MiB, and the read says so.
+            small = Daemon(workdir, "n2", extra=["--cache-size", "24MiB"])
+            try:
+                r = small.run("cat", url, check=False)
+                assert r.returncode == 1, r
+                # Whichever asks last finds the cache full: the spool or a chunk.
+                assert b"cache full" in r.stderr, r.stderr
+                assert r.stdout == b""
+            finally:
+                small.close()
         # Listed, then replaced before its bytes were read: the read fails cleanly (never old
         # or mixed bytes), and the next one lists again and gets the new bytes.
         (root / "m" / "other.bin").write_bytes(os.urandom(3 << 20))

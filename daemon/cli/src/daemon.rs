@@ -23,6 +23,18 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::DaemonConfig;
 
+/// Whole-file spools take their room from the cache's capacity.
+struct SpoolInCache(Arc<Store>);
+
+impl locus_origin::SpoolSpace for SpoolInCache {
+    fn reserve(&self, bytes: u64) -> Result<Box<dyn std::any::Any + Send + Sync>, String> {
+        self.0
+            .reserve_space(bytes)
+            .map(|g| Box::new(g) as Box<dyn std::any::Any + Send + Sync>)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Longest wait for requests in flight at shutdown.
 const DRAIN: Duration = Duration::from_secs(20);
 
@@ -79,6 +91,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         http: Some(Arc::new(HttpOrigin::new(
             cfg.cache_dir.join("http-spool"),
             RetryPolicy::default(),
+            Some(Arc::new(SpoolInCache(store.clone()))),
         )?)),
         file,
     });

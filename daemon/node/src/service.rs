@@ -42,6 +42,7 @@ impl From<NodeError> for Status {
             NodeError::Origin(OriginError::AccessDenied { .. }) => Status::permission_denied(msg),
             NodeError::Origin(OriginError::Changed { .. }) => Status::aborted(msg),
             NodeError::Origin(OriginError::Invalid { .. }) => Status::invalid_argument(msg),
+            NodeError::Origin(OriginError::NoSpace { .. }) => Status::resource_exhausted(msg),
             NodeError::Origin(OriginError::NotConfigured { .. }) => {
                 Status::failed_precondition(msg)
             }

@@ -58,6 +58,19 @@ struct Spool {
     file: std::fs::File,
     served: AtomicU64,
     made: Instant,
+    /// The room it takes in the cache, given back with the spool.
+    _space: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Room on the cache disk for whole-file spools: they count against the cache's capacity.
+pub trait SpoolSpace: Send + Sync {
+    /// Reserves `bytes` until the returned guard is dropped, or says why not.
+    fn reserve(&self, bytes: u64) -> Result<Box<dyn std::any::Any + Send + Sync>, String>;
+}
+
+/// The longest a whole-file fetch may take: a minute, and a second per MiB.
+fn spool_time_limit(size: u64) -> Duration {
+    Duration::from_secs(60 + size / (1 << 20))
 }
 
 type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
@@ -128,6 +141,7 @@ pub struct HttpOrigin {
     retry: RetryPolicy,
     spool_dir: PathBuf,
     spools: DashMap<String, SpoolCell>,
+    space: Option<Arc<dyn SpoolSpace>>,
     snapshots: Snapshots,
 }
 
@@ -173,8 +187,13 @@ fn file_name(url: &str) -> String {
 }
 
 impl HttpOrigin {
-    /// An HTTP origin spooling whole files (from servers without `Range`) under `spool_dir`.
-    pub fn new(spool_dir: PathBuf, retry: RetryPolicy) -> Result<Self, OriginError> {
+    /// An HTTP origin spooling whole files (from servers without `Range`) under `spool_dir`,
+    /// in room reserved from `space` (the cache's capacity).
+    pub fn new(
+        spool_dir: PathBuf,
+        retry: RetryPolicy,
+        space: Option<Arc<dyn SpoolSpace>>,
+    ) -> Result<Self, OriginError> {
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
             if literal_link_local(attempt.url()) {
                 attempt.error(LINK_LOCAL)
@@ -197,6 +216,7 @@ impl HttpOrigin {
             retry,
             spool_dir,
             spools: DashMap::new(),
+            space,
             snapshots: Snapshots::default(),
         })
     }
@@ -282,45 +302,29 @@ impl HttpOrigin {
                     "the server does not support Range requests: fetching the file whole, once"
                 );
                 let what = file.uri.as_str();
-                let resp = send_with_retry(self.retry, what, "get", || self.get(file, v)).await?;
-                if !resp.status().is_success() {
-                    return Err(status_error(resp.status(), what));
-                }
-                std::fs::create_dir_all(&self.spool_dir).map_err(|e| OriginError::Protocol {
-                    what: what.to_string(),
-                    detail: format!("spool folder {}: {e}", self.spool_dir.display()),
-                })?;
-                let mut tmp =
-                    tempfile::tempfile_in(&self.spool_dir).map_err(|e| OriginError::Protocol {
+                let space = match &self.space {
+                    Some(s) => s
+                        .reserve(file.size)
+                        .map_err(|detail| OriginError::NoSpace {
+                            what: what.to_string(),
+                            detail: format!("no room to fetch it whole: {detail}"),
+                        })?,
+                    None => Box::new(()),
+                };
+                let limit = spool_time_limit(file.size);
+                let fetch = self.fetch_whole(file, v);
+                let tmp = tokio::time::timeout(limit, fetch).await.map_err(|_| {
+                    OriginError::Unavailable {
                         what: what.to_string(),
-                        detail: format!("spool file: {e}"),
-                    })?;
-                let mut body = resp.bytes_stream();
-                let mut got = 0u64;
-                while let Some(piece) = body.next().await {
-                    let piece = piece.map_err(|e| OriginError::Transient {
-                        what: what.to_string(),
-                        detail: describe_reqwest(&e),
-                        retry_after: None,
-                    })?;
-                    got += piece.len() as u64;
-                    if got > file.size {
-                        break;
+                        attempts: 1,
+                        detail: format!("a whole-file fetch took longer than {limit:?}"),
                     }
-                    tmp.write_all(&piece).map_err(|e| OriginError::Protocol {
-                        what: what.to_string(),
-                        detail: format!("spool file: {e}"),
-                    })?;
-                }
-                if got != file.size {
-                    return Err(OriginError::Changed {
-                        what: what.to_string(),
-                    });
-                }
+                })??;
                 Ok(Arc::new(Spool {
                     file: tmp,
                     served: AtomicU64::new(0),
                     made: Instant::now(),
+                    _space: space,
                 }))
             })
             .await;
@@ -328,6 +332,51 @@ impl HttpOrigin {
             self.spools.remove(&file.key);
         }
         spool.cloned()
+    }
+
+    /// Fetches `file` whole into a new spool file (removed when dropped).
+    async fn fetch_whole(
+        &self,
+        file: &RemoteFile,
+        v: &Validators,
+    ) -> Result<std::fs::File, OriginError> {
+        let what = file.uri.as_str();
+        let resp = send_with_retry(self.retry, what, "get", || self.get(file, v)).await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp.status(), what));
+        }
+        std::fs::create_dir_all(&self.spool_dir).map_err(|e| OriginError::Protocol {
+            what: what.to_string(),
+            detail: format!("spool folder {}: {e}", self.spool_dir.display()),
+        })?;
+        let mut tmp =
+            tempfile::tempfile_in(&self.spool_dir).map_err(|e| OriginError::Protocol {
+                what: what.to_string(),
+                detail: format!("spool file: {e}"),
+            })?;
+        let mut body = resp.bytes_stream();
+        let mut got = 0u64;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| OriginError::Transient {
+                what: what.to_string(),
+                detail: describe_reqwest(&e),
+                retry_after: None,
+            })?;
+            got += piece.len() as u64;
+            if got > file.size {
+                break;
+            }
+            tmp.write_all(&piece).map_err(|e| OriginError::Protocol {
+                what: what.to_string(),
+                detail: format!("spool file: {e}"),
+            })?;
+        }
+        if got != file.size {
+            return Err(OriginError::Changed {
+                what: what.to_string(),
+            });
+        }
+        Ok(tmp)
     }
 
     async fn read_spooled(

@@ -22,7 +22,7 @@ pub mod retry;
 mod snapshot;
 
 pub use hf::{HfConfig, HfOrigin};
-pub use http::HttpOrigin;
+pub use http::{HttpOrigin, SpoolSpace};
 pub use object::{FileOrigin, S3Config, S3Origin};
 pub use retry::RetryPolicy;
 
@@ -115,6 +115,14 @@ pub enum OriginError {
         /// What was asked for.
         what: String,
         /// What is wrong with it.
+        detail: String,
+    },
+    /// No room on the cache disk for what the request needs.
+    #[error("{what}: {detail}")]
+    NoSpace {
+        /// What was asked for.
+        what: String,
+        /// Why.
         detail: String,
     },
     /// The origin answered something locus cannot use.

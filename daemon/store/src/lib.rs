@@ -199,6 +199,20 @@ pub struct Store {
 
 const WRITE_LOCKS: usize = 64;
 
+/// Room reserved with [`Store::reserve_space`]; given back when dropped.
+pub struct SpaceGuard {
+    store: Arc<Store>,
+    bytes: u64,
+}
+
+impl Drop for SpaceGuard {
+    fn drop(&mut self) {
+        let mut st = self.store.lock();
+        st.used = st.used.saturating_sub(self.bytes);
+        self.store.publish_gauges(&st);
+    }
+}
+
 /// A file registered in the store. While a handle lives, the file is not evicted.
 pub struct FileHandle {
     store: Arc<Store>,
@@ -494,6 +508,25 @@ impl Store {
         }
         // Unlinks happen after the index commit: wait for them before writing again.
         self.index.flush();
+    }
+
+    /// Reserves `bytes` of the capacity for something other than a chunk (a whole-file spool
+    /// of a server without Range), evicting LRU files if needed, until the guard is dropped.
+    pub fn reserve_space(self: &Arc<Self>, bytes: u64) -> Result<SpaceGuard, StoreError> {
+        let mut st = self.lock();
+        if !self.evict_locked(&mut st, bytes, self.capacity) {
+            return Err(StoreError::Full {
+                needed: bytes,
+                used: st.used,
+                capacity: self.capacity,
+            });
+        }
+        st.used += bytes;
+        self.publish_gauges(&st);
+        Ok(SpaceGuard {
+            store: self.clone(),
+            bytes,
+        })
     }
 
     /// Sets or clears the pin of `key`.
