@@ -352,10 +352,15 @@ def test_keys_of_a_listed_prefix_cost_one_listing_per_ttl(s3, workdir):
         time.sleep(1.5)
         proxy.reset()
         keys = sorted(k for k in objects if k.startswith("data/train/04/"))[:30]
+        began = time.monotonic()
         for k in keys:
             assert d.run("cat", f"s3://{BUCKET}/{k}").stdout == objects[k]
+        took = time.monotonic() - began
         assert proxy.requests.get("get") == len(keys), proxy.requests
-        assert proxy.requests.get("head", 0) + proxy.requests.get("list", 0) <= 4, proxy.requests
+        # One listing round (a HEAD and a LIST) per TTL that ran out while the keys were read
+        # (a loaded machine can take more than the 1 s TTL for 30 reads), never one per key.
+        rounds = 1 + int(took)
+        assert proxy.requests.get("head", 0) + proxy.requests.get("list", 0) <= 2 * rounds + 2, (proxy.requests, took)
     finally:
         d.close()
 

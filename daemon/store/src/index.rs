@@ -46,7 +46,6 @@ pub(crate) enum Op {
     RemoveFile {
         key: String,
         id: u64,
-        chunks: u32,
         /// Data file to unlink once the removal is durable.
         unlink: Option<PathBuf>,
     },
@@ -266,17 +265,11 @@ fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
                     waiters.push(tx);
                     None
                 }
-                Op::RemoveFile {
-                    key,
-                    id,
-                    chunks,
-                    unlink,
-                } => {
+                Op::RemoveFile { key, id, unlink } => {
                     unlinks.extend(unlink);
                     Some(Op::RemoveFile {
                         key,
                         id,
-                        chunks,
                         unlink: None,
                     })
                 }
@@ -305,9 +298,7 @@ fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
                             let v = serde_json::to_vec(&rec).unwrap_or_default();
                             files.insert(key.as_str(), v.as_slice())?;
                         }
-                        Op::RemoveFile {
-                            key, id, chunks: n, ..
-                        } => {
+                        Op::RemoveFile { key, id, .. } => {
                             // Only remove the record if it still names this id (the key may
                             // have been registered again since).
                             let same = files
@@ -317,9 +308,8 @@ fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
                             if same {
                                 files.remove(key.as_str())?;
                             }
-                            for idx in 0..n {
-                                chunks.remove((id, idx))?;
-                            }
+                            // The chunks it holds, not every chunk its size allows.
+                            chunks.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
                         }
                         Op::SetChunk { id, idx, crc } => {
                             chunks.insert((id, idx), crc)?;

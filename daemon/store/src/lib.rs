@@ -19,7 +19,7 @@
 
 mod index;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -95,21 +95,23 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// A file's entry. Its per-chunk tables are sparse (ordered maps of the chunks they hold): a
+/// size claimed by an origin or a peer costs nothing until chunks are stored.
 struct Entry {
     rec: FileRecord,
-    chunks: Vec<Option<u32>>,
-    present: u32,
+    /// Stored chunks and their CRC32C.
+    chunks: BTreeMap<u32, u32>,
     /// Bytes of recorded chunks.
     bytes: u64,
     users: u32,
     file: Option<Arc<File>>,
     /// Checked whole-file hash steps of chunks (opaque here; see locus-node's `sha_chain`),
     /// kept in memory only: empty until the first is set.
-    steps: Vec<Option<Step>>,
+    steps: BTreeMap<u32, Step>,
     /// When this process last found each chunk's bytes right: read and CRC-checked, or
     /// written with the CRC computed from the bytes received (memory only, so every chunk is
     /// unchecked after a start, power loss or not).
-    checked: Vec<Option<std::time::Instant>>,
+    checked: BTreeMap<u32, std::time::Instant>,
     /// The data file's change time and length when every chunk was last found right: a file
     /// changed on disk since then (by anyone: ctime cannot be set back) is checked again.
     seen: Option<FileStamp>,
@@ -140,11 +142,25 @@ impl Entry {
     }
 
     fn checked_within(&self, idx: u32, age: std::time::Duration) -> bool {
-        self.checked
-            .get(idx as usize)
-            .copied()
-            .flatten()
-            .is_some_and(|t| t.elapsed() < age)
+        self.checked.get(&idx).is_some_and(|t| t.elapsed() < age)
+    }
+
+    fn complete(&self) -> bool {
+        self.chunks.len() as u64 == self.layout().count() as u64
+    }
+
+    /// A new entry with no chunk stored.
+    fn new(rec: FileRecord) -> Entry {
+        Entry {
+            rec,
+            chunks: BTreeMap::new(),
+            bytes: 0,
+            users: 0,
+            file: None,
+            steps: BTreeMap::new(),
+            checked: BTreeMap::new(),
+            seen: None,
+        }
     }
 }
 
@@ -244,41 +260,22 @@ impl Store {
             let path = data_dir.join(rec.id.to_string());
             let layout = ChunkLayout::new(rec.size, rec.chunk_size.max(1));
             if rec.chunk_size == 0 || !path.exists() {
-                stale.push((key, rec.id, layout.count()));
+                stale.push((key, rec.id));
                 continue;
             }
-            let mut chunks = vec![None; layout.count() as usize];
-            let mut present = 0;
-            let mut bytes = 0;
-            for (idx, crc) in chunk_crcs {
-                if let Some(slot) = chunks.get_mut(idx as usize) {
-                    *slot = Some(crc);
-                    present += 1;
-                    bytes += layout.len(idx);
-                }
+            let mut e = Entry::new(rec);
+            for (idx, crc) in chunk_crcs.into_iter().filter(|(i, _)| *i < layout.count()) {
+                e.chunks.insert(idx, crc);
+                e.bytes += layout.len(idx);
             }
-            used += bytes;
-            files.insert(
-                key,
-                Entry {
-                    rec,
-                    chunks,
-                    present,
-                    bytes,
-                    users: 0,
-                    file: None,
-                    steps: Vec::new(),
-                    checked: Vec::new(),
-                    seen: None,
-                },
-            );
+            used += e.bytes;
+            files.insert(key, e);
         }
-        for (key, id, count) in stale {
+        for (key, id) in stale {
             tracing::warn!(key, "cache entry without data file dropped");
             index.send(Op::RemoveFile {
                 key,
                 id,
-                chunks: count,
                 unlink: None,
             });
         }
@@ -358,7 +355,6 @@ impl Store {
                 verified: false,
                 last_access: locus_core::unix_ms(),
             };
-            let layout = ChunkLayout::new(file.size, chunk_size);
             // The (sparse, empty) data file exists from the start, so readers can open it
             // before any chunk arrives.
             let path = self.data_dir.join(id.to_string());
@@ -372,20 +368,7 @@ impl Store {
                 key: file.key.clone(),
                 rec: rec.clone(),
             });
-            st.files.insert(
-                file.key.clone(),
-                Entry {
-                    rec,
-                    chunks: vec![None; layout.count() as usize],
-                    present: 0,
-                    bytes: 0,
-                    users: 0,
-                    file: None,
-                    steps: Vec::new(),
-                    checked: Vec::new(),
-                    seen: None,
-                },
-            );
+            st.files.insert(file.key.clone(), Entry::new(rec));
             self.publish_gauges(&st);
         }
         let e = st
@@ -416,10 +399,10 @@ impl Store {
     pub fn complete_file(&self, key: &str) -> Option<(PathBuf, u64, Vec<u32>)> {
         let st = self.lock();
         let e = st.files.get(key)?;
-        if !e.rec.verified || e.present as usize != e.chunks.len() {
+        if !e.rec.verified || !e.complete() {
             return None;
         }
-        let crcs = e.chunks.iter().copied().collect::<Option<Vec<u32>>>()?;
+        let crcs = e.chunks.values().copied().collect();
         Some((
             self.data_dir.join(e.rec.id.to_string()),
             e.rec.chunk_size,
@@ -432,7 +415,7 @@ impl Store {
         let st = self.lock();
         st.files
             .get(key)
-            .is_some_and(|e| e.present as usize == e.chunks.len() && e.rec.verified)
+            .is_some_and(|e| e.complete() && e.rec.verified)
     }
 
     /// Counts for status.
@@ -490,7 +473,6 @@ impl Store {
                 self.index.send(Op::RemoveFile {
                     key,
                     id: e.rec.id,
-                    chunks: e.chunks.len() as u32,
                     unlink: Some(self.data_dir.join(e.rec.id.to_string())),
                 });
             }
@@ -555,16 +537,6 @@ impl Drop for FileHandle {
                 }
             }
         }
-    }
-}
-
-/// Sets chunk `idx`'s slot of a per-chunk table that is grown to `chunks` entries on first use.
-fn set_slot<T: Clone>(table: &mut Vec<Option<T>>, chunks: usize, idx: u32, v: T) {
-    if table.len() < chunks {
-        table.resize(chunks, None);
-    }
-    if let Some(slot) = table.get_mut(idx as usize) {
-        *slot = Some(v);
     }
 }
 
@@ -682,29 +654,30 @@ impl FileHandle {
 
     /// CRC of chunk `idx` if it is stored.
     pub fn crc(&self, idx: u32) -> Option<u32> {
-        self.with_entry(|e| e.chunks.get(idx as usize).copied().flatten())
-            .flatten()
+        self.with_entry(|e| e.chunks.get(&idx).copied()).flatten()
     }
 
     /// Every chunk's CRC, or `None` if some are missing.
     pub fn all_crcs(&self) -> Option<Vec<u32>> {
-        self.with_entry(|e| e.chunks.iter().copied().collect::<Option<Vec<u32>>>())
+        self.with_entry(|e| e.complete().then(|| e.chunks.values().copied().collect()))
             .flatten()
     }
 
     /// Every chunk's CRC, `None` where the chunk is not stored.
     pub fn crcs(&self) -> Vec<Option<u32>> {
-        self.with_entry(|e| e.chunks.clone()).unwrap_or_default()
+        self.with_entry(|e| {
+            (0..self.layout.count())
+                .map(|i| e.chunks.get(&i).copied())
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Chunks not stored yet.
     pub fn missing(&self) -> Vec<u32> {
         self.with_entry(|e| {
-            e.chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.is_none())
-                .map(|(i, _)| i as u32)
+            (0..self.layout.count())
+                .filter(|i| !e.chunks.contains_key(i))
                 .collect()
         })
         .unwrap_or_else(|| (0..self.layout.count()).collect())
@@ -854,24 +827,25 @@ impl FileHandle {
         let id = self.id;
         let now = std::time::Instant::now();
         self.with_entry(|e| {
-            let len = e.layout().len(idx);
-            let count = e.chunks.len();
-            if let Some(slot) = e.chunks.get_mut(idx as usize) {
-                if slot.is_none() {
-                    e.present += 1;
-                    e.bytes += len;
-                }
-                *slot = Some(crc);
-                // The CRC was computed from the bytes written: they count as checked now.
-                set_slot(&mut e.checked, count, idx, now);
+            if idx >= e.layout().count() {
+                return;
             }
+            if e.chunks.insert(idx, crc).is_none() {
+                e.bytes += e.layout().len(idx);
+            }
+            // The CRC was computed from the bytes written: they count as checked now.
+            e.checked.insert(idx, now);
         });
         self.store.index.send(Op::SetChunk { id, idx, crc });
     }
 
     /// Records the checked hash step of chunk `idx`.
     pub fn set_step(&self, idx: u32, step: Step) {
-        self.with_entry(|e| set_slot(&mut e.steps, e.chunks.len(), idx, step));
+        self.with_entry(|e| {
+            if e.chunks.contains_key(&idx) {
+                e.steps.insert(idx, step);
+            }
+        });
     }
 
     /// Records that every chunk was just found right, with the data file as it is now.
@@ -896,13 +870,17 @@ impl FileHandle {
     /// Records that chunk `idx`'s bytes were just read and found right.
     pub fn mark_checked(&self, idx: u32) {
         let now = std::time::Instant::now();
-        self.with_entry(|e| set_slot(&mut e.checked, e.chunks.len(), idx, now));
+        self.with_entry(|e| {
+            if e.chunks.contains_key(&idx) {
+                e.checked.insert(idx, now);
+            }
+        });
     }
 
     /// Chunks (stored or not) not found right less than `age` ago, in one look under the lock.
     pub fn unchecked(&self, age: std::time::Duration) -> Vec<u32> {
         self.with_entry(|e| {
-            (0..e.chunks.len() as u32)
+            (0..self.layout.count())
                 .filter(|&i| !e.checked_within(i, age))
                 .collect()
         })
@@ -917,8 +895,7 @@ impl FileHandle {
 
     /// The hash step of chunk `idx`, if one was recorded since its bytes were written.
     pub fn step(&self, idx: u32) -> Option<Step> {
-        self.with_entry(|e| e.steps.get(idx as usize).copied().flatten())
-            .flatten()
+        self.with_entry(|e| e.steps.get(&idx).copied()).flatten()
     }
 
     /// Drops chunk `idx` (a failed check): it will be fetched again, never served.
@@ -927,22 +904,13 @@ impl FileHandle {
         let dropped = self
             .with_entry(|e| {
                 e.rec.verified = false;
-                if let Some(step) = e.steps.get_mut(idx as usize) {
-                    *step = None;
-                }
-                if let Some(at) = e.checked.get_mut(idx as usize) {
-                    *at = None;
-                }
+                e.steps.remove(&idx);
+                e.checked.remove(&idx);
                 let len = e.layout().len(idx);
-                match e.chunks.get_mut(idx as usize) {
-                    Some(slot @ Some(_)) => {
-                        *slot = None;
-                        e.present -= 1;
-                        e.bytes -= len;
-                        Some((len, e.rec.clone()))
-                    }
-                    _ => None,
-                }
+                e.chunks.remove(&idx).map(|_| {
+                    e.bytes -= len;
+                    (len, e.rec.clone())
+                })
             })
             .flatten();
         if let Some((len, rec)) = dropped {

@@ -205,3 +205,29 @@ fn metadata_is_bounded_and_the_oldest_goes_first() {
     assert!(s.meta_get("k51").is_none());
     assert!(s.meta_get("k0").is_some() && s.meta_get("new").is_some());
 }
+
+#[test]
+fn per_chunk_tables_hold_only_stored_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file of 2^18 chunks with one stored (its last): the tables hold one entry, not 2^18.
+    let size = 1 << 30;
+    {
+        let s = Store::open(dir.path(), size).unwrap();
+        let h = s.register(&file("huge", size), 4096).unwrap();
+        let last = h.layout().count() - 1;
+        put(&h, last, 7);
+        assert_eq!(h.missing().len() as u32, last);
+        assert_eq!(h.crcs().iter().flatten().count(), 1);
+        assert!(h.all_crcs().is_none());
+        assert_eq!(s.stats().used, 4096);
+        s.flush();
+    }
+    let s = Store::open(dir.path(), size).unwrap();
+    let h = s.register(&file("huge", size), 4096).unwrap();
+    let last = h.layout().count() - 1;
+    assert!(matches!(
+        h.check_chunk(last, SINCE_START).unwrap(),
+        ChunkCheck::Checked(b) if b[..] == [7u8; 4096][..]
+    ));
+    assert_eq!(h.missing().len() as u32, last);
+}
