@@ -71,6 +71,7 @@ impl Backend for DaemonBackend {
                     complete: true,
                 }),
                 uri: e.uri,
+                key: e.key,
                 size: e.size,
             })
             .collect())
@@ -79,6 +80,7 @@ impl Backend for DaemonBackend {
     fn chunks(
         &self,
         uri: &str,
+        key: &str,
         first: u32,
         count: u32,
         recheck: bool,
@@ -91,6 +93,7 @@ impl Backend for DaemonBackend {
                 first,
                 count,
                 recheck,
+                key: key.to_string(),
             }))
             .map_err(status_error)?
             .into_inner();
@@ -108,13 +111,14 @@ impl Backend for DaemonBackend {
         })
     }
 
-    fn prefetch(&self, uri: &str, first: u32, count: u32) {
+    fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32) {
         let mut c = self.client.clone();
         let req = pb::ChunksRequest {
             uri: uri.to_string(),
             first,
             count,
             recheck: false,
+            key: key.to_string(),
         };
         let uri = uri.to_string();
         self.rt.spawn(async move {

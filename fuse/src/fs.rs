@@ -59,6 +59,7 @@ enum Kind {
     Dir(BTreeMap<String, u64>, Option<Lazy>),
     File {
         uri: String,
+        key: String,
         size: u64,
         cached: Option<ChunkInfo>,
     },
@@ -72,6 +73,8 @@ struct Inode {
 /// Per-file read state, shared by every open of the file.
 struct FileState {
     uri: String,
+    /// The version (cache key) listed: every read stays on it.
+    key: String,
     size: u64,
     inner: Mutex<Inner>,
 }
@@ -152,6 +155,7 @@ fn insert_entries(inodes: &mut Vec<Inode>, root: u64, entries: Vec<Entry>) {
             parent: dir,
             kind: Kind::File {
                 uri: e.uri,
+                key: e.key,
                 size: e.size,
                 cached: e.cached,
             },
@@ -486,7 +490,13 @@ impl<B: Backend> Core<B> {
 
     fn state(&self, ino: u64) -> Option<Arc<FileState>> {
         let tree = self.tree();
-        let Kind::File { uri, size, cached } = &tree.get(ino as usize)?.kind else {
+        let Kind::File {
+            uri,
+            key,
+            size,
+            cached,
+        } = &tree.get(ino as usize)?.kind
+        else {
             return None;
         };
         let mut files = lock(&self.files);
@@ -504,6 +514,7 @@ impl<B: Backend> Core<B> {
                     }
                     Arc::new(FileState {
                         uri: uri.clone(),
+                        key: key.clone(),
                         size: *size,
                         inner: Mutex::new(inner),
                     })
@@ -567,7 +578,7 @@ impl<B: Backend> Core<B> {
                 return Err(ReadError::MustWait);
             }
             drop(inner);
-            let info = self.backend.chunks(&st.uri, 0, 0, false)?;
+            let info = self.backend.chunks(&st.uri, &st.key, 0, 0, false)?;
             inner = lock(&st.inner);
             Self::absorb(&mut inner, info)?;
         }
@@ -598,7 +609,7 @@ impl<B: Backend> Core<B> {
             let from = inner.ahead_until.max(last + 1);
             let to = (last + 1 + inner.window).min(count);
             if from < to && !inner.complete {
-                self.backend.prefetch(&st.uri, from, to - from);
+                self.backend.prefetch(&st.uri, &st.key, from, to - from);
                 inner.ahead_until = to;
             }
         } else {
@@ -609,7 +620,7 @@ impl<B: Backend> Core<B> {
             drop(inner);
             let info = self
                 .backend
-                .chunks(&st.uri, first, last - first + 1, false)?;
+                .chunks(&st.uri, &st.key, first, last - first + 1, false)?;
             inner = lock(&st.inner);
             Self::absorb(&mut inner, info)?;
         }
@@ -657,7 +668,7 @@ impl<B: Backend> Core<B> {
                     "chunk failed its checksum; asking the node to fetch it again"
                 );
                 drop(inner);
-                let info = self.backend.chunks(&st.uri, c, 1, true)?;
+                let info = self.backend.chunks(&st.uri, &st.key, c, 1, true)?;
                 inner = lock(&st.inner);
                 Self::absorb(&mut inner, info)?;
                 if !Self::check_chunk(&inner, st.size, c)? {
@@ -726,7 +737,7 @@ impl<B: Backend> Core<B> {
                     Ok(())
                 } else {
                     self.backend
-                        .chunks(&st.uri, 0, 0, false)
+                        .chunks(&st.uri, &st.key, 0, 0, false)
                         .and_then(|info| Self::absorb(&mut inner, info))
                 };
                 if known.is_ok() && inner.complete && self.check_all(&st, &mut inner) {
@@ -855,7 +866,7 @@ impl<B: Backend> Core<B> {
                 );
                 let fixed = self
                     .backend
-                    .chunks(&st.uri, c, 1, true)
+                    .chunks(&st.uri, &st.key, c, 1, true)
                     .and_then(|info| Self::absorb(inner, info))
                     .and_then(|()| Self::check_chunk(inner, st.size, c));
                 if !matches!(fixed, Ok(true)) {

@@ -46,6 +46,9 @@ pub const MAX_READAHEAD_CHUNKS: u32 = 8;
 pub struct Entry {
     /// The file's URI at an immutable revision.
     pub uri: String,
+    /// Its identity (cache key) in that listing: a file's reads stay on this version (an
+    /// `s3://`, `http(s)://` or `file://` name can move on while it is open).
+    pub key: String,
     /// Path relative to the mount's root.
     pub path: String,
     /// Size in bytes.
@@ -94,15 +97,17 @@ impl FsError {
 pub trait Backend: Send + Sync + 'static {
     /// Files under `uri` (a repo, folder or file), at an immutable revision.
     fn list(&self, uri: &str) -> Result<Vec<Entry>, FsError>;
-    /// Makes chunks `first..first + count` of `uri` present and says where the file is. With
+    /// Makes chunks `first..first + count` of `uri`, the version with identity `key`, present
+    /// and says where the file is; fails rather than answer about another version. With
     /// `recheck`, the node first checks those chunks on its disk and drops any that fail.
     fn chunks(
         &self,
         uri: &str,
+        key: &str,
         first: u32,
         count: u32,
         recheck: bool,
     ) -> Result<ChunkInfo, FsError>;
     /// Starts fetching chunks without waiting for them.
-    fn prefetch(&self, uri: &str, first: u32, count: u32);
+    fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32);
 }

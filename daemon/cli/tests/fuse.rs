@@ -509,3 +509,48 @@ fn a_mount_holds_cache_files_only_while_they_are_open() {
         assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
     }
 }
+
+#[test]
+fn an_open_file_never_mixes_versions_of_an_overwritten_object() {
+    use std::io::Read;
+    let env = Env::new();
+    let root = env.path("shared");
+    std::fs::create_dir_all(&root).unwrap();
+    let old = locus_testorigin::model::random_bytes(1, 4 << 20);
+    std::fs::write(root.join("model.bin"), &old).unwrap();
+    let d = env.daemon(
+        "n",
+        &[
+            "--file-root",
+            root.to_str().unwrap(),
+            "--metadata-ttl",
+            "1",
+            "--chunk-size",
+            "64KiB",
+        ],
+        &[],
+    );
+    let m = Mount::new(&d, &env, &format!("file://{}", root.display()), "mnt");
+    let mut f = std::fs::File::open(m.dir.join("model.bin")).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    f.read_exact(&mut head).unwrap();
+    assert!(head[..] == old[..64 << 10]);
+    // Overwritten (same size) while open, and the metadata TTL passes: the name now lists as
+    // the new version.
+    let new = locus_testorigin::model::random_bytes(2, 4 << 20);
+    std::fs::write(root.join("model.bin"), &new).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The rest of the open file is the old version's bytes, or an error: never the new one's.
+    let mut rest = Vec::new();
+    match f.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest[..] == old[64 << 10..], "mixed versions"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+    // What came before an error is the old version's too.
+    let at = 64 << 10;
+    assert!(rest.len() <= old.len() - at);
+    assert!(
+        rest[..] == old[at..at + rest.len()],
+        "bytes before the error"
+    );
+}

@@ -281,6 +281,27 @@ impl Local for LocalService {
         let req = request.into_inner();
         let uri = parse_uri(&req.uri)?;
         let file = self.node.resolve_file(&uri).await?;
+        if !req.key.is_empty() && file.key != req.key {
+            // The name moved on since the reader listed it (an overwritten object, past the
+            // TTL): answer about the version it holds open, from what is stored of it, or not
+            // at all. Never the new version's bytes under the old one's size.
+            let Some((path, size, chunk_size, crcs)) = self.node.store.complete_file(&req.key)
+            else {
+                return Err(Status::aborted(format!(
+                    "{}: changed at the origin since it was opened, and the version opened is \
+                     not all here; open it again",
+                    file.uri
+                )));
+            };
+            return Ok(Response::new(pb::ChunksResponse {
+                path: path.display().to_string(),
+                size,
+                chunk_size,
+                present: vec![true; crcs.len()],
+                chunk_crc32c: crcs,
+                complete: true,
+            }));
+        }
         let first = req.first;
         let end = first.saturating_add(req.count);
         if req.recheck {
@@ -383,7 +404,7 @@ impl Local for LocalService {
                     .node
                     .store
                     .complete_file(&f.key)
-                    .map(|(p, cs, crcs)| (p.display().to_string(), cs, crcs))
+                    .map(|(p, _, cs, crcs)| (p.display().to_string(), cs, crcs))
                     .unwrap_or_default();
                 pb::ListEntry {
                     uri: f.uri.clone(),
@@ -393,6 +414,7 @@ impl Local for LocalService {
                     cache_path,
                     chunk_size,
                     chunk_crc32c,
+                    key: f.key.clone(),
                 }
             })
             .collect();

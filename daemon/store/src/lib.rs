@@ -395,8 +395,8 @@ impl Store {
         }
     }
 
-    /// For a file fully cached and verified: its data file, chunk size and chunk CRCs.
-    pub fn complete_file(&self, key: &str) -> Option<(PathBuf, u64, Vec<u32>)> {
+    /// For a file fully cached and verified: its data file, size, chunk size and chunk CRCs.
+    pub fn complete_file(&self, key: &str) -> Option<(PathBuf, u64, u64, Vec<u32>)> {
         let st = self.lock();
         let e = st.files.get(key)?;
         if !e.rec.verified || !e.complete() {
@@ -405,6 +405,7 @@ impl Store {
         let crcs = e.chunks.values().copied().collect();
         Some((
             self.data_dir.join(e.rec.id.to_string()),
+            e.rec.size,
             e.rec.chunk_size,
             crcs,
         ))
