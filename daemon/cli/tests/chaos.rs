@@ -551,3 +551,74 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
     );
     assert_eq!(kills.iter().sum::<u32>(), 21);
 }
+
+#[test]
+fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
+    let env = Env::new();
+    let big = random_files(1, 12 << 20, 9);
+    let small = random_files(1, 1 << 20, 10);
+    env.sim.commit("model", "acme/big", big.clone());
+    env.sim.commit("model", "acme/small", small.clone());
+    let mnt = env.path("tiny-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount (tests run as root)");
+    assert!(st.success(), "mounting a small tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let mut d = env.daemon(
+        "n",
+        &[
+            "--cache-dir",
+            mnt.join("cache").to_str().unwrap(),
+            "--cache-size",
+            "1GiB",
+            "--chunk-size",
+            "256KiB",
+        ],
+        &[],
+    );
+    let out = d.locus(&["warm", "hf://acme/big"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no space left"), "{}", stderr(&out));
+    // The node goes on serving what fits, correctly, once the failed fetches have ended and
+    // their space is back (each try fails cleanly until then).
+    let mut tries = 0;
+    loop {
+        let out = d.locus(&["warm", "hf://acme/small"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(stderr(&out).contains("no space left"), "{}", stderr(&out));
+        tries += 1;
+        assert!(tries < 60, "the small repo never fit: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/small/{}", small[0].0)]),
+        small[0].1.to_vec()
+    );
+    // The index recorded it, even where an index commit had failed on the full disk (redb
+    // refuses everything after an I/O error until it is opened again): a restart keeps it.
+    assert!(d.signal(Signal::SIGTERM).success());
+    let before = env.sim.stats();
+    d.restart();
+    let out = d.ok(&["warm", "hf://acme/small"]);
+    assert!(
+        String::from_utf8_lossy(&out).contains("0 B from origin"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(env.sim.stats().data_requests(), before.data_requests());
+}
