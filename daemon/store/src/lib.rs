@@ -496,6 +496,15 @@ impl Store {
     /// Reserves `bytes` of the capacity for something other than a chunk (a whole-file spool
     /// of a server without Range), evicting LRU files if needed, until the guard is dropped.
     pub fn reserve_space(self: &Arc<Self>, bytes: u64) -> Result<SpaceGuard, StoreError> {
+        self.reserve_bytes(bytes)?;
+        Ok(SpaceGuard {
+            store: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Counts `bytes` as used, evicting LRU files first if they do not fit.
+    fn reserve_bytes(&self, bytes: u64) -> Result<(), StoreError> {
         let mut st = self.lock();
         if !self.evict_locked(&mut st, bytes, self.capacity) {
             return Err(StoreError::Full {
@@ -506,10 +515,7 @@ impl Store {
         }
         st.used += bytes;
         self.publish_gauges(&st);
-        Ok(SpaceGuard {
-            store: self.clone(),
-            bytes,
-        })
+        Ok(())
     }
 
     /// Sets or clears the pin of `key`.
@@ -720,18 +726,7 @@ impl FileHandle {
 
     /// Reserves room for `bytes` before they are written, evicting LRU files if needed.
     pub fn reserve(&self, bytes: u64) -> Result<(), StoreError> {
-        let store = &self.store;
-        let mut st = store.lock();
-        if !store.evict_locked(&mut st, bytes, store.capacity) {
-            return Err(StoreError::Full {
-                needed: bytes,
-                used: st.used,
-                capacity: store.capacity,
-            });
-        }
-        st.used += bytes;
-        store.publish_gauges(&st);
-        Ok(())
+        self.store.reserve_bytes(bytes)
     }
 
     /// Gives back a reservation that was not used.
