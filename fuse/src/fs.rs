@@ -85,9 +85,10 @@ struct Inner {
     /// mount holds as many cache files as it has files open (not one per file ever read), and
     /// an evicted cache file's space comes back.
     file: Option<(PathBuf, Arc<File>)>,
-    /// The cache file closed with the last open: opened again, its chunks stay checked if the
-    /// daemon names the same file with the same CRCs.
-    last_path: Option<PathBuf>,
+    /// The cache file closed with the last open, and what `fstat` said of it then: opened
+    /// again as it is if it is still that file (no daemon round trip), its checked chunks
+    /// staying checked; else the daemon is asked where the file is.
+    closed: Option<(PathBuf, FileStamp)>,
     chunk_size: u64,
     crcs: Vec<Option<u32>>,
     /// Chunks this mount has checked against their CRC.
@@ -102,6 +103,26 @@ struct Inner {
     /// Opens served by passthrough, and by this process.
     passthrough_opens: u32,
     cached_opens: u32,
+}
+
+/// What `fstat` says of a cache file that changes if it is replaced or written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+    len: u64,
+}
+
+fn stamp(f: &File) -> std::io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        len: m.len(),
+    })
 }
 
 thread_local! {
@@ -523,6 +544,22 @@ impl<B: Backend> Core<B> {
         )
     }
 
+    /// Opens again the cache file closed with the last open, if it is still the same file
+    /// (device, inode, change time and length as at the close).
+    fn reopen(inner: &mut Inner) -> bool {
+        let Some((path, was)) = inner.closed.take() else {
+            return false;
+        };
+        let Ok(f) = File::open(&path) else {
+            return false;
+        };
+        if stamp(&f).ok() != Some(was) {
+            return false;
+        }
+        inner.file = Some((path, Arc::new(f)));
+        true
+    }
+
     /// Takes in what the daemon said about a file.
     fn absorb(inner: &mut Inner, info: ChunkInfo) -> Result<(), FsError> {
         let reopen = !matches!(&inner.file, Some((p, _)) if *p == info.path);
@@ -532,7 +569,7 @@ impl<B: Backend> Core<B> {
             // The file closed with the last open, named again with the same CRCs: its checked
             // chunks stay checked. Another cache file (the old one was evicted): check its
             // chunks afresh.
-            let again = inner.last_path.take().as_ref() == Some(&info.path);
+            let again = inner.closed.take().is_some_and(|(p, _)| p == info.path);
             inner.checked = (0..info.crcs.len())
                 .map(|i| {
                     again
@@ -585,7 +622,11 @@ impl<B: Backend> Core<B> {
         let cs = inner.chunk_size;
         let first = (offset / cs) as u32;
         let last = ((end - 1) / cs) as u32;
-        // Closed with its last open: the daemon says again where the cache file is.
+        // Closed with its last open and not the same file any more: the daemon says again
+        // where the cache file is.
+        if inner.file.is_none() {
+            Self::reopen(&mut inner);
+        }
         let missing = inner.file.is_none()
             || (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
         // A reader answers only from stored chunks, checked or small enough to check on the
@@ -733,7 +774,8 @@ impl<B: Backend> Core<B> {
             // Small files read faster through here than through a backing file's setup.
             if inner.backing.is_none() && inner.cached_opens == 0 && st.size >= PASSTHROUGH_MIN {
                 // Known complete and open (from the listing or an earlier open): no need to ask.
-                let known = if inner.complete && inner.file.is_some() {
+                let known = if inner.complete && (inner.file.is_some() || Self::reopen(&mut inner))
+                {
                     Ok(())
                 } else {
                     self.backend
@@ -784,8 +826,8 @@ impl<B: Backend> Core<B> {
             inner.cached_opens = inner.cached_opens.saturating_sub(1);
         }
         if inner.passthrough_opens == 0 && inner.cached_opens == 0 {
-            if let Some((p, _)) = inner.file.take() {
-                inner.last_path = Some(p);
+            if let Some((p, f)) = inner.file.take() {
+                inner.closed = stamp(&f).ok().map(|s| (p, s));
             }
         }
     }
