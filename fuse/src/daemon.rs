@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use locus_grpc::v1 as pb;
 use locus_grpc::LocalClient;
 
-use crate::{Backend, ChunkInfo, Entry, FsError};
+use crate::{Backend, ChunkInfo, Entry, FsError, Listing};
 
 /// Talks to the daemon; FUSE worker threads block on a small runtime of its own.
 pub struct DaemonBackend {
@@ -36,7 +36,7 @@ impl DaemonBackend {
 }
 
 impl Backend for DaemonBackend {
-    fn list(&self, uri: &str) -> Result<Vec<Entry>, FsError> {
+    fn list(&self, uri: &str) -> Result<Listing, FsError> {
         let mut c = self.client.clone();
         let r = self
             .rt
@@ -54,7 +54,8 @@ impl Backend for DaemonBackend {
                 }
             })
             .map_err(|e| FsError::Io(e.to_string()))?;
-        Ok(r.entries
+        let entries = r
+            .entries
             .into_iter()
             .map(|e| Entry {
                 path: e
@@ -74,7 +75,12 @@ impl Backend for DaemonBackend {
                 key: e.key,
                 size: e.size,
             })
-            .collect())
+            .collect();
+        Ok(Listing {
+            entries,
+            ttl: (r.ttl_ms > 0).then(|| std::time::Duration::from_millis(r.ttl_ms)),
+            age: std::time::Duration::from_millis(r.age_ms),
+        })
     }
 
     fn chunks(

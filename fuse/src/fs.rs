@@ -1,6 +1,6 @@
-//! The file system: a static tree listed at mount time, and the chunked read path.
+//! The file system: the tree's requests (names, attributes, listings), and the chunked read path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,7 +15,8 @@ use fuser::{
     ReplyOpen, Request,
 };
 
-use crate::{metrics, Backend, ChunkInfo, Entry, FsError, MAX_READAHEAD_CHUNKS};
+use crate::tree::{Changes, Kind, Lazy, Prepared, Tree, ROOT};
+use crate::{metrics, Backend, ChunkInfo, FsError, MAX_READAHEAD_CHUNKS};
 
 /// Files smaller than this are always read through this process.
 const PASSTHROUGH_MIN: u64 = 1 << 20;
@@ -23,8 +24,12 @@ const PASSTHROUGH_MIN: u64 = 1 << 20;
 /// How the mount behaves.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// How long the kernel may cache names and attributes (the tree never changes).
+    /// How long the kernel may cache names and attributes at most: names of a listing that
+    /// can change (not at a commit) are kept for its TTL if that is shorter.
     pub ttl: Duration,
+    /// The namespace view keeps at most this many inodes reachable; past it the repos and
+    /// buckets used least recently are dropped (and listed again when named again).
+    pub max_inodes: usize,
     /// Hand complete files to the kernel where it supports FUSE passthrough.
     pub passthrough: bool,
     /// How long a request reader waits for the next request before it sleeps (zero: never).
@@ -35,39 +40,11 @@ impl Default for MountOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3600),
+            max_inodes: 1_000_000,
             passthrough: true,
             linger: Duration::from_micros(50),
         }
     }
-}
-
-/// A directory whose children appear when looked up (the namespace view: the Hub cannot be
-/// listed, but any repo can be named).
-#[derive(Clone, Debug)]
-enum Lazy {
-    /// `hf/`: `datasets` and every ORG.
-    Hf,
-    /// `hf/datasets/`: every ORG of datasets.
-    Datasets,
-    /// `hf/[datasets/]ORG/`: `NAME` or `NAME@REV`, listed on first lookup.
-    Org { datasets: bool, org: String },
-    /// `s3/`: every BUCKET, listed on first lookup.
-    S3,
-}
-
-enum Kind {
-    Dir(BTreeMap<String, u64>, Option<Lazy>),
-    File {
-        uri: String,
-        key: String,
-        size: u64,
-        cached: Option<ChunkInfo>,
-    },
-}
-
-struct Inode {
-    parent: u64,
-    kind: Kind,
 }
 
 /// Per-file read state, shared by every open of the file.
@@ -143,50 +120,6 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// Adds `entries` (paths relative to `root`) under the directory `root`.
-fn insert_entries(inodes: &mut Vec<Inode>, root: u64, entries: Vec<Entry>) {
-    for e in entries {
-        let mut dir = root;
-        let parts: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
-        let Some((last, dirs)) = parts.split_last() else {
-            continue;
-        };
-        for d in dirs {
-            let next = match &inodes[dir as usize].kind {
-                Kind::Dir(children, _) => children.get(*d).copied(),
-                Kind::File { .. } => None,
-            };
-            dir = match next {
-                Some(ino) => ino,
-                None => {
-                    let ino = inodes.len() as u64;
-                    inodes.push(Inode {
-                        parent: dir,
-                        kind: Kind::Dir(BTreeMap::new(), None),
-                    });
-                    if let Kind::Dir(children, _) = &mut inodes[dir as usize].kind {
-                        children.insert(d.to_string(), ino);
-                    }
-                    ino
-                }
-            };
-        }
-        let ino = inodes.len() as u64;
-        inodes.push(Inode {
-            parent: dir,
-            kind: Kind::File {
-                uri: e.uri,
-                key: e.key,
-                size: e.size,
-                cached: e.cached,
-            },
-        });
-        if let Kind::Dir(children, _) = &mut inodes[dir as usize].kind {
-            children.insert(last.to_string(), ino);
-        }
-    }
-}
-
 /// The file system: a request that may wait (on the daemon, the origin or a whole-file check)
 /// runs on a blocking pool; the rest is answered on the thread that read it from the kernel,
 /// which then takes the next request without sleeping in between.
@@ -196,7 +129,7 @@ pub struct LocusFs<B: Backend> {
 }
 
 /// A folder's entries in listing order: (inode, name).
-type Listing = Arc<Vec<(u64, String)>>;
+type DirEntries = Arc<Vec<(u64, String)>>;
 
 /// Blocking threads for requests that may wait.
 const POOL_THREADS: usize = 64;
@@ -204,26 +137,21 @@ const POOL_THREADS: usize = 64;
 /// Reads up to this size of checked chunks are answered inline.
 const INLINE_READ_MAX: u32 = 128 << 10;
 
+/// A listing that could not be refreshed is asked for again after this long.
+const RELIST_RETRY: Duration = Duration::from_secs(5);
+
 impl<B: Backend> LocusFs<B> {
     /// Lists `uri` through `backend` and builds the tree.
     pub fn new(backend: Arc<B>, uri: &str, opts: MountOptions) -> Result<Self, FsError> {
-        let entries = backend.list(uri)?;
-        Self::wrap(Core::from_entries(backend, entries, opts))
-    }
-
-    /// A tree of `entries` (paths relative to the root).
-    pub fn from_entries(
-        backend: Arc<B>,
-        entries: Vec<Entry>,
-        opts: MountOptions,
-    ) -> Result<Self, FsError> {
-        Self::wrap(Core::from_entries(backend, entries, opts))
+        let listing = Prepared::new(backend.list(uri)?);
+        Self::wrap(Core::with_tree(backend, Tree::listed(uri, listing), opts))
     }
 
     /// The namespace view: `hf/ORG/NAME[@REV]/…`, `hf/datasets/ORG/NAME[@REV]/…` and
     /// `s3/BUCKET/…`, each repo or bucket listed when first named.
     pub fn namespace(backend: Arc<B>, opts: MountOptions) -> Result<Self, FsError> {
-        Self::wrap(Core::namespace(backend, opts))
+        let tree = Tree::namespace(opts.max_inodes);
+        Self::wrap(Core::with_tree(backend, tree, opts))
     }
 
     fn wrap(core: Core<B>) -> Result<Self, FsError> {
@@ -241,6 +169,12 @@ impl<B: Backend> LocusFs<B> {
     /// Where a duplicate of the session's device descriptor goes.
     pub fn device_slot(&self) -> Arc<OnceLock<std::os::fd::OwnedFd>> {
         self.core.device.clone()
+    }
+
+    /// Where the session's notifier goes: names that change are dropped from the kernel's cache
+    /// through it.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.core.notifier.clone()
     }
 
     /// After an answer, waits a moment for the next request without sleeping, so that it is
@@ -282,7 +216,7 @@ impl<B: Backend> LocusFs<B> {
 
 struct Core<B: Backend> {
     backend: Arc<B>,
-    inodes: RwLock<Vec<Inode>>,
+    inodes: RwLock<Tree>,
     files: Mutex<HashMap<u64, Arc<FileState>>>,
     /// Open files: their state, and whether the kernel reads them by passthrough.
     handles: Mutex<HashMap<u64, (Arc<FileState>, bool)>>,
@@ -293,62 +227,23 @@ struct Core<B: Backend> {
     gid: u32,
     passthrough_on: AtomicBool,
     /// Listings of open folders, by handle.
-    dir_handles: Mutex<HashMap<u64, Listing>>,
-    /// Listings of folders that never change.
-    listings: Mutex<HashMap<u64, Listing>>,
+    dir_handles: Mutex<HashMap<u64, DirEntries>>,
+    /// Listings of listed folders, with the folder's version they show.
+    listings: Mutex<HashMap<u64, (u64, DirEntries)>>,
     /// A duplicate of the session's /dev/fuse descriptor, to see requests waiting.
     device: Arc<OnceLock<std::os::fd::OwnedFd>>,
+    /// Tells the kernel to drop names that changed.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
     linger: Duration,
     lingering: AtomicBool,
 }
 
 impl<B: Backend> Core<B> {
-    fn from_entries(backend: Arc<B>, entries: Vec<Entry>, opts: MountOptions) -> Self {
-        let mut inodes = vec![
-            // Index 0 is unused so that index = inode number; 1 is the root.
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(BTreeMap::new(), None),
-            },
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(BTreeMap::new(), None),
-            },
-        ];
-        insert_entries(&mut inodes, 1, entries);
-        Self::with_inodes(backend, inodes, opts)
-    }
-
-    fn namespace(backend: Arc<B>, opts: MountOptions) -> Self {
-        let mut root = BTreeMap::new();
-        root.insert("hf".to_string(), 2);
-        root.insert("s3".to_string(), 3);
-        let inodes = vec![
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(BTreeMap::new(), None),
-            },
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(root, None),
-            },
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(BTreeMap::new(), Some(Lazy::Hf)),
-            },
-            Inode {
-                parent: 1,
-                kind: Kind::Dir(BTreeMap::new(), Some(Lazy::S3)),
-            },
-        ];
-        Self::with_inodes(backend, inodes, opts)
-    }
-
-    fn with_inodes(backend: Arc<B>, inodes: Vec<Inode>, opts: MountOptions) -> Self {
+    fn with_tree(backend: Arc<B>, tree: Tree, opts: MountOptions) -> Self {
         let linger = opts.linger;
         Self {
             backend,
-            inodes: RwLock::new(inodes),
+            inodes: RwLock::new(tree),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -362,31 +257,36 @@ impl<B: Backend> Core<B> {
             dir_handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
+            notifier: Arc::new(OnceLock::new()),
             linger,
             lingering: AtomicBool::new(false),
         }
     }
 
-    fn tree(&self) -> std::sync::RwLockReadGuard<'_, Vec<Inode>> {
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
         self.inodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tree_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tree> {
+        self.inodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The child `name` of a lazy directory: created (and, for a repo, listed) on first lookup.
     fn materialize(&self, parent: u64, lazy: &Lazy, name: &str) -> Result<Option<u64>, FsError> {
-        let (kind, entries) = match lazy {
-            Lazy::Hf if name == "datasets" => {
-                (Kind::Dir(BTreeMap::new(), Some(Lazy::Datasets)), None)
-            }
+        enum Made {
+            Lazy(Lazy),
+            Root(String, Prepared),
+        }
+        let made = match lazy {
+            Lazy::Hf if name == "datasets" => Made::Lazy(Lazy::Datasets),
             Lazy::Hf | Lazy::Datasets => {
-                let datasets = matches!(lazy, Lazy::Datasets);
                 if locus_core::LocusUri::parse(&format!("hf://{name}/x")).is_err() {
                     return Ok(None);
                 }
-                let org = Lazy::Org {
-                    datasets,
+                Made::Lazy(Lazy::Org {
+                    datasets: matches!(lazy, Lazy::Datasets),
                     org: name.to_string(),
-                };
-                (Kind::Dir(BTreeMap::new(), Some(org)), None)
+                })
             }
             Lazy::Org { .. } | Lazy::S3 => {
                 let uri = match lazy {
@@ -401,70 +301,179 @@ impl<B: Backend> Core<B> {
                     return Ok(None);
                 }
                 match self.backend.list(&uri) {
-                    Ok(entries) => (Kind::Dir(BTreeMap::new(), None), Some(entries)),
+                    Ok(listing) => Made::Root(uri, Prepared::new(listing)),
                     Err(FsError::NotFound(_)) => return Ok(None),
                     Err(e) => return Err(e),
                 }
             }
         };
-        let mut tree = self.inodes.write().unwrap_or_else(|p| p.into_inner());
+        let mut tree = self.tree_mut();
+        // A folder dropped from the view meanwhile (the kernel still held it): nothing new
+        // goes under it.
+        if !tree.get(parent).is_some_and(|n| n.linked) {
+            return Ok(None);
+        }
         // Another thread may have made it meanwhile.
-        if let Kind::Dir(children, _) = &tree[parent as usize].kind {
-            if let Some(&ino) = children.get(name) {
-                return Ok(Some(ino));
+        if let Some(ino) = tree.child(parent, name) {
+            return Ok(Some(ino));
+        }
+        let ino = match made {
+            Made::Lazy(lazy) => tree.add_lazy(parent, name, lazy),
+            Made::Root(uri, listing) => tree.add_root(parent, name, &uri, listing),
+        };
+        let ch = tree.evict(ino);
+        drop(tree);
+        self.apply(ch);
+        Ok(Some(ino))
+    }
+
+    /// Lists root `root` again if its TTL has passed (one thread at a time lists it; the rest
+    /// wait for that answer).
+    fn refresh(&self, root: u64) {
+        let gate = self.tree().roots.get(&root).map(|r| r.refreshing.clone());
+        let Some(gate) = gate else {
+            return;
+        };
+        let _one = lock(&gate);
+        let uri = {
+            let tree = self.tree();
+            tree.stale_root(root)
+                .and_then(|r| tree.roots.get(&r))
+                .map(|r| r.uri.clone())
+        };
+        let Some(uri) = uri else {
+            return;
+        };
+        let listing = match self.backend.list(&uri) {
+            Ok(l) => l,
+            // The whole prefix or folder is gone: so are its names.
+            Err(FsError::NotFound(_)) => {
+                let ttl = self.tree().roots.get(&root).and_then(|r| r.ttl);
+                crate::Listing {
+                    ttl,
+                    ..crate::Listing::default()
+                }
+            }
+            Err(e) => {
+                tracing::warn!(uri, error = %e, "listing again failed; the names listed before stay");
+                metrics::failure("relist");
+                self.tree_mut().retry_after(root, RELIST_RETRY);
+                return;
+            }
+        };
+        ::metrics::counter!(metrics::RELISTS).increment(1);
+        // Made ready before the tree is locked: a big listing stalls no other request.
+        let listing = Prepared::new(listing);
+        let ch = self.tree_mut().sync_root(root, listing);
+        if ch.replaced > 0 {
+            tracing::info!(
+                uri,
+                names = ch.replaced,
+                "names moved to new versions or went away"
+            );
+        }
+        self.apply(ch);
+    }
+
+    /// Drops what a change left behind: the states of freed inodes, stale folder listings, and
+    /// (on a thread of its own: the kernel may hold locks this request's reply releases) the
+    /// kernel's cached names.
+    fn apply(&self, ch: Changes) {
+        ::metrics::counter!(metrics::VERSIONS_REPLACED).increment(ch.replaced);
+        if !ch.freed.is_empty() {
+            let mut files = lock(&self.files);
+            for ino in &ch.freed {
+                files.remove(ino);
             }
         }
-        let ino = tree.len() as u64;
-        tree.push(Inode { parent, kind });
-        if let Kind::Dir(children, _) = &mut tree[parent as usize].kind {
-            children.insert(name.to_string(), ino);
+        {
+            let mut listings = lock(&self.listings);
+            for ino in ch.dirs.iter().chain(&ch.freed) {
+                listings.remove(ino);
+            }
         }
-        if let Some(entries) = entries {
-            insert_entries(&mut tree, ino, entries);
+        self.count_inodes();
+        if ch.names.is_empty() {
+            return;
         }
-        Ok(Some(ino))
+        if let Some(n) = self.notifier.get() {
+            let n = n.clone();
+            let names = ch.names;
+            std::thread::spawn(move || {
+                for (parent, name) in names {
+                    // ENOENT: the kernel had not cached the name.
+                    let _ = n.inval_entry(INodeNo(parent), OsStr::new(&name));
+                }
+            });
+        }
+    }
+
+    fn count_inodes(&self) {
+        let tree = self.tree();
+        ::metrics::gauge!(metrics::INODES, "state" => "linked").set(tree.linked() as f64);
+        ::metrics::gauge!(metrics::INODES, "state" => "held").set(tree.held() as f64);
+    }
+
+    /// The kernel forgets `n` lookups of `ino`.
+    fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT || !self.tree().forget_frees(ino, n) {
+            return;
+        }
+        let mut ch = Changes::default();
+        self.tree_mut().forget(ino, &mut ch);
+        self.apply(ch);
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let tree = self.tree();
-        let node = tree.get(ino as usize).filter(|_| ino >= 1)?;
+        let node = tree.get(ino)?;
         Some(self.attr_of(ino, node))
     }
 
-    /// The entries of folder `ino` in order (".", ".." and its children) and whether they
-    /// never change. A listed folder's are made once; a lazy folder's at each open, as it grows.
-    fn listing(&self, ino: u64) -> Result<(Listing, bool), Errno> {
-        if let Some(l) = lock(&self.listings).get(&ino) {
-            return Ok((l.clone(), true));
-        }
+    /// The entries of folder `ino` in order (".", ".." and its children) and whether the
+    /// kernel may keep them: a listed folder's are made once per version of the folder; a
+    /// lazy folder's at each open, as it grows.
+    fn listing(&self, ino: u64) -> Result<(DirEntries, bool), Errno> {
         let tree = self.tree();
-        let Some(node) = tree.get(ino as usize).filter(|_| ino >= 1) else {
+        let Some(node) = tree.get(ino) else {
             return Err(Errno::ENOENT);
         };
-        let Kind::Dir(children, lazy) = &node.kind else {
+        let Kind::Dir {
+            children,
+            lazy,
+            version,
+            ..
+        } = &node.kind
+        else {
             return Err(Errno::ENOTDIR);
         };
+        if let Some((v, l)) = lock(&self.listings).get(&ino) {
+            if v == version {
+                return Ok((l.clone(), true));
+            }
+        }
         let mut entries = Vec::with_capacity(children.len() + 2);
         entries.push((ino, ".".to_string()));
         entries.push((node.parent, "..".to_string()));
         entries.extend(children.iter().map(|(name, &child)| (child, name.clone())));
-        let entries: Listing = Arc::new(entries);
+        let entries: DirEntries = Arc::new(entries);
         let fixed = lazy.is_none();
         if fixed {
-            lock(&self.listings).insert(ino, entries.clone());
+            lock(&self.listings).insert(ino, (*version, entries.clone()));
         }
         Ok((entries, fixed))
     }
 
     /// Calls `add(ino, next offset, name, attributes)` for the entries of the open folder `fh`
-    /// (folder `ino`) from `offset` on, until it says the reply is full. The offset indexes the
-    /// listing taken at open, so each call costs only the entries it returns.
+    /// (folder `ino`) from `offset` on, until it says the reply is full; `add` is given
+    /// whether the entry is "." or "..". The offset indexes the listing taken at open, so each
+    /// call costs only the entries it returns.
     fn each_entry(
         &self,
         fh: u64,
         ino: u64,
         offset: u64,
-        mut add: impl FnMut(u64, u64, &str, &FileAttr) -> bool,
+        mut add: impl FnMut(&Tree, u64, u64, &str, &FileAttr) -> bool,
     ) -> Result<(), Errno> {
         let open = lock(&self.dir_handles).get(&fh).cloned();
         let listing = match open {
@@ -474,30 +483,33 @@ impl<B: Backend> Core<B> {
         let tree = self.tree();
         let from = (offset as usize).min(listing.len());
         for (i, (child, name)) in listing[from..].iter().enumerate() {
-            let Some(child_node) = tree.get(*child as usize) else {
+            let Some(child_node) = tree.get(*child) else {
                 continue;
             };
             let next = (from + i + 1) as u64;
-            if add(*child, next, name, &self.attr_of(*child, child_node)) {
+            if add(&tree, *child, next, name, &self.attr_of(*child, child_node)) {
                 break;
             }
         }
         Ok(())
     }
 
-    fn attr_of(&self, ino: u64, node: &Inode) -> FileAttr {
+    fn attr_of(&self, ino: u64, node: &crate::tree::Inode) -> FileAttr {
         let (kind, size, perm, nlink) = match &node.kind {
-            Kind::Dir(c, _) => (FileType::Directory, 0, 0o555, 2 + c.len() as u32),
+            Kind::Dir { children, .. } => {
+                (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
+            }
             Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
         };
+        let mtime = node.changed.max(self.mtime);
         FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
-            atime: self.mtime,
-            mtime: self.mtime,
-            ctime: self.mtime,
-            crtime: self.mtime,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
             kind,
             perm,
             nlink,
@@ -516,10 +528,11 @@ impl<B: Backend> Core<B> {
             key,
             size,
             cached,
-        } = &tree.get(ino as usize)?.kind
+        } = &tree.get(ino)?.kind
         else {
             return None;
         };
+        tree.touch(ino);
         let mut files = lock(&self.files);
         Some(
             files
@@ -731,23 +744,114 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
-    /// The child `name` of a lazy directory (may list a repo through the daemon).
-    fn lookup_lazy(&self, parent: u64, lazy: &Lazy, name: &str, reply: ReplyEntry) {
-        match self.materialize(parent, lazy, name) {
-            Ok(ino) => self.reply_entry(ino, reply),
-            Err(e) => {
-                tracing::error!(name, error = %e, "lookup failed");
-                metrics::failure("lookup");
-                reply.error(errno(&e))
+    /// Answers a lookup of `name` in `parent`. With `may_wait`, it first lists the folder's
+    /// root again if its TTL has passed and makes a lazy folder's child (which may list a repo
+    /// through the daemon); without it, it hands the reply back where either is needed.
+    fn lookup(
+        &self,
+        parent: u64,
+        name: &str,
+        reply: ReplyEntry,
+        may_wait: bool,
+    ) -> Option<ReplyEntry> {
+        if may_wait {
+            // Bound first: the read guard must be gone before the refresh writes.
+            let stale = self.tree().stale_root(parent);
+            if let Some(root) = stale {
+                self.refresh(root);
             }
+        }
+        let (found, lazy) = {
+            let tree = self.tree();
+            if !may_wait && tree.stale_root(parent).is_some() {
+                return Some(reply);
+            }
+            match tree.get(parent).map(|n| &n.kind) {
+                Some(Kind::Dir { children, lazy, .. }) => {
+                    (children.get(name).copied(), lazy.clone())
+                }
+                _ => {
+                    reply.error(Errno::ENOTDIR);
+                    return None;
+                }
+            }
+        };
+        let found = match (found, lazy) {
+            (None, Some(lazy)) => {
+                if !may_wait {
+                    return Some(reply);
+                }
+                match self.materialize(parent, &lazy, name) {
+                    Ok(ino) => ino,
+                    Err(e) => {
+                        tracing::error!(name, error = %e, "lookup failed");
+                        metrics::failure("lookup");
+                        reply.error(errno(&e));
+                        return None;
+                    }
+                }
+            }
+            (found, _) => found,
+        };
+        self.reply_entry(parent, found, reply);
+        None
+    }
+
+    /// Hands the kernel entry `ino` of folder `parent` (one lookup it holds until it forgets).
+    fn reply_entry(&self, parent: u64, ino: Option<u64>, reply: ReplyEntry) {
+        let answer = {
+            let tree = self.tree();
+            ino.and_then(|i| {
+                let node = tree.get(i)?;
+                tree.looked_up(i);
+                tree.touch(i);
+                Some((self.attr_of(i, node), tree.ttl_in(parent, self.opts.ttl)))
+            })
+        };
+        match answer {
+            Some((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn reply_entry(&self, ino: Option<u64>, reply: ReplyEntry) {
-        match ino.and_then(|i| self.attr(i)) {
-            Some(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+    /// Answers an open of folder `ino`; without `may_wait`, hands the reply back where its
+    /// root must be listed again first.
+    fn open_dir(&self, ino: u64, reply: ReplyOpen, may_wait: bool) -> Option<ReplyOpen> {
+        let stale = self.tree().stale_root(ino);
+        if let Some(root) = stale {
+            if !may_wait {
+                return Some(reply);
+            }
+            self.refresh(root);
         }
+        let (listing, fixed) = match self.listing(ino) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(e);
+                return None;
+            }
+        };
+        // A listed folder changes only when listed again: the kernel may keep its listing
+        // across opens until then (told to drop it at the first open after a change). A lazy
+        // one (the namespace view) grows as names are looked up.
+        let keep = fixed
+            && match self.tree().get(ino).map(|n| &n.kind) {
+                Some(Kind::Dir {
+                    version,
+                    kernel_version,
+                    ..
+                }) => kernel_version.swap(*version, Ordering::AcqRel) == *version,
+                _ => false,
+            };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dir_handles).insert(fh, listing);
+        let flags = match (fixed, keep) {
+            (true, true) => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            (true, false) => FopenFlags::FOPEN_CACHE_DIR,
+            _ => FopenFlags::empty(),
+        };
+        reply.opened(FileHandle(fh), flags);
+        None
     }
 
     /// Whether an open is answered at once: no passthrough to set up (which may ask the daemon
@@ -999,25 +1103,21 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        let (found, lazy) = {
-            let tree = self.core.tree();
-            match tree.get(parent.0 as usize).map(|n| &n.kind) {
-                Some(Kind::Dir(children, lazy)) => (children.get(name).copied(), lazy.clone()),
-                _ => return reply.error(Errno::ENOTDIR),
-            }
-        };
-        match (found, lazy) {
-            (None, Some(lazy)) => {
+        match self.core.lookup(parent.0, name, reply, false) {
+            None => metrics::request("lookup", "reader"),
+            Some(reply) => {
                 let name = name.to_string();
                 self.offload("lookup", move |core| {
-                    core.lookup_lazy(parent.0, &lazy, &name, reply)
+                    core.lookup(parent.0, &name, reply, true);
                 });
             }
-            (found, _) => {
-                metrics::request("lookup", "reader");
-                self.core.reply_entry(found, reply)
-            }
         }
+    }
+
+    // BATCH_FORGET comes here too (fuser's default; its `ForgetOne` is not public).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        metrics::request("forget", "reader");
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1114,21 +1214,12 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _linger = Linger(self);
-        metrics::request("opendir", "reader");
-        let (listing, fixed) = match self.core.listing(ino.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let fh = self.core.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.core.dir_handles).insert(fh, listing);
-        // A listed folder never changes: the kernel may keep its listing across opens. A lazy
-        // one (the namespace view) grows as names are looked up.
-        let flags = if fixed {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        reply.opened(FileHandle(fh), flags);
+        match self.core.open_dir(ino.0, reply, false) {
+            None => metrics::request("opendir", "reader"),
+            Some(reply) => self.offload("opendir", move |core| {
+                core.open_dir(ino.0, reply, true);
+            }),
+        }
     }
 
     fn releasedir(
@@ -1157,7 +1248,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         metrics::request("readdir", "reader");
         match self
             .core
-            .each_entry(fh.0, ino.0, offset, |child, next, name, attr| {
+            .each_entry(fh.0, ino.0, offset, |_, child, next, name, attr| {
                 reply.add(INodeNo(child), next, attr.kind, name)
             }) {
             Ok(()) => reply.ok(),
@@ -1176,12 +1267,16 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let _linger = Linger(self);
         metrics::request("readdirplus", "reader");
         // The kernel takes each entry's name and attributes: a walk of the tree then needs no
-        // LOOKUP per file.
-        let ttl = self.core.opts.ttl;
+        // LOOKUP per file. Each entry but "." and ".." is a lookup the kernel holds.
+        let ttl = self.core.tree().ttl_in(ino.0, self.core.opts.ttl);
         match self
             .core
-            .each_entry(fh.0, ino.0, offset, |child, next, name, attr| {
-                reply.add(INodeNo(child), next, name, &ttl, attr, Generation(0))
+            .each_entry(fh.0, ino.0, offset, |tree, child, next, name, attr| {
+                let full = reply.add(INodeNo(child), next, name, &ttl, attr, Generation(0));
+                if !full && name != "." && name != ".." {
+                    tree.looked_up(child);
+                }
+                full
             }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1209,7 +1304,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
         let _linger = Linger(self);
         metrics::request("statfs", "reader");
-        let files = self.core.tree().len() as u64;
+        let files = self.core.tree().linked() as u64;
         reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
     }
 }

@@ -1,10 +1,16 @@
 //! A read-only FUSE file system over locus.
 //!
 //! The file system ([`LocusFs`]) is generic over a [`Backend`]: the node's local API in
-//! production ([`daemon::DaemonBackend`]), anything else in tests. The tree is listed once at
-//! mount time at an immutable revision, so names, sizes and bytes never change under a reader:
-//! entries and attributes are cached by the kernel, and so are file pages across opens
-//! (`FOPEN_KEEP_CACHE`).
+//! production ([`daemon::DaemonBackend`]), anything else in tests.
+//!
+//! # Names and versions
+//! Each file inode is one version of one name (see `tree`): its size and bytes never change,
+//! so the kernel caches its attributes and its pages across opens (`FOPEN_KEEP_CACHE`). A tree
+//! listed at a commit never changes. One of an `s3://`, `http(s)://` or `file://` name (or a
+//! branch) is listed again when its metadata TTL has passed and a name in it is looked up or
+//! a folder of it opened: a name that lists as a new version gets a new inode, and the kernel
+//! is told to drop the old name, so a later open reads the new version while a file already
+//! open keeps reading the one it opened. The kernel keeps names for the TTL at most.
 //!
 //! # The read path
 //! `read(offset, size)` → the chunks it covers are made present through the backend (the
@@ -33,10 +39,23 @@
 pub mod daemon;
 mod fs;
 pub mod metrics;
+mod tree;
 
 pub use fs::{LocusFs, MountOptions};
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a repo, folder or file lists as.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    /// Its files.
+    pub entries: Vec<Entry>,
+    /// How long the listing stays current; `None` when it never changes (a commit).
+    pub ttl: Option<Duration>,
+    /// How old it already was when it was answered.
+    pub age: Duration,
+}
 
 /// Chunks read ahead of a sequential reader, at most.
 pub const MAX_READAHEAD_CHUNKS: u32 = 8;
@@ -95,8 +114,8 @@ impl FsError {
 
 /// What the file system needs from the node.
 pub trait Backend: Send + Sync + 'static {
-    /// Files under `uri` (a repo, folder or file), at an immutable revision.
-    fn list(&self, uri: &str) -> Result<Vec<Entry>, FsError>;
+    /// Files under `uri` (a repo, folder or file), each at an immutable version.
+    fn list(&self, uri: &str) -> Result<Listing, FsError>;
     /// Makes chunks `first..first + count` of `uri`, the version with identity `key`, present
     /// and says where the file is; fails rather than answer about another version. With
     /// `recheck`, the node first checks those chunks on its disk and drops any that fail.

@@ -12,6 +12,14 @@ pub const FAILURES: &str = "locus_fuse_failures_total";
 /// Opens handed to the kernel (FUSE passthrough: its reads never reach the mount).
 pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
+/// Listings asked for again because their metadata TTL had passed.
+pub const RELISTS: &str = "locus_fuse_relists_total";
+/// Names found pointing at a new version (or gone) when listed again: each got a new inode.
+pub const VERSIONS_REPLACED: &str = "locus_fuse_versions_replaced_total";
+/// Inodes, by `state`: `linked` (reachable from the root) or `held` (also those the kernel has
+/// not forgotten yet).
+pub const INODES: &str = "locus_fuse_inodes";
+
 /// Describes the mount's metrics and makes the counters visible from the start.
 pub fn describe() {
     use metrics::Unit;
@@ -26,7 +34,13 @@ pub fn describe() {
         PASSTHROUGH_OPENS,
         "Opens handed to the kernel (passthrough)"
     );
-    for c in [READ_BYTES, PASSTHROUGH_OPENS] {
+    metrics::describe_counter!(RELISTS, "Listings asked for again after their TTL");
+    metrics::describe_counter!(
+        VERSIONS_REPLACED,
+        "Names that pointed at a new version or were gone when listed again"
+    );
+    metrics::describe_gauge!(INODES, "Inodes, linked (reachable) or held");
+    for c in [READ_BYTES, PASSTHROUGH_OPENS, RELISTS, VERSIONS_REPLACED] {
         metrics::counter!(c).absolute(0);
     }
 }

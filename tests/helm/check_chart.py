@@ -421,7 +421,8 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
 
     # Tuning flags.
     for key, fl, sk, fmt in [("replicas", "--replicas", "replicas", str), ("loadEpsilon", "--load-epsilon", "load-epsilon", str),
-                             ("metadataTtl", "--metadata-ttl", "metadata-ttl", lambda x: f"{x}s"), ("concurrency", "--concurrency", "concurrency", str)]:
+                             ("metadataTtl", "--metadata-ttl", "metadata-ttl", lambda x: f"{x}s"), ("concurrency", "--concurrency", "concurrency", str),
+                             ("mountMaxInodes", "--mount-max-inodes", "mount-max-inodes", str)]:
         val = v["config"][key]
         if str(val) != "":
             check(flag(fl) == str(val), f"{label}: {fl} {val}")

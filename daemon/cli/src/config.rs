@@ -43,6 +43,10 @@ pub struct DaemonArgs {
     /// Also serve the read-only namespace view at DIR.
     #[arg(long, env = "LOCUS_MOUNT")]
     mount: Option<PathBuf>,
+    /// Inodes the namespace view keeps reachable; past it, the repos and buckets used least
+    /// recently are dropped, and listed again when named again [default: 1000000].
+    #[arg(long, env = "LOCUS_MOUNT_MAX_INODES")]
+    mount_max_inodes: Option<usize>,
     /// Origin connections at once [default: 16].
     #[arg(long, env = "LOCUS_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -105,6 +109,7 @@ pub struct FileConfig {
     metrics: Option<SocketAddr>,
     chunk_size: Option<String>,
     mount: Option<PathBuf>,
+    mount_max_inodes: Option<usize>,
     concurrency: Option<usize>,
     metadata_ttl: Option<u64>,
     replicas: Option<usize>,
@@ -146,6 +151,7 @@ pub struct DaemonConfig {
     pub concurrency: usize,
     pub metadata_ttl: Duration,
     pub mount: Option<PathBuf>,
+    pub mount_max_inodes: usize,
     pub replicas: usize,
     pub load_epsilon: f64,
     pub membership_ttl: Duration,
@@ -177,6 +183,7 @@ impl DaemonConfig {
                 "mount = {}",
                 opt(self.mount.as_ref().map(|p| p.display().to_string()))
             ),
+            format!("mount-max-inodes = {}", self.mount_max_inodes),
             format!("replicas = {}", self.replicas),
             format!("load-epsilon = {}", self.load_epsilon),
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
@@ -308,6 +315,11 @@ impl DaemonConfig {
             concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl.or(f.metadata_ttl).unwrap_or(60)),
             mount: a.mount.or(f.mount),
+            mount_max_inodes: a
+                .mount_max_inodes
+                .or(f.mount_max_inodes)
+                .unwrap_or(1_000_000)
+                .max(100),
             replicas,
             load_epsilon,
             membership_ttl: Duration::from_secs(membership_ttl),

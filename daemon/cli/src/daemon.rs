@@ -220,7 +220,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let namespace = match &cfg.mount {
-        Some(dir) => Some(mount_namespace(dir, &cfg.socket, cfg.metadata_ttl).await?),
+        Some(dir) => Some(mount_namespace(dir, &cfg.socket, &cfg).await?),
         None => None,
     };
     tracing::info!(
@@ -291,8 +291,9 @@ async fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
 async fn mount_namespace(
     dir: &std::path::Path,
     socket: &std::path::Path,
-    ttl: Duration,
+    cfg: &DaemonConfig,
 ) -> anyhow::Result<fuser::BackgroundSession> {
+    let (ttl, max_inodes) = (cfg.metadata_ttl, cfg.mount_max_inodes);
     if crate::mount::is_mounted(dir) {
         tracing::warn!(dir = %dir.display(), "clearing a stale mount");
         let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
@@ -312,6 +313,7 @@ async fn mount_namespace(
                 backend,
                 locus_fuse::MountOptions {
                     ttl,
+                    max_inodes,
                     ..locus_fuse::MountOptions::default()
                 },
             )?;

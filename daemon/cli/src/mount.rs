@@ -248,8 +248,10 @@ pub fn spawn_session<B: locus_fuse::Backend>(
 ) -> std::io::Result<fuser::BackgroundSession> {
     use std::os::fd::AsFd;
     let device = fs.device_slot();
+    let notifier = fs.notifier_slot();
     let session = fuser::Session::new(fs, mountpoint, config)?;
     let _ = device.set(session.as_fd().try_clone_to_owned()?);
+    let _ = notifier.set(session.notifier());
     session.spawn()
 }
 

@@ -351,10 +351,7 @@ impl Node {
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
     async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
         // A full commit id is immutable: nothing to ask.
-        if ns.has_revisions()
-            && rev.len() == 40
-            && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if ns.has_revisions() && is_commit_id(rev) {
             return Ok(rev.to_string());
         }
         let k = (ns.clone(), rev.to_string());
@@ -699,6 +696,27 @@ impl Node {
         })
     }
 
+    /// How long `r` (what `uri` resolved to) stays current, `None` when never (a full commit
+    /// id), and how old it already is: the age of the revision it was resolved to, taken from
+    /// the namespace or the enclosing listing that answered.
+    pub fn freshness(&self, uri: &LocusUri, r: &Resolved) -> (Option<Duration>, Duration) {
+        let rev = uri.revision_or_default();
+        if uri.namespace.has_revisions() && is_commit_id(rev) {
+            return (None, Duration::ZERO);
+        }
+        let ttl = self.cfg.metadata_ttl;
+        let age = std::iter::once(uri.namespace.clone())
+            .chain(uri.namespace.ancestors().into_iter().map(|(p, _)| p))
+            .find_map(|ns| {
+                self.revisions
+                    .get(&(ns, rev.to_string()))
+                    .filter(|e| e.0 == r.revision)
+                    .map(|e| e.1.elapsed())
+            })
+            .unwrap_or_default();
+        (Some(ttl), age.min(ttl))
+    }
+
     /// Resolves a URI that must name one file.
     pub async fn resolve_file(&self, uri: &LocusUri) -> Result<RemoteFile, NodeError> {
         let r = self.resolve(uri).await?;
@@ -707,6 +725,11 @@ impl Node {
             _ => Err(NodeError::IsFolder(uri.to_string())),
         }
     }
+}
+
+/// A full commit id: 40 lowercase hex digits.
+fn is_commit_id(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

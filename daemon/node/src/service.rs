@@ -396,6 +396,7 @@ impl Local for LocalService {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let uri = parse_uri(&request.into_inner().uri)?;
         let r = self.node.resolve(&uri).await?;
+        let (ttl, age) = self.node.freshness(&uri, &r);
         let entries = r
             .files
             .iter()
@@ -421,6 +422,8 @@ impl Local for LocalService {
         Ok(Response::new(pb::ListResponse {
             entries,
             revision: r.revision,
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+            age_ms: age.as_millis() as u64,
         }))
     }
 

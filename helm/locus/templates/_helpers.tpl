@@ -88,7 +88,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if ne (toString $v.cache.chunkSize) "" }}
 {{- $a = concat $a (list "--chunk-size" (toString $v.cache.chunkSize)) }}
 {{- end }}
-{{- range $flag, $val := dict "--replicas" $v.config.replicas "--load-epsilon" $v.config.loadEpsilon "--metadata-ttl" $v.config.metadataTtl "--concurrency" $v.config.concurrency }}
+{{- range $flag, $val := dict "--replicas" $v.config.replicas "--load-epsilon" $v.config.loadEpsilon "--metadata-ttl" $v.config.metadataTtl "--concurrency" $v.config.concurrency "--mount-max-inodes" $v.config.mountMaxInodes }}
 {{- if ne (toString $val) "" }}
 {{- $a = concat $a (list $flag (toString $val)) }}
 {{- end }}

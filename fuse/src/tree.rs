@@ -1,0 +1,712 @@
+//! The mounted tree: inodes, the listings they come from, and how they change.
+//!
+//! **An inode's identity never changes.** A file inode is one version (URI and cache key) of
+//! one name, so the kernel may keep its attributes and pages for as long as it likes
+//! (`FOPEN_KEEP_CACHE`, passthrough). When a listing is refreshed (its TTL passed) and a name
+//! now lists as another version, or is gone, the name gets a new inode (or none) and the old
+//! one is *unlinked*: it lives on while the kernel holds it (its lookup count), so a file open
+//! across the change keeps reading the version it opened, and is freed when the kernel forgets
+//! it. Inode numbers are never reused.
+//!
+//! A *root* is a folder filled from one listing: the mount's root for `locus mount`, each repo
+//! or bucket named in the namespace view. The namespace view keeps at most
+//! [`Tree::max_linked`] linked inodes: past that, the roots used least recently (and folders
+//! of organisations left without repos) are unlinked, and listed again when named again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::{ChunkInfo, Entry, Listing};
+
+/// A directory whose children appear when looked up (the namespace view: the Hub cannot be
+/// listed, but any repo can be named).
+#[derive(Clone, Debug)]
+pub(crate) enum Lazy {
+    /// `hf/`: `datasets` and every ORG.
+    Hf,
+    /// `hf/datasets/`: every ORG of datasets.
+    Datasets,
+    /// `hf/[datasets/]ORG/`: `NAME` or `NAME@REV`, listed on first lookup.
+    Org { datasets: bool, org: String },
+    /// `s3/`: every BUCKET, listed on first lookup.
+    S3,
+}
+
+pub(crate) enum Kind {
+    Dir {
+        children: BTreeMap<String, u64>,
+        lazy: Option<Lazy>,
+        /// Changes with the folder's entries.
+        version: u64,
+        /// The version the kernel may have cached a listing of: an open after a change tells
+        /// it to drop that listing.
+        kernel_version: AtomicU64,
+    },
+    File {
+        uri: String,
+        key: String,
+        size: u64,
+        cached: Option<ChunkInfo>,
+    },
+}
+
+pub(crate) struct Inode {
+    pub parent: u64,
+    pub kind: Kind,
+    /// The root whose listing this inode came from (itself for a root); 0 for the namespace
+    /// view's own folders.
+    pub root: u64,
+    /// Lookups the kernel holds (each entry handed to it counts one until it forgets them).
+    pub lookups: AtomicU64,
+    /// Reachable from the mount's root.
+    pub linked: bool,
+    /// When it was made (a file: when this version was listed) or, for a folder, last changed.
+    pub changed: SystemTime,
+}
+
+/// A folder filled from one listing.
+pub(crate) struct Root {
+    pub uri: String,
+    /// How long a listing stays current; `None`: never changes (a commit).
+    pub ttl: Option<Duration>,
+    /// When the listing was current at the origin (its answer's time less its age).
+    pub listed_at: Instant,
+    /// Last use, in milliseconds since the mount started: the least recent go first.
+    pub used: AtomicU64,
+    /// Held while the listing is refreshed: one refresh at a time.
+    pub refreshing: Arc<Mutex<()>>,
+    /// The digest of the listing shown.
+    digest: Option<u64>,
+}
+
+/// What a change did, for the caller to tell the kernel and drop its own state.
+#[derive(Default, Debug)]
+pub(crate) struct Changes {
+    /// Names (folder, name) that now point elsewhere or nowhere: the kernel should drop them.
+    pub names: Vec<(u64, String)>,
+    /// Folders whose entries changed.
+    pub dirs: Vec<u64>,
+    /// Inodes gone for good.
+    pub freed: Vec<u64>,
+    /// Files whose name now points at another version or nowhere.
+    pub replaced: u64,
+}
+
+/// The listing of a root, as a tree of names.
+enum Want {
+    Dir(BTreeMap<String, Want>),
+    File(Entry),
+}
+
+/// A listing made ready outside the tree's lock: its names as a tree, and a digest that tells
+/// an unchanged listing (the common case, once per TTL) at once.
+pub(crate) struct Prepared {
+    want: BTreeMap<String, Want>,
+    ttl: Option<Duration>,
+    age: Duration,
+    digest: u64,
+}
+
+impl Prepared {
+    pub fn new(listing: Listing) -> Prepared {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for e in &listing.entries {
+            (&e.path, &e.key, e.size).hash(&mut h);
+        }
+        Prepared {
+            digest: h.finish(),
+            ttl: listing.ttl,
+            age: listing.age,
+            want: want_tree(listing.entries),
+        }
+    }
+}
+
+/// The inode number of the mount's root.
+pub(crate) const ROOT: u64 = 1;
+
+pub(crate) struct Tree {
+    nodes: HashMap<u64, Inode>,
+    next: u64,
+    pub roots: HashMap<u64, Root>,
+    /// Inodes reachable from the mount's root.
+    linked: usize,
+    /// The bound on linked inodes past which roots are evicted (the namespace view).
+    pub max_linked: usize,
+    started: Instant,
+}
+
+fn dir_kind(lazy: Option<Lazy>) -> Kind {
+    Kind::Dir {
+        children: BTreeMap::new(),
+        lazy,
+        version: 0,
+        kernel_version: AtomicU64::new(0),
+    }
+}
+
+/// Adds `e` under `parts` of its path: a folder wins over a file of the same name, and of two
+/// files of one name the first stays.
+fn insert_want(m: &mut BTreeMap<String, Want>, parts: &[&str], e: Entry) {
+    match parts {
+        [] => {}
+        [last] => {
+            m.entry(last.to_string()).or_insert(Want::File(e));
+        }
+        [d, rest @ ..] => {
+            let w = m
+                .entry(d.to_string())
+                .or_insert_with(|| Want::Dir(BTreeMap::new()));
+            if matches!(w, Want::File(_)) {
+                *w = Want::Dir(BTreeMap::new());
+            }
+            if let Want::Dir(next) = w {
+                insert_want(next, rest, e)
+            }
+        }
+    }
+}
+
+fn want_tree(entries: Vec<Entry>) -> BTreeMap<String, Want> {
+    let mut top = BTreeMap::new();
+    for e in entries {
+        let path = e.path.clone();
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // A name the kernel could not show as it is: never one of these from a sane origin.
+        if parts
+            .iter()
+            .any(|p| *p == "." || *p == ".." || p.contains('\0'))
+        {
+            tracing::warn!(path = e.path, "skipping a listed name that cannot be shown");
+            continue;
+        }
+        insert_want(&mut top, &parts, e);
+    }
+    top
+}
+
+impl Tree {
+    fn empty(max_linked: usize) -> Tree {
+        let mut t = Tree {
+            nodes: HashMap::new(),
+            next: ROOT + 1,
+            roots: HashMap::new(),
+            linked: 1,
+            max_linked,
+            started: Instant::now(),
+        };
+        t.nodes.insert(
+            ROOT,
+            Inode {
+                parent: ROOT,
+                kind: dir_kind(None),
+                root: 0,
+                lookups: AtomicU64::new(0),
+                linked: true,
+                changed: SystemTime::now(),
+            },
+        );
+        t
+    }
+
+    /// A tree of one listing of `uri` at the root.
+    pub fn listed(uri: &str, listing: Prepared) -> Tree {
+        let mut t = Tree::empty(usize::MAX);
+        t.make_root(ROOT, uri);
+        if let Some(n) = t.nodes.get_mut(&ROOT) {
+            n.root = ROOT;
+        }
+        t.sync_root(ROOT, listing);
+        t
+    }
+
+    /// The namespace view: `hf/` and `s3/`, filled as names are looked up.
+    pub fn namespace(max_linked: usize) -> Tree {
+        let mut t = Tree::empty(max_linked);
+        t.add(ROOT, "hf", 0, dir_kind(Some(Lazy::Hf)));
+        t.add(ROOT, "s3", 0, dir_kind(Some(Lazy::S3)));
+        t
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.nodes.get(&ino)
+    }
+
+    /// Inodes reachable from the root.
+    pub fn linked(&self) -> usize {
+        self.linked
+    }
+
+    /// Inodes held, linked or waiting for the kernel to forget them.
+    pub fn held(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The child `name` of folder `parent`.
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        match &self.nodes.get(&parent)?.kind {
+            Kind::Dir { children, .. } => children.get(name).copied(),
+            Kind::File { .. } => None,
+        }
+    }
+
+    /// The root whose listing `ino` came from, if that listing's TTL has passed.
+    pub fn stale_root(&self, ino: u64) -> Option<u64> {
+        let root = self.nodes.get(&ino)?.root;
+        let r = self.roots.get(&root)?;
+        let ttl = r.ttl?;
+        (r.listed_at.elapsed() >= ttl).then_some(root)
+    }
+
+    /// How long the kernel may keep names in folder `dir`: its listing's TTL, at most `max`.
+    pub fn ttl_in(&self, dir: u64, max: Duration) -> Duration {
+        self.nodes
+            .get(&dir)
+            .and_then(|n| self.roots.get(&n.root))
+            .and_then(|r| r.ttl)
+            .map_or(max, |t| t.min(max))
+    }
+
+    /// Notes a use of `ino`'s root (for eviction).
+    pub fn touch(&self, ino: u64) {
+        if let Some(r) = self.nodes.get(&ino).and_then(|n| self.roots.get(&n.root)) {
+            r.used
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an entry handed to the kernel.
+    pub fn looked_up(&self, ino: u64) {
+        if let Some(n) = self.nodes.get(&ino) {
+            n.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether forgetting `n` lookups of `ino` leaves an unlinked inode nobody holds (then
+    /// [`Tree::forget`] frees it; this needs only a read lock).
+    pub fn forget_frees(&self, ino: u64, n: u64) -> bool {
+        let Some(node) = self.nodes.get(&ino) else {
+            return false;
+        };
+        let left = node
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some(l.saturating_sub(n))
+            })
+            .map_or(0, |l| l.saturating_sub(n));
+        left == 0 && !node.linked
+    }
+
+    /// Frees `ino` if it is unlinked and the kernel holds it no more.
+    pub fn forget(&mut self, ino: u64, ch: &mut Changes) {
+        let free = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| !n.linked && n.lookups.load(Ordering::Acquire) == 0);
+        if free {
+            self.nodes.remove(&ino);
+            ch.freed.push(ino);
+        }
+    }
+
+    fn add(&mut self, parent: u64, name: &str, root: u64, kind: Kind) -> u64 {
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Inode {
+                parent,
+                kind,
+                root,
+                lookups: AtomicU64::new(0),
+                linked: true,
+                changed: SystemTime::now(),
+            },
+        );
+        self.linked += 1;
+        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            children.insert(name.to_string(), ino);
+        }
+        self.bump(parent);
+        ino
+    }
+
+    /// Notes a change of folder `dir`'s entries.
+    fn bump(&mut self, dir: u64) {
+        if let Some(n) = self.nodes.get_mut(&dir) {
+            if let Kind::Dir { version, .. } = &mut n.kind {
+                *version += 1;
+                n.changed = SystemTime::now();
+            }
+        }
+    }
+
+    /// Adds a lazy folder `name` under `parent` (the namespace view's own folders).
+    pub fn add_lazy(&mut self, parent: u64, name: &str, lazy: Lazy) -> u64 {
+        self.add(parent, name, 0, dir_kind(Some(lazy)))
+    }
+
+    fn make_root(&mut self, ino: u64, uri: &str) {
+        self.roots.insert(
+            ino,
+            Root {
+                uri: uri.to_string(),
+                ttl: None,
+                listed_at: Instant::now(),
+                used: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+                refreshing: Arc::new(Mutex::new(())),
+                digest: None,
+            },
+        );
+    }
+
+    /// Adds folder `name` under `parent`, filled from `listing` of `uri`.
+    pub fn add_root(&mut self, parent: u64, name: &str, uri: &str, listing: Prepared) -> u64 {
+        let ino = self.add(parent, name, 0, dir_kind(None));
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.root = ino;
+        }
+        self.make_root(ino, uri);
+        self.sync_root(ino, listing);
+        ino
+    }
+
+    /// Makes root `root` show `listing`: names listed as before keep their inodes; the rest
+    /// are unlinked or added. An unchanged listing changes nothing but the time it was listed.
+    pub fn sync_root(&mut self, root: u64, listing: Prepared) -> Changes {
+        let mut ch = Changes::default();
+        let now = Instant::now();
+        let Some(r) = self.roots.get_mut(&root) else {
+            return ch;
+        };
+        r.ttl = listing.ttl;
+        r.listed_at = now.checked_sub(listing.age).unwrap_or(now);
+        if r.digest.replace(listing.digest) == Some(listing.digest) {
+            return ch;
+        }
+        self.sync_dir(root, root, listing.want, &mut ch);
+        ch
+    }
+
+    /// Tries again after `after` when a listing could not be refreshed.
+    pub fn retry_after(&mut self, root: u64, after: Duration) {
+        if let Some(r) = self.roots.get_mut(&root) {
+            if let Some(ttl) = r.ttl {
+                let now = Instant::now();
+                let at = (now + after).checked_sub(ttl).unwrap_or(now);
+                r.listed_at = at.min(now);
+            }
+        }
+    }
+
+    fn is_version(&self, ino: u64, want: &Want) -> bool {
+        match (self.nodes.get(&ino).map(|n| &n.kind), want) {
+            (Some(Kind::File { key, size, .. }), Want::File(e)) => *key == e.key && *size == e.size,
+            (Some(Kind::Dir { lazy: None, .. }), Want::Dir(_)) => true,
+            _ => false,
+        }
+    }
+
+    fn sync_dir(
+        &mut self,
+        dir: u64,
+        root: u64,
+        mut want: BTreeMap<String, Want>,
+        ch: &mut Changes,
+    ) {
+        let old = match self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+            Some(Kind::Dir { children, .. }) => std::mem::take(children),
+            _ => return,
+        };
+        let mut kept = BTreeMap::new();
+        let mut changed = false;
+        for (name, ino) in old {
+            match want.remove(&name) {
+                Some(w) if self.is_version(ino, &w) => {
+                    if let Want::Dir(inner) = w {
+                        self.sync_dir(ino, root, inner, ch);
+                    }
+                    kept.insert(name, ino);
+                }
+                other => {
+                    if matches!(
+                        self.nodes.get(&ino).map(|n| &n.kind),
+                        Some(Kind::File { .. })
+                    ) {
+                        ch.replaced += 1;
+                    }
+                    self.unlink(ino, ch);
+                    ch.names.push((dir, name.clone()));
+                    changed = true;
+                    if let Some(w) = other {
+                        kept.insert(name, self.create(dir, root, w, ch));
+                    }
+                }
+            }
+        }
+        for (name, w) in want {
+            kept.insert(name, self.create(dir, root, w, ch));
+            changed = true;
+        }
+        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+            *children = kept;
+        }
+        if changed {
+            self.bump(dir);
+            ch.dirs.push(dir);
+        }
+    }
+
+    /// A new inode (and, for a folder, its contents) for `w`; not yet in `parent`'s children.
+    fn create(&mut self, parent: u64, root: u64, w: Want, ch: &mut Changes) -> u64 {
+        let ino = self.next;
+        self.next += 1;
+        let (kind, inner) = match w {
+            Want::File(e) => (
+                Kind::File {
+                    uri: e.uri,
+                    key: e.key,
+                    size: e.size,
+                    cached: e.cached,
+                },
+                None,
+            ),
+            Want::Dir(m) => (dir_kind(None), Some(m)),
+        };
+        self.nodes.insert(
+            ino,
+            Inode {
+                parent,
+                kind,
+                root,
+                lookups: AtomicU64::new(0),
+                linked: true,
+                changed: SystemTime::now(),
+            },
+        );
+        self.linked += 1;
+        if let Some(m) = inner {
+            self.sync_dir(ino, root, m, ch);
+        }
+        ino
+    }
+
+    /// Unlinks `ino` and everything under it; frees what the kernel does not hold.
+    fn unlink(&mut self, ino: u64, ch: &mut Changes) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if !node.linked {
+            return;
+        }
+        node.linked = false;
+        self.linked -= 1;
+        let children = match &mut node.kind {
+            Kind::Dir { children, .. } => std::mem::take(children),
+            Kind::File { .. } => BTreeMap::new(),
+        };
+        for (_, c) in children {
+            self.unlink(c, ch);
+        }
+        self.roots.remove(&ino);
+        self.forget(ino, ch);
+    }
+
+    /// Unlinks roots used least recently (never `keep`), then folders of organisations left
+    /// without repos, until at most [`Tree::max_linked`] inodes are linked.
+    pub fn evict(&mut self, keep: u64) -> Changes {
+        let mut ch = Changes::default();
+        if self.linked <= self.max_linked {
+            return ch;
+        }
+        let keep_parent = self.nodes.get(&keep).map_or(0, |n| n.parent);
+        let mut roots: Vec<(u64, u64)> = self
+            .roots
+            .iter()
+            .filter(|(ino, _)| **ino != keep && **ino != ROOT)
+            .map(|(ino, r)| (r.used.load(Ordering::Relaxed), *ino))
+            .collect();
+        roots.sort_unstable();
+        for (_, ino) in roots {
+            if self.linked <= self.max_linked {
+                break;
+            }
+            self.detach(ino, &mut ch);
+        }
+        if self.linked > self.max_linked {
+            let orgs: Vec<u64> = self
+                .nodes
+                .iter()
+                .filter(|(ino, n)| {
+                    **ino != keep
+                        && **ino != keep_parent
+                        && n.linked
+                        && matches!(&n.kind, Kind::Dir { lazy: Some(Lazy::Org { .. }), children, .. } if children.is_empty())
+                })
+                .map(|(ino, _)| *ino)
+                .collect();
+            for ino in orgs {
+                if self.linked <= self.max_linked {
+                    break;
+                }
+                self.detach(ino, &mut ch);
+            }
+        }
+        ch
+    }
+
+    /// Takes `ino` out of its parent and unlinks it.
+    fn detach(&mut self, ino: u64, ch: &mut Changes) {
+        let Some(parent) = self.nodes.get(&ino).map(|n| n.parent) else {
+            return;
+        };
+        let mut name = None;
+        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            name = children
+                .iter()
+                .find(|(_, c)| **c == ino)
+                .map(|(n, _)| n.clone());
+            if let Some(n) = &name {
+                children.remove(n);
+            }
+        }
+        if let Some(n) = name {
+            self.bump(parent);
+            ch.names.push((parent, n));
+            ch.dirs.push(parent);
+        }
+        self.unlink(ino, ch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, key: &str, size: u64) -> Entry {
+        Entry {
+            uri: format!("s3://b/{path}"),
+            key: key.to_string(),
+            path: path.to_string(),
+            size,
+            cached: None,
+        }
+    }
+
+    fn listing(entries: Vec<Entry>) -> Prepared {
+        Prepared::new(Listing {
+            entries,
+            ttl: Some(Duration::from_secs(60)),
+            age: Duration::ZERO,
+        })
+    }
+
+    fn lookup(t: &Tree, path: &str) -> Option<u64> {
+        path.split('/')
+            .try_fold(ROOT, |dir, name| t.child(dir, name))
+    }
+
+    #[test]
+    fn a_new_version_gets_a_new_inode_and_the_old_one_lives_while_held() {
+        let mut t = Tree::listed(
+            "s3://b",
+            listing(vec![entry("a/x", "k1", 1), entry("a/y", "k2", 2)]),
+        );
+        let x = lookup(&t, "a/x").unwrap();
+        let y = lookup(&t, "a/y").unwrap();
+        t.looked_up(x);
+        let ch = t.sync_root(
+            ROOT,
+            listing(vec![entry("a/x", "k1b", 1), entry("a/y", "k2", 2)]),
+        );
+        let x2 = lookup(&t, "a/x").unwrap();
+        assert_ne!(x, x2, "a new version must be a new inode");
+        assert_eq!(
+            lookup(&t, "a/y"),
+            Some(y),
+            "an unchanged name keeps its inode"
+        );
+        assert_eq!(ch.replaced, 1);
+        assert_eq!(ch.names, vec![(lookup(&t, "a").unwrap(), "x".to_string())]);
+        // The kernel still holds the old inode: it stays, unlinked, until forgotten.
+        assert!(t.get(x).is_some_and(|n| !n.linked));
+        assert!(t.forget_frees(x, 1));
+        let mut ch = Changes::default();
+        t.forget(x, &mut ch);
+        assert_eq!(ch.freed, vec![x]);
+        assert!(t.get(x).is_none());
+        assert_eq!(t.linked(), t.held());
+    }
+
+    #[test]
+    fn names_gone_from_the_listing_are_unlinked_and_freed_when_not_held() {
+        let mut t = Tree::listed(
+            "s3://b",
+            listing(vec![entry("d/e/f", "k1", 1), entry("g", "k2", 2)]),
+        );
+        let before = t.linked();
+        let ch = t.sync_root(ROOT, listing(vec![entry("g", "k2", 2)]));
+        assert_eq!(t.linked(), before - 3);
+        assert_eq!(
+            ch.freed.len(),
+            3,
+            "d, d/e and d/e/f: none held by the kernel"
+        );
+        assert!(lookup(&t, "d").is_none());
+        assert_eq!(t.held(), t.linked());
+    }
+
+    #[test]
+    fn the_namespace_view_evicts_the_least_recently_used_roots() {
+        let mut t = Tree::namespace(20);
+        let org = t.add_lazy(
+            3,
+            "acme",
+            Lazy::Org {
+                datasets: false,
+                org: "acme".into(),
+            },
+        );
+        let files = |n: usize| {
+            listing(
+                (0..n)
+                    .map(|i| entry(&format!("f{i}"), &format!("k{i}"), 1))
+                    .collect(),
+            )
+        };
+        let a = t.add_root(org, "a", "hf://acme/a", files(5));
+        std::thread::sleep(Duration::from_millis(5));
+        let b = t.add_root(org, "b", "hf://acme/b", files(5));
+        std::thread::sleep(Duration::from_millis(5));
+        t.touch(a);
+        let c = t.add_root(org, "c", "hf://acme/c", files(5));
+        let ch = t.evict(c);
+        assert!(t.linked() <= 20, "{} linked", t.linked());
+        assert!(t.child(org, "b").is_none(), "b was used least recently");
+        assert_eq!(t.child(org, "a"), Some(a));
+        assert_eq!(t.child(org, "c"), Some(c));
+        assert!(ch.names.contains(&(org, "b".to_string())));
+        assert!(t.get(b).is_none());
+    }
+
+    #[test]
+    fn unused_organisation_folders_are_bounded_too() {
+        let mut t = Tree::namespace(50);
+        for i in 0..1000 {
+            let o = t.add_lazy(
+                2,
+                &format!("org{i}"),
+                Lazy::Org {
+                    datasets: false,
+                    org: format!("org{i}"),
+                },
+            );
+            t.evict(o);
+            assert!(t.linked() <= 50);
+        }
+        assert!(t.held() <= 50);
+    }
+}
