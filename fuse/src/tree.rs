@@ -312,7 +312,8 @@ impl Tree {
         }
     }
 
-    fn add(&mut self, parent: u64, name: &str, root: u64, kind: Kind) -> u64 {
+    /// A new linked inode, in no folder yet.
+    fn new_inode(&mut self, parent: u64, root: u64, kind: Kind) -> u64 {
         let ino = self.next;
         self.next += 1;
         self.nodes.insert(
@@ -327,6 +328,11 @@ impl Tree {
             },
         );
         self.linked += 1;
+        ino
+    }
+
+    fn add(&mut self, parent: u64, name: &str, root: u64, kind: Kind) -> u64 {
+        let ino = self.new_inode(parent, root, kind);
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
             children.insert(name.to_string(), ino);
         }
@@ -462,8 +468,6 @@ impl Tree {
 
     /// A new inode (and, for a folder, its contents) for `w`; not yet in `parent`'s children.
     fn create(&mut self, parent: u64, root: u64, w: Want, ch: &mut Changes) -> u64 {
-        let ino = self.next;
-        self.next += 1;
         let (kind, inner) = match w {
             Want::File(e) => (
                 Kind::File {
@@ -476,18 +480,7 @@ impl Tree {
             ),
             Want::Dir(m) => (dir_kind(None), Some(m)),
         };
-        self.nodes.insert(
-            ino,
-            Inode {
-                parent,
-                kind,
-                root,
-                lookups: AtomicU64::new(0),
-                linked: true,
-                changed: SystemTime::now(),
-            },
-        );
-        self.linked += 1;
+        let ino = self.new_inode(parent, root, kind);
         if let Some(m) = inner {
             self.sync_dir(ino, root, m, ch);
         }

@@ -510,15 +510,9 @@ fn a_mount_holds_cache_files_only_while_they_are_open() {
     }
 }
 
-#[test]
-fn an_open_file_never_mixes_versions_of_an_overwritten_object() {
-    use std::io::Read;
-    let env = Env::new();
-    let root = env.path("shared");
-    std::fs::create_dir_all(&root).unwrap();
-    let old = locus_testorigin::model::random_bytes(1, 4 << 20);
-    std::fs::write(root.join("model.bin"), &old).unwrap();
-    let d = env.daemon(
+/// A daemon serving `file://` names under `root`, with a metadata TTL of 1 s and 64 KiB chunks.
+fn file_daemon(env: &Env, root: &Path) -> Daemon {
+    env.daemon(
         "n",
         &[
             "--file-root",
@@ -529,7 +523,18 @@ fn an_open_file_never_mixes_versions_of_an_overwritten_object() {
             "64KiB",
         ],
         &[],
-    );
+    )
+}
+
+#[test]
+fn an_open_file_never_mixes_versions_of_an_overwritten_object() {
+    use std::io::Read;
+    let env = Env::new();
+    let root = env.path("shared");
+    std::fs::create_dir_all(&root).unwrap();
+    let old = locus_testorigin::model::random_bytes(1, 4 << 20);
+    std::fs::write(root.join("model.bin"), &old).unwrap();
+    let d = file_daemon(&env, &root);
     let m = Mount::new(&d, &env, &format!("file://{}", root.display()), "mnt");
     let mut f = std::fs::File::open(m.dir.join("model.bin")).unwrap();
     let mut head = vec![0u8; 64 << 10];
@@ -577,18 +582,7 @@ fn a_later_open_sees_the_new_version_once_the_ttl_passes() {
     std::fs::write(root.join("model.bin"), &old).unwrap();
     std::fs::write(root.join("gone.txt"), b"soon gone").unwrap();
     std::fs::write(root.join("sub/kept.txt"), b"kept").unwrap();
-    let d = env.daemon(
-        "n",
-        &[
-            "--file-root",
-            root.to_str().unwrap(),
-            "--metadata-ttl",
-            "1",
-            "--chunk-size",
-            "64KiB",
-        ],
-        &[],
-    );
+    let d = file_daemon(&env, &root);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let m = Mount::with_args(
