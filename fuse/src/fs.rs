@@ -234,6 +234,9 @@ struct Core<B: Backend> {
     device: Arc<OnceLock<std::os::fd::OwnedFd>>,
     /// Tells the kernel to drop names that changed.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Names for the kernel to drop, sent from a thread of its own: the kernel may hold the
+    /// folder's lock until the request being answered here gets its reply.
+    inval: Mutex<std::sync::mpsc::Sender<Vec<(u64, String)>>>,
     linger: Duration,
     lingering: AtomicBool,
 }
@@ -241,6 +244,23 @@ struct Core<B: Backend> {
 impl<B: Backend> Core<B> {
     fn with_tree(backend: Arc<B>, tree: Tree, opts: MountOptions) -> Self {
         let linger = opts.linger;
+        let notifier = Arc::new(OnceLock::<fuser::Notifier>::new());
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u64, String)>>();
+        let slot = notifier.clone();
+        let started = std::thread::Builder::new()
+            .name("locus-fuse-inval".into())
+            .spawn(move || {
+                for names in rx {
+                    let Some(n) = slot.get() else { continue };
+                    for (parent, name) in names {
+                        // ENOENT: the kernel had not cached the name.
+                        let _ = n.inval_entry(INodeNo(parent), OsStr::new(&name));
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no thread to drop changed names from the kernel's cache");
+        }
         Self {
             backend,
             inodes: RwLock::new(tree),
@@ -257,7 +277,8 @@ impl<B: Backend> Core<B> {
             dir_handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
-            notifier: Arc::new(OnceLock::new()),
+            notifier,
+            inval: Mutex::new(tx),
             linger,
             lingering: AtomicBool::new(false),
         }
@@ -271,8 +292,14 @@ impl<B: Backend> Core<B> {
         self.inodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The child `name` of a lazy directory: created (and, for a repo, listed) on first lookup.
-    fn materialize(&self, parent: u64, lazy: &Lazy, name: &str) -> Result<Option<u64>, FsError> {
+    /// The child `name` of a lazy directory: created (and, for a repo, listed) on first lookup;
+    /// its entry for the kernel, counted under the lock that made it.
+    fn materialize(
+        &self,
+        parent: u64,
+        lazy: &Lazy,
+        name: &str,
+    ) -> Result<Option<(FileAttr, Duration)>, FsError> {
         enum Made {
             Lazy(Lazy),
             Root(String, Prepared),
@@ -315,16 +342,17 @@ impl<B: Backend> Core<B> {
         }
         // Another thread may have made it meanwhile.
         if let Some(ino) = tree.child(parent, name) {
-            return Ok(Some(ino));
+            return Ok(self.entry(&tree, parent, ino));
         }
         let ino = match made {
             Made::Lazy(lazy) => tree.add_lazy(parent, name, lazy),
             Made::Root(uri, listing) => tree.add_root(parent, name, &uri, listing),
         };
         let ch = tree.evict(ino);
+        let answer = self.entry(&tree, parent, ino);
         drop(tree);
         self.apply(ch);
-        Ok(Some(ino))
+        Ok(answer)
     }
 
     /// Lists root `root` again if its TTL has passed (one thread at a time lists it; the rest
@@ -364,7 +392,18 @@ impl<B: Backend> Core<B> {
         ::metrics::counter!(metrics::RELISTS).increment(1);
         // Made ready before the tree is locked: a big listing stalls no other request.
         let listing = Prepared::new(listing);
-        let ch = self.tree_mut().sync_root(root, listing);
+        let ch = {
+            let mut tree = self.tree_mut();
+            let mut ch = tree.sync_root(root, listing);
+            // As old as its TTL already (the node kept an old answer, its origin being down):
+            // ask again a little later, not at every lookup.
+            if tree.stale_root(root).is_some() {
+                tree.retry_after(root, RELIST_RETRY);
+            }
+            // A repo that grew counts against the namespace view's bound too.
+            ch.merge(tree.evict(root));
+            ch
+        };
         if ch.replaced > 0 {
             tracing::info!(
                 uri,
@@ -396,16 +435,9 @@ impl<B: Backend> Core<B> {
         if ch.names.is_empty() {
             return;
         }
-        if let Some(n) = self.notifier.get() {
-            let n = n.clone();
-            let names = ch.names;
-            std::thread::spawn(move || {
-                for (parent, name) in names {
-                    // ENOENT: the kernel had not cached the name.
-                    let _ = n.inval_entry(INodeNo(parent), OsStr::new(&name));
-                }
-            });
-        }
+        // No thread to take them (it could not start): the kernel drops the names after their
+        // TTL anyway.
+        let _ = lock(&self.inval).send(ch.names);
     }
 
     fn count_inodes(&self) {
@@ -430,10 +462,10 @@ impl<B: Backend> Core<B> {
         Some(self.attr_of(ino, node))
     }
 
-    /// The entries of folder `ino` in order (".", ".." and its children) and whether the
-    /// kernel may keep them: a listed folder's are made once per version of the folder; a
-    /// lazy folder's at each open, as it grows.
-    fn listing(&self, ino: u64) -> Result<(DirEntries, bool), Errno> {
+    /// The entries of folder `ino` in order (".", ".." and its children) and, where the kernel
+    /// may keep them, the folder's version they show: a listed folder's are made once per
+    /// version; a lazy folder's at each open, as it grows.
+    fn listing(&self, ino: u64) -> Result<(DirEntries, Option<u64>), Errno> {
         let tree = self.tree();
         let Some(node) = tree.get(ino) else {
             return Err(Errno::ENOENT);
@@ -449,7 +481,7 @@ impl<B: Backend> Core<B> {
         };
         if let Some((v, l)) = lock(&self.listings).get(&ino) {
             if v == version {
-                return Ok((l.clone(), true));
+                return Ok((l.clone(), Some(*v)));
             }
         }
         let mut entries = Vec::with_capacity(children.len() + 2);
@@ -457,11 +489,11 @@ impl<B: Backend> Core<B> {
         entries.push((node.parent, "..".to_string()));
         entries.extend(children.iter().map(|(name, &child)| (child, name.clone())));
         let entries: DirEntries = Arc::new(entries);
-        let fixed = lazy.is_none();
-        if fixed {
-            lock(&self.listings).insert(ino, (*version, entries.clone()));
+        if lazy.is_some() {
+            return Ok((entries, None));
         }
-        Ok((entries, fixed))
+        lock(&self.listings).insert(ino, (*version, entries.clone()));
+        Ok((entries, Some(*version)))
     }
 
     /// Calls `add(ino, next offset, name, attributes)` for the entries of the open folder `fh`
@@ -761,53 +793,61 @@ impl<B: Backend> Core<B> {
                 self.refresh(root);
             }
         }
-        let (found, lazy) = {
+        let lazy = {
             let tree = self.tree();
             if !may_wait && tree.stale_root(parent).is_some() {
                 return Some(reply);
             }
             match tree.get(parent).map(|n| &n.kind) {
-                Some(Kind::Dir { children, lazy, .. }) => {
-                    (children.get(name).copied(), lazy.clone())
-                }
+                Some(Kind::Dir { children, lazy, .. }) => match children.get(name) {
+                    // Counted under the guard that found it: a refresh cannot free it between.
+                    Some(&ino) => {
+                        let answer = self.entry(&tree, parent, ino);
+                        drop(tree);
+                        Self::reply_entry(answer, reply);
+                        return None;
+                    }
+                    None => lazy.clone(),
+                },
                 _ => {
                     reply.error(Errno::ENOTDIR);
                     return None;
                 }
             }
         };
-        let found = match (found, lazy) {
-            (None, Some(lazy)) => {
-                if !may_wait {
-                    return Some(reply);
-                }
-                match self.materialize(parent, &lazy, name) {
-                    Ok(ino) => ino,
-                    Err(e) => {
-                        tracing::error!(name, error = %e, "lookup failed");
-                        metrics::failure("lookup");
-                        reply.error(errno(&e));
-                        return None;
-                    }
-                }
-            }
-            (found, _) => found,
+        let Some(lazy) = lazy else {
+            reply.error(Errno::ENOENT);
+            return None;
         };
-        self.reply_entry(parent, found, reply);
+        if !may_wait {
+            return Some(reply);
+        }
+        match self.materialize(parent, &lazy, name) {
+            Ok(answer) => Self::reply_entry(answer, reply),
+            Err(e) => {
+                tracing::error!(name, error = %e, "lookup failed");
+                metrics::failure("lookup");
+                reply.error(errno(&e));
+            }
+        }
         None
     }
 
-    /// Hands the kernel entry `ino` of folder `parent` (one lookup it holds until it forgets).
-    fn reply_entry(&self, parent: u64, ino: Option<u64>, reply: ReplyEntry) {
-        let answer = {
-            let tree = self.tree();
-            ino.and_then(|i| {
-                let node = tree.get(i)?;
-                tree.looked_up(i);
-                tree.touch(i);
-                Some((self.attr_of(i, node), tree.ttl_in(parent, self.opts.ttl)))
-            })
+    /// Entry `ino` of folder `parent` for the kernel, counted as a lookup it holds until it
+    /// forgets it. An inode no longer in the tree (a version that moved on) is handed over
+    /// for this one call only (entry TTL 0), so the kernel asks again next time.
+    fn entry(&self, tree: &Tree, parent: u64, ino: u64) -> Option<(FileAttr, Duration)> {
+        let node = tree.get(ino)?;
+        tree.looked_up(ino);
+        tree.touch(ino);
+        let ttl = match node.linked {
+            true => tree.ttl_in(parent, self.opts.ttl),
+            false => Duration::ZERO,
         };
+        Some((self.attr_of(ino, node), ttl))
+    }
+
+    fn reply_entry(answer: Option<(FileAttr, Duration)>, reply: ReplyEntry) {
         match answer {
             Some((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -824,7 +864,7 @@ impl<B: Backend> Core<B> {
             }
             self.refresh(root);
         }
-        let (listing, fixed) = match self.listing(ino) {
+        let (listing, shown) = match self.listing(ino) {
             Ok(l) => l,
             Err(e) => {
                 reply.error(e);
@@ -834,15 +874,11 @@ impl<B: Backend> Core<B> {
         // A listed folder changes only when listed again: the kernel may keep its listing
         // across opens until then (told to drop it at the first open after a change). A lazy
         // one (the namespace view) grows as names are looked up.
-        let keep = fixed
-            && match self.tree().get(ino).map(|n| &n.kind) {
-                Some(Kind::Dir {
-                    version,
-                    kernel_version,
-                    ..
-                }) => kernel_version.swap(*version, Ordering::AcqRel) == *version,
-                _ => false,
-            };
+        let fixed = shown.is_some();
+        let keep = shown.is_some_and(|v| match self.tree().get(ino).map(|n| &n.kind) {
+            Some(Kind::Dir { kernel_version, .. }) => kernel_version.swap(v, Ordering::AcqRel) == v,
+            _ => false,
+        });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dir_handles).insert(fh, listing);
         let flags = match (fixed, keep) {
@@ -1272,6 +1308,9 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         match self
             .core
             .each_entry(fh.0, ino.0, offset, |tree, child, next, name, attr| {
+                // A version that moved on since the folder was opened: for this call only.
+                let linked = tree.get(child).is_some_and(|n| n.linked);
+                let ttl = if linked { ttl } else { Duration::ZERO };
                 let full = reply.add(INodeNo(child), next, name, &ttl, attr, Generation(0));
                 if !full && name != "." && name != ".." {
                     tree.looked_up(child);
@@ -1306,5 +1345,62 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         metrics::request("statfs", "reader");
         let files = self.core.tree().linked() as u64;
         reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Entry, Listing};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A backend whose listing is as old as its TTL (a node whose origin is down answers
+    /// with the last listing it had), counting the calls.
+    struct OldListing {
+        calls: AtomicUsize,
+    }
+
+    impl Backend for OldListing {
+        fn list(&self, _uri: &str) -> Result<Listing, FsError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Listing {
+                entries: vec![Entry {
+                    uri: "s3://b/k".into(),
+                    key: "k1".into(),
+                    path: "k".into(),
+                    size: 1,
+                    cached: None,
+                }],
+                ttl: Some(Duration::from_secs(60)),
+                age: Duration::from_secs(60),
+            })
+        }
+        fn chunks(&self, _: &str, _: &str, _: u32, _: u32, _: bool) -> Result<ChunkInfo, FsError> {
+            Err(FsError::Io("no chunks here".into()))
+        }
+        fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}
+    }
+
+    #[test]
+    fn a_listing_that_comes_back_old_is_asked_for_again_later_not_at_every_lookup() {
+        let backend = Arc::new(OldListing {
+            calls: AtomicUsize::new(0),
+        });
+        let listing = Prepared::new(backend.list("s3://b").unwrap());
+        let core = Core::with_tree(
+            backend.clone(),
+            Tree::listed("s3://b", listing),
+            MountOptions::default(),
+        );
+        assert!(core.tree().stale_root(ROOT).is_some());
+        for _ in 0..5 {
+            let stale = core.tree().stale_root(ROOT);
+            if let Some(root) = stale {
+                core.refresh(root);
+            }
+        }
+        // The mount's own listing, and one more: then not before RELIST_RETRY.
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+        assert!(core.tree().stale_root(ROOT).is_none());
     }
 }

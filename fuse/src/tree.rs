@@ -94,6 +94,15 @@ pub(crate) struct Changes {
     pub replaced: u64,
 }
 
+impl Changes {
+    pub fn merge(&mut self, other: Changes) {
+        self.names.extend(other.names);
+        self.dirs.extend(other.dirs);
+        self.freed.extend(other.freed);
+        self.replaced += other.replaced;
+    }
+}
+
 /// The listing of a root, as a tree of names.
 enum Want {
     Dir(BTreeMap<String, Want>),
@@ -118,7 +127,8 @@ impl Prepared {
         }
         Prepared {
             digest: h.finish(),
-            ttl: listing.ttl,
+            // A TTL of 0 would list the whole root again at every lookup.
+            ttl: listing.ttl.map(|t| t.max(MIN_TTL)),
             age: listing.age,
             want: want_tree(listing.entries),
         }
@@ -128,6 +138,13 @@ impl Prepared {
 /// The inode number of the mount's root.
 pub(crate) const ROOT: u64 = 1;
 
+/// A listing is not asked for again sooner than this.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// An organisation's folder is not dropped this soon after it was made: a path walk
+/// (`hf/ORG/NAME`) looks up its repo right after it.
+const ORG_GRACE: Duration = Duration::from_secs(1);
+
 pub(crate) struct Tree {
     nodes: HashMap<u64, Inode>,
     next: u64,
@@ -136,6 +153,8 @@ pub(crate) struct Tree {
     linked: usize,
     /// The bound on linked inodes past which roots are evicted (the namespace view).
     pub max_linked: usize,
+    /// The namespace view's organisation folders.
+    orgs: std::collections::BTreeSet<u64>,
     started: Instant,
 }
 
@@ -196,6 +215,7 @@ impl Tree {
             roots: HashMap::new(),
             linked: 1,
             max_linked,
+            orgs: Default::default(),
             started: Instant::now(),
         };
         t.nodes.insert(
@@ -352,7 +372,12 @@ impl Tree {
 
     /// Adds a lazy folder `name` under `parent` (the namespace view's own folders).
     pub fn add_lazy(&mut self, parent: u64, name: &str, lazy: Lazy) -> u64 {
-        self.add(parent, name, 0, dir_kind(Some(lazy)))
+        let org = matches!(lazy, Lazy::Org { .. });
+        let ino = self.add(parent, name, 0, dir_kind(Some(lazy)));
+        if org {
+            self.orgs.insert(ino);
+        }
+        ino
     }
 
     fn make_root(&mut self, ino: u64, uri: &str) {
@@ -501,10 +526,16 @@ impl Tree {
             Kind::Dir { children, .. } => std::mem::take(children),
             Kind::File { .. } => BTreeMap::new(),
         };
+        if !children.is_empty() {
+            // A folder the kernel still holds lists empty from now on.
+            self.bump(ino);
+            ch.dirs.push(ino);
+        }
         for (_, c) in children {
             self.unlink(c, ch);
         }
         self.roots.remove(&ino);
+        self.orgs.remove(&ino);
         self.forget(ino, ch);
     }
 
@@ -531,15 +562,16 @@ impl Tree {
         }
         if self.linked > self.max_linked {
             let orgs: Vec<u64> = self
-                .nodes
+                .orgs
                 .iter()
-                .filter(|(ino, n)| {
-                    **ino != keep
-                        && **ino != keep_parent
-                        && n.linked
-                        && matches!(&n.kind, Kind::Dir { lazy: Some(Lazy::Org { .. }), children, .. } if children.is_empty())
+                .copied()
+                .filter(|ino| *ino != keep && *ino != keep_parent)
+                .filter(|ino| {
+                    self.nodes.get(ino).is_some_and(|n| {
+                        n.changed.elapsed().map_or(true, |age| age >= ORG_GRACE)
+                            && matches!(&n.kind, Kind::Dir { children, .. } if children.is_empty())
+                    })
                 })
-                .map(|(ino, _)| *ino)
                 .collect();
             for ino in orgs {
                 if self.linked <= self.max_linked {
@@ -688,6 +720,7 @@ mod tests {
     #[test]
     fn unused_organisation_folders_are_bounded_too() {
         let mut t = Tree::namespace(50);
+        let mut recent = Vec::new();
         for i in 0..1000 {
             let o = t.add_lazy(
                 2,
@@ -697,9 +730,23 @@ mod tests {
                     org: format!("org{i}"),
                 },
             );
+            // The 10 made last are within their grace; the rest were made long ago.
+            recent.push(o);
+            if recent.len() > 10 {
+                let old = recent.remove(0);
+                if let Some(n) = t.nodes.get_mut(&old) {
+                    n.changed = SystemTime::now() - ORG_GRACE * 2;
+                }
+            }
             t.evict(o);
-            assert!(t.linked() <= 50);
+            assert!(t.linked() <= 50 + 10, "{}", t.linked());
         }
-        assert!(t.held() <= 50);
+        assert!(t.held() <= 60);
+        for o in &recent {
+            assert!(
+                t.get(*o).is_some_and(|n| n.linked),
+                "a folder just made stays"
+            );
+        }
     }
 }
