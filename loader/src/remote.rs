@@ -86,15 +86,22 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, 
             None => None,
         };
         let shards = plan(uri, &names, || Ok(index_bytes.unwrap_or_default()))?;
-        let mut paths = Vec::with_capacity(shards.len());
-        for s in shards {
-            let u = uri_of(&s).ok_or_else(|| LoaderError::Remote {
-                kind: ErrorKind::NotFound,
-                message: format!("{uri}: no shard {s}"),
-            })?;
-            paths.push(open(&mut client, &u).await?);
-        }
-        Ok(paths)
+        let uris = shards
+            .iter()
+            .map(|s| {
+                uri_of(s).ok_or_else(|| LoaderError::Remote {
+                    kind: ErrorKind::NotFound,
+                    message: format!("{uri}: no shard {s}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // All at once over the one connection: a sharded checkpoint costs one round trip, not
+        // one per shard.
+        futures::future::try_join_all(uris.iter().map(|u| {
+            let mut c = client.clone();
+            async move { open(&mut c, u).await }
+        }))
+        .await
     })
 }
 
