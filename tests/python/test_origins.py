@@ -226,7 +226,8 @@ def test_http_origin(workdir, ranges):
     data = os.urandom(20 << 20)
     (root / "m" / "model.bin").write_bytes(data)
     srv = FileServer(root, ranges=ranges)
-    d = Daemon(workdir, "n1", extra=["--metadata-ttl", "2"])
+    # The test server is on loopback, which only a daemon told so may reach.
+    d = Daemon(workdir, "n1", extra=["--metadata-ttl", "2", "--http-allow-private", "127.0.0.1/32"])
     try:
         url = f"{srv.url}/m/model.bin"
         listing = json.loads(d.run("ls", url, "--json").stdout)["files"]
@@ -241,7 +242,7 @@ def test_http_origin(workdir, ranges):
             assert "does not support Range" in d.logs()
             # The whole-file spool takes its room from the cache: 20 MiB spooled beside the
             # chunks being fetched does not fit in 24 MiB, and the read says so.
-            small = Daemon(workdir, "n2", extra=["--cache-size", "24MiB"])
+            small = Daemon(workdir, "n2", extra=["--cache-size", "24MiB", "--http-allow-private", "127.0.0.1"])
             try:
                 r = small.run("cat", url, check=False)
                 assert r.returncode == 1, r
@@ -271,6 +272,36 @@ def test_http_origin(workdir, ranges):
         assert r.returncode == 1 and b"not found" in r.stderr
         r = d.run("cat", "http://user:pw@127.0.0.1/x", check=False)
         assert r.returncode == 2 and b"credentials" in r.stderr
+    finally:
+        d.close()
+        srv.close()
+
+
+def test_http_origin_reaches_no_private_address_by_default(workdir):
+    """A peer may name any URL and get its bytes: by default no loopback or private address,
+    named, resolved or redirected to, is fetched from; the refusal is one line naming the
+    flag, and it is not retried."""
+    root = workdir / "www"
+    root.mkdir()
+    (root / "x.bin").write_bytes(b"private bytes")
+    srv = FileServer(root)
+    d = Daemon(workdir, "n1")
+    try:
+        port = srv.url.rsplit(":", 1)[1]
+        for url in (f"{srv.url}/x.bin", f"http://localhost:{port}/x.bin", f"http://[::ffff:127.0.0.1]:{port}/x.bin",
+                    "http://10.0.0.1/x", "http://169.254.169.254/latest/meta-data/"):
+            t = time.monotonic()
+            r = d.run("cat", url, check=False)
+            assert r.returncode == 1, (url, r)
+            assert r.stdout == b""
+            err = r.stderr.decode()
+            assert len(err.strip().splitlines()) == 1, err
+            assert "address" in err, err
+            if "169.254" not in url:
+                assert "--http-allow-private" in err, err
+            # Refused at once, not retried with backoff.
+            assert time.monotonic() - t < 5, url
+        assert srv.counts["GET"] == srv.counts["HEAD"] == 0, srv.counts
     finally:
         d.close()
         srv.close()

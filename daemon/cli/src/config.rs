@@ -90,6 +90,11 @@ pub struct DaemonArgs {
     /// Folders that file:// URIs may name (repeat or separate with commas); none: file:// is off.
     #[arg(long, env = "LOCUS_FILE_ROOT", value_delimiter = ',')]
     file_root: Vec<PathBuf>,
+    /// Networks (CIDR, comma-separated) that http(s):// URIs may reach although they are
+    /// loopback, private, CGNAT or non-unicast; none by default, as any peer may name a URL and
+    /// get its bytes. Link-local addresses (cloud metadata services) are never reached.
+    #[arg(long, env = "LOCUS_HTTP_ALLOW_PRIVATE", value_delimiter = ',')]
+    http_allow_private: Vec<String>,
     /// Parse and check every setting (files included), print them, and exit without starting.
     #[arg(long)]
     pub check_config: bool,
@@ -124,6 +129,7 @@ pub struct FileConfig {
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
+    http_allow_private: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -159,6 +165,7 @@ pub struct DaemonConfig {
     pub s3_endpoint: Option<String>,
     pub s3_virtual_hosted: bool,
     pub file_roots: Vec<PathBuf>,
+    pub http_allow_private: Vec<ipnet::IpNet>,
 }
 
 impl DaemonConfig {
@@ -197,6 +204,14 @@ impl DaemonConfig {
                 self.file_roots
                     .iter()
                     .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!(
+                "http-allow-private = {}",
+                self.http_allow_private
+                    .iter()
+                    .map(|n| n.to_string())
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -296,6 +311,25 @@ impl DaemonConfig {
                 )));
             }
         }
+        let allow = if a.http_allow_private.is_empty() {
+            f.http_allow_private.unwrap_or_default()
+        } else {
+            a.http_allow_private
+        };
+        let http_allow_private = allow
+            .iter()
+            .map(|n| {
+                let n = n.trim();
+                // A bare address is a network of one.
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        Failure::usage(format!(
+                            "--http-allow-private {n:?}: expected a network such as 10.0.0.0/8 or fd00::/8"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let concurrency = a.concurrency.or(f.concurrency).unwrap_or(16);
         if concurrency == 0 || concurrency > 1024 {
             return Err(Failure::usage("--concurrency must be between 1 and 1024"));
@@ -327,6 +361,7 @@ impl DaemonConfig {
             s3_endpoint,
             s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
             file_roots,
+            http_allow_private,
         })
     }
 }

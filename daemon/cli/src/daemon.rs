@@ -92,6 +92,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cfg.cache_dir.join("http-spool"),
             RetryPolicy::default(),
             Some(Arc::new(SpoolInCache(store.clone()))),
+            locus_origin::http::AddressPolicy {
+                allow: cfg.http_allow_private.clone(),
+            },
         )?)),
         file,
     });

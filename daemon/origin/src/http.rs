@@ -9,9 +9,14 @@
 //! - A server without `Range` support (no `Accept-Ranges: bytes`, or a 200 answer to a ranged
 //!   request) is fetched whole, once, into a spool file that serves every chunk of it; a log line
 //!   says so. The spool goes once every byte has been served, or at the latest after an hour.
-//! - Never link-local addresses (169.254.0.0/16, fe80::/10: the cloud metadata services that hand
-//!   out instance credentials), whether named, resolved or redirected to: a peer may name any
-//!   URL, and its bytes go back to that peer.
+//! - No server-side request forgery: a peer may name any URL, and its bytes go back to that
+//!   peer. So loopback, private (RFC 1918, ULA), shared (CGNAT), unspecified and other
+//!   non-unicast addresses are refused unless the operator allows their network
+//!   (`--http-allow-private CIDR,…`), and link-local ones (the cloud metadata services that
+//!   hand out instance credentials) always are. The check applies to addresses named, resolved
+//!   (the client connects only to the addresses the filtering resolver returned, so a name that
+//!   resolves differently the second time cannot slip past) and redirected to. The Hub's and
+//!   S3's endpoints are configured by the operator and use clients of their own.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -78,66 +83,192 @@ type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
 /// Where cloud metadata services answer: link-local addresses, AWS's IPv6 endpoint
 /// (`fd00:ec2::254`, and `fd00:ec2::23` for its DNS) and Alibaba's `100.100.100.200`.
 fn link_local(ip: IpAddr) -> bool {
-    let v4 = |v4: std::net::Ipv4Addr| v4.is_link_local() || v4.octets() == [100, 100, 100, 200];
     match ip {
-        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0xfd00 && s[1] == 0x0ec2)
-                || v6.to_ipv4_mapped().is_some_and(v4)
+            (s[0] & 0xffc0) == 0xfe80 || (s[0] == 0xfd00 && s[1] == 0x0ec2)
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 one stands for (IPv4-mapped, or NAT64's `64:ff9b::/96`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
+        .then(|| std::net::Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32))
+}
+
+/// Why an address is not fetched from unless its network is allowed; `None`: a public one.
+fn private_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_private() {
+                Some("a private address")
+            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                Some("a shared (CGNAT) address")
+            } else if o[0] == 0 || v4.is_broadcast() || v4.is_multicast() || o[0] >= 240 {
+                Some("not a unicast address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(v6) {
+                return private_kind(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if (s[0] & 0xfe00) == 0xfc00 {
+                Some("a private address")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                Some("not a unicast address")
+            } else {
+                None
+            }
         }
     }
 }
 
 const LINK_LOCAL: &str = "link-local addresses (cloud metadata services) are never fetched from";
+const PRIVATE: &str = "loopback, private, CGNAT and non-unicast addresses are fetched from only \
+                       where the daemon allows their network (--http-allow-private CIDR,...)";
 
-/// Whether a URL names a link-local address literally.
-fn literal_link_local(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => link_local(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => link_local(IpAddr::V6(ip)),
-        _ => false,
+/// Which addresses the HTTP origin may connect to.
+#[derive(Clone, Debug, Default)]
+pub struct AddressPolicy {
+    /// Networks allowed although private (never link-local ones).
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+/// An address the policy refuses, as the error the client's resolver or redirect policy gives.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{host}: {why}")]
+pub(crate) struct Refused {
+    host: String,
+    why: &'static str,
+    hint: &'static str,
+}
+
+impl AddressPolicy {
+    /// Why `ip` may not be fetched from, or `None`.
+    fn refusal(&self, ip: IpAddr) -> Option<(&'static str, &'static str)> {
+        let v4 = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+            v4 => Some(v4),
+        };
+        if link_local(ip) || v4.is_some_and(link_local) {
+            return Some(("a link-local address", LINK_LOCAL));
+        }
+        let kind = private_kind(ip)?;
+        let allowed = self
+            .allow
+            .iter()
+            .any(|n| n.contains(&ip) || v4.is_some_and(|v4| n.contains(&v4)));
+        (!allowed).then_some((kind, PRIVATE))
+    }
+
+    /// The refusal of a URL that names an address literally.
+    fn refuse_literal(&self, url: &reqwest::Url) -> Option<Refused> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        self.refusal(ip).map(|(why, hint)| Refused {
+            host: ip.to_string(),
+            why,
+            hint,
+        })
     }
 }
 
-/// A URL locus may fetch: well-formed, and not naming a metadata address literally.
-fn checked(url: &str) -> Result<(), OriginError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Invalid {
-        what: url.to_string(),
-        detail: format!("not a valid URL: {e}"),
-    })?;
-    if literal_link_local(&parsed) {
-        return Err(OriginError::AccessDenied {
-            what: url.to_string(),
-            detail: "a link-local address".into(),
-            hint: LINK_LOCAL,
-        });
-    }
-    Ok(())
-}
+/// The name lookup the HTTP origin's resolver filters (the system's in production).
+pub type Lookup = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>
+        + Send
+        + Sync,
+>;
 
-/// The system resolver, without link-local answers.
-struct NoLinkLocal;
-
-impl reqwest::dns::Resolve for NoLinkLocal {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+fn system_lookup() -> Lookup {
+    Arc::new(|name: String| {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+            Ok(tokio::net::lookup_host((name.as_str(), 0))
                 .await?
-                .filter(|a| !link_local(a.ip()))
+                .map(|a| a.ip())
+                .collect())
+        })
+    })
+}
+
+/// A resolver that answers only addresses the policy allows: the client connects to what it
+/// returns and nothing else.
+struct Filtered {
+    policy: Arc<AddressPolicy>,
+    lookup: Lookup,
+}
+
+impl reqwest::dns::Resolve for Filtered {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let lookup = (self.lookup)(name.as_str().to_string());
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let mut refused = None;
+            let addrs: Vec<SocketAddr> = lookup
+                .await?
+                .into_iter()
+                .filter(|ip| match policy.refusal(*ip) {
+                    Some(r) => {
+                        refused.get_or_insert(r);
+                        false
+                    }
+                    None => true,
+                })
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{}: {LINK_LOCAL}", name.as_str()).into());
+                let (why, hint) = refused.unwrap_or(("no address", "the name did not resolve"));
+                return Err(Box::new(Refused { host, why, hint }) as _);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
 
+/// The refusal behind a failed request, if that is what failed it.
+pub(crate) fn refused_in(e: &reqwest::Error) -> Option<&Refused> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(r) = err.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        src = err.source();
+    }
+    None
+}
+
+impl Refused {
+    pub(crate) fn into_error(self, what: &str) -> OriginError {
+        OriginError::AccessDenied {
+            what: what.to_string(),
+            detail: format!("{} is {}", self.host, self.why),
+            hint: self.hint,
+        }
+    }
+}
+
 /// The HTTP(S) origin.
 pub struct HttpOrigin {
     client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
     retry: RetryPolicy,
     spool_dir: PathBuf,
     spools: DashMap<String, SpoolCell>,
@@ -188,31 +319,49 @@ fn file_name(url: &str) -> String {
 
 impl HttpOrigin {
     /// An HTTP origin spooling whole files (from servers without `Range`) under `spool_dir`,
-    /// in room reserved from `space` (the cache's capacity).
+    /// in room reserved from `space` (the cache's capacity), connecting only where `policy`
+    /// allows.
     pub fn new(
         spool_dir: PathBuf,
         retry: RetryPolicy,
         space: Option<Arc<dyn SpoolSpace>>,
+        policy: AddressPolicy,
     ) -> Result<Self, OriginError> {
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            if literal_link_local(attempt.url()) {
-                attempt.error(LINK_LOCAL)
+        Self::with_lookup(spool_dir, retry, space, policy, system_lookup())
+    }
+
+    /// The same, with names resolved by `lookup` (tests resolve names to any address).
+    pub fn with_lookup(
+        spool_dir: PathBuf,
+        retry: RetryPolicy,
+        space: Option<Arc<dyn SpoolSpace>>,
+        policy: AddressPolicy,
+        lookup: Lookup,
+    ) -> Result<Self, OriginError> {
+        let policy = Arc::new(policy);
+        let p = policy.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if let Some(r) = p.refuse_literal(attempt.url()) {
+                attempt.error(r)
             } else if attempt.previous().len() >= 10 {
                 attempt.error("more than 10 redirects")
             } else {
                 attempt.follow()
             }
         });
+        let resolver = Arc::new(Filtered {
+            policy: policy.clone(),
+            lookup,
+        });
         let client = build_client(Duration::from_secs(10), Duration::from_secs(60), |b| {
             // A proxy would resolve names itself, past the filter below.
-            b.no_proxy()
-                .dns_resolver(Arc::new(NoLinkLocal))
-                .redirect(redirects)
+            b.no_proxy().dns_resolver(resolver).redirect(redirects)
         })?;
         // Spools of an earlier run are never reused.
         let _ = std::fs::remove_dir_all(&spool_dir);
         Ok(Self {
             client,
+            policy,
             retry,
             spool_dir,
             spools: DashMap::new(),
@@ -221,18 +370,26 @@ impl HttpOrigin {
         })
     }
 
-    fn url(ns: &Namespace) -> Result<&str, OriginError> {
-        match ns {
-            Namespace::Http { url } => checked(url).map(|_| url.as_str()),
-            other => Err(OriginError::Protocol {
-                what: other.to_string(),
+    /// The URL of an `http(s)://` name: well-formed, and not naming a refused address.
+    fn url<'a>(&self, ns: &'a Namespace) -> Result<&'a str, OriginError> {
+        let Namespace::Http { url } = ns else {
+            return Err(OriginError::Protocol {
+                what: ns.to_string(),
                 detail: "not an http(s):// name".into(),
-            }),
+            });
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| OriginError::Invalid {
+            what: url.to_string(),
+            detail: format!("not a valid URL: {e}"),
+        })?;
+        match self.policy.refuse_literal(&parsed) {
+            Some(r) => Err(r.into_error(url)),
+            None => Ok(url),
         }
     }
 
     async fn head(&self, ns: &Namespace) -> Result<Vec<RemoteFile>, OriginError> {
-        let url = Self::url(ns)?;
+        let url = self.url(ns)?;
         let resp = send_with_retry(self.retry, url, "head", || self.client.head(url)).await?;
         if !resp.status().is_success() {
             return Err(status_error(resp.status(), url));
@@ -427,7 +584,9 @@ impl Origin for HttpOrigin {
                 detail: format!("bad range {range:?} of a {}-byte file", file.size),
             });
         }
-        checked(what)?;
+        self.url(&Namespace::Http {
+            url: what.to_string(),
+        })?;
         let v: Validators =
             serde_json::from_str(&file.locator).map_err(|e| OriginError::Protocol {
                 what: what.to_string(),
@@ -488,25 +647,162 @@ impl Origin for HttpOrigin {
 mod tests {
     use super::*;
 
+    /// An origin whose names resolve as `names` says, counting the lookups in `lookups`.
+    fn origin_counting(
+        allow: &[&str],
+        names: &[(&str, &str)],
+        lookups: Arc<AtomicU64>,
+    ) -> HttpOrigin {
+        let names: std::collections::HashMap<String, IpAddr> = names
+            .iter()
+            .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
+            .collect();
+        let lookup: Lookup = Arc::new(move |name: String| {
+            lookups.fetch_add(1, Ordering::SeqCst);
+            let r = names
+                .get(&name)
+                .map(|ip| vec![*ip])
+                .ok_or_else(|| std::io::Error::other(format!("{name}: unknown")));
+            Box::pin(async move { r })
+        });
+        let dir = std::env::temp_dir().join(format!("locus-http-test-{}", rand::random::<u64>()));
+        HttpOrigin::with_lookup(
+            dir,
+            RetryPolicy {
+                attempts: 3,
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(2),
+            },
+            None,
+            AddressPolicy {
+                allow: allow.iter().map(|n| n.parse().unwrap()).collect(),
+            },
+            lookup,
+        )
+        .unwrap()
+    }
+
+    fn origin(allow: &[&str], names: &[(&str, &str)]) -> HttpOrigin {
+        origin_counting(allow, names, Arc::default())
+    }
+
+    fn http(url: &str) -> Namespace {
+        Namespace::Http { url: url.into() }
+    }
+
     #[test]
-    fn refuses_link_local() {
+    fn refuses_metadata_loopback_private_cgnat_and_unspecified_addresses_named_literally() {
+        let o = origin(&[], &[]);
         for u in [
             "http://169.254.169.254/latest/meta-data/",
             "http://[fe80::1]/x",
             "http://[::ffff:169.254.1.1]/",
             "http://[fd00:ec2::254]/latest/",
             "http://100.100.100.200/latest/meta-data/",
+            "http://127.0.0.1:8/x",
+            "http://[::1]/x",
+            "http://10.1.2.3/x",
+            "http://172.16.0.1/x",
+            "http://192.168.1.1/x",
+            "http://[fd12::1]/x",
+            "http://100.64.0.1/x",
+            "http://0.0.0.0/x",
+            "http://[::]/x",
+            "http://[::ffff:10.0.0.1]/x",
+            "http://[64:ff9b::a00:1]/x",
+            "http://224.0.0.1/x",
         ] {
-            let ns = Namespace::Http { url: u.into() };
             assert!(
-                matches!(HttpOrigin::url(&ns), Err(OriginError::AccessDenied { .. })),
+                matches!(o.url(&http(u)), Err(OriginError::AccessDenied { .. })),
                 "{u}"
             );
         }
-        assert!(HttpOrigin::url(&Namespace::Http {
-            url: "http://127.0.0.1:8/x".into()
-        })
-        .is_ok());
+        assert!(o.url(&http("http://93.184.215.14/x")).is_ok());
+        assert!(o.url(&http("http://example.org/x")).is_ok());
+        // An allowed network opens its addresses, but never the metadata services.
+        let o = origin(&["127.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16"], &[]);
+        assert!(o.url(&http("http://127.0.0.1:8/x")).is_ok());
+        assert!(o.url(&http("http://[::ffff:10.0.0.1]/x")).is_ok());
+        assert!(o.url(&http("http://192.168.1.1/x")).is_err());
+        assert!(o.url(&http("http://169.254.169.254/x")).is_err());
+    }
+
+    /// A server on loopback that answers every request with a redirect to `location`.
+    async fn redirector(location: String) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let location = location.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = c.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = c.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_or_redirect_to_refused_addresses_fail_at_once() {
+        let r = redirector("http://inside.test/secret".into()).await;
+        let lookups = Arc::new(AtomicU64::new(0));
+        let o = origin_counting(
+            &["127.0.0.1/32"],
+            &[
+                ("inside.test", "10.0.0.7"),
+                ("rebind.test", "169.254.169.254"),
+                ("loop.test", "127.0.0.1"),
+                ("loop6.test", "::1"),
+            ],
+            lookups.clone(),
+        );
+        for (url, why) in [
+            ("http://inside.test/x".to_string(), "a private address"),
+            (
+                "http://rebind.test/latest/".to_string(),
+                "a link-local address",
+            ),
+            ("http://loop6.test/x".to_string(), "a loopback address"),
+            // An allowed server that redirects to a name resolving to a private address.
+            (
+                format!("http://loop.test:{}/x", r.port()),
+                "a private address",
+            ),
+            (
+                format!("http://127.0.0.1:{}/x", r.port()),
+                "a private address",
+            ),
+        ] {
+            match o.list(&http(&url), "latest").await {
+                Err(OriginError::AccessDenied { detail, .. }) => {
+                    assert!(detail.contains(why), "{url}: {detail}")
+                }
+                other => panic!("{url}: {:?}", other.map(|_| ())),
+            }
+        }
+        // Refusals are final: each name looked up once (loop.test, then inside.test for its
+        // redirect), no retries.
+        assert_eq!(lookups.load(Ordering::SeqCst), 6);
+        // A literal private address in a redirect is refused the same way.
+        let r2 = redirector("http://192.168.0.9/x".into()).await;
+        match o
+            .list(
+                &http(&format!("http://127.0.0.1:{}/x", r2.port())),
+                "latest",
+            )
+            .await
+        {
+            Err(OriginError::AccessDenied { detail, .. }) => {
+                assert!(detail.contains("a private address"), "{detail}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]
