@@ -17,6 +17,7 @@ Then the failure cases (values the chart must refuse) and the image's runtime ne
 binary against what debian:bookworm-slim plus the Dockerfile's packages provide).
 """
 import argparse
+import base64
 import copy
 import glob
 import importlib.metadata
@@ -150,8 +151,26 @@ def daemon_container(ds):
     return next(c for c in cs if c["name"] == "locus")
 
 
-def check_no_secrets(label, objs):
-    check(not find(objs, "Secret"), f"{label}: no Secret object is rendered")
+def chart_makes_token(v):
+    """Whether the chart makes the peer-token Secret itself (no token or TLS given, not insecure)."""
+    p = v["peerAuth"]
+    return not (p["token"]["existingSecret"] or p["tls"]["existingSecret"] or p["insecure"])
+
+
+def check_no_secrets(label, objs, v):
+    """No credential is ever rendered. The one Secret allowed is the peer token the chart
+    generates when none is given: 48 random characters, nothing else in it."""
+    secrets = find(objs, "Secret")
+    if chart_makes_token(v):
+        if check(len(secrets) == 1 and secrets[0]["metadata"]["name"].endswith("-peer-token"),
+                 f"{label}: exactly one Secret, the generated peer token ({[x['metadata']['name'] for x in secrets]})"):
+            data = secrets[0].get("data", {})
+            tok = base64.b64decode(data.get("token", "")).decode(errors="replace")
+            check(list(data) == ["token"] and re.fullmatch(r"[A-Za-z0-9]{48}", tok) is not None and "stringData" not in secrets[0],
+                  f"{label}: the generated Secret holds one 48-character random token")
+        objs = [o for o in objs if o.get("kind") != "Secret"]
+    else:
+        check(not secrets, f"{label}: no Secret object is rendered")
     for s in strings(objs):
         if TOKEN_LIKE.search(s) or SENTINEL in s:
             check(False, f"{label}: a token-like value is rendered: {s[:40]}…")
@@ -280,8 +299,6 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     check_notes(chart, label, vfile, workdir)
     validate_objects(objs, version)
     print(f"    validated against the Kubernetes {version} schemas (strict)")
-    check_no_secrets(label, objs)
-
     v = copy.deepcopy(defaults)
 
     def merge(a, b):
@@ -291,6 +308,7 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
             else:
                 a[k] = x
     merge(v, load_values(vfile))
+    check_no_secrets(label, objs, v)
 
     for o in objs:
         check(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE or o["kind"] == "ServiceMonitor",
@@ -461,9 +479,21 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     check((hfe or {}).get("value", "") == v["hfEndpoint"], f"{label}: HF_ENDPOINT {v['hfEndpoint'] or '(unset)'}")
     tok = v["peerAuth"]["token"]["existingSecret"]
     tls = v["peerAuth"]["tls"]["existingSecret"]
+    key = v["peerAuth"]["token"]["key"]
+    if chart_makes_token(v):
+        gen = find(objs, "Secret", "-peer-token")
+        tok, key = (gen[0]["metadata"]["name"] if gen else "(missing)"), "token"
+    if v["peerAuth"]["insecure"]:
+        check("--insecure-peers" in args and "peer-token" not in vols and not any(a.startswith("--peer-tls") for a in args),
+              f"{label}: peerAuth.insecure: --insecure-peers and no authentication")
+        if s:
+            check(s.get("insecure-peers") == "true", f"{label}: the daemon accepts unauthenticated peers")
+    else:
+        check("--insecure-peers" not in args, f"{label}: peers authenticate (no --insecure-peers)")
+        check(bool(tok) or bool(tls), f"{label}: a peer token or mutual TLS")
     if tok:
         check(vols.get("peer-token", {}).get("secret", {}).get("secretName") == tok, f"{label}: the peer token comes from Secret {tok}")
-        check(vols["peer-token"]["secret"]["items"] == [{"key": v["peerAuth"]["token"]["key"], "path": "token"}], f"{label}: the token's key is {v['peerAuth']['token']['key']}")
+        check(vols["peer-token"]["secret"]["items"] == [{"key": key, "path": "token"}], f"{label}: the token's key is {key}")
         check(flag("--peer-token-file") == mounts["peer-token"]["mountPath"] + "/token" == "/etc/locus/peer/token", f"{label}: --peer-token-file /etc/locus/peer/token")
         check(mounts["peer-token"].get("readOnly") is True, f"{label}: the token is mounted read-only")
         if s:
@@ -535,6 +565,7 @@ def check_refusals(chart):
         ("etcd membership without endpoints", ["membership.mode=etcd"], "membership.etcd.endpoints"),
         ("an unknown membership mode", ["membership.mode=gossip"], "membership"),
         ("both peer token and peer TLS", ["peerAuth.token.existingSecret=a", "peerAuth.tls.existingSecret=b"], "either"),
+        ("insecure peers with a token", ["peerAuth.insecure=true", "peerAuth.token.existingSecret=a"], "insecure"),
         ("the mount with allowPrivilegeEscalation=false", ["securityContext.allowPrivilegeEscalation=false"], "privileged"),
         ("a ServiceMonitor without the metrics Service", ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.force=true", "metrics.service.enabled=false"], "metrics.service.enabled"),
         ("a bad warm URI", ["warm.uris={ftp://x/y}"], "warm"),
@@ -573,7 +604,10 @@ def check_refusals(chart):
     check(len(sums) == 4, "checksum/config changes with the daemon's settings")
     p1, o1 = chart.template()
     p2, o2 = chart.template()
-    check(p1.stdout == p2.stdout, "rendering is deterministic (the same checksum twice)")
+    # Without a cluster to look the generated peer token up in, each render makes a new one;
+    # everything else, the checksum included, is the same.
+    strip = lambda objs: [o for o in objs if not (o.get("kind") == "Secret" and o["metadata"]["name"].endswith("-peer-token"))]
+    check(strip(o1) == strip(o2), "rendering is deterministic (the same checksum twice)")
     print("    checksum/config: follows the settings, stable across renders")
 
 

@@ -81,6 +81,11 @@ pub struct DaemonArgs {
     /// is off anyway with mutual TLS).
     #[arg(long, env = "LOCUS_NO_PEER_WIRE")]
     no_peer_wire: bool,
+    /// Accept any peer that can reach a non-loopback --listen address, without a token or
+    /// mutual TLS. Any such peer can have this node fetch with its credentials and read
+    /// the bytes back: only for networks no one else reaches.
+    #[arg(long, env = "LOCUS_INSECURE_PEERS")]
+    insecure_peers: bool,
     /// An S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, env = "LOCUS_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -126,6 +131,7 @@ pub struct FileConfig {
     peer_tls_ca: Option<PathBuf>,
     peer_tls_name: Option<String>,
     no_peer_wire: Option<bool>,
+    insecure_peers: Option<bool>,
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
@@ -166,6 +172,8 @@ pub struct DaemonConfig {
     pub s3_virtual_hosted: bool,
     pub file_roots: Vec<PathBuf>,
     pub http_allow_private: Vec<ipnet::IpNet>,
+    /// Peers on a non-loopback address accepted without authentication.
+    pub insecure_peers: bool,
 }
 
 impl DaemonConfig {
@@ -196,6 +204,7 @@ impl DaemonConfig {
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
+            format!("insecure-peers = {}", self.insecure_peers),
             format!("peer-wire = {}", self.security.wire_enabled()),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
             format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
@@ -290,6 +299,15 @@ impl DaemonConfig {
             a.peer_tls_name.or(f.peer_tls_name),
         )?;
         security.wire = !(a.no_peer_wire || f.no_peer_wire.unwrap_or(false));
+        let insecure = a.insecure_peers || f.insecure_peers.unwrap_or(false);
+        if let Some(addr) = listen {
+            let open = security.token.is_none() && security.tls.is_none();
+            if open && !addr.ip().is_loopback() && !insecure {
+                return Err(Failure::usage(format!(
+                    "--listen {addr}: peers that can reach this address could have this node fetch with its credentials and read the bytes back; give --peer-token-file FILE (the same token on every node) or mutual TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca), or --insecure-peers if no one else can reach it"
+                )));
+            }
+        }
         let s3_endpoint = a.s3_endpoint.or(f.s3_endpoint);
         if let Some(e) = &s3_endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -362,6 +380,7 @@ impl DaemonConfig {
             s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
             file_roots,
             http_allow_private,
+            insecure_peers: insecure,
         })
     }
 }

@@ -910,6 +910,71 @@ fn write_token(env: &Env, name: &str, token: &str) -> String {
 }
 
 #[test]
+fn a_peer_port_open_to_the_network_needs_authentication() {
+    let env = Env::new();
+    let tok = write_token(&env, "tok", "0123456789abcdef-good-token");
+    let cache = env.path("c");
+    let sock = env.path("s.sock");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(LOCUS)
+            .args(["daemon", "--cache-dir", cache.to_str().unwrap()])
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(extra)
+            .env_remove("LOCUS_CONFIG")
+            .env_remove("LOCUS_INSECURE_PEERS")
+            .output()
+            .unwrap()
+    };
+    let port = free_port();
+    let any = format!("0.0.0.0:{port}");
+    let adv = format!("10.1.2.3:{port}");
+    // Refused before anything starts: one line naming the remedies, exit 2.
+    let o = run(&["--listen", &any, "--advertise", &adv]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("--peer-token-file") && e.contains("--insecure-peers"),
+        "{e}"
+    );
+    assert!(
+        !sock.exists() && !cache.exists(),
+        "nothing was started or made"
+    );
+    // Accepted: with a token, with --insecure-peers said out loud, or on loopback only.
+    let lo = format!("127.0.0.1:{port}");
+    let lo6 = format!("[::1]:{port}");
+    for extra in [
+        vec![
+            "--listen",
+            &any,
+            "--advertise",
+            &adv,
+            "--peer-token-file",
+            &tok,
+        ],
+        vec!["--listen", &any, "--advertise", &adv, "--insecure-peers"],
+        vec!["--listen", &lo],
+        vec!["--listen", &lo6],
+    ] {
+        let mut args = extra.clone();
+        args.push("--check-config");
+        let o = run(&args);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success() && out.contains("config ok"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+        let insecure = extra.contains(&"--insecure-peers");
+        assert!(
+            out.contains(&format!("insecure-peers = {insecure}")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn peers_with_a_token_refuse_a_node_without_it() {
     let env = Env::new();
     let files = random_files(3, 1 << 20, 91);

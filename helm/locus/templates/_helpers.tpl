@@ -51,6 +51,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "locus.cacheDir" -}}/var/cache/locus{{- end }}
 {{- define "locus.mountDir" -}}/mnt/locus{{- end }}
 {{- define "locus.peerTokenFile" -}}/etc/locus/peer/token{{- end }}
+
+{{/* The Secret holding the peer token: the one given, else the chart's own (empty: none). */}}
+{{- define "locus.peerTokenSecret" -}}
+{{- $p := .Values.peerAuth -}}
+{{- if $p.token.existingSecret -}}{{ $p.token.existingSecret }}
+{{- else if not (or $p.tls.existingSecret $p.insecure) -}}{{ include "locus.fullname" . }}-peer-token
+{{- end -}}
+{{- end }}
+
+{{/* The key of the peer token in that Secret. */}}
+{{- define "locus.peerTokenKey" -}}
+{{- if .Values.peerAuth.token.existingSecret -}}{{ .Values.peerAuth.token.key }}{{- else -}}token{{- end -}}
+{{- end }}
 {{- define "locus.peerTlsDir" -}}/etc/locus/peer-tls{{- end }}
 
 {{/* The --membership value, empty for mode "none". */}}
@@ -96,8 +109,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.peerAuth.token.existingSecret $v.peerAuth.tls.existingSecret }}
 {{- fail "peerAuth: set either token.existingSecret or tls.existingSecret, not both" }}
 {{- end }}
-{{- if $v.peerAuth.token.existingSecret }}
+{{- if and $v.peerAuth.insecure (or $v.peerAuth.token.existingSecret $v.peerAuth.tls.existingSecret) }}
+{{- fail "peerAuth: insecure turns authentication off; it cannot go with token.existingSecret or tls.existingSecret" }}
+{{- end }}
+{{- if include "locus.peerTokenSecret" . }}
 {{- $a = concat $a (list "--peer-token-file" (include "locus.peerTokenFile" .)) }}
+{{- end }}
+{{- if $v.peerAuth.insecure }}
+{{- $a = concat $a (list "--insecure-peers") }}
 {{- end }}
 {{- if $v.peerAuth.tls.existingSecret }}
 {{- $d := include "locus.peerTlsDir" . }}
