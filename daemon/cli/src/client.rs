@@ -24,7 +24,8 @@ pub struct WarmArgs {
     /// Skip files whose path matches (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
-    /// Keep the files from eviction.
+    /// Keep the files from eviction on this node (with --scope all-nodes, on the others too
+    /// where they run with --accept-peer-pins).
     #[arg(long)]
     pin: bool,
     /// node: this node holds a full copy; cluster: the owners hold every chunk; all-nodes: every member holds a full copy.
@@ -192,6 +193,7 @@ pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
         check_uri(u)?;
     }
     let mut client = connect(socket).await?;
+    let (pin, scope) = (a.pin, a.scope.clone());
     let summary = warm_with(
         &mut client,
         pb::WarmRequest {
@@ -205,6 +207,9 @@ pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
     )
     .await?;
     println!("{summary}");
+    if pin && scope == "all-nodes" {
+        eprintln!("pinned on this node; other nodes pin only if they run with --accept-peer-pins");
+    }
     Ok(())
 }
 

@@ -86,6 +86,11 @@ pub struct DaemonArgs {
     /// the bytes back: only for networks no one else reaches.
     #[arg(long, env = "LOCUS_INSECURE_PEERS")]
     insecure_peers: bool,
+    /// Pin what a peer's all-nodes warm asks to pin (`locus warm --pin --scope all-nodes` on
+    /// another node). Off: pinning is this node's decision alone, and peers cannot fill its
+    /// disk with files that are never evicted.
+    #[arg(long, env = "LOCUS_ACCEPT_PEER_PINS")]
+    accept_peer_pins: bool,
     /// An S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, env = "LOCUS_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -132,6 +137,7 @@ pub struct FileConfig {
     peer_tls_name: Option<String>,
     no_peer_wire: Option<bool>,
     insecure_peers: Option<bool>,
+    accept_peer_pins: Option<bool>,
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
@@ -174,6 +180,8 @@ pub struct DaemonConfig {
     pub http_allow_private: Vec<ipnet::IpNet>,
     /// Peers on a non-loopback address accepted without authentication.
     pub insecure_peers: bool,
+    /// Pins asked for by peers' warms are taken.
+    pub accept_peer_pins: bool,
 }
 
 impl DaemonConfig {
@@ -205,6 +213,7 @@ impl DaemonConfig {
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
             format!("insecure-peers = {}", self.insecure_peers),
+            format!("accept-peer-pins = {}", self.accept_peer_pins),
             format!("peer-wire = {}", self.security.wire_enabled()),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
             format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
@@ -381,6 +390,7 @@ impl DaemonConfig {
             file_roots,
             http_allow_private,
             insecure_peers: insecure,
+            accept_peer_pins: a.accept_peer_pins || f.accept_peer_pins.unwrap_or(false),
         })
     }
 }

@@ -128,6 +128,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             chunk_size: cfg.chunk_size,
             concurrency: cfg.concurrency,
             metadata_ttl: cfg.metadata_ttl,
+            accept_peer_pins: cfg.accept_peer_pins,
             ..NodeConfig::default()
         },
         cluster.clone(),

@@ -910,6 +910,28 @@ fn write_token(env: &Env, name: &str, token: &str) -> String {
 }
 
 #[test]
+fn pinning_is_each_nodes_own_decision() {
+    for accept in [false, true] {
+        let env = Env::new();
+        let files = random_files(3, 300_000, 77);
+        env.sim.commit("model", REPO, files.clone());
+        let extra: &[&str] = if accept { &["--accept-peer-pins"] } else { &[] };
+        let (ds, _) = static_cluster(&env, 2, extra);
+        ds[0].ok(&["warm", "hf://acme/model", "--scope", "all-nodes", "--pin"]);
+        let pinned = |d: &Daemon| d.json(&["status", "--json"])["pinned"].as_u64().unwrap();
+        let held = |d: &Daemon| d.json(&["status", "--json"])["files"].as_u64().unwrap();
+        assert_eq!(pinned(&ds[0]), 3, "the node asked pins");
+        // The peer holds a full copy either way; it pins only if it says it accepts peers' pins.
+        assert_eq!(held(&ds[1]), 3);
+        assert_eq!(
+            pinned(&ds[1]),
+            if accept { 3 } else { 0 },
+            "accept = {accept}"
+        );
+    }
+}
+
+#[test]
 fn a_peer_port_open_to_the_network_needs_authentication() {
     let env = Env::new();
     let tok = write_token(&env, "tok", "0123456789abcdef-good-token");

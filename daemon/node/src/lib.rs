@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub metadata_ttl: Duration,
     /// Retries of chunk fetches whose body broke off.
     pub retry: RetryPolicy,
+    /// Pin what a peer's all-nodes warm asks to pin (pinning is otherwise a local decision).
+    pub accept_peer_pins: bool,
 }
 
 impl Default for NodeConfig {
@@ -74,6 +76,7 @@ impl Default for NodeConfig {
             concurrency: 16,
             metadata_ttl: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            accept_peer_pins: false,
         }
     }
 }
@@ -197,11 +200,16 @@ pub struct Node {
     peers: Option<Arc<dyn peer::PeerTransport>>,
     /// Peer requests being served now (the load this node reports).
     serving: AtomicU32,
+    /// Chunk copies peers started here in the background (bounded: they cannot queue work).
+    background: Arc<Semaphore>,
 }
+
+/// Background chunk copies peers may have under way on a node at once.
+pub(crate) const MAX_BACKGROUND_COPIES: usize = 64;
 
 /// After an object changed under a listing, answers older than this are not taken (a burst of
 /// readers that hit the change still costs one listing).
-const RELIST_AGE: Duration = Duration::from_secs(1);
+pub(crate) const RELIST_AGE: Duration = Duration::from_secs(1);
 
 /// Listings, prefixes and namespaces marked stale kept in memory at most.
 const MAX_LISTINGS: usize = 4096;
@@ -269,6 +277,7 @@ impl Node {
             cluster,
             peers,
             serving: AtomicU32::new(0),
+            background: Arc::new(Semaphore::new(MAX_BACKGROUND_COPIES)),
         })
     }
 

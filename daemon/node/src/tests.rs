@@ -17,6 +17,8 @@ use crate::{Node, NodeConfig, WarmProgress};
 
 struct MemOrigin {
     files: HashMap<String, Bytes>,
+    /// Reads wait for a permit here, when set.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait]
@@ -42,6 +44,9 @@ impl Origin for MemOrigin {
     }
 
     async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
+        if let Some(g) = &self.gate {
+            let _ = g.acquire().await;
+        }
         let b = self.files[&file.locator].slice(range.start as usize..range.end as usize);
         // Two pieces, so a write batch spans several network reads.
         let mid = b.len() / 2;
@@ -51,9 +56,18 @@ impl Origin for MemOrigin {
 }
 
 fn node(data: Bytes, fail: u32) -> (Arc<Node>, Arc<FaultyOrigin<MemOrigin>>, tempfile::TempDir) {
+    gated_node(data, fail, None)
+}
+
+fn gated_node(
+    data: Bytes,
+    fail: u32,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+) -> (Arc<Node>, Arc<FaultyOrigin<MemOrigin>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let origin = FaultyOrigin::new(MemOrigin {
         files: [("w.bin".to_string(), data)].into(),
+        gate,
     });
     origin.fail_reads.store(fail, Ordering::SeqCst);
     let store = Store::open(dir.path(), 1 << 30).unwrap();
@@ -139,4 +153,68 @@ async fn persistent_failures_surface_as_errors() {
             .await,
         Err(crate::NodeError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn a_peer_cannot_make_a_node_ask_the_origin_more_than_once_per_relist_age() {
+    use locus_grpc::v1 as pb;
+    use locus_grpc::v1::peer_server::Peer;
+    let (n, origin, _dir) = node(data(), 0);
+    let svc = crate::peer::server::PeerService::new(n);
+    // A peer asks for an answer 1 ms fresh, every 2 ms.
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        svc.resolve(tonic::Request::new(pb::ResolveRequest {
+            namespace: "hf://acme/m".into(),
+            revision: "main".into(),
+            max_age_ms: 1,
+        }))
+        .await
+        .unwrap();
+    }
+    assert_eq!(origin.resolves.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_cannot_queue_unbounded_background_copies() {
+    use locus_grpc::v1 as pb;
+    // 200 chunks of 64 KiB, and an origin that never answers.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (n, _origin, _dir) = gated_node(Bytes::from(vec![7u8; 200 << 16]), 0, Some(gate));
+    let uri = LocusUri::parse("hf://acme/m").unwrap();
+    let file = n.resolve(&uri).await.unwrap().files.remove(0);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    // A peer asks each chunk "local only" as a less loaded candidate: each miss may start a
+    // background copy for the next reader.
+    for index in 0..200 {
+        let req = pb::ChunkRequest {
+            file: Some(pb::FileRef {
+                uri: file.uri.clone(),
+                key: file.key.clone(),
+                size: file.size,
+                namespace: String::new(),
+                revision: String::new(),
+            }),
+            chunk_size: 64 << 10,
+            index,
+            hops: 1,
+            header_only: false,
+            local_only: true,
+        };
+        let r = n.prepare_chunk(req).await;
+        assert!(matches!(r, Err(s) if s.code() == tonic::Code::NotFound));
+    }
+    // Each copy and its single-flight fetch task: at most 128 with the bound (84 to 128
+    // measured, as the fetches start), 215 and more without it.
+    let started = tasks() - before;
+    assert!(
+        started <= 2 * crate::MAX_BACKGROUND_COPIES + 8,
+        "{started} background copies queued for one peer's 200 requests"
+    );
+    assert!(started >= 16, "copies do start ({started})");
 }

@@ -16,6 +16,8 @@ pub struct FaultyOrigin<O> {
     pub fail_reads: AtomicU32,
     /// Reads attempted (failed ones included).
     pub reads: AtomicU64,
+    /// Revisions resolved.
+    pub resolves: AtomicU64,
 }
 
 impl<O: Origin> FaultyOrigin<O> {
@@ -25,6 +27,7 @@ impl<O: Origin> FaultyOrigin<O> {
             inner,
             fail_reads: AtomicU32::new(0),
             reads: AtomicU64::new(0),
+            resolves: AtomicU64::new(0),
         })
     }
 }
@@ -32,6 +35,8 @@ impl<O: Origin> FaultyOrigin<O> {
 #[async_trait]
 impl<O: Origin> Origin for FaultyOrigin<O> {
     async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
+        self.resolves
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.resolve(ns, revision).await
     }
 

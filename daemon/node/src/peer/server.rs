@@ -231,11 +231,16 @@ impl Node {
         }
         if req.local_only && h.crc(idx).is_none() {
             if req.hops > 0 {
-                // Asked as a less loaded candidate: copy the chunk for the next reader.
-                let node = self.clone();
-                tokio::spawn(async move {
-                    let _ = node.ensure_chunk(&file, &h, idx).await;
-                });
+                // Asked as a less loaded candidate: copy the chunk for the next reader, if
+                // fewer than MAX_BACKGROUND_COPIES copies are under way (peers cannot queue
+                // unbounded work here; the reader is served elsewhere either way).
+                if let Ok(permit) = self.background.clone().try_acquire_owned() {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let _ = node.ensure_chunk(&file, &h, idx).await;
+                        drop(permit);
+                    });
+                }
             }
             return Err(Status::not_found("chunk not cached here"));
         }
@@ -377,9 +382,12 @@ impl Peer for PeerService {
         let r = request.into_inner();
         let ns = namespace(&r.namespace)?;
         revision("revision", &r.revision)?;
+        // A peer may ask for a fresher answer than the TTL (a listing it found out of date),
+        // but not fresher than RELIST_AGE: however many ask, the origin is asked at most once
+        // per RELIST_AGE for a namespace.
         let max_age = match r.max_age_ms {
             0 => Duration::MAX,
-            ms => Duration::from_millis(ms),
+            ms => Duration::from_millis(ms).max(crate::RELIST_AGE),
         };
         let (id, age) = self.node.revision_local(&ns, &r.revision, max_age).await?;
         Ok(Response::new(pb::ResolveResponse {
@@ -413,10 +421,18 @@ impl Peer for PeerService {
             check_field("uri or glob", s, false).map_err(invalid)?;
         }
         let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
+        // Pinning is this node's decision: a peer's pin is taken only where configured.
+        let pin = r.pin && self.node.cfg.accept_peer_pins;
+        if r.pin && !pin {
+            tracing::info!(
+                files = files.len(),
+                "a peer's warm asked to pin; not pinned here (--accept-peer-pins is off)"
+            );
+        }
         Ok(Response::new(warm_stream(
             self.node.clone(),
             files,
-            r.pin,
+            pin,
             crate::service::Scope::Node,
         )))
     }
