@@ -15,6 +15,19 @@ pub type Client = locus_grpc::LocalClient;
 
 #[derive(Args)]
 pub struct WarmArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Keep the files from eviction on this node (with --scope all-nodes, on the others too
+    /// where they run with --accept-peer-pins).
+    #[arg(long)]
+    pin: bool,
+    /// node: this node holds a full copy; cluster: the owners hold every chunk; all-nodes: every member holds a full copy.
+    #[arg(long, default_value = "node", value_parser = ["node", "cluster", "all-nodes"])]
+    scope: String,
+}
+
+#[derive(Args)]
+pub struct SelectArgs {
     /// Repos, folders or files, e.g. hf://ORG/NAME@REV.
     #[arg(required = true)]
     uris: Vec<String>,
@@ -24,13 +37,39 @@ pub struct WarmArgs {
     /// Skip files whose path matches (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
-    /// Keep the files from eviction on this node (with --scope all-nodes, on the others too
-    /// where they run with --accept-peer-pins).
-    #[arg(long)]
-    pin: bool,
-    /// node: this node holds a full copy; cluster: the owners hold every chunk; all-nodes: every member holds a full copy.
-    #[arg(long, default_value = "node", value_parser = ["node", "cluster", "all-nodes"])]
-    scope: String,
+}
+
+/// `locus unpin` (`evict: false`) or `locus evict`: one line saying what was done.
+pub async fn unpin_or_evict(socket: &Path, a: SelectArgs, evict: bool) -> Result<(), Failure> {
+    for u in &a.uris {
+        check_uri(u)?;
+    }
+    let mut client = connect(socket).await?;
+    let req = pb::SelectRequest {
+        uris: a.uris,
+        include: a.include,
+        exclude: a.exclude,
+    };
+    let r = match evict {
+        true => client.evict(req).await,
+        false => client.unpin(req).await,
+    }
+    .map_err(status_failure)?
+    .into_inner();
+    let verb = if evict { "evicted" } else { "unpinned" };
+    let mut line = format!(
+        "{verb} {} files ({})",
+        r.files,
+        locus_core::format_size(r.bytes)
+    );
+    if r.not_cached > 0 {
+        line.push_str(&format!("; {} not cached here", r.not_cached));
+    }
+    if r.in_use > 0 {
+        line.push_str(&format!("; {} in use, left", r.in_use));
+    }
+    println!("{line}");
+    Ok(())
 }
 
 fn check_uri(s: &str) -> Result<LocusUri, Failure> {
@@ -189,7 +228,7 @@ pub async fn warm_with(
 }
 
 pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
-    for u in &a.uris {
+    for u in &a.select.uris {
         check_uri(u)?;
     }
     let mut client = connect(socket).await?;
@@ -197,9 +236,9 @@ pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
     let summary = warm_with(
         &mut client,
         pb::WarmRequest {
-            uris: a.uris,
-            include: a.include,
-            exclude: a.exclude,
+            uris: a.select.uris,
+            include: a.select.include,
+            exclude: a.select.exclude,
             pin: a.pin,
             scope: a.scope,
         },

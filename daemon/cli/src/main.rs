@@ -35,6 +35,11 @@ enum Cmd {
     Daemon(Box<config::DaemonArgs>),
     /// Make every selected file fully cached and verified.
     Warm(client::WarmArgs),
+    /// Let the selected files be evicted again (clears `warm --pin` on this node).
+    Unpin(client::SelectArgs),
+    /// Remove the selected files from this node's cache now, pinned or not (files being read
+    /// are left).
+    Evict(client::SelectArgs),
     /// Write a file's bytes to stdout.
     Cat {
         /// The file, e.g. hf://ORG/NAME/config.json.
@@ -136,6 +141,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             daemon::run(cfg).await.map_err(Failure::from)
         }
         Cmd::Warm(args) => client::warm(&socket, args).await,
+        Cmd::Unpin(args) => client::unpin_or_evict(&socket, args, false).await,
+        Cmd::Evict(args) => client::unpin_or_evict(&socket, args, true).await,
         Cmd::Cat { uri } => client::cat(&socket, &uri).await,
         Cmd::Ls { uri, json } => client::ls(&socket, &uri, json).await,
         Cmd::Status { json } => client::status(&socket, json).await,

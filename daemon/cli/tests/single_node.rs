@@ -455,6 +455,52 @@ fn lru_eviction_above_capacity_spares_pinned_files() {
 }
 
 #[test]
+fn unpin_and_evict_give_the_room_back() {
+    let env = Env::new();
+    let a = random_files(2, 1 << 20, 11);
+    let b = random_files(1, 2 << 20, 12);
+    env.sim.commit("model", "acme/a", a.clone());
+    env.sim.commit("model", "acme/b", b.clone());
+    let d = env.daemon(
+        "n",
+        &["--cache-size", "3MiB", "--chunk-size", "256KiB"],
+        &[],
+    );
+    let status = || d.json(&["status", "--json"]);
+    d.ok(&["warm", "hf://acme/a", "--pin"]);
+    assert_eq!(status()["pinned"].as_u64(), Some(2));
+    // Pinned, a leaves no room for b.
+    assert_eq!(d.locus(&["warm", "hf://acme/b"]).status.code(), Some(1));
+    let out = String::from_utf8(d.ok(&["unpin", "hf://acme/a"])).unwrap();
+    assert!(out.contains("unpinned 2 files"), "{out}");
+    assert_eq!(status()["pinned"].as_u64(), Some(0));
+    // Unpinned, a is evicted as b needs the room.
+    d.ok(&["warm", "hf://acme/b"]);
+    // Evict takes b out now, pinned or not; what is not cached is counted, not an error.
+    d.ok(&["warm", "hf://acme/b", "--pin"]);
+    let held = status()["files"].as_u64().unwrap();
+    assert!((1..3).contains(&held), "b and what of a still fits: {held}");
+    let out = String::from_utf8(d.ok(&["evict", "hf://acme/b", "hf://acme/a"])).unwrap();
+    assert!(
+        out.contains(&format!("evicted {held} files"))
+            && out.contains(&format!("{} not cached here", 3 - held)),
+        "{out}"
+    );
+    let st = status();
+    assert_eq!(
+        (st["files"].as_u64(), st["cache_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Gone from the cache, never from the origin: read again, fetched again.
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/b/{}", b[0].0)]),
+        b[0].1.to_vec()
+    );
+    // A bad selection is a usage error.
+    assert_eq!(d.locus(&["evict", "hf:/x"]).status.code(), Some(2));
+}
+
+#[test]
 fn metrics_and_healthz() {
     let (env, _) = model_env();
     let port = free_port();

@@ -230,6 +230,30 @@ impl LocalService {
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+impl LocalService {
+    /// Calls `act` on the key of every file `r` selects and counts the outcomes (`Freed`:
+    /// done, with the bytes the file takes here).
+    async fn on_selected(
+        &self,
+        r: pb::SelectRequest,
+        act: impl Fn(&str) -> locus_store::Evicted,
+    ) -> Result<Response<pb::SelectResponse>, Status> {
+        let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
+        let mut out = pb::SelectResponse::default();
+        for f in &files {
+            match act(&f.key) {
+                locus_store::Evicted::Freed(bytes) => {
+                    out.files += 1;
+                    out.bytes += bytes;
+                }
+                locus_store::Evicted::NotCached => out.not_cached += 1,
+                locus_store::Evicted::InUse => out.in_use += 1,
+            }
+        }
+        Ok(Response::new(out))
+    }
+}
+
 #[tonic::async_trait]
 impl Local for LocalService {
     type WarmStream = BoxStream<pb::WarmProgress>;
@@ -425,6 +449,33 @@ impl Local for LocalService {
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
             age_ms: age.as_millis() as u64,
         }))
+    }
+
+    async fn unpin(
+        &self,
+        request: Request<pb::SelectRequest>,
+    ) -> Result<Response<pb::SelectResponse>, Status> {
+        let store = &self.node.store;
+        self.on_selected(request.into_inner(), |key| match store.held(key) {
+            Some((bytes, _)) => {
+                store.set_pinned(key, false);
+                locus_store::Evicted::Freed(bytes)
+            }
+            None => locus_store::Evicted::NotCached,
+        })
+        .await
+    }
+
+    async fn evict(
+        &self,
+        request: Request<pb::SelectRequest>,
+    ) -> Result<Response<pb::SelectResponse>, Status> {
+        let out = self
+            .on_selected(request.into_inner(), |key| self.node.store.evict(key))
+            .await;
+        // Evicted files are gone from the index before the answer.
+        self.node.store.flush();
+        out
     }
 
     async fn status(

@@ -466,20 +466,46 @@ impl Store {
             if st.used + needed <= limit {
                 break;
             }
-            if let Some(e) = st.files.remove(&key) {
-                st.used -= e.bytes;
-                tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
-                metrics::counter!("locus_evictions_total").increment(1);
-                metrics::counter!("locus_evicted_bytes_total").increment(e.bytes);
-                self.index.send(Op::RemoveFile {
-                    key,
-                    id: e.rec.id,
-                    unlink: Some(self.data_dir.join(e.rec.id.to_string())),
-                });
-            }
+            self.remove_locked(st, &key);
         }
         self.publish_gauges(st);
         st.used + needed <= limit
+    }
+
+    /// Takes `key` out of the cache: its record, its bytes, its data file. Returns its bytes.
+    fn remove_locked(&self, st: &mut State, key: &str) -> Option<u64> {
+        let e = st.files.remove(key)?;
+        st.used -= e.bytes;
+        tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
+        metrics::counter!("locus_evictions_total").increment(1);
+        metrics::counter!("locus_evicted_bytes_total").increment(e.bytes);
+        self.index.send(Op::RemoveFile {
+            key: key.to_string(),
+            id: e.rec.id,
+            unlink: Some(self.data_dir.join(e.rec.id.to_string())),
+        });
+        Some(e.bytes)
+    }
+
+    /// Removes `key` from the cache now, pinned or not: `Ok(Some(bytes))` freed, `Ok(None)`
+    /// when it is not cached, [`Evicted::InUse`] when a reader has it open (left as it is:
+    /// a cache file is never taken from under a reader).
+    pub fn evict(&self, key: &str) -> Evicted {
+        let mut st = self.lock();
+        let Some(e) = st.files.get(key) else {
+            return Evicted::NotCached;
+        };
+        if e.users > 0 {
+            return Evicted::InUse;
+        }
+        let bytes = self.remove_locked(&mut st, key).unwrap_or(0);
+        self.publish_gauges(&st);
+        Evicted::Freed(bytes)
+    }
+
+    /// Bytes `key` takes here and whether it is pinned, if it is cached.
+    pub fn held(&self, key: &str) -> Option<(u64, bool)> {
+        self.lock().files.get(key).map(|e| (e.bytes, e.rec.pinned))
     }
 
     /// Frees room after the disk said ENOSPC: evicts unused files worth `needed` bytes.
@@ -531,6 +557,17 @@ impl Store {
             }
         }
     }
+}
+
+/// What [`Store::evict`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// Removed; its bytes.
+    Freed(u64),
+    /// Not in the cache.
+    NotCached,
+    /// A reader has it open: left.
+    InUse,
 }
 
 impl Drop for FileHandle {
