@@ -81,6 +81,10 @@ pub struct DaemonArgs {
     /// is off anyway with mutual TLS).
     #[arg(long, env = "LOCUS_NO_PEER_WIRE")]
     no_peer_wire: bool,
+    /// The group that may use the local API socket (a name or a GID): the socket is made
+    /// 0660 owner root (or the daemon's user) and this group; none: the daemon's own group.
+    #[arg(long, env = "LOCUS_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// Accept any peer that can reach a non-loopback --listen address, without a token or
     /// mutual TLS. Any such peer can have this node fetch with its credentials and read
     /// the bytes back: only for networks no one else reaches.
@@ -138,6 +142,7 @@ pub struct FileConfig {
     no_peer_wire: Option<bool>,
     insecure_peers: Option<bool>,
     accept_peer_pins: Option<bool>,
+    socket_group: Option<String>,
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
@@ -182,6 +187,8 @@ pub struct DaemonConfig {
     pub insecure_peers: bool,
     /// Pins asked for by peers' warms are taken.
     pub accept_peer_pins: bool,
+    /// The group the local API socket belongs to.
+    pub socket_group: Option<nix::unistd::Gid>,
 }
 
 impl DaemonConfig {
@@ -214,6 +221,10 @@ impl DaemonConfig {
             format!("peer-tls = {}", self.security.tls.is_some()),
             format!("insecure-peers = {}", self.insecure_peers),
             format!("accept-peer-pins = {}", self.accept_peer_pins),
+            format!(
+                "socket-group = {}",
+                opt(self.socket_group.map(|g| g.to_string()))
+            ),
             format!("peer-wire = {}", self.security.wire_enabled()),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
             format!("s3-virtual-hosted = {}", self.s3_virtual_hosted),
@@ -391,7 +402,24 @@ impl DaemonConfig {
             http_allow_private,
             insecure_peers: insecure,
             accept_peer_pins: a.accept_peer_pins || f.accept_peer_pins.unwrap_or(false),
+            socket_group: match a.socket_group.or(f.socket_group) {
+                Some(g) => Some(group(&g)?),
+                None => None,
+            },
         })
+    }
+}
+
+/// A group by name or number.
+fn group(g: &str) -> Result<nix::unistd::Gid, Failure> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(grp)) => Ok(grp.gid),
+        _ => Err(Failure::usage(format!(
+            "--socket-group {g:?}: no such group (give a name or a GID)"
+        ))),
     }
 }
 

@@ -135,7 +135,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         transport,
     );
 
-    let listener = bind_socket(&cfg.socket).await?;
+    let listener = bind_socket(&cfg.socket, cfg.socket_group).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -271,11 +271,28 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the local API socket, replacing a stale socket file but never a live daemon's.
-async fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
+/// Binds the local API socket, replacing a stale socket file but never a live daemon's. The
+/// socket is 0660 (its group: `group`, else the daemon's), in a folder made 0750 if it is made
+/// here: the local API warms, pins, evicts and reads anything, so only its owner and group
+/// may use it.
+async fn bind_socket(
+    path: &std::path::Path,
+    group: Option<nix::unistd::Gid>,
+) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
+            if let Some(g) = group {
+                nix::unistd::chown(parent, None, Some(g)).with_context(|| {
+                    format!("--socket-group: cannot chown {}", parent.display())
+                })?;
+            }
+        }
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -287,7 +304,15 @@ async fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("--socket: cannot remove stale {}", path.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("--socket {}: cannot listen", path.display()))
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("--socket {}: cannot listen", path.display()))?;
+    if let Some(g) = group {
+        nix::unistd::chown(path, None, Some(g))
+            .with_context(|| format!("--socket-group: cannot chown {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("--socket {}: cannot set its mode", path.display()))?;
+    Ok(listener)
 }
 
 /// Serves the namespace view (`DIR/hf/ORG/NAME[@REV]/…`) from this daemon, through its own

@@ -501,6 +501,57 @@ fn unpin_and_evict_give_the_room_back() {
 }
 
 #[test]
+fn the_local_socket_is_for_its_owner_and_group_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let (env, _) = model_env();
+    // Reachable by path for other users: only the socket's own mode and group decide.
+    std::fs::set_permissions(env.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = env.daemon("n", &["--socket-group", "4242"], &[]);
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
+    assert_eq!(meta.gid(), 4242, "socket group");
+    let as_user = |gid: u32| {
+        std::process::Command::new(LOCUS)
+            .args(["status", "--socket", d.socket.to_str().unwrap()])
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    // Another user outside the group cannot use the local API.
+    let o = as_user(65534);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).to_lowercase().contains("permission denied"),
+        "{}",
+        stderr(&o)
+    );
+    // One in the group can.
+    let o = as_user(4242);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A folder the daemon makes for its socket is 0750, in the socket's group.
+    let dir = env.path("run/locus");
+    let sock = dir.join("locus.sock");
+    let mut child = std::process::Command::new(LOCUS)
+        .args(["daemon", "--cache-dir", env.path("c2").to_str().unwrap()])
+        .args(["--socket", sock.to_str().unwrap(), "--socket-group", "4242"])
+        .env_remove("LOCUS_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&dir).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(meta.mode() & 0o777, 0o750, "socket folder mode");
+    assert_eq!(meta.gid(), 4242, "socket folder group");
+}
+
+#[test]
 fn metrics_and_healthz() {
     let (env, _) = model_env();
     let port = free_port();
