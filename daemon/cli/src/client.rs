@@ -65,8 +65,10 @@ pub async fn unpin_or_evict(socket: &Path, a: SelectArgs, evict: bool) -> Result
     if r.not_cached > 0 {
         line.push_str(&format!("; {} not cached here", r.not_cached));
     }
-    if r.in_use > 0 {
-        line.push_str(&format!("; {} in use, left", r.in_use));
+    match (evict, r.in_use) {
+        (_, 0) => {}
+        (true, n) => line.push_str(&format!("; {n} in use, left")),
+        (false, n) => line.push_str(&format!("; {n} were not pinned")),
     }
     println!("{line}");
     Ok(())

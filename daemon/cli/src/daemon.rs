@@ -304,15 +304,34 @@ async fn bind_socket(
         std::fs::remove_file(path)
             .with_context(|| format!("--socket: cannot remove stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("--socket {}: cannot listen", path.display()))?;
-    if let Some(g) = group {
-        nix::unistd::chown(path, None, Some(g))
-            .with_context(|| format!("--socket-group: cannot chown {}", path.display()))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("--socket {}: cannot set its mode", path.display()))?;
-    Ok(listener)
+    // Bound in a private folder, given its owner and mode there, then moved into place: no
+    // one can connect while it still has the umask's mode.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let private = parent.join(format!(".locus-socket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("--socket: cannot create {}", private.display()))?;
+    let staged = private.join("s");
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let listener = UnixListener::bind(&staged)
+            .with_context(|| format!("--socket {}: cannot listen", path.display()))?;
+        if let Some(g) = group {
+            nix::unistd::chown(&staged, None, Some(g))
+                .with_context(|| format!("--socket-group: cannot chown {}", path.display()))?;
+        }
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("--socket {}: cannot set its mode", path.display()))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("--socket {}: cannot move it into place", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Serves the namespace view (`DIR/hf/ORG/NAME[@REV]/…`) from this daemon, through its own

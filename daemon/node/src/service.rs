@@ -232,7 +232,7 @@ pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 
 impl LocalService {
     /// Calls `act` on the key of every file `r` selects and counts the outcomes (`Freed`:
-    /// done, with the bytes the file takes here).
+    /// done, with the bytes the file takes here; `InUse`: left as it is).
     async fn on_selected(
         &self,
         r: pb::SelectRequest,
@@ -456,11 +456,13 @@ impl Local for LocalService {
         request: Request<pb::SelectRequest>,
     ) -> Result<Response<pb::SelectResponse>, Status> {
         let store = &self.node.store;
+        // Counted: the files that were pinned (cached but not pinned: nothing to do).
         self.on_selected(request.into_inner(), |key| match store.held(key) {
-            Some((bytes, _)) => {
+            Some((bytes, true)) => {
                 store.set_pinned(key, false);
                 locus_store::Evicted::Freed(bytes)
             }
+            Some((_, false)) => locus_store::Evicted::InUse,
             None => locus_store::Evicted::NotCached,
         })
         .await
@@ -474,7 +476,8 @@ impl Local for LocalService {
             .on_selected(request.into_inner(), |key| self.node.store.evict(key))
             .await;
         // Evicted files are gone from the index before the answer.
-        self.node.store.flush();
+        let store = self.node.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
         out
     }
 

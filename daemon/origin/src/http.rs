@@ -81,25 +81,38 @@ fn spool_time_limit(size: u64) -> Duration {
 type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
 
 /// Where cloud metadata services answer: link-local addresses, AWS's IPv6 endpoint
-/// (`fd00:ec2::254`, and `fd00:ec2::23` for its DNS) and Alibaba's `100.100.100.200`.
+/// (`fd00:ec2::254`, and `fd00:ec2::23` for its DNS), GCP's (`fd20:ce::254`), Alibaba's
+/// `100.100.100.200` and Oracle Cloud Classic's `192.0.0.192`.
 fn link_local(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V4(v4) => {
+            v4.is_link_local() || [[100, 100, 100, 200], [192, 0, 0, 192]].contains(&v4.octets())
+        }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            (s[0] & 0xffc0) == 0xfe80 || (s[0] == 0xfd00 && s[1] == 0x0ec2)
+            (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0xfd00 && s[1] == 0x0ec2)
+                || (s[0] == 0xfd20 && s[1] == 0x00ce)
         }
     }
 }
 
-/// The IPv4 address an IPv6 one stands for (IPv4-mapped, or NAT64's `64:ff9b::/96`).
+/// The IPv4 address an IPv6 one stands for or carries: IPv4-mapped, IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96` and the local-use `64:ff9b:1::/48`), 6to4
+/// (`2002:AABB:CCDD::/48`).
 fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = v6.segments();
-    (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
-        .then(|| std::net::Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32))
+    let low = || std::net::Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32);
+    if s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1) {
+        return Some(low());
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1) {
+        return Some(low());
+    }
+    (s[0] == 0x2002).then(|| std::net::Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32))
 }
 
 /// Why an address is not fetched from unless its network is allowed; `None`: a public one.
@@ -113,6 +126,8 @@ fn private_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("a private address")
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
                 Some("a shared (CGNAT) address")
+            } else if (o[0], o[1], o[2]) == (192, 0, 0) || (o[0] == 198 && (o[1] & 0xfe) == 18) {
+                Some("a special-purpose address")
             } else if o[0] == 0 || v4.is_broadcast() || v4.is_multicast() || o[0] >= 240 {
                 Some("not a unicast address")
             } else {
@@ -126,8 +141,10 @@ fn private_kind(ip: IpAddr) -> Option<&'static str> {
             let s = v6.segments();
             if v6.is_loopback() {
                 Some("a loopback address")
-            } else if (s[0] & 0xfe00) == 0xfc00 {
+            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
                 Some("a private address")
+            } else if s[0] == 0x2001 && s[1] == 0 {
+                Some("a tunnel (Teredo) address")
             } else if v6.is_unspecified() || v6.is_multicast() {
                 Some("not a unicast address")
             } else {
@@ -710,6 +727,14 @@ mod tests {
             "http://[::]/x",
             "http://[::ffff:10.0.0.1]/x",
             "http://[64:ff9b::a00:1]/x",
+            "http://[64:ff9b:1::a00:1]/x",
+            "http://[::10.0.0.1]/x",
+            "http://[2002:a00:1::1]/x",
+            "http://[2001:0:4136:e378::1]/x",
+            "http://[fec0::1]/x",
+            "http://[fd20:ce::254]/computeMetadata/",
+            "http://192.0.0.192/latest/",
+            "http://198.18.0.1/x",
             "http://224.0.0.1/x",
         ] {
             assert!(
@@ -718,13 +743,28 @@ mod tests {
             );
         }
         assert!(o.url(&http("http://93.184.215.14/x")).is_ok());
+        assert!(o
+            .url(&http("http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/x"))
+            .is_ok());
+        assert!(
+            o.url(&http("http://[2002:5db8:d70e::1]/x")).is_ok(),
+            "6to4 of a public address"
+        );
         assert!(o.url(&http("http://example.org/x")).is_ok());
         // An allowed network opens its addresses, but never the metadata services.
-        let o = origin(&["127.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16"], &[]);
+        let o = origin(
+            &["127.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "fd00::/8"],
+            &[],
+        );
         assert!(o.url(&http("http://127.0.0.1:8/x")).is_ok());
         assert!(o.url(&http("http://[::ffff:10.0.0.1]/x")).is_ok());
         assert!(o.url(&http("http://192.168.1.1/x")).is_err());
         assert!(o.url(&http("http://169.254.169.254/x")).is_err());
+        assert!(
+            o.url(&http("http://[fd20:ce::254]/x")).is_err(),
+            "GCP metadata in an allowed ULA"
+        );
+        assert!(o.url(&http("http://[fd12::1]/x")).is_ok());
     }
 
     /// A server on loopback that answers every request with a redirect to `location`.
