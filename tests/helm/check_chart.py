@@ -515,6 +515,31 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
         if s:
             check(s.get("peer-wire") == "true", f"{label}: chunk bodies between peers on the chunk wire")
 
+    # NetworkPolicy: the peer port from locus pods only, metrics from the listed namespaces.
+    nps = find(objs, "NetworkPolicy")
+    if v["networkPolicy"]["enabled"]:
+        if check(len(nps) == 1, f"{label}: one NetworkPolicy"):
+            np_ = nps[0]["spec"]
+            sel = ds["spec"]["selector"]["matchLabels"]
+            check(np_["podSelector"]["matchLabels"] == sel, f"{label}: the NetworkPolicy selects the daemon pods")
+            check(np_["policyTypes"] == ["Ingress"], f"{label}: the NetworkPolicy governs ingress")
+            rules = np_.get("ingress", [])
+            peer_rule = [r for r in rules if [p["port"] for p in r["ports"]] == [pport]]
+            check(len(peer_rule) == 1 and peer_rule[0]["from"] == [{"podSelector": {"matchLabels": sel}}],
+                  f"{label}: the peer port {pport} only from the daemon pods")
+            mns = v["networkPolicy"]["metricsNamespaces"]
+            metric_rule = [r for r in rules if [p["port"] for p in r["ports"]] == [mport]]
+            if mns:
+                check(len(metric_rule) == 1 and metric_rule[0]["from"] == [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": mns}]}}],
+                      f"{label}: metrics only from namespaces {mns}")
+            else:
+                check(not metric_rule, f"{label}: no metrics ingress without metricsNamespaces")
+            check(len(rules) == len(peer_rule) + len(metric_rule), f"{label}: no other ingress")
+            check(all(p.get("protocol") == "TCP" for r in rules for p in r["ports"]), f"{label}: TCP ports")
+    else:
+        check(not nps, f"{label}: no NetworkPolicy")
+
     # Metrics Service and ServiceMonitor.
     msvc = find(objs, "Service", "-metrics")
     sms = find(objs, "ServiceMonitor")
