@@ -224,7 +224,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let namespace = match &cfg.mount {
-        Some(dir) => Some(mount_namespace(dir, &cfg.socket, &cfg).await?),
+        Some(dir) => Some(mount_namespace(dir, &cfg).await?),
         None => None,
     };
     tracing::info!(
@@ -280,18 +280,19 @@ async fn bind_socket(
     group: Option<nix::unistd::Gid>,
 ) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)
-                .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
-            if let Some(g) = group {
-                nix::unistd::chown(parent, None, Some(g)).with_context(|| {
-                    format!("--socket-group: cannot chown {}", parent.display())
-                })?;
-            }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
+        if let Some(g) = group {
+            nix::unistd::chown(parent, None, Some(g))
+                .with_context(|| format!("--socket-group: cannot chown {}", parent.display()))?;
         }
     }
     if path.exists() {
@@ -306,10 +307,6 @@ async fn bind_socket(
     }
     // Bound in a private folder, given its owner and mode there, then moved into place: no
     // one can connect while it still has the umask's mode.
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
     let private = parent.join(format!(".locus-socket-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
     std::fs::DirBuilder::new()
@@ -338,7 +335,6 @@ async fn bind_socket(
 /// local API. A mount left behind by a daemon that died is cleared first.
 async fn mount_namespace(
     dir: &std::path::Path,
-    socket: &std::path::Path,
     cfg: &DaemonConfig,
 ) -> anyhow::Result<fuser::BackgroundSession> {
     let (ttl, max_inodes) = (cfg.metadata_ttl, cfg.mount_max_inodes);
@@ -348,7 +344,7 @@ async fn mount_namespace(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--mount {}", dir.display()))?;
     let dir = dir.to_path_buf();
-    let socket = socket.to_path_buf();
+    let socket = cfg.socket.clone();
     // The backend blocks on a runtime of its own: build it on a plain thread, outside this
     // runtime's context.
     let (tx, rx) = tokio::sync::oneshot::channel();

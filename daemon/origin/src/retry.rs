@@ -70,20 +70,12 @@ pub(crate) async fn send_once(
                 return Ok(resp);
             }
         }
-        // An address the HTTP origin's policy refuses: final, not an outage.
-        Err(e) if crate::http::refused_in(&e).is_some() => {
-            let r = crate::http::refused_in(&e).cloned();
-            return Err(r.map_or_else(
-                || crate::OriginError::Transient {
-                    what: what.to_string(),
-                    detail: describe_reqwest(&e),
-                    retry_after: None,
-                },
-                |r| r.into_error(what),
-            ));
-        }
-        // URLs carry no secret (tokens are headers), so the error may name them.
-        Err(e) => (describe_reqwest(&e), None),
+        Err(e) => match crate::http::refused_in(&e) {
+            // An address the HTTP origin's policy refuses: final, not an outage.
+            Some(r) => return Err(r.clone().into_error(what)),
+            // URLs carry no secret (tokens are headers), so the error may name them.
+            None => (describe_reqwest(&e), None),
+        },
     };
     Err(crate::OriginError::Transient {
         what: what.to_string(),

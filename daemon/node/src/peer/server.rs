@@ -383,8 +383,8 @@ impl Peer for PeerService {
         let ns = namespace(&r.namespace)?;
         revision("revision", &r.revision)?;
         // A peer may ask for a fresher answer than the TTL (a listing it found out of date),
-        // but not fresher than RELIST_AGE: however many ask, the origin is asked at most once
-        // per RELIST_AGE for a namespace.
+        // but not fresher than RELIST_AGE: however many ask, the origin is asked for one
+        // revision of a namespace at most once per RELIST_AGE.
         let max_age = match r.max_age_ms {
             0 => Duration::MAX,
             ms => Duration::from_millis(ms).max(crate::RELIST_AGE),
