@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use locus_cluster::{Cluster, ClusterConfig, Membership, MembershipOptions};
 use locus_grpc::v1::local_server::LocalServer;
 use locus_grpc::v1::peer_server::PeerServer;
-use locus_node::peer::server::{check_token, PeerService};
+use locus_node::peer::server::{check_peer, PeerService};
 use locus_node::peer::{GrpcPeers, PeerTransport};
 use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
 use locus_origin::{
@@ -160,7 +160,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             }
             let svc = tonic::service::interceptor::InterceptedService::new(
                 PeerServer::new(PeerService::new(node.clone())).max_decoding_message_size(1 << 20),
-                check_token(cfg.security.token.clone()),
+                check_peer(
+                    cfg.security.token.clone(),
+                    cfg.security.tls.as_ref().map(|t| t.server_name.clone()),
+                ),
             );
             type Incoming = std::pin::Pin<
                 Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,

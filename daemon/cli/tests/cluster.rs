@@ -1071,6 +1071,12 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
         .unwrap()
         .signed_by(&node_key, &issuer)
         .unwrap();
+    // The same CA's certificate for another service is not a member's.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other_cert = rcgen::CertificateParams::new(vec!["other-service".to_string()])
+        .unwrap()
+        .signed_by(&other_key, &issuer)
+        .unwrap();
     let write = |n: &str, s: String| {
         let p = env.path(n);
         std::fs::write(&p, s).unwrap();
@@ -1079,11 +1085,13 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
     let ca_pem = write("ca.pem", ca.pem());
     let cert_pem = write("node.pem", node_cert.pem());
     let key_pem = write("node.key", node_key.serialize_pem());
-    let addrs: Vec<String> = (0..3)
+    let other_pem = write("other.pem", other_cert.pem());
+    let other_key_pem = write("other.key", other_key.serialize_pem());
+    let addrs: Vec<String> = (0..4)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let peers = addrs.join(",");
-    let ds: Vec<Daemon> = (0..3)
+    let ds: Vec<Daemon> = (0..4)
         .map(|i| {
             let mut args = vec![
                 "--chunk-size",
@@ -1093,15 +1101,14 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
                 "--peers",
                 &peers,
             ];
-            if i < 2 {
-                args.extend([
-                    "--peer-tls-cert",
-                    &cert_pem,
-                    "--peer-tls-key",
-                    &key_pem,
-                    "--peer-tls-ca",
-                    &ca_pem,
-                ]);
+            if i != 2 {
+                let (cert, key) = if i < 2 {
+                    (&cert_pem, &key_pem)
+                } else {
+                    (&other_pem, &other_key_pem)
+                };
+                args.extend(["--peer-tls-cert", cert, "--peer-tls-key", key]);
+                args.extend(["--peer-tls-ca", &ca_pem]);
             }
             env.daemon(&format!("n{i}"), &args, &[])
         })
@@ -1113,19 +1120,28 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
             .map(|(_, s)| s)
             .unwrap()
     };
-    wait_for("n0 and n1 over mTLS, n2 shut out", 20, || {
+    // n3 trusts n0's certificate (right CA, right name), but n0 refuses n3's: a handshake
+    // alone would let it in.
+    wait_for("n0 and n1 over mTLS, n2 and n3 shut out", 20, || {
         state(&ds[0], &addrs[1]) == "up"
             && state(&ds[1], &addrs[0]) == "up"
             && state(&ds[0], &addrs[2]) == "down"
             && state(&ds[2], &addrs[0]) == "down"
+            && state(&ds[0], &addrs[3]) == "down"
+            && state(&ds[3], &addrs[0]) == "down"
+            && state(&ds[3], &addrs[1]) == "down"
     });
     ds[0].ok(&["warm", "hf://acme/model", "--scope", "cluster"]);
     for (path, want) in &files {
         let got = ds[1].ok(&["cat", &format!("hf://acme/model/{path}")]);
         assert!(got == want.to_vec(), "{path} differs");
-        let got = ds[2].ok(&["cat", &format!("hf://acme/model/{path}")]);
-        assert!(got == want.to_vec(), "{path} differs");
+        for outsider in &ds[2..] {
+            let got = outsider.ok(&["cat", &format!("hf://acme/model/{path}")]);
+            assert!(got == want.to_vec(), "{path} differs");
+        }
     }
+    let st = ds[3].json(&["status", "--json"]);
+    assert_eq!(st["peer_bytes"].as_u64(), Some(0), "{st}");
     let st = ds[1].json(&["status", "--json"]);
     assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
     assert!(ds[0].log_text().contains("peer_auth=\"mtls\""));

@@ -38,12 +38,27 @@ impl PeerService {
     }
 }
 
-/// Rejects callers that do not present `token` (when one is set). Compared in constant time.
-pub fn check_token(
+/// Rejects callers that do not present `token` (when one is set; compared in constant time) or,
+/// under mutual TLS, whose certificate does not carry `tls_name`. The TLS layer has already
+/// checked the certificate against the cluster's CA; this is the check that a certificate the
+/// same CA issued for something else (another service, another cluster) is not a member's.
+pub fn check_peer(
     token: Option<Secret>,
+    tls_name: Option<String>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     let want = token.map(|t| format!("Bearer {}", t.expose()).into_bytes());
+    let name = tls_name.and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
     move |req: Request<()>| {
+        if let Some(name) = &name {
+            let certs = req.peer_certs();
+            let leaf = certs.as_ref().and_then(|c| c.first());
+            if !leaf.is_some_and(|c| carries_name(c, name)) {
+                metrics::counter!(crate::metrics_defs::PEER_AUTH_FAILURES).increment(1);
+                return Err(Status::unauthenticated(
+                    "peer certificate does not carry this cluster's --peer-tls-name",
+                ));
+            }
+        }
         let Some(want) = &want else {
             return Ok(req);
         };
@@ -61,6 +76,16 @@ pub fn check_token(
             ))
         }
     }
+}
+
+/// Whether a (CA-verified) end-entity certificate is valid for `name` (its DNS or IP SANs).
+fn carries_name(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    name: &rustls_pki_types::ServerName<'_>,
+) -> bool {
+    webpki::EndEntityCert::try_from(cert)
+        .and_then(|c| c.verify_is_valid_for_subject_name(name))
+        .is_ok()
 }
 
 /// Compares a presented secret in constant time (for its length).
