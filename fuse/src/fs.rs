@@ -609,8 +609,13 @@ impl<B: Backend> Core<B> {
     fn absorb(inner: &mut Inner, info: ChunkInfo) -> Result<(), FsError> {
         let reopen = !matches!(&inner.file, Some((p, _)) if *p == info.path);
         if reopen {
-            let f = File::open(&info.path)
-                .map_err(|e| FsError::Io(format!("{}: {e}", info.path.display())))?;
+            let f = File::open(&info.path).map_err(|e| {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => locus_core::DATA_ACCESS_HINT,
+                    _ => "",
+                };
+                FsError::Io(format!("{}: {e}; {hint}", info.path.display()))
+            })?;
             // The file closed with the last open, named again with the same CRCs: its checked
             // chunks stay checked. Another cache file (the old one was evicted): check its
             // chunks afresh.

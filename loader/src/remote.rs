@@ -116,12 +116,24 @@ async fn open(client: &mut locus_grpc::LocalClient, uri: &str) -> Result<PathBuf
     // The daemon checked every chunk before it answered; a file that is not the length it
     // said (changed since, by someone else) is never mapped, as a mapping past its end faults.
     let path = PathBuf::from(r.path);
-    let len = std::fs::metadata(&path)
-        .map_err(|source| LoaderError::Io {
-            path: uri.to_string(),
-            source,
-        })?
-        .len();
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(LoaderError::Io {
+                path: uri.to_string(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}; {}", path.display(), locus_core::DATA_ACCESS_HINT),
+                ),
+            })
+        }
+        Err(source) => {
+            return Err(LoaderError::Io {
+                path: uri.to_string(),
+                source,
+            })
+        }
+    };
     if len != r.size {
         return Err(LoaderError::Remote {
             kind: ErrorKind::Unavailable,

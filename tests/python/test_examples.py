@@ -4,6 +4,9 @@ daemon's counters; the Kubernetes examples validate against the API schemas and 
 arguments parse with the real binary."""
 
 import json
+import shutil
+import signal
+import tempfile
 import os
 import re
 import subprocess
@@ -232,3 +235,42 @@ def test_k8s_warm_job(tmp_path):
     args = check_pod(job["spec"]["template"]["spec"], tmp_path, values, image)
     assert args[args.index("--scope") + 1] == "cluster"
     assert sum(a.startswith("hf://") for a in args) >= 2, "warms a list of URIs"
+
+
+def test_the_loader_as_another_user_needs_the_daemons_data_group(hub_factory):
+    """Cached bytes are the daemon's user's alone unless it names a --data-group: a loader
+    in the socket's group but not the data group gets a clear error, one in it loads."""
+    exe = rust_load()
+    hub = hub_factory("--model", "acme/llm=1MiBx2")
+    work = tempfile.mkdtemp(prefix="locus-access-")
+    os.chmod(work, 0o755)  # every folder above the cache is open: only its own modes decide
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN_PATH=os.path.join(work, "none"))
+    env.pop("HF_TOKEN", None)
+    try:
+        for i, extra in enumerate([[], ["--data-group", "4242"]]):
+            sock = os.path.join(work, f"s{i}.sock")
+            log_path = os.path.join(work, f"d{i}.log")
+            with open(log_path, "w") as log:
+                d = subprocess.Popen([binary("locus"), "daemon", "--cache-dir", os.path.join(work, "cache"),
+                                      "--socket", sock, "--socket-group", "4242", *extra],
+                                     env=env, stderr=log)
+            try:
+                deadline = time.time() + 30
+                while "ready" not in open(log_path).read():
+                    assert d.poll() is None and time.time() < deadline, open(log_path).read()
+                    time.sleep(0.02)
+                # The Rust loader (the example binary): Python itself lives in root's home here.
+                r = subprocess.run([exe, "hf://acme/llm", "--socket", sock], user=65534, group=4242,
+                                   extra_groups=[], capture_output=True, text=True, cwd=work)
+                if not extra:
+                    assert r.returncode == 1, r.stdout
+                    assert "permission denied" in r.stderr.lower(), r.stderr
+                    assert "--data-group" in r.stderr, r.stderr
+                else:
+                    assert r.returncode == 0, r.stderr
+                    assert len(parse_tensors(r.stdout)) > 0, r.stdout
+            finally:
+                d.send_signal(signal.SIGTERM)
+                d.wait(timeout=30)
+    finally:
+        shutil.rmtree(work)

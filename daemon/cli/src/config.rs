@@ -47,6 +47,10 @@ pub struct DaemonArgs {
     /// recently are dropped, and listed again when named again [default: 1000000].
     #[arg(long, env = "LOCUS_MOUNT_MAX_INODES")]
     mount_max_inodes: Option<usize>,
+    /// Let other users (and other containers' processes) read the namespace view; without
+    /// it only the daemon's user can. Pods that read the view need it.
+    #[arg(long, env = "LOCUS_MOUNT_ALLOW_OTHER")]
+    mount_allow_other: bool,
     /// Origin connections at once [default: 16].
     #[arg(long, env = "LOCUS_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -85,6 +89,12 @@ pub struct DaemonArgs {
     /// 0660 owner root (or the daemon's user) and this group; none: the daemon's own group.
     #[arg(long, env = "LOCUS_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// The group that may read cached data files directly (a name or a GID): the zero-copy
+    /// loader and `locus mount` map them by path, so give it when they run as another user.
+    /// The files become 0640 in a 0750 folder, both this group's; none: 0600 in a 0700
+    /// folder, for the daemon's user only.
+    #[arg(long, env = "LOCUS_DATA_GROUP")]
+    data_group: Option<String>,
     /// Accept any peer that can reach a non-loopback --listen address, without a token or
     /// mutual TLS. Any such peer can have this node fetch with its credentials and read
     /// the bytes back: only for networks no one else reaches.
@@ -129,6 +139,7 @@ pub struct FileConfig {
     chunk_size: Option<String>,
     mount: Option<PathBuf>,
     mount_max_inodes: Option<usize>,
+    mount_allow_other: Option<bool>,
     concurrency: Option<usize>,
     metadata_ttl: Option<u64>,
     replicas: Option<usize>,
@@ -143,6 +154,7 @@ pub struct FileConfig {
     insecure_peers: Option<bool>,
     accept_peer_pins: Option<bool>,
     socket_group: Option<String>,
+    data_group: Option<String>,
     s3_endpoint: Option<String>,
     s3_virtual_hosted: Option<bool>,
     file_root: Option<Vec<PathBuf>>,
@@ -175,6 +187,8 @@ pub struct DaemonConfig {
     pub metadata_ttl: Duration,
     pub mount: Option<PathBuf>,
     pub mount_max_inodes: usize,
+    /// Whether other users may read the namespace view.
+    pub mount_allow_other: bool,
     pub replicas: usize,
     pub load_epsilon: f64,
     pub membership_ttl: Duration,
@@ -189,6 +203,8 @@ pub struct DaemonConfig {
     pub accept_peer_pins: bool,
     /// The group the local API socket belongs to.
     pub socket_group: Option<nix::unistd::Gid>,
+    /// The group that may read the cache's data files.
+    pub data_group: Option<nix::unistd::Gid>,
 }
 
 impl DaemonConfig {
@@ -214,6 +230,7 @@ impl DaemonConfig {
                 opt(self.mount.as_ref().map(|p| p.display().to_string()))
             ),
             format!("mount-max-inodes = {}", self.mount_max_inodes),
+            format!("mount-allow-other = {}", self.mount_allow_other),
             format!("replicas = {}", self.replicas),
             format!("load-epsilon = {}", self.load_epsilon),
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
@@ -224,6 +241,10 @@ impl DaemonConfig {
             format!(
                 "socket-group = {}",
                 opt(self.socket_group.map(|g| g.to_string()))
+            ),
+            format!(
+                "data-group = {}",
+                opt(self.data_group.map(|g| g.to_string()))
             ),
             format!("peer-wire = {}", self.security.wire_enabled()),
             format!("s3-endpoint = {}", opt(self.s3_endpoint.clone())),
@@ -387,6 +408,7 @@ impl DaemonConfig {
             concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl.or(f.metadata_ttl).unwrap_or(60)),
             mount: a.mount.or(f.mount),
+            mount_allow_other: a.mount_allow_other || f.mount_allow_other.unwrap_or(false),
             mount_max_inodes: a
                 .mount_max_inodes
                 .or(f.mount_max_inodes)
@@ -403,7 +425,11 @@ impl DaemonConfig {
             insecure_peers: insecure,
             accept_peer_pins: a.accept_peer_pins || f.accept_peer_pins.unwrap_or(false),
             socket_group: match a.socket_group.or(f.socket_group) {
-                Some(g) => Some(group(&g)?),
+                Some(g) => Some(group("socket-group", &g)?),
+                None => None,
+            },
+            data_group: match a.data_group.or(f.data_group) {
+                Some(g) => Some(group("data-group", &g)?),
                 None => None,
             },
         })
@@ -411,14 +437,14 @@ impl DaemonConfig {
 }
 
 /// A group by name or number.
-fn group(g: &str) -> Result<nix::unistd::Gid, Failure> {
+fn group(flag: &str, g: &str) -> Result<nix::unistd::Gid, Failure> {
     if let Ok(n) = g.parse::<u32>() {
         return Ok(nix::unistd::Gid::from_raw(n));
     }
     match nix::unistd::Group::from_name(g) {
         Ok(Some(grp)) => Ok(grp.gid),
         _ => Err(Failure::usage(format!(
-            "--socket-group {g:?}: no such group (give a name or a GID)"
+            "--{flag} {g:?}: no such group (give a name or a GID)"
         ))),
     }
 }

@@ -14,7 +14,7 @@ use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
 use locus_origin::{
     FileOrigin, HfConfig, HfOrigin, HttpOrigin, Origin, Origins, RetryPolicy, S3Config, S3Origin,
 };
-use locus_store::Store;
+use locus_store::{Access, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -63,7 +63,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         locus_fuse::metrics::describe();
     }
 
-    let store = Store::open(&cfg.cache_dir, cfg.cache_size)
+    let access = match cfg.data_group {
+        Some(g) => Access::Group(g.as_raw()),
+        None => Access::Owner,
+    };
+    let store = Store::open_with(&cfg.cache_dir, cfg.cache_size, access)
         .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;
     let hf = HfConfig::from_env();
     tracing::info!(
@@ -340,7 +344,11 @@ async fn mount_namespace(
     dir: &std::path::Path,
     cfg: &DaemonConfig,
 ) -> anyhow::Result<fuser::BackgroundSession> {
-    let (ttl, max_inodes) = (cfg.metadata_ttl, cfg.mount_max_inodes);
+    let (ttl, max_inodes, allow_other) = (
+        cfg.metadata_ttl,
+        cfg.mount_max_inodes,
+        cfg.mount_allow_other,
+    );
     if crate::mount::is_mounted(dir) {
         tracing::warn!(dir = %dir.display(), "clearing a stale mount");
         let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
@@ -364,8 +372,11 @@ async fn mount_namespace(
                     ..locus_fuse::MountOptions::default()
                 },
             )?;
-            let config =
-                crate::mount::fuse_config("locus".into(), true, crate::mount::default_threads());
+            let config = crate::mount::fuse_config(
+                "locus".into(),
+                allow_other,
+                crate::mount::default_threads(),
+            );
             let session = crate::mount::spawn_session(fs, &dir, &config).with_context(|| {
                 format!(
                     "--mount {}: cannot mount (needs root and /dev/fuse)",

@@ -20,8 +20,10 @@ pub struct MountArgs {
     /// Stay in the foreground (otherwise the mount runs in a background process).
     #[arg(long)]
     foreground: bool,
-    /// Let other users (and containers) read the mount.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Let other users (and other containers' processes) read the mount; without it only
+    /// the user who mounted it can. `--allow-other` alone means true.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
     allow_other: bool,
     /// Threads reading FUSE requests (requests that wait run on a pool of their own).
     #[arg(long, default_value_t = default_threads())]

@@ -442,6 +442,56 @@ fn the_daemons_namespace_view() {
     assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
 }
 
+#[test]
+fn mounts_are_for_their_user_unless_other_users_are_allowed() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let model = random_files(1, 300_000, 23);
+    env.sim.commit("model", "acme/m", model.clone());
+    // Every folder above the mounts is open: only the mounts' own setting decides.
+    std::fs::set_permissions(
+        env.path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let read_as_nobody = |p: &Path| {
+        std::process::Command::new("cat")
+            .arg(p)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let denied = |p: &Path| {
+        let o = read_as_nobody(p);
+        assert!(!o.status.success(), "{} was readable", p.display());
+        assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+        // The mount's own user reads it.
+        assert_eq!(std::fs::read(p).unwrap(), model[0].1.to_vec());
+    };
+    let allowed = |p: &Path| {
+        let o = read_as_nobody(p);
+        assert!(o.status.success(), "{}: {}", p.display(), stderr(&o));
+        assert_eq!(o.stdout, model[0].1.to_vec());
+    };
+    let ns = env.path("ns");
+    let d = env.daemon("n", &["--mount", ns.to_str().unwrap()], &[]);
+    denied(&ns.join("hf/acme/m").join(&model[0].0));
+    let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
+    denied(&m.dir.join(&model[0].0));
+    drop(m);
+    drop(d);
+    let ns = env.path("ns2");
+    let d = env.daemon(
+        "n2",
+        &["--mount", ns.to_str().unwrap(), "--mount-allow-other"],
+        &[],
+    );
+    allowed(&ns.join("hf/acme/m").join(&model[0].0));
+    let m = Mount::with_args(&d, &env, "hf://acme/m", "mnt2", &["--allow-other"]);
+    allowed(&m.dir.join(&model[0].0));
+}
+
 /// Open descriptors of process `pid` on files under `dir`.
 fn fds_under(pid: nix::unistd::Pid, dir: &Path) -> usize {
     let dir = std::fs::canonicalize(dir).unwrap();

@@ -552,6 +552,67 @@ fn the_local_socket_is_for_its_owner_and_group_only() {
 }
 
 #[test]
+fn cached_bytes_are_readable_by_the_daemon_and_its_data_group_only() {
+    use std::os::unix::process::CommandExt;
+    let (env, files) = model_env();
+    // Every folder above the cache is open to other users: only the cache's own modes decide.
+    std::fs::set_permissions(
+        env.path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let read_as = |path: &std::path::Path, gid: u32| {
+        std::process::Command::new("cat")
+            .arg(path)
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let data_files = |cache: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let d = env.daemon("n", &["--socket-group", "4242"], &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    let cached = data_files(&d.cache);
+    assert_eq!(cached.len(), files.len());
+    // The socket's group may ask the daemon, but not read its files behind its back.
+    for p in &cached {
+        let o = read_as(p, 4242);
+        assert!(!o.status.success(), "{} was readable", p.display());
+        assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    }
+    let cache = d.cache.display().to_string();
+    drop(d);
+    // With --data-group the group reads them (the files already cached too), others still not.
+    let args = [
+        "--cache-dir",
+        &cache,
+        "--socket-group",
+        "4242",
+        "--data-group",
+        "4242",
+    ];
+    let d = env.daemon("n2", &args, &[]);
+    d.ok(&["warm", "hf://acme/model"]);
+    let wanted: std::collections::HashSet<Vec<u8>> =
+        files.iter().map(|(_, b)| b.to_vec()).collect();
+    for p in data_files(&d.cache) {
+        let o = read_as(&p, 4242);
+        assert!(o.status.success(), "{}: {}", p.display(), stderr(&o));
+        assert!(
+            wanted.contains(&o.stdout),
+            "{} holds other bytes",
+            p.display()
+        );
+        assert!(!read_as(&p, 65534).status.success(), "{}", p.display());
+    }
+}
+
+#[test]
 fn metrics_and_healthz() {
     let (env, _) = model_env();
     let port = free_port();

@@ -15,6 +15,11 @@ pub use secret::Secret;
 pub use size::{format_size, parse_size};
 pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};
 
+/// Why a client that maps cache files by path (the loader, `locus mount`) may not open one,
+/// and what to do: the daemon keeps its data files for its own user unless told otherwise.
+pub const DATA_ACCESS_HINT: &str = "the daemon's cache files are readable only by its user and \
+     the group it is given with --data-group: run this as that user or in that group";
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -14,6 +14,10 @@
 //! - An evicted file's data file is unlinked after its removal from the index was committed
 //!   (or failed: a full disk must get its room back; the entry is dropped at the next start), and data files are
 //!   never truncated or rewritten with other bytes, so a reader that mapped one keeps valid pages.
+//! - Cached bytes are private: `data/` is 0700 and its files 0600, or 0750 and 0640 for the one
+//!   group given as [`Access::Group`] (readers that map data files by path). The index and the
+//!   lock file are 0600. Modes are set again at every open, so a changed setting applies to
+//!   files already cached.
 //! - `used` counts the bytes of recorded and reserved chunks; above the capacity the least
 //!   recently used unpinned files that no one is using are evicted.
 
@@ -21,7 +25,7 @@ mod index;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -207,6 +211,8 @@ pub struct Store {
     capacity: u64,
     state: Mutex<State>,
     index: Index,
+    /// Who may read data files besides the daemon's user.
+    access: Access,
     /// Writers of one data file take turns here: the kernel serializes buffered writes to an
     /// inode anyway, and its waiters spin on the inode lock (a core lost per waiter on a busy
     /// machine) where these sleep. Striped by file id.
@@ -238,10 +244,53 @@ pub struct FileHandle {
     path: PathBuf,
 }
 
+/// Who may read the data files directly (by the paths the daemon hands out), besides the
+/// daemon's own user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Access {
+    /// No one else: `data/` 0700, files 0600.
+    #[default]
+    Owner,
+    /// Members of this group (a GID) too: `data/` 0750, files 0640, both owned by the group.
+    Group(u32),
+}
+
+impl Access {
+    fn dir_mode(self) -> u32 {
+        match self {
+            Access::Owner => 0o700,
+            Access::Group(_) => 0o750,
+        }
+    }
+
+    fn file_mode(self) -> u32 {
+        match self {
+            Access::Owner => 0o600,
+            Access::Group(_) => 0o640,
+        }
+    }
+
+    /// Gives `path` this access's mode and group.
+    fn apply(self, path: &Path, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Access::Group(gid) = self {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+}
+
 impl Store {
+    /// Opens (or creates) the cache at `dir` with `capacity` bytes and private data files
+    /// ([`Access::Owner`]); see [`Store::open_with`].
+    pub fn open(dir: &Path, capacity: u64) -> Result<Arc<Store>, StoreError> {
+        Self::open_with(dir, capacity, Access::Owner)
+    }
+
     /// Opens (or creates) the cache at `dir` with `capacity` bytes, repairing whatever a crash
     /// left: unknown data files are deleted, entries whose data file is gone are dropped.
-    pub fn open(dir: &Path, capacity: u64) -> Result<Arc<Store>, StoreError> {
+    /// `access` says who besides the daemon's user may read the data files.
+    pub fn open_with(dir: &Path, capacity: u64, access: Access) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         // Absolute, because clients open the data files by the paths the daemon hands out.
         let dir = &std::fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
@@ -250,7 +299,16 @@ impl Store {
         let lock = lock_dir(dir)?;
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir).map_err(|e| io_err(&data_dir, e))?;
-        let (index, loaded) = Index::open(&dir.join("index.redb"))?;
+        // The folder first: while files inside still carry an older (wider) mode, no one
+        // else can reach them.
+        access
+            .apply(&data_dir, access.dir_mode())
+            .map_err(|e| io_err(&data_dir, e))?;
+        let index_path = dir.join("index.redb");
+        let (index, loaded) = Index::open(&index_path)?;
+        Access::Owner
+            .apply(&index_path, 0o600)
+            .map_err(|e| io_err(&index_path, e))?;
         let mut files = HashMap::new();
         let mut used = 0;
         let mut next_id = 1;
@@ -263,6 +321,9 @@ impl Store {
                 stale.push((key, rec.id));
                 continue;
             }
+            access
+                .apply(&path, access.file_mode())
+                .map_err(|e| io_err(&path, e))?;
             let mut e = Entry::new(rec);
             for (idx, crc) in chunk_crcs.into_iter().filter(|(i, _)| *i < layout.count()) {
                 e.chunks.insert(idx, crc);
@@ -295,6 +356,7 @@ impl Store {
             _lock: lock,
             dir: dir.to_path_buf(),
             data_dir,
+            access,
             capacity,
             state: Mutex::new(State {
                 files,
@@ -358,12 +420,16 @@ impl Store {
             // The (sparse, empty) data file exists from the start, so readers can open it
             // before any chunk arrives.
             let path = self.data_dir.join(id.to_string());
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(self.access.file_mode())
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
+            if let Access::Group(gid) = self.access {
+                std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(|e| io_err(&path, e))?;
+            }
             self.index.send(Op::PutFile {
                 key: file.key.clone(),
                 rec: rec.clone(),
@@ -596,8 +662,15 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
+    // A lock file an older version left keeps its mode otherwise.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err(&path, e))?;
+    }
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -749,6 +822,7 @@ impl FileHandle {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(self.store.access.file_mode())
                 .open(&self.path)
                 .map_err(|e| io_err(&self.path, e))?,
         );

@@ -231,3 +231,47 @@ fn per_chunk_tables_hold_only_stored_chunks() {
     ));
     assert_eq!(h.missing().len() as u32, last);
 }
+
+#[test]
+fn cached_bytes_are_for_the_daemon_and_the_chosen_group_only() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode_gid = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.mode() & 0o777, m.gid())
+    };
+    // A cache an older version left: everything world-readable.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("data"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&file("a", 10), 4).unwrap();
+        put(&h, 0, 1);
+        s.flush();
+        let p = h.path().to_path_buf();
+        assert_eq!(mode_gid(&p).0, 0o600, "a new data file");
+        assert_eq!(mode_gid(&dir.path().join("data")).0, 0o700);
+        assert_eq!(mode_gid(&dir.path().join("index.redb")).0, 0o600);
+        assert_eq!(mode_gid(&dir.path().join("lock")).0, 0o600);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        p
+    };
+    // Reopened for a group: the file already cached and a new one are the group's to read.
+    let gid = 4242;
+    {
+        let s = Store::open_with(dir.path(), 1 << 20, Access::Group(gid)).unwrap();
+        assert_eq!(mode_gid(&data), (0o640, gid), "a file cached before");
+        assert_eq!(mode_gid(&dir.path().join("data")), (0o750, gid));
+        let h = s.register(&file("b", 10), 4).unwrap();
+        assert_eq!(mode_gid(h.path()), (0o640, gid), "a new data file");
+        s.flush();
+    }
+    // And back to the owner only.
+    let _s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(mode_gid(&data).0, 0o600);
+    assert_eq!(mode_gid(&dir.path().join("data")).0, 0o700);
+}
