@@ -380,14 +380,48 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
         check(vols.get("dev-fuse", {}).get("hostPath") == {"path": "/dev/fuse", "type": "CharDevice"} and mounts.get("dev-fuse", {}).get("mountPath") == "/dev/fuse",
               f"{label}: /dev/fuse as a CharDevice hostPath")
         check(sc.get("privileged") is True, f"{label}: privileged (required by Bidirectional propagation and FUSE)")
+        check(sc.get("runAsUser") == 0 and sc.get("readOnlyRootFilesystem") is True, f"{label}: root (FUSE) with a read-only root file system")
+        check("--mount-allow-other" in args, f"{label}: pods of other users read the view (--mount-allow-other)")
         if s:
             check(s.get("mount") == "/mnt/locus", f"{label}: the daemon mounts the view at /mnt/locus")
+            check(s.get("mount-allow-other") == "true", f"{label}: the daemon lets other users read the view")
     else:
         check("--mount" not in args and "namespace-view" not in vols and "dev-fuse" not in vols, f"{label}: no mount, no /dev/fuse")
         check(not sc.get("privileged"), f"{label}: not privileged without the mount")
+        ids = v["runAs"]
+        check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == ids["uid"] and sc.get("runAsGroup") == ids["gid"],
+              f"{label}: runs as {ids['uid']}:{ids['gid']}, not root, without the mount")
+        check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True
+              and sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc.get("capabilities", {}).get("add")
+              and sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+              f"{label}: no capabilities, no privilege escalation, read-only root, RuntimeDefault seccomp")
+        check(pod.get("securityContext", {}).get("fsGroup") == ids["gid"], f"{label}: fsGroup {ids['gid']}, so the non-root daemon reads its Secret files")
+        inits = {x["name"]: x for x in pod.get("initContainers", [])}
+        own = inits.get("own-dirs", {})
+        osc = own.get("securityContext", {})
+        caps = osc.get("capabilities", {})
+        check(bool(own) and set(caps.get("add", [])) <= {"CHOWN", "DAC_READ_SEARCH"} and caps.get("drop") == ["ALL"]
+              and osc.get("allowPrivilegeEscalation") is False and not osc.get("privileged"),
+              f"{label}: an init container hands the host directories over with CHOWN and DAC_READ_SEARCH only")
+        script = " ".join(own.get("command", []))
+        check(f"chown -R {ids['uid']}:{ids['gid']}" in script and mounts["cache"]["mountPath"] in script and mounts["socket"]["mountPath"] in script,
+              f"{label}: it gives the cache and socket directories to {ids['uid']}:{ids['gid']}")
         check(all(m.get("mountPropagation") in (None, "None") for m in c.get("volumeMounts", [])), f"{label}: no mount propagation without the mount")
         if s:
             check(s.get("mount") == "(none)", f"{label}: the daemon serves no view")
+
+    # Local access: the socket's and the data files' group.
+    group = str(v["localAccess"]["group"])
+    psc = pod.get("securityContext", {})
+    if group:
+        check(flag("--socket-group") == group and flag("--data-group") == group, f"{label}: --socket-group and --data-group {group}")
+        check(int(group) in psc.get("supplementalGroups", []), f"{label}: the daemon is in group {group} (to give its files to it)")
+        if s:
+            check(s.get("socket-group") == group and s.get("data-group") == group, f"{label}: the daemon gives its socket and data files to {group}")
+    else:
+        check("--socket-group" not in args and "--data-group" not in args, f"{label}: socket and data files for the daemon's own user and group")
+        if s:
+            check(s.get("data-group") == "(none)", f"{label}: data files for the daemon's user only")
 
     # Networking and membership.
     check(bool(pod.get("hostNetwork")) == bool(v["hostNetwork"]), f"{label}: hostNetwork {v['hostNetwork']}")
@@ -579,6 +613,21 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
             check(host_sock == v["socket"]["hostPath"], f"{label}: the warm Job mounts the daemon's socket directory {v['socket']['hostPath']}")
             jpod = job["spec"]["template"]["spec"]
             check(jpod.get("nodeSelector", {}) == (v["warm"]["nodeSelector"] or v["nodeSelector"]), f"{label}: the warm Job runs where daemons run")
+            for jc in jpod.get("initContainers", []) + jpod["containers"]:
+                jsc = jc.get("securityContext", {})
+                check(jsc.get("allowPrivilegeEscalation") is False and jsc.get("readOnlyRootFilesystem") is True
+                      and jsc.get("capabilities", {}).get("drop") == ["ALL"] and not jsc.get("capabilities", {}).get("add"),
+                      f"{label}: warm Job container {jc['name']}: no capabilities, no escalation, read-only root")
+            # Its identity reaches the socket (0660: the daemon's user and group, or localAccess.group).
+            jsc = jpod.get("securityContext", {})
+            if group:
+                check(jsc.get("runAsNonRoot") is True and int(group) in jsc.get("supplementalGroups", []),
+                      f"{label}: the warm Job runs non-root in group {group}")
+            elif v["mount"]["enabled"]:
+                check(jsc.get("runAsUser") == 0, f"{label}: the warm Job runs as the daemon's user (root), without capabilities")
+            else:
+                check(jsc.get("runAsUser") == v["runAs"]["uid"] and jsc.get("runAsGroup") == v["runAs"]["gid"],
+                      f"{label}: the warm Job runs as the daemon's non-root user")
     else:
         check(not jobs, f"{label}: no warm Job without warm.uris")
     return objs
@@ -649,7 +698,8 @@ def check_image(repo, locus):
         check(p in pkgs, f"Dockerfile: the runtime installs {p}")
     check(re.search(r'^ENTRYPOINT \["tini", ?"--", ?"locus"\]', df, re.M) is not None, 'Dockerfile: ENTRYPOINT ["tini", "--", "locus"]')
     check(re.search(r'^CMD \["daemon"\]', df, re.M) is not None, 'Dockerfile: CMD ["daemon"]')
-    check(re.search(r"^USER (?!root|0)", df, re.M) is None, "Dockerfile: runs as root (FUSE mounts need it)")
+    users = re.findall(r"^USER (\S+)", df, re.M)
+    check(users[-1:] == ["65532:65532"], "Dockerfile: runs as a non-root user (the chart runs it as root only for the FUSE view)")
     ign = open(os.path.join(repo, "helm/image/Dockerfile.dockerignore")).read().split()
     check("target" in [x.strip("/") for x in ign] and ".git" in [x.strip("/") for x in ign], "Dockerfile.dockerignore: ignores target/ and .git")
 

@@ -96,7 +96,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 {{- if $v.mount.enabled }}
-{{- $a = concat $a (list "--mount" (include "locus.mountDir" .)) }}
+{{- $a = concat $a (list "--mount" (include "locus.mountDir" .) "--mount-allow-other") }}
+{{- end }}
+{{- with (toString $v.localAccess.group) }}
+{{- $a = concat $a (list "--socket-group" . "--data-group" .) }}
 {{- end }}
 {{- if ne (toString $v.cache.chunkSize) "" }}
 {{- $a = concat $a (list "--chunk-size" (toString $v.cache.chunkSize)) }}
