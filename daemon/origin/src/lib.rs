@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use locus_core::{Namespace, RemoteFile};
 
+mod beneath;
 pub mod faulty;
 pub mod hf;
 pub mod http;

@@ -54,9 +54,6 @@ struct Place {
     /// The name a single object is listed under: the last segment of the name asked for (not
     /// of a symlink's target).
     name: String,
-    /// Check the object's identity again after a read: local files can be rewritten in place,
-    /// after the open that checked it.
-    recheck: bool,
     /// List by walking the folder here, within these roots (local files).
     walk: Option<Arc<Vec<PathBuf>>>,
 }
@@ -393,8 +390,15 @@ async fn read_place(
         what: what.clone(),
         detail: format!("bad locator: {e}"),
     })?;
+    if let Some(roots) = &place.walk {
+        // A local file: opened beneath its root through no symlink, read through that open.
+        let real = PathBuf::from(format!("/{}", place.base));
+        let f = crate::beneath::open_beneath(roots, &real)
+            .map_err(|e| crate::beneath::error(&what, e, denied_hint))?;
+        count_request("get");
+        return crate::beneath::read(f, loc.etag, local_etag, range, what);
+    }
     let path = place.path(&what)?;
-    let etag = loc.etag.clone();
     let opts = GetOptions {
         range: Some(GetRange::Bounded(range)),
         if_match: loc.etag,
@@ -418,20 +422,7 @@ async fn read_place(
             },
             e => e,
         });
-    if !place.recheck {
-        return Ok(body.boxed());
-    }
-    // A local file rewritten in place during the read keeps its inode: its identity is checked
-    // once more after the last byte, so that mixed bytes fail the read.
-    let store = place.store.clone();
-    let after = futures::stream::once(async move {
-        match store.head(&path).await {
-            Ok(m) if m.e_tag == etag => None,
-            _ => Some(Err(OriginError::Changed { what })),
-        }
-    })
-    .filter_map(|r| async move { r });
-    Ok(body.chain(after).boxed())
+    Ok(body.boxed())
 }
 
 /// An origin of objects in an `object_store`: where a namespace sits, and its listings.
@@ -585,7 +576,6 @@ impl Places for S3Origin {
                 base: prefix.clone(),
                 root: bucket.clone(),
                 name: prefix.rsplit('/').next().unwrap_or(prefix).to_string(),
-                recheck: false,
                 walk: None,
             }),
             other => Err(OriginError::Protocol {
@@ -732,7 +722,6 @@ impl Places for FileOrigin {
             base: rel_to_fs_root(&real),
             root: String::new(),
             name: path.rsplit('/').next().unwrap_or(path).to_string(),
-            recheck: true,
             walk: Some(self.roots.clone()),
         })
     }
@@ -757,6 +746,63 @@ mod tests {
         );
         assert_eq!(ini_section(t, "default")[0].1, "A");
         assert!(ini_section(t, "none").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_swapped_in_after_the_check_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(outside.join("b")).unwrap();
+        std::fs::write(root.join("a/b/x.bin"), b"hello world").unwrap();
+        // The same inode outside the root: same size, same identity, so only the way the
+        // path is opened can tell the two apart.
+        std::fs::hard_link(root.join("a/b/x.bin"), outside.join("b/x.bin")).unwrap();
+        let o = FileOrigin::new(std::slice::from_ref(&root)).unwrap();
+        let ns = LocusUri::parse(&format!("file://{}/a/b/x.bin", root.display()))
+            .unwrap()
+            .namespace;
+        let id = o.resolve(&ns, LATEST).await.unwrap();
+        let x = o.list(&ns, &id).await.unwrap().remove(0);
+        let checked = o.place(&ns).unwrap();
+        let got: Vec<Bytes> = read_place(&checked, &x, 0..5, FILE_DENIED)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(got.concat(), b"hello");
+        // After the check, a folder on the path becomes a symlink out of the root.
+        std::fs::rename(root.join("a"), root.join("a.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
+        let e = read_place(&checked, &x, 0..5, FILE_DENIED).await.err();
+        assert!(
+            matches!(&e, Some(OriginError::AccessDenied { detail, .. }) if detail.contains("symlink")),
+            "{e:?}"
+        );
+        // Checked now, the path is outside the root.
+        assert!(matches!(
+            o.read(&x, 0..5).await,
+            Err(OriginError::AccessDenied { .. })
+        ));
+        // The file itself swapped for a symlink (to the same inode's other name).
+        std::fs::remove_file(root.join("a")).unwrap();
+        std::fs::rename(root.join("a.old"), root.join("a")).unwrap();
+        std::fs::remove_file(root.join("a/b/x.bin")).unwrap();
+        std::os::unix::fs::symlink(outside.join("b/x.bin"), root.join("a/b/x.bin")).unwrap();
+        let e = read_place(&checked, &x, 0..5, FILE_DENIED).await.err();
+        assert!(matches!(e, Some(OriginError::AccessDenied { .. })), "{e:?}");
+        // A FIFO swapped in neither hangs the read nor is read.
+        std::fs::remove_file(root.join("a/b/x.bin")).unwrap();
+        nix::unistd::mkfifo(&root.join("a/b/x.bin"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_place(&checked, &x, 0..5, FILE_DENIED),
+        )
+        .await
+        .expect("no hang");
+        assert!(e.is_err());
     }
 
     #[tokio::test]
