@@ -466,6 +466,20 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
             if s:
                 check(s.get("membership") == "Etcd { endpoints: %s, prefix: \"/%s\" }" % (json.dumps(["http://" + e for e in eps]).replace('","', '", "'), prefix),
                       f"{label}: the daemon uses etcd at {eps} under /{prefix} (got {s.get('membership')})")
+            e = v["membership"]["etcd"]
+            if e["insecure"]:
+                check("--insecure-etcd" in args and "--etcd-ca" not in args, f"{label}: --insecure-etcd, said out loud")
+            else:
+                d = mounts.get("etcd-tls", {}).get("mountPath")
+                check(d is not None and vols["etcd-tls"]["secret"]["secretName"] == e["tls"]["existingSecret"], f"{label}: the etcd TLS Secret is mounted")
+                check(flag("--etcd-ca") == f"{d}/ca.crt" and flag("--etcd-cert") == f"{d}/tls.crt" and flag("--etcd-key") == f"{d}/tls.key",
+                      f"{label}: --etcd-ca/--etcd-cert/--etcd-key from the Secret")
+                if s:
+                    check(s.get("etcd-auth") in ("tls+cert",), f"{label}: the daemon reaches etcd over TLS with a client certificate (got {s.get('etcd-auth')})")
+            if e["auth"]["existingSecret"]:
+                pw = flag("--etcd-password-file")
+                check(flag("--etcd-user") == e["auth"]["user"] and pw and any(pw.startswith(m["mountPath"] + "/") for n, m in mounts.items() if n == "etcd-auth"),
+                      f"{label}: --etcd-user and --etcd-password-file from the Secret")
             if str(v["membership"]["ttl"]) != "":
                 check(flag("--membership-ttl") == str(v["membership"]["ttl"]), f"{label}: --membership-ttl {v['membership']['ttl']}")
                 if s:
@@ -637,6 +651,8 @@ def check_refusals(chart):
     print("== values the chart refuses or ignores")
     cases = [
         ("etcd membership without endpoints", ["membership.mode=etcd"], "membership.etcd.endpoints"),
+        ("etcd membership without TLS", ["membership.mode=etcd", "membership.etcd.endpoints={e:2379}"], "tls.existingSecret"),
+        ("insecure etcd with a TLS Secret", ["membership.mode=etcd", "membership.etcd.endpoints={e:2379}", "membership.etcd.insecure=true", "membership.etcd.tls.existingSecret=a"], "insecure"),
         ("an unknown membership mode", ["membership.mode=gossip"], "membership"),
         ("both peer token and peer TLS", ["peerAuth.token.existingSecret=a", "peerAuth.tls.existingSecret=b"], "either"),
         ("insecure peers with a token", ["peerAuth.insecure=true", "peerAuth.token.existingSecret=a"], "insecure"),

@@ -66,6 +66,26 @@ pub struct DaemonArgs {
     /// Seconds an etcd lease lives: a node that dies leaves the ring after this [default: 10].
     #[arg(long, env = "LOCUS_MEMBERSHIP_TTL")]
     membership_ttl: Option<u64>,
+    /// etcd membership over TLS: the PEM CA of the etcd servers' certificates.
+    #[arg(long, env = "LOCUS_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// etcd client certificate (PEM, with --etcd-key), for etcd's --client-cert-auth.
+    #[arg(long, env = "LOCUS_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, env = "LOCUS_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file), for an etcd with authentication enabled.
+    #[arg(long, env = "LOCUS_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the password of --etcd-user.
+    #[arg(long, env = "LOCUS_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
+    /// Use an etcd that is not on this host without TLS and credentials. Whoever can write
+    /// under the prefix then decides which addresses this node sends peer requests (and its
+    /// peer token) to: only for networks no one else reaches.
+    #[arg(long, env = "LOCUS_INSECURE_ETCD")]
+    insecure_etcd: bool,
     /// File holding a token that peers must present to each other (same on every node).
     #[arg(long, env = "LOCUS_PEER_TOKEN_FILE")]
     peer_token_file: Option<PathBuf>,
@@ -145,6 +165,12 @@ pub struct FileConfig {
     replicas: Option<usize>,
     load_epsilon: Option<f64>,
     membership_ttl: Option<u64>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
+    insecure_etcd: Option<bool>,
     peer_token_file: Option<PathBuf>,
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
@@ -192,6 +218,8 @@ pub struct DaemonConfig {
     pub replicas: usize,
     pub load_epsilon: f64,
     pub membership_ttl: Duration,
+    /// TLS and credentials for etcd membership.
+    pub etcd: locus_cluster::EtcdSecurity,
     pub security: PeerSecurity,
     pub s3_endpoint: Option<String>,
     pub s3_virtual_hosted: bool,
@@ -234,6 +262,16 @@ impl DaemonConfig {
             format!("replicas = {}", self.replicas),
             format!("load-epsilon = {}", self.load_epsilon),
             format!("membership-ttl = {}s", self.membership_ttl.as_secs()),
+            format!(
+                "etcd-auth = {}",
+                match (&self.etcd.ca_pem, &self.etcd.identity, &self.etcd.user) {
+                    (Some(_), Some(_), _) => "tls+cert",
+                    (Some(_), None, Some(_)) => "tls+user",
+                    (Some(_), None, None) => "tls",
+                    (None, _, Some(_)) => "user",
+                    (None, _, None) => "none",
+                }
+            ),
             format!("peer-token = {}", self.security.token.is_some()),
             format!("peer-tls = {}", self.security.tls.is_some()),
             format!("insecure-peers = {}", self.insecure_peers),
@@ -332,6 +370,21 @@ impl DaemonConfig {
                 "--membership-ttl must be between 2 and 3600 seconds",
             ));
         }
+        let etcd = etcd_security(
+            a.etcd_ca.or(f.etcd_ca),
+            a.etcd_cert.or(f.etcd_cert),
+            a.etcd_key.or(f.etcd_key),
+            a.etcd_user.or(f.etcd_user),
+            a.etcd_password_file.or(f.etcd_password_file),
+        )?;
+        if let Some(m @ locus_cluster::Membership::Etcd { .. }) = &membership {
+            let insecure = a.insecure_etcd || f.insecure_etcd.unwrap_or(false);
+            if !m.etcd_is_local() && !etcd.authenticated() && !insecure {
+                return Err(Failure::usage(
+                    "--membership etcd://…: an etcd others can reach decides whom this node sends peer requests and its peer token to; give --etcd-ca with --etcd-cert/--etcd-key or --etcd-user/--etcd-password-file, or --insecure-etcd if no one else can reach it",
+                ));
+            }
+        }
         let mut security = peer_security(
             a.peer_token_file.or(f.peer_token_file),
             a.peer_tls_cert.or(f.peer_tls_cert),
@@ -417,6 +470,7 @@ impl DaemonConfig {
             replicas,
             load_epsilon,
             membership_ttl: Duration::from_secs(membership_ttl),
+            etcd,
             security,
             s3_endpoint,
             s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
@@ -451,6 +505,49 @@ fn group(flag: &str, g: &str) -> Result<nix::unistd::Gid, Failure> {
 
 fn read_flag(name: &str, p: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(p).map_err(|e| Failure::usage(format!("--{name} {}: {e}", p.display())))
+}
+
+/// etcd TLS and credentials from files (no secret in a flag or the process list).
+fn etcd_security(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<locus_cluster::EtcdSecurity, Failure> {
+    let text = |name: &str, p: &Path| {
+        String::from_utf8(read_flag(name, p)?)
+            .map_err(|_| Failure::usage(format!("--{name} {}: not UTF-8", p.display())))
+    };
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((
+            read_flag("etcd-cert", &c)?,
+            Secret::new(text("etcd-key", &k)?),
+        )),
+        _ => return Err(Failure::usage("--etcd-cert and --etcd-key go together")),
+    };
+    let user = match (user, password_file) {
+        (None, None) => None,
+        (Some(u), Some(p)) => Some((
+            u,
+            Secret::new(text("etcd-password-file", &p)?.trim_end_matches(['\r', '\n'])),
+        )),
+        _ => {
+            return Err(Failure::usage(
+                "--etcd-user and --etcd-password-file go together",
+            ))
+        }
+    };
+    let ca_pem = ca.map(|p| read_flag("etcd-ca", &p)).transpose()?;
+    if identity.is_some() && ca_pem.is_none() {
+        return Err(Failure::usage("--etcd-cert needs --etcd-ca (TLS to etcd)"));
+    }
+    Ok(locus_cluster::EtcdSecurity {
+        ca_pem,
+        identity,
+        user,
+    })
 }
 
 /// Peer authentication from files, so that no secret sits in a flag or the process list.

@@ -193,6 +193,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 cluster.clone(),
                 MembershipOptions {
                     lease_ttl: cfg.membership_ttl,
+                    etcd: cfg.etcd.clone(),
                     ..MembershipOptions::default()
                 },
                 stop_rx.clone(),

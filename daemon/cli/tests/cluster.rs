@@ -768,8 +768,19 @@ struct Etcd {
     port: u16,
 }
 
+/// Server certificate, key and CA (PEM paths) for an etcd that checks client certificates.
+struct EtcdTls {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
 impl Etcd {
     fn start(env: &Env) -> Etcd {
+        Self::start_with(env, "etcd", None)
+    }
+
+    fn start_with(env: &Env, name: &str, tls: Option<&EtcdTls>) -> Etcd {
         let bin = ["etcd", "/usr/bin/etcd"]
             .into_iter()
             .find(|b| {
@@ -781,12 +792,14 @@ impl Etcd {
             .expect("etcd is not installed: run tests/setup (it installs Debian's etcd-server)");
         let port = free_port();
         let peer_port = free_port();
-        let client = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(env.path("etcd.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .args(["--name", "t", "--data-dir"])
-            .arg(env.path("etcd-data"))
+        let log_path = env.path(&format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--name", "t", "--data-dir"])
+            .arg(env.path(&format!("{name}-data")))
             .args([
                 "--listen-client-urls",
                 &client,
@@ -799,18 +812,48 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &format!("t={peer}")]);
+        if let Some(t) = tls {
+            cmd.args(["--cert-file", &t.cert, "--key-file", &t.key])
+                .args(["--trusted-ca-file", &t.ca, "--client-cert-auth"]);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
         let e = Etcd { child, port };
         wait_for("etcd to answer", 30, || {
-            reqwest::blocking::get(format!("{client}/health"))
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("ready to serve client requests")
         });
         e
+    }
+
+    /// Turns on etcd's authentication with a root user (through its HTTP gateway).
+    fn enable_auth(&self, password: &str) {
+        let base = format!("http://127.0.0.1:{}/v3/auth", self.port);
+        let c = reqwest::blocking::Client::new();
+        for (path, body) in [
+            ("role/add", serde_json::json!({"name": "root"})),
+            (
+                "user/add",
+                serde_json::json!({"name": "root", "password": password}),
+            ),
+            (
+                "user/grant",
+                serde_json::json!({"user": "root", "role": "root"}),
+            ),
+            ("enable", serde_json::json!({})),
+        ] {
+            let r = c
+                .post(format!("{base}/{path}"))
+                .body(body.to_string())
+                .send()
+                .unwrap();
+            assert!(r.status().is_success(), "{path}: {:?}", r.text());
+        }
     }
 }
 
@@ -818,6 +861,162 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn etcd_membership_comes_only_from_a_store_that_checks_who_writes() {
+    let env = Env::new();
+    let write = |n: &str, s: String| {
+        let p = env.path(n);
+        std::fs::write(&p, s).unwrap();
+        p.display().to_string()
+    };
+    // A CA, the etcd server's certificate (for 127.0.0.1) and one member's client certificate.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&k, &issuer)
+            .unwrap();
+        (c.pem(), k.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("127.0.0.1");
+    let (client_cert, client_key) = leaf("locus");
+    let tls = EtcdTls {
+        cert: write("etcd.pem", server_cert),
+        key: write("etcd.key", server_key),
+        ca: write("ca.pem", ca.pem()),
+    };
+    let (client_cert, client_key) = (
+        write("client.pem", client_cert),
+        write("client.key", client_key),
+    );
+    let node = |name: &str, spec: &str, extra: &[&str]| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--listen", &addr, "--membership", spec];
+        args.extend_from_slice(extra);
+        (env.daemon(name, &args, &[]), addr)
+    };
+    let addrs = |d: &Daemon| -> Vec<String> { members(d).into_iter().map(|(a, _)| a).collect() };
+    let refused = |d: &Daemon| {
+        wait_for("the etcd session to fail", 20, || {
+            d.log_text().contains("etcd session ended")
+        });
+    };
+
+    // TLS with client certificates: members with a certificate register and see each other.
+    let etcd = Etcd::start_with(&env, "etcd-tls", Some(&tls));
+    let spec = format!("etcd://127.0.0.1:{}/locus-tls", etcd.port);
+    let with_cert = [
+        "--etcd-ca",
+        tls.ca.as_str(),
+        "--etcd-cert",
+        &client_cert,
+        "--etcd-key",
+        &client_key,
+    ];
+    let (n0, a0) = node("n0", &spec, &with_cert);
+    let (n1, a1) = node("n1", &spec, &with_cert);
+    wait_for("two members over TLS", 20, || {
+        let (m0, m1) = (addrs(&n0), addrs(&n1));
+        m0.len() == 2 && m1.len() == 2 && m0.contains(&a1) && m1.contains(&a0)
+    });
+    // Without a client certificate, or without TLS, a node cannot register.
+    let (n2, a2) = node("n2", &spec, &["--etcd-ca", tls.ca.as_str()]);
+    let (n3, a3) = node("n3", &spec, &[]);
+    refused(&n2);
+    refused(&n3);
+    assert!(n0.log_text().contains("registered in etcd"));
+    let m0 = addrs(&n0);
+    assert!(!m0.contains(&a2) && !m0.contains(&a3), "{m0:?}");
+    drop((n2, n3));
+
+    // User and password (an etcd with authentication on): the right password registers.
+    let plain = Etcd::start_with(&env, "etcd-auth", None);
+    plain.enable_auth("s3cret-etcd-password");
+    let spec = format!("etcd://127.0.0.1:{}/locus-auth", plain.port);
+    let good = write("pw", "s3cret-etcd-password\n".into());
+    let bad = write("bad-pw", "wrong".into());
+    let (n4, a4) = node(
+        "n4",
+        &spec,
+        &["--etcd-user", "root", "--etcd-password-file", &good],
+    );
+    let (n5, a5) = node(
+        "n5",
+        &spec,
+        &["--etcd-user", "root", "--etcd-password-file", &good],
+    );
+    wait_for("two members with a password", 20, || {
+        let (m4, m5) = (addrs(&n4), addrs(&n5));
+        m4.contains(&a5) && m5.contains(&a4)
+    });
+    let (n6, a6) = node(
+        "n6",
+        &spec,
+        &["--etcd-user", "root", "--etcd-password-file", &bad],
+    );
+    let (n7, a7) = node("n7", &spec, &[]);
+    refused(&n6);
+    refused(&n7);
+    let m4 = addrs(&n4);
+    assert!(!m4.contains(&a6) && !m4.contains(&a7), "{m4:?}");
+    // The password reaches no log.
+    for d in [&n4, &n5, &n6] {
+        assert!(!d.log_text().contains("s3cret-etcd-password"));
+    }
+
+    // An etcd elsewhere without TLS and credentials is refused before anything starts.
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "daemon",
+            "--listen",
+            "127.0.0.1:7999",
+            "--membership",
+            "etcd://10.1.2.3:2379/p",
+            "--check-config",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(LOCUS)
+            .args(&args)
+            .env_remove("LOCUS_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let o = check(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--etcd-ca") && stderr(&o).contains("--insecure-etcd"),
+        "{}",
+        stderr(&o)
+    );
+    let o = check(&["--etcd-user", "root", "--etcd-password-file", &good]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a password in clear: {}",
+        stderr(&o)
+    );
+    for ok in [
+        vec!["--insecure-etcd"],
+        with_cert.to_vec(),
+        vec![
+            "--etcd-ca",
+            tls.ca.as_str(),
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &good,
+        ],
+    ] {
+        let o = check(&ok);
+        assert!(o.status.success(), "{ok:?}: {}", stderr(&o));
     }
 }
 

@@ -15,6 +15,6 @@ pub mod membership;
 pub mod ring;
 pub mod view;
 
-pub use membership::{Membership, MembershipError, MembershipOptions};
+pub use membership::{EtcdSecurity, Membership, MembershipError, MembershipOptions};
 pub use ring::{key_hash, Ring};
 pub use view::{Cluster, ClusterConfig, LoadGuard, MemberInfo, MemberState, Plan};

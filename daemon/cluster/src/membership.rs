@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    WatchOptions,
+};
 use tokio::sync::watch;
 
 use crate::Cluster;
@@ -104,6 +107,8 @@ pub struct MembershipOptions {
     pub lease_ttl: Duration,
     /// How often a DNS name is resolved again.
     pub dns_interval: Duration,
+    /// How this node proves itself to etcd, and knows it talks to the real one.
+    pub etcd: EtcdSecurity,
 }
 
 impl Default for MembershipOptions {
@@ -111,6 +116,76 @@ impl Default for MembershipOptions {
         Self {
             lease_ttl: Duration::from_secs(10),
             dns_interval: Duration::from_secs(5),
+            etcd: EtcdSecurity::default(),
+        }
+    }
+}
+
+/// TLS and credentials for etcd. Whoever can write under the prefix decides whom the nodes
+/// send peer requests (and their peer token) to, so a store reachable by others must check
+/// who writes: client certificates or user and password, over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSecurity {
+    /// PEM CA that signs the etcd servers' certificates: TLS (`https://`) to every endpoint.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key (etcd's `--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, locus_core::Secret)>,
+    /// User and password (etcd's `auth enable`).
+    pub user: Option<(String, locus_core::Secret)>,
+}
+
+impl EtcdSecurity {
+    /// Whether the store is reached over TLS with credentials of this node's own.
+    pub fn authenticated(&self) -> bool {
+        self.ca_pem.is_some() && (self.identity.is_some() || self.user.is_some())
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        if let Some(ca) = &self.ca_pem {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(cert, key.expose()));
+            }
+            o = o.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            o = o.with_user(user.clone(), password.expose().to_string());
+        }
+        o
+    }
+
+    /// `endpoints` (`http://…`) with the scheme TLS needs.
+    fn endpoints(&self, endpoints: &[String]) -> Vec<String> {
+        endpoints
+            .iter()
+            .map(|e| match (&self.ca_pem, e.strip_prefix("http://")) {
+                (Some(_), Some(rest)) => format!("https://{rest}"),
+                _ => e.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Membership {
+    /// Whether every etcd endpoint is on this host (loopback): only then may the store go
+    /// without TLS and credentials.
+    pub fn etcd_is_local(&self) -> bool {
+        match self {
+            Membership::Etcd { endpoints, .. } => endpoints.iter().all(|e| {
+                let host = e
+                    .trim_start_matches("http://")
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+                    .unwrap_or("");
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }),
+            _ => true,
         }
     }
 }
@@ -180,12 +255,8 @@ async fn etcd_session(
 ) -> Result<(), etcd_client::Error> {
     let ttl = opts.lease_ttl.as_secs().max(2);
     let mut client = Client::connect(
-        endpoints,
-        Some(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(5)),
-        ),
+        opts.etcd.endpoints(endpoints),
+        Some(opts.etcd.connect_options()),
     )
     .await?;
     let lease = client.lease_grant(ttl as i64, None).await?.id();

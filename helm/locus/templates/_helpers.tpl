@@ -51,6 +51,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "locus.cacheDir" -}}/var/cache/locus{{- end }}
 {{- define "locus.mountDir" -}}/mnt/locus{{- end }}
 {{- define "locus.peerTokenFile" -}}/etc/locus/peer/token{{- end }}
+{{- define "locus.etcdTlsDir" -}}/etc/locus/etcd-tls{{- end }}
+{{- define "locus.etcdPasswordFile" -}}/etc/locus/etcd-auth/password{{- end }}
 
 {{/* The Secret holding the peer token: the one given, else the chart's own (empty: none). */}}
 {{- define "locus.peerTokenSecret" -}}
@@ -91,8 +93,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "--metrics" (printf "0.0.0.0:%d" (int $v.metrics.port)) }}
 {{- if ne $v.membership.mode "none" }}
 {{- $a = concat $a (list "--listen" (printf "0.0.0.0:%d" (int $v.peer.port)) "--advertise" (printf "$(POD_IP):%d" (int $v.peer.port)) "--membership" (include "locus.membership" .)) }}
-{{- if and (eq $v.membership.mode "etcd") (ne (toString $v.membership.ttl) "") }}
+{{- if eq $v.membership.mode "etcd" }}
+{{- $e := $v.membership.etcd }}
+{{- if ne (toString $v.membership.ttl) "" }}
 {{- $a = concat $a (list "--membership-ttl" (toString $v.membership.ttl)) }}
+{{- end }}
+{{- if $e.insecure }}
+{{- if or $e.tls.existingSecret $e.auth.existingSecret }}
+{{- fail "membership.etcd.insecure turns etcd authentication off; it cannot go with tls.existingSecret or auth.existingSecret" }}
+{{- end }}
+{{- $a = concat $a (list "--insecure-etcd") }}
+{{- else }}
+{{- if not $e.tls.existingSecret }}
+{{- fail "membership.mode=etcd needs membership.etcd.tls.existingSecret (the etcd CA and a client certificate; add auth.user/auth.existingSecret for a password), or membership.etcd.insecure=true where no one else can reach etcd" }}
+{{- end }}
+{{- $d := include "locus.etcdTlsDir" . }}
+{{- $a = concat $a (list "--etcd-ca" (printf "%s/ca.crt" $d) "--etcd-cert" (printf "%s/tls.crt" $d) "--etcd-key" (printf "%s/tls.key" $d)) }}
+{{- end }}
+{{- if or $e.auth.user $e.auth.existingSecret }}
+{{- if not (and $e.auth.user $e.auth.existingSecret) }}
+{{- fail "membership.etcd.auth: user and existingSecret go together" }}
+{{- end }}
+{{- $a = concat $a (list "--etcd-user" $e.auth.user "--etcd-password-file" (include "locus.etcdPasswordFile" .)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if $v.mount.enabled }}
