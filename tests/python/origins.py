@@ -303,5 +303,61 @@ class Daemon:
         return self.log_path.read_text()
 
 
+class TcpTap:
+    """A TCP proxy to `upstream` (HOST:PORT) that keeps every byte that crosses it, both ways:
+    a captured peer exchange."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.captured = bytearray()
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                b = src.recv(1 << 16)
+                if not b:
+                    break
+                with self.lock:
+                    self.captured += b
+                dst.sendall(b)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(self.upstream)
+            except OSError:
+                c.close()
+                continue
+            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
+
+    def bytes(self) -> bytes:
+        with self.lock:
+            return bytes(self.captured)
+
+    def close(self):
+        self.sock.close()
+
+
 def cleanup(path: Path):
     shutil.rmtree(path, ignore_errors=True)

@@ -4,6 +4,7 @@ Every byte read is compared with what the origin holds."""
 
 import concurrent.futures
 import json
+import urllib.request
 import os
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from origins import SECRET, Daemon, FileServer, Moto, Proxy, cleanup, free_port
+from origins import SECRET, Daemon, FileServer, Moto, Proxy, TcpTap, cleanup, free_port
 
 BUCKET = "locus-test"
 SMALL = 2000
@@ -423,3 +424,82 @@ def test_s3_keys_as_they_are_and_folder_markers(s3, workdir):
         assert [f["path"] for f in sub] == ["inner.bin"]
     finally:
         d.close()
+
+
+def test_no_planted_secret_reaches_any_output(s3, workdir, hub_factory):
+    """A Hub token, an AWS secret key, a URL signature and a password in HF_ENDPOINT, planted,
+    then used by a two-node cluster at debug logging: none of them reaches a log, an error
+    line, `status --json`, `/metrics` or the bytes the peers exchange."""
+    moto, proxy, objects = s3
+    token = "hf_PLANTEDtokenValue0123456789abcdef"
+    sig = "PLANTEDsignature0123456789abcdef0123456789abcdef"
+    password = "PLANTEDpassword42"
+    planted = {"HF token": token, "AWS secret": SECRET, "URL signature": sig, "HF_ENDPOINT password": password}
+    hub = hub_factory("--token", token, "--model", "acme/llm=2MiBx2")
+    root = workdir / "www"
+    (root / "m").mkdir(parents=True)
+    data = os.urandom(3 << 20)
+    (root / "m" / "model.bin").write_bytes(data)
+    srv = FileServer(root)
+    signed = (f"{srv.url}/m/model.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+              f"&X-Amz-Credential=AKIAPLANTED%2F20261130%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature={sig}")
+    missing = signed.replace("model.bin", "gone.bin")
+    # Two members whose every peer byte crosses a tap.
+    ports = [free_port() for _ in range(2)]
+    taps = [TcpTap(f"127.0.0.1:{p}") for p in ports]
+    peers = ",".join(t.addr for t in taps)
+    metrics = [free_port() for _ in range(2)]
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "LOCUS_LOG": "debug"}
+    nodes = [
+        start(workdir, proxy, f"n{i}", env=env, listen=f"127.0.0.1:{ports[i]}",
+              extra=["--advertise", taps[i].addr, "--peers", peers, "--metrics", f"127.0.0.1:{metrics[i]}",
+                     "--http-allow-private", "127.0.0.1/32", "--chunk-size", "256KiB"])
+        for i in range(2)
+    ]
+    # A node whose HF_ENDPOINT carries a password (and cannot be reached).
+    lone = start(workdir, proxy, "lone", env={"HF_ENDPOINT": f"http://locus:{password}@127.0.0.1:1", "LOCUS_LOG": "debug"})
+    outputs = []
+    try:
+        def run(n, *args, check=True):
+            r = n.run(*args, check=check)
+            outputs.append(r.stderr.decode(errors="replace"))
+            return r
+
+        for uri in ("hf://acme/llm", f"s3://{BUCKET}/data/train/00"):
+            run(nodes[0], "warm", uri, "--scope", "cluster")
+        run(nodes[0], "warm", signed, "--scope", "cluster")
+        # The other node reads everything: the hub's and the bucket's chunks from its peer, the
+        # signed URL from the origin itself.
+        files = json.loads(run(nodes[1], "ls", "hf://acme/llm", "--json").stdout)["files"]
+        for f in files:
+            assert run(nodes[1], "cat", f["uri"]).stdout
+        for f in json.loads(run(nodes[1], "ls", f"s3://{BUCKET}/data/train/00", "--json").stdout)["files"][:10]:
+            assert run(nodes[1], "cat", f["uri"]).stdout == objects[f"data/train/00/{f['path']}"]
+        assert run(nodes[1], "cat", signed).stdout == data
+        # Errors that name the secrets' carriers.
+        r = run(nodes[0], "cat", missing, check=False)
+        assert r.returncode == 1 and "gone.bin" in r.stderr.decode(), r.stderr
+        r = run(lone, "cat", "hf://acme/llm/config.json", check=False)
+        assert r.returncode == 1, r.stderr
+        for n in nodes + [lone]:
+            outputs.append(run(n, "status", "--json").stdout.decode())
+        for port in metrics:
+            outputs.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+        captured = b"".join(t.bytes() for t in taps)
+        # The taps saw the peers at work (so the check below means something).
+        assert b"acme/llm" in captured and BUCKET.encode() in captured, len(captured)
+        assert nodes[1].status()["peer_bytes"] > 0
+        logs = [n.logs() for n in nodes + [lone]]
+        assert any("127.0.0.1:1" in l for l in logs), "the lone node never named its endpoint"
+        for what, value in planted.items():
+            for i, text in enumerate(outputs + logs):
+                assert value not in text, f"the {what} reached an output: {text[:2000]}"
+            assert value.encode() not in captured, f"the {what} crossed the peer port"
+        # The signed URL's path is still written (without its query).
+        assert any("/m/gone.bin?<redacted>" in o for o in outputs + logs)
+    finally:
+        for n in nodes + [lone]:
+            n.close()
+        for t in taps:
+            t.close()
+        srv.close()

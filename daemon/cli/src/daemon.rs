@@ -38,18 +38,8 @@ impl locus_origin::SpoolSpace for SpoolInCache {
 /// Longest wait for requests in flight at shutdown.
 const DRAIN: Duration = Duration::from_secs(20);
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    init_logging();
+    crate::logging::init();
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(metrics_defs::FETCH_SECONDS.to_string()),

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod daemon;
 mod demo;
+mod logging;
 mod mount;
 
 use std::path::PathBuf;
@@ -117,7 +118,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // One line a person can act on.
-            eprintln!("error: {}", f.msg.replace('\n', " "));
+            let line = f.msg.replace('\n', " ");
+            eprintln!("error: {}", locus_core::redact::redact_urls(&line));
             ExitCode::from(f.code)
         }
     }
@@ -135,7 +137,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let check = args.check_config;
             let cfg = config::DaemonConfig::merge(*args, file, socket)?;
             if check {
-                println!("{}", cfg.summary());
+                println!("{}", locus_core::redact::redact_urls(&cfg.summary()));
                 return Ok(());
             }
             daemon::run(cfg).await.map_err(Failure::from)

@@ -91,14 +91,7 @@ pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
 }
 
 fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOCUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init();
     if let Some(addr) = a.metrics {
         serve_metrics(addr)?;
     }

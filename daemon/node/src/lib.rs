@@ -321,6 +321,9 @@ impl Node {
 
     /// The member that owns `ns`'s metadata, when it is another node that answers.
     fn metadata_owner(&self, ns: &Namespace) -> Option<(String, Arc<dyn peer::PeerTransport>)> {
+        if matches!(ns, Namespace::Http { url } if locus_core::redact::private(url)) {
+            return None;
+        }
         let peers = self.peers.clone()?;
         let owner = self
             .cluster

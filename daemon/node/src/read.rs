@@ -336,7 +336,8 @@ impl Node {
         let plan = self
             .peers
             .as_ref()
-            .filter(|_| hops != ORIGIN_ONLY)
+            // A URL that may carry a signature stays on this node (never named to a peer).
+            .filter(|_| hops != ORIGIN_ONLY && !locus_core::redact::private(&file.uri))
             .map(|p| {
                 let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
                 (p, self.cluster.plan(hash))

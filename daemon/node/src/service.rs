@@ -128,6 +128,11 @@ pub(crate) fn warm_stream(
     progress
         .total_files
         .store(files.len() as u64, Ordering::Relaxed);
+    // A URL that may carry a signature is warmed here only: peers never see it.
+    let scope = match files.iter().any(|f| locus_core::redact::private(&f.uri)) {
+        true => Scope::Node,
+        false => scope,
+    };
     let (tx, rx) = mpsc::channel(8);
     let p = progress.clone();
     let work = tokio::spawn(async move {

@@ -162,6 +162,27 @@ impl HfOrigin {
         &self.cfg.endpoint
     }
 
+    /// A next-page link, made absolute, if it stays on the endpoint's own scheme, host and
+    /// port: pages are fetched with the token, which goes nowhere else.
+    fn same_host(&self, page: &str, next: &str, what: &str) -> Result<String, OriginError> {
+        let refuse = |detail: String| OriginError::Protocol {
+            what: what.to_string(),
+            detail,
+        };
+        let next = reqwest::Url::parse(page)
+            .and_then(|p| p.join(next))
+            .map_err(|e| refuse(format!("bad next-page link: {e}")))?;
+        let home = reqwest::Url::parse(&self.cfg.endpoint)
+            .map_err(|e| refuse(format!("bad endpoint: {e}")))?;
+        if next.origin() != home.origin() {
+            return Err(refuse(format!(
+                "the next page is on another host ({}); not followed with the token",
+                next.origin().ascii_serialization()
+            )));
+        }
+        Ok(next.to_string())
+    }
+
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.cfg.token {
             Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
@@ -380,7 +401,7 @@ impl Origin for HfOrigin {
                 });
             }
             match next_link(&headers) {
-                Some(next) => url = next,
+                Some(next) => url = self.same_host(&url, &next, &what)?,
                 None => break,
             }
         }
@@ -445,6 +466,69 @@ mod tests {
         assert_eq!(encode_path("a b/c+d.bin"), "a%20b/c%2Bd.bin");
         assert_eq!(encode_path("x/y_z-1.safetensors"), "x/y_z-1.safetensors");
         assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+    }
+
+    #[tokio::test]
+    async fn a_next_page_on_another_host_is_not_fetched_with_the_token() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const TOKEN: &str = "hf_plantedtoken_for_the_pagination_test";
+        // Another host: records whatever reaches it.
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_port = other.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = other.accept().await {
+                let mut buf = vec![0; 4096];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                s2.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")
+                    .await;
+            }
+        });
+        // The Hub: one page, whose next page is on the other host.
+        let hub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub_port = hub.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = hub.accept().await {
+                let mut buf = vec![0; 4096];
+                let _ = c.read(&mut buf).await;
+                let r = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <http://127.0.0.1:{other_port}/api/models/a/b/tree/x?cursor=1>; rel=\"next\"\r\ncontent-length: 2\r\n\r\n[]"
+                );
+                let _ = c.write_all(r.as_bytes()).await;
+            }
+        });
+        let o = HfOrigin::new(HfConfig {
+            endpoint: format!("http://127.0.0.1:{hub_port}"),
+            token: Some(Secret::new(TOKEN)),
+            ..HfConfig::from_env()
+        })
+        .unwrap();
+        let ns = locus_core::LocusUri::parse("hf://a/b").unwrap().namespace;
+        let e = o.list(&ns, &"0".repeat(40)).await.unwrap_err();
+        assert!(e.to_string().contains("another host"), "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+        assert!(
+            !seen.contains(TOKEN),
+            "the token went to another host: {seen}"
+        );
+        // The same host's next page is followed (relative links too).
+        let hub = "http://127.0.0.1:1";
+        let o = HfOrigin::new(HfConfig {
+            endpoint: hub.into(),
+            token: None,
+            ..HfConfig::from_env()
+        })
+        .unwrap();
+        let page = format!("{hub}/api/models/a/b/tree/x?recursive=true");
+        assert_eq!(
+            o.same_host(&page, "/api/models/a/b/tree/x?cursor=2", "w")
+                .unwrap(),
+            format!("{hub}/api/models/a/b/tree/x?cursor=2")
+        );
     }
 
     #[test]
