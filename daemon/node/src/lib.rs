@@ -202,10 +202,14 @@ pub struct Node {
     serving: AtomicU32,
     /// Chunk copies peers started here in the background (bounded: they cannot queue work).
     background: Arc<Semaphore>,
+    /// Background copies under way per asking peer (by address): no peer takes them all.
+    background_by_peer: Arc<DashMap<std::net::IpAddr, usize>>,
 }
 
 /// Background chunk copies peers may have under way on a node at once.
 pub(crate) const MAX_BACKGROUND_COPIES: usize = 64;
+/// At most this many of them for one peer.
+pub(crate) const MAX_BACKGROUND_COPIES_PER_PEER: usize = 16;
 
 /// After an object changed under a listing, answers older than this are not taken (a burst of
 /// readers that hit the change still costs one listing).
@@ -278,6 +282,7 @@ impl Node {
             peers,
             serving: AtomicU32::new(0),
             background: Arc::new(Semaphore::new(MAX_BACKGROUND_COPIES)),
+            background_by_peer: Arc::new(DashMap::new()),
         })
     }
 

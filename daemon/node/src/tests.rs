@@ -188,10 +188,7 @@ async fn peers_cannot_queue_unbounded_background_copies() {
             .metrics()
             .num_alive_tasks()
     };
-    let before = tasks();
-    // A peer asks each chunk "local only" as a less loaded candidate: each miss may start a
-    // background copy for the next reader.
-    for index in 0..200 {
+    let ask = |index: u32, peer: [u8; 4]| {
         let req = pb::ChunkRequest {
             file: Some(pb::FileRef {
                 uri: file.uri.clone(),
@@ -206,15 +203,35 @@ async fn peers_cannot_queue_unbounded_background_copies() {
             header_only: false,
             local_only: true,
         };
-        let r = n.prepare_chunk(req).await;
+        n.prepare_chunk(req, Some(std::net::IpAddr::from(peer)))
+    };
+    let before = tasks();
+    // One peer asks each chunk "local only" as a less loaded candidate: each miss may start a
+    // background copy for the next reader, but one peer gets only its share.
+    for index in 0..100 {
+        let r = ask(index, [10, 0, 0, 1]).await;
         assert!(matches!(r, Err(s) if s.code() == tonic::Code::NotFound));
     }
-    // Each copy and its single-flight fetch task: at most 128 with the bound (84 to 128
-    // measured, as the fetches start), 215 and more without it.
-    let started = tasks() - before;
+    let one = tasks() - before;
     assert!(
-        started <= 2 * crate::MAX_BACKGROUND_COPIES + 8,
-        "{started} background copies queued for one peer's 200 requests"
+        one <= 2 * crate::MAX_BACKGROUND_COPIES_PER_PEER + 8,
+        "{one} background copies queued for one peer's 100 requests"
     );
-    assert!(started >= 16, "copies do start ({started})");
+    assert!(one >= 8, "copies do start ({one})");
+    // Other peers still get theirs; all together stay within the node's bound.
+    for index in 100..200 {
+        let r = ask(index, [10, 0, 0, 2 + (index % 6) as u8]).await;
+        assert!(matches!(r, Err(s) if s.code() == tonic::Code::NotFound));
+    }
+    let all = tasks() - before;
+    assert!(
+        all > one + 8,
+        "another peer's copies start too ({one} then {all})"
+    );
+    // Each copy and its single-flight fetch task: at most 128 with the node's bound, 215 and
+    // more without it.
+    assert!(
+        all <= 2 * crate::MAX_BACKGROUND_COPIES + 8,
+        "{all} background copies queued for 200 requests"
+    );
 }

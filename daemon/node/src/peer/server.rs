@@ -232,6 +232,7 @@ impl Node {
     pub(crate) async fn prepare_chunk(
         self: &Arc<Self>,
         req: pb::ChunkRequest,
+        from: Option<std::net::IpAddr>,
     ) -> Result<Prepared, Status> {
         let fref = req.file.ok_or_else(|| invalid("file missing"))?;
         if req.chunk_size != self.cfg.chunk_size {
@@ -259,11 +260,13 @@ impl Node {
                 // Asked as a less loaded candidate: copy the chunk for the next reader, if
                 // fewer than MAX_BACKGROUND_COPIES copies are under way (peers cannot queue
                 // unbounded work here; the reader is served elsewhere either way).
-                if let Ok(permit) = self.background.clone().try_acquire_owned() {
+                let slot = PeerSlot::take(&self.background_by_peer, from);
+                let permit = self.background.clone().try_acquire_owned();
+                if let (Some(slot), Ok(permit)) = (slot, permit) {
                     let node = self.clone();
                     tokio::spawn(async move {
                         let _ = node.ensure_chunk(&file, &h, idx).await;
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
             }
@@ -276,6 +279,43 @@ impl Node {
             hops: req.hops.min(crate::read::READER_HOPS - 1),
             header_only: req.header_only,
         })
+    }
+}
+
+/// One of a peer's [`crate::MAX_BACKGROUND_COPIES_PER_PEER`] background copies, given back
+/// on drop (the peer's entry goes with its last copy).
+struct PeerSlot {
+    by_peer: Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+    peer: Option<std::net::IpAddr>,
+}
+
+impl PeerSlot {
+    fn take(
+        by_peer: &Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<PeerSlot> {
+        if let Some(ip) = peer {
+            let mut n = by_peer.entry(ip).or_insert(0);
+            if *n >= crate::MAX_BACKGROUND_COPIES_PER_PEER {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(PeerSlot {
+            by_peer: by_peer.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.peer {
+            self.by_peer.remove_if_mut(&ip, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
     }
 }
 
@@ -358,7 +398,8 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::ChunkRequest>,
     ) -> Result<Response<Self::GetChunkStream>, Status> {
-        let prepared = self.node.prepare_chunk(request.into_inner()).await?;
+        let from = request.remote_addr().map(|a| a.ip());
+        let prepared = self.node.prepare_chunk(request.into_inner(), from).await?;
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {

@@ -197,7 +197,8 @@ async fn serve_one(
     s: &mut TcpStream,
     req: pb::ChunkRequest,
 ) -> std::io::Result<()> {
-    let prepared = match node.prepare_chunk(req).await {
+    let from = s.peer_addr().ok().map(|a| a.ip());
+    let prepared = match node.prepare_chunk(req, from).await {
         Ok(p) => p,
         Err(st) => return send_error(s, &st).await,
     };
