@@ -125,6 +125,13 @@ def strings(x):
 def validate_objects(objs, version):
     for o in objs:
         kind, name = o.get("kind"), o.get("metadata", {}).get("name")
+        if o.get("apiVersion") == "cert-manager.io/v1":
+            spec = o.get("spec", {})
+            ok = (kind == "Certificate" and spec.get("secretName") and spec.get("dnsNames") and spec.get("issuerRef", {}).get("name")
+                  and spec.get("issuerRef", {}).get("kind") in ("Issuer", "ClusterIssuer"))
+            check(ok, f"{kind}/{name}: apiVersion/kind/spec.secretName/dnsNames/issuerRef (CRD, checked without the schema)")
+            print(f"    {kind}/{name}: CRD cert-manager.io/v1, not in the Kubernetes schemas: structural check only")
+            continue
         if o.get("apiVersion") == "monitoring.coreos.com/v1":
             # A CRD: not in the Kubernetes schemas. A structural check instead.
             spec = o.get("spec", {})
@@ -154,7 +161,7 @@ def daemon_container(ds):
 def chart_makes_token(v):
     """Whether the chart makes the peer-token Secret itself (no token or TLS given, not insecure)."""
     p = v["peerAuth"]
-    return not (p["token"]["existingSecret"] or p["tls"]["existingSecret"] or p["insecure"])
+    return not (p["token"]["existingSecret"] or p["tls"]["existingSecret"] or p["tls"]["certManager"]["issuerRef"]["name"] or p["insecure"])
 
 
 def check_no_secrets(label, objs, v):
@@ -527,6 +534,18 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     check((hfe or {}).get("value", "") == v["hfEndpoint"], f"{label}: HF_ENDPOINT {v['hfEndpoint'] or '(unset)'}")
     tok = v["peerAuth"]["token"]["existingSecret"]
     tls = v["peerAuth"]["tls"]["existingSecret"]
+    cm = v["peerAuth"]["tls"]["certManager"]
+    certs = find(objs, "Certificate")
+    if cm["issuerRef"]["name"] and v["membership"]["mode"] != "none":
+        tls = ds["metadata"]["name"] + "-peer-tls"
+        name = v["peerAuth"]["tls"]["serverName"] or "locus-peer"
+        if check(len(certs) == 1, f"{label}: a cert-manager Certificate for the members"):
+            cs = certs[0]["spec"]
+            check(cs["secretName"] == tls and cs["dnsNames"] == [name] and cs["issuerRef"]["name"] == cm["issuerRef"]["name"]
+                  and cs["issuerRef"]["kind"] == cm["issuerRef"]["kind"] and {"server auth", "client auth"} <= set(cs["usages"]),
+                  f"{label}: the Certificate names {name}, is for server and client auth, from {cm['issuerRef']['kind']}/{cm['issuerRef']['name']}, into {tls}")
+    else:
+        check(not certs, f"{label}: no Certificate unless peerAuth.tls.certManager.issuerRef is set")
     key = v["peerAuth"]["token"]["key"]
     if chart_makes_token(v):
         gen = find(objs, "Secret", "-peer-token")
@@ -655,6 +674,7 @@ def check_refusals(chart):
         ("insecure etcd with a TLS Secret", ["membership.mode=etcd", "membership.etcd.endpoints={e:2379}", "membership.etcd.insecure=true", "membership.etcd.tls.existingSecret=a"], "insecure"),
         ("an unknown membership mode", ["membership.mode=gossip"], "membership"),
         ("both peer token and peer TLS", ["peerAuth.token.existingSecret=a", "peerAuth.tls.existingSecret=b"], "either"),
+        ("both a TLS Secret and cert-manager", ["peerAuth.tls.existingSecret=b", "peerAuth.tls.certManager.issuerRef.name=ca"], "either"),
         ("insecure peers with a token", ["peerAuth.insecure=true", "peerAuth.token.existingSecret=a"], "insecure"),
         ("the mount with allowPrivilegeEscalation=false", ["securityContext.allowPrivilegeEscalation=false"], "privileged"),
         ("a ServiceMonitor without the metrics Service", ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.force=true", "metrics.service.enabled=false"], "metrics.service.enabled"),

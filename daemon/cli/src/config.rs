@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use locus_core::Secret;
-use locus_node::peer::{PeerSecurity, PeerTls};
+use locus_node::peer::{PeerSecurity, PeerTls, TlsFiles};
 
 use crate::Failure;
 
@@ -66,6 +66,10 @@ pub struct DaemonArgs {
     /// Seconds an etcd lease lives: a node that dies leaves the ring after this [default: 10].
     #[arg(long, env = "LOCUS_MEMBERSHIP_TTL")]
     membership_ttl: Option<u64>,
+    /// Seconds between reads of the --peer-tls-* files: a renewed certificate or CA is used
+    /// from then on, without a restart [default: 30].
+    #[arg(long, env = "LOCUS_PEER_TLS_RELOAD")]
+    peer_tls_reload: Option<u64>,
     /// etcd membership over TLS: the PEM CA of the etcd servers' certificates.
     #[arg(long, env = "LOCUS_ETCD_CA")]
     etcd_ca: Option<PathBuf>,
@@ -165,6 +169,7 @@ pub struct FileConfig {
     replicas: Option<usize>,
     load_epsilon: Option<f64>,
     membership_ttl: Option<u64>,
+    peer_tls_reload: Option<u64>,
     etcd_ca: Option<PathBuf>,
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
@@ -220,6 +225,8 @@ pub struct DaemonConfig {
     pub membership_ttl: Duration,
     /// TLS and credentials for etcd membership.
     pub etcd: locus_cluster::EtcdSecurity,
+    /// How often the peer TLS files are read again.
+    pub peer_tls_reload: Duration,
     pub security: PeerSecurity,
     pub s3_endpoint: Option<String>,
     pub s3_virtual_hosted: bool,
@@ -370,6 +377,8 @@ impl DaemonConfig {
                 "--membership-ttl must be between 2 and 3600 seconds",
             ));
         }
+        let peer_tls_reload =
+            Duration::from_secs(a.peer_tls_reload.or(f.peer_tls_reload).unwrap_or(30).max(1));
         let etcd = etcd_security(
             a.etcd_ca.or(f.etcd_ca),
             a.etcd_cert.or(f.etcd_cert),
@@ -471,6 +480,7 @@ impl DaemonConfig {
             load_epsilon,
             membership_ttl: Duration::from_secs(membership_ttl),
             etcd,
+            peer_tls_reload,
             security,
             s3_endpoint,
             s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
@@ -581,6 +591,11 @@ fn peer_security(
             key_pem: read_flag("peer-tls-key", &k)?,
             ca_pem: read_flag("peer-tls-ca", &a)?,
             server_name: name.unwrap_or_else(|| "locus-peer".into()),
+            files: Some(TlsFiles {
+                cert: c,
+                key: k,
+                ca: a,
+            }),
         }),
         _ => {
             return Err(Failure::usage(

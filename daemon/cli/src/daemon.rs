@@ -9,7 +9,7 @@ use locus_cluster::{Cluster, ClusterConfig, Membership, MembershipOptions};
 use locus_grpc::v1::local_server::LocalServer;
 use locus_grpc::v1::peer_server::PeerServer;
 use locus_node::peer::server::{check_peer, PeerService};
-use locus_node::peer::{GrpcPeers, PeerTransport};
+use locus_node::peer::{GrpcPeers, PeerTls, PeerTransport};
 use locus_node::{metrics_defs, service::LocalService, Node, NodeConfig};
 use locus_origin::{
     FileOrigin, HfConfig, HfOrigin, HttpOrigin, Origin, Origins, RetryPolicy, S3Config, S3Origin,
@@ -111,10 +111,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         epsilon: cfg.load_epsilon,
         replicas: cfg.replicas,
     });
-    let transport: Option<Arc<dyn PeerTransport>> = match &peer_listener {
+    let grpc_peers = match &peer_listener {
         Some(_) => Some(GrpcPeers::new(&cfg.security).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let transport = grpc_peers.clone().map(|p| p as Arc<dyn PeerTransport>);
     let node = Node::with_cluster(
         origin,
         store.clone(),
@@ -137,21 +138,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let peer_server = match peer_listener {
         Some(l) => {
-            let mut builder = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(32 << 20))
-                .max_frame_size(Some(locus_node::peer::PEER_FRAME))
-                .http2_keepalive_interval(Some(Duration::from_secs(10)));
-            if let Some(tls) = &cfg.security.tls {
-                builder = builder
-                    .tls_config(
-                        ServerTlsConfig::new()
-                            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                            .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
-                    )
-                    .context("peer TLS settings")?;
-            }
             let svc = tonic::service::interceptor::InterceptedService::new(
                 PeerServer::new(PeerService::new(node.clone())).max_decoding_message_size(1 << 20),
                 check_peer(
@@ -159,23 +145,40 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     cfg.security.tls.as_ref().map(|t| t.server_name.clone()),
                 ),
             );
-            type Incoming = std::pin::Pin<
-                Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
-            >;
-            let incoming: Incoming = if cfg.security.wire_enabled() {
-                // Chunk bodies on the plain-TCP wire, everything else gRPC, on one port.
-                Box::pin(locus_node::peer::wire::split(
+            let serve = match (&cfg.security.tls, &grpc_peers) {
+                (Some(tls), Some(peers)) => tokio::spawn(serve_tls_peers(
                     l,
-                    node.clone(),
-                    cfg.security.token.clone(),
+                    move |mut b| b.add_service(svc.clone()),
+                    tls.clone(),
+                    peers.clone(),
+                    cfg.peer_tls_reload,
                     stop_rx.clone(),
-                ))
-            } else {
-                Box::pin(tokio_stream::wrappers::TcpListenerStream::new(l))
+                )),
+                _ => {
+                    type Incoming = std::pin::Pin<
+                        Box<
+                            dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>>
+                                + Send,
+                        >,
+                    >;
+                    let incoming: Incoming = if cfg.security.wire_enabled() {
+                        // Chunk bodies on the plain-TCP wire, everything else gRPC, on one port.
+                        Box::pin(locus_node::peer::wire::split(
+                            l,
+                            node.clone(),
+                            cfg.security.token.clone(),
+                            stop_rx.clone(),
+                        ))
+                    } else {
+                        Box::pin(tokio_stream::wrappers::TcpListenerStream::new(l))
+                    };
+                    tokio::spawn(
+                        peer_server_builder()
+                            .add_service(svc)
+                            .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())),
+                    )
+                }
             };
-            let serve = builder
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone()));
             let membership = tokio::spawn(locus_cluster::membership::run(
                 cfg.membership
                     .clone()
@@ -189,7 +192,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 stop_rx.clone(),
             ));
             node.spawn_health_checks();
-            Some((tokio::spawn(serve), membership))
+            Some((serve, membership))
         }
         None => None,
     };
@@ -267,6 +270,95 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || store.flush()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The peer server's transport settings (TLS aside).
+fn peer_server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(locus_node::peer::PEER_FRAME))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+}
+
+/// Serves peers over mutual TLS, reading the certificate files again every `every`: when they
+/// change (a renewed certificate, a new CA), a server with the new ones takes the new
+/// connections, the previous one finishes its requests and closes, and this node's own
+/// connections to peers are made again with them. No restart, no request cut short.
+async fn serve_tls_peers(
+    listener: tokio::net::TcpListener,
+    routes: impl Fn(tonic::transport::Server) -> tonic::transport::server::Router + Send + 'static,
+    mut tls: PeerTls,
+    peers: Arc<GrpcPeers>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    use tokio_stream::StreamExt;
+    let mut incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut servers = Vec::new();
+    loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(16);
+        let (quit_tx, quit_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = routes(
+            peer_server_builder().tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                    .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+            )?,
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            async move {
+                let _ = quit_rx.await;
+            },
+        );
+        servers.push((tokio::spawn(server), Some(quit_tx)));
+        let stopping = loop {
+            tokio::select! {
+                conn = incoming.next() => match conn {
+                    Some(c) => {
+                        let _ = tx.send(c).await;
+                    }
+                    None => break true,
+                },
+                _ = tick.tick() => match tls.reread() {
+                    None => {}
+                    Some(Ok(new)) => {
+                        peers.set_tls(&new);
+                        tls = new;
+                        metrics::counter!(metrics_defs::PEER_TLS_RELOADS).increment(1);
+                        tracing::info!("peer TLS files changed: new connections use them");
+                        break false;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "peer TLS files cannot be read; keeping the ones in use")
+                    }
+                },
+                _ = async { let _ = stop.wait_for(|v| *v).await; } => break true,
+            }
+        };
+        // The servers before the newest stop taking connections and close once their
+        // requests end; all of them when the daemon stops.
+        let keep = usize::from(!stopping);
+        let n = servers.len();
+        for (_, quit) in servers.iter_mut().take(n - keep) {
+            if let Some(q) = quit.take() {
+                let _ = q.send(());
+            }
+        }
+        if stopping {
+            for (h, _) in servers {
+                if let Ok(Err(e)) = h.await {
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
+        servers.retain(|(h, _)| !h.is_finished());
+    }
 }
 
 /// Binds the local API socket, replacing a stale socket file but never a live daemon's. The

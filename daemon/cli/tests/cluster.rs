@@ -1347,6 +1347,105 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
 }
 
 #[test]
+fn renewed_peer_certificates_are_taken_up_without_a_restart() {
+    let env = Env::new();
+    let files = random_files(3, 1 << 20, 103);
+    env.sim.commit("model", REPO, files.clone());
+    // A CA and a member certificate: (CA PEM, certificate PEM, key PEM).
+    let issue = || {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["locus-peer".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    };
+    // As a renewal lands in a Secret volume: each file replaced whole.
+    let put = |dir: &str, (ca, cert, key): &(String, String, String)| {
+        let d = env.path(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in [("ca.pem", ca), ("tls.pem", cert), ("tls.key", key)] {
+            let tmp = d.join(format!(".{name}"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, d.join(name)).unwrap();
+        }
+        let p = |n: &str| d.join(n).display().to_string();
+        [p("tls.pem"), p("tls.key"), p("ca.pem")]
+    };
+    let old = issue();
+    let new = issue();
+    let shared = put("tls", &old);
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = addrs.join(",");
+    let start = |i: usize, files: &[String; 3]| {
+        let args = [
+            "--chunk-size",
+            CHUNK,
+            "--listen",
+            &addrs[i],
+            "--peers",
+            &peers,
+            "--peer-tls-reload",
+            "1",
+            "--peer-tls-cert",
+            &files[0],
+            "--peer-tls-key",
+            &files[1],
+            "--peer-tls-ca",
+            &files[2],
+        ];
+        env.daemon(&format!("n{i}"), &args, &[])
+    };
+    let state = |d: &Daemon, a: &str| {
+        members(d)
+            .into_iter()
+            .find(|(x, _)| x == a)
+            .map(|(_, s)| s)
+            .unwrap()
+    };
+    let n0 = start(0, &shared);
+    let n1 = start(1, &shared);
+    wait_for("n0 and n1 over the first CA", 20, || {
+        state(&n0, &addrs[1]) == "up" && state(&n1, &addrs[0]) == "up"
+    });
+    // The renewal: a new CA and certificate in the files the two read; a third member starts
+    // with the new ones only.
+    put("tls", &new);
+    wait_for("both to take up the new files", 20, || {
+        [&n0, &n1]
+            .iter()
+            .all(|d| d.log_text().contains("peer TLS files changed"))
+    });
+    let fresh = put("tls-new", &new);
+    let n2 = start(2, &fresh);
+    // The newcomer places chunks at their owners: only over TLS with the new CA do n0 and n1
+    // take theirs (a refused owner would leave n2 holding everything itself).
+    n2.ok(&["warm", "hf://acme/model", "--scope", "cluster"]);
+    for d in [&n0, &n1] {
+        let st = d.json(&["status", "--json"]);
+        assert!(st["cache_bytes"].as_u64().unwrap() > 0, "{st}");
+    }
+    for (path, want) in &files {
+        let got = n2.ok(&["cat", &format!("hf://acme/model/{path}")]);
+        assert!(got == want.to_vec(), "{path} differs");
+    }
+    let st = n2.json(&["status", "--json"]);
+    assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
+    // And the two that renewed still talk to each other, on new connections.
+    n1.ok(&["warm", "hf://acme/model"]);
+    let st = n1.json(&["status", "--json"]);
+    assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
+    drop(n1);
+}
+
+#[test]
 fn with_two_replicas_a_dead_owner_costs_no_origin_bytes() {
     let env = Env::new();
     let files = random_files(4, 1 << 20, 111);

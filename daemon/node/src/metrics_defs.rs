@@ -39,6 +39,8 @@ pub const DIGEST_MISMATCHES: &str = "locus_digest_mismatches_total";
 pub const PEER_DOWN: &str = "locus_peer_down_total";
 /// Peer requests refused for a missing or wrong token.
 pub const PEER_AUTH_FAILURES: &str = "locus_peer_auth_failures_total";
+/// Peer TLS certificates or CAs taken up again from their files (renewals).
+pub const PEER_TLS_RELOADS: &str = "locus_peer_tls_reloads_total";
 /// Peer requests refused as malformed.
 pub const PEER_INVALID_REQUESTS: &str = "locus_peer_invalid_requests_total";
 /// Peer chunk requests, by `result` (`ok`, `error`) as seen by the reader and `transport`
@@ -86,6 +88,10 @@ pub fn describe() {
     );
     metrics::describe_counter!(PEER_INVALID_REQUESTS, "Peer requests refused as malformed");
     metrics::describe_counter!(
+        PEER_TLS_RELOADS,
+        "Peer TLS certificates or CAs taken up again from their files"
+    );
+    metrics::describe_counter!(
         PEER_REQUESTS,
         "Chunk requests sent to peers, by result and transport"
     );
@@ -112,6 +118,7 @@ pub fn describe() {
         PEER_DOWN,
         PEER_AUTH_FAILURES,
         PEER_INVALID_REQUESTS,
+        PEER_TLS_RELOADS,
         MEMBERSHIP_ERRORS,
     ] {
         metrics::counter!(c).absolute(0);

@@ -58,7 +58,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "locus.peerTokenSecret" -}}
 {{- $p := .Values.peerAuth -}}
 {{- if $p.token.existingSecret -}}{{ $p.token.existingSecret }}
-{{- else if not (or $p.tls.existingSecret $p.insecure) -}}{{ include "locus.fullname" . }}-peer-token
+{{- else if not (or (include "locus.peerTlsSecret" .) $p.insecure) -}}{{ include "locus.fullname" . }}-peer-token
 {{- end -}}
 {{- end }}
 
@@ -67,6 +67,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.peerAuth.token.existingSecret -}}{{ .Values.peerAuth.token.key }}{{- else -}}token{{- end -}}
 {{- end }}
 {{- define "locus.peerTlsDir" -}}/etc/locus/peer-tls{{- end }}
+
+{{/* The Secret holding the peer certificate: the one given, else cert-manager's for the chart's Certificate (empty: none). */}}
+{{- define "locus.peerTlsSecret" -}}
+{{- $t := .Values.peerAuth.tls -}}
+{{- if $t.existingSecret -}}{{ $t.existingSecret }}
+{{- else if $t.certManager.issuerRef.name -}}{{ include "locus.fullname" . }}-peer-tls
+{{- end -}}
+{{- end }}
 
 {{/* The --membership value, empty for mode "none". */}}
 {{- define "locus.membership" -}}
@@ -132,11 +140,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $a = concat $a (list $flag (toString $val)) }}
 {{- end }}
 {{- end }}
-{{- if and $v.peerAuth.token.existingSecret $v.peerAuth.tls.existingSecret }}
-{{- fail "peerAuth: set either token.existingSecret or tls.existingSecret, not both" }}
+{{- $tlsSecret := include "locus.peerTlsSecret" . }}
+{{- if and $v.peerAuth.tls.existingSecret $v.peerAuth.tls.certManager.issuerRef.name }}
+{{- fail "peerAuth.tls: set either existingSecret or certManager.issuerRef, not both" }}
 {{- end }}
-{{- if and $v.peerAuth.insecure (or $v.peerAuth.token.existingSecret $v.peerAuth.tls.existingSecret) }}
-{{- fail "peerAuth: insecure turns authentication off; it cannot go with token.existingSecret or tls.existingSecret" }}
+{{- if and $v.peerAuth.token.existingSecret $tlsSecret }}
+{{- fail "peerAuth: set either token.existingSecret or tls (existingSecret or certManager), not both" }}
+{{- end }}
+{{- if and $v.peerAuth.insecure (or $v.peerAuth.token.existingSecret $tlsSecret) }}
+{{- fail "peerAuth: insecure turns authentication off; it cannot go with token.existingSecret or tls" }}
 {{- end }}
 {{- if include "locus.peerTokenSecret" . }}
 {{- $a = concat $a (list "--peer-token-file" (include "locus.peerTokenFile" .)) }}
@@ -144,7 +156,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $v.peerAuth.insecure }}
 {{- $a = concat $a (list "--insecure-peers") }}
 {{- end }}
-{{- if $v.peerAuth.tls.existingSecret }}
+{{- if $tlsSecret }}
 {{- $d := include "locus.peerTlsDir" . }}
 {{- $a = concat $a (list "--peer-tls-cert" (printf "%s/tls.crt" $d) "--peer-tls-key" (printf "%s/tls.key" $d) "--peer-tls-ca" (printf "%s/ca.crt" $d)) }}
 {{- if $v.peerAuth.tls.serverName }}

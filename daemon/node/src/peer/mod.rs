@@ -200,6 +200,48 @@ pub struct PeerTls {
     pub ca_pem: Vec<u8>,
     /// The name every member's certificate carries (checked by clients).
     pub server_name: String,
+    /// Where the three came from, to read again when they are renewed.
+    pub files: Option<TlsFiles>,
+}
+
+/// The files of a [`PeerTls`].
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The private key.
+    pub key: std::path::PathBuf,
+    /// The CA certificate(s).
+    pub ca: std::path::PathBuf,
+}
+
+impl PeerTls {
+    /// The files as they are now, if they differ from what this holds (a renewed
+    /// certificate, a new CA); `Err` if they cannot be read.
+    pub fn reread(&self) -> Option<Result<PeerTls, String>> {
+        let f = self.files.as_ref()?;
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let now = (|| Ok::<_, String>((read(&f.cert)?, read(&f.key)?, read(&f.ca)?)))();
+        match now {
+            Err(e) => Some(Err(e)),
+            Ok((c, k, a)) if c == self.cert_pem && k == self.key_pem && a == self.ca_pem => None,
+            Ok((cert_pem, key_pem, ca_pem)) => Some(Ok(PeerTls {
+                cert_pem,
+                key_pem,
+                ca_pem,
+                server_name: self.server_name.clone(),
+                files: self.files.clone(),
+            })),
+        }
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.server_name.clone())
+    }
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -263,7 +305,8 @@ pub struct GrpcPeers {
     /// One channel per peer address; bounded (addresses come and go with pods), a channel
     /// that goes is made again when needed.
     channels: quick_cache::sync::Cache<String, Channel>,
-    tls: Option<ClientTlsConfig>,
+    /// Replaced when the certificate is renewed ([`GrpcPeers::set_tls`]).
+    tls: std::sync::RwLock<Option<ClientTlsConfig>>,
     token: TokenInterceptor,
     wire: Option<Arc<wire::WireClient>>,
     wire_slots: tokio::sync::Semaphore,
@@ -280,12 +323,7 @@ impl GrpcPeers {
             ),
             None => None,
         };
-        let tls = security.tls.as_ref().map(|t| {
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&t.ca_pem))
-                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
-                .domain_name(t.server_name.clone())
-        });
+        let tls = std::sync::RwLock::new(security.tls.as_ref().map(PeerTls::client_config));
         let wire = security
             .wire_enabled()
             .then(|| Arc::new(wire::WireClient::new(security.token.as_ref())));
@@ -298,12 +336,19 @@ impl GrpcPeers {
         }))
     }
 
+    /// Uses `tls` for connections made from now on; the ones open finish their requests.
+    pub fn set_tls(&self, tls: &PeerTls) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(tls.client_config());
+        self.channels.clear();
+    }
+
     fn client(&self, addr: &str) -> Result<Client, PeerError> {
         let channel = match self.channels.get(addr) {
             Some(c) => c.clone(),
             None => {
                 let unreachable = |detail: String| PeerError::unreachable(addr, detail);
-                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let scheme = if tls.is_some() { "https" } else { "http" };
                 let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(|e| unreachable(format!("bad address: {e}")))?
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -315,9 +360,9 @@ impl GrpcPeers {
                     // Chunk data comes in 1 MiB messages: 1 MiB frames instead of h2's 16 KiB
                     // default cut the syscalls of a transfer about 60-fold.
                     .max_frame_size(PEER_FRAME);
-                if let Some(tls) = &self.tls {
+                if let Some(tls) = tls {
                     ep = ep
-                        .tls_config(tls.clone())
+                        .tls_config(tls)
                         .map_err(|e| unreachable(format!("TLS settings: {e}")))?;
                 }
                 let ch = ep.connect_lazy();
