@@ -175,6 +175,24 @@ async fn a_peer_cannot_make_a_node_ask_the_origin_more_than_once_per_relist_age(
     assert_eq!(origin.resolves.load(Ordering::SeqCst), 1);
 }
 
+/// A "local only" request for chunk `index` of `file`, as a less loaded candidate (hops 1).
+fn ask_req(file: &RemoteFile, index: u32) -> locus_grpc::v1::ChunkRequest {
+    locus_grpc::v1::ChunkRequest {
+        file: Some(locus_grpc::v1::FileRef {
+            uri: file.uri.clone(),
+            key: file.key.clone(),
+            size: file.size,
+            namespace: String::new(),
+            revision: String::new(),
+        }),
+        chunk_size: 64 << 10,
+        index,
+        hops: 1,
+        header_only: false,
+        local_only: true,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_cannot_queue_unbounded_background_copies() {
     use locus_grpc::v1 as pb;
@@ -189,22 +207,17 @@ async fn peers_cannot_queue_unbounded_background_copies() {
             .num_alive_tasks()
     };
     let ask = |index: u32, peer: [u8; 4]| {
-        let req = pb::ChunkRequest {
-            file: Some(pb::FileRef {
-                uri: file.uri.clone(),
-                key: file.key.clone(),
-                size: file.size,
-                namespace: String::new(),
-                revision: String::new(),
-            }),
-            chunk_size: 64 << 10,
-            index,
-            hops: 1,
-            header_only: false,
-            local_only: true,
-        };
-        n.prepare_chunk(req, Some(std::net::IpAddr::from(peer)))
+        n.prepare_chunk(ask_req(&file, index), Some(std::net::IpAddr::from(peer)))
     };
+    // Asked only what it holds (hops 0): a miss starts nothing and adds no entry.
+    let mut req = ask_req(&file, 0);
+    req.hops = 0;
+    let r = n.prepare_chunk(req, Some([10, 0, 0, 9].into())).await;
+    assert!(matches!(r, Err(s) if s.code() == tonic::Code::NotFound));
+    assert!(
+        n.store().held(&file.key).is_none(),
+        "a question registered the file"
+    );
     let before = tasks();
     // One peer asks each chunk "local only" as a less loaded candidate: each miss may start a
     // background copy for the next reader, but one peer gets only its share.

@@ -574,6 +574,15 @@ impl Store {
         self.lock().files.get(key).map(|e| (e.bytes, e.rec.pinned))
     }
 
+    /// Whether chunk `idx` of `key` is stored here, without registering the file (a peer's
+    /// question must not add entries).
+    pub fn has_chunk(&self, key: &str, idx: u32) -> bool {
+        self.lock()
+            .files
+            .get(key)
+            .is_some_and(|e| e.chunks.contains_key(&idx))
+    }
+
     /// Frees room after the disk said ENOSPC: evicts unused files worth `needed` bytes.
     fn evict_for_disk(&self, needed: u64) {
         {

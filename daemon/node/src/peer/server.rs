@@ -242,12 +242,38 @@ impl Node {
             )));
         }
         let file = self.file_by_ref(&fref).await?;
+        let idx = req.index;
+        if req.local_only && !self.store.has_chunk(&file.key, idx) {
+            // Asked as a less loaded candidate (hops > 0): copy the chunk for the next reader,
+            // if this peer has fewer than MAX_BACKGROUND_COPIES_PER_PEER and the node fewer
+            // than MAX_BACKGROUND_COPIES copies under way. Otherwise nothing is started and the
+            // file is not even registered: a peer's questions cannot queue work or add entries.
+            let slot = (req.hops > 0)
+                .then(|| PeerSlot::take(&self.background_by_peer, from))
+                .flatten();
+            if let Some(slot) = slot {
+                if let Ok(permit) = self.background.clone().try_acquire_owned() {
+                    let h = Arc::new(
+                        self.store
+                            .register(&file, self.cfg.chunk_size)
+                            .map_err(NodeError::from)?,
+                    );
+                    if idx < h.layout().count() {
+                        let node = self.clone();
+                        tokio::spawn(async move {
+                            let _ = node.ensure_chunk(&file, &h, idx).await;
+                            drop((permit, slot));
+                        });
+                    }
+                }
+            }
+            return Err(Status::not_found("chunk not cached here"));
+        }
         let h = Arc::new(
             self.store
                 .register(&file, self.cfg.chunk_size)
                 .map_err(NodeError::from)?,
         );
-        let idx = req.index;
         if idx >= h.layout().count() {
             return Err(Status::out_of_range(format!(
                 "chunk {idx} of {}: the file has {} chunks",
@@ -256,20 +282,7 @@ impl Node {
             )));
         }
         if req.local_only && h.crc(idx).is_none() {
-            if req.hops > 0 {
-                // Asked as a less loaded candidate: copy the chunk for the next reader, if
-                // fewer than MAX_BACKGROUND_COPIES copies are under way (peers cannot queue
-                // unbounded work here; the reader is served elsewhere either way).
-                let slot = PeerSlot::take(&self.background_by_peer, from);
-                let permit = self.background.clone().try_acquire_owned();
-                if let (Some(slot), Ok(permit)) = (slot, permit) {
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        let _ = node.ensure_chunk(&file, &h, idx).await;
-                        drop((permit, slot));
-                    });
-                }
-            }
+            // Evicted since it was looked at.
             return Err(Status::not_found("chunk not cached here"));
         }
         Ok(Prepared {
