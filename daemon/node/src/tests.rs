@@ -195,7 +195,6 @@ fn ask_req(file: &RemoteFile, index: u32) -> locus_grpc::v1::ChunkRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_cannot_queue_unbounded_background_copies() {
-    use locus_grpc::v1 as pb;
     // 200 chunks of 64 KiB, and an origin that never answers.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (n, _origin, _dir) = gated_node(Bytes::from(vec![7u8; 200 << 16]), 0, Some(gate));
