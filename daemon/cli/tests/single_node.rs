@@ -455,6 +455,33 @@ fn lru_eviction_above_capacity_spares_pinned_files() {
 }
 
 #[test]
+fn unpin_and_evict_reach_every_cached_version_of_a_name() {
+    let env = Env::new();
+    let v1 = random_files(2, 300_000, 31);
+    env.sim.commit("model", "acme/a", v1.clone());
+    let d = env.daemon("n", &["--metadata-ttl", "1"], &[]);
+    let status = || d.json(&["status", "--json"]);
+    d.ok(&["warm", "hf://acme/a", "--pin"]);
+    // The branch moves on: new bytes under the same names, pinned too.
+    let v2 = random_files(2, 300_000, 41);
+    let rev2 = env.sim.commit("model", "acme/a", v2.clone());
+    std::thread::sleep(Duration::from_millis(1200));
+    d.ok(&["warm", "hf://acme/a", "--pin"]);
+    assert_eq!(status()["pinned"].as_u64(), Some(4));
+    // Naming one revision reaches that one only.
+    let out = String::from_utf8(d.ok(&["unpin", &format!("hf://acme/a@{rev2}")])).unwrap();
+    assert!(out.contains("unpinned 2 files"), "{out}");
+    assert_eq!(status()["pinned"].as_u64(), Some(2));
+    // The name without a revision reaches the older version as well.
+    let out = String::from_utf8(d.ok(&["unpin", "hf://acme/a"])).unwrap();
+    assert!(out.contains("unpinned 2 files"), "{out}");
+    assert_eq!(status()["pinned"].as_u64(), Some(0));
+    let out = String::from_utf8(d.ok(&["evict", "hf://acme/a"])).unwrap();
+    assert!(out.contains("evicted 4 files"), "{out}");
+    assert_eq!(status()["files"].as_u64(), Some(0));
+}
+
+#[test]
 fn unpin_and_evict_give_the_room_back() {
     let env = Env::new();
     let a = random_files(2, 1 << 20, 11);

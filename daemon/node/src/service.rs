@@ -244,9 +244,34 @@ impl LocalService {
         act: impl Fn(&str) -> locus_store::Evicted,
     ) -> Result<Response<pb::SelectResponse>, Status> {
         let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
+        let mut keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+        // A URI without a revision names every version of its files: older ones cached here
+        // (an overwritten object, a moved branch) are reached too.
+        let unversioned = |uri: &str| {
+            LocusUri::parse(uri).ok().map(|mut u| {
+                u.revision = None;
+                u.to_string()
+            })
+        };
+        let any_version = r
+            .uris
+            .iter()
+            .all(|u| LocusUri::parse(u).is_ok_and(|u| u.revision.is_none()));
+        if any_version {
+            let names: std::collections::HashSet<String> =
+                files.iter().filter_map(|f| unversioned(&f.uri)).collect();
+            let current: std::collections::HashSet<String> = keys.iter().cloned().collect();
+            keys.extend(
+                self.node
+                    .store()
+                    .keys_where(|u| unversioned(u).is_some_and(|n| names.contains(&n)))
+                    .into_iter()
+                    .filter(|k| !current.contains(k)),
+            );
+        }
         let mut out = pb::SelectResponse::default();
-        for f in &files {
-            match act(&f.key) {
+        for key in &keys {
+            match act(key) {
                 locus_store::Evicted::Freed(bytes) => {
                     out.files += 1;
                     out.bytes += bytes;

@@ -574,6 +574,16 @@ impl Store {
         self.lock().files.get(key).map(|e| (e.bytes, e.rec.pinned))
     }
 
+    /// Keys of the files stored here whose URI satisfies `pred` (every version of a name).
+    pub fn keys_where(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        self.lock()
+            .files
+            .iter()
+            .filter(|(_, e)| pred(&e.rec.uri))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Whether chunk `idx` of `key` is stored here, without registering the file (a peer's
     /// question must not add entries).
     pub fn has_chunk(&self, key: &str, idx: u32) -> bool {
