@@ -59,7 +59,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     let store = Store::open_with(&cfg.cache_dir, cfg.cache_size, access)
         .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;
-    let hf = HfConfig::from_env();
+    let hf = HfConfig {
+        redirects: locus_origin::http::AddressPolicy {
+            allow: cfg.http_allow_private.clone(),
+        },
+        ..HfConfig::from_env()
+    };
     tracing::info!(
         endpoint = hf.endpoint,
         token = hf.token.is_some(),

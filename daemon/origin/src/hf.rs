@@ -22,6 +22,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
+use crate::http::{AddressPolicy, Filtered};
 use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
@@ -43,6 +44,9 @@ pub struct HfConfig {
     pub connect_timeout: Duration,
     /// Longest silence while reading a response.
     pub read_timeout: Duration,
+    /// Where the Hub's redirects (to its CDN) may lead: the endpoint itself and its own
+    /// private network are trusted, anything else is judged as an `http(s)://` URL is.
+    pub redirects: AddressPolicy,
 }
 
 impl HfConfig {
@@ -59,6 +63,7 @@ impl HfConfig {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            redirects: AddressPolicy::default(),
         }
     }
 }
@@ -81,6 +86,9 @@ fn token_from_env() -> Option<Secret> {
 pub struct HfOrigin {
     cfg: HfConfig,
     client: reqwest::Client,
+    /// `cfg.redirects` with the endpoint's network, and the endpoint's host.
+    redirects: Arc<AddressPolicy>,
+    home: Option<String>,
     /// resolve URL → (CDN URL, when it was learnt); bounded, least recently used go.
     cdn_urls: quick_cache::sync::Cache<String, (Arc<str>, Instant)>,
 }
@@ -147,12 +155,27 @@ fn hf_parts(ns: &Namespace) -> Result<(RepoType, &str), OriginError> {
 impl HfOrigin {
     /// A Hub origin with `cfg`.
     pub fn new(cfg: HfConfig) -> Result<Self, OriginError> {
+        let home = reqwest::Url::parse(&cfg.endpoint)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
+        let mut redirects = cfg.redirects.clone();
+        if let Some(ip) = home.as_deref().and_then(|h| h.parse().ok()) {
+            redirects = redirects.and_network_of(ip);
+        }
+        let redirects = Arc::new(redirects);
+        // The CDN a redirect names is reached only at addresses the policy allows (the
+        // connection goes where the filtering resolver says: no DNS rebinding). Through a
+        // proxy (HTTPS_PROXY) the proxy resolves names; literal addresses are still checked.
+        let resolver = Arc::new(Filtered::system(redirects.clone(), home.clone()));
         let client = build_client(cfg.connect_timeout, cfg.read_timeout, |b| {
             b.redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(resolver)
         })?;
         Ok(Self {
             cfg,
             client,
+            redirects,
+            home,
             cdn_urls: quick_cache::sync::Cache::new(MAX_CDN_URLS),
         })
     }
@@ -249,15 +272,16 @@ impl HfOrigin {
                     what: what.to_string(),
                     detail: "redirect without Location".into(),
                 })?;
-            let url: Arc<str> = resp
-                .url()
-                .join(loc)
-                .map_err(|e| OriginError::Protocol {
-                    what: what.to_string(),
-                    detail: format!("bad redirect Location: {e}"),
-                })?
-                .to_string()
-                .into();
+            let url = resp.url().join(loc).map_err(|e| OriginError::Protocol {
+                what: what.to_string(),
+                detail: format!("bad redirect Location: {e}"),
+            })?;
+            if url.host_str().map(|h| h.trim_matches(['[', ']'])) != self.home.as_deref() {
+                if let Some(r) = self.redirects.refuse_literal(&url) {
+                    return Err(r.into_error(what));
+                }
+            }
+            let url: Arc<str> = url.to_string().into();
             self.cdn_urls.insert(resolve, (url.clone(), Instant::now()));
             return Ok((url, true));
         }
@@ -466,6 +490,83 @@ mod tests {
         assert_eq!(encode_path("a b/c+d.bin"), "a%20b/c%2Bd.bin");
         assert_eq!(encode_path("x/y_z-1.safetensors"), "x/y_z-1.safetensors");
         assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+    }
+
+    /// A server on `ip` that answers every request with `response` (`{port}` replaced by
+    /// its own port); returns its port.
+    async fn answering(ip: &str, response: &'static str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = response.replace("{port}", &port.to_string());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = vec![0; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(r.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_hubs_redirects_reach_no_private_or_metadata_address() {
+        let cdn = answering(
+            "127.0.0.2",
+            "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-4/5\r\ncontent-length: 5\r\n\r\nhello",
+        )
+        .await;
+        let file = RemoteFile {
+            uri: format!("hf://a/b@{}/x.bin", "0".repeat(40)),
+            path: "x.bin".into(),
+            size: 5,
+            key: "k".into(),
+            locator: format!("a/b/resolve/{}/x.bin", "0".repeat(40)),
+            digest: None,
+            listed: None,
+        };
+        let read = |target: String| {
+            let file = file.clone();
+            async move {
+                let hub = answering(
+                    "127.0.0.1",
+                    Box::leak(
+                        format!(
+                            "HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n"
+                        )
+                        .into_boxed_str(),
+                    ),
+                )
+                .await;
+                let o = HfOrigin::new(HfConfig {
+                    endpoint: format!("http://127.0.0.1:{hub}"),
+                    token: None,
+                    ..HfConfig::from_env()
+                })
+                .unwrap();
+                match o.read(&file, 0..5).await {
+                    Ok(s) => s
+                        .try_collect::<Vec<bytes::Bytes>>()
+                        .await
+                        .map(|b| b.concat()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        // Cloud metadata and a private network the endpoint is not in: refused at once.
+        for target in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/x",
+        ] {
+            let e = read(target.to_string()).await.unwrap_err();
+            assert!(
+                matches!(e, OriginError::AccessDenied { .. }),
+                "{target}: {e}"
+            );
+        }
+        // The endpoint's own network (here loopback, another address): followed.
+        let got = read(format!("http://127.0.0.2:{cdn}/cdn/x")).await.unwrap();
+        assert_eq!(got, b"hello");
     }
 
     #[tokio::test]

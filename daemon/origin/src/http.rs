@@ -192,8 +192,34 @@ impl AddressPolicy {
         (!allowed).then_some((kind, PRIVATE))
     }
 
+    /// This policy, also allowing the private network `ip` belongs to (loopback, an RFC 1918
+    /// block, CGNAT, ULA): for the network of an endpoint the operator named (a Hub mirror, a
+    /// test Hub), whose redirects stay in it. Link-local addresses stay refused.
+    pub fn and_network_of(mut self, ip: IpAddr) -> Self {
+        let block = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                match o {
+                    [127, ..] => Some("127.0.0.0/8"),
+                    [10, ..] => Some("10.0.0.0/8"),
+                    [172, b, ..] if (16..32).contains(&b) => Some("172.16.0.0/12"),
+                    [192, 168, ..] => Some("192.168.0.0/16"),
+                    [100, b, ..] if (b & 0xc0) == 64 => Some("100.64.0.0/10"),
+                    _ => None,
+                }
+            }
+            IpAddr::V6(v6) if v6.is_loopback() => Some("::1/128"),
+            IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => Some("fc00::/7"),
+            IpAddr::V6(_) => None,
+        };
+        if let Some(net) = block.and_then(|b| b.parse().ok()) {
+            self.allow.push(net);
+        }
+        self
+    }
+
     /// The refusal of a URL that names an address literally.
-    fn refuse_literal(&self, url: &reqwest::Url) -> Option<Refused> {
+    pub(crate) fn refuse_literal(&self, url: &reqwest::Url) -> Option<Refused> {
         let ip = match url.host()? {
             url::Host::Ipv4(ip) => IpAddr::V4(ip),
             url::Host::Ipv6(ip) => IpAddr::V6(ip),
@@ -227,14 +253,35 @@ fn system_lookup() -> Lookup {
 
 /// A resolver that answers only addresses the policy allows: the client connects to what it
 /// returns and nothing else.
-struct Filtered {
+pub(crate) struct Filtered {
     policy: Arc<AddressPolicy>,
     lookup: Lookup,
+    /// A name resolved unfiltered: the endpoint the operator configured.
+    trusted: Option<String>,
+}
+
+impl Filtered {
+    /// A resolver with the system's lookup; `trusted` (a host name) is not filtered.
+    pub(crate) fn system(policy: Arc<AddressPolicy>, trusted: Option<String>) -> Self {
+        Self {
+            policy,
+            lookup: system_lookup(),
+            trusted,
+        }
+    }
 }
 
 impl reqwest::dns::Resolve for Filtered {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
+        let policy = match self.trusted.as_deref() == Some(name.as_str()) {
+            true => Arc::new(AddressPolicy {
+                allow: vec![
+                    "0.0.0.0/0".parse().expect("net"),
+                    "::/0".parse().expect("net"),
+                ],
+            }),
+            false => self.policy.clone(),
+        };
         let lookup = (self.lookup)(name.as_str().to_string());
         let host = name.as_str().to_string();
         Box::pin(async move {
@@ -369,6 +416,7 @@ impl HttpOrigin {
         let resolver = Arc::new(Filtered {
             policy: policy.clone(),
             lookup,
+            trusted: None,
         });
         let client = build_client(Duration::from_secs(10), Duration::from_secs(60), |b| {
             // A proxy would resolve names itself, past the filter below.
