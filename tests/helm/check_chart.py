@@ -413,6 +413,21 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
         script = " ".join(own.get("command", []))
         check(f"chown -R {ids['uid']}:{ids['gid']}" in script and mounts["cache"]["mountPath"] in script and mounts["socket"]["mountPath"] in script,
               f"{label}: it gives the cache and socket directories to {ids['uid']}:{ids['gid']}")
+        # The script itself, on folders like the host's: a cache a root daemon filled (a
+        # file deep inside owned by root) is handed over whole.
+        if os.geteuid() == 0 and own.get("command", [])[:2] == ["/bin/sh", "-c"]:
+            base = os.path.join(workdir, label.replace("/", "_") + "-own")
+            cache_d, sock_d = os.path.join(base, "cache"), os.path.join(base, "socket")
+            os.makedirs(os.path.join(cache_d, "data"), exist_ok=True)
+            os.makedirs(sock_d, exist_ok=True)
+            open(os.path.join(cache_d, "data", "7"), "w").close()
+            os.chown(cache_d, ids["uid"], ids["gid"])
+            os.chown(sock_d, ids["uid"], ids["gid"])
+            cmd = own["command"][2].replace(mounts["cache"]["mountPath"], cache_d).replace(mounts["socket"]["mountPath"], sock_d)
+            p = run(["/bin/sh", "-c", cmd])
+            st = os.stat(os.path.join(cache_d, "data", "7"))
+            check(p.returncode == 0 and (st.st_uid, st.st_gid) == (ids["uid"], ids["gid"]),
+                  f"{label}: the init script hands over a file deep in the cache ({p.stderr.strip()[:200]})")
         check(all(m.get("mountPropagation") in (None, "None") for m in c.get("volumeMounts", [])), f"{label}: no mount propagation without the mount")
         if s:
             check(s.get("mount") == "(none)", f"{label}: the daemon serves no view")
@@ -700,6 +715,12 @@ def check_refusals(chart):
         env = daemon_container(ds)["env"]
         check(all(e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == SENTINEL.lower()[:40] for e in env if e["name"] in CRED_KEYS),
               "credentials.existingSecret is used only as secretKeyRef.name")
+    # cert-manager without peers (membership none): nothing to mount, nothing rendered.
+    p, objs = chart.template(sets=["peerAuth.tls.certManager.issuerRef.name=ca", "membership.mode=none"])
+    if check(p.returncode == 0, f"renders cert-manager with membership none ({p.stderr.strip()[:200]})"):
+        pod = find(objs, "DaemonSet")[0]["spec"]["template"]["spec"]
+        check(not find(objs, "Certificate") and all(v["name"] != "peer-tls" for v in pod.get("volumes", [])),
+              "no Certificate and no peer-tls volume without peers")
     # ServiceMonitor only where the API exists, unless forced.
     p, objs = chart.template(sets=["metrics.serviceMonitor.enabled=true"])
     check(p.returncode == 0 and not find(objs, "ServiceMonitor"), "no ServiceMonitor when the cluster lacks monitoring.coreos.com/v1")

@@ -584,6 +584,13 @@ fn peer_security(
         }
         None => None,
     };
+    if let Some(n) = &name {
+        if !locus_node::peer::valid_tls_name(n) {
+            return Err(Failure::usage(format!(
+                "--peer-tls-name {n:?}: not a DNS name or an IP address"
+            )));
+        }
+    }
     let tls = match (cert, key, ca) {
         (None, None, None) => None,
         (Some(c), Some(k), Some(a)) => Some(PeerTls {

@@ -141,7 +141,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let peer_server = match peer_listener {
+    let mut peer_server = match peer_listener {
         Some(l) => {
             let svc = tonic::service::interceptor::InterceptedService::new(
                 PeerServer::new(PeerService::new(node.clone())).max_decoding_message_size(1 << 20),
@@ -150,6 +150,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     cfg.security.tls.as_ref().map(|t| t.server_name.clone()),
                 ),
             );
+            if let Some(tls) = &cfg.security.tls {
+                // Checked here, so that bad files stop the start with one line.
+                peer_server_builder()
+                    .tls_config(server_tls(tls))
+                    .context("peer TLS settings")?;
+            }
             let serve = match (&cfg.security.tls, &grpc_peers) {
                 (Some(tls), Some(peers)) => tokio::spawn(serve_tls_peers(
                     l,
@@ -253,9 +259,26 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // A peer server that ends on its own (it should not) ends the daemon: a node that no
+    // longer answers its peers must not stay in the membership as if it did.
+    let peer_server_ended = async {
+        match peer_server.as_mut() {
+            Some((server, _)) => match server.await {
+                Ok(Ok(())) => "ended".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let mut failure = None;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        why = peer_server_ended => {
+            tracing::error!(error = why, "the peer server stopped; shutting down");
+            failure = Some(why);
+        }
     }
     if let Some(session) = namespace {
         let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
@@ -264,7 +287,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let Some((server, membership)) = peer_server {
         // Leave the membership first (an etcd member revokes its lease), then drain.
         let _ = tokio::time::timeout(Duration::from_secs(3), membership).await;
-        let _ = tokio::time::timeout(DRAIN, server).await;
+        if failure.is_none() {
+            let _ = tokio::time::timeout(DRAIN, server).await;
+        }
     }
     match tokio::time::timeout(DRAIN, grpc).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "local API ended with an error"),
@@ -274,7 +299,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.socket);
     tokio::task::spawn_blocking(move || store.flush()).await?;
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(why) => bail!("the peer server stopped: {why}"),
+        None => Ok(()),
+    }
 }
 
 /// The peer server's transport settings (TLS aside).
@@ -285,6 +313,12 @@ fn peer_server_builder() -> tonic::transport::Server {
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(Some(locus_node::peer::PEER_FRAME))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+}
+
+fn server_tls(tls: &PeerTls) -> ServerTlsConfig {
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
 }
 
 /// Serves peers over mutual TLS, reading the certificate files again every `every`: when they
@@ -307,19 +341,13 @@ async fn serve_tls_peers(
     loop {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(16);
         let (quit_tx, quit_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = routes(
-            peer_server_builder().tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                    .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
-            )?,
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            async move {
-                let _ = quit_rx.await;
-            },
-        );
+        let server = routes(peer_server_builder().tls_config(server_tls(&tls))?)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                async move {
+                    let _ = quit_rx.await;
+                },
+            );
         servers.push((tokio::spawn(server), Some(quit_tx)));
         let stopping = loop {
             tokio::select! {
@@ -331,6 +359,10 @@ async fn serve_tls_peers(
                 },
                 _ = tick.tick() => match tls.reread() {
                     None => {}
+                    Some(Ok(new)) if peer_server_builder().tls_config(server_tls(&new)).is_err() => {
+                        // A half-written renewal, or a wrong file: the next read may be whole.
+                        tracing::warn!("peer TLS files changed but cannot be used; keeping the ones in use")
+                    }
                     Some(Ok(new)) => {
                         peers.set_tls(&new);
                         tls = new;

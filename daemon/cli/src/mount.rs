@@ -22,8 +22,8 @@ pub struct MountArgs {
     foreground: bool,
     /// Let other users (and other containers' processes) read the mount; without it only
     /// the user who mounted it can. `--allow-other` alone means true.
-    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     allow_other: bool,
     /// Threads reading FUSE requests (requests that wait run on a pool of their own).
     #[arg(long, default_value_t = default_threads())]
@@ -154,8 +154,7 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         .arg(socket)
         .arg("--threads")
         .arg(a.threads.to_string())
-        .arg("--allow-other")
-        .arg(a.allow_other.to_string())
+        .arg(format!("--allow-other={}", a.allow_other))
         .arg("--linger-us")
         .arg(a.linger_us.to_string())
         .stdin(Stdio::null())

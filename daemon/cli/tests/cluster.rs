@@ -762,6 +762,42 @@ fn no_origin_credential_reaches_a_peer_or_a_log() {
     );
 }
 
+/// A certificate authority for tests: issues certificates for a name (DNS name or IP).
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `name` and its key, as PEM.
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Writes `text` to `name` in the test's folder; returns the path.
+fn write_file(env: &Env, name: &str, text: &str) -> String {
+    let p = env.path(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
 /// A real etcd server on loopback, stopped on drop.
 struct Etcd {
     child: std::process::Child,
@@ -867,31 +903,15 @@ impl Drop for Etcd {
 #[test]
 fn etcd_membership_comes_only_from_a_store_that_checks_who_writes() {
     let env = Env::new();
-    let write = |n: &str, s: String| {
-        let p = env.path(n);
-        std::fs::write(&p, s).unwrap();
-        p.display().to_string()
-    };
+    let write = |n: &str, s: String| write_file(&env, n, &s);
     // A CA, the etcd server's certificate (for 127.0.0.1) and one member's client certificate.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = |name: &str| {
-        let k = rcgen::KeyPair::generate().unwrap();
-        let c = rcgen::CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&k, &issuer)
-            .unwrap();
-        (c.pem(), k.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf("127.0.0.1");
-    let (client_cert, client_key) = leaf("locus");
+    let ca = TestCa::new();
+    let (server_cert, server_key) = ca.issue("127.0.0.1");
+    let (client_cert, client_key) = ca.issue("locus");
     let tls = EtcdTls {
         cert: write("etcd.pem", server_cert),
         key: write("etcd.key", server_key),
-        ca: write("ca.pem", ca.pem()),
+        ca: write("ca.pem", ca.pem.clone()),
     };
     let (client_cert, client_key) = (
         write("client.pem", client_cert),
@@ -1259,33 +1279,16 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
     let env = Env::new();
     let files = random_files(3, 1 << 20, 101);
     env.sim.commit("model", REPO, files.clone());
-    // A CA and one certificate for the name every member carries.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let node_key = rcgen::KeyPair::generate().unwrap();
-    let node_cert = rcgen::CertificateParams::new(vec!["locus-peer".to_string()])
-        .unwrap()
-        .signed_by(&node_key, &issuer)
-        .unwrap();
-    // The same CA's certificate for another service is not a member's.
-    let other_key = rcgen::KeyPair::generate().unwrap();
-    let other_cert = rcgen::CertificateParams::new(vec!["other-service".to_string()])
-        .unwrap()
-        .signed_by(&other_key, &issuer)
-        .unwrap();
-    let write = |n: &str, s: String| {
-        let p = env.path(n);
-        std::fs::write(&p, s).unwrap();
-        p.display().to_string()
-    };
-    let ca_pem = write("ca.pem", ca.pem());
-    let cert_pem = write("node.pem", node_cert.pem());
-    let key_pem = write("node.key", node_key.serialize_pem());
-    let other_pem = write("other.pem", other_cert.pem());
-    let other_key_pem = write("other.key", other_key.serialize_pem());
+    // A CA and one certificate for the name every member carries; the same CA's certificate
+    // for another service is not a member's.
+    let ca = TestCa::new();
+    let (node_cert, node_key) = ca.issue("locus-peer");
+    let (other_cert, other_key) = ca.issue("other-service");
+    let ca_pem = write_file(&env, "ca.pem", &ca.pem);
+    let cert_pem = write_file(&env, "node.pem", &node_cert);
+    let key_pem = write_file(&env, "node.key", &node_key);
+    let other_pem = write_file(&env, "other.pem", &other_cert);
+    let other_key_pem = write_file(&env, "other.key", &other_key);
     let addrs: Vec<String> = (0..4)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -1344,6 +1347,16 @@ fn peers_with_mutual_tls_talk_only_to_each_other() {
     let st = ds[1].json(&["status", "--json"]);
     assert!(st["peer_bytes"].as_u64().unwrap() > 0, "{st}");
     assert!(ds[0].log_text().contains("peer_auth=\"mtls\""));
+    // A name no certificate can carry would turn the check off: refused at start.
+    let o = std::process::Command::new(LOCUS)
+        .args(["daemon", "--listen", "127.0.0.1:7998", "--check-config"])
+        .args(["--peer-tls-cert", &cert_pem, "--peer-tls-key", &key_pem])
+        .args(["--peer-tls-ca", &ca_pem, "--peer-tls-name", "not a name"])
+        .env_remove("LOCUS_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--peer-tls-name"), "{}", stderr(&o));
 }
 
 #[test]
@@ -1353,17 +1366,9 @@ fn renewed_peer_certificates_are_taken_up_without_a_restart() {
     env.sim.commit("model", REPO, files.clone());
     // A CA and a member certificate: (CA PEM, certificate PEM, key PEM).
     let issue = || {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["locus-peer".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (ca.pem(), cert.pem(), key.serialize_pem())
+        let ca = TestCa::new();
+        let (cert, key) = ca.issue("locus-peer");
+        (ca.pem, cert, key)
     };
     // As a renewal lands in a Secret volume: each file replaced whole.
     let put = |dir: &str, (ca, cert, key): &(String, String, String)| {

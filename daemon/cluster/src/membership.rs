@@ -152,7 +152,10 @@ impl EtcdSecurity {
             o = o.with_tls(tls);
         }
         if let Some((user, password)) = &self.user {
-            o = o.with_user(user.clone(), password.expose().to_string());
+            // A session outlives etcd's auth token (5 minutes by default): renew it.
+            o = o
+                .with_user(user.clone(), password.expose().to_string())
+                .with_auto_token_refresh(true);
         }
         o
     }

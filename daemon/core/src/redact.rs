@@ -25,11 +25,10 @@ pub fn redact_urls(text: &str) -> Cow<'_, str> {
     while let Some(start) = find_scheme(rest) {
         out.push_str(&rest[..start]);
         let url = &rest[start..];
+        // To the end of the token: a query may hold `,` `)` `]` `}` unencoded, and all of it
+        // goes; only what cannot be in a URL ends it.
         let end = url
-            .find(|c: char| {
-                c.is_whitespace()
-                    || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']' | '}' | ',')
-            })
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
             .unwrap_or(url.len());
         out.push_str(&redact_one(&url[..end]));
         rest = &url[end..];
@@ -68,8 +67,13 @@ mod tests {
     fn strips_queries_and_user_info_only() {
         let t =
             "GET https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&X-Amz-Credential=AKIA failed; \
-                 endpoint \"https://u:pw@mirror.example/api\", see http://h/x.";
+                 endpoint \"https://u:pw@mirror.example/api\", see http://h/x. \
+                 (https://h/y?a=1,2)&s=SIG) <https://h/z?k=[x]}sig=SIG2>";
         let r = redact_urls(t);
+        assert!(
+            !r.contains("SIG") && r.contains("(https://h/y?<redacted>"),
+            "{r}"
+        );
         assert!(
             !r.contains("abc") && !r.contains("AKIA") && !r.contains("pw"),
             "{r}"

@@ -261,12 +261,16 @@ impl LocalService {
             let names: std::collections::HashSet<String> =
                 files.iter().filter_map(|f| unversioned(&f.uri)).collect();
             let current: std::collections::HashSet<String> = keys.iter().cloned().collect();
+            // Matched outside the store's lock.
             keys.extend(
                 self.node
                     .store()
-                    .keys_where(|u| unversioned(u).is_some_and(|n| names.contains(&n)))
+                    .uris()
                     .into_iter()
-                    .filter(|k| !current.contains(k)),
+                    .filter(|(k, u)| {
+                        !current.contains(k) && unversioned(u).is_some_and(|n| names.contains(&n))
+                    })
+                    .map(|(k, _)| k),
             );
         }
         let mut out = pb::SelectResponse::default();

@@ -164,9 +164,33 @@ impl HfOrigin {
         }
         let redirects = Arc::new(redirects);
         // The CDN a redirect names is reached only at addresses the policy allows (the
-        // connection goes where the filtering resolver says: no DNS rebinding). Through a
-        // proxy (HTTPS_PROXY) the proxy resolves names; literal addresses are still checked.
-        let resolver = Arc::new(Filtered::system(redirects.clone(), home.clone()));
+        // connection goes where the filtering resolver says: no DNS rebinding). The endpoint
+        // and the proxies the environment names are the operator's and resolve unfiltered;
+        // through a proxy, the proxy resolves the CDN's name and only literal addresses are
+        // checked.
+        let mut trusted: Vec<String> = home.iter().cloned().collect();
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            let host = std::env::var(var).ok().and_then(|v| {
+                let v = if v.contains("://") {
+                    v
+                } else {
+                    format!("http://{v}")
+                };
+                reqwest::Url::parse(&v)
+                    .ok()?
+                    .host_str()
+                    .map(|h| h.trim_matches(['[', ']']).to_string())
+            });
+            trusted.extend(host);
+        }
+        let resolver = Arc::new(Filtered::system(redirects.clone(), trusted));
         let client = build_client(cfg.connect_timeout, cfg.read_timeout, |b| {
             b.redirect(reqwest::redirect::Policy::none())
                 .dns_resolver(resolver)

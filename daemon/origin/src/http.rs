@@ -256,13 +256,13 @@ fn system_lookup() -> Lookup {
 pub(crate) struct Filtered {
     policy: Arc<AddressPolicy>,
     lookup: Lookup,
-    /// A name resolved unfiltered: the endpoint the operator configured.
-    trusted: Option<String>,
+    /// Names resolved unfiltered: the endpoint and proxies the operator configured.
+    trusted: Vec<String>,
 }
 
 impl Filtered {
-    /// A resolver with the system's lookup; `trusted` (a host name) is not filtered.
-    pub(crate) fn system(policy: Arc<AddressPolicy>, trusted: Option<String>) -> Self {
+    /// A resolver with the system's lookup; `trusted` (host names) are not filtered.
+    pub(crate) fn system(policy: Arc<AddressPolicy>, trusted: Vec<String>) -> Self {
         Self {
             policy,
             lookup: system_lookup(),
@@ -273,7 +273,7 @@ impl Filtered {
 
 impl reqwest::dns::Resolve for Filtered {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = match self.trusted.as_deref() == Some(name.as_str()) {
+        let policy = match self.trusted.iter().any(|t| t == name.as_str()) {
             true => Arc::new(AddressPolicy {
                 allow: vec![
                     "0.0.0.0/0".parse().expect("net"),
@@ -416,7 +416,7 @@ impl HttpOrigin {
         let resolver = Arc::new(Filtered {
             policy: policy.clone(),
             lookup,
-            trusted: None,
+            trusted: Vec::new(),
         });
         let client = build_client(Duration::from_secs(10), Duration::from_secs(60), |b| {
             // A proxy would resolve names itself, past the filter below.

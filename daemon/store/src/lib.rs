@@ -430,6 +430,12 @@ impl Store {
             if let Access::Group(gid) = self.access {
                 std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(|e| io_err(&path, e))?;
             }
+            // The mode given at creation is cut by the umask: set it whole.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(self.access.file_mode()))
+                    .map_err(|e| io_err(&path, e))?;
+            }
             self.index.send(Op::PutFile {
                 key: file.key.clone(),
                 rec: rec.clone(),
@@ -574,13 +580,12 @@ impl Store {
         self.lock().files.get(key).map(|e| (e.bytes, e.rec.pinned))
     }
 
-    /// Keys of the files stored here whose URI satisfies `pred` (every version of a name).
-    pub fn keys_where(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    /// (key, URI) of every file stored here.
+    pub fn uris(&self) -> Vec<(String, String)> {
         self.lock()
             .files
             .iter()
-            .filter(|(_, e)| pred(&e.rec.uri))
-            .map(|(k, _)| k.clone())
+            .map(|(k, e)| (k.clone(), e.rec.uri.clone()))
             .collect()
     }
 

@@ -72,7 +72,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "locus.peerTlsSecret" -}}
 {{- $t := .Values.peerAuth.tls -}}
 {{- if $t.existingSecret -}}{{ $t.existingSecret }}
-{{- else if $t.certManager.issuerRef.name -}}{{ include "locus.fullname" . }}-peer-tls
+{{- else if and $t.certManager.issuerRef.name (ne .Values.membership.mode "none") -}}{{ include "locus.fullname" . }}-peer-tls
 {{- end -}}
 {{- end }}
 

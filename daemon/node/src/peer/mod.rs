@@ -215,6 +215,11 @@ pub struct TlsFiles {
     pub ca: std::path::PathBuf,
 }
 
+/// Whether `name` can be a `--peer-tls-name`: a DNS name or an IP address.
+pub fn valid_tls_name(name: &str) -> bool {
+    rustls_pki_types::ServerName::try_from(name).is_ok()
+}
+
 impl PeerTls {
     /// The files as they are now, if they differ from what this holds (a renewed
     /// certificate, a new CA); `Err` if they cannot be read.
@@ -222,7 +227,13 @@ impl PeerTls {
         let f = self.files.as_ref()?;
         let read =
             |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let now = (|| Ok::<_, String>((read(&f.cert)?, read(&f.key)?, read(&f.ca)?)))();
+        let all = || Ok::<_, String>((read(&f.cert)?, read(&f.key)?, read(&f.ca)?));
+        // Read twice: a renewal landing between two reads (a new certificate with the old
+        // key) is not taken; the next look finds it whole.
+        let now = match (all(), all()) {
+            (Ok(a), Ok(b)) if a != b => return None,
+            (a, _) => a,
+        };
         match now {
             Err(e) => Some(Err(e)),
             Ok((c, k, a)) if c == self.cert_pem && k == self.key_pem && a == self.ca_pem => None,

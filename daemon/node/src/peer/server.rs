@@ -47,12 +47,16 @@ pub fn check_peer(
     tls_name: Option<String>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     let want = token.map(|t| format!("Bearer {}", t.expose()).into_bytes());
-    let name = tls_name.and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
+    // A name that cannot be one (checked at start, too) lets no certificate pass.
+    let name = tls_name.map(|n| rustls_pki_types::ServerName::try_from(n).ok());
     move |req: Request<()>| {
         if let Some(name) = &name {
             let certs = req.peer_certs();
             let leaf = certs.as_ref().and_then(|c| c.first());
-            if !leaf.is_some_and(|c| carries_name(c, name)) {
+            let ok = name
+                .as_ref()
+                .is_some_and(|name| leaf.is_some_and(|c| carries_name(c, name)));
+            if !ok {
                 metrics::counter!(crate::metrics_defs::PEER_AUTH_FAILURES).increment(1);
                 return Err(Status::unauthenticated(
                     "peer certificate does not carry this cluster's --peer-tls-name",
