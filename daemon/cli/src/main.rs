@@ -1,5 +1,5 @@
-//! `locus`: the node daemon and its client subcommands. See `../shared/interface.md` and the
-//! README for the interface; this file only parses and dispatches.
+//! `locus`: the node daemon and its client subcommands. The README gives the interface
+//! (commands, flags, exit statuses); this file only parses and dispatches.
 
 mod client;
 mod config;

@@ -231,7 +231,7 @@ pub async fn run(
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(?endpoints, error = %e, ?backoff, "membership: etcd session ended; keeping the last members and trying again");
-                        metrics::counter!("locus_membership_errors_total").increment(1);
+                        metrics::counter!(locus_core::metric::MEMBERSHIP_ERRORS).increment(1);
                     }
                 }
                 tokio::select! {

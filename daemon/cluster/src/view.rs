@@ -113,17 +113,12 @@ impl Cluster {
     /// A view with this node as its only member.
     pub fn new(cfg: ClusterConfig) -> Arc<Cluster> {
         let ring = Ring::new([cfg.me.clone()]);
-        metrics::gauge!("locus_ring_members").set(1.0);
+        metrics::gauge!(locus_core::metric::RING_MEMBERS).set(1.0);
         Arc::new(Cluster {
             cfg,
             ring: RwLock::new(Arc::new(ring)),
             peers: DashMap::new(),
         })
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &ClusterConfig {
-        &self.cfg
     }
 
     /// This node's address.
@@ -151,7 +146,7 @@ impl Cluster {
             tracing::info!(member = %m, "member left");
             self.peers.remove(m);
         }
-        metrics::gauge!("locus_ring_members").set(set.len() as f64);
+        metrics::gauge!(locus_core::metric::RING_MEMBERS).set(set.len() as f64);
         let ring = Arc::new(Ring::new(set));
         if let Ok(mut r) = self.ring.write() {
             *r = ring;
@@ -204,7 +199,7 @@ impl Cluster {
         let mut p = self.peers.entry(addr.to_string()).or_default();
         if p.down_since.is_none() {
             tracing::warn!(peer = addr, why, "peer marked down");
-            metrics::counter!("locus_peer_down_total").increment(1);
+            metrics::counter!(locus_core::metric::PEER_DOWN).increment(1);
             p.down_since = Some(Instant::now());
         }
     }

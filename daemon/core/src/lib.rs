@@ -5,6 +5,7 @@
 
 pub mod chunk;
 pub mod identity;
+pub mod metric;
 pub mod redact;
 pub mod secret;
 pub mod size;

@@ -107,7 +107,7 @@ pub enum NodeError {
     DigestMismatch(String),
     /// The origin sent more or fewer bytes than asked.
     #[error("{what}: origin sent {got} bytes for a {want}-byte range")]
-    ShortBody {
+    WrongLength {
         /// Which file.
         what: String,
         /// Bytes received.
@@ -135,7 +135,7 @@ impl NodeError {
     fn is_transient(&self) -> bool {
         match self {
             NodeError::Origin(e) => e.is_transient(),
-            NodeError::ShortBody { .. } => true,
+            NodeError::WrongLength { .. } => true,
             _ => false,
         }
     }
@@ -306,7 +306,7 @@ impl Node {
         self.counters
             .peer_bytes
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("locus_peer_bytes_total", "direction" => "received").increment(n);
+        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "received").increment(n);
     }
 
     /// Counts chunk bytes sent to a peer.
@@ -314,7 +314,7 @@ impl Node {
         self.counters
             .peer_bytes_sent
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("locus_peer_bytes_total", "direction" => "sent").increment(n);
+        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "sent").increment(n);
     }
 
     /// Marks `addr` down when `e` says it cannot serve this node.

@@ -106,7 +106,7 @@ impl Node {
                     layout.count() as u64 - missing.len() as u64,
                     Ordering::Relaxed,
                 );
-                metrics::counter!("locus_cache_hits_total")
+                metrics::counter!(locus_core::metric::CACHE_HITS)
                     .increment(layout.count() as u64 - missing.len() as u64);
             }
             progress.local_bytes.fetch_add(present, Ordering::Relaxed);
@@ -175,7 +175,7 @@ impl Node {
                         uri = file.uri,
                         "file does not match its published digest; fetching it again"
                     );
-                    metrics::counter!("locus_digest_mismatches_total").increment(1);
+                    metrics::counter!(locus_core::metric::DIGEST_MISMATCHES).increment(1);
                     for idx in 0..layout.count() {
                         h.drop_chunk(idx);
                     }
@@ -281,11 +281,11 @@ impl Node {
             Entry::Vacant(v) => {
                 if h.crc(idx).is_some() {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("locus_cache_hits_total").increment(1);
+                    metrics::counter!(locus_core::metric::CACHE_HITS).increment(1);
                     return Ok(Source::Local);
                 }
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("locus_cache_misses_total").increment(1);
+                metrics::counter!(locus_core::metric::CACHE_MISSES).increment(1);
                 let node = self.clone();
                 let file = file.clone();
                 let h = h.clone();
@@ -386,7 +386,7 @@ impl Node {
             match r {
                 Ok(crc) => {
                     h.commit_chunk(idx, crc);
-                    metrics::histogram!("locus_fetch_seconds", "source" => "origin")
+                    metrics::histogram!(locus_core::metric::FETCH_SECONDS, "source" => "origin")
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Source::Origin);
                 }
@@ -464,7 +464,7 @@ impl Node {
                 {
                     Ok(crc) => {
                         h.commit_chunk(idx, crc);
-                        metrics::histogram!("locus_fetch_seconds", "source" => "peer")
+                        metrics::histogram!(locus_core::metric::FETCH_SECONDS, "source" => "peer")
                             .record(started.elapsed().as_secs_f64());
                         return Ok(Some(Source::Peer));
                     }
@@ -573,7 +573,7 @@ impl Node {
         });
         let count = |n: u64| self.count_received(n);
         let written = match self.write_stream(file, h, range, data, &count).await {
-            Err(NodeError::ShortBody { got, want, .. }) => {
+            Err(NodeError::WrongLength { got, want, .. }) => {
                 Err(garbled(format!("{got} bytes for a {want}-byte chunk")))
             }
             r => r,
@@ -672,7 +672,7 @@ impl Node {
         };
         let count = |n: u64| {
             self.counters.origin_bytes.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("locus_origin_bytes_total").increment(n);
+            metrics::counter!(locus_core::metric::ORIGIN_BYTES).increment(n);
         };
         self.write_stream(file, h, range, stream, &count).await
     }
@@ -699,7 +699,7 @@ impl Node {
             let n = piece.len() as u64;
             count(n);
             if written + batched as u64 + n > want {
-                return Err(NodeError::ShortBody {
+                return Err(NodeError::WrongLength {
                     what: file.uri.clone(),
                     got: written + batched as u64 + n,
                     want,
@@ -718,7 +718,7 @@ impl Node {
             written += batched as u64;
         }
         if written != want {
-            return Err(NodeError::ShortBody {
+            return Err(NodeError::WrongLength {
                 what: file.uri.clone(),
                 got: written,
                 want,

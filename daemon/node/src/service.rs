@@ -47,7 +47,7 @@ impl From<NodeError> for Status {
                 Status::failed_precondition(msg)
             }
             NodeError::Origin(OriginError::Unavailable { .. } | OriginError::Transient { .. })
-            | NodeError::ShortBody { .. } => Status::unavailable(msg),
+            | NodeError::WrongLength { .. } => Status::unavailable(msg),
             NodeError::Origin(OriginError::Protocol { .. }) => Status::unavailable(msg),
             NodeError::Store(s)
                 if matches!(

@@ -1,6 +1,7 @@
 //! Origins: where bytes come from when no cache has them.
 //!
-//! [`Origin`] is the seam: the node is generic over it, tests wrap it ([`faulty::FaultyOrigin`])
+//! [`Origin`] is the seam: the node is generic over it, tests wrap it (`faulty::FaultyOrigin`,
+//! with the `faulty` feature)
 //! to inject failures, and each scheme has one module: [`hf`] for the Hugging Face Hub,
 //! [`object`] for S3 and local files (both through `object_store`), [`http`] for plain URLs.
 //! [`Origins`] routes each namespace to its scheme's origin.
@@ -15,6 +16,7 @@ use futures::stream::BoxStream;
 use locus_core::{Namespace, RemoteFile};
 
 mod beneath;
+#[cfg(any(test, feature = "faulty"))]
 pub mod faulty;
 pub mod hf;
 pub mod http;
@@ -34,7 +36,7 @@ static REQUESTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// Counts one origin API call of `kind` (one of [`REQUEST_KINDS`]).
 pub fn count_request(kind: &'static str) {
-    metrics::counter!("locus_origin_requests_total", "kind" => kind).increment(1);
+    metrics::counter!(locus_core::metric::ORIGIN_REQUESTS, "kind" => kind).increment(1);
     if let Some(i) = REQUEST_KINDS.iter().position(|k| *k == kind) {
         REQUESTS[i].fetch_add(1, Ordering::Relaxed);
     }

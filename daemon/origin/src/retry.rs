@@ -104,7 +104,7 @@ pub(crate) async fn send_with_retry(
             }) => (detail, retry_after),
             r => return r,
         };
-        metrics::counter!("locus_origin_retries_total", "kind" => kind).increment(1);
+        metrics::counter!(locus_core::metric::ORIGIN_RETRIES, "kind" => kind).increment(1);
         if attempt >= policy.attempts {
             return Err(crate::OriginError::Unavailable {
                 what: what.to_string(),

@@ -377,9 +377,9 @@ impl Store {
     }
 
     fn publish_gauges(&self, st: &State) {
-        metrics::gauge!("locus_cache_bytes").set(st.used as f64);
-        metrics::gauge!("locus_cache_capacity_bytes").set(self.capacity as f64);
-        metrics::gauge!("locus_cache_files").set(st.files.len() as f64);
+        metrics::gauge!(locus_core::metric::CACHE_BYTES).set(st.used as f64);
+        metrics::gauge!(locus_core::metric::CACHE_CAPACITY).set(self.capacity as f64);
+        metrics::gauge!(locus_core::metric::CACHE_FILES).set(st.files.len() as f64);
     }
 
     /// The cache directory.
@@ -483,14 +483,6 @@ impl Store {
         ))
     }
 
-    /// Whether `key` is fully cached and its digest was verified.
-    pub fn is_complete(&self, key: &str) -> bool {
-        let st = self.lock();
-        st.files
-            .get(key)
-            .is_some_and(|e| e.complete() && e.rec.verified)
-    }
-
     /// Counts for status.
     pub fn stats(&self) -> StoreStats {
         let st = self.lock();
@@ -549,8 +541,8 @@ impl Store {
         let e = st.files.remove(key)?;
         st.used -= e.bytes;
         tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
-        metrics::counter!("locus_evictions_total").increment(1);
-        metrics::counter!("locus_evicted_bytes_total").increment(e.bytes);
+        metrics::counter!(locus_core::metric::EVICTIONS).increment(1);
+        metrics::counter!(locus_core::metric::EVICTED_BYTES).increment(e.bytes);
         self.index.send(Op::RemoveFile {
             key: key.to_string(),
             id: e.rec.id,
@@ -1134,7 +1126,7 @@ impl FileHandle {
             %fault,
             "chunk failed its checksum; dropping it"
         );
-        metrics::counter!("locus_chunk_corruptions_total").increment(1);
+        metrics::counter!(locus_core::metric::CHUNK_CORRUPTIONS).increment(1);
         self.drop_chunk(idx);
     }
 

@@ -94,7 +94,8 @@ fn carries_name(
 
 /// Compares a presented secret in constant time (for its length).
 pub(crate) fn same_secret(got: &[u8], want: &[u8]) -> bool {
-    got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    use subtle::ConstantTimeEq;
+    got.ct_eq(want).into()
 }
 
 pub(crate) fn invalid(what: impl std::fmt::Display) -> Status {
