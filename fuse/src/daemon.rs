@@ -14,9 +14,10 @@ pub struct DaemonBackend {
 }
 
 fn status_error(s: tonic::Status) -> FsError {
-    match s.code() {
-        tonic::Code::NotFound => FsError::NotFound(s.message().to_string()),
-        _ => FsError::Io(s.message().to_string()),
+    let msg = locus_grpc::Refusal::message(&s);
+    match locus_grpc::Refusal::of(&s) {
+        locus_grpc::Refusal::NotFound => FsError::NotFound(msg),
+        _ => FsError::Io(msg),
     }
 }
 

@@ -26,6 +26,46 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// What a failed answer of the daemon means to a client: the one reading of a `tonic::Status`
+/// that the CLI, the mount and the loader share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The repo, file or revision does not exist.
+    NotFound,
+    /// The request itself is wrong (a bad URI, a bad argument): asking again will not help.
+    Invalid,
+    /// The daemon stopped answering (its connection broke).
+    DaemonGone,
+    /// Anything else the daemon explains in its message (the origin failed, no room, …).
+    Failed,
+}
+
+impl Refusal {
+    /// Reads `status`.
+    pub fn of(status: &tonic::Status) -> Refusal {
+        match status.code() {
+            tonic::Code::NotFound => Refusal::NotFound,
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Refusal::Invalid,
+            tonic::Code::Unavailable
+                if status.message().contains("transport") || status.message().is_empty() =>
+            {
+                Refusal::DaemonGone
+            }
+            _ => Refusal::Failed,
+        }
+    }
+
+    /// The one line to show for `status`.
+    pub fn message(status: &tonic::Status) -> String {
+        match Refusal::of(status) {
+            Refusal::DaemonGone => {
+                format!("the locus daemon stopped answering: {}", status.message())
+            }
+            _ => status.message().to_string(),
+        }
+    }
+}
+
 /// Connects to the daemon's local API on the Unix socket `socket`.
 pub async fn connect_local(socket: &Path) -> Result<LocalClient, ConnectError> {
     let hint = "start `locus daemon`, or point --socket / LOCUS_SOCKET at its socket";
@@ -69,3 +109,30 @@ pub fn default_socket() -> PathBuf {
 
 /// Where the local API listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/locus/locus.sock";
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+    use tonic::Status;
+
+    #[test]
+    fn one_reading_of_the_daemons_answers() {
+        assert_eq!(Refusal::of(&Status::not_found("x")), Refusal::NotFound);
+        assert_eq!(
+            Refusal::of(&Status::invalid_argument("x")),
+            Refusal::Invalid
+        );
+        assert_eq!(
+            Refusal::of(&Status::failed_precondition("x")),
+            Refusal::Invalid
+        );
+        assert_eq!(
+            Refusal::of(&Status::unavailable("origin 503")),
+            Refusal::Failed
+        );
+        let gone = Status::unavailable("error trying to connect: transport error");
+        assert_eq!(Refusal::of(&gone), Refusal::DaemonGone);
+        assert!(Refusal::message(&gone).starts_with("the locus daemon stopped answering"));
+        assert_eq!(Refusal::message(&Status::internal("no room")), "no room");
+    }
+}

@@ -10,14 +10,14 @@ use crate::checkpoint::{plan, OpenOptions, INDEX_FILE};
 use crate::{ErrorKind, LoaderError};
 
 fn status_error(s: tonic::Status) -> LoaderError {
-    let kind = match s.code() {
-        tonic::Code::NotFound => ErrorKind::NotFound,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => ErrorKind::Invalid,
-        _ => ErrorKind::Unavailable,
+    let kind = match locus_grpc::Refusal::of(&s) {
+        locus_grpc::Refusal::NotFound => ErrorKind::NotFound,
+        locus_grpc::Refusal::Invalid => ErrorKind::Invalid,
+        locus_grpc::Refusal::DaemonGone | locus_grpc::Refusal::Failed => ErrorKind::Unavailable,
     };
     LoaderError::Remote {
         kind,
-        message: s.message().to_string(),
+        message: locus_grpc::Refusal::message(&s),
     }
 }
 

@@ -79,17 +79,12 @@ fn check_uri(s: &str) -> Result<LocusUri, Failure> {
 }
 
 fn status_failure(s: tonic::Status) -> Failure {
+    // Bad usage exits 2: an argument the daemon found wrong (a precondition is not usage).
     let code = match s.code() {
         tonic::Code::InvalidArgument => 2,
         _ => 1,
     };
-    let msg = match s.code() {
-        tonic::Code::Unavailable if s.message().contains("transport") || s.message().is_empty() => {
-            format!("the locus daemon stopped answering: {}", s.message())
-        }
-        _ => s.message().to_string(),
-    };
-    Failure::new(code, msg)
+    Failure::new(code, locus_grpc::Refusal::message(&s))
 }
 
 /// Connects to the daemon at `socket`.

@@ -22,6 +22,11 @@ pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};
 pub const DATA_ACCESS_HINT: &str = "the daemon's cache files are readable only by its user and \
      the group it is given with --data-group: run this as that user or in that group";
 
+/// Whether `s` is `len` hexadecimal digits (a commit id, a digest).
+pub fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

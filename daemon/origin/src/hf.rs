@@ -117,9 +117,7 @@ struct LfsInfo {
     size: u64,
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
+use locus_core::is_hex;
 
 /// Percent-encodes one path segment (a `/` in it becomes `%2F`).
 fn encode_segment(seg: &str) -> String {

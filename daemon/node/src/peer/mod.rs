@@ -528,7 +528,7 @@ pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
     {
         return Err(format!("bad path {:?}", p.path));
     }
-    let hex_ok = |h: &str, n: usize| h.len() == n && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex_ok = locus_core::is_hex;
     let digest = match p.digest_kind.as_str() {
         "" => None,
         "sha256" if hex_ok(&p.digest_hex, 64) => Some(Digest::Sha256(p.digest_hex)),
