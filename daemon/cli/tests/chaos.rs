@@ -553,6 +553,7 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
     let env = Env::new();
     let big = random_files(1, 12 << 20, 9);

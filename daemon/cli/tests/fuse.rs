@@ -47,6 +47,7 @@ fn mounted(p: &Path) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_mount_shows_the_repo_and_reads_the_origins_bytes() {
     let env = Env::new();
     let files = locus_testorigin::model::generate_model(6 << 20, 3, 4);
@@ -106,6 +107,7 @@ fn a_mount_shows_the_repo_and_reads_the_origins_bytes() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn every_write_fails_with_erofs() {
     let env = Env::new();
     env.sim.commit("model", "acme/m", random_files(1, 1000, 1));
@@ -136,6 +138,7 @@ fn every_write_fails_with_erofs() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn an_uncached_file_is_readable_at_once_and_fetched_as_the_reader_goes() {
     let env = Env::new();
     let files = random_files(1, 8 << 20, 7);
@@ -169,6 +172,7 @@ fn an_uncached_file_is_readable_at_once_and_fetched_as_the_reader_goes() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn origin_failures_and_corrupt_chunks_never_give_wrong_bytes() {
     let env = Env::new();
     let files = random_files(2, 1 << 20, 5);
@@ -204,6 +208,7 @@ fn origin_failures_and_corrupt_chunks_never_give_wrong_bytes() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_parallel_walk_and_many_readers_at_once() {
     let env = Env::new();
     // 2,000 files in 7 × 3 folders (about 95 per folder: several READDIRPLUS replies each).
@@ -281,6 +286,7 @@ fn mount_pid(uri: &str, dir: &Path) -> nix::unistd::Pid {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
     let env = Env::new();
     let small = random_files(3, 50_000, 31);
@@ -358,6 +364,7 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
     let env = Env::new();
     let files = random_files(2, 600_000, 3);
@@ -399,6 +406,7 @@ fn a_daemon_restart_or_a_dead_mount_process_is_recoverable() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn the_daemons_namespace_view() {
     let env = Env::new();
     let model = random_files(2, 300_000, 21);
@@ -443,6 +451,7 @@ fn the_daemons_namespace_view() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn mounts_are_for_their_user_unless_other_users_are_allowed() {
     use std::os::unix::process::CommandExt;
     let env = Env::new();
@@ -503,6 +512,7 @@ fn fds_under(pid: nix::unistd::Pid, dir: &Path) -> usize {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_mount_holds_cache_files_only_while_they_are_open() {
     let env = Env::new();
     // Many small files (read through the mount, not passthrough) and a large one (passthrough).
@@ -577,6 +587,7 @@ fn file_daemon(env: &Env, root: &Path) -> Daemon {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn an_open_file_never_mixes_versions_of_an_overwritten_object() {
     use std::io::Read;
     let env = Env::new();
@@ -623,6 +634,7 @@ fn metric(addr: &str, name: &str, labels: &str) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_later_open_sees_the_new_version_once_the_ttl_passes() {
     use std::io::Read;
     let env = Env::new();
@@ -706,6 +718,7 @@ fn a_later_open_sees_the_new_version_once_the_ttl_passes() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn the_namespace_view_keeps_a_bounded_number_of_inodes() {
     let env = Env::new();
     let mut repos = Vec::new();

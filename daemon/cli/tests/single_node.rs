@@ -528,6 +528,7 @@ fn unpin_and_evict_give_the_room_back() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn the_local_socket_is_for_its_owner_and_group_only() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
@@ -579,6 +580,7 @@ fn the_local_socket_is_for_its_owner_and_group_only() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn cached_bytes_are_readable_by_the_daemon_and_its_data_group_only() {
     use std::os::unix::process::CommandExt;
     let (env, files) = model_env();

@@ -169,11 +169,19 @@ mod tests {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(400),
         };
+        let ms = |attempt| p.backoff(attempt, None).as_millis() as u64;
         for _ in 0..100 {
-            assert!(p.backoff(1, None) <= Duration::from_millis(100));
-            assert!(p.backoff(10, None) <= Duration::from_millis(400));
-            assert!(p.backoff(10, None) >= Duration::from_millis(200));
+            // Each wait doubles (with jitter in its upper half) until the cap.
+            assert!((50..=100).contains(&ms(1)));
+            assert!((100..=200).contains(&ms(2)));
+            assert!((200..=400).contains(&ms(3)));
+            assert!((200..=400).contains(&ms(10)));
         }
+        // A server's Retry-After wins, up to a minute.
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
         assert_eq!(
             p.backoff(1, Some(Duration::from_secs(2))),
             Duration::from_secs(2)

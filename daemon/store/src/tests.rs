@@ -233,6 +233,7 @@ fn per_chunk_tables_hold_only_stored_chunks() {
 }
 
 #[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn cached_bytes_are_for_the_daemon_and_the_chosen_group_only() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();

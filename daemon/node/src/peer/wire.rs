@@ -881,6 +881,7 @@ mod tests {
     /// A full disk under the cache: the chunk fails with "no space", never a short write
     /// taken for a chunk. Needs root (a small tmpfs), as the FUSE tests do.
     #[test]
+    #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
     fn a_full_disk_fails_the_chunk_clearly() {
         let dir = tempfile::tempdir().unwrap();
         nix::mount::mount(
