@@ -15,7 +15,6 @@ use locus_origin::{
     FileOrigin, HfConfig, HfOrigin, HttpOrigin, Origin, Origins, RetryPolicy, S3Config, S3Origin,
 };
 use locus_store::{Access, Store};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -39,15 +38,8 @@ impl locus_origin::SpoolSpace for SpoolInCache {
 const DRAIN: Duration = Duration::from_secs(20);
 
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    crate::logging::init();
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(metrics_defs::FETCH_SECONDS.to_string()),
-            metrics_defs::FETCH_BUCKETS,
-        )?
-        .build_recorder();
-    let prom = recorder.handle();
-    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    crate::telemetry::init_logging();
+    let prom = crate::telemetry::install_metrics().context("installing the metrics recorder")?;
     metrics_defs::describe();
     if cfg.mount.is_some() {
         locus_fuse::metrics::describe();
@@ -225,10 +217,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("--metrics {addr}: cannot listen"))?;
             let local = l.local_addr()?;
-            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prom.render());
-            tokio::spawn(locus_node::http::serve(
+            tokio::spawn(crate::telemetry::serve_metrics(
                 l,
-                render,
+                prom,
                 wait_stop(stop_rx.clone()),
             ));
             Some(local.to_string())

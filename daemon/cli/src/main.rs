@@ -5,8 +5,8 @@ mod client;
 mod config;
 mod daemon;
 mod demo;
-mod logging;
 mod mount;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -91,7 +91,7 @@ pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
 }
 
 fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
-    crate::logging::init();
+    crate::telemetry::init_logging();
     if let Some(addr) = a.metrics {
         serve_metrics(addr)?;
     }
@@ -208,9 +208,7 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
 
 /// Installs a Prometheus recorder and serves it at `addr` on a thread of its own.
 fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let prom = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| Failure::new(1, e.to_string()))?;
+    let handle = crate::telemetry::install_metrics().map_err(|e| Failure::new(1, e.to_string()))?;
     locus_fuse::metrics::describe();
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -221,11 +219,8 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
         .map_err(|e| Failure::new(1, e.to_string()))?;
     std::thread::spawn(move || {
         rt.block_on(async move {
-            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prom.render());
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
-                    let _ = locus_node::http::serve(l, render, std::future::pending()).await;
-                }
+                Ok(l) => crate::telemetry::serve_metrics(l, handle, std::future::pending()).await,
                 Err(e) => tracing::error!(error = %e, "metrics endpoint failed"),
             }
         })
