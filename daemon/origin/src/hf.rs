@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use locus_core::uri::RepoType;
-use locus_core::{Digest, Namespace, RemoteFile, Secret};
+use locus_core::{is_hex, Digest, Namespace, RemoteFile, Secret};
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -117,20 +117,17 @@ struct LfsInfo {
     size: u64,
 }
 
-use locus_core::is_hex;
-
 /// Percent-encodes one path segment (a `/` in it becomes `%2F`).
 fn encode_segment(seg: &str) -> String {
-    let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(seg, UNRESERVED_ONLY).to_string()
 }
+
+/// Everything but RFC 3986's unreserved characters is encoded in a path segment.
+const UNRESERVED_ONLY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Percent-encodes each segment of a path, keeping the slashes.
 fn encode_path(path: &str) -> String {
