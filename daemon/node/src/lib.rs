@@ -38,7 +38,7 @@ mod scope;
 pub mod service;
 pub mod sha_chain;
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,35 @@ pub struct Counters {
     pub misses: AtomicU64,
     /// Origin data requests (chunk fetch attempts).
     pub origin_requests: AtomicU64,
+}
+
+/// Each count is made in one place: the figure `locus status` reads and the Prometheus counter
+/// move together.
+impl Counters {
+    pub(crate) fn hits(&self, chunks: u64) {
+        self.hits.fetch_add(chunks, Ordering::Relaxed);
+        metrics::counter!(locus_core::metric::CACHE_HITS).increment(chunks);
+    }
+
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(locus_core::metric::CACHE_MISSES).increment(1);
+    }
+
+    pub(crate) fn origin_bytes(&self, n: u64) {
+        self.origin_bytes.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(locus_core::metric::ORIGIN_BYTES).increment(n);
+    }
+
+    pub(crate) fn peer_received(&self, n: u64) {
+        self.peer_bytes.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "received").increment(n);
+    }
+
+    pub(crate) fn peer_sent(&self, n: u64) {
+        self.peer_bytes_sent.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "sent").increment(n);
+    }
 }
 
 type ChunkFuture = Shared<BoxFuture<'static, Result<read::Source, NodeError>>>;
@@ -303,18 +332,12 @@ impl Node {
 
     /// Counts chunk bytes received from a peer.
     pub(crate) fn count_received(&self, n: u64) {
-        self.counters
-            .peer_bytes
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "received").increment(n);
+        self.counters.peer_received(n);
     }
 
     /// Counts chunk bytes sent to a peer.
     pub(crate) fn count_sent(&self, n: u64) {
-        self.counters
-            .peer_bytes_sent
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "sent").increment(n);
+        self.counters.peer_sent(n);
     }
 
     /// Marks `addr` down when `e` says it cannot serve this node.

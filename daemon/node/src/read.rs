@@ -102,12 +102,8 @@ impl Node {
                 .map(|i| layout.len(i))
                 .sum();
             if present > 0 {
-                self.counters.hits.fetch_add(
-                    layout.count() as u64 - missing.len() as u64,
-                    Ordering::Relaxed,
-                );
-                metrics::counter!(locus_core::metric::CACHE_HITS)
-                    .increment(layout.count() as u64 - missing.len() as u64);
+                self.counters
+                    .hits(layout.count() as u64 - missing.len() as u64);
             }
             progress.local_bytes.fetch_add(present, Ordering::Relaxed);
             progress.done_bytes.fetch_add(present, Ordering::Relaxed);
@@ -280,12 +276,10 @@ impl Node {
             Entry::Occupied(o) => o.get().clone(),
             Entry::Vacant(v) => {
                 if h.crc(idx).is_some() {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(locus_core::metric::CACHE_HITS).increment(1);
+                    self.counters.hits(1);
                     return Ok(Source::Local);
                 }
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(locus_core::metric::CACHE_MISSES).increment(1);
+                self.counters.miss();
                 let node = self.clone();
                 let file = file.clone();
                 let h = h.clone();
@@ -670,10 +664,7 @@ impl Node {
                 return Err(e.into());
             }
         };
-        let count = |n: u64| {
-            self.counters.origin_bytes.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!(locus_core::metric::ORIGIN_BYTES).increment(n);
-        };
+        let count = |n: u64| self.counters.origin_bytes(n);
         self.write_stream(file, h, range, stream, &count).await
     }
 
