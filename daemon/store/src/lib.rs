@@ -23,7 +23,7 @@
 
 mod index;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -170,8 +170,25 @@ impl Entry {
 
 struct State {
     files: HashMap<String, Entry>,
+    /// (last access, key) of every file, oldest first: eviction walks it from the front
+    /// instead of sorting every file each time room is needed.
+    lru: BTreeSet<(u64, String)>,
     used: u64,
     next_id: u64,
+}
+
+impl State {
+    /// Records an access to `key` at `at` (kept in `lru`).
+    fn accessed(&mut self, key: &str, at: u64) {
+        let Some(e) = self.files.get_mut(key) else {
+            return;
+        };
+        let before = std::mem::replace(&mut e.rec.last_access, at);
+        if before != at {
+            self.lru.remove(&(before, key.to_string()));
+            self.lru.insert((at, key.to_string()));
+        }
+    }
 }
 
 /// Counts for `locus status`.
@@ -359,6 +376,10 @@ impl Store {
             access,
             capacity,
             state: Mutex::new(State {
+                lru: files
+                    .iter()
+                    .map(|(k, e)| (e.rec.last_access, k.clone()))
+                    .collect(),
                 files,
                 used,
                 next_id,
@@ -440,6 +461,7 @@ impl Store {
                 key: file.key.clone(),
                 rec: rec.clone(),
             });
+            st.lru.insert((rec.last_access, file.key.clone()));
             st.files.insert(file.key.clone(), Entry::new(rec));
             self.publish_gauges(&st);
         }
@@ -518,18 +540,27 @@ impl Store {
         if st.used + needed <= limit {
             return true;
         }
-        let mut victims: Vec<(u64, String)> = st
-            .files
-            .iter()
-            // Files with no recorded chunk count too: a failed write may have left bytes.
-            .filter(|(_, e)| !e.rec.pinned && e.users == 0)
-            .map(|(k, e)| (e.rec.last_access, k.clone()))
-            .collect();
-        victims.sort();
-        for (_, key) in victims {
-            if st.used + needed <= limit {
+        debug_assert_eq!(
+            st.lru.len(),
+            st.files.len(),
+            "every file is in the LRU order"
+        );
+        // Least recently used first, until enough would be freed; files with no recorded
+        // chunk count too (a failed write may have left bytes).
+        let mut freed = 0;
+        let mut victims = Vec::new();
+        for (_, key) in &st.lru {
+            if st.used.saturating_sub(freed) + needed <= limit {
                 break;
             }
+            let Some(e) = st.files.get(key) else { continue };
+            if e.rec.pinned || e.users > 0 {
+                continue;
+            }
+            freed += e.bytes;
+            victims.push(key.clone());
+        }
+        for key in victims {
             self.remove_locked(st, &key);
         }
         self.publish_gauges(st);
@@ -539,6 +570,7 @@ impl Store {
     /// Takes `key` out of the cache: its record, its bytes, its data file. Returns its bytes.
     fn remove_locked(&self, st: &mut State, key: &str) -> Option<u64> {
         let e = st.files.remove(key)?;
+        st.lru.remove(&(e.rec.last_access, key.to_string()));
         st.used -= e.bytes;
         tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
         metrics::counter!(locus_core::metric::EVICTIONS).increment(1);
@@ -1146,11 +1178,20 @@ impl FileHandle {
     /// Records an access for LRU (persisted lazily).
     pub fn touch(&self) {
         let now = locus_core::unix_ms();
-        if let Some(Some(rec)) = self.with_entry(|e| {
-            let stale = now.saturating_sub(e.rec.last_access) > 5_000;
-            e.rec.last_access = now;
-            stale.then(|| e.rec.clone())
-        }) {
+        let persist = {
+            let mut st = self.store.lock();
+            match st.files.get(&self.key).filter(|e| e.rec.id == self.id) {
+                Some(e) => {
+                    let stale = now.saturating_sub(e.rec.last_access) > 5_000;
+                    st.accessed(&self.key, now);
+                    stale
+                        .then(|| st.files.get(&self.key).map(|e| e.rec.clone()))
+                        .flatten()
+                }
+                None => None,
+            }
+        };
+        if let Some(rec) = persist {
             self.store.index.send(Op::PutFile {
                 key: self.key.clone(),
                 rec,
