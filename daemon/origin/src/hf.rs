@@ -89,6 +89,8 @@ pub struct HfOrigin {
     /// `cfg.redirects` with the endpoint's network, and the endpoint's host.
     redirects: Arc<AddressPolicy>,
     home: Option<String>,
+    /// `cfg.endpoint` parsed once (next-page links are checked against its origin).
+    endpoint: Option<reqwest::Url>,
     /// resolve URL → (CDN URL, when it was learnt); bounded, least recently used go.
     cdn_urls: quick_cache::sync::Cache<String, (Arc<str>, Instant)>,
 }
@@ -150,8 +152,9 @@ fn hf_parts(ns: &Namespace) -> Result<(RepoType, &str), OriginError> {
 impl HfOrigin {
     /// A Hub origin with `cfg`.
     pub fn new(cfg: HfConfig) -> Result<Self, OriginError> {
-        let home = reqwest::Url::parse(&cfg.endpoint)
-            .ok()
+        let endpoint = reqwest::Url::parse(&cfg.endpoint).ok();
+        let home = endpoint
+            .as_ref()
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
         let mut redirects = cfg.redirects.clone();
         if let Some(ip) = home.as_deref().and_then(|h| h.parse().ok()) {
@@ -195,6 +198,7 @@ impl HfOrigin {
             client,
             redirects,
             home,
+            endpoint,
             cdn_urls: quick_cache::sync::Cache::new(MAX_CDN_URLS),
         })
     }
@@ -214,8 +218,10 @@ impl HfOrigin {
         let next = reqwest::Url::parse(page)
             .and_then(|p| p.join(next))
             .map_err(|e| refuse(format!("bad next-page link: {e}")))?;
-        let home = reqwest::Url::parse(&self.cfg.endpoint)
-            .map_err(|e| refuse(format!("bad endpoint: {e}")))?;
+        let home = self
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| refuse(format!("bad endpoint {:?}", self.cfg.endpoint)))?;
         if next.origin() != home.origin() {
             return Err(refuse(format!(
                 "the next page is on another host ({}); not followed with the token",

@@ -258,6 +258,18 @@ pub(crate) struct Filtered {
     lookup: Lookup,
     /// Names resolved unfiltered: the endpoint and proxies the operator configured.
     trusted: Vec<String>,
+    /// What those names are judged by: every network allowed (never a link-local address).
+    open: Arc<AddressPolicy>,
+}
+
+/// A policy that allows every network; link-local addresses stay refused.
+fn open_policy() -> Arc<AddressPolicy> {
+    Arc::new(AddressPolicy {
+        allow: vec![
+            "0.0.0.0/0".parse().expect("net"),
+            "::/0".parse().expect("net"),
+        ],
+    })
 }
 
 impl Filtered {
@@ -267,6 +279,7 @@ impl Filtered {
             policy,
             lookup: system_lookup(),
             trusted,
+            open: open_policy(),
         }
     }
 }
@@ -274,12 +287,7 @@ impl Filtered {
 impl reqwest::dns::Resolve for Filtered {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = match self.trusted.iter().any(|t| t == name.as_str()) {
-            true => Arc::new(AddressPolicy {
-                allow: vec![
-                    "0.0.0.0/0".parse().expect("net"),
-                    "::/0".parse().expect("net"),
-                ],
-            }),
+            true => self.open.clone(),
             false => self.policy.clone(),
         };
         let lookup = (self.lookup)(name.as_str().to_string());
@@ -417,6 +425,7 @@ impl HttpOrigin {
             policy: policy.clone(),
             lookup,
             trusted: Vec::new(),
+            open: open_policy(),
         });
         let client = build_client(Duration::from_secs(10), Duration::from_secs(60), |b| {
             // A proxy would resolve names itself, past the filter below.

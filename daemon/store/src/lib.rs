@@ -295,6 +295,15 @@ impl Access {
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     }
+
+    /// The same for an open file: whole, whatever the umask cut from the mode it was made with.
+    fn apply_open(self, f: &File, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Access::Group(gid) = self {
+            std::os::unix::fs::fchown(f, None, Some(gid))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+    }
 }
 
 impl Store {
@@ -448,15 +457,9 @@ impl Store {
                 .mode(self.access.file_mode())
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
-            if let Access::Group(gid) = self.access {
-                std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(|e| io_err(&path, e))?;
-            }
-            // The mode given at creation is cut by the umask: set it whole.
-            {
-                use std::os::unix::fs::PermissionsExt;
-                f.set_permissions(std::fs::Permissions::from_mode(self.access.file_mode()))
-                    .map_err(|e| io_err(&path, e))?;
-            }
+            self.access
+                .apply_open(&f, self.access.file_mode())
+                .map_err(|e| io_err(&path, e))?;
             self.index.send(Op::PutFile {
                 key: file.key.clone(),
                 rec: rec.clone(),
@@ -714,11 +717,9 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
     // A lock file an older version left keeps its mode otherwise.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io_err(&path, e))?;
-    }
+    Access::Owner
+        .apply_open(&f, 0o600)
+        .map_err(|e| io_err(&path, e))?;
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
