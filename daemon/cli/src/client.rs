@@ -65,10 +65,11 @@ pub async fn unpin_or_evict(socket: &Path, a: SelectArgs, evict: bool) -> Result
     if r.not_cached > 0 {
         line.push_str(&format!("; {} not cached here", r.not_cached));
     }
-    match (evict, r.in_use) {
-        (_, 0) => {}
-        (true, n) => line.push_str(&format!("; {n} in use, left")),
-        (false, n) => line.push_str(&format!("; {n} were not pinned")),
+    if r.in_use > 0 {
+        line.push_str(&format!("; {} in use, left", r.in_use));
+    }
+    if r.not_pinned > 0 {
+        line.push_str(&format!("; {} were not pinned", r.not_pinned));
     }
     println!("{line}");
     Ok(())

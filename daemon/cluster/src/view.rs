@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dashmap::DashMap;
 
@@ -214,13 +214,6 @@ impl Cluster {
             tracing::info!(peer = addr, down_for = ?since.elapsed(), "peer answers again");
         }
         p.reported = reported_load.max(0.0);
-    }
-
-    /// How long `addr` has been down, if it is.
-    pub fn down_for(&self, addr: &str) -> Option<Duration> {
-        self.peers
-            .get(addr)
-            .and_then(|p| p.down_since.map(|s| s.elapsed()))
     }
 
     /// Counts one request in flight to `addr` until the guard drops.

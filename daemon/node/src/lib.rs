@@ -130,7 +130,7 @@ impl From<StoreError> for NodeError {
     }
 }
 
-impl NodeError {
+impl locus_origin::retry::Transient for NodeError {
     /// Whether one attempt failed in a way another may not (the node owns these retries).
     fn is_transient(&self) -> bool {
         match self {

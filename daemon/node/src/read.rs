@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use locus_core::{Digest, RemoteFile};
-use locus_origin::OriginError;
 use locus_store::{ChunkCheck, FileHandle, SINCE_START};
 use sha1::Digest as _;
 
@@ -53,8 +52,16 @@ pub enum Source {
 
 /// Peer hops a local reader's request may take: to the chosen peer, and from it to the primary.
 pub(crate) const READER_HOPS: u32 = 2;
-/// Route of a refetch after the file failed its digest: the origin only, trusting no peer.
-pub(crate) const ORIGIN_ONLY: u32 = u32::MAX;
+
+/// Where a fetch of a chunk may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Peers first, with at most this many more peer hops ([`READER_HOPS`] for a local
+    /// reader; 0 for a peer's request to the primary, which then goes to its origin).
+    Peers(u32),
+    /// The origin alone, trusting no peer: the refetch after a file failed its digest.
+    OriginOnly,
+}
 /// Peers tried for one chunk before going to the origin.
 const PEER_TRIES: usize = 3;
 
@@ -86,7 +93,7 @@ impl Node {
         let mut mismatches = 0;
         // After a digest mismatch the file is fetched again from the origin alone: a peer's
         // chunk can pass its CRC and still be wrong.
-        let mut route = READER_HOPS;
+        let mut route = Route::Peers(READER_HOPS);
         // Bytes this call reported done, taken back if a round must fetch again.
         let done_here = AtomicU64::new(0);
         loop {
@@ -175,7 +182,7 @@ impl Node {
                     for idx in 0..layout.count() {
                         h.drop_chunk(idx);
                     }
-                    route = ORIGIN_ONLY;
+                    route = Route::OriginOnly;
                     if mismatches >= 2 {
                         return Err(NodeError::DigestMismatch(file.uri.clone()));
                     }
@@ -260,16 +267,17 @@ impl Node {
         h: &Arc<FileHandle>,
         idx: u32,
     ) -> Result<Source, NodeError> {
-        self.ensure_chunk_via(file, h, idx, READER_HOPS).await
+        self.ensure_chunk_via(file, h, idx, Route::Peers(READER_HOPS))
+            .await
     }
 
-    /// [`Node::ensure_chunk`] for a request that may take at most `hops` more peer hops.
+    /// [`Node::ensure_chunk`] along `route`.
     pub(crate) async fn ensure_chunk_via(
         self: &Arc<Self>,
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
-        hops: u32,
+        route: Route,
     ) -> Result<Source, NodeError> {
         let key = (h.key().to_string(), idx);
         let fut = match self.inflight.entry(key.clone()) {
@@ -285,7 +293,7 @@ impl Node {
                 let h = h.clone();
                 // A task, so that a reader that goes away does not cancel the fetch others wait on.
                 let task = tokio::spawn(async move {
-                    let r = node.fetch_chunk(&file, &h, idx, hops).await;
+                    let r = node.fetch_chunk(&file, &h, idx, route).await;
                     node.inflight.remove(&key);
                     r
                 });
@@ -301,18 +309,18 @@ impl Node {
     }
 
     /// Fetches chunk `idx` into the cache: from a peer when another member is its primary
-    /// owner (and `hops` allows), else (or when no peer could help) from the origin.
+    /// owner (and `route` allows), else (or when no peer could help) from the origin.
     async fn fetch_chunk(
         self: &Arc<Self>,
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
-        hops: u32,
+        route: Route,
     ) -> Result<Source, NodeError> {
         let range = h.layout().range(idx);
         let len = range.end - range.start;
         h.reserve(len)?;
-        let r = self.fetch_reserved(file, h, idx, hops, range).await;
+        let r = self.fetch_reserved(file, h, idx, route, range).await;
         if r.is_err() {
             h.release(len);
         }
@@ -324,20 +332,23 @@ impl Node {
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         idx: u32,
-        hops: u32,
+        route: Route,
         range: Range<u64>,
     ) -> Result<Source, NodeError> {
-        let plan = self
-            .peers
-            .as_ref()
-            // A URL that may carry a signature stays on this node (never named to a peer).
-            .filter(|_| hops != ORIGIN_ONLY && !locus_core::redact::private(&file.uri))
-            .map(|p| {
-                let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
-                (p, self.cluster.plan(hash))
-            });
+        let plan = match route {
+            Route::Peers(hops) => self
+                .peers
+                .as_ref()
+                // A URL that may carry a signature stays on this node (never named to a peer).
+                .filter(|_| !locus_core::redact::private(&file.uri))
+                .map(|p| {
+                    let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
+                    (p, self.cluster.plan(hash), hops)
+                }),
+            Route::OriginOnly => None,
+        };
         match plan {
-            Some((peers, plan)) if plan.is_primary(self.cluster.me()) || hops == 0 => {
+            Some((peers, plan, hops)) if plan.is_primary(self.cluster.me()) || hops == 0 => {
                 // After a membership change the chunk may sit at the previous primary, which
                 // is now most often the next candidate: ask it before the origin.
                 if let Some(next) = plan.order.first() {
@@ -354,7 +365,7 @@ impl Node {
                     }
                 }
             }
-            Some((peers, plan)) => {
+            Some((peers, plan, hops)) => {
                 if let Some(r) = self
                     .fetch_via_peers(peers, plan, file, h, idx, range.clone(), hops)
                     .await?
@@ -365,45 +376,38 @@ impl Node {
             None => {}
         }
         let started = Instant::now();
-        let mut attempt = 0;
         // The one owner of a chunk's origin retries (the origin sends each request once): at
         // most `attempts` requests per chunk, and no origin connection held while waiting.
-        loop {
-            attempt += 1;
-            let permit = self
-                .permits
-                .acquire()
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
-            let r = self.fetch_once(file, h, range.clone()).await;
-            drop(permit);
-            match r {
-                Ok(crc) => {
-                    h.commit_chunk(idx, crc);
-                    metrics::histogram!(locus_core::metric::FETCH_SECONDS, "source" => "origin")
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(Source::Origin);
-                }
-                Err(e) if e.is_transient() && attempt < self.cfg.retry.attempts => {
-                    let wait = self.cfg.retry.backoff(attempt, e.retry_after());
-                    metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
-                        .increment(1);
-                    tracing::warn!(uri = file.uri, chunk = idx, attempt, error = %e, ?wait, "chunk fetch failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => {
-                    tracing::error!(uri = file.uri, chunk = idx, attempt, error = %e, "chunk fetch failed");
-                    return Err(match e {
-                        NodeError::Origin(OriginError::Transient { what, detail, .. }) => {
-                            NodeError::Origin(OriginError::Unavailable {
-                                what,
-                                attempts: attempt,
-                                detail,
-                            })
-                        }
-                        e => e,
-                    });
-                }
+        let fetched = locus_origin::retry::retry(
+            self.cfg.retry,
+            || async {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                self.fetch_once(file, h, range.clone()).await
+            },
+            |attempt, e, wait| {
+                metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
+                    .increment(1);
+                tracing::warn!(uri = file.uri, chunk = idx, attempt, error = %e, ?wait, "chunk fetch failed; retrying");
+            },
+        )
+        .await;
+        match fetched {
+            Ok(crc) => {
+                h.commit_chunk(idx, crc);
+                metrics::histogram!(locus_core::metric::FETCH_SECONDS, "source" => "origin")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(Source::Origin)
+            }
+            Err((e, attempt)) => {
+                tracing::error!(uri = file.uri, chunk = idx, attempt, error = %e, "chunk fetch failed");
+                Err(match e {
+                    NodeError::Origin(e) => NodeError::Origin(e.exhausted(attempt)),
+                    e => e,
+                })
             }
         }
     }
@@ -855,7 +859,7 @@ mod tests {
             let r = h.layout().range(idx);
             let bytes = &data[r.start as usize..r.end as usize];
             h.reserve(bytes.len() as u64).unwrap();
-            h.write_at(bytes, r.start).unwrap();
+            h.write_vectored_at(&[bytes], r.start).unwrap();
             h.commit_chunk(idx, crc32c::crc32c(bytes));
         }
         (store, h)

@@ -86,7 +86,8 @@ impl Node {
                     let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
                     // Straight to the primary (hops 1), not to a less loaded candidate: a
                     // placement must not leave copies on members that do not own the chunk.
-                    self.ensure_chunk_via(file, &h, idx, 1).await
+                    self.ensure_chunk_via(file, &h, idx, crate::read::Route::Peers(1))
+                        .await
                 } else {
                     let hops = if *owner == plan.primary { 0 } else { 1 };
                     self.ensure_at_peer(owner, file, idx, hops).await

@@ -233,15 +233,25 @@ impl LocalService {
     }
 }
 
+/// What unpin or evict did with one selected file.
+enum Outcome {
+    /// Done; the bytes the file takes here.
+    Done(u64),
+    NotCached,
+    /// Left: a reader has it open (evict).
+    InUse,
+    /// Cached but not pinned (unpin): nothing to undo.
+    NotPinned,
+}
+
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl LocalService {
-    /// Calls `act` on the key of every file `r` selects and counts the outcomes (`Freed`:
-    /// done, with the bytes the file takes here; `InUse`: left as it is).
+    /// Calls `act` on the key of every file `r` selects and counts the outcomes.
     async fn on_selected(
         &self,
         r: pb::SelectRequest,
-        act: impl Fn(&str) -> locus_store::Evicted,
+        act: impl Fn(&str) -> Outcome,
     ) -> Result<Response<pb::SelectResponse>, Status> {
         let files = self.node.select(&r.uris, &r.include, &r.exclude).await?;
         let mut keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
@@ -276,12 +286,13 @@ impl LocalService {
         let mut out = pb::SelectResponse::default();
         for key in &keys {
             match act(key) {
-                locus_store::Evicted::Freed(bytes) => {
+                Outcome::Done(bytes) => {
                     out.files += 1;
                     out.bytes += bytes;
                 }
-                locus_store::Evicted::NotCached => out.not_cached += 1,
-                locus_store::Evicted::InUse => out.in_use += 1,
+                Outcome::NotCached => out.not_cached += 1,
+                Outcome::InUse => out.in_use += 1,
+                Outcome::NotPinned => out.not_pinned += 1,
             }
         }
         Ok(Response::new(out))
@@ -494,10 +505,10 @@ impl Local for LocalService {
         self.on_selected(request.into_inner(), |key| match store.held(key) {
             Some((bytes, true)) => {
                 store.set_pinned(key, false);
-                locus_store::Evicted::Freed(bytes)
+                Outcome::Done(bytes)
             }
-            Some((_, false)) => locus_store::Evicted::InUse,
-            None => locus_store::Evicted::NotCached,
+            Some((_, false)) => Outcome::NotPinned,
+            None => Outcome::NotCached,
         })
         .await
     }
@@ -507,7 +518,13 @@ impl Local for LocalService {
         request: Request<pb::SelectRequest>,
     ) -> Result<Response<pb::SelectResponse>, Status> {
         let out = self
-            .on_selected(request.into_inner(), |key| self.node.store.evict(key))
+            .on_selected(request.into_inner(), |key| {
+                match self.node.store.evict(key) {
+                    locus_store::Evicted::Freed(bytes) => Outcome::Done(bytes),
+                    locus_store::Evicted::NotCached => Outcome::NotCached,
+                    locus_store::Evicted::InUse => Outcome::InUse,
+                }
+            })
             .await;
         // Evicted files are gone from the index before the answer.
         let store = self.node.store.clone();

@@ -155,6 +155,19 @@ impl OriginError {
         )
     }
 
+    /// The error to report once `attempts` attempts were made: a transient failure becomes
+    /// [`OriginError::Unavailable`] (retried already, so no layer above retries it again).
+    pub fn exhausted(self, attempts: u32) -> OriginError {
+        match self {
+            OriginError::Transient { what, detail, .. } => OriginError::Unavailable {
+                what,
+                attempts,
+                detail,
+            },
+            e => e,
+        }
+    }
+
     /// The wait the origin asked for before the next attempt.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

@@ -1,5 +1,9 @@
-//! Exponential backoff with full jitter, honouring a server's `Retry-After`.
+//! Exponential backoff with full jitter, honouring a server's `Retry-After`, and the one
+//! retry loop ([`retry`]) every origin request and chunk fetch goes through. Hand-written
+//! rather than `backon`: the loop is a dozen lines, and the origin's `Retry-After` and the
+//! attempt count in the final error are what callers need from it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
@@ -38,6 +42,47 @@ impl RetryPolicy {
             .min(self.cap);
         let ms = exp.as_millis() as u64;
         Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+    }
+}
+
+/// A failure that may pass with time, and the wait its server asked for.
+pub trait Transient {
+    /// Whether another attempt may succeed.
+    fn is_transient(&self) -> bool;
+    /// The wait the server asked for before the next attempt.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+impl Transient for crate::OriginError {
+    fn is_transient(&self) -> bool {
+        crate::OriginError::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        crate::OriginError::retry_after(self)
+    }
+}
+
+/// Calls `op` until it succeeds, fails for good, or has failed transiently `policy.attempts`
+/// times, waiting [`RetryPolicy::backoff`] between attempts (nothing is held while waiting:
+/// `op` takes its own permits). `on_retry(attempt, error, wait)` hears of each retry, to count
+/// and log it. The error comes back with the number of attempts made.
+pub async fn retry<T, E: Transient, Fut: Future<Output = Result<T, E>>>(
+    policy: RetryPolicy,
+    mut op: impl FnMut() -> Fut,
+    mut on_retry: impl FnMut(u32, &E, Duration),
+) -> Result<T, (E, u32)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < policy.attempts => {
+                let wait = policy.backoff(attempt, e.retry_after());
+                on_retry(attempt, &e, wait);
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err((e, attempt)),
+        }
     }
 }
 
@@ -93,35 +138,22 @@ pub(crate) async fn send_with_retry(
     kind: &'static str,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, crate::OriginError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (detail, retry_after) = match send_once(what, kind, build()).await {
-            Err(crate::OriginError::Transient {
-                detail,
-                retry_after,
-                ..
-            }) => (detail, retry_after),
-            r => return r,
-        };
-        metrics::counter!(locus_core::metric::ORIGIN_RETRIES, "kind" => kind).increment(1);
-        if attempt >= policy.attempts {
-            return Err(crate::OriginError::Unavailable {
-                what: what.to_string(),
-                attempts: attempt,
-                detail,
-            });
+    retry(
+        policy,
+        || send_once(what, kind, build()),
+        |attempt, e, wait| {
+            metrics::counter!(locus_core::metric::ORIGIN_RETRIES, "kind" => kind).increment(1);
+            tracing::warn!(what, attempt, ?wait, error = %e, "origin request failed; retrying");
+        },
+    )
+    .await
+    .map_err(|(e, attempts)| {
+        // The last failure counts as a retry too, as before: one per failed attempt.
+        if e.is_transient() {
+            metrics::counter!(locus_core::metric::ORIGIN_RETRIES, "kind" => kind).increment(1);
         }
-        let wait = policy.backoff(attempt, retry_after);
-        tracing::warn!(
-            what,
-            attempt,
-            ?wait,
-            detail,
-            "origin request failed; retrying"
-        );
-        tokio::time::sleep(wait).await;
-    }
+        e.exhausted(attempts)
+    })
 }
 
 /// The settings every origin's HTTP client shares; `customize` adds its own, then it is built.

@@ -28,7 +28,7 @@ fn file(i: usize) -> RemoteFile {
 fn put(store: &std::sync::Arc<Store>, i: usize, data: &[u8]) {
     let h = store.register(&file(i), CHUNK).expect("register");
     h.reserve(CHUNK).expect("reserve");
-    h.write_at(data, 0).expect("write");
+    h.write_vectored_at(&[data], 0).expect("write");
     h.commit_chunk(0, crc32c::crc32c(data));
 }
 

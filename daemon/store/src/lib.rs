@@ -25,7 +25,7 @@ mod index;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -896,11 +896,6 @@ impl FileHandle {
         self.store.publish_gauges(&st);
     }
 
-    /// Writes `data` at `offset` of the data file. On a full disk, evicts and tries once more.
-    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
-        self.write_vectored_at(&[data], offset)
-    }
-
     /// Writes `bufs`, one after the other, at `offset` (one `pwritev` where it can, so pieces
     /// received from the network need no copy into one buffer). On a full disk, evicts and
     /// tries once more.
@@ -1080,14 +1075,6 @@ impl FileHandle {
                 rec,
             });
         }
-    }
-
-    /// Reads `buf.len()` bytes at `offset` without any check: for streaming a chunk whose CRC
-    /// the caller computes on the way (see [`FileHandle::chunk_failed`]).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        let f = self.data_file()?;
-        f.read_exact_at(buf, offset)
-            .map_err(|e| io_err(&self.path, e))
     }
 
     /// Chunk `idx`'s bytes, mapped from the data file (small chunks read), without a check of

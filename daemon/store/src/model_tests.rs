@@ -103,7 +103,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let data = bytes_of(key, idx, len);
-                h.write_at(&data, h.layout().range(idx).start).unwrap();
+                h.write_vectored_at(&[&data], h.layout().range(idx).start)
+                    .unwrap();
                 h.commit_chunk(idx, crc32c::crc32c(&data));
                 if model.pinned.contains(&key) {
                     h.set_pinned(true);

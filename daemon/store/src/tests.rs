@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::fs::FileExt;
 
 fn file(key: &str, size: u64) -> RemoteFile {
     RemoteFile {
@@ -16,7 +17,8 @@ fn put(h: &FileHandle, idx: u32, byte: u8) {
     let len = h.layout().len(idx) as usize;
     let data = vec![byte; len];
     h.reserve(len as u64).unwrap();
-    h.write_at(&data, h.layout().range(idx).start).unwrap();
+    h.write_vectored_at(&[&data], h.layout().range(idx).start)
+        .unwrap();
     h.commit_chunk(idx, crc32c::crc32c(&data));
 }
 

@@ -353,7 +353,9 @@ impl Prepared {
             header_only,
         } = self;
         h.touch();
-        let src = node.ensure_chunk_via(&file, &h, idx, hops).await?;
+        let src = node
+            .ensure_chunk_via(&file, &h, idx, crate::read::Route::Peers(hops))
+            .await?;
         let Some(crc) = h.crc(idx) else {
             return Err(Status::unavailable("chunk evicted while serving"));
         };
