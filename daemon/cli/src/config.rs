@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use locus_core::Secret;
 use locus_node::peer::{PeerSecurity, PeerTls, TlsFiles};
@@ -14,14 +14,18 @@ use crate::Failure;
 
 pub use locus_grpc::DEFAULT_SOCKET;
 
-#[derive(Args, Default)]
+/// The daemon's settings, each written once: its flag, its `LOCUS_*` variable, its `--config`
+/// file key (the flag's name) and its default. Precedence: flag, variable, file, default
+/// ([`DaemonArgs::with_file`]).
+#[derive(Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DaemonArgs {
-    /// Where cached data and the index live (created if missing) [default: /var/cache/locus].
-    #[arg(long, env = "LOCUS_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Capacity, e.g. 50GiB; least recently used unpinned files are evicted above it [default: 10GiB].
-    #[arg(long, env = "LOCUS_CACHE_SIZE")]
-    cache_size: Option<String>,
+    /// Where cached data and the index live (created if missing).
+    #[arg(long, env = "LOCUS_CACHE_DIR", default_value = "/var/cache/locus")]
+    cache_dir: PathBuf,
+    /// Capacity, e.g. 50GiB; least recently used unpinned files are evicted above it.
+    #[arg(long, env = "LOCUS_CACHE_SIZE", default_value_t = Size(10 << 30))]
+    cache_size: Size,
     /// Peer gRPC address, e.g. 127.0.0.1:7070.
     #[arg(long, env = "LOCUS_LISTEN")]
     listen: Option<SocketAddr>,
@@ -37,39 +41,39 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz).
     #[arg(long, env = "LOCUS_METRICS")]
     metrics: Option<SocketAddr>,
-    /// Chunk size of files entering the cache [default: 8MiB].
-    #[arg(long, env = "LOCUS_CHUNK_SIZE")]
-    chunk_size: Option<String>,
+    /// Chunk size of files entering the cache (64KiB to 256MiB).
+    #[arg(long, env = "LOCUS_CHUNK_SIZE", default_value_t = Size(locus_node::DEFAULT_CHUNK_SIZE))]
+    chunk_size: Size,
     /// Also serve the read-only namespace view at DIR.
     #[arg(long, env = "LOCUS_MOUNT")]
     mount: Option<PathBuf>,
-    /// Inodes the namespace view keeps reachable; past it, the repos and buckets used least
-    /// recently are dropped, and listed again when named again [default: 1000000].
-    #[arg(long, env = "LOCUS_MOUNT_MAX_INODES")]
-    mount_max_inodes: Option<usize>,
+    /// Inodes the namespace view keeps reachable (at least 100); past it, the repos and buckets
+    /// used least recently are dropped, and listed again when named again.
+    #[arg(long, env = "LOCUS_MOUNT_MAX_INODES", default_value_t = 1_000_000)]
+    mount_max_inodes: usize,
     /// Let other users (and other containers' processes) read the namespace view; without
     /// it only the daemon's user can. Pods that read the view need it.
     #[arg(long, env = "LOCUS_MOUNT_ALLOW_OTHER")]
     mount_allow_other: bool,
-    /// Origin connections at once [default: 16].
-    #[arg(long, env = "LOCUS_CONCURRENCY")]
-    concurrency: Option<usize>,
-    /// Seconds a branch or tag stays resolved to one commit [default: 60].
-    #[arg(long, env = "LOCUS_METADATA_TTL")]
-    metadata_ttl: Option<u64>,
-    /// Owners that hold each chunk after a cluster-scope warm [default: 1].
-    #[arg(long, env = "LOCUS_REPLICAS")]
-    replicas: Option<usize>,
-    /// Bounded-load slack ε: a member above (1+ε) times the mean load passes reads on [default: 0.25].
-    #[arg(long, env = "LOCUS_LOAD_EPSILON")]
-    load_epsilon: Option<f64>,
-    /// Seconds an etcd lease lives: a node that dies leaves the ring after this [default: 10].
-    #[arg(long, env = "LOCUS_MEMBERSHIP_TTL")]
-    membership_ttl: Option<u64>,
+    /// Origin connections at once (1 to 1024).
+    #[arg(long, env = "LOCUS_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds a branch or tag stays resolved to one commit.
+    #[arg(long, env = "LOCUS_METADATA_TTL", default_value_t = 60)]
+    metadata_ttl: u64,
+    /// Owners that hold each chunk after a cluster-scope warm (1 to 16).
+    #[arg(long, env = "LOCUS_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// Bounded-load slack ε (0 to 10): a member above (1+ε) times the mean load passes reads on.
+    #[arg(long, env = "LOCUS_LOAD_EPSILON", default_value_t = 0.25)]
+    load_epsilon: f64,
+    /// Seconds an etcd lease lives (2 to 3600): a node that dies leaves the ring after this.
+    #[arg(long, env = "LOCUS_MEMBERSHIP_TTL", default_value_t = 10)]
+    membership_ttl: u64,
     /// Seconds between reads of the --peer-tls-* files: a renewed certificate or CA is used
-    /// from then on, without a restart [default: 30].
-    #[arg(long, env = "LOCUS_PEER_TLS_RELOAD")]
-    peer_tls_reload: Option<u64>,
+    /// from then on, without a restart.
+    #[arg(long, env = "LOCUS_PEER_TLS_RELOAD", default_value_t = 30)]
+    peer_tls_reload: u64,
     /// etcd membership over TLS: the PEM CA of the etcd servers' certificates.
     #[arg(long, env = "LOCUS_ETCD_CA")]
     etcd_ca: Option<PathBuf>,
@@ -102,9 +106,9 @@ pub struct DaemonArgs {
     /// The PEM CA that signs every member's certificate.
     #[arg(long, env = "LOCUS_PEER_TLS_CA")]
     peer_tls_ca: Option<PathBuf>,
-    /// The name every member's certificate carries [default: locus-peer].
-    #[arg(long, env = "LOCUS_PEER_TLS_NAME")]
-    peer_tls_name: Option<String>,
+    /// The name every member's certificate carries.
+    #[arg(long, env = "LOCUS_PEER_TLS_NAME", default_value = "locus-peer")]
+    peer_tls_name: String,
     /// Send chunk bodies between peers over gRPC only, not the plain-TCP chunk wire (which
     /// is off anyway with mutual TLS).
     #[arg(long, env = "LOCUS_NO_PEER_WIRE")]
@@ -145,62 +149,134 @@ pub struct DaemonArgs {
     http_allow_private: Vec<String>,
     /// Parse and check every setting (files included), print them, and exit without starting.
     #[arg(long)]
+    #[serde(skip)]
     pub check_config: bool,
 }
 
-/// The `--config` file: the same keys as the flags.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct FileConfig {
-    pub socket: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
-    cache_size: Option<String>,
-    listen: Option<SocketAddr>,
-    advertise: Option<String>,
-    peers: Option<Vec<String>>,
-    membership: Option<String>,
-    metrics: Option<SocketAddr>,
-    chunk_size: Option<String>,
-    mount: Option<PathBuf>,
-    mount_max_inodes: Option<usize>,
-    mount_allow_other: Option<bool>,
-    concurrency: Option<usize>,
-    metadata_ttl: Option<u64>,
-    replicas: Option<usize>,
-    load_epsilon: Option<f64>,
-    membership_ttl: Option<u64>,
-    peer_tls_reload: Option<u64>,
-    etcd_ca: Option<PathBuf>,
-    etcd_cert: Option<PathBuf>,
-    etcd_key: Option<PathBuf>,
-    etcd_user: Option<String>,
-    etcd_password_file: Option<PathBuf>,
-    insecure_etcd: Option<bool>,
-    peer_token_file: Option<PathBuf>,
-    peer_tls_cert: Option<PathBuf>,
-    peer_tls_key: Option<PathBuf>,
-    peer_tls_ca: Option<PathBuf>,
-    peer_tls_name: Option<String>,
-    no_peer_wire: Option<bool>,
-    insecure_peers: Option<bool>,
-    accept_peer_pins: Option<bool>,
-    socket_group: Option<String>,
-    data_group: Option<String>,
-    s3_endpoint: Option<String>,
-    s3_virtual_hosted: Option<bool>,
-    file_root: Option<Vec<PathBuf>>,
-    http_allow_private: Option<Vec<String>>,
+impl DaemonArgs {
+    /// These settings with the `--config` file's keys under them: a file key takes the place of
+    /// a setting that neither a flag nor a variable gave. `m`: what clap matched, to tell a
+    /// default from a value given.
+    pub fn with_file(self, m: &clap::ArgMatches, file: &ConfigFile) -> Result<Self, Failure> {
+        use clap::parser::ValueSource;
+        let check_config = self.check_config;
+        let internal = |e: &dyn std::fmt::Display| Failure::new(1, format!("settings: {e}"));
+        let mut merged = toml::Table::try_from(&self).map_err(|e| internal(&e))?;
+        let known: Vec<String> = <Self as Args>::augment_args(clap::Command::new("daemon"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (key, value) in &file.table {
+            if key == "socket" {
+                continue;
+            }
+            let id = key.replace('-', "_");
+            let given = known.contains(&id)
+                && matches!(
+                    m.value_source(&id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+            if !given {
+                // An unknown key is refused below, by name.
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let mut merged: Self = merged.try_into().map_err(|e: toml::de::Error| {
+            Failure::usage(format!("--config {}: {}", file.shown(), e.message()))
+        })?;
+        merged.check_config = check_config;
+        Ok(merged)
+    }
 }
 
-impl FileConfig {
-    pub fn load(path: Option<&Path>) -> Result<FileConfig, Failure> {
+/// A byte size, as a flag, a variable or a file value: `50GiB`, `512KiB`, `1048576`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        locus_core::parse_size(s)
+            .map(Size)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for Size {
+    /// The largest unit that divides it, as a person would write it (`8MiB`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+        match units
+            .iter()
+            .find(|(shift, _)| self.0 != 0 && self.0.is_multiple_of(1u64 << shift))
+        {
+            Some((shift, unit)) => write!(f, "{}{unit}", self.0 >> shift),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The `--config` file: a TOML table with the same keys as the flags (and `socket`).
+#[derive(Default)]
+pub struct ConfigFile {
+    path: Option<PathBuf>,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    pub fn load(path: Option<&Path>) -> Result<ConfigFile, Failure> {
         let Some(p) = path else {
-            return Ok(FileConfig::default());
+            return Ok(ConfigFile::default());
         };
         let text = std::fs::read_to_string(p)
             .map_err(|e| Failure::usage(format!("--config {}: {e}", p.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| Failure::usage(format!("--config {}: {}", p.display(), e.message())))
+        let table = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            Failure::usage(format!("--config {}: {}", p.display(), e.message()))
+        })?;
+        Ok(ConfigFile {
+            path: Some(p.to_path_buf()),
+            table,
+        })
+    }
+
+    /// The file's `socket` key.
+    pub fn socket(&self) -> Result<Option<PathBuf>, Failure> {
+        match self.table.get("socket") {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(PathBuf::from(s))),
+            Some(_) => Err(Failure::usage(format!(
+                "--config {}: socket must be a path",
+                self.shown()
+            ))),
+        }
+    }
+
+    fn shown(&self) -> String {
+        self.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -316,28 +392,17 @@ impl DaemonConfig {
     }
 }
 
-fn size_flag(name: &str, v: Option<String>, default: u64) -> Result<u64, Failure> {
-    match v {
-        None => Ok(default),
-        Some(s) => locus_core::parse_size(&s).map_err(|e| Failure::usage(format!("--{name}: {e}"))),
-    }
-}
-
 impl DaemonConfig {
-    pub fn merge(a: DaemonArgs, f: FileConfig, socket: PathBuf) -> Result<DaemonConfig, Failure> {
-        let chunk_size = size_flag(
-            "chunk-size",
-            a.chunk_size.or(f.chunk_size),
-            locus_node::DEFAULT_CHUNK_SIZE,
-        )?;
+    /// Checks the settings and gives them their types.
+    pub fn check(a: DaemonArgs, socket: PathBuf) -> Result<DaemonConfig, Failure> {
+        let chunk_size = a.chunk_size.0;
         if !(64 << 10..=256 << 20).contains(&chunk_size) {
             return Err(Failure::usage(
                 "--chunk-size must be between 64KiB and 256MiB",
             ));
         }
-        let membership = a.membership.or(f.membership);
-        let peers = a.peers.or(f.peers).unwrap_or_default();
-        let membership = match (membership, peers.is_empty()) {
+        let peers = a.peers.unwrap_or_default();
+        let membership = match (a.membership, peers.is_empty()) {
             (Some(m), true) => Some(
                 locus_cluster::Membership::parse(&m).map_err(|e| Failure::usage(e.to_string()))?,
             ),
@@ -349,8 +414,8 @@ impl DaemonConfig {
             (None, false) => Some(locus_cluster::Membership::Static(peers)),
             (None, true) => None,
         };
-        let listen = a.listen.or(f.listen);
-        let advertise = a.advertise.or(f.advertise);
+        let listen = a.listen;
+        let advertise = a.advertise;
         if membership.is_some() && listen.is_none() {
             return Err(Failure::usage(
                 "--peers and --membership need --listen ADDR (the peer port)",
@@ -363,68 +428,55 @@ impl DaemonConfig {
                 )));
             }
         }
-        let replicas = a.replicas.or(f.replicas).unwrap_or(1);
-        if !(1..=16).contains(&replicas) {
+        if !(1..=16).contains(&a.replicas) {
             return Err(Failure::usage("--replicas must be between 1 and 16"));
         }
-        let load_epsilon = a.load_epsilon.or(f.load_epsilon).unwrap_or(0.25);
-        if !(0.0..=10.0).contains(&load_epsilon) {
+        if !(0.0..=10.0).contains(&a.load_epsilon) {
             return Err(Failure::usage("--load-epsilon must be between 0 and 10"));
         }
-        let membership_ttl = a.membership_ttl.or(f.membership_ttl).unwrap_or(10);
-        if !(2..=3600).contains(&membership_ttl) {
+        if !(2..=3600).contains(&a.membership_ttl) {
             return Err(Failure::usage(
                 "--membership-ttl must be between 2 and 3600 seconds",
             ));
         }
-        let peer_tls_reload =
-            Duration::from_secs(a.peer_tls_reload.or(f.peer_tls_reload).unwrap_or(30).max(1));
         let etcd = etcd_security(
-            a.etcd_ca.or(f.etcd_ca),
-            a.etcd_cert.or(f.etcd_cert),
-            a.etcd_key.or(f.etcd_key),
-            a.etcd_user.or(f.etcd_user),
-            a.etcd_password_file.or(f.etcd_password_file),
+            a.etcd_ca,
+            a.etcd_cert,
+            a.etcd_key,
+            a.etcd_user,
+            a.etcd_password_file,
         )?;
         if let Some(m @ locus_cluster::Membership::Etcd { .. }) = &membership {
-            let insecure = a.insecure_etcd || f.insecure_etcd.unwrap_or(false);
-            if !m.etcd_is_local() && !etcd.authenticated() && !insecure {
+            if !m.etcd_is_local() && !etcd.authenticated() && !a.insecure_etcd {
                 return Err(Failure::usage(
                     "--membership etcd://…: an etcd others can reach decides whom this node sends peer requests and its peer token to; give --etcd-ca with --etcd-cert/--etcd-key or --etcd-user/--etcd-password-file, or --insecure-etcd if no one else can reach it",
                 ));
             }
         }
         let mut security = peer_security(
-            a.peer_token_file.or(f.peer_token_file),
-            a.peer_tls_cert.or(f.peer_tls_cert),
-            a.peer_tls_key.or(f.peer_tls_key),
-            a.peer_tls_ca.or(f.peer_tls_ca),
-            a.peer_tls_name.or(f.peer_tls_name),
+            a.peer_token_file,
+            a.peer_tls_cert,
+            a.peer_tls_key,
+            a.peer_tls_ca,
+            a.peer_tls_name,
         )?;
-        security.wire = !(a.no_peer_wire || f.no_peer_wire.unwrap_or(false));
-        let insecure = a.insecure_peers || f.insecure_peers.unwrap_or(false);
+        security.wire = !a.no_peer_wire;
         if let Some(addr) = listen {
             let open = security.token.is_none() && security.tls.is_none();
-            if open && !addr.ip().is_loopback() && !insecure {
+            if open && !addr.ip().is_loopback() && !a.insecure_peers {
                 return Err(Failure::usage(format!(
                     "--listen {addr}: peers that can reach this address could have this node fetch with its credentials and read the bytes back; give --peer-token-file FILE (the same token on every node) or mutual TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca), or --insecure-peers if no one else can reach it"
                 )));
             }
         }
-        let s3_endpoint = a.s3_endpoint.or(f.s3_endpoint);
-        if let Some(e) = &s3_endpoint {
+        if let Some(e) = &a.s3_endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(Failure::usage(format!(
                     "--s3-endpoint {e:?}: expected http://HOST[:PORT] or https://HOST[:PORT]"
                 )));
             }
         }
-        let file_roots = if a.file_root.is_empty() {
-            f.file_root.unwrap_or_default()
-        } else {
-            a.file_root
-        };
-        for r in &file_roots {
+        for r in &a.file_root {
             if !r.is_absolute() || !r.is_dir() {
                 return Err(Failure::usage(format!(
                     "--file-root {}: not an absolute path to a folder",
@@ -432,12 +484,8 @@ impl DaemonConfig {
                 )));
             }
         }
-        let allow = if a.http_allow_private.is_empty() {
-            f.http_allow_private.unwrap_or_default()
-        } else {
-            a.http_allow_private
-        };
-        let http_allow_private = allow
+        let http_allow_private = a
+            .http_allow_private
             .iter()
             .map(|n| {
                 let n = n.trim();
@@ -451,48 +499,40 @@ impl DaemonConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let concurrency = a.concurrency.or(f.concurrency).unwrap_or(16);
-        if concurrency == 0 || concurrency > 1024 {
+        if a.concurrency == 0 || a.concurrency > 1024 {
             return Err(Failure::usage("--concurrency must be between 1 and 1024"));
         }
         Ok(DaemonConfig {
             socket,
-            cache_dir: a
-                .cache_dir
-                .or(f.cache_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/cache/locus")),
-            cache_size: size_flag("cache-size", a.cache_size.or(f.cache_size), 10 << 30)?,
+            cache_dir: a.cache_dir,
+            cache_size: a.cache_size.0,
             listen,
             advertise,
             membership,
-            metrics: a.metrics.or(f.metrics),
+            metrics: a.metrics,
             chunk_size,
-            concurrency,
-            metadata_ttl: Duration::from_secs(a.metadata_ttl.or(f.metadata_ttl).unwrap_or(60)),
-            mount: a.mount.or(f.mount),
-            mount_allow_other: a.mount_allow_other || f.mount_allow_other.unwrap_or(false),
-            mount_max_inodes: a
-                .mount_max_inodes
-                .or(f.mount_max_inodes)
-                .unwrap_or(1_000_000)
-                .max(100),
-            replicas,
-            load_epsilon,
-            membership_ttl: Duration::from_secs(membership_ttl),
+            concurrency: a.concurrency,
+            metadata_ttl: Duration::from_secs(a.metadata_ttl),
+            mount: a.mount,
+            mount_allow_other: a.mount_allow_other,
+            mount_max_inodes: a.mount_max_inodes.max(100),
+            replicas: a.replicas,
+            load_epsilon: a.load_epsilon,
+            membership_ttl: Duration::from_secs(a.membership_ttl),
             etcd,
-            peer_tls_reload,
+            peer_tls_reload: Duration::from_secs(a.peer_tls_reload.max(1)),
             security,
-            s3_endpoint,
-            s3_virtual_hosted: a.s3_virtual_hosted || f.s3_virtual_hosted.unwrap_or(false),
-            file_roots,
+            s3_endpoint: a.s3_endpoint,
+            s3_virtual_hosted: a.s3_virtual_hosted,
+            file_roots: a.file_root,
             http_allow_private,
-            insecure_peers: insecure,
-            accept_peer_pins: a.accept_peer_pins || f.accept_peer_pins.unwrap_or(false),
-            socket_group: match a.socket_group.or(f.socket_group) {
+            insecure_peers: a.insecure_peers,
+            accept_peer_pins: a.accept_peer_pins,
+            socket_group: match a.socket_group {
                 Some(g) => Some(group("socket-group", &g)?),
                 None => None,
             },
-            data_group: match a.data_group.or(f.data_group) {
+            data_group: match a.data_group {
                 Some(g) => Some(group("data-group", &g)?),
                 None => None,
             },
@@ -566,7 +606,7 @@ fn peer_security(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
-    name: Option<String>,
+    name: String,
 ) -> Result<PeerSecurity, Failure> {
     let token = match token_file {
         Some(p) => {
@@ -584,12 +624,10 @@ fn peer_security(
         }
         None => None,
     };
-    if let Some(n) = &name {
-        if !locus_node::peer::valid_tls_name(n) {
-            return Err(Failure::usage(format!(
-                "--peer-tls-name {n:?}: not a DNS name or an IP address"
-            )));
-        }
+    if !locus_node::peer::valid_tls_name(&name) {
+        return Err(Failure::usage(format!(
+            "--peer-tls-name {name:?}: not a DNS name or an IP address"
+        )));
     }
     let tls = match (cert, key, ca) {
         (None, None, None) => None,
@@ -597,7 +635,7 @@ fn peer_security(
             cert_pem: read_flag("peer-tls-cert", &c)?,
             key_pem: read_flag("peer-tls-key", &k)?,
             ca_pem: read_flag("peer-tls-ca", &a)?,
-            server_name: name.unwrap_or_else(|| "locus-peer".into()),
+            server_name: name,
             files: Some(TlsFiles {
                 cert: c,
                 key: k,
@@ -615,4 +653,58 @@ fn peer_security(
         tls,
         ..PeerSecurity::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    /// The daemon's settings from `flags` over the TOML `file`.
+    fn settings(flags: &[&str], file: &str) -> Result<DaemonArgs, Failure> {
+        let cmd = <DaemonArgs as Args>::augment_args(clap::Command::new("daemon"));
+        let m = cmd
+            .try_get_matches_from(std::iter::once("daemon").chain(flags.iter().copied()))
+            .unwrap();
+        let args = DaemonArgs::from_arg_matches(&m).unwrap();
+        let file = ConfigFile {
+            path: None,
+            table: toml::from_str(file).unwrap(),
+        };
+        args.with_file(&m, &file)
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let s = settings(&[], "").unwrap();
+        assert_eq!((s.cache_size, s.concurrency), (Size(10 << 30), 16));
+        assert!(!s.insecure_peers);
+        let file = "cache-size = \"3GiB\"\nconcurrency = 4\ninsecure-peers = true\nfile-root = [\"/tmp\"]\nchunk-size = 1048576\n";
+        let s = settings(&[], file).unwrap();
+        assert_eq!((s.cache_size, s.concurrency), (Size(3 << 30), 4));
+        assert_eq!(s.chunk_size, Size(1 << 20), "a size in bytes");
+        assert!(s.insecure_peers, "a switch from the file");
+        assert_eq!(s.file_root, vec![PathBuf::from("/tmp")]);
+        let s = settings(&["--concurrency", "8", "--file-root", "/var"], file).unwrap();
+        assert_eq!((s.cache_size, s.concurrency), (Size(3 << 30), 8));
+        assert_eq!(s.file_root, vec![PathBuf::from("/var")]);
+        assert!(
+            settings(&[], "bogus = 1").is_err(),
+            "unknown keys are refused"
+        );
+        assert!(
+            settings(&[], "check-config = true").is_err(),
+            "not a file key"
+        );
+        assert!(settings(&[], "concurrency = \"many\"").is_err());
+    }
+
+    #[test]
+    fn sizes_read_and_print_as_people_write_them() {
+        assert_eq!("8MiB".parse::<Size>(), Ok(Size(8 << 20)));
+        assert_eq!(Size(8 << 20).to_string(), "8MiB");
+        assert_eq!(Size(1536).to_string(), "1536");
+        assert_eq!(Size(0).to_string(), "0");
+        assert!("12x".parse::<Size>().is_err());
+    }
 }

@@ -11,7 +11,7 @@ mod telemetry;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,7 @@ enum Cmd {
 }
 
 /// A failure with the exit status it maps to: 1 for failures the message explains, 2 for bad usage.
+#[derive(Debug)]
 pub struct Failure {
     code: u8,
     msg: String,
@@ -96,8 +97,13 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    // The matches as well as the parsed values: the daemon's settings ask them whether a
+    // value came from a flag or a variable (beats the --config file) or is a default.
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(e.exit_code() as u8);
@@ -113,7 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, matches));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -125,17 +131,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let file = config::FileConfig::load(cli.config.as_deref())?;
-    let socket = cli
-        .socket
-        .clone()
-        .or_else(|| file.socket.clone())
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<(), Failure> {
+    let file = config::ConfigFile::load(cli.config.as_deref())?;
+    let socket = match cli.socket.clone() {
+        Some(s) => s,
+        None => file
+            .socket()?
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET)),
+    };
     match cli.cmd {
         Cmd::Daemon(args) => {
             let check = args.check_config;
-            let cfg = config::DaemonConfig::merge(*args, file, socket)?;
+            let empty = clap::ArgMatches::default();
+            let m = matches.subcommand_matches("daemon").unwrap_or(&empty);
+            let cfg = config::DaemonConfig::check(args.with_file(m, &file)?, socket)?;
             if check {
                 println!("{}", locus_core::redact::redact_urls(&cfg.summary()));
                 return Ok(());
