@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::mapref::entry::Entry;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use locus_core::{Digest, RemoteFile};
 use locus_store::{ChunkCheck, FileHandle, SINCE_START};
 use sha1::Digest as _;
 
+use crate::fetches::Joined;
 use crate::peer::{PeerError, PeerTransport, PieceStream, IDLE_TIMEOUT, MAX_PIECE};
 use crate::sha_chain;
 use crate::{Node, NodeError};
@@ -280,30 +280,27 @@ impl Node {
         route: Route,
     ) -> Result<Source, NodeError> {
         let key = (h.key().to_string(), idx);
-        let fut = match self.inflight.entry(key.clone()) {
-            Entry::Occupied(o) => o.get().clone(),
-            Entry::Vacant(v) => {
-                if h.crc(idx).is_some() {
-                    self.counters.hits(1);
-                    return Ok(Source::Local);
-                }
+        let joined = self.fetches.join(
+            key.clone(),
+            || h.crc(idx).is_some(),
+            || {
                 self.counters.miss();
                 let node = self.clone();
                 let file = file.clone();
                 let h = h.clone();
-                // A task, so that a reader that goes away does not cancel the fetch others wait on.
-                let task = tokio::spawn(async move {
+                async move {
                     let r = node.fetch_chunk(&file, &h, idx, route).await;
-                    node.inflight.remove(&key);
+                    node.fetches.finished(&key);
                     r
-                });
-                let fut =
-                    async move { task.await.map_err(|e| NodeError::Internal(e.to_string()))? }
-                        .boxed()
-                        .shared();
-                v.insert(fut.clone());
-                fut
+                }
+            },
+        );
+        let fut = match joined {
+            Joined::Hit => {
+                self.counters.hits(1);
+                return Ok(Source::Local);
             }
+            Joined::Fetch(f) => f,
         };
         fut.await
     }
@@ -378,16 +375,10 @@ impl Node {
         let started = Instant::now();
         // The one owner of a chunk's origin retries (the origin sends each request once): at
         // most `attempts` requests per chunk, and no origin connection held while waiting.
-        let fetched = locus_origin::retry::retry(
-            self.cfg.retry,
-            || async {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|e| NodeError::Internal(e.to_string()))?;
-                self.fetch_once(file, h, range.clone()).await
-            },
+        let fetched = self
+            .fetches
+            .origin(
+                || self.fetch_once(file, h, range.clone()),
             |attempt, e, wait| {
                 metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
                     .increment(1);

@@ -1,13 +1,11 @@
 //! The local API (gRPC over the node's Unix socket), see `grpc/proto/locus/v1/local.proto`.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, TryStreamExt};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use futures::{Stream, StreamExt};
 use locus_core::uri::LocusUri;
 use locus_core::RemoteFile;
 use locus_grpc::v1 as pb;
@@ -19,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::peer::PeerError;
+use crate::warm::Scope;
 use crate::{Node, NodeError, WarmProgress};
 
 /// Messages of `Read` carry at most this many bytes.
@@ -27,14 +26,13 @@ const READ_MESSAGE: usize = 1 << 20;
 /// How often `Warm` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Files warmed at once (their chunks share the node's origin connections).
-const FILES_AT_ONCE: usize = 8;
-
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         let msg = e.to_string();
         match &e {
-            NodeError::Uri(_) => Status::invalid_argument(msg),
+            NodeError::Uri(_) | NodeError::BadGlob(_) | NodeError::BadScope(_) => {
+                Status::invalid_argument(msg)
+            }
             NodeError::IsFolder(_) => Status::failed_precondition(msg),
             NodeError::NotFound(_) | NodeError::Origin(OriginError::NotFound { .. }) => {
                 Status::not_found(msg)
@@ -71,44 +69,6 @@ fn parse_uri(s: &str) -> Result<LocusUri, Status> {
     LocusUri::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn globset(patterns: &[String]) -> Result<Option<GlobSet>, Status> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| Status::invalid_argument(format!("bad glob {p:?}: {e}")))?);
-    }
-    b.build()
-        .map(Some)
-        .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// Where a warm puts the bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// A full verified copy on this node.
-    Node,
-    /// Every chunk at its owners.
-    Cluster,
-    /// A full copy on every member.
-    AllNodes,
-}
-
-impl Scope {
-    /// Parses `node`, `cluster` or `all-nodes` (empty: `node`).
-    pub fn parse(s: &str) -> Result<Scope, Status> {
-        match s {
-            "" | "node" => Ok(Scope::Node),
-            "cluster" => Ok(Scope::Cluster),
-            "all-nodes" => Ok(Scope::AllNodes),
-            s => Err(Status::invalid_argument(format!(
-                "unknown scope {s:?} (use node, cluster or all-nodes)"
-            ))),
-        }
-    }
-}
-
 /// Warms `files` in `scope` in a task, streaming progress every [`PROGRESS_EVERY`] and a last
 /// message with `finished` set (or the error). A client that goes away stops the work.
 pub(crate) fn warm_stream(
@@ -135,13 +95,7 @@ pub(crate) fn warm_stream(
     };
     let (tx, rx) = mpsc::channel(8);
     let p = progress.clone();
-    let work = tokio::spawn(async move {
-        match scope {
-            Scope::Node => node.warm(files, pin, p).await,
-            Scope::Cluster => node.warm_cluster(files, p).await,
-            Scope::AllNodes => node.warm_all_nodes(files, pin, p).await,
-        }
-    });
+    let work = tokio::spawn(async move { node.warm_in(scope, files, pin, p).await });
     tokio::spawn(async move {
         let mut work = work;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -169,56 +123,6 @@ pub(crate) fn warm_stream(
         let _ = tx.send(msg).await;
     });
     ReceiverStream::new(rx).boxed()
-}
-
-impl Node {
-    /// Files named by `uris`, filtered by globs on their paths, without duplicates.
-    pub async fn select(
-        &self,
-        uris: &[String],
-        include: &[String],
-        exclude: &[String],
-    ) -> Result<Vec<RemoteFile>, Status> {
-        let inc = globset(include)?;
-        let exc = globset(exclude)?;
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for s in uris {
-            let uri = parse_uri(s)?;
-            for f in self.resolve(&uri).await?.files {
-                let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
-                    && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
-                if keep && seen.insert(f.uri.clone()) {
-                    out.push(f);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Makes every file fully cached and verified here, `FILES_AT_ONCE` files at a time.
-    pub async fn warm(
-        self: &Arc<Self>,
-        files: Vec<RemoteFile>,
-        pin: bool,
-        progress: Arc<WarmProgress>,
-    ) -> Result<(), NodeError> {
-        futures::stream::iter(files)
-            .map(|f| {
-                let progress = progress.clone();
-                async move {
-                    let h = self.ensure_file(&f, &progress).await?;
-                    if pin {
-                        h.set_pinned(true);
-                    }
-                    progress.done_files.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, NodeError>(())
-                }
-            })
-            .buffer_unordered(FILES_AT_ONCE)
-            .try_collect()
-            .await
-    }
 }
 
 /// The local API over a node.

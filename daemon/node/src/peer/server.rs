@@ -253,23 +253,21 @@ impl Node {
             // if this peer has fewer than MAX_BACKGROUND_COPIES_PER_PEER and the node fewer
             // than MAX_BACKGROUND_COPIES copies under way. Otherwise nothing is started and the
             // file is not even registered: a peer's questions cannot queue work or add entries.
-            let slot = (req.hops > 0)
-                .then(|| PeerSlot::take(&self.background_by_peer, from))
+            let copy = (req.hops > 0)
+                .then(|| self.background.start(from))
                 .flatten();
-            if let Some(slot) = slot {
-                if let Ok(permit) = self.background.clone().try_acquire_owned() {
-                    let h = Arc::new(
-                        self.store
-                            .register(&file, self.cfg.chunk_size)
-                            .map_err(NodeError::from)?,
-                    );
-                    if idx < h.layout().count() {
-                        let node = self.clone();
-                        tokio::spawn(async move {
-                            let _ = node.ensure_chunk(&file, &h, idx).await;
-                            drop((permit, slot));
-                        });
-                    }
+            if let Some(copy) = copy {
+                let h = Arc::new(
+                    self.store
+                        .register(&file, self.cfg.chunk_size)
+                        .map_err(NodeError::from)?,
+                );
+                if idx < h.layout().count() {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let _ = node.ensure_chunk(&file, &h, idx).await;
+                        drop(copy);
+                    });
                 }
             }
             return Err(Status::not_found("chunk not cached here"));
@@ -297,6 +295,35 @@ impl Node {
             hops: req.hops.min(crate::read::READER_HOPS - 1),
             header_only: req.header_only,
         })
+    }
+}
+
+/// The chunk copies peers started on this node in the background: at most
+/// [`crate::MAX_BACKGROUND_COPIES`], and [`crate::MAX_BACKGROUND_COPIES_PER_PEER`] of them for
+/// one peer (by address), so that peers cannot queue work and no peer takes them all.
+pub(crate) struct BackgroundCopies {
+    all: Arc<tokio::sync::Semaphore>,
+    by_peer: Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+}
+
+impl Default for BackgroundCopies {
+    fn default() -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(crate::MAX_BACKGROUND_COPIES)),
+            by_peer: Arc::default(),
+        }
+    }
+}
+
+impl BackgroundCopies {
+    /// A place for one more copy asked for by `peer`, if there is one; held until the copy ends.
+    fn start(
+        &self,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<(PeerSlot, tokio::sync::OwnedSemaphorePermit)> {
+        let slot = PeerSlot::take(&self.by_peer, peer)?;
+        let permit = self.all.clone().try_acquire_owned().ok()?;
+        Some((slot, permit))
     }
 }
 
@@ -519,7 +546,7 @@ impl Peer for PeerService {
             self.node.clone(),
             files,
             pin,
-            crate::service::Scope::Node,
+            crate::Scope::Node,
         )))
     }
 

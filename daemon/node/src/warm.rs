@@ -1,4 +1,4 @@
-//! Warm scopes beyond this node, and the health checks that bring peers back.
+//! Warming: the files a request selects, made present in one of three [`Scope`]s.
 //!
 //! - `node`: this node holds a full, verified copy ([`Node::warm`]); chunks come from their
 //!   owners, so the origin is read once for the cluster.
@@ -8,25 +8,126 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+
+use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use locus_core::uri::LocusUri;
 use locus_core::{ChunkLayout, RemoteFile};
 use locus_grpc::v1 as pb;
 
 use crate::read::{chunk_hash, Source};
 use crate::{Node, NodeError, WarmProgress};
 
-/// How often members are checked.
-pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
-/// Failed health checks in a row that mark a member down.
-pub const HEALTH_FAILURES: u32 = 2;
-/// Members that are up checked per round.
-pub const UP_CHECKS: usize = 32;
 /// Attempts per chunk of a cluster warm (each after re-planning around a member that failed).
 const CLUSTER_TRIES: usize = 3;
 /// File URIs per all-nodes warm request.
 const URIS_PER_REQUEST: usize = 5000;
+
+/// Files warmed at once (their chunks share the node's origin connections).
+const FILES_AT_ONCE: usize = 8;
+
+/// Where a warm puts the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A full verified copy on this node.
+    Node,
+    /// Every chunk at its owners.
+    Cluster,
+    /// A full copy on every member.
+    AllNodes,
+}
+
+impl Scope {
+    /// Parses `node`, `cluster` or `all-nodes` (empty: `node`).
+    pub fn parse(s: &str) -> Result<Scope, NodeError> {
+        match s {
+            "" | "node" => Ok(Scope::Node),
+            "cluster" => Ok(Scope::Cluster),
+            "all-nodes" => Ok(Scope::AllNodes),
+            s => Err(NodeError::BadScope(s.to_string())),
+        }
+    }
+}
+
+fn globset(patterns: &[String]) -> Result<Option<GlobSet>, NodeError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).map_err(|e| NodeError::BadGlob(format!("{p:?}: {e}")))?);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| NodeError::BadGlob(e.to_string()))
+}
+
+impl Node {
+    /// Files named by `uris`, filtered by globs on their paths, without duplicates.
+    pub async fn select(
+        &self,
+        uris: &[String],
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Vec<RemoteFile>, NodeError> {
+        let inc = globset(include)?;
+        let exc = globset(exclude)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in uris {
+            let uri = LocusUri::parse(s)?;
+            for f in self.resolve(&uri).await?.files {
+                let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
+                    && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
+                if keep && seen.insert(f.uri.clone()) {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Warms `files` in `scope`, reporting to `progress`.
+    pub async fn warm_in(
+        self: &Arc<Self>,
+        scope: Scope,
+        files: Vec<RemoteFile>,
+        pin: bool,
+        progress: Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        match scope {
+            Scope::Node => self.warm(files, pin, progress).await,
+            Scope::Cluster => self.warm_cluster(files, progress).await,
+            Scope::AllNodes => self.warm_all_nodes(files, pin, progress).await,
+        }
+    }
+
+    /// Makes every file fully cached and verified here, `FILES_AT_ONCE` files at a time.
+    pub async fn warm(
+        self: &Arc<Self>,
+        files: Vec<RemoteFile>,
+        pin: bool,
+        progress: Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        futures::stream::iter(files)
+            .map(|f| {
+                let progress = progress.clone();
+                async move {
+                    let h = self.ensure_file(&f, &progress).await?;
+                    if pin {
+                        h.set_pinned(true);
+                    }
+                    progress.done_files.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, NodeError>(())
+                }
+            })
+            .buffer_unordered(FILES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+}
 
 impl Node {
     /// Makes each chunk of `files` present at its owners.
@@ -200,75 +301,6 @@ impl Node {
         });
         futures::future::try_join_all(work).await?;
         Ok(())
-    }
-
-    /// Health checks: every [`HEALTH_EVERY`], the members that are down (so that they come back
-    /// as soon as they answer) and a rotating share of the others, at most [`UP_CHECKS`] of them
-    /// (their load, and failures no reader has met yet): each member is seen every few seconds
-    /// in a small cluster without all-to-all traffic in a large one. Runs until the node is
-    /// dropped.
-    pub fn spawn_health_checks(self: &Arc<Self>) {
-        let node = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEALTH_EVERY);
-            let mut round = 0usize;
-            // Consecutive failed checks per member: one slow answer on a busy machine must not
-            // move the member's keys (readers still mark a peer down at its first failure).
-            let mut failures: std::collections::HashMap<String, u32> = Default::default();
-            loop {
-                tick.tick().await;
-                round += 1;
-                let Some(node) = node.upgrade() else { return };
-                let Some(peers) = node.peers.clone() else {
-                    return;
-                };
-                let me = node.cluster.me().to_string();
-                let ring = node.cluster.ring();
-                let others: Vec<&String> = ring.members().iter().filter(|m| **m != me).collect();
-                let (down, up): (Vec<&String>, Vec<&String>) =
-                    others.into_iter().partition(|m| !node.cluster.is_up(m));
-                let start = (round * UP_CHECKS) % up.len().max(1);
-                let members: Vec<String> = down
-                    .into_iter()
-                    .chain(
-                        up.iter()
-                            .cycle()
-                            .skip(start)
-                            .take(UP_CHECKS.min(up.len()))
-                            .copied(),
-                    )
-                    .cloned()
-                    .collect();
-                let checks = members.iter().map(|m| {
-                    let peers = peers.clone();
-                    async move { (m, peers.health(m).await) }
-                });
-                for (m, r) in futures::future::join_all(checks).await {
-                    if r.is_ok() {
-                        failures.remove(m);
-                    }
-                    match r {
-                        Ok(h) if h.chunk_size == node.cfg.chunk_size => {
-                            node.cluster.mark_up(m, h.load as f64)
-                        }
-                        Ok(h) => node.cluster.mark_down(
-                            m,
-                            &format!(
-                                "chunk size {} differs from this node's {}",
-                                h.chunk_size, node.cfg.chunk_size
-                            ),
-                        ),
-                        Err(e) => {
-                            let n = failures.entry(m.clone()).or_default();
-                            *n += 1;
-                            if *n >= HEALTH_FAILURES || !node.cluster.is_up(m) {
-                                node.cluster.mark_down(m, &e.to_string());
-                            }
-                        }
-                    }
-                }
-            }
-        });
     }
 }
 
