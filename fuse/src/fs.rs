@@ -2,24 +2,20 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
     ReplyOpen, Request,
 };
 
+use crate::file::{lock, try_lock, FileState, ReadError};
+use crate::open::PASSTHROUGH_MIN;
 use crate::tree::{Changes, Kind, Lazy, Prepared, Tree, ROOT};
-use crate::{metrics, Backend, ChunkInfo, FsError, MAX_READAHEAD_CHUNKS};
-
-/// Files smaller than this are always read through this process.
-const PASSTHROUGH_MIN: u64 = 1 << 20;
+use crate::{metrics, Backend, FsError};
 
 /// How the mount behaves.
 #[derive(Clone, Debug)]
@@ -47,77 +43,9 @@ impl Default for MountOptions {
     }
 }
 
-/// Per-file read state, shared by every open of the file.
-struct FileState {
-    uri: String,
-    /// The version (cache key) listed: every read stays on it.
-    key: String,
-    size: u64,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// The daemon's cache file, open while the file is: closed with its last open, so that a
-    /// mount holds as many cache files as it has files open (not one per file ever read), and
-    /// an evicted cache file's space comes back.
-    file: Option<(PathBuf, Arc<File>)>,
-    /// The cache file closed with the last open, and what `fstat` said of it then: opened
-    /// again as it is if it is still that file (no daemon round trip), its checked chunks
-    /// staying checked; else the daemon is asked where the file is.
-    closed: Option<(PathBuf, FileStamp)>,
-    chunk_size: u64,
-    crcs: Vec<Option<u32>>,
-    /// Chunks this mount has checked against their CRC.
-    checked: Vec<bool>,
-    complete: bool,
-    /// End of the last read, to spot a sequential reader.
-    last_end: u64,
-    /// Read-ahead requested up to this chunk (exclusive), and the current window.
-    ahead_until: u32,
-    window: u32,
-    backing: Option<Arc<BackingId>>,
-    /// Opens served by passthrough, and by this process.
-    passthrough_opens: u32,
-    cached_opens: u32,
-}
-
-/// What `fstat` says of a cache file that changes if it is replaced or written.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    ctime: (i64, i64),
-    len: u64,
-}
-
-fn stamp(f: &File) -> std::io::Result<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = f.metadata()?;
-    Ok(FileStamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        ctime: (m.ctime(), m.ctime_nsec()),
-        len: m.len(),
-    })
-}
-
 thread_local! {
     /// Each FUSE worker reuses one buffer: a fresh zeroed allocation per read costs page faults.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The lock if nobody holds it: a request reader never waits behind work on the pool.
-fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
 }
 
 /// The file system: a request that may wait (on the daemon, the origin or a whole-file check)
@@ -133,9 +61,6 @@ type DirEntries = Arc<Vec<(u64, String)>>;
 
 /// Blocking threads for requests that may wait.
 const POOL_THREADS: usize = 64;
-
-/// Reads up to this size of checked chunks are answered inline.
-const INLINE_READ_MAX: u32 = 128 << 10;
 
 /// A listing that could not be refreshed is asked for again after this long.
 const RELIST_RETRY: Duration = Duration::from_secs(5);
@@ -570,215 +495,15 @@ impl<B: Backend> Core<B> {
             files
                 .entry(ino)
                 .or_insert_with(|| {
-                    let mut inner = Inner::default();
-                    // What the listing said is cached saves a round trip to the daemon; if the
-                    // file has gone since, the first read asks again.
-                    if let Some(info) = cached.clone() {
-                        if Self::absorb(&mut inner, info).is_err() {
-                            inner = Inner::default();
-                        }
-                    }
-                    Arc::new(FileState {
-                        uri: uri.clone(),
-                        key: key.clone(),
-                        size: *size,
-                        inner: Mutex::new(inner),
-                    })
+                    Arc::new(FileState::new(
+                        uri.clone(),
+                        key.clone(),
+                        *size,
+                        cached.clone(),
+                    ))
                 })
                 .clone(),
         )
-    }
-
-    /// Opens again the cache file closed with the last open, if it is still the same file
-    /// (device, inode, change time and length as at the close).
-    fn reopen(inner: &mut Inner) -> bool {
-        let Some((path, was)) = inner.closed.take() else {
-            return false;
-        };
-        let Ok(f) = File::open(&path) else {
-            return false;
-        };
-        if stamp(&f).ok() != Some(was) {
-            return false;
-        }
-        inner.file = Some((path, Arc::new(f)));
-        true
-    }
-
-    /// Takes in what the daemon said about a file.
-    fn absorb(inner: &mut Inner, info: ChunkInfo) -> Result<(), FsError> {
-        let reopen = !matches!(&inner.file, Some((p, _)) if *p == info.path);
-        if reopen {
-            let f = File::open(&info.path).map_err(|e| {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::PermissionDenied => locus_core::DATA_ACCESS_HINT,
-                    _ => "",
-                };
-                FsError::Io(format!("{}: {e}; {hint}", info.path.display()))
-            })?;
-            // The file closed with the last open, named again with the same CRCs: its checked
-            // chunks stay checked. Another cache file (the old one was evicted): check its
-            // chunks afresh.
-            let again = inner.closed.take().is_some_and(|(p, _)| p == info.path);
-            inner.checked = (0..info.crcs.len())
-                .map(|i| {
-                    again
-                        && inner.checked.get(i) == Some(&true)
-                        && inner.crcs.get(i) == info.crcs.get(i)
-                })
-                .collect();
-            inner.file = Some((info.path.clone(), Arc::new(f)));
-        }
-        inner.checked.resize(info.crcs.len(), false);
-        inner.chunk_size = info.chunk_size;
-        inner.crcs = info.crcs;
-        inner.complete = info.complete;
-        Ok(())
-    }
-
-    /// Reads `offset..offset + size` of a file into `out`, fetching and checking chunks as
-    /// needed. Without `may_wait` (on a request reader) it stops with [`ReadError::MustWait`]
-    /// where it would ask the daemon.
-    fn read_range(
-        &self,
-        st: &FileState,
-        offset: u64,
-        size: u32,
-        out: &mut Vec<u8>,
-        may_wait: bool,
-    ) -> Result<(), ReadError> {
-        out.clear();
-        if offset >= st.size || size == 0 {
-            return Ok(());
-        }
-        if !may_wait && size > INLINE_READ_MAX {
-            return Err(ReadError::MustWait);
-        }
-        let end = (offset + size as u64).min(st.size);
-        let mut inner = if may_wait {
-            lock(&st.inner)
-        } else {
-            try_lock(&st.inner).ok_or(ReadError::MustWait)?
-        };
-        if inner.chunk_size == 0 {
-            if !may_wait {
-                return Err(ReadError::MustWait);
-            }
-            drop(inner);
-            let info = self.backend.chunks(&st.uri, &st.key, 0, 0, false)?;
-            inner = lock(&st.inner);
-            Self::absorb(&mut inner, info)?;
-        }
-        let cs = inner.chunk_size;
-        let first = (offset / cs) as u32;
-        let last = ((end - 1) / cs) as u32;
-        // Closed with its last open and not the same file any more: the daemon says again
-        // where the cache file is.
-        if inner.file.is_none() {
-            Self::reopen(&mut inner);
-        }
-        let missing = inner.file.is_none()
-            || (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
-        // A reader answers only from stored chunks, checked or small enough to check on the
-        // way; it stops before the read-ahead state changes, so the retry on the pool sees the
-        // same read.
-        if !may_wait
-            && (missing
-                || (first..=last).any(|c| {
-                    !inner.checked.get(c as usize).copied().unwrap_or(false)
-                        && cs.min(st.size - c as u64 * cs) > 1 << 20
-                }))
-        {
-            return Err(ReadError::MustWait);
-        }
-        // Read-ahead for a sequential reader, doubling its window.
-        let sequential = offset == inner.last_end || offset == 0;
-        inner.last_end = end;
-        let count = inner.crcs.len() as u32;
-        if sequential {
-            inner.window = (inner.window.max(1) * 2).min(MAX_READAHEAD_CHUNKS);
-            let from = inner.ahead_until.max(last + 1);
-            let to = (last + 1 + inner.window).min(count);
-            if from < to && !inner.complete {
-                self.backend.prefetch(&st.uri, &st.key, from, to - from);
-                inner.ahead_until = to;
-            }
-        } else {
-            inner.window = 0;
-        }
-        if missing {
-            // Not under the lock of other readers' progress: the daemon single-flights.
-            drop(inner);
-            let info = self
-                .backend
-                .chunks(&st.uri, &st.key, first, last - first + 1, false)?;
-            inner = lock(&st.inner);
-            Self::absorb(&mut inner, info)?;
-        }
-        // A small read of one unchecked small chunk (small files): read the chunk once, check
-        // it, and answer from the same bytes.
-        let chunk_start = first as u64 * cs;
-        let chunk_len = cs.min(st.size - chunk_start);
-        if first == last
-            && chunk_len <= 1 << 20
-            && !inner.checked.get(first as usize).copied().unwrap_or(false)
-        {
-            if let (Some(Some(crc)), Some((_, f))) =
-                (inner.crcs.get(first as usize).copied(), inner.file.clone())
-            {
-                out.resize(chunk_len as usize, 0);
-                // Read in place (this is the small-file path): a file cut short counts as a
-                // failed check, and the check below asks the daemon to fetch it again.
-                let read = match f.read_exact_at(out, chunk_start) {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                    Err(e) => return Err(FsError::Io(format!("{}: {e}", st.uri)).into()),
-                };
-                if read && crc32c::crc32c(out) == crc {
-                    if let Some(slot) = inner.checked.get_mut(first as usize) {
-                        *slot = true;
-                    }
-                    out.truncate((end - chunk_start) as usize);
-                    out.drain(..(offset - chunk_start) as usize);
-                    return Ok(());
-                }
-                out.clear();
-            }
-        }
-        for c in first..=last {
-            if inner.checked.get(c as usize).copied().unwrap_or(false) {
-                continue;
-            }
-            if !Self::check_chunk(&inner, st.size, c)? {
-                if !may_wait {
-                    return Err(ReadError::MustWait);
-                }
-                tracing::error!(
-                    uri = st.uri,
-                    chunk = c,
-                    "chunk failed its checksum; asking the node to fetch it again"
-                );
-                drop(inner);
-                let info = self.backend.chunks(&st.uri, &st.key, c, 1, true)?;
-                inner = lock(&st.inner);
-                Self::absorb(&mut inner, info)?;
-                if !Self::check_chunk(&inner, st.size, c)? {
-                    return Err(FsError::Io(format!("{}: chunk {c} is corrupt", st.uri)).into());
-                }
-            }
-            if let Some(slot) = inner.checked.get_mut(c as usize) {
-                *slot = true;
-            }
-        }
-        let (_, f) = inner
-            .file
-            .clone()
-            .ok_or_else(|| FsError::Io(format!("{}: no cache file", st.uri)))?;
-        drop(inner);
-        out.resize((end - offset) as usize, 0);
-        f.read_exact_at(out, offset)
-            .map_err(|e| FsError::Io(format!("{}: {e}", st.uri)))?;
-        Ok(())
     }
 
     /// Answers a lookup of `name` in `parent`. With `may_wait`, it first lists the folder's
@@ -914,30 +639,16 @@ impl<B: Backend> Core<B> {
             }
         };
         if self.passthrough_on.load(Ordering::Relaxed) {
-            // The kernel keeps an inode in one io mode while files are open: passthrough only
-            // when no open of it reads through this process's cache path.
-            // Small files read faster through here than through a backing file's setup.
-            if inner.backing.is_none() && inner.cached_opens == 0 && st.size >= PASSTHROUGH_MIN {
-                // Known complete and open (from the listing or an earlier open): no need to ask.
-                let known = if inner.complete && (inner.file.is_some() || Self::reopen(&mut inner))
-                {
-                    Ok(())
-                } else {
-                    self.backend
-                        .chunks(&st.uri, &st.key, 0, 0, false)
-                        .and_then(|info| Self::absorb(&mut inner, info))
-                };
-                if known.is_ok() && inner.complete && self.check_all(&st, &mut inner) {
-                    if let Some((_, f)) = &inner.file {
-                        match reply.open_backing(f.as_ref()) {
-                            Ok(id) => inner.backing = Some(Arc::new(id)),
-                            Err(e) => tracing::debug!(error = %e, "no passthrough"),
-                        }
+            if st.ready_to_pass_through(&*self.backend, &mut inner) {
+                if let Some((_, f)) = &inner.file {
+                    match reply.open_backing(f.as_ref()) {
+                        Ok(id) => inner.backing = Some(Arc::new(id)),
+                        Err(e) => tracing::debug!(error = %e, "no passthrough"),
                     }
                 }
             }
             if let Some(id) = inner.backing.clone() {
-                inner.passthrough_opens += 1;
+                inner.opened(true);
                 drop(inner);
                 ::metrics::counter!(metrics::PASSTHROUGH_OPENS).increment(1);
                 lock(&self.handles).insert(fh, (st, true));
@@ -947,7 +658,7 @@ impl<B: Backend> Core<B> {
                 return None;
             }
         }
-        inner.cached_opens += 1;
+        inner.opened(false);
         drop(inner);
         lock(&self.handles).insert(fh, (st, false));
         // The identity behind an inode never changes: keep the kernel's pages across opens.
@@ -959,24 +670,6 @@ impl<B: Backend> Core<B> {
         None
     }
 
-    /// Counts a closed open of `st` (`passthrough`: one the kernel read by passthrough).
-    fn closed(inner: &mut Inner, passthrough: bool) {
-        if passthrough {
-            inner.passthrough_opens = inner.passthrough_opens.saturating_sub(1);
-            if inner.passthrough_opens == 0 {
-                // The kernel drops the inode's backing with its last passthrough file.
-                inner.backing = None;
-            }
-        } else {
-            inner.cached_opens = inner.cached_opens.saturating_sub(1);
-        }
-        if inner.passthrough_opens == 0 && inner.cached_opens == 0 {
-            if let Some((p, f)) = inner.file.take() {
-                inner.closed = stamp(&f).ok().map(|s| (p, s));
-            }
-        }
-    }
-
     /// Answers a read; without `may_wait`, hands the reply back where the read must wait.
     fn read_reply(
         &self,
@@ -986,8 +679,8 @@ impl<B: Backend> Core<B> {
         reply: ReplyData,
         may_wait: bool,
     ) -> Option<ReplyData> {
-        READ_BUF.with_borrow_mut(
-            |buf| match self.read_range(st, offset, size, buf, may_wait) {
+        READ_BUF.with_borrow_mut(|buf| {
+            match st.read_range(&*self.backend, offset, size, buf, may_wait) {
                 Ok(()) => {
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
@@ -1000,98 +693,8 @@ impl<B: Backend> Core<B> {
                     reply.error(errno(&e));
                     None
                 }
-            },
-        )
-    }
-
-    /// Checks every chunk not yet checked by this mount, refetching any that fail, before the
-    /// kernel is given the file: with passthrough, reads no longer pass through here.
-    fn check_all(&self, st: &FileState, inner: &mut MutexGuard<'_, Inner>) -> bool {
-        let todo: Vec<u32> = (0..inner.crcs.len() as u32)
-            .filter(|c| !inner.checked.get(*c as usize).copied().unwrap_or(false))
-            .collect();
-        // The check is CPU-bound (CRC32C over the page cache): every core takes every n-th chunk.
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8)
-            .min(todo.len().max(1));
-        let shared: &Inner = inner;
-        let results: Vec<(u32, bool)> = if workers == 1 {
-            // One chunk or one core: no thread to start (it would cost more than a small check).
-            todo.iter()
-                .map(|&c| (c, Self::check_chunk(shared, st.size, c).unwrap_or(false)))
-                .collect()
-        } else {
-            std::thread::scope(|s| {
-                let todo = &todo;
-                let handles: Vec<_> = (0..workers)
-                    .map(|w| {
-                        s.spawn(move || {
-                            todo.iter()
-                                .skip(w)
-                                .step_by(workers)
-                                .map(|&c| {
-                                    (c, Self::check_chunk(shared, st.size, c).unwrap_or(false))
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
-            })
-        };
-        for (c, ok) in results {
-            if !ok {
-                tracing::error!(
-                    uri = st.uri,
-                    chunk = c,
-                    "chunk failed its checksum; asking the node to fetch it again"
-                );
-                let fixed = self
-                    .backend
-                    .chunks(&st.uri, &st.key, c, 1, true)
-                    .and_then(|info| Self::absorb(inner, info))
-                    .and_then(|()| Self::check_chunk(inner, st.size, c));
-                if !matches!(fixed, Ok(true)) {
-                    return false;
-                }
             }
-            if let Some(slot) = inner.checked.get_mut(c as usize) {
-                *slot = true;
-            }
-        }
-        // A worker that panicked left its chunks unchecked: no passthrough then.
-        inner.checked.iter().all(|c| *c)
-    }
-
-    /// Reads chunk `c` of the cache file whole and checks it against its CRC.
-    fn check_chunk(inner: &Inner, size: u64, c: u32) -> Result<bool, FsError> {
-        let (Some(Some(crc)), Some((_, f))) = (inner.crcs.get(c as usize).copied(), &inner.file)
-        else {
-            return Ok(false);
-        };
-        let start = c as u64 * inner.chunk_size;
-        let end = (start + inner.chunk_size).min(size);
-        Ok(locus_core::check_stored(f, start..end, crc)
-            .map_err(|e| FsError::Io(e.to_string()))?
-            .is_ok())
-    }
-}
-
-/// Why a read stopped.
-enum ReadError {
-    Fs(FsError),
-    /// It must ask the daemon: not on a request reader.
-    MustWait,
-}
-
-impl From<FsError> for ReadError {
-    fn from(e: FsError) -> Self {
-        ReadError::Fs(e)
+        })
     }
 }
 
@@ -1243,11 +846,11 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let open = lock(&self.core.handles).remove(&fh.0);
         if let Some((st, passthrough)) = open {
             let counted = try_lock(&st.inner)
-                .map(|mut inner| Core::<B>::closed(&mut inner, passthrough))
+                .map(|mut inner| inner.closed(passthrough))
                 .is_some();
             if !counted {
                 self.pool
-                    .spawn_blocking(move || Core::<B>::closed(&mut lock(&st.inner), passthrough));
+                    .spawn_blocking(move || lock(&st.inner).closed(passthrough));
             }
         }
         reply.ok();
@@ -1356,7 +959,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Entry, Listing};
+    use crate::{ChunkInfo, Entry, Listing};
     use std::sync::atomic::AtomicUsize;
 
     /// A backend whose listing is as old as its TTL (a node whose origin is down answers

@@ -37,8 +37,12 @@
 //! halted vCPU woken by the host. One reader lingers at a time.
 
 pub mod daemon;
+mod file;
 mod fs;
 pub mod metrics;
+mod open;
+#[cfg(test)]
+mod test_backend;
 mod tree;
 
 pub use fs::{LocusFs, MountOptions};
