@@ -247,3 +247,123 @@ async fn peers_cannot_queue_unbounded_background_copies() {
         "{all} background copies queued for 200 requests"
     );
 }
+
+/// A peer transport test double: a member that lies. Every chunk comes with the right CRC in
+/// its header and wrong bytes after it; metadata calls find it unreachable. Counts its calls.
+#[derive(Default)]
+struct LyingPeer {
+    data: Bytes,
+    chunk_calls: std::sync::atomic::AtomicUsize,
+    meta_calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl crate::peer::PeerTransport for LyingPeer {
+    async fn get_chunk(
+        &self,
+        _addr: &str,
+        req: locus_grpc::v1::ChunkRequest,
+    ) -> Result<crate::peer::PieceStream, crate::peer::PeerError> {
+        use locus_grpc::v1::ChunkPiece;
+        self.chunk_calls.fetch_add(1, Ordering::SeqCst);
+        let cs = req.chunk_size as usize;
+        let start = req.index as usize * cs;
+        let right = self.data.slice(start..(start + cs).min(self.data.len()));
+        let mut wrong = right.to_vec();
+        wrong[0] ^= 1;
+        let header = ChunkPiece {
+            header: true,
+            length: right.len() as u64,
+            crc32c: crc32c::crc32c(&right),
+            ..Default::default()
+        };
+        let body = ChunkPiece {
+            data: wrong.into(),
+            ..Default::default()
+        };
+        Ok(futures::stream::iter([Ok(header), Ok(body)]).boxed())
+    }
+
+    async fn resolve(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::ResolveRequest,
+    ) -> Result<locus_grpc::v1::ResolveResponse, crate::peer::PeerError> {
+        self.meta_calls.fetch_add(1, Ordering::SeqCst);
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn list(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::PeerListRequest,
+    ) -> Result<locus_grpc::v1::PeerListResponse, crate::peer::PeerError> {
+        self.meta_calls.fetch_add(1, Ordering::SeqCst);
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn warm(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::PeerWarmRequest,
+    ) -> Result<crate::peer::ProgressStream, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn health(
+        &self,
+        addr: &str,
+    ) -> Result<locus_grpc::v1::HealthResponse, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Arc::new(MemOrigin {
+        files: [("w.bin".to_string(), data())].into(),
+        gate: None,
+    });
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let cluster = locus_cluster::Cluster::new(locus_cluster::ClusterConfig::solo("me:1"));
+    cluster.set_members(["me:1".to_string(), "liar:1".to_string()]);
+    let peer = Arc::new(LyingPeer {
+        data: data(),
+        ..LyingPeer::default()
+    });
+    let cfg = NodeConfig {
+        chunk_size: 64 << 10,
+        ..NodeConfig::default()
+    };
+    let node = Node::with_cluster(origin, store, cfg, cluster.clone(), Some(peer.clone()));
+    let file = node
+        .resolve_file(&LocusUri::parse("hf://o/n/w.bin").unwrap())
+        .await
+        .unwrap();
+    // Metadata: the owner did not answer, so it was marked down and the origin asked.
+    assert!(peer.meta_calls.load(Ordering::SeqCst) > 0);
+    assert!(!cluster.is_up("liar:1"));
+    // It answers health checks again: now for its chunks.
+    cluster.mark_up("liar:1", 0.0);
+    let h = node
+        .ensure_file(&file, &WarmProgress::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for idx in 0..h.layout().count() {
+        let b = h.checked_bytes(idx, std::time::Duration::ZERO).unwrap();
+        out.extend_from_slice(&b.expect("chunk stored and right"));
+    }
+    assert!(out == data().to_vec(), "the origin's bytes, not the peer's");
+    assert!(
+        peer.chunk_calls.load(Ordering::SeqCst) > 0,
+        "the peer was asked"
+    );
+    assert!(!cluster.is_up("liar:1"), "and marked down");
+    assert_eq!(
+        node.counters().origin_bytes.load(Ordering::SeqCst),
+        1_000_000,
+        "every chunk came from the origin in the end"
+    );
+}

@@ -151,7 +151,8 @@ pub type PieceStream = BoxStream<'static, Result<pb::ChunkPiece, PeerError>>;
 /// A stream of warm progress.
 pub type ProgressStream = BoxStream<'static, Result<pb::WarmProgress, PeerError>>;
 
-/// How a node reaches its peers. The gRPC implementation is [`GrpcPeers`]; tests may wrap it.
+/// How a node reaches its peers. The gRPC implementation is [`GrpcPeers`]; the node's unit
+/// tests put a peer that lies behind it (`LyingPeer` in `tests.rs`).
 #[async_trait]
 pub trait PeerTransport: Send + Sync + 'static {
     /// Streams one chunk.
