@@ -1,16 +1,62 @@
-//! The production backend: the node's local API over its Unix socket.
+//! The production backend: the node's local API, over its Unix socket (`locus mount`) or in
+//! the daemon's own process (`locus daemon --mount`: the same service, called directly).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use locus_grpc::v1 as pb;
+use locus_grpc::v1::local_server::Local;
 use locus_grpc::LocalClient;
 
 use crate::{Backend, ChunkInfo, Entry, FsError, Listing};
 
-/// Talks to the daemon; FUSE worker threads block on a small runtime of its own.
-pub struct DaemonBackend {
-    rt: tokio::runtime::Runtime,
-    client: LocalClient,
+/// The two calls of the local API the file system makes.
+#[tonic::async_trait]
+pub trait LocalApi: Send + Sync + 'static {
+    /// `List`.
+    async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status>;
+    /// `Chunks`.
+    async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status>;
+}
+
+#[tonic::async_trait]
+impl LocalApi for LocalClient {
+    async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
+        LocalClient::list(&mut self.clone(), req)
+            .await
+            .map(|r| r.into_inner())
+    }
+    async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
+        LocalClient::chunks(&mut self.clone(), req)
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// The local API's service itself, called in its own process: no socket, no encoding.
+pub struct InProcess<S>(pub Arc<S>);
+
+#[tonic::async_trait]
+impl<S: Local> LocalApi for InProcess<S> {
+    async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
+        Local::list(&*self.0, tonic::Request::new(req))
+            .await
+            .map(|r| r.into_inner())
+    }
+    async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
+        Local::chunks(&*self.0, tonic::Request::new(req))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// Talks to the daemon; FUSE worker threads block on a runtime: one of its own (over the
+/// socket), or the daemon's (in process).
+pub struct DaemonBackend<A: LocalApi = LocalClient> {
+    /// The runtime when it is this backend's own (kept alive here).
+    _own: Option<tokio::runtime::Runtime>,
+    rt: tokio::runtime::Handle,
+    api: Arc<A>,
 }
 
 fn status_error(s: tonic::Status) -> FsError {
@@ -32,20 +78,33 @@ impl DaemonBackend {
         let client = rt
             .block_on(locus_grpc::connect_local(socket))
             .map_err(|e| FsError::Io(e.0))?;
-        Ok(DaemonBackend { rt, client })
+        Ok(DaemonBackend {
+            rt: rt.handle().clone(),
+            _own: Some(rt),
+            api: Arc::new(client),
+        })
     }
 }
 
-impl Backend for DaemonBackend {
+impl<S: Local> DaemonBackend<InProcess<S>> {
+    /// Calls `service` in this process, on the runtime `rt` it runs on.
+    pub fn in_process(service: Arc<S>, rt: tokio::runtime::Handle) -> Self {
+        DaemonBackend {
+            _own: None,
+            rt,
+            api: Arc::new(InProcess(service)),
+        }
+    }
+}
+
+impl<A: LocalApi> Backend for DaemonBackend<A> {
     fn list(&self, uri: &str) -> Result<Listing, FsError> {
-        let mut c = self.client.clone();
         let r = self
             .rt
-            .block_on(c.list(pb::ListRequest {
+            .block_on(self.api.list(pb::ListRequest {
                 uri: uri.to_string(),
             }))
-            .map_err(status_error)?
-            .into_inner();
+            .map_err(status_error)?;
         let prefix = locus_core::LocusUri::parse(uri)
             .map(|u| {
                 if u.path.is_empty() {
@@ -92,18 +151,16 @@ impl Backend for DaemonBackend {
         count: u32,
         recheck: bool,
     ) -> Result<ChunkInfo, FsError> {
-        let mut c = self.client.clone();
         let r = self
             .rt
-            .block_on(c.chunks(pb::ChunksRequest {
+            .block_on(self.api.chunks(pb::ChunksRequest {
                 uri: uri.to_string(),
                 first,
                 count,
                 recheck,
                 key: key.to_string(),
             }))
-            .map_err(status_error)?
-            .into_inner();
+            .map_err(status_error)?;
         Ok(ChunkInfo {
             path: PathBuf::from(r.path),
             size: r.size,
@@ -119,7 +176,7 @@ impl Backend for DaemonBackend {
     }
 
     fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32) {
-        let mut c = self.client.clone();
+        let api = self.api.clone();
         let req = pb::ChunksRequest {
             uri: uri.to_string(),
             first,
@@ -129,7 +186,7 @@ impl Backend for DaemonBackend {
         };
         let uri = uri.to_string();
         self.rt.spawn(async move {
-            if let Err(e) = c.chunks(req).await {
+            if let Err(e) = api.chunks(req).await {
                 tracing::warn!(uri, error = %e.message(), "read-ahead failed");
             }
         });

@@ -227,7 +227,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let namespace = match &cfg.mount {
-        Some(dir) => Some(mount_namespace(dir, &cfg).await?),
+        Some(dir) => Some(mount_namespace(dir, &cfg, node.clone()).await?),
         None => None,
     };
     tracing::info!(
@@ -450,10 +450,11 @@ async fn bind_socket(
 }
 
 /// Serves the namespace view (`DIR/hf/ORG/NAME[@REV]/…`) from this daemon, through its own
-/// local API. A mount left behind by a daemon that died is cleared first.
+/// local API called in process. A mount left behind by a daemon that died is cleared first.
 async fn mount_namespace(
     dir: &std::path::Path,
     cfg: &DaemonConfig,
+    node: Arc<Node>,
 ) -> anyhow::Result<fuser::BackgroundSession> {
     let (ttl, max_inodes, allow_other) = (
         cfg.metadata_ttl,
@@ -466,15 +467,14 @@ async fn mount_namespace(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--mount {}", dir.display()))?;
     let dir = dir.to_path_buf();
-    let socket = cfg.socket.clone();
-    // The backend blocks on a runtime of its own: build it on a plain thread, outside this
-    // runtime's context.
+    let service = Arc::new(LocalService::new(node));
+    let rt = tokio::runtime::Handle::current();
+    // The file system's threads block on this runtime: mount from a plain thread, outside
+    // its context.
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = tx.send((move || -> anyhow::Result<fuser::BackgroundSession> {
-            let backend = Arc::new(
-                locus_fuse::daemon::DaemonBackend::connect(&socket).map_err(anyhow::Error::msg)?,
-            );
+            let backend = Arc::new(locus_fuse::daemon::DaemonBackend::in_process(service, rt));
             let fs = locus_fuse::LocusFs::namespace(
                 backend,
                 locus_fuse::MountOptions {
