@@ -217,9 +217,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("--metrics {addr}: cannot listen"))?;
             let local = l.local_addr()?;
+            let counted = node.clone();
             tokio::spawn(crate::telemetry::serve_metrics(
                 l,
                 prom,
+                move || counted.counters().publish(),
                 wait_stop(stop_rx.clone()),
             ));
             Some(local.to_string())

@@ -220,7 +220,9 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
     std::thread::spawn(move || {
         rt.block_on(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => crate::telemetry::serve_metrics(l, handle, std::future::pending()).await,
+                Ok(l) => {
+                    crate::telemetry::serve_metrics(l, handle, || {}, std::future::pending()).await
+                }
                 Err(e) => tracing::error!(error = %e, "metrics endpoint failed"),
             }
         })

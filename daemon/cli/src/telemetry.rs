@@ -54,9 +54,13 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
+    before_render: impl Fn() + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || handle.render());
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+        before_render();
+        handle.render()
+    });
     if let Err(e) = locus_node::http::serve(listener, render, stop).await {
         tracing::error!(error = %e, "metrics endpoint failed");
     }

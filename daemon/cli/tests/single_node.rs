@@ -667,13 +667,36 @@ fn metrics_and_healthz() {
     ] {
         assert!(text.contains(name), "metric {name} missing:\n{text}");
     }
-    let origin_bytes: f64 = text
-        .lines()
-        .find(|l| l.starts_with("locus_origin_bytes_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value(&text, "locus_origin_bytes_total") > 3e6);
+    // One record of each count: the metrics say what `locus status` says.
+    d.ok(&["warm", "hf://acme/model"]);
+    let st = d.json(&["status", "--json"]);
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
         .unwrap();
-    assert!(origin_bytes > 3e6);
+    for (metric, field) in [
+        ("locus_origin_bytes_total", "origin_bytes"),
+        ("locus_cache_hits_total", "cache_hits"),
+        ("locus_cache_misses_total", "cache_misses"),
+    ] {
+        assert_eq!(
+            value(&text, metric),
+            st[field].as_f64().unwrap(),
+            "{metric} and status' {field}"
+        );
+    }
+    assert!(
+        st["cache_hits"].as_f64().unwrap() > 0.0,
+        "the second warm hit"
+    );
 }
 
 #[test]

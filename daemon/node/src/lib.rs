@@ -157,7 +157,8 @@ impl locus_origin::retry::Transient for NodeError {
     }
 }
 
-/// Node-wide counters, for `locus status` (the same figures go to Prometheus).
+/// Node-wide counters: the one record of these figures. `locus status` reads them, and
+/// [`Counters::publish`] hands them to the metrics recorder before each scrape.
 #[derive(Default)]
 pub struct Counters {
     /// Bytes received from the origin.
@@ -176,32 +177,36 @@ pub struct Counters {
     pub origin_requests: AtomicU64,
 }
 
-/// Each count is made in one place: the figure `locus status` reads and the Prometheus counter
-/// move together.
 impl Counters {
     pub(crate) fn hits(&self, chunks: u64) {
         self.hits.fetch_add(chunks, Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::CACHE_HITS).increment(chunks);
     }
 
     pub(crate) fn miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::CACHE_MISSES).increment(1);
     }
 
     pub(crate) fn origin_bytes(&self, n: u64) {
         self.origin_bytes.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::ORIGIN_BYTES).increment(n);
     }
 
     pub(crate) fn peer_received(&self, n: u64) {
         self.peer_bytes.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "received").increment(n);
     }
 
     pub(crate) fn peer_sent(&self, n: u64) {
         self.peer_bytes_sent.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(locus_core::metric::PEER_BYTES, "direction" => "sent").increment(n);
+    }
+
+    /// Sets the Prometheus counters to these figures (call before rendering them).
+    pub fn publish(&self) {
+        use locus_core::metric::{CACHE_HITS, CACHE_MISSES, ORIGIN_BYTES, PEER_BYTES};
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metrics::counter!(CACHE_HITS).absolute(get(&self.hits));
+        metrics::counter!(CACHE_MISSES).absolute(get(&self.misses));
+        metrics::counter!(ORIGIN_BYTES).absolute(get(&self.origin_bytes));
+        metrics::counter!(PEER_BYTES, "direction" => "received").absolute(get(&self.peer_bytes));
+        metrics::counter!(PEER_BYTES, "direction" => "sent").absolute(get(&self.peer_bytes_sent));
     }
 }
 
