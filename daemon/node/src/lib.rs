@@ -1,15 +1,15 @@
 //! A locus node: everything a daemon does for its own machine.
 //!
 //! # The read path
-//! A request names a URI. [`Node::resolve`] turns its revision into an immutable commit (cached
-//! for the metadata TTL, and kept past it if the origin is unreachable) and lists the files at
-//! that commit (immutable, so cached for good, in memory and in the store's index). For each
-//! file, [`Node::ensure_file`] registers it in the [`Store`](locus_store::Store) and asks for each
-//! missing chunk:
+//! A request names a URI. [`Node::resolve`] (`metadata.rs`) turns its revision into an immutable
+//! commit (cached for the metadata TTL, and kept past it if the origin is unreachable) and lists
+//! the files at that commit (immutable, so cached for good, in memory and in the store's index).
+//! For each file, [`Node::ensure_file`] (`read.rs`) registers it in the
+//! [`Store`](locus_store::Store) and asks for each missing chunk:
 //!
 //! 1. local disk: a stored chunk is a hit;
-//! 2. otherwise one fetch per chunk on this node (single-flight: concurrent readers of a missing
-//!    chunk await the same task). The fetch streams the chunk into the sparse file at its offset
+//! 2. otherwise one fetch per chunk on this node (single-flight, `fetches.rs`: concurrent readers
+//!    of a missing chunk await the same task). The fetch streams the chunk into the sparse file at its offset
 //!    in 1 MiB writes, computing CRC32C on the way, and records the chunk only once all its bytes
 //!    are written and their CRC matches. Its source:
 //!    - a peer, when this node is not the chunk's primary owner on the ring: the peer chosen by
