@@ -15,7 +15,6 @@ repository root, with the two builds' `release` folders (each holding `locus` an
 """
 
 import argparse
-import concurrent.futures
 import os
 import shutil
 import signal
@@ -25,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuse import read_all  # noqa: E402
 
 FILES = 2000
 
@@ -68,16 +70,6 @@ def wait_ready(d, p):
         if p.poll() is not None or time.time() > deadline:
             sys.exit("daemon failed: " + (d / "daemon.log").read_text())
         time.sleep(0.02)
-
-
-def read_all(paths, threads):
-    def one(p):
-        with open(p, "rb") as f:
-            return len(f.read())
-    t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
-        n = sum(ex.map(one, paths))
-    return time.perf_counter() - t0, n
 
 
 def main():
