@@ -110,11 +110,15 @@ struct Entry {
     users: u32,
     file: Option<Arc<File>>,
     /// Checked whole-file hash steps of chunks (opaque here; see locus-node's `sha_chain`),
-    /// kept in memory only: empty until the first is set.
+    /// kept in memory only: empty until the first is set. They live beside the chunks, not in
+    /// the node, because a step may be used only for the bytes it was checked on: dropping or
+    /// evicting a chunk drops its step under the same lock, so no path can pair new bytes with
+    /// an old step (the whole-file check takes a step instead of hashing the chunk).
     steps: BTreeMap<u32, Step>,
     /// When this process last found each chunk's bytes right: read and CRC-checked, or
     /// written with the CRC computed from the bytes received (memory only, so every chunk is
-    /// unchecked after a start, power loss or not).
+    /// unchecked after a start, power loss or not). The store's own: `check_chunk` answers
+    /// `Trusted` from it, and it goes with the chunk.
     checked: BTreeMap<u32, std::time::Instant>,
     /// The data file's change time and length when every chunk was last found right: a file
     /// changed on disk since then (by anyone: ctime cannot be set back) is checked again.
