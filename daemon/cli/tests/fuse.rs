@@ -484,14 +484,15 @@ fn mounts_are_for_their_user_unless_other_users_are_allowed() {
         assert_eq!(o.stdout, model[0].1.to_vec());
     };
     let ns = env.path("ns");
-    let d = env.daemon("n", &["--mount", ns.to_str().unwrap()], &[]);
+    let mut d = env.daemon("n", &["--mount", ns.to_str().unwrap()], &[]);
     denied(&ns.join("hf/acme/m").join(&model[0].0));
     let m = Mount::new(&d, &env, "hf://acme/m", "mnt");
     denied(&m.dir.join(&model[0].0));
     drop(m);
-    drop(d);
+    // A clean stop, which unmounts the view (a killed daemon would leave it mounted).
+    assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
     let ns = env.path("ns2");
-    let d = env.daemon(
+    let mut d = env.daemon(
         "n2",
         &["--mount", ns.to_str().unwrap(), "--mount-allow-other"],
         &[],
@@ -499,6 +500,9 @@ fn mounts_are_for_their_user_unless_other_users_are_allowed() {
     allowed(&ns.join("hf/acme/m").join(&model[0].0));
     let m = Mount::with_args(&d, &env, "hf://acme/m", "mnt2", &["--allow-other"]);
     allowed(&m.dir.join(&model[0].0));
+    drop(m);
+    assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
+    assert!(!mounted(&ns));
 }
 
 /// Open descriptors of process `pid` on files under `dir`.
