@@ -33,20 +33,45 @@ impl LocalApi for LocalClient {
     }
 }
 
-/// The local API's service itself, called in its own process: no socket, no encoding.
+/// The local API's service itself, called in its own process: no socket, no encoding. Each
+/// call is a task of its own, as a request to the server would be: a handler that panics
+/// fails that call (EIO), not the file system's thread.
 pub struct InProcess<S>(pub Arc<S>);
+
+/// The outcome of a call run as a task.
+fn joined<T>(
+    r: Result<Result<T, tonic::Status>, tokio::task::JoinError>,
+) -> Result<T, tonic::Status> {
+    r.unwrap_or_else(|e| {
+        Err(tonic::Status::internal(format!(
+            "the local API failed: {e}"
+        )))
+    })
+}
 
 #[tonic::async_trait]
 impl<S: Local> LocalApi for InProcess<S> {
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
-        Local::list(&*self.0, tonic::Request::new(req))
-            .await
-            .map(|r| r.into_inner())
+        let s = self.0.clone();
+        joined(
+            tokio::spawn(async move {
+                Local::list(&*s, tonic::Request::new(req))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await,
+        )
     }
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
-        Local::chunks(&*self.0, tonic::Request::new(req))
-            .await
-            .map(|r| r.into_inner())
+        let s = self.0.clone();
+        joined(
+            tokio::spawn(async move {
+                Local::chunks(&*s, tonic::Request::new(req))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await,
+        )
     }
 }
 

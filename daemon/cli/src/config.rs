@@ -159,19 +159,24 @@ impl DaemonArgs {
     /// default from a value given.
     pub fn with_file(self, m: &clap::ArgMatches, file: &ConfigFile) -> Result<Self, Failure> {
         use clap::parser::ValueSource;
+        // No file (the common case): the settings are clap's as they are.
+        if file.table.is_empty() {
+            return Ok(self);
+        }
         let check_config = self.check_config;
-        let internal = |e: &dyn std::fmt::Display| Failure::new(1, format!("settings: {e}"));
-        let mut merged = toml::Table::try_from(&self).map_err(|e| internal(&e))?;
-        let known: Vec<String> = <Self as Args>::augment_args(clap::Command::new("daemon"))
-            .get_arguments()
-            .map(|a| a.get_id().to_string())
-            .collect();
+        // The flags and variables, with the file's keys laid under them, read as one table.
+        let mut merged = toml::Table::try_from(&self).map_err(|e| {
+            Failure::usage(format!(
+                "with --config, every setting must be expressible in TOML (paths in UTF-8, numbers below 2^63): {e}"
+            ))
+        })?;
+        let known = known_keys();
         for (key, value) in &file.table {
             if key == "socket" {
                 continue;
             }
             let id = key.replace('-', "_");
-            let given = known.contains(&id)
+            let given = known.contains(key)
                 && matches!(
                     m.value_source(&id),
                     Some(ValueSource::CommandLine | ValueSource::EnvVariable)
@@ -187,6 +192,17 @@ impl DaemonArgs {
         merged.check_config = check_config;
         Ok(merged)
     }
+}
+
+/// The keys a `--config` file may hold: the daemon's flags (as written on the command line)
+/// and `socket`.
+fn known_keys() -> Vec<String> {
+    <DaemonArgs as Args>::augment_args(clap::Command::new("daemon"))
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|k| k != "check-config")
+        .chain(std::iter::once("socket".to_string()))
+        .collect()
 }
 
 /// A byte size, as a flag, a variable or a file value: `50GiB`, `512KiB`, `1048576`.
@@ -251,9 +267,17 @@ impl ConfigFile {
         };
         let text = std::fs::read_to_string(p)
             .map_err(|e| Failure::usage(format!("--config {}: {e}", p.display())))?;
-        let table = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let table: toml::Table = toml::from_str(&text).map_err(|e: toml::de::Error| {
             Failure::usage(format!("--config {}: {}", p.display(), e.message()))
         })?;
+        // Checked for every command, not only the daemon: a misspelled key is never ignored.
+        let known = known_keys();
+        if let Some(k) = table.keys().find(|k| !known.contains(k)) {
+            return Err(Failure::usage(format!(
+                "--config {}: unknown key `{k}` (keys are the daemon's flags, e.g. cache-size, and socket)",
+                p.display()
+            )));
+        }
         Ok(ConfigFile {
             path: Some(p.to_path_buf()),
             table,
@@ -697,6 +721,21 @@ mod tests {
             "not a file key"
         );
         assert!(settings(&[], "concurrency = \"many\"").is_err());
+        assert!(
+            settings(&["--cache-dir", "/x"], "cache_dir = \"/y\"").is_err(),
+            "keys are written as the flags"
+        );
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_key_is_refused_for_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("locus.toml");
+        std::fs::write(&p, "socket = \"/run/x.sock\"\ncache-size = \"1GiB\"\n").unwrap();
+        let f = ConfigFile::load(Some(&p)).unwrap();
+        assert_eq!(f.socket().unwrap(), Some(PathBuf::from("/run/x.sock")));
+        std::fs::write(&p, "sockets = \"/run/x.sock\"\n").unwrap();
+        assert!(ConfigFile::load(Some(&p)).is_err());
     }
 
     #[test]
