@@ -268,13 +268,24 @@ impl ConfigFile {
         let text = std::fs::read_to_string(p)
             .map_err(|e| Failure::usage(format!("--config {}: {e}", p.display())))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e: toml::de::Error| {
-            Failure::usage(format!("--config {}: {}", p.display(), e.message()))
+            // Where: the line of the error's first byte.
+            let line = e
+                .span()
+                .map(|r| text[..r.start.min(text.len())].lines().count().max(1))
+                .map(|n| format!(" line {n}:"))
+                .unwrap_or_default();
+            Failure::usage(format!("--config {}:{line} {}", p.display(), e.message()))
         })?;
         // Checked for every command, not only the daemon: a misspelled key is never ignored.
         let known = known_keys();
         if let Some(k) = table.keys().find(|k| !known.contains(k)) {
+            let hint = match locus_core::suggest::nearest(k, known.iter().map(String::as_str), 1)[..]
+            {
+                [near] => format!("did you mean `{near}`?"),
+                _ => "keys are the daemon's flags, e.g. cache-size, and socket".to_string(),
+            };
             return Err(Failure::usage(format!(
-                "--config {}: unknown key `{k}` (keys are the daemon's flags, e.g. cache-size, and socket)",
+                "--config {}: unknown key `{k}` ({hint})",
                 p.display()
             )));
         }
@@ -424,6 +435,12 @@ impl DaemonConfig {
             return Err(Failure::usage(
                 "--chunk-size must be between 64KiB and 256MiB",
             ));
+        }
+        if a.cache_size.0 < chunk_size {
+            return Err(Failure::usage(format!(
+                "--cache-size {} is smaller than one chunk ({}): nothing could be cached",
+                a.cache_size, a.chunk_size
+            )));
         }
         let peers = a.peers.unwrap_or_default();
         let membership = match (a.membership, peers.is_empty()) {
@@ -736,6 +753,21 @@ mod tests {
         assert_eq!(f.socket().unwrap(), Some(PathBuf::from("/run/x.sock")));
         std::fs::write(&p, "sockets = \"/run/x.sock\"\n").unwrap();
         assert!(ConfigFile::load(Some(&p)).is_err());
+        std::fs::write(&p, "cache-sise = \"1GiB\"\n").unwrap();
+        let e = ConfigFile::load(Some(&p)).err().unwrap();
+        assert!(e.msg.contains("did you mean `cache-size`?"), "{}", e.msg);
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\n\ncache-size = 1GiB\n").unwrap();
+        let e = ConfigFile::load(Some(&p)).err().unwrap();
+        assert!(e.msg.contains(" line 3:"), "{}", e.msg);
+    }
+
+    #[test]
+    fn a_cache_smaller_than_one_chunk_is_refused() {
+        let check = |flags: &[&str]| DaemonConfig::check(settings(flags, "").unwrap(), "/s".into());
+        assert!(check(&["--cache-size", "0"]).is_err());
+        let e = check(&["--cache-size", "4MiB"]).err().unwrap();
+        assert!(e.msg.contains("smaller than one chunk (8MiB)"), "{}", e.msg);
+        assert!(check(&["--cache-size", "4MiB", "--chunk-size", "1MiB"]).is_ok());
     }
 
     #[test]

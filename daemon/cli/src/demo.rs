@@ -471,5 +471,17 @@ async fn run_steps(root: &Path, size: u64, shards: usize, throttle: u64) -> Resu
         format_size(st.peer_bytes),
         format_size(st.cache_bytes),
     );
+    println!();
+    println!("Next, on your own model (the daemon reads HF_TOKEN and AWS_* itself):");
+    for line in NEXT_STEPS {
+        println!("  {line}");
+    }
     Ok(())
 }
+
+/// What a user types after the demo: a daemon, a warm, and a mount or a load.
+const NEXT_STEPS: [&str; 3] = [
+    "locus daemon --cache-dir /var/cache/locus --cache-size 100GiB &",
+    "locus warm hf://ORG/NAME",
+    "locus mount hf://ORG/NAME /mnt/model    # or in Python: locus.load(\"hf://ORG/NAME\")",
+];

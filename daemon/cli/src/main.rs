@@ -16,7 +16,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "locus",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LOCUS_COMMIT"), ")"),
     about = "A masterless cache of model artifacts for ML clusters"
 )]
 pub struct Cli {
@@ -74,8 +74,8 @@ enum Cmd {
 /// A failure with the exit status it maps to: 1 for failures the message explains, 2 for bad usage.
 #[derive(Debug)]
 pub struct Failure {
-    code: u8,
-    msg: String,
+    pub(crate) code: u8,
+    pub(crate) msg: String,
 }
 
 impl Failure {

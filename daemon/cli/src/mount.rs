@@ -17,6 +17,9 @@ pub struct MountArgs {
     uri: String,
     /// An existing empty folder.
     mountpoint: PathBuf,
+    /// Mount over a folder that is not empty (its files are hidden while the mount is there).
+    #[arg(long)]
+    allow_non_empty: bool,
     /// Stay in the foreground (otherwise the mount runs in a background process).
     #[arg(long)]
     foreground: bool,
@@ -68,6 +71,17 @@ pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     if !meta.is_dir() {
         return Err(Failure::usage(format!(
             "mount point {} is not a folder",
+            a.mountpoint.display()
+        )));
+    }
+    let non_empty = std::fs::read_dir(&a.mountpoint)
+        .map_err(|e| Failure::usage(format!("mount point {}: {e}", a.mountpoint.display())))?
+        .next()
+        .is_some();
+    if non_empty && !a.allow_non_empty && !is_mounted(&a.mountpoint) {
+        return Err(Failure::usage(format!(
+            "mount point {} is not empty: its files would be hidden while mounted (give \
+             --allow-non-empty to mount over them)",
             a.mountpoint.display()
         )));
     }
@@ -162,6 +176,9 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         .stderr(log);
     if a.no_passthrough {
         cmd.arg("--no-passthrough");
+    }
+    if a.allow_non_empty {
+        cmd.arg("--allow-non-empty");
     }
     if let Some(addr) = a.metrics {
         cmd.arg("--metrics").arg(addr.to_string());

@@ -108,6 +108,34 @@ fn a_mount_shows_the_repo_and_reads_the_origins_bytes() {
 
 #[test]
 #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_folder_that_is_not_empty_is_mounted_over_only_when_asked() {
+    let env = Env::new();
+    env.sim.commit("model", "acme/m", random_files(1, 1000, 1));
+    let d = env.daemon("n", &[], &[]);
+    let dir = env.path("full");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mine.txt"), b"x").unwrap();
+    let out = d.locus(&["mount", "hf://acme/m", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-non-empty"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!mounted(&dir));
+    let m = Mount::with_args(&d, &env, "hf://acme/m", "full", &["--allow-non-empty"]);
+    assert!(mounted(&m.dir));
+    assert!(m.dir.join("weights/shard-0.bin").exists());
+    drop(m);
+    assert_eq!(
+        std::fs::read(dir.join("mine.txt")).unwrap(),
+        b"x",
+        "there again"
+    );
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn every_write_fails_with_erofs() {
     let env = Env::new();
     env.sim.commit("model", "acme/m", random_files(1, 1000, 1));
@@ -780,4 +808,42 @@ fn the_namespace_view_keeps_a_bounded_number_of_inodes() {
     let linked = metric(&addr, "locus_fuse_inodes", r#"state="linked""#);
     assert!(linked <= 100.0, "{linked} inodes linked");
     assert!(d.signal(nix::sys::signal::Signal::SIGTERM).success());
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn the_demo_runs_offline_and_says_what_to_type_next() {
+    let out = std::process::Command::new(LOCUS)
+        .args([
+            "demo",
+            "--model-size",
+            "16MiB",
+            "--shards",
+            "2",
+            "--throttle",
+            "1GB",
+        ])
+        .env_remove("LOCUS_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("origin bytes in all"), "{text}");
+    let next = text
+        .split("Next, on your own model")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no hand-over: {text}"));
+    for cmd in ["locus daemon ", "locus warm hf://", "locus mount hf://"] {
+        assert!(next.contains(cmd), "{cmd} missing: {next}");
+    }
+    // The version names the build's commit.
+    let v = std::process::Command::new(LOCUS)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.contains("(commit ") || v.contains("(unknown commit)"),
+        "{v}"
+    );
 }

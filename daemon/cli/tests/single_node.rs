@@ -321,6 +321,17 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
             2,
             "bad glob",
         ),
+        // A pattern that keeps nothing is a mistake, with the names nearest to it.
+        (
+            &["warm", "hf://acme/model", "--include", "tokeniser.jsn"],
+            1,
+            "selected none of the files; nearest: tokenizer.json",
+        ),
+        (
+            &["warm", "hf://acme/model", "--exclude", "*"],
+            1,
+            "selected none of the files",
+        ),
     ];
     for (args, code, needle) in cases {
         let out = d.locus(args);

@@ -9,6 +9,7 @@ pub mod metric;
 pub mod redact;
 pub mod secret;
 pub mod size;
+pub mod suggest;
 pub mod uri;
 
 pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};

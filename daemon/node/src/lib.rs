@@ -121,6 +121,16 @@ pub enum NodeError {
     /// origin, access is denied).
     #[error(transparent)]
     Peer(#[from] peer::PeerError),
+    /// `--include`/`--exclude` left none of the files the URIs name.
+    #[error("--include {include:?} / --exclude {exclude:?} selected none of the files; nearest: {}", nearest.join(", "))]
+    NothingSelected {
+        /// The include patterns.
+        include: String,
+        /// The exclude patterns.
+        exclude: String,
+        /// Names nearest to the first pattern (or the first names, if none is near).
+        nearest: Vec<String>,
+    },
     /// A malformed include or exclude pattern.
     #[error("bad glob {0}")]
     BadGlob(String),

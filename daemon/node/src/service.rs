@@ -34,9 +34,9 @@ impl From<NodeError> for Status {
                 Status::invalid_argument(msg)
             }
             NodeError::IsFolder(_) => Status::failed_precondition(msg),
-            NodeError::NotFound(_) | NodeError::Origin(OriginError::NotFound { .. }) => {
-                Status::not_found(msg)
-            }
+            NodeError::NotFound(_)
+            | NodeError::NothingSelected { .. }
+            | NodeError::Origin(OriginError::NotFound { .. }) => Status::not_found(msg),
             NodeError::Origin(OriginError::AccessDenied { .. }) => Status::permission_denied(msg),
             NodeError::Origin(OriginError::Changed { .. }) => Status::aborted(msg),
             NodeError::Origin(OriginError::Invalid { .. }) => Status::invalid_argument(msg),

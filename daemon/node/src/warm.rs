@@ -76,6 +76,8 @@ impl Node {
         let exc = globset(exclude)?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        // Every path the URIs name, to say which were near when the patterns kept none.
+        let mut named = Vec::new();
         for s in uris {
             let uri = LocusUri::parse(s)?;
             for f in self.resolve(&uri).await?.files {
@@ -83,8 +85,31 @@ impl Node {
                     && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
                 if keep && seen.insert(f.uri.clone()) {
                     out.push(f);
+                } else if !keep {
+                    named.push(f.path);
                 }
             }
+        }
+        if out.is_empty() && !named.is_empty() {
+            // A pattern that selects nothing is a mistake, not an empty warm.
+            let typed = include
+                .first()
+                .or(exclude.first())
+                .map_or("", String::as_str);
+            let mut nearest: Vec<String> =
+                locus_core::suggest::nearest(typed, named.iter().map(String::as_str), 5)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+            if nearest.is_empty() {
+                named.sort();
+                nearest = named.into_iter().take(5).collect();
+            }
+            return Err(NodeError::NothingSelected {
+                include: include.join(","),
+                exclude: exclude.join(","),
+                nearest,
+            });
         }
         Ok(out)
     }
