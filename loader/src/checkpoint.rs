@@ -9,6 +9,16 @@ use crate::{remote, ErrorKind, LoaderError, SafetensorsFile, Tensor};
 /// The index file of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// One shard of a checkpoint: its local file, and the name errors give it (its URI when the
+/// checkpoint was named by one, else its path).
+#[derive(Clone, Debug)]
+pub struct Shard {
+    /// The local file (for a URI, the daemon's cache file).
+    pub path: PathBuf,
+    /// What to call it.
+    pub name: String,
+}
+
 /// How to open a checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -97,16 +107,34 @@ impl Checkpoint {
 
     /// [`Checkpoint::open`] with options.
     pub fn open_with(target: &str, opts: &OpenOptions) -> Result<Checkpoint, LoaderError> {
-        let paths = Checkpoint::shard_paths(target, opts)?;
-        Checkpoint::from_paths(target, paths)
+        let shards = Checkpoint::shard_files(target, opts)?;
+        Checkpoint::from_shards(target, shards)
     }
 
     /// The local files of the shards `target` names, in order, without opening them; a URI is
     /// made local by the daemon first.
     pub fn shard_paths(target: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, LoaderError> {
-        if target.contains("://") {
+        Ok(Checkpoint::shard_files(target, opts)?
+            .into_iter()
+            .map(|s| s.path)
+            .collect())
+    }
+
+    /// [`Checkpoint::shard_paths`], each with the name errors give it (its URI, for a URI).
+    pub fn shard_files(target: &str, opts: &OpenOptions) -> Result<Vec<Shard>, LoaderError> {
+        if is_uri(target) {
             return remote::make_local(target, opts);
         }
+        Ok(Checkpoint::local_shards(target)?
+            .into_iter()
+            .map(|path| Shard {
+                name: path.display().to_string(),
+                path,
+            })
+            .collect())
+    }
+
+    fn local_shards(target: &str) -> Result<Vec<PathBuf>, LoaderError> {
         let path = Path::new(target);
         let meta = std::fs::metadata(path).map_err(|source| LoaderError::Io {
             path: target.to_string(),
@@ -135,11 +163,11 @@ impl Checkpoint {
         Ok(shards.iter().map(|s| path.join(s)).collect())
     }
 
-    fn from_paths(shown: &str, paths: Vec<PathBuf>) -> Result<Checkpoint, LoaderError> {
-        let mut files = Vec::with_capacity(paths.len());
+    fn from_shards(shown: &str, shards: Vec<Shard>) -> Result<Checkpoint, LoaderError> {
+        let mut files = Vec::with_capacity(shards.len());
         let mut by_name = BTreeMap::new();
-        for (i, p) in paths.iter().enumerate() {
-            let f = SafetensorsFile::open(p)?;
+        for (i, s) in shards.iter().enumerate() {
+            let f = SafetensorsFile::open(&s.path).map_err(|e| e.named(&s.name))?;
             for n in f.names() {
                 if by_name.insert(n.to_string(), i).is_some() {
                     return Err(malformed(
@@ -172,5 +200,38 @@ impl Checkpoint {
                 name: name.to_string(),
             }),
         }
+    }
+}
+
+/// Whether `target` is meant as a URI: it has `://`, or it starts with a scheme and `:` and
+/// names no local file (`hf:/org/m`, a typo, gets the URI parser's message, not "no such file").
+pub fn is_uri(target: &str) -> bool {
+    if target.contains("://") {
+        return true;
+    }
+    let scheme = target.split_once(':').map(|(s, _)| s).unwrap_or("");
+    scheme.len() >= 2
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        && !Path::new(target).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistyped_uri_is_taken_as_a_uri_and_refused_as_one() {
+        for t in ["hf://o/n", "hf:/o/n", "s3:bucket/k", "file:x"] {
+            assert!(is_uri(t), "{t}");
+        }
+        for t in ["model.safetensors", "/tmp/ckpt", "./a:b", "C", ":x"] {
+            assert!(!is_uri(t), "{t}");
+        }
+        let e = Checkpoint::shard_paths("hf:/o/n", &OpenOptions::default()).expect_err("refused");
+        assert!(e.to_string().contains("unknown scheme"), "{e}");
+        assert!(matches!(e.kind(), crate::ErrorKind::Invalid), "{e}");
     }
 }

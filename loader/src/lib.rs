@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use locus_core::FileBytes;
 
-pub use checkpoint::{Checkpoint, OpenOptions};
+pub use checkpoint::{is_uri, Checkpoint, OpenOptions, Shard};
 pub use header::{parse_header, Header};
 pub use safetensors::Dtype;
 
@@ -85,6 +85,26 @@ pub enum LoaderError {
 }
 
 impl LoaderError {
+    /// The same error naming `name` (a file's URI) instead of the local file it was read from:
+    /// a daemon's cache path means nothing to the caller.
+    pub fn named(self, name: &str) -> LoaderError {
+        match self {
+            LoaderError::Io { source, .. } => LoaderError::Io {
+                path: name.to_string(),
+                source,
+            },
+            LoaderError::Malformed { reason, .. } => LoaderError::Malformed {
+                path: name.to_string(),
+                reason,
+            },
+            LoaderError::NoTensor { name: t, .. } => LoaderError::NoTensor {
+                path: name.to_string(),
+                name: t,
+            },
+            e => e,
+        }
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use locus_core::LocusUri;
 use locus_grpc::v1 as pb;
 
-use crate::checkpoint::{plan, OpenOptions, INDEX_FILE};
+use crate::checkpoint::{plan, OpenOptions, Shard, INDEX_FILE};
 use crate::{ErrorKind, LoaderError};
 
 fn status_error(s: tonic::Status) -> LoaderError {
@@ -22,7 +22,7 @@ fn status_error(s: tonic::Status) -> LoaderError {
 }
 
 /// The local paths of the shards that `uri` names, in order.
-pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, LoaderError> {
+pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<Shard>, LoaderError> {
     let parsed = LocusUri::parse(uri).map_err(|e| LoaderError::Remote {
         kind: ErrorKind::Invalid,
         message: e.to_string(),
@@ -61,7 +61,10 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, 
         // A URI that names one file.
         if let [one] = listing.entries.as_slice() {
             if one.path == parsed.path {
-                return Ok(vec![open(&mut client, &one.uri).await?]);
+                return Ok(vec![Shard {
+                    path: open(&mut client, &one.uri).await?,
+                    name: one.uri.clone(),
+                }]);
             }
         }
         let rel: Vec<(String, String)> = listing
@@ -99,7 +102,12 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<PathBuf>, 
         // one per shard.
         futures::future::try_join_all(uris.iter().map(|u| {
             let mut c = client.clone();
-            async move { open(&mut c, u).await }
+            async move {
+                Ok(Shard {
+                    path: open(&mut c, u).await?,
+                    name: u.clone(),
+                })
+            }
         }))
         .await
     })

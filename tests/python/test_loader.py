@@ -219,6 +219,39 @@ def test_load_a_uri_through_the_daemon(node, tmp_path):
         locus.load("hf://acme/llm", socket=str(tmp_path / "nowhere.sock"))
 
 
+def test_the_python_api_takes_uris_everywhere_and_names_them_in_errors(node, tmp_path):
+    hub, sock = node
+    assert isinstance(locus.__version__, str) and locus.__version__.count(".") == 2
+    index = hub.get("/api/models/acme/llm/tree/main?recursive=true")
+    shard = next(e["path"] for e in index if e["path"].endswith(".safetensors"))
+    uri = f"hf://acme/llm/{shard}"
+    # safe_open takes the URIs load takes.
+    with locus.safe_open(uri, framework="pt", socket=sock) as f:
+        keys = f.keys()
+        first = f.get_tensor(keys[0])
+    whole = locus.load(uri, framework="pt", socket=sock)
+    assert sorted(whole) == keys and same(first, whole[keys[0]])
+    assert set(locus.load_file(uri, framework="pt", socket=sock)) == set(keys)
+    with pytest.raises(locus.InvalidArgumentError, match="safe_open opens one"):
+        locus.safe_open("hf://acme/llm", socket=sock)
+    # A file of the repo that is not safetensors: the error names it, never the cache file.
+    for load in (lambda u: locus.load(u, socket=sock), lambda u: locus.safe_open(u, socket=sock)):
+        with pytest.raises(locus.MalformedError) as e:
+            load("hf://acme/llm/config.json")
+        assert "config.json" in str(e.value) and "hf://acme/llm" in str(e.value), e.value
+        assert str(tmp_path / "cache") not in str(e.value), e.value
+    # A URI typo gets the CLI's message, not "no such file".
+    cli = subprocess.run([binary("locus"), "warm", "hf:/acme/llm", "--socket", sock], capture_output=True, text=True)
+    assert cli.returncode == 2
+    for target in ("hf:/acme/llm", "s3:bucket/key"):
+        with pytest.raises(locus.InvalidArgumentError) as e:
+            locus.load(target, socket=sock)
+        assert "unknown scheme" in str(e.value), e.value
+    with pytest.raises(locus.InvalidArgumentError) as e:
+        locus.load("hf:/acme/llm", socket=sock)
+    assert str(e.value) in cli.stderr, (str(e.value), cli.stderr)
+
+
 def test_official_safetensors_and_mmap_through_a_fuse_mount(node, tmp_path):
     hub, sock = node
     mnt = tmp_path / "mnt"

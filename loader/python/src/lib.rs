@@ -76,9 +76,31 @@ fn shard_paths(py: Python<'_>, target: String, socket: Option<PathBuf>) -> PyRes
         .map_err(|e| to_py(py, e))
 }
 
+/// [`shard_paths`] with the name errors give each shard: (local file, its URI or path).
+#[pyfunction]
+#[pyo3(signature = (target, socket=None))]
+fn shard_files(
+    py: Python<'_>,
+    target: String,
+    socket: Option<PathBuf>,
+) -> PyResult<Vec<(PathBuf, String)>> {
+    py.detach(|| Checkpoint::shard_files(&target, &OpenOptions { socket }))
+        .map(|v| v.into_iter().map(|s| (s.path, s.name)).collect())
+        .map_err(|e| to_py(py, e))
+}
+
+/// Whether `target` is meant as a locus URI (a typo such as `hf:/org/m` included).
+#[pyfunction]
+fn is_uri(target: &str) -> bool {
+    locus_loader::is_uri(target)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_header, m)?)?;
     m.add_function(wrap_pyfunction!(shard_paths, m)?)?;
+    m.add_function(wrap_pyfunction!(shard_files, m)?)?;
+    m.add_function(wrap_pyfunction!(is_uri, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

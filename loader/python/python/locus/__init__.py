@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional
 from . import _native
 from .errors import InvalidArgumentError, LocusError, MalformedError, NotFoundError, UnavailableError
 
+__version__: str = _native.__version__
+
 __all__ = [
     "safe_open",
     "load_file",
@@ -92,9 +94,16 @@ def _pt_dtype(dtype: str):
 class _File:
     """One mapped file and its validated header."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, shown: Optional[str] = None):
         self.path = os.fspath(path)
-        metadata, tensors = _native.read_header(self.path)
+        # What errors name: the URI and the file in the repo, never the daemon's cache path.
+        self.shown = shown or self.path
+        try:
+            metadata, tensors = _native.read_header(self.path)
+        except LocusError as e:
+            if shown is None:
+                raise
+            raise type(e)(str(e).replace(self.path, shown)) from None
         self.metadata = metadata
         self.tensors = {name: (dtype, tuple(shape), start, end) for name, dtype, shape, start, end in tensors}
         self.order = [t[0] for t in tensors]
@@ -111,7 +120,7 @@ class _File:
         try:
             dtype, shape, start, end = self.tensors[name]
         except KeyError:
-            raise NotFoundError(f"{self.path}: no tensor named {name!r}") from None
+            raise NotFoundError(f"{self.shown}: no tensor named {name!r}") from None
         if framework == "np":
             import numpy as np
 
@@ -145,16 +154,30 @@ class _Slice:
         return self._f.tensor(self._name, self._framework)[index]
 
 
-class safe_open:
-    """Opens one ``.safetensors`` file; the same methods as ``safetensors.safe_open``."""
+def _open_one(target, socket: Optional[str]) -> _File:
+    """A file by path, or by a URI naming one file (made local by the daemon)."""
+    target = os.fspath(target)
+    if not _native.is_uri(target):
+        return _File(target)
+    shards = _native.shard_files(target, socket)
+    if len(shards) != 1:
+        raise InvalidArgumentError(
+            f"{target} names {len(shards)} files; safe_open opens one (locus.load opens a checkpoint)")
+    path, name = shards[0]
+    return _File(path, shown=name)
 
-    def __init__(self, filename, framework: str = "np", device: str = "cpu"):
+
+class safe_open:
+    """Opens one ``.safetensors`` file, by path or by a URI such as ``hf://org/model/x.safetensors``
+    (the same URIs as :func:`load`); the same methods as ``safetensors.safe_open``."""
+
+    def __init__(self, filename, framework: str = "np", device: str = "cpu", socket: Optional[str] = None):
         if framework not in _FRAMEWORKS:
             raise InvalidArgumentError(f"framework {framework!r} is not one of {sorted(_FRAMEWORKS)}")
         if device != "cpu":
             raise InvalidArgumentError("locus maps tensors in host memory; move them with .to(device)")
         self._framework = _FRAMEWORKS[framework]
-        self._file: Optional[_File] = _File(filename)
+        self._file: Optional[_File] = _open_one(filename, socket)
 
     def _get(self) -> _File:
         if self._file is None:
@@ -176,7 +199,7 @@ class safe_open:
     def get_slice(self, name: str) -> _Slice:
         f = self._get()
         if name not in f.tensors:
-            raise NotFoundError(f"{f.path}: no tensor named {name!r}")
+            raise NotFoundError(f"{f.shown}: no tensor named {name!r}")
         return _Slice(f, name, self._framework)
 
     def close(self) -> None:
@@ -190,9 +213,10 @@ class safe_open:
         self.close()
 
 
-def load_file(filename, framework: str = "np", device: str = "cpu") -> Dict[str, Any]:
-    """Every tensor of one file, as zero-copy arrays (``framework="np"``) or tensors (``"pt"``)."""
-    with safe_open(filename, framework=framework, device=device) as f:
+def load_file(filename, framework: str = "np", device: str = "cpu", socket: Optional[str] = None) -> Dict[str, Any]:
+    """Every tensor of one file (a path or a URI), as zero-copy arrays (``framework="np"``) or
+    tensors (``"pt"``)."""
+    with safe_open(filename, framework=framework, device=device, socket=socket) as f:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
@@ -202,9 +226,16 @@ def load(path_or_uri, framework: str = "np", device: str = "cpu", socket: Option
     ``hf://org/model``, which the node's daemon makes local first (at ``socket``, default
     ``$LOCUS_SOCKET`` or ``/run/locus/locus.sock``)."""
     out: Dict[str, Any] = {}
-    for path in _native.shard_paths(os.fspath(path_or_uri), socket):
-        for k, v in load_file(path, framework=framework, device=device).items():
+    framework = _FRAMEWORKS.get(framework, framework)
+    if framework not in _FRAMEWORKS.values():
+        raise InvalidArgumentError(f"framework {framework!r} is not one of {sorted(_FRAMEWORKS)}")
+    if device != "cpu":
+        raise InvalidArgumentError("locus maps tensors in host memory; move them with .to(device)")
+    for path, name in _native.shard_files(os.fspath(path_or_uri), socket):
+        # Errors name the shard as the caller knows it (its URI), not the daemon's cache file.
+        f = _File(path, shown=name if name != os.fspath(path) else None)
+        for k in f.order:
             if k in out:
                 raise MalformedError(f"{path_or_uri}: tensor {k!r} is in more than one shard")
-            out[k] = v
+            out[k] = f.tensor(k, framework)
     return out
