@@ -30,9 +30,20 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+/// What `locus daemon --help` adds: the credentials and endpoints are the daemon's, read from
+/// its own environment; the client commands send none.
+const DAEMON_ENVIRONMENT: &str = "\
+Credentials and endpoints are read by the daemon, from its own environment (the client
+commands, the mount and the loader send none):
+  HF_TOKEN, else the file HF_TOKEN_PATH or $HF_HOME/token   the Hugging Face token
+  HF_ENDPOINT                                              the Hub (default https://huggingface.co)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_REGION,
+  AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ENDPOINT_URL             S3 (then the instance metadata service)";
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
+    #[command(after_help = DAEMON_ENVIRONMENT)]
     Daemon(Box<config::DaemonArgs>),
     /// Make every selected file fully cached and verified.
     Warm(client::WarmArgs),

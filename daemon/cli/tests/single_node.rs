@@ -360,6 +360,25 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
 }
 
 #[test]
+fn the_daemons_help_says_it_reads_the_credentials() {
+    let out = std::process::Command::new(LOCUS)
+        .args(["daemon", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "read by the daemon",
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "[default: 10GiB]",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}
+
+#[test]
 fn gated_repos_need_a_token_that_never_leaks() {
     let (env, files) = model_env();
     let token = "hf_SeCrEtToKeN1234567890";
@@ -370,7 +389,21 @@ fn gated_repos_need_a_token_that_never_leaks() {
     let d = env.daemon("anon", &[], &[]);
     let out = d.locus(&["warm", "hf://acme/model"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+    // Which case it is, and where the daemon (not the command) looks for a token.
+    let err = stderr(&out);
+    assert!(err.contains("access denied"), "{err}");
+    assert!(
+        err.contains("the daemon has no Hugging Face token"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HF_TOKEN") && err.contains("its own environment"),
+        "{err}"
+    );
+    let wrong = env.daemon("wrong", &[], &[("HF_TOKEN", "hf_notTheRightToken123")]);
+    let err = stderr(&wrong.locus(&["warm", "hf://acme/model"]));
+    assert!(err.contains("the daemon's token was rejected"), "{err}");
+    assert!(!err.contains("hf_notTheRightToken123"), "{err}");
 
     let d = env.daemon("env", &[], &[("HF_TOKEN", token)]);
     d.ok(&["warm", "hf://acme/model"]);

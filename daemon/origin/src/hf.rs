@@ -257,7 +257,7 @@ impl HfOrigin {
         let resp = self
             .send(what, kind, || self.auth(self.client.get(url)))
             .await?;
-        let resp = check_status(resp, what, missing)?;
+        let resp = check_status(resp, what, missing, self.cfg.token.is_some())?;
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| OriginError::Transient {
             what: what.to_string(),
@@ -310,8 +310,17 @@ impl HfOrigin {
             self.cdn_urls.insert(resolve, (url.clone(), Instant::now()));
             return Ok((url, true));
         }
-        check_status(resp, what, "file")?;
+        check_status(resp, what, "file", self.cfg.token.is_some())?;
         Ok((resolve.into(), false))
+    }
+}
+
+/// What to do about a 401/403 (or a repo the Hub does not show): the token is the daemon's,
+/// read where the daemon runs, so the hint says which case this is and where it looks.
+fn access_hint(has_token: bool) -> &'static str {
+    match has_token {
+        false => "the daemon has no Hugging Face token: it reads HF_TOKEN, else the file HF_TOKEN_PATH or $HF_HOME/token names, in its own environment (not the locus command's); a gated or private repo needs one",
+        true => "the daemon's token was rejected or has no access to this repo (a gated repo needs access granted on the Hub); the daemon reads HF_TOKEN, else HF_TOKEN_PATH or $HF_HOME/token, in its own environment",
     }
 }
 
@@ -320,6 +329,7 @@ fn check_status(
     resp: reqwest::Response,
     what: &str,
     missing: &'static str,
+    has_token: bool,
 ) -> Result<reqwest::Response, OriginError> {
     let status = resp.status();
     if status.is_success() {
@@ -333,7 +343,13 @@ fn check_status(
     let what = what.to_string();
     Err(match (status.as_u16(), code) {
         (_, "RepoNotFound") => OriginError::NotFound {
-            what: format!("{what} (if the repo is private, set HF_TOKEN)"),
+            what: match has_token {
+                false => format!(
+                    "{what} (a private repo looks missing without a token: {})",
+                    access_hint(false)
+                ),
+                true => what,
+            },
             kind: "repository",
         },
         (_, "RevisionNotFound") => OriginError::NotFound {
@@ -344,7 +360,7 @@ fn check_status(
         (401 | 403, _) => OriginError::AccessDenied {
             what,
             detail: format!("HTTP {}", status.as_u16()),
-            hint: "the repo may be gated or private; set HF_TOKEN to a token that has access",
+            hint: access_hint(has_token),
         },
         (404, _) => OriginError::NotFound {
             what,
@@ -483,7 +499,7 @@ impl Origin for HfOrigin {
                 refreshed = true;
                 continue;
             }
-            let resp = check_status(resp, &what, "file")?;
+            let resp = check_status(resp, &what, "file", self.cfg.token.is_some())?;
             let whole = range.start == 0 && range.end == file.size;
             if resp.status() != StatusCode::PARTIAL_CONTENT
                 && !(resp.status() == StatusCode::OK && whole)
