@@ -383,6 +383,8 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
                 "capacity_bytes": s.capacity_bytes,
                 "files": s.files,
                 "pinned": s.pinned,
+                "pinned_bytes": s.pinned_bytes,
+                "version": s.version,
                 "hit_ratio": s.hit_ratio,
                 "cache_hits": s.cache_hits,
                 "cache_misses": s.cache_misses,
@@ -400,11 +402,12 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
     } else {
         println!("node        {}", s.node_addr);
         println!(
-            "cache       {} / {} ({} files, {} pinned)",
+            "cache       {} / {} ({} files; pinned: {} files, {})",
             format_size(s.cache_bytes),
             format_size(s.capacity_bytes),
             s.files,
-            s.pinned
+            s.pinned,
+            format_size(s.pinned_bytes)
         );
         println!("hit ratio   {:.3}", s.hit_ratio);
         println!(

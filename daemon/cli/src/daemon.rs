@@ -40,6 +40,12 @@ const DRAIN: Duration = Duration::from_secs(20);
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     crate::telemetry::init_logging();
     let prom = crate::telemetry::install_metrics().context("installing the metrics recorder")?;
+    metrics::gauge!(
+        metrics_defs::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("LOCUS_COMMIT"),
+    )
+    .set(1.0);
     metrics_defs::describe();
     if cfg.mount.is_some() {
         locus_fuse::metrics::describe();
@@ -203,7 +209,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                LocalServer::new(LocalService::new(node.clone()))
+                LocalServer::new(LocalService::new(node.clone(), crate::VERSION))
                     .max_decoding_message_size(16 << 20),
             )
             .serve_with_incoming_shutdown(
@@ -221,7 +227,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             tokio::spawn(crate::telemetry::serve_metrics(
                 l,
                 prom,
-                move || counted.counters().publish(),
+                move || counted.publish_metrics(),
                 wait_stop(stop_rx.clone()),
             ));
             Some(local.to_string())
@@ -469,7 +475,7 @@ async fn mount_namespace(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--mount {}", dir.display()))?;
     let dir = dir.to_path_buf();
-    let service = Arc::new(LocalService::new(node));
+    let service = Arc::new(LocalService::new(node, crate::VERSION));
     let rt = tokio::runtime::Handle::current();
     // The file system's threads block on this runtime: mount from a plain thread, outside
     // its context.

@@ -16,7 +16,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "locus",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LOCUS_COMMIT"), ")"),
+    version = VERSION,
     about = "A masterless cache of model artifacts for ML clusters"
 )]
 pub struct Cli {
@@ -29,6 +29,9 @@ pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// The build: the crate's version and the commit (`build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LOCUS_COMMIT"), ")");
 
 /// What `locus daemon --help` adds: the credentials and endpoints are the daemon's, read from
 /// its own environment; the client commands send none.

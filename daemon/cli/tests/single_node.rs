@@ -720,7 +720,7 @@ fn metrics_and_healthz() {
     };
     assert!(value(&text, "locus_origin_bytes_total") > 3e6);
     // One record of each count: the metrics say what `locus status` says.
-    d.ok(&["warm", "hf://acme/model"]);
+    d.ok(&["warm", "hf://acme/model", "--pin"]);
     let st = d.json(&["status", "--json"]);
     let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
         .unwrap()
@@ -740,6 +740,19 @@ fn metrics_and_healthz() {
     assert!(
         st["cache_hits"].as_f64().unwrap() > 0.0,
         "the second warm hit"
+    );
+    // What is pinned, and the build.
+    assert_eq!(st["pinned_bytes"], st["cache_bytes"], "{st}");
+    assert!(st["pinned"].as_u64().unwrap() > 0);
+    assert_eq!(
+        value(&text, "locus_cache_pinned_bytes"),
+        st["pinned_bytes"].as_f64().unwrap()
+    );
+    assert!(st["version"].as_str().unwrap().contains("commit"), "{st}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("locus_build_info{") && l.ends_with(" 1")),
+        "{text}"
     );
 }
 

@@ -21,6 +21,12 @@ pub const CACHE_BYTES: &str = "locus_cache_bytes";
 pub const CACHE_CAPACITY: &str = "locus_cache_capacity_bytes";
 /// Files known to the local cache.
 pub const CACHE_FILES: &str = "locus_cache_files";
+/// Gauge: pinned files, and their bytes here (published before each scrape).
+pub const PINNED_FILES: &str = "locus_cache_pinned_files";
+/// Gauge: bytes of pinned files.
+pub const PINNED_BYTES: &str = "locus_cache_pinned_bytes";
+/// Gauge, always 1: the build's `version` and `commit` as labels.
+pub const BUILD_INFO: &str = "locus_build_info";
 /// Files evicted.
 pub const EVICTIONS: &str = "locus_evictions_total";
 /// Bytes evicted.

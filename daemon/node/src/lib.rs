@@ -323,6 +323,15 @@ impl Node {
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
     }
+
+    /// Brings the figures that are read rather than counted up to date in the metrics
+    /// recorder: the counters, and what is pinned (call before rendering the metrics).
+    pub fn publish_metrics(&self) {
+        self.counters.publish();
+        let s = self.store.stats();
+        metrics::gauge!(locus_core::metric::PINNED_FILES).set(s.pinned as f64);
+        metrics::gauge!(locus_core::metric::PINNED_BYTES).set(s.pinned_bytes as f64);
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,16 @@ pub fn describe() {
     metrics::describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the local cache");
     metrics::describe_gauge!(CACHE_CAPACITY, Unit::Bytes, "Capacity of the local cache");
     metrics::describe_gauge!(CACHE_FILES, "Files known to the local cache");
+    metrics::describe_gauge!(PINNED_FILES, "Pinned files in the local cache");
+    metrics::describe_gauge!(
+        PINNED_BYTES,
+        Unit::Bytes,
+        "Bytes of pinned files in the local cache"
+    );
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the build's version and commit"
+    );
     metrics::describe_counter!(EVICTIONS, "Files evicted from the local cache");
     metrics::describe_counter!(
         EVICTED_BYTES,

@@ -128,12 +128,17 @@ pub(crate) fn warm_stream(
 /// The local API over a node.
 pub struct LocalService {
     node: Arc<Node>,
+    /// The build, as `locus --version` says it.
+    version: String,
 }
 
 impl LocalService {
-    /// Serves `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// Serves `node`, built as `version`.
+    pub fn new(node: Arc<Node>, version: &str) -> Self {
+        Self {
+            node,
+            version: version.to_string(),
+        }
     }
 }
 
@@ -449,6 +454,8 @@ impl Local for LocalService {
             capacity_bytes: s.capacity,
             files: s.files,
             pinned: s.pinned,
+            pinned_bytes: s.pinned_bytes,
+            version: self.version.clone(),
             hit_ratio: if hits + misses == 0 {
                 0.0
             } else {

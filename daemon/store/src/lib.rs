@@ -206,6 +206,8 @@ pub struct StoreStats {
     pub files: u64,
     /// Pinned files.
     pub pinned: u64,
+    /// Bytes of pinned files held here.
+    pub pinned_bytes: u64,
 }
 
 /// What [`FileHandle::check_chunk`] found.
@@ -520,6 +522,12 @@ impl Store {
             capacity: self.capacity,
             files: st.files.len() as u64,
             pinned: st.files.values().filter(|e| e.rec.pinned).count() as u64,
+            pinned_bytes: st
+                .files
+                .values()
+                .filter(|e| e.rec.pinned)
+                .map(|e| e.bytes)
+                .sum(),
         }
     }
 
