@@ -948,6 +948,26 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply.error(Errno::ENOTTY);
     }
 
+    /// No file has extended attributes: answered here, so that tools that ask (ls -l,
+    /// SELinux, backup tools) get "none" rather than "not implemented" and a log line each.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        match size {
+            0 => reply.size(0),
+            _ => reply.data(&[]),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
         let _linger = Linger(self);
         metrics::request("statfs", "reader");

@@ -173,6 +173,8 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<(), Failure> {
         Cmd::Status { json } => client::status(&socket, json).await,
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Mount(args) => mount::mount(&socket, args).await,
-        Cmd::Unmount { mountpoint } => mount::unmount(&mountpoint),
+        Cmd::Unmount { mountpoint } => {
+            mount::unmount(&mountpoint).map(|()| println!("unmounted {}", mountpoint.display()))
+        }
     }
 }

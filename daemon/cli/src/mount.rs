@@ -64,6 +64,31 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
 }
 
+/// Where a background mount logs: /var/log/locus for root, else the user's state folder
+/// ($XDG_STATE_HOME/locus, ~/.local/state/locus), made if missing; the temporary folder if
+/// neither can be.
+fn log_dir() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let home_state = || {
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .map(|d| d.join("locus"))
+    };
+    let dir = match nix::unistd::geteuid().is_root() {
+        true => Some(PathBuf::from("/var/log/locus")),
+        false => home_state(),
+    };
+    dir.filter(|d| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .is_ok()
+    })
+    .unwrap_or_else(std::env::temp_dir)
+}
+
 pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     locus_core::LocusUri::parse(&a.uri).map_err(|e| Failure::usage(e.to_string()))?;
     let meta = std::fs::metadata(&a.mountpoint)
@@ -157,8 +182,9 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
 
 async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::new(1, e.to_string()))?;
-    let log_path = std::env::temp_dir().join(format!("locus-mount-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path).map_err(|e| Failure::new(1, e.to_string()))?;
+    let log_path = log_dir().join(format!("mount-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| Failure::new(1, format!("{}: {e}", log_path.display())))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("mount")
         .arg(&a.uri)

@@ -29,7 +29,8 @@ impl Write for Redacting {
 /// Starts logging at `LOCUS_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // fuser warns when a session it unmounts was unmounted already (`locus unmount`).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::mnt=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Redacting)

@@ -847,3 +847,45 @@ fn the_demo_runs_offline_and_says_what_to_type_next() {
         "{v}"
     );
 }
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_mount_logs_quietly_to_the_state_folder_and_unmount_confirms() {
+    let env = Env::new();
+    env.sim.commit("model", "acme/m", random_files(2, 1000, 3));
+    let d = env.daemon("n", &[], &[]);
+    let dir = env.path("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = String::from_utf8(d.ok(&["mount", "hf://acme/m", dir.to_str().unwrap()])).unwrap();
+    let log = out
+        .split("(log: ")
+        .nth(1)
+        .and_then(|l| l.trim().strip_suffix(')'))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no log named: {out}"));
+    assert!(log.starts_with("/var/log/locus"), "{}", log.display());
+    // No extended attributes: "none", not "not implemented".
+    for e in std::fs::read_dir(dir.join("weights")).unwrap() {
+        let p = std::ffi::CString::new(e.unwrap().path().as_os_str().as_encoded_bytes()).unwrap();
+        let name = c"security.selinux";
+        // SAFETY: valid NUL-terminated strings; a null buffer of size 0 asks for the size.
+        let r = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA)
+        );
+        // SAFETY: as above.
+        let n = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(n, 0);
+    }
+    let out = d.locus(&["unmount", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unmounted"));
+    assert!(!mounted(&dir));
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopping"), "{text}");
+    assert!(!text.contains(" WARN "), "{text}");
+    let _ = std::fs::remove_file(&log);
+}
