@@ -409,7 +409,10 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
             s.pinned,
             format_size(s.pinned_bytes)
         );
-        println!("hit ratio   {:.3}", s.hit_ratio);
+        println!(
+            "hit ratio   {:.3} by bytes ({} chunk hits, {} misses)",
+            s.hit_ratio, s.cache_hits, s.cache_misses
+        );
         println!(
             "bytes from  origin {}, peers {}, local {}",
             format_size(s.origin_bytes),

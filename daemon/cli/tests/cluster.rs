@@ -140,6 +140,16 @@ fn a_cluster_warm_reads_the_origin_once_and_every_node_reads_from_peers() {
         let st = d.json(&["status", "--json"]);
         assert!(st["peer_bytes_sent"].as_u64().unwrap() > 0, "{st}");
     }
+    // Node 1 read nothing itself: what it sent came from its cache, and counts as local.
+    let st = ds[0].json(&["status", "--json"]);
+    assert_eq!(st["local_bytes"], st["peer_bytes_sent"], "{st}");
+    // The others found their own chunks in their cache too.
+    assert!(
+        ds[1].json(&["status", "--json"])["local_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 #[test]

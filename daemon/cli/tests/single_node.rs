@@ -33,11 +33,25 @@ fn warm_cat_ls_status() {
     let data_bytes = env.sim.stats().data_bytes;
     let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
     assert_eq!(data_bytes, total, "each byte fetched from the origin once");
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(
+        (st["local_bytes"].as_u64(), st["hit_ratio"].as_f64()),
+        (Some(0), Some(0.0)),
+        "{st}"
+    );
 
     for (path, want) in &files {
         let got = d.ok(&["cat", &format!("hf://acme/model/{path}")]);
         assert_eq!(got, want.to_vec(), "{path}");
     }
+    // Every byte `cat` read came from the cache, and the hit ratio is by bytes.
+    let st = d.json(&["status", "--json"]);
+    assert_eq!(st["local_bytes"].as_u64(), Some(total), "{st}");
+    assert_eq!(
+        st["hit_ratio"].as_f64(),
+        Some(0.5),
+        "as many bytes served as fetched: {st}"
+    );
     let ls = d.json(&["ls", "hf://acme/model", "--json"]);
     let entries = ls["files"].as_array().unwrap();
     assert_eq!(entries.len(), files.len());

@@ -204,6 +204,11 @@ impl Counters {
         self.peer_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Bytes a consumer (a command, the loader, a mount, a peer) got from this node's cache.
+    pub(crate) fn local(&self, n: u64) {
+        self.local_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn peer_sent(&self, n: u64) {
         self.peer_bytes_sent.fetch_add(n, Ordering::Relaxed);
     }

@@ -96,6 +96,7 @@ impl Node {
         let mut route = Route::Peers(READER_HOPS);
         // Bytes this call reported done, taken back if a round must fetch again.
         let done_here = AtomicU64::new(0);
+        let mut first_round = true;
         loop {
             if h.verified() {
                 // Checked once against its digest, perhaps before this start: chunks not found
@@ -111,6 +112,10 @@ impl Node {
             if present > 0 {
                 self.counters
                     .hits(layout.count() as u64 - missing.len() as u64);
+            }
+            if std::mem::take(&mut first_round) {
+                // Served from this node's cache (a later round only finds its own fetches).
+                self.counters.local(present);
             }
             progress.local_bytes.fetch_add(present, Ordering::Relaxed);
             progress.done_bytes.fetch_add(present, Ordering::Relaxed);
@@ -156,9 +161,6 @@ impl Node {
                 .try_collect::<()>()
                 .await?;
             let Some(hasher) = hasher else {
-                self.counters
-                    .local_bytes
-                    .fetch_add(present, Ordering::Relaxed);
                 return Ok(h);
             };
             let checked = hasher
@@ -240,10 +242,16 @@ impl Node {
         let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
         h.touch();
         let end = range.end.min(h.layout().count());
+        let layout = h.layout();
         futures::stream::iter(range.start..end)
             .map(|idx| {
                 let h = h.clone();
-                async move { self.ensure_chunk(file, &h, idx).await.map(|_| ()) }
+                async move {
+                    if self.ensure_chunk(file, &h, idx).await? == Source::Local {
+                        self.counters.local(layout.len(idx));
+                    }
+                    Ok::<_, NodeError>(())
+                }
             })
             .buffer_unordered(self.cfg.concurrency.max(1))
             .try_collect::<()>()

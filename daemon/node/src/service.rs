@@ -345,9 +345,6 @@ impl Local for LocalService {
                         h = node.ensure_file(&file, &progress).await?;
                         continue;
                     };
-                    node.counters
-                        .local_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
                     let buf = buf.slice(skip.min(buf.len())..);
                     skip = 0;
                     for piece in buf.chunks(READ_MESSAGE) {
@@ -447,8 +444,8 @@ impl Local for LocalService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.node.store.stats();
         let c = &self.node.counters;
-        let hits = c.hits.load(Ordering::Relaxed);
-        let misses = c.misses.load(Ordering::Relaxed);
+        let local = c.local_bytes.load(Ordering::Relaxed);
+        let fetched = c.origin_bytes.load(Ordering::Relaxed) + c.peer_bytes.load(Ordering::Relaxed);
         Ok(Response::new(pb::StatusResponse {
             cache_bytes: s.used,
             capacity_bytes: s.capacity,
@@ -456,10 +453,11 @@ impl Local for LocalService {
             pinned: s.pinned,
             pinned_bytes: s.pinned_bytes,
             version: self.version.clone(),
-            hit_ratio: if hits + misses == 0 {
+            // By bytes: of the bytes served from here or fetched, the share the cache held.
+            hit_ratio: if local + fetched == 0 {
                 0.0
             } else {
-                hits as f64 / (hits + misses) as f64
+                local as f64 / (local + fetched) as f64
             },
             origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
             peer_bytes: c.peer_bytes.load(Ordering::Relaxed),
@@ -475,8 +473,8 @@ impl Local for LocalService {
                     load: m.load,
                 })
                 .collect(),
-            cache_hits: hits,
-            cache_misses: misses,
+            cache_hits: c.hits.load(Ordering::Relaxed),
+            cache_misses: c.misses.load(Ordering::Relaxed),
             origin_requests: c.origin_requests.load(Ordering::Relaxed),
             chunk_size: self.node.cfg.chunk_size,
             node_addr: self.node.cluster.me().to_string(),

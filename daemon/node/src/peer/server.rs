@@ -387,6 +387,9 @@ impl Prepared {
             return Err(Status::unavailable("chunk evicted while serving"));
         };
         let range = h.layout().range(idx);
+        if src == crate::Source::Local && !header_only {
+            node.counters.local(range.end - range.start);
+        }
         // Steps are recorded for a file only once it matched its published digest.
         let step = h.step(idx).filter(|_| h.verified());
         let header = pb::ChunkPiece {
