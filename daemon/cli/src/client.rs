@@ -24,6 +24,10 @@ pub struct WarmArgs {
     /// node: this node holds a full copy; cluster: the owners hold every chunk; all-nodes: every member holds a full copy.
     #[arg(long, default_value = "node", value_parser = ["node", "cluster", "all-nodes"])]
     scope: String,
+    /// Leave the warm to the daemon and return once it has started (its progress shows in
+    /// `locus status` and the daemon's log). Without it, Ctrl-C cancels the warm.
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(Args)]
@@ -231,18 +235,36 @@ pub async fn warm(socket: &Path, a: WarmArgs) -> Result<(), Failure> {
     }
     let mut client = connect(socket).await?;
     let (pin, scope) = (a.pin, a.scope.clone());
-    let summary = warm_with(
-        &mut client,
-        pb::WarmRequest {
-            uris: a.select.uris,
-            include: a.select.include,
-            exclude: a.select.exclude,
-            pin: a.pin,
-            scope: a.scope,
-        },
-        true,
-    )
-    .await?;
+    let req = pb::WarmRequest {
+        uris: a.select.uris,
+        include: a.select.include,
+        exclude: a.select.exclude,
+        pin: a.pin,
+        scope: a.scope,
+        detach: a.detach,
+    };
+    if a.detach {
+        // The first progress message says the daemon took the warm on.
+        let mut stream = client.warm(req).await.map_err(status_failure)?.into_inner();
+        let first = stream.message().await.map_err(status_failure)?;
+        let p = first.unwrap_or_default();
+        println!(
+            "warming {} files ({}) in the daemon, detached; `locus status` shows what is cached",
+            p.total_files,
+            locus_core::format_size(p.total_bytes)
+        );
+        return Ok(());
+    }
+    let summary = tokio::select! {
+        s = warm_with(&mut client, req, true) => s?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!();
+            return Err(Failure::new(
+                130,
+                "interrupted: the daemon stops this warm and keeps what it cached so far (use --detach to leave a warm running)",
+            ));
+        }
+    };
     println!("{summary}");
     if pin && scope == "all-nodes" {
         eprintln!("pinned on this node; other nodes pin only if they run with --accept-peer-pins");

@@ -856,3 +856,66 @@ fn datasets_and_paginated_listings() {
         files[7].1.to_vec()
     );
 }
+
+#[test]
+fn ctrl_c_cancels_a_warm_and_says_so_unless_it_was_detached() {
+    let (env, files) = model_env();
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    // Slow enough that a warm is still running a second in.
+    env.sim.set_faults(Faults {
+        throttle_bps: 150_000,
+        ..Faults::default()
+    });
+    let d = env.daemon("n", &["--chunk-size", "256KiB", "--concurrency", "2"], &[]);
+    let cached = || {
+        d.json(&["status", "--json"])["cache_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let child = std::process::Command::new(LOCUS)
+        .args(["warm", "hf://acme/model", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the daemon stops this warm"),
+        "{}",
+        stderr(&out)
+    );
+    // The daemon stopped: chunks under way finish, no new ones start.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let stopped = cached();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(cached(), stopped, "the warm went on after Ctrl-C");
+    assert!(
+        stopped < total,
+        "{stopped} of {total}: nothing was cancelled"
+    );
+
+    // Detached: the command returns at once, the daemon finishes the warm.
+    let started = std::time::Instant::now();
+    let out = d.ok(&["warm", "hf://acme/model", "--detach"]);
+    assert!(String::from_utf8_lossy(&out).contains("detached"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(cached() < total, "the warm cannot have finished yet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Cached whole and checked: the daemon logs the end of the warm nobody watches.
+    while cached() < total || !d.log_text().contains("detached warm finished") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached warm never finished: {}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

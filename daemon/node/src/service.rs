@@ -76,6 +76,7 @@ pub(crate) fn warm_stream(
     files: Vec<RemoteFile>,
     pin: bool,
     scope: Scope,
+    detach: bool,
 ) -> BoxStream<pb::WarmProgress> {
     let progress = Arc::new(WarmProgress::default());
     progress
@@ -99,18 +100,31 @@ pub(crate) fn warm_stream(
     tokio::spawn(async move {
         let mut work = work;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let mut listening = true;
         let result = loop {
             tokio::select! {
                 res = &mut work => break res,
-                _ = tick.tick() => {
+                _ = tick.tick(), if listening => {
                     if tx.send(Ok(progress.snapshot())).await.is_err() {
-                        // The client went away: stop warming on its behalf.
-                        work.abort();
-                        return;
+                        if !detach {
+                            // The client went away: stop warming on its behalf.
+                            work.abort();
+                            return;
+                        }
+                        listening = false;
                     }
                 }
             }
         };
+        if !listening {
+            let files = progress.total_files.load(Ordering::Relaxed);
+            match &result {
+                Ok(Ok(())) => tracing::info!(files, "detached warm finished"),
+                Ok(Err(e)) => tracing::error!(files, error = %e, "detached warm failed"),
+                Err(e) => tracing::error!(files, error = %e, "detached warm failed"),
+            }
+            return;
+        }
         let msg = match result {
             Ok(Ok(())) => {
                 let mut last = progress.snapshot();
@@ -229,6 +243,7 @@ impl Local for LocalService {
             files,
             r.pin,
             scope,
+            r.detach,
         )))
     }
 

@@ -545,11 +545,13 @@ impl Peer for PeerService {
                 "a peer's warm asked to pin; not pinned here (--accept-peer-pins is off)"
             );
         }
+        // A peer that goes away (its own warm was cancelled) cancels this one.
         Ok(Response::new(warm_stream(
             self.node.clone(),
             files,
             pin,
             crate::Scope::Node,
+            false,
         )))
     }
 
