@@ -104,6 +104,8 @@ struct Reporter {
     bar: Option<ProgressBar>,
     last_line: Instant,
     started: Instant,
+    /// The last retry note printed, printed again only when it changes.
+    note: String,
 }
 
 impl Reporter {
@@ -122,10 +124,19 @@ impl Reporter {
             bar,
             last_line: Instant::now(),
             started: Instant::now(),
+            note: String::new(),
         }
     }
 
     fn update(&mut self, p: &pb::WarmProgress) {
+        if !p.note.is_empty() && p.note != self.note {
+            // Each retry once, on its own line: why the bar stands still.
+            match &self.bar {
+                Some(b) => b.println(&p.note),
+                None => eprintln!("warm: {}", p.note),
+            }
+        }
+        self.note.clone_from(&p.note);
         match &self.bar {
             Some(b) => {
                 b.set_length(p.total_bytes);
@@ -164,10 +175,42 @@ pub struct WarmSummary {
     pub origin: u64,
     pub peers: u64,
     pub local: u64,
+    /// An all-nodes warm: each member's copy.
+    pub nodes: Vec<pb::NodeWarm>,
 }
 
 impl std::fmt::Display for WarmSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(one) = self.nodes.first() {
+            // Copies on each node, not one sum as if it were one copy.
+            writeln!(
+                f,
+                "warmed {} files ({}) on each of {} nodes in {:.2} s: {} from origin",
+                one.total_files,
+                format_size(one.total_bytes),
+                self.nodes.len(),
+                self.seconds,
+                format_size(self.origin)
+            )?;
+            write!(
+                f,
+                "{:<24} {:>11} {:>12} {:>12} {:>14}",
+                "NODE", "FILES", "BYTES", "FROM PEERS", "ALREADY THERE"
+            )?;
+            for n in &self.nodes {
+                let t = n.transfer.unwrap_or_default();
+                write!(
+                    f,
+                    "\n{:<24} {:>11} {:>12} {:>12} {:>14}",
+                    n.addr,
+                    format!("{}/{}", n.done_files, n.total_files),
+                    format_size(n.done_bytes),
+                    format_size(t.peer_bytes),
+                    format_size(t.local_bytes)
+                )?;
+            }
+            return Ok(());
+        }
         write!(
             f,
             "warmed {} files, {} in {:.2} s ({}/s): {} from origin, {} from peers, {} local",
@@ -226,6 +269,7 @@ pub async fn warm_with(
         origin: t.origin_bytes,
         peers: t.peer_bytes,
         local: t.local_bytes,
+        nodes: p.nodes,
     })
 }
 

@@ -220,13 +220,41 @@ fn all_nodes_scope_leaves_a_full_copy_everywhere() {
     let env = Env::new();
     let files = random_files(3, 1 << 20, 41);
     env.sim.commit("model", REPO, files.clone());
-    let (ds, _) = static_cluster(&env, 3, &[]);
+    let (ds, addrs) = static_cluster(&env, 3, &[]);
+    // One member has its copy already: its row says so, the others' say they came from peers.
+    ds[1].ok(&["warm", "hf://acme/model"]);
     let out = ds[2].ok(&["warm", "hf://acme/model", "--scope", "all-nodes"]);
+    let out = String::from_utf8_lossy(&out).to_string();
+    eprintln!("{out}");
     assert!(
-        String::from_utf8_lossy(&out).contains("warmed"),
-        "{}",
-        String::from_utf8_lossy(&out)
+        out.contains("warmed 3 files (3.00 MiB) on each of 3 nodes"),
+        "{out}"
     );
+    for (i, a) in addrs.iter().enumerate() {
+        let row: Vec<&str> = out
+            .lines()
+            .find(|l| l.starts_with(a.as_str()))
+            .unwrap_or_else(|| panic!("no row for {a}: {out}"))
+            .split_whitespace()
+            .collect();
+        // NODE FILES BYTES(2) FROM-PEERS(2) ALREADY-THERE(2)
+        assert_eq!(row[1..4], ["3/3", "3.00", "MiB"], "{out}");
+        let mib = |v: &[&str]| {
+            let n: f64 = v[0].parse().unwrap();
+            match v[1] {
+                "B" => n / 1048576.0,
+                "KiB" => n / 1024.0,
+                "MiB" => n,
+                u => panic!("unit {u}"),
+            }
+        };
+        let (peers, there) = (mib(&row[4..6]), mib(&row[6..8]));
+        match i {
+            1 => assert_eq!((peers, there), (0.0, 3.0), "{out}"),
+            // Chunks it took as an owner in the cluster pass were there; the rest from peers.
+            _ => assert!(peers > 0.0 && (peers + there - 3.0).abs() < 0.02, "{out}"),
+        }
+    }
     assert_eq!(env.sim.stats().data_bytes, total(&files));
     for d in &ds {
         let ls = d.json(&["ls", "hf://acme/model", "--json"]);

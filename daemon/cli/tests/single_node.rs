@@ -213,7 +213,15 @@ fn transient_origin_failures_are_retried() {
         ..Faults::default()
     });
     let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
-    d.ok(&["warm", "hf://acme/model"]);
+    let out = d.locus(&["warm", "hf://acme/model"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // The retry a chunk waits on (the 429 asks for 1 s) is shown as it happens.
+    eprintln!("{err}");
+    assert!(
+        err.contains("warm: origin: retry ") && err.contains("HTTP 429"),
+        "{err}"
+    );
     for (path, want) in &files {
         assert_eq!(
             d.ok(&["cat", &format!("hf://acme/model/{path}")]),

@@ -137,6 +137,9 @@ pub enum NodeError {
     /// A warm scope that does not exist.
     #[error("unknown scope {0:?} (use node, cluster or all-nodes)")]
     BadScope(String),
+    /// Members' copies of an all-nodes warm failed: each member's address and error.
+    #[error("the copies on {} members failed: {}", .0.len(), .0.iter().map(|(m, e)| format!("{m}: {e}")).collect::<Vec<_>>().join("; "))]
+    MembersFailed(Vec<(String, NodeError)>),
     /// An internal task failed.
     #[error("internal error: {0}")]
     Internal(String),

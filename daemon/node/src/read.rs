@@ -10,7 +10,7 @@ use locus_core::{Digest, RemoteFile};
 use locus_store::{ChunkCheck, FileHandle, SINCE_START};
 use sha1::Digest as _;
 
-use crate::fetches::Joined;
+use crate::fetches::{Joined, Underway};
 use crate::peer::{PeerError, PeerTransport, PieceStream, IDLE_TIMEOUT, MAX_PIECE};
 use crate::sha_chain;
 use crate::{Node, NodeError};
@@ -37,6 +37,10 @@ pub struct WarmProgress {
     pub peer_bytes: AtomicU64,
     /// Bytes that were already on this node.
     pub local_bytes: AtomicU64,
+    /// Cache keys of the selected files: fetches under way of these count in reports.
+    pub keys: std::collections::HashSet<String>,
+    /// An all-nodes warm: each member's part, and why it failed if it did.
+    pub nodes: std::sync::Mutex<Vec<crate::warm::NodePart>>,
 }
 
 /// Where a chunk came from.
@@ -291,13 +295,13 @@ impl Node {
         let joined = self.fetches.join(
             key.clone(),
             || h.crc(idx).is_some(),
-            || {
+            |underway| {
                 self.counters.miss();
                 let node = self.clone();
                 let file = file.clone();
                 let h = h.clone();
                 async move {
-                    let r = node.fetch_chunk(&file, &h, idx, route).await;
+                    let r = node.fetch_chunk(&file, &h, idx, route, &underway).await;
                     node.fetches.finished(&key);
                     r
                 }
@@ -321,11 +325,14 @@ impl Node {
         h: &Arc<FileHandle>,
         idx: u32,
         route: Route,
+        underway: &Underway,
     ) -> Result<Source, NodeError> {
         let range = h.layout().range(idx);
         let len = range.end - range.start;
         h.reserve(len)?;
-        let r = self.fetch_reserved(file, h, idx, route, range).await;
+        let r = self
+            .fetch_reserved(file, h, idx, route, range, underway)
+            .await;
         if r.is_err() {
             h.release(len);
         }
@@ -339,6 +346,7 @@ impl Node {
         idx: u32,
         route: Route,
         range: Range<u64>,
+        underway: &Underway,
     ) -> Result<Source, NodeError> {
         let plan = match route {
             Route::Peers(hops) => self
@@ -386,10 +394,14 @@ impl Node {
         let fetched = self
             .fetches
             .origin(
-                || self.fetch_once(file, h, range.clone()),
+                || {
+                    underway.attempt();
+                    self.fetch_once(file, h, range.clone(), underway)
+                },
             |attempt, e, wait| {
                 metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
                     .increment(1);
+                underway.retrying(format!("origin: retry {attempt}/{}, {e}", self.fetches.attempts()));
                 tracing::warn!(uri = file.uri, chunk = idx, attempt, error = %e, ?wait, "chunk fetch failed; retrying");
             },
         )
@@ -652,6 +664,7 @@ impl Node {
         file: &RemoteFile,
         h: &Arc<FileHandle>,
         range: Range<u64>,
+        underway: &Underway,
     ) -> Result<u32, NodeError> {
         self.counters
             .origin_requests
@@ -667,7 +680,10 @@ impl Node {
                 return Err(e.into());
             }
         };
-        let count = |n: u64| self.counters.origin_bytes(n);
+        let count = |n: u64| {
+            self.counters.origin_bytes(n);
+            underway.add(n);
+        };
         self.write_stream(file, h, range, stream, &count).await
     }
 

@@ -61,6 +61,11 @@ impl From<NodeError> for Status {
             NodeError::Peer(PeerError::Status { code, .. }) => Status::new(*code, msg),
             NodeError::Peer(_) => Status::unavailable(msg),
             NodeError::Store(_) | NodeError::Internal(_) => Status::internal(msg),
+            // The first member's failure says what kind of failure it was.
+            NodeError::MembersFailed(v) => match v.first() {
+                Some((_, e)) => Status::new(Status::from(e.clone()).code(), msg),
+                None => Status::internal(msg),
+            },
         }
     }
 }
@@ -78,25 +83,15 @@ pub(crate) fn warm_stream(
     scope: Scope,
     detach: bool,
 ) -> BoxStream<pb::WarmProgress> {
-    let progress = Arc::new(WarmProgress::default());
-    progress
-        .total_bytes
-        // Sizes come from origins and peers: a sum that cannot overflow.
-        .store(
-            files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
-            Ordering::Relaxed,
-        );
-    progress
-        .total_files
-        .store(files.len() as u64, Ordering::Relaxed);
+    let progress = Arc::new(WarmProgress::of(&files));
     // A URL that may carry a signature is warmed here only: peers never see it.
     let scope = match files.iter().any(|f| locus_core::redact::private(&f.uri)) {
         true => Scope::Node,
         false => scope,
     };
     let (tx, rx) = mpsc::channel(8);
-    let p = progress.clone();
-    let work = tokio::spawn(async move { node.warm_in(scope, files, pin, p).await });
+    let (p, n) = (progress.clone(), node.clone());
+    let work = tokio::spawn(async move { n.warm_in(scope, files, pin, p).await });
     tokio::spawn(async move {
         let mut work = work;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -105,7 +100,7 @@ pub(crate) fn warm_stream(
             tokio::select! {
                 res = &mut work => break res,
                 _ = tick.tick(), if listening => {
-                    if tx.send(Ok(progress.snapshot())).await.is_err() {
+                    if tx.send(Ok(node.report(&progress))).await.is_err() {
                         if !detach {
                             // The client went away: stop warming on its behalf.
                             work.abort();
@@ -127,7 +122,7 @@ pub(crate) fn warm_stream(
         }
         let msg = match result {
             Ok(Ok(())) => {
-                let mut last = progress.snapshot();
+                let mut last = node.report(&progress);
                 last.finished = true;
                 Ok(last)
             }

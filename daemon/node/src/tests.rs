@@ -19,6 +19,8 @@ struct MemOrigin {
     files: HashMap<String, Bytes>,
     /// Reads wait for a permit here, when set.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// The second half of each read waits for a permit here, when set.
+    hold: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait]
@@ -50,8 +52,15 @@ impl Origin for MemOrigin {
         let b = self.files[&file.locator].slice(range.start as usize..range.end as usize);
         // Two pieces, so a write batch spans several network reads.
         let mid = b.len() / 2;
-        let pieces = vec![Ok(b.slice(..mid)), Ok(b.slice(mid..))];
-        Ok(futures::stream::iter(pieces).boxed())
+        let (first, second) = (b.slice(..mid), b.slice(mid..));
+        let hold = self.hold.clone();
+        let second = futures::stream::once(async move {
+            if let Some(h) = hold {
+                let _ = h.acquire().await;
+            }
+            Ok(second)
+        });
+        Ok(futures::stream::iter([Ok(first)]).chain(second).boxed())
     }
 }
 
@@ -64,11 +73,22 @@ fn gated_node(
     fail: u32,
     gate: Option<Arc<tokio::sync::Semaphore>>,
 ) -> (Arc<Node>, Arc<FaultyOrigin<MemOrigin>>, tempfile::TempDir) {
+    origin_node(
+        MemOrigin {
+            files: [("w.bin".to_string(), data)].into(),
+            gate,
+            hold: None,
+        },
+        fail,
+    )
+}
+
+fn origin_node(
+    origin: MemOrigin,
+    fail: u32,
+) -> (Arc<Node>, Arc<FaultyOrigin<MemOrigin>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let origin = FaultyOrigin::new(MemOrigin {
-        files: [("w.bin".to_string(), data)].into(),
-        gate,
-    });
+    let origin = FaultyOrigin::new(origin);
     origin.fail_reads.store(fail, Ordering::SeqCst);
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     let cfg = NodeConfig {
@@ -324,6 +344,7 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
     let origin = Arc::new(MemOrigin {
         files: [("w.bin".to_string(), data())].into(),
         gate: None,
+        hold: None,
     });
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     let cluster = locus_cluster::Cluster::new(locus_cluster::ClusterConfig::solo("me:1"));
@@ -366,4 +387,50 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
         1_000_000,
         "every chunk came from the origin in the end"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_waited_on() {
+    // One 64 KiB chunk whose second half waits; its first two requests fail.
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let data = data().slice(..64 << 10);
+    let (node, origin, _dir) = origin_node(
+        MemOrigin {
+            files: [("w.bin".to_string(), data.clone())].into(),
+            gate: None,
+            hold: Some(hold.clone()),
+        },
+        2,
+    );
+    let file = node
+        .resolve_file(&LocusUri::parse("hf://o/n/w.bin").unwrap())
+        .await
+        .unwrap();
+    let progress = Arc::new(WarmProgress::of(std::slice::from_ref(&file)));
+    let work = {
+        let (node, p) = (node.clone(), progress.clone());
+        tokio::spawn(async move { node.warm_in(crate::Scope::Node, vec![file], false, p).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = node.report(&progress);
+        if r.done_bytes > 0 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    // Half the chunk is in: the report says so before the chunk completes.
+    assert_eq!(r.done_bytes, 32 << 10, "{r:?}");
+    assert_eq!((r.total_bytes, r.done_files), (64 << 10, 0), "{r:?}");
+    assert!(r.note.starts_with("origin: retry 2/4, "), "{r:?}");
+    assert!(r.note.contains("injected fault"), "{r:?}");
+    assert_eq!(origin.reads.load(Ordering::SeqCst), 3);
+    hold.add_permits(1);
+    work.await.unwrap().unwrap();
+    let r = node.report(&progress);
+    assert_eq!((r.done_bytes, r.done_files), (64 << 10, 1), "{r:?}");
+    // Nothing under way: no note.
+    assert_eq!(r.note, "", "{r:?}");
+    // Bytes of other files' fetches do not count.
+    assert_eq!(node.report(&WarmProgress::of(&[])).done_bytes, 0);
 }

@@ -261,20 +261,15 @@ impl Node {
     }
 
     /// The cluster warm, then a full copy on every answering member (this one included).
+    /// Every member's copy runs to its end; the warm fails if any did, naming them.
     pub async fn warm_all_nodes(
         self: &Arc<Self>,
         files: Vec<RemoteFile>,
         pin: bool,
         progress: Arc<WarmProgress>,
     ) -> Result<(), NodeError> {
-        let cluster_progress = Arc::new(WarmProgress::default());
-        self.warm_cluster(files.clone(), cluster_progress.clone())
-            .await?;
-        // Origin bytes are counted once, by the cluster pass.
-        progress.origin_bytes.fetch_add(
-            cluster_progress.origin_bytes.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        // The cluster pass reports as the warm; its origin bytes are the warm's.
+        self.warm_cluster(files.clone(), progress.clone()).await?;
         let members: Vec<String> = self
             .cluster
             .members()
@@ -289,44 +284,129 @@ impl Node {
         progress
             .total_files
             .store((files.len() * members.len()) as u64, Ordering::Relaxed);
+        let parts: Vec<Arc<WarmProgress>> = members
+            .iter()
+            .map(|_| {
+                let p = WarmProgress::default();
+                p.total_bytes.store(size, Ordering::Relaxed);
+                p.total_files.store(files.len() as u64, Ordering::Relaxed);
+                Arc::new(p)
+            })
+            .collect();
+        *lock(&progress.nodes) = members
+            .iter()
+            .zip(&parts)
+            .map(|(addr, p)| NodePart {
+                addr: addr.clone(),
+                progress: p.clone(),
+                error: None,
+            })
+            .collect();
         let uris: Arc<Vec<String>> = Arc::new(files.iter().map(|f| f.uri.clone()).collect());
-        let work = members.into_iter().map(|m| {
-            let progress = progress.clone();
+        // The members' parts add up to the warm's progress (see `report`).
+        let work = members.iter().zip(parts).map(|(m, part)| {
             let files = files.clone();
             let uris = uris.clone();
             let node = self.clone();
-            async move {
-                let m = &m;
-                let this = &node;
-                if m == this.cluster.me() {
-                    let local = Arc::new(WarmProgress::default());
-                    let r = this.warm(files, pin, local.clone()).await;
-                    add_remote(&progress, &local.snapshot(), &mut Default::default());
-                    return r;
-                }
-                let peers = this
-                    .peers
-                    .as_ref()
-                    .ok_or_else(|| NodeError::Internal("no peer transport".into()))?;
-                for batch in uris.chunks(URIS_PER_REQUEST) {
-                    let req = pb::PeerWarmRequest {
-                        uris: batch.to_vec(),
-                        include: vec![],
-                        exclude: vec![],
-                        pin,
-                    };
-                    let mut s = peers.warm(m, req).await?;
-                    let mut seen = pb::WarmProgress::default();
-                    while let Some(p) = s.next().await {
-                        add_remote(&progress, &p?, &mut seen);
-                    }
-                }
-                Ok(())
-            }
+            async move { node.warm_member(m, files, &uris, pin, &part).await }
         });
-        futures::future::try_join_all(work).await?;
+        let results = futures::future::join_all(work).await;
+        let mut failed = Vec::new();
+        for (part, r) in lock(&progress.nodes).iter_mut().zip(results) {
+            if let Err(e) = r {
+                part.error = Some(e.to_string());
+                failed.push((part.addr.clone(), e));
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(NodeError::MembersFailed(failed)),
+        }
+    }
+
+    /// One member's full copy for an all-nodes warm, reported to `part`.
+    async fn warm_member(
+        self: &Arc<Self>,
+        m: &str,
+        files: Vec<RemoteFile>,
+        uris: &[String],
+        pin: bool,
+        part: &Arc<WarmProgress>,
+    ) -> Result<(), NodeError> {
+        if m == self.cluster.me() {
+            return self.warm(files, pin, part.clone()).await;
+        }
+        let peers = self
+            .peers
+            .as_ref()
+            .ok_or_else(|| NodeError::Internal("no peer transport".into()))?;
+        for batch in uris.chunks(URIS_PER_REQUEST) {
+            let req = pb::PeerWarmRequest {
+                uris: batch.to_vec(),
+                include: vec![],
+                exclude: vec![],
+                pin,
+            };
+            let mut s = peers.warm(m, req).await?;
+            let mut seen = pb::WarmProgress::default();
+            while let Some(p) = s.next().await {
+                add_remote(part, &p?, &mut seen);
+            }
+        }
         Ok(())
     }
+
+    /// What a warm has done, as its report says it: with the bytes of chunks still arriving
+    /// for its files, the retry a fetch waits on, and each member's part of an all-nodes warm.
+    pub fn report(&self, p: &WarmProgress) -> pb::WarmProgress {
+        let nodes = lock(&p.nodes);
+        // An all-nodes warm is the sum of its members' parts (origin bytes: the cluster pass).
+        let sum = WarmProgress::default();
+        sum.origin_bytes
+            .store(p.origin_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        for n in nodes.iter() {
+            add_remote(&sum, &n.progress.snapshot(), &mut Default::default());
+        }
+        let mut m = match nodes.is_empty() {
+            true => p.snapshot(),
+            false => pb::WarmProgress {
+                total_bytes: p.total_bytes.load(Ordering::Relaxed),
+                total_files: p.total_files.load(Ordering::Relaxed) as u32,
+                ..sum.snapshot()
+            },
+        };
+        let (partial, note) = self.fetches.underway(|key| p.keys.contains(key));
+        m.done_bytes = m.done_bytes.saturating_add(partial).min(m.total_bytes);
+        m.note = note.unwrap_or_default();
+        m.nodes = nodes
+            .iter()
+            .map(|n| {
+                let s = n.progress.snapshot();
+                pb::NodeWarm {
+                    addr: n.addr.clone(),
+                    total_bytes: s.total_bytes,
+                    done_bytes: s.done_bytes,
+                    total_files: s.total_files,
+                    done_files: s.done_files,
+                    transfer: s.transfer,
+                    error: n.error.clone().unwrap_or_default(),
+                }
+            })
+            .collect();
+        m
+    }
+}
+
+/// One member's part of an all-nodes warm.
+#[derive(Debug)]
+pub struct NodePart {
+    pub addr: String,
+    pub progress: Arc<WarmProgress>,
+    pub error: Option<String>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Adds what a member's progress message adds over the last one it sent.
@@ -348,6 +428,19 @@ fn add_remote(p: &WarmProgress, now: &pb::WarmProgress, seen: &mut pb::WarmProgr
 }
 
 impl WarmProgress {
+    /// The progress of a warm of `files`, nothing done yet.
+    pub fn of(files: &[RemoteFile]) -> Self {
+        let p = WarmProgress {
+            keys: files.iter().map(|f| f.key.clone()).collect(),
+            ..Default::default()
+        };
+        // Sizes come from origins and peers: a sum that cannot overflow.
+        let size = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        p.total_bytes.store(size, Ordering::Relaxed);
+        p.total_files.store(files.len() as u64, Ordering::Relaxed);
+        p
+    }
+
     /// Bytes by source, as a message.
     pub fn transfer(&self) -> pb::Transfer {
         pb::Transfer {
@@ -367,6 +460,8 @@ impl WarmProgress {
             transfer: Some(self.transfer()),
             finished: false,
             current_file: String::new(),
+            note: String::new(),
+            nodes: Vec::new(),
         }
     }
 }
