@@ -38,40 +38,27 @@ impl LocalApi for LocalClient {
 /// fails that call (EIO), not the file system's thread.
 pub struct InProcess<S>(pub Arc<S>);
 
-/// The outcome of a call run as a task.
-fn joined<T>(
-    r: Result<Result<T, tonic::Status>, tokio::task::JoinError>,
+/// Runs one call as a task, so that a handler's panic fails that call, not a FUSE thread.
+async fn in_task<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
 ) -> Result<T, tonic::Status> {
-    r.unwrap_or_else(|e| {
-        Err(tonic::Status::internal(format!(
+    match tokio::spawn(call).await {
+        Ok(r) => r.map(|r| r.into_inner()),
+        Err(e) => Err(tonic::Status::internal(format!(
             "the local API failed: {e}"
-        )))
-    })
+        ))),
+    }
 }
 
 #[tonic::async_trait]
 impl<S: Local> LocalApi for InProcess<S> {
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
         let s = self.0.clone();
-        joined(
-            tokio::spawn(async move {
-                Local::list(&*s, tonic::Request::new(req))
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await,
-        )
+        in_task(async move { Local::list(&*s, tonic::Request::new(req)).await }).await
     }
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
         let s = self.0.clone();
-        joined(
-            tokio::spawn(async move {
-                Local::chunks(&*s, tonic::Request::new(req))
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await,
-        )
+        in_task(async move { Local::chunks(&*s, tonic::Request::new(req)).await }).await
     }
 }
 

@@ -271,7 +271,10 @@ impl ConfigFile {
             // Where: the line of the error's first byte.
             let line = e
                 .span()
-                .map(|r| text[..r.start.min(text.len())].lines().count().max(1))
+                .map(|r| {
+                    let before = &text.as_bytes()[..r.start.min(text.len())];
+                    before.iter().filter(|&&b| b == b'\n').count() + 1
+                })
                 .map(|n| format!(" line {n}:"))
                 .unwrap_or_default();
             Failure::usage(format!("--config {}:{line} {}", p.display(), e.message()))
@@ -431,11 +434,22 @@ impl DaemonConfig {
     /// Checks the settings and gives them their types.
     pub fn check(a: DaemonArgs, socket: PathBuf) -> Result<DaemonConfig, Failure> {
         let chunk_size = a.chunk_size.0;
-        if !(64 << 10..=256 << 20).contains(&chunk_size) {
-            return Err(Failure::usage(
-                "--chunk-size must be between 64KiB and 256MiB",
-            ));
-        }
+        within(
+            chunk_size,
+            64 << 10..=256 << 20,
+            "--chunk-size must be between 64KiB and 256MiB",
+        )?;
+        within(a.replicas, 1..=16, "--replicas must be between 1 and 16")?;
+        within(
+            a.load_epsilon,
+            0.0..=10.0,
+            "--load-epsilon must be between 0 and 10",
+        )?;
+        within(
+            a.concurrency,
+            1..=1024,
+            "--concurrency must be between 1 and 1024",
+        )?;
         if a.cache_size.0 < chunk_size {
             return Err(Failure::usage(format!(
                 "--cache-size {} is smaller than one chunk ({}): nothing could be cached",
@@ -455,8 +469,7 @@ impl DaemonConfig {
             (None, false) => Some(locus_cluster::Membership::Static(peers)),
             (None, true) => None,
         };
-        let listen = a.listen;
-        let advertise = a.advertise;
+        let (listen, advertise) = (a.listen, a.advertise);
         if membership.is_some() && listen.is_none() {
             return Err(Failure::usage(
                 "--peers and --membership need --listen ADDR (the peer port)",
@@ -468,12 +481,6 @@ impl DaemonConfig {
                     "--listen {l} binds every address: say which one peers dial with --advertise HOST:PORT"
                 )));
             }
-        }
-        if !(1..=16).contains(&a.replicas) {
-            return Err(Failure::usage("--replicas must be between 1 and 16"));
-        }
-        if !(0.0..=10.0).contains(&a.load_epsilon) {
-            return Err(Failure::usage("--load-epsilon must be between 0 and 10"));
         }
         if !(2..=3600).contains(&a.membership_ttl) {
             return Err(Failure::usage(
@@ -540,9 +547,6 @@ impl DaemonConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if a.concurrency == 0 || a.concurrency > 1024 {
-            return Err(Failure::usage("--concurrency must be between 1 and 1024"));
-        }
         Ok(DaemonConfig {
             socket,
             cache_dir: a.cache_dir,
@@ -569,15 +573,24 @@ impl DaemonConfig {
             http_allow_private,
             insecure_peers: a.insecure_peers,
             accept_peer_pins: a.accept_peer_pins,
-            socket_group: match a.socket_group {
-                Some(g) => Some(group("socket-group", &g)?),
-                None => None,
-            },
-            data_group: match a.data_group {
-                Some(g) => Some(group("data-group", &g)?),
-                None => None,
-            },
+            socket_group: a
+                .socket_group
+                .map(|g| group("socket-group", &g))
+                .transpose()?,
+            data_group: a.data_group.map(|g| group("data-group", &g)).transpose()?,
         })
+    }
+}
+
+/// `v` in `range`, else a usage error saying `msg`.
+fn within<T: PartialOrd>(
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+    msg: &str,
+) -> Result<(), Failure> {
+    match range.contains(&v) {
+        true => Ok(()),
+        false => Err(Failure::usage(msg)),
     }
 }
 
@@ -757,6 +770,14 @@ mod tests {
         let e = ConfigFile::load(Some(&p)).err().unwrap();
         assert!(e.msg.contains("did you mean `cache-size`?"), "{}", e.msg);
         std::fs::write(&p, "listen = \"127.0.0.1:1\"\n\ncache-size = 1GiB\n").unwrap();
+        let e = ConfigFile::load(Some(&p)).err().unwrap();
+        assert!(e.msg.contains(" line 3:"), "{}", e.msg);
+        // An error at the start of a line is on that line, not the one before.
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:1\"\nreplicas = 2\nlisten = \"x\"\n",
+        )
+        .unwrap();
         let e = ConfigFile::load(Some(&p)).err().unwrap();
         assert!(e.msg.contains(" line 3:"), "{}", e.msg);
     }

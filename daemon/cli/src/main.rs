@@ -155,10 +155,11 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<(), Failure> {
     };
     match cli.cmd {
         Cmd::Daemon(args) => {
-            let check = args.check_config;
             let empty = clap::ArgMatches::default();
             let m = matches.subcommand_matches("daemon").unwrap_or(&empty);
-            let cfg = config::DaemonConfig::check(args.with_file(m, &file)?, socket)?;
+            let args = args.with_file(m, &file)?;
+            let check = args.check_config;
+            let cfg = config::DaemonConfig::check(args, socket)?;
             if check {
                 println!("{}", locus_core::redact::redact_urls(&cfg.summary()));
                 return Ok(());

@@ -15,7 +15,7 @@ use crate::Failure;
 pub struct MountArgs {
     /// A repo, folder or file, e.g. hf://ORG/NAME@REV.
     uri: String,
-    /// An existing empty folder.
+    /// An existing empty folder (see --allow-non-empty).
     mountpoint: PathBuf,
     /// Mount over a folder that is not empty (its files are hidden while the mount is there).
     #[arg(long)]
@@ -99,18 +99,19 @@ pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
             a.mountpoint.display()
         )));
     }
+    let mounted = is_mounted(&a.mountpoint);
     let non_empty = std::fs::read_dir(&a.mountpoint)
         .map_err(|e| Failure::usage(format!("mount point {}: {e}", a.mountpoint.display())))?
         .next()
         .is_some();
-    if non_empty && !a.allow_non_empty && !is_mounted(&a.mountpoint) {
+    if non_empty && !a.allow_non_empty && !mounted {
         return Err(Failure::usage(format!(
             "mount point {} is not empty: its files would be hidden while mounted (give \
              --allow-non-empty to mount over them)",
             a.mountpoint.display()
         )));
     }
-    if is_mounted(&a.mountpoint) {
+    if mounted {
         return Err(Failure::new(
             1,
             format!(

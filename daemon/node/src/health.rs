@@ -50,10 +50,10 @@ impl Node {
                     )
                     .cloned()
                     .collect();
-                let checks = members.iter().map(|m| {
-                    let peers = peers.clone();
-                    async move { (m, peers.health(m).await) }
-                });
+                let peers = &peers;
+                let checks = members
+                    .iter()
+                    .map(|m| async move { (m, peers.health(m).await) });
                 for (m, r) in futures::future::join_all(checks).await {
                     if r.is_ok() {
                         failures.remove(m);

@@ -248,7 +248,7 @@ impl Node {
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
     async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
         // A full commit id is immutable: nothing to ask.
-        if ns.has_revisions() && is_commit_id(rev) {
+        if immutable(ns, rev) {
             return Ok(rev.to_string());
         }
         // After an object changed under this namespace's listing: a fresh one, also from its owner.
@@ -271,14 +271,13 @@ impl Node {
                     self.meta.put_revision(ns, rev, r.id.clone(), age);
                     return Ok(r.id);
                 }
-                Ok(_) => self.cluster.mark_down(&owner, "sent an empty revision"),
-                Err(e) => {
-                    self.peer_failed(&owner, &e);
-                    if e.settles() {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(%ns, rev, error = %e, "metadata owner did not answer; asking the origin");
-                }
+                Ok(_) => self.owner_unanswered(
+                    &owner,
+                    ns,
+                    rev,
+                    peer::PeerError::garbled(&owner, "an empty or oversized revision"),
+                )?,
+                Err(e) => self.owner_unanswered(&owner, ns, rev, e)?,
             }
         }
         self.revision_local(ns, rev, max_age)
@@ -398,12 +397,25 @@ impl Node {
             Ok(_) => peer::PeerError::garbled(owner, "too many files"),
             Err(e) => e,
         };
+        self.owner_unanswered(owner, ns, rev_id, e)?;
+        Ok(None)
+    }
+
+    /// Notes that the metadata owner `owner` gave no answer on `ns` at `rev`: an error that
+    /// settles the matter is the answer; else the caller asks the origin.
+    fn owner_unanswered(
+        &self,
+        owner: &str,
+        ns: &Namespace,
+        rev: &str,
+        e: peer::PeerError,
+    ) -> Result<(), NodeError> {
         self.peer_failed(owner, &e);
         if e.settles() {
             return Err(e.into());
         }
-        tracing::warn!(%ns, rev_id, error = %e, "metadata owner did not answer; asking the origin");
-        Ok(None)
+        tracing::warn!(%ns, rev, error = %e, "metadata owner did not answer; asking the origin");
+        Ok(())
     }
 
     /// What a fresh listing of an enclosing prefix or folder already says of `ns` (an S3 key
@@ -518,7 +530,7 @@ impl Node {
     /// the namespace or the enclosing listing that answered.
     pub fn freshness(&self, uri: &LocusUri, r: &Resolved) -> (Option<Duration>, Duration) {
         let rev = uri.revision_or_default();
-        if uri.namespace.has_revisions() && is_commit_id(rev) {
+        if immutable(&uri.namespace, rev) {
             return (None, Duration::ZERO);
         }
         let ttl = self.cfg.metadata_ttl;
@@ -542,4 +554,9 @@ impl Node {
 /// A full commit id: 40 lowercase hex digits.
 fn is_commit_id(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `rev` of `ns` can never change (a full commit id of a namespace with revisions).
+fn immutable(ns: &Namespace, rev: &str) -> bool {
+    ns.has_revisions() && is_commit_id(rev)
 }

@@ -83,6 +83,15 @@ enum Checked {
     Mismatch,
 }
 
+/// Ends a fetch's record in [`Fetches`](crate::fetches::Fetches) when dropped.
+struct Finish(Arc<Node>, (String, u32));
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.fetches.finished(&self.1);
+    }
+}
+
 impl Node {
     /// Makes `file` fully cached and verified on this node; returns a handle that keeps it from
     /// eviction while held.
@@ -301,9 +310,9 @@ impl Node {
                 let file = file.clone();
                 let h = h.clone();
                 async move {
-                    let r = node.fetch_chunk(&file, &h, idx, route, &underway).await;
-                    node.fetches.finished(&key);
-                    r
+                    // Ends the record even if the fetch panics: later readers start anew.
+                    let _finish = Finish(node.clone(), key);
+                    node.fetch_chunk(&file, &h, idx, route, &underway).await
                 }
             },
         );

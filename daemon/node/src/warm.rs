@@ -6,10 +6,9 @@
 //!   primary fetches it from the origin, other owners from the primary.
 //! - `all-nodes`: `cluster` first, then every member makes its own full copy from the owners.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -76,34 +75,34 @@ impl Node {
         let exc = globset(exclude)?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        // Every path the URIs name, to say which were near when the patterns kept none.
-        let mut named = Vec::new();
+        // The paths the patterns dropped, to say which were near when they kept none.
+        let mut dropped = Vec::new();
         for s in uris {
             let uri = LocusUri::parse(s)?;
             for f in self.resolve(&uri).await?.files {
                 let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
                     && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
-                if keep && seen.insert(f.uri.clone()) {
+                if !keep {
+                    dropped.push(f.path);
+                } else if seen.insert(f.uri.clone()) {
                     out.push(f);
-                } else if !keep {
-                    named.push(f.path);
                 }
             }
         }
-        if out.is_empty() && !named.is_empty() {
+        if out.is_empty() && !dropped.is_empty() {
             // A pattern that selects nothing is a mistake, not an empty warm.
             let typed = include
                 .first()
                 .or(exclude.first())
                 .map_or("", String::as_str);
             let mut nearest: Vec<String> =
-                locus_core::suggest::nearest(typed, named.iter().map(String::as_str), 5)
+                locus_core::suggest::nearest(typed, dropped.iter().map(String::as_str), 5)
                     .into_iter()
                     .map(str::to_string)
                     .collect();
             if nearest.is_empty() {
-                named.sort();
-                nearest = named.into_iter().take(5).collect();
+                dropped.sort();
+                nearest = dropped.into_iter().take(5).collect();
             }
             return Err(NodeError::NothingSelected {
                 include: include.join(","),
@@ -152,9 +151,7 @@ impl Node {
             .try_collect()
             .await
     }
-}
 
-impl Node {
     /// Makes each chunk of `files` present at its owners.
     pub async fn warm_cluster(
         self: &Arc<Self>,
@@ -305,9 +302,7 @@ impl Node {
         let uris: Arc<Vec<String>> = Arc::new(files.iter().map(|f| f.uri.clone()).collect());
         // The members' parts add up to the warm's progress (see `report`).
         let work = members.iter().zip(parts).map(|(m, part)| {
-            let files = files.clone();
-            let uris = uris.clone();
-            let node = self.clone();
+            let (files, uris, node) = (&files, uris.clone(), self.clone());
             async move { node.warm_member(m, files, &uris, pin, &part).await }
         });
         let results = futures::future::join_all(work).await;
@@ -328,13 +323,13 @@ impl Node {
     async fn warm_member(
         self: &Arc<Self>,
         m: &str,
-        files: Vec<RemoteFile>,
+        files: &[RemoteFile],
         uris: &[String],
         pin: bool,
         part: &Arc<WarmProgress>,
     ) -> Result<(), NodeError> {
         if m == self.cluster.me() {
-            return self.warm(files, pin, part.clone()).await;
+            return self.warm(files.to_vec(), pin, part.clone()).await;
         }
         let peers = self
             .peers

@@ -40,6 +40,15 @@ __all__ = [
 _FRAMEWORKS = {"np": "np", "numpy": "np", "pt": "pt", "torch": "pt"}
 
 
+def _framework(framework: str, device: str) -> str:
+    """The normalized framework name ("np" or "pt"); a clear error for anything else."""
+    if framework not in _FRAMEWORKS:
+        raise InvalidArgumentError(f"framework {framework!r} is not one of {sorted(_FRAMEWORKS)}")
+    if device != "cpu":
+        raise InvalidArgumentError("locus maps tensors in host memory; move them with .to(device)")
+    return _FRAMEWORKS[framework]
+
+
 def _np_dtype(dtype: str):
     import numpy as np
 
@@ -101,9 +110,9 @@ class _File:
         try:
             metadata, tensors = _native.read_header(self.path)
         except LocusError as e:
-            if shown is None:
+            if self.shown == self.path:
                 raise
-            raise type(e)(str(e).replace(self.path, shown)) from None
+            raise type(e)(str(e).replace(self.path, self.shown)) from None
         self.metadata = metadata
         self.tensors = {name: (dtype, tuple(shape), start, end) for name, dtype, shape, start, end in tensors}
         self.order = [t[0] for t in tensors]
@@ -172,11 +181,7 @@ class safe_open:
     (the same URIs as :func:`load`); the same methods as ``safetensors.safe_open``."""
 
     def __init__(self, filename, framework: str = "np", device: str = "cpu", socket: Optional[str] = None):
-        if framework not in _FRAMEWORKS:
-            raise InvalidArgumentError(f"framework {framework!r} is not one of {sorted(_FRAMEWORKS)}")
-        if device != "cpu":
-            raise InvalidArgumentError("locus maps tensors in host memory; move them with .to(device)")
-        self._framework = _FRAMEWORKS[framework]
+        self._framework = _framework(framework, device)
         self._file: Optional[_File] = _open_one(filename, socket)
 
     def _get(self) -> _File:
@@ -226,14 +231,10 @@ def load(path_or_uri, framework: str = "np", device: str = "cpu", socket: Option
     ``hf://org/model``, which the node's daemon makes local first (at ``socket``, default
     ``$LOCUS_SOCKET`` or ``/run/locus/locus.sock``)."""
     out: Dict[str, Any] = {}
-    framework = _FRAMEWORKS.get(framework, framework)
-    if framework not in _FRAMEWORKS.values():
-        raise InvalidArgumentError(f"framework {framework!r} is not one of {sorted(_FRAMEWORKS)}")
-    if device != "cpu":
-        raise InvalidArgumentError("locus maps tensors in host memory; move them with .to(device)")
+    framework = _framework(framework, device)
     for path, name in _native.shard_files(os.fspath(path_or_uri), socket):
         # Errors name the shard as the caller knows it (its URI), not the daemon's cache file.
-        f = _File(path, shown=name if name != os.fspath(path) else None)
+        f = _File(path, shown=name)
         for k in f.order:
             if k in out:
                 raise MalformedError(f"{path_or_uri}: tensor {k!r} is in more than one shard")
