@@ -115,6 +115,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
             .rt
             .block_on(self.api.list(pb::ListRequest {
                 uri: uri.to_string(),
+                cluster: false,
             }))
             .map_err(status_error)?;
         let prefix = locus_core::LocusUri::parse(uri)

@@ -49,6 +49,7 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<Shard>, Lo
         let listing = client
             .list(pb::ListRequest {
                 uri: uri.to_string(),
+                cluster: false,
             })
             .await
             .map_err(status_error)?

@@ -385,12 +385,13 @@ pub async fn cat(socket: &Path, uri: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn ls(socket: &Path, uri: &str, json: bool) -> Result<(), Failure> {
+pub async fn ls(socket: &Path, uri: &str, cluster: bool, json: bool) -> Result<(), Failure> {
     check_uri(uri)?;
     let mut client = connect(socket).await?;
     let r = client
         .list(pb::ListRequest {
             uri: uri.to_string(),
+            cluster,
         })
         .await
         .map_err(status_failure)?
@@ -400,24 +401,48 @@ pub async fn ls(socket: &Path, uri: &str, json: bool) -> Result<(), Failure> {
             .entries
             .iter()
             .map(|e| {
-                serde_json::json!({
+                let mut j = serde_json::json!({
                     "uri": e.uri, "path": e.path, "size": e.size, "cached_fraction": e.cached_fraction,
-                })
+                });
+                if cluster {
+                    j["cluster_fraction"] = e.cluster_fraction.into();
+                }
+                j
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "uri": uri, "revision": r.revision, "files": files })
-        );
-    } else {
-        for e in &r.entries {
-            println!(
+        let mut doc = serde_json::json!({ "uri": uri, "revision": r.revision, "files": files });
+        if cluster {
+            doc["unanswered"] = r.unanswered.clone().into();
+        }
+        println!("{doc}");
+        return Ok(());
+    }
+    if cluster {
+        println!("{:>12}  {:>6}  {:>7}  PATH", "SIZE", "NODE", "CLUSTER");
+    }
+    for e in &r.entries {
+        match cluster {
+            true => println!(
+                "{:>12}  {:>5.1}%  {:>6.1}%  {}",
+                format_size(e.size),
+                e.cached_fraction * 100.0,
+                e.cluster_fraction * 100.0,
+                e.path
+            ),
+            false => println!(
                 "{:>12}  {:>5.1}%  {}",
                 format_size(e.size),
                 e.cached_fraction * 100.0,
                 e.path
-            );
+            ),
         }
+    }
+    if !r.unanswered.is_empty() {
+        eprintln!(
+            "not counted: {} (down or did not answer; {} members)",
+            r.unanswered.join(", "),
+            r.unanswered.len()
+        );
     }
     Ok(())
 }

@@ -64,6 +64,9 @@ enum Cmd {
     Ls {
         /// A repo, folder or file.
         uri: String,
+        /// Also the fraction of each file some member of the cluster holds (asks every member).
+        #[arg(long)]
+        cluster: bool,
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
@@ -170,7 +173,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<(), Failure> {
         Cmd::Unpin(args) => client::unpin_or_evict(&socket, args, false).await,
         Cmd::Evict(args) => client::unpin_or_evict(&socket, args, true).await,
         Cmd::Cat { uri } => client::cat(&socket, &uri).await,
-        Cmd::Ls { uri, json } => client::ls(&socket, &uri, json).await,
+        Cmd::Ls { uri, cluster, json } => client::ls(&socket, &uri, cluster, json).await,
         Cmd::Status { json } => client::status(&socket, json).await,
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Mount(args) => mount::mount(&socket, args).await,

@@ -100,6 +100,40 @@ fn a_cluster_warm_reads_the_origin_once_and_every_node_reads_from_peers() {
     );
     let api_after_warm = api_calls(&env);
 
+    // Each node holds part of each file; `ls --cluster` shows the cluster holds all of it,
+    // asking the members, not the origin.
+    let fractions = |d: &Daemon, key: &str| -> Vec<f64> {
+        let args: &[&str] = match key {
+            "cluster_fraction" => &["ls", "hf://acme/model", "--cluster", "--json"],
+            _ => &["ls", "hf://acme/model", "--json"],
+        };
+        let ls = d.json(args);
+        ls["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[key].as_f64().unwrap())
+            .collect()
+    };
+    let partial = ds
+        .iter()
+        .flat_map(|d| fractions(d, "cached_fraction"))
+        .filter(|f| *f < 1.0)
+        .count();
+    assert!(partial > 0, "some node holds part of a file only");
+    for d in &ds {
+        assert_eq!(fractions(d, "cluster_fraction"), vec![1.0; 4]);
+        let ls = d.json(&["ls", "hf://acme/model", "--cluster", "--json"]);
+        assert_eq!(ls["unanswered"], serde_json::json!([]), "{ls}");
+    }
+    let table =
+        String::from_utf8_lossy(&ds[1].ok(&["ls", "hf://acme/model", "--cluster"])).to_string();
+    assert!(
+        table.starts_with("        SIZE    NODE  CLUSTER  PATH"),
+        "{table}"
+    );
+    assert_eq!(api_calls(&env), api_after_warm);
+
     // The other nodes read everything from the owners: no origin bytes, no origin API call.
     for d in &ds[1..] {
         for (path, want) in &files {
@@ -399,6 +433,20 @@ mod fake {
             Err(Status::internal("no"))
         }
 
+        async fn holds(
+            &self,
+            r: Request<pb::HoldsRequest>,
+        ) -> Result<Response<pb::HoldsResponse>, Status> {
+            self.record(&r);
+            if !self.garble {
+                return Err(Status::unavailable("recorder"));
+            }
+            // A different number of answers than keys asked.
+            Ok(Response::new(pb::HoldsResponse {
+                chunks: vec![vec![0xff; 1 << 20]; r.into_inner().keys.len() + 1],
+            }))
+        }
+
         async fn health(
             &self,
             _r: Request<pb::HealthRequest>,
@@ -466,6 +514,20 @@ fn a_garbled_peer_costs_time_never_bytes() {
     );
     let log = d.log_text();
     assert!(log.contains("peer marked down"), "{log}");
+    // What it holds is not counted, and `ls --cluster` says so.
+    let ls = d.json(&["ls", "hf://acme/model", "--cluster", "--json"]);
+    assert_eq!(ls["unanswered"], serde_json::json!([fake_addr]), "{ls}");
+    assert!(ls["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["cluster_fraction"] == e["cached_fraction"]));
+    let out = d.locus(&["ls", "hf://acme/model", "--cluster"]);
+    assert!(
+        stderr(&out).contains(&format!("not counted: {fake_addr} (down or did not answer")),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A node that checked a whole file sends its chunks with their SHA-256 steps and, having read
@@ -633,6 +695,32 @@ fn hostile_peer_requests_get_errors_and_the_daemon_keeps_serving() {
             })
             .await;
         assert!(r.is_err());
+        // Holds: too many keys, a bad key, another chunk size.
+        for (keys, chunk_size, code) in [
+            (
+                vec!["k".to_string(); 10_001],
+                256 << 10,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                vec!["\0".to_string()],
+                256 << 10,
+                tonic::Code::InvalidArgument,
+            ),
+            (vec!["k".to_string()], 4096, tonic::Code::FailedPrecondition),
+        ] {
+            let r = c.holds(pb::HoldsRequest { keys, chunk_size }).await;
+            assert_eq!(r.unwrap_err().code(), code);
+        }
+        let r = c
+            .holds(pb::HoldsRequest {
+                keys: vec!["sha256:00:1".into()],
+                chunk_size: 256 << 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.chunks, vec![Vec::<u8>::new()], "a key it does not hold");
         let h = c.health(pb::HealthRequest {}).await.unwrap().into_inner();
         assert_eq!(h.addr, addrs[0]);
     });
@@ -1310,6 +1398,20 @@ fn peers_with_a_token_refuse_a_node_without_it() {
         assert!(!log.contains("good-token") && !log.contains("other-token"));
     }
     assert!(ds[0].log_text().contains("peer_auth=\"token\""));
+    // Without the token a member says nothing, not even which chunks it holds.
+    env.rt.block_on(async {
+        use locus_grpc::v1 as pb;
+        let mut c = pb::peer_client::PeerClient::connect(format!("http://{}", addrs[0]))
+            .await
+            .unwrap();
+        let r = c
+            .holds(pb::HoldsRequest {
+                keys: vec!["k".into()],
+                chunk_size: 256 << 10,
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+    });
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub fn wire_frames(data: &[u8]) {
 
 /// Every protobuf message a peer can send, decoded from `data` and checked as a node checks
 /// it before using it: listing entries (`file_from_pb`), a chunk request's file reference,
-/// resolve, list and warm requests.
+/// resolve, list and warm requests, and a member's answer on the chunks it holds.
 pub fn peer_messages(data: &[u8]) {
     if let Ok(f) = pb::PeerFile::decode(data) {
         let _ = file_from_pb(f);
@@ -59,6 +59,10 @@ pub fn peer_messages(data: &[u8]) {
     if let Ok(r) = pb::PeerListRequest::decode(data) {
         let _ = server::namespace(&r.namespace);
         let _ = server::revision("revision_id", &r.revision_id);
+    }
+    if let Ok(r) = pb::HoldsResponse::decode(data) {
+        let n = r.chunks.len();
+        crate::coverage::merge(&mut vec![Vec::new(); n], &vec![1000; n], r.chunks);
     }
     if let Ok(r) = pb::PeerWarmRequest::decode(data) {
         for u in r.uris {

@@ -28,6 +28,7 @@
 //! pass too. A failed chunk is dropped and fetched again; a failed digest drops the file's chunks
 //! and fetches them once more, then fails, so wrong bytes are never served.
 
+mod coverage;
 mod fetches;
 #[doc(hidden)]
 pub mod fuzz;
@@ -50,6 +51,7 @@ use locus_core::UriError;
 use locus_origin::{Origin, OriginError, RetryPolicy};
 use locus_store::{Store, StoreError};
 
+pub use coverage::Coverage;
 pub use health::{HEALTH_EVERY, HEALTH_FAILURES, UP_CHECKS};
 pub use metadata::Resolved;
 pub(crate) use metadata::RELIST_AGE;

@@ -379,13 +379,19 @@ impl Local for LocalService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let uri = parse_uri(&request.into_inner().uri)?;
+        let req = request.into_inner();
+        let uri = parse_uri(&req.uri)?;
         let r = self.node.resolve(&uri).await?;
         let (ttl, age) = self.node.freshness(&uri, &r);
+        let cluster = match req.cluster {
+            true => self.node.coverage(&r.files).await,
+            false => Default::default(),
+        };
         let entries = r
             .files
             .iter()
-            .map(|f| {
+            .enumerate()
+            .map(|(i, f)| {
                 let (cache_path, chunk_size, chunk_crc32c) = self
                     .node
                     .store
@@ -401,11 +407,13 @@ impl Local for LocalService {
                     chunk_size,
                     chunk_crc32c,
                     key: f.key.clone(),
+                    cluster_fraction: cluster.fractions.get(i).copied().unwrap_or_default(),
                 }
             })
             .collect();
         Ok(Response::new(pb::ListResponse {
             entries,
+            unanswered: cluster.unanswered,
             revision: r.revision,
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
             age_ms: age.as_millis() as u64,

@@ -336,6 +336,19 @@ impl crate::peer::PeerTransport for LyingPeer {
     ) -> Result<locus_grpc::v1::HealthResponse, crate::peer::PeerError> {
         Err(crate::peer::PeerError::unreachable(addr, "test double"))
     }
+
+    /// Claims chunks far past the end of every file, and none of them.
+    async fn holds(
+        &self,
+        _addr: &str,
+        req: locus_grpc::v1::HoldsRequest,
+    ) -> Result<locus_grpc::v1::HoldsResponse, crate::peer::PeerError> {
+        let mut bits = vec![0u8; 4096];
+        bits[64..].fill(0xff);
+        Ok(locus_grpc::v1::HoldsResponse {
+            chunks: req.keys.iter().map(|_| bits.clone()).collect(),
+        })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,6 +380,10 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
     assert!(!cluster.is_up("liar:1"));
     // It answers health checks again: now for its chunks.
     cluster.mark_up("liar:1", 0.0);
+    // What it claims to hold past the file's chunks counts for nothing.
+    let c = node.coverage(std::slice::from_ref(&file)).await;
+    assert_eq!(c.fractions, vec![0.0]);
+    assert!(c.unanswered.is_empty(), "{c:?}");
     let h = node
         .ensure_file(&file, &WarmProgress::default())
         .await

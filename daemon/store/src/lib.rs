@@ -637,6 +637,23 @@ impl Store {
             .is_some_and(|e| e.chunks.contains_key(&idx))
     }
 
+    /// The chunks of `key` stored here as a bitmap (bit i of byte i / 8, least significant
+    /// first); empty when none is.
+    pub fn chunk_bitmap(&self, key: &str) -> Vec<u8> {
+        let st = self.lock();
+        let Some(e) = st.files.get(key) else {
+            return Vec::new();
+        };
+        let Some(last) = e.chunks.keys().next_back() else {
+            return Vec::new();
+        };
+        let mut bits = vec![0u8; *last as usize / 8 + 1];
+        for idx in e.chunks.keys() {
+            bits[*idx as usize / 8] |= 1 << (idx % 8);
+        }
+        bits
+    }
+
     /// Frees room after the disk said ENOSPC: evicts unused files worth `needed` bytes.
     fn evict_for_disk(&self, needed: u64) {
         {

@@ -31,6 +31,8 @@ pub const MAX_PIECE: usize = 4 << 20;
 pub const MAX_FILES: usize = 1_000_000;
 /// Longest string field (URI, path, key, locator).
 pub const MAX_FIELD: usize = 4096;
+/// Cache keys in one `Holds` request.
+pub const MAX_HOLDS_KEYS: usize = 10_000;
 
 /// Chunk fetches on the wire at once (each holds a blocking thread; tokio's pool has 512).
 pub const WIRE_FETCHES: usize = 64;
@@ -187,6 +189,12 @@ pub trait PeerTransport: Send + Sync + 'static {
         -> Result<ProgressStream, PeerError>;
     /// Liveness and load.
     async fn health(&self, addr: &str) -> Result<pb::HealthResponse, PeerError>;
+    /// Which chunks of files the peer holds.
+    async fn holds(
+        &self,
+        addr: &str,
+        req: pb::HoldsRequest,
+    ) -> Result<pb::HoldsResponse, PeerError>;
 }
 
 /// Mutual TLS between peers: this node's certificate and key, and the CA that signs every
@@ -474,6 +482,18 @@ impl PeerTransport for GrpcPeers {
     async fn health(&self, addr: &str) -> Result<pb::HealthResponse, PeerError> {
         let mut c = self.client(addr)?;
         c.health(deadline(HEALTH_TIMEOUT, pb::HealthRequest {}))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| PeerError::from_status(addr, s))
+    }
+
+    async fn holds(
+        &self,
+        addr: &str,
+        req: pb::HoldsRequest,
+    ) -> Result<pb::HoldsResponse, PeerError> {
+        let mut c = self.client(addr)?;
+        c.holds(deadline(METADATA_TIMEOUT, req))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| PeerError::from_status(addr, s))

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{check_field, file_to_pb};
+use super::{check_field, file_to_pb, MAX_HOLDS_KEYS};
 use crate::read::Source;
 use crate::service::{warm_stream, BoxStream};
 use crate::{sha_chain, Node, NodeError};
@@ -553,6 +553,31 @@ impl Peer for PeerService {
             crate::Scope::Node,
             false,
         )))
+    }
+
+    async fn holds(
+        &self,
+        request: Request<pb::HoldsRequest>,
+    ) -> Result<Response<pb::HoldsResponse>, Status> {
+        let r = request.into_inner();
+        if r.keys.len() > MAX_HOLDS_KEYS {
+            return Err(invalid(format!("at most {MAX_HOLDS_KEYS} keys")));
+        }
+        if r.chunk_size != self.node.cfg.chunk_size {
+            return Err(Status::failed_precondition(format!(
+                "chunk size {} differs from this node's {} (every node needs the same --chunk-size)",
+                r.chunk_size, self.node.cfg.chunk_size
+            )));
+        }
+        for k in &r.keys {
+            check_field("key", k, false).map_err(invalid)?;
+        }
+        let chunks = r
+            .keys
+            .iter()
+            .map(|k| self.node.store.chunk_bitmap(k))
+            .collect();
+        Ok(Response::new(pb::HoldsResponse { chunks }))
     }
 
     async fn health(
