@@ -374,6 +374,32 @@ def test_s3_credentials_from_a_profile(s3, workdir):
         d.close()
 
 
+def test_s3_without_credentials_says_the_daemon_has_none_not_where_the_chain_probed(s3, workdir):
+    """No keys, no profile with keys, no instance role: the error says the daemon found no
+    credentials and that the daemon reads them, never the instance-metadata address the
+    credential chain tried last (here a closed local port, as 169.254.169.254 is off an EC2
+    host)."""
+    moto, proxy, _ = s3
+    (workdir / "credentials").write_text("")
+    port = free_port()
+    env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "credentials"),
+        "AWS_PROFILE": "none",
+        "HOME": str(workdir),
+        "AWS_METADATA_ENDPOINT": f"http://127.0.0.1:{port}",
+    }
+    d = start(workdir, proxy, env=env)
+    try:
+        r = d.run("ls", f"s3://{BUCKET}/data", check=False)
+        err = fails_with_one_line(r, "access denied (the daemon found no AWS credentials")
+        assert "the daemon reads them, not this client" in err, err
+        logs = d.logs()
+        for probe in (f"127.0.0.1:{port}", "latest/api/token", "169.254.169.254"):
+            assert probe not in err and probe not in logs, (probe, err, logs)
+    finally:
+        d.close()
+
+
 def test_keys_of_a_listed_prefix_cost_one_listing_per_ttl(s3, workdir):
     """Past the TTL, reading keys of a prefix listed before lists the prefix again, once,
     instead of a HEAD per key."""

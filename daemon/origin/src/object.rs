@@ -94,9 +94,33 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     }
 }
 
+/// What the credential chain's last resort (the instance metadata service) says when there is
+/// no instance role: an address the user never named. Said instead of the probe.
+const NO_CREDENTIALS: &str = "the daemon found no AWS credentials: none in its environment or \
+     AWS_PROFILE, and no instance role (the instance metadata service did not give one)";
+
+/// Whether `detail` is the credential chain failing at the instance metadata service.
+fn metadata_probe(detail: &str) -> bool {
+    [
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "/latest/api/token",
+        "/latest/meta-data",
+    ]
+    .iter()
+    .any(|m| detail.contains(m))
+}
+
 fn map_err(e: object_store::Error, what: &str, denied_hint: &'static str) -> OriginError {
     use object_store::Error as E;
     let what = what.to_string();
+    if metadata_probe(&e.to_string()) {
+        return OriginError::AccessDenied {
+            what,
+            detail: NO_CREDENTIALS.into(),
+            hint: denied_hint,
+        };
+    }
     match e {
         E::NotFound { .. } => OriginError::NotFound {
             what,
@@ -479,7 +503,7 @@ pub struct S3Config {
 }
 
 const S3_DENIED: &str =
-    "check the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket policy";
+    "check the daemon's AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role; the daemon reads them, not this client) and the bucket policy";
 
 /// S3 and S3-compatible stores.
 pub struct S3Origin {
