@@ -10,13 +10,15 @@ use locus_grpc::LocalClient;
 
 use crate::{Backend, ChunkInfo, Entry, FsError, Listing};
 
-/// The two calls of the local API the file system makes.
+/// The calls of the local API the file system makes.
 #[tonic::async_trait]
 pub trait LocalApi: Send + Sync + 'static {
     /// `List`.
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status>;
     /// `Chunks`.
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status>;
+    /// `Cached`.
+    async fn cached(&self) -> Result<pb::CachedResponse, tonic::Status>;
 }
 
 #[tonic::async_trait]
@@ -28,6 +30,11 @@ impl LocalApi for LocalClient {
     }
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
         LocalClient::chunks(&mut self.clone(), req)
+            .await
+            .map(|r| r.into_inner())
+    }
+    async fn cached(&self) -> Result<pb::CachedResponse, tonic::Status> {
+        LocalClient::cached(&mut self.clone(), pb::CachedRequest {})
             .await
             .map(|r| r.into_inner())
     }
@@ -59,6 +66,11 @@ impl<S: Local> LocalApi for InProcess<S> {
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
         let s = self.0.clone();
         in_task(async move { Local::chunks(&*s, tonic::Request::new(req)).await }).await
+    }
+    async fn cached(&self) -> Result<pb::CachedResponse, tonic::Status> {
+        let s = self.0.clone();
+        in_task(async move { Local::cached(&*s, tonic::Request::new(pb::CachedRequest {})).await })
+            .await
     }
 }
 
@@ -186,6 +198,13 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                 .collect(),
             complete: r.complete,
         })
+    }
+
+    fn cached(&self) -> Result<Vec<String>, FsError> {
+        self.rt
+            .block_on(self.api.cached())
+            .map(|r| r.namespaces)
+            .map_err(status_error)
     }
 
     fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32) {

@@ -164,6 +164,61 @@ struct Core<B: Backend> {
     inval: Mutex<std::sync::mpsc::Sender<Vec<(u64, String)>>>,
     linger: Duration,
     lingering: AtomicBool,
+    /// The node's cached repos and buckets, and when they were asked for.
+    cached: Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+}
+
+/// `NAME` when `name` is `NAME@main` (the Hub's default revision spelled out).
+fn default_revision_of(name: &str) -> Option<&str> {
+    name.strip_suffix(&format!("@{}", locus_core::uri::DEFAULT_REVISION))
+        .filter(|base| !base.is_empty() && !base.contains('@'))
+}
+
+/// How long the node's answer on what it caches is shown before it is asked again.
+const CACHED_FOR: Duration = Duration::from_secs(1);
+
+/// The child of lazy folder `lazy` through which cached repo or bucket `uri` is reached:
+/// its name and what it is (an organisation's folder, or the repo's placeholder).
+fn cached_child(lazy: &Lazy, uri: &str) -> Option<(String, Lazy)> {
+    let repo = |name: &str| {
+        Some((
+            name.to_string(),
+            Lazy::Repo {
+                uri: uri.to_string(),
+            },
+        ))
+    };
+    let org = |datasets: bool, org: &str| {
+        let lazy = Lazy::Org {
+            datasets,
+            org: org.to_string(),
+        };
+        Some((org.to_string(), lazy))
+    };
+    if let Some(bucket) = uri.strip_prefix("s3://") {
+        return matches!(lazy, Lazy::S3).then(|| repo(bucket)).flatten();
+    }
+    let parts: Vec<&str> = uri.strip_prefix("hf://")?.split('/').collect();
+    match (lazy, &parts[..]) {
+        (Lazy::Hf, ["datasets", _, _]) => Some(("datasets".to_string(), Lazy::Datasets)),
+        (Lazy::Hf, [o, _]) => org(false, o),
+        (Lazy::Datasets, ["datasets", o, _]) => org(true, o),
+        (
+            Lazy::Org {
+                datasets: true,
+                org,
+            },
+            ["datasets", o, n],
+        ) if org == o => repo(n),
+        (
+            Lazy::Org {
+                datasets: false,
+                org,
+            },
+            [o, n],
+        ) if org == o => repo(n),
+        _ => None,
+    }
 }
 
 impl<B: Backend> Core<B> {
@@ -206,6 +261,85 @@ impl<B: Backend> Core<B> {
             inval: Mutex::new(tx),
             linger,
             lingering: AtomicBool::new(false),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The node's cached repos and buckets, asked again after [`CACHED_FOR`].
+    fn cached_namespaces(&self) -> Result<Arc<Vec<String>>, FsError> {
+        if let Some((at, c)) = &*lock(&self.cached) {
+            if at.elapsed() < CACHED_FOR {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(self.backend.cached()?);
+        *lock(&self.cached) = Some((std::time::Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// Adds to lazy folder `ino` what the node caches at its level: organisation folders, and
+    /// placeholders of repos and buckets (listed when entered), while the view has room.
+    fn fill(&self, ino: u64, lazy: &Lazy) {
+        let cached = match self.cached_namespaces() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask the node what it caches");
+                return;
+            }
+        };
+        let children: Vec<(String, Lazy)> = cached
+            .iter()
+            .filter_map(|u| cached_child(lazy, u))
+            .collect();
+        if children.is_empty() {
+            return;
+        }
+        let mut tree = self.tree_mut();
+        if !tree.get(ino).is_some_and(|n| n.linked) {
+            return;
+        }
+        for (name, child) in children {
+            if tree.child(ino, &name).is_none() && tree.has_room() {
+                tree.add_lazy(ino, &name, child);
+            }
+        }
+    }
+
+    /// Lists placeholder `ino` (a cached repo or bucket, [`Lazy::Repo`]) and makes it the root
+    /// of that listing, once.
+    fn promote(&self, ino: u64, uri: &str) -> Result<(), FsError> {
+        let placeholder = |tree: &Tree| {
+            matches!(
+                tree.get(ino).map(|n| &n.kind),
+                Some(Kind::Dir {
+                    lazy: Some(Lazy::Repo { .. }),
+                    ..
+                })
+            )
+        };
+        if !placeholder(&self.tree()) {
+            return Ok(());
+        }
+        let listing = Prepared::new(self.backend.list(uri)?);
+        let ch = {
+            let mut tree = self.tree_mut();
+            // Another thread may have listed it meanwhile.
+            if !placeholder(&tree) {
+                return Ok(());
+            }
+            let mut ch = tree.promote(ino, uri, listing);
+            ch.merge(tree.evict(ino));
+            ch
+        };
+        self.apply(ch);
+        Ok(())
+    }
+
+    /// Where symbolic link `ino` points.
+    fn link_target(&self, ino: u64) -> Option<String> {
+        match &self.tree().get(ino)?.kind {
+            Kind::Link { target } => Some(target.clone()),
+            _ => None,
         }
     }
 
@@ -218,18 +352,37 @@ impl<B: Backend> Core<B> {
     }
 
     /// The child `name` of a lazy directory: created (and, for a repo, listed) on first lookup;
-    /// its entry for the kernel, counted under the lock that made it.
+    /// its entry (`for_kernel`: counted under the lock that made it, see [`Core::entry_for`]).
     fn materialize(
         &self,
         parent: u64,
         lazy: &Lazy,
         name: &str,
+        for_kernel: bool,
     ) -> Result<Option<(FileAttr, Duration)>, FsError> {
         enum Made {
             Lazy(Lazy),
             Root(String, Prepared),
+            Link(String),
         }
         let made = match lazy {
+            Lazy::Repo { uri } => {
+                // A name inside a cached repo not entered yet: list it, then look.
+                self.promote(parent, uri)?;
+                let tree = self.tree();
+                return Ok(tree
+                    .child(parent, name)
+                    .and_then(|ino| self.entry_for(&tree, parent, ino, for_kernel)));
+            }
+            // `NAME@main` is `NAME`: a link to it, made once `NAME` is known to exist.
+            Lazy::Org { .. } if default_revision_of(name).is_some() => {
+                let base = default_revision_of(name).unwrap_or_default();
+                let known = self.tree().child(parent, base).is_some();
+                if !known && self.materialize(parent, lazy, base, false)?.is_none() {
+                    return Ok(None);
+                }
+                Made::Link(base.to_string())
+            }
             Lazy::Hf if name == "datasets" => Made::Lazy(Lazy::Datasets),
             Lazy::Hf | Lazy::Datasets => {
                 if locus_core::LocusUri::parse(&format!("hf://{name}/x")).is_err() {
@@ -267,14 +420,15 @@ impl<B: Backend> Core<B> {
         }
         // Another thread may have made it meanwhile.
         if let Some(ino) = tree.child(parent, name) {
-            return Ok(self.entry(&tree, parent, ino));
+            return Ok(self.entry_for(&tree, parent, ino, for_kernel));
         }
         let ino = match made {
             Made::Lazy(lazy) => tree.add_lazy(parent, name, lazy),
             Made::Root(uri, listing) => tree.add_root(parent, name, &uri, listing),
+            Made::Link(target) => tree.add_link(parent, name, &target),
         };
         let ch = tree.evict(ino);
-        let answer = self.entry(&tree, parent, ino);
+        let answer = self.entry_for(&tree, parent, ino, for_kernel);
         drop(tree);
         self.apply(ch);
         Ok(answer)
@@ -457,6 +611,7 @@ impl<B: Backend> Core<B> {
                 (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
             }
             Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
+            Kind::Link { target } => (FileType::Symlink, target.len() as u64, 0o777, 1),
         };
         let mtime = node.changed.max(self.mtime);
         FileAttr {
@@ -552,7 +707,7 @@ impl<B: Backend> Core<B> {
         if !may_wait {
             return Some(reply);
         }
-        match self.materialize(parent, &lazy, name) {
+        match self.materialize(parent, &lazy, name, true) {
             Ok(answer) => Self::reply_entry(answer, reply),
             Err(e) => {
                 tracing::error!(name, error = %e, "lookup failed");
@@ -561,6 +716,23 @@ impl<B: Backend> Core<B> {
             }
         }
         None
+    }
+
+    /// Entry `ino` of folder `parent`: with `for_kernel`, counted as a lookup the kernel
+    /// holds ([`Core::entry`]); without, only its attributes (a name looked at for ourselves).
+    fn entry_for(
+        &self,
+        tree: &Tree,
+        parent: u64,
+        ino: u64,
+        for_kernel: bool,
+    ) -> Option<(FileAttr, Duration)> {
+        match for_kernel {
+            true => self.entry(tree, parent, ino),
+            false => tree
+                .get(ino)
+                .map(|n| (self.attr_of(ino, n), Duration::ZERO)),
+        }
     }
 
     /// Entry `ino` of folder `parent` for the kernel, counted as a lookup it holds until it
@@ -593,6 +765,28 @@ impl<B: Backend> Core<B> {
                 return Some(reply);
             }
             self.refresh(root);
+        }
+        // The namespace view's folders show what the node caches; a cached repo is listed
+        // when first entered.
+        let lazy = match self.tree().get(ino).map(|n| &n.kind) {
+            Some(Kind::Dir { lazy: Some(l), .. }) => Some(l.clone()),
+            _ => None,
+        };
+        if let Some(lazy) = lazy {
+            if !may_wait {
+                return Some(reply);
+            }
+            match &lazy {
+                Lazy::Repo { uri } => {
+                    if let Err(e) = self.promote(ino, uri) {
+                        tracing::error!(uri, error = %e, "listing a cached repo failed");
+                        metrics::failure("lookup");
+                        reply.error(errno(&e));
+                        return None;
+                    }
+                }
+                other => self.fill(ino, other),
+            }
         }
         let (listing, shown) = match self.listing(ino) {
             Ok(l) => l,
@@ -762,6 +956,15 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         metrics::request("forget", "reader");
         self.core.forget(ino.0, nlookup);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _linger = Linger(self);
+        metrics::request("readlink", "reader");
+        match self.core.link_target(ino.0) {
+            Some(t) => reply.data(t.as_bytes()),
+            None => reply.error(Errno::EINVAL),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1007,6 +1210,78 @@ mod tests {
             Err(FsError::Io("no chunks here".into()))
         }
         fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}
+        fn cached(&self) -> Result<Vec<String>, FsError> {
+            Ok([
+                "hf://acme/m",
+                "hf://datasets/acme/ds",
+                "hf://other/x",
+                "s3://b",
+            ]
+            .map(String::from)
+            .to_vec())
+        }
+    }
+
+    #[test]
+    fn the_namespace_view_shows_what_the_node_caches_and_a_repo_once() {
+        let backend = Arc::new(OldListing {
+            calls: AtomicUsize::new(0),
+        });
+        let core = Core::with_tree(
+            backend.clone(),
+            Tree::namespace(1000),
+            MountOptions::default(),
+        );
+        let names = |ino: u64| match &core.tree().get(ino).unwrap().kind {
+            Kind::Dir { children, .. } => children.keys().cloned().collect::<Vec<_>>(),
+            _ => panic!("not a folder"),
+        };
+        let child = |dir: u64, name: &str| core.tree().child(dir, name).unwrap();
+        let (hf, s3) = (child(ROOT, "hf"), child(ROOT, "s3"));
+        core.fill(hf, &Lazy::Hf);
+        assert_eq!(names(hf), ["acme", "datasets", "other"]);
+        core.fill(s3, &Lazy::S3);
+        assert_eq!(names(s3), ["b"]);
+        let acme = child(hf, "acme");
+        core.fill(
+            acme,
+            &Lazy::Org {
+                datasets: false,
+                org: "acme".into(),
+            },
+        );
+        assert_eq!(names(acme), ["m"]);
+        core.fill(child(hf, "datasets"), &Lazy::Datasets);
+        assert_eq!(names(child(hf, "datasets")), ["acme"]);
+        // Shown without listing anything.
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 0);
+        // A name inside a cached repo lists it, once, in place: the folder keeps its inode.
+        let m = child(acme, "m");
+        let uri = "hf://acme/m".to_string();
+        let e = core
+            .materialize(m, &Lazy::Repo { uri: uri.clone() }, "k", true)
+            .unwrap();
+        assert_eq!(e.unwrap().0.kind, FileType::RegularFile);
+        assert_eq!(child(acme, "m"), m);
+        assert!(core.tree().roots.contains_key(&m));
+        core.promote(m, &uri).unwrap();
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+        // NAME@main is a link to NAME, not a second tree.
+        let org = Lazy::Org {
+            datasets: false,
+            org: "acme".into(),
+        };
+        let (attr, _) = core
+            .materialize(acme, &org, "m@main", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(attr.kind, FileType::Symlink);
+        assert_eq!(core.link_target(attr.ino.0).as_deref(), Some("m"));
+        assert_eq!(names(acme), ["m", "m@main"]);
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+        // Another revision is a tree of its own.
+        let (attr, _) = core.materialize(acme, &org, "m@v2", true).unwrap().unwrap();
+        assert_eq!(attr.kind, FileType::Directory);
     }
 
     #[test]

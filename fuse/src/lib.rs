@@ -133,4 +133,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<ChunkInfo, FsError>;
     /// Starts fetching chunks without waiting for them.
     fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32);
+    /// The repos and buckets cached on the node (`hf://ORG/NAME`, `hf://datasets/ORG/NAME`,
+    /// `s3://BUCKET`): what the namespace view's folders show before anything is looked up.
+    fn cached(&self) -> Result<Vec<String>, FsError>;
 }

@@ -109,6 +109,10 @@ impl Backend for TestBackend {
         Ok(self.info())
     }
 
+    fn cached(&self) -> Result<Vec<String>, FsError> {
+        Ok(Vec::new())
+    }
+
     fn prefetch(&self, _uri: &str, _key: &str, first: u32, count: u32) {
         self.calls
             .lock()

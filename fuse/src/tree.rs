@@ -32,6 +32,9 @@ pub(crate) enum Lazy {
     Org { datasets: bool, org: String },
     /// `s3/`: every BUCKET, listed on first lookup.
     S3,
+    /// A repo or bucket shown because the node caches files of it (`uri`), listed when first
+    /// entered ([`Tree::promote`]): showing it costs no listing.
+    Repo { uri: String },
 }
 
 pub(crate) enum Kind {
@@ -50,6 +53,9 @@ pub(crate) enum Kind {
         size: u64,
         cached: Option<ChunkInfo>,
     },
+    /// A symbolic link: `NAME@main` in the namespace view points at `NAME`, so that one repo
+    /// is not two trees (twice the bytes to `du`, two copies in the page cache).
+    Link { target: String },
 }
 
 pub(crate) struct Inode {
@@ -269,7 +275,7 @@ impl Tree {
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
         match &self.nodes.get(&parent)?.kind {
             Kind::Dir { children, .. } => children.get(name).copied(),
-            Kind::File { .. } => None,
+            Kind::File { .. } | Kind::Link { .. } => None,
         }
     }
 
@@ -378,6 +384,36 @@ impl Tree {
             self.orgs.insert(ino);
         }
         ino
+    }
+
+    /// Adds a symbolic link `name` to `target` under `parent` (the namespace view's own).
+    pub fn add_link(&mut self, parent: u64, name: &str, target: &str) -> u64 {
+        let kind = Kind::Link {
+            target: target.to_string(),
+        };
+        self.add(parent, name, 0, kind)
+    }
+
+    /// Whether a child may be added to the namespace view's folders without passing the bound
+    /// (what is cached is shown only while there is room).
+    pub fn has_room(&self) -> bool {
+        self.linked < self.max_linked
+    }
+
+    /// Makes the placeholder `ino` ([`Lazy::Repo`]) the root of `listing` of `uri`, in place:
+    /// its inode stays the one the kernel knows.
+    pub fn promote(&mut self, ino: u64, uri: &str, listing: Prepared) -> Changes {
+        match self.nodes.get_mut(&ino) {
+            Some(n) if n.linked => {
+                if let Kind::Dir { lazy, .. } = &mut n.kind {
+                    *lazy = None;
+                }
+                n.root = ino;
+            }
+            _ => return Changes::default(),
+        }
+        self.make_root(ino, uri);
+        self.sync_root(ino, listing)
     }
 
     fn make_root(&mut self, ino: u64, uri: &str) {
@@ -524,7 +560,7 @@ impl Tree {
         self.linked -= 1;
         let children = match &mut node.kind {
             Kind::Dir { children, .. } => std::mem::take(children),
-            Kind::File { .. } => BTreeMap::new(),
+            Kind::File { .. } | Kind::Link { .. } => BTreeMap::new(),
         };
         if !children.is_empty() {
             // A folder the kernel still holds lists empty from now on.

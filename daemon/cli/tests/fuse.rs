@@ -448,6 +448,49 @@ fn the_daemons_namespace_view() {
     let mut d = env.daemon("n", &["--mount", ns.to_str().unwrap()], &[]);
     assert!(mounted(&ns));
     let hf = ns.join("hf");
+    // Before anything is looked up, each level lists what the node caches.
+    d.ok(&["warm", "hf://acme/m", "hf://datasets/acme/ds"]);
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&hf), ["acme", "datasets"]);
+    assert_eq!(names(&hf.join("acme")), ["m"]);
+    assert_eq!(names(&hf.join("datasets/acme")), ["ds"]);
+    assert_eq!(names(&hf.join("acme/m")), ["weights"]);
+    // NAME@main is NAME, as a link: `du` counts the repo once.
+    let link = hf.join("acme/m@main");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("m"));
+    assert_eq!(
+        std::fs::read(link.join(&model[0].0)).unwrap(),
+        model[0].1.to_vec()
+    );
+    let du = std::process::Command::new("du")
+        .args(["-sb", hf.join("acme").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let counted: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let size: u64 = model.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(
+        (size..size + 4096).contains(&counted),
+        "du counted {counted} for a {size}-byte repo"
+    );
+    let e = std::fs::symlink_metadata(hf.join("acme/nope@main")).expect_err("no such repo");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(names(&hf.join("acme")), ["m", "m@main"]);
     assert_eq!(
         std::fs::read(hf.join("acme/m").join(&model[0].0)).unwrap(),
         model[0].1.to_vec()

@@ -1,4 +1,5 @@
-//! What the cluster holds of files: each member says which chunks it has on disk, and a chunk
+//! What is cached: the repos and buckets of this node's cache (the namespace view's folders),
+//! and what the cluster holds of files: each member says which chunks it has on disk, and a chunk
 //! counts once whoever holds it. `locus ls --cluster` shows it, so that a cluster-scope warm
 //! (each chunk at its owners) does not look partly done from any one node.
 
@@ -22,6 +23,22 @@ pub struct Coverage {
 }
 
 impl Node {
+    /// The repos (`hf://ORG/NAME`, `hf://datasets/ORG/NAME`) and buckets (`s3://BUCKET`) this
+    /// node's cache holds files of, sorted, each once. Reads the whole index: O(files).
+    pub fn cached_namespaces(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (_, uri) in self.store.uris() {
+            match locus_core::LocusUri::parse(&uri).map(|u| u.namespace) {
+                Ok(ns @ locus_core::Namespace::Hf { .. }) => out.insert(ns.to_string()),
+                Ok(locus_core::Namespace::S3 { bucket, .. }) => {
+                    out.insert(format!("s3://{bucket}"))
+                }
+                _ => false,
+            };
+        }
+        out.into_iter().collect()
+    }
+
     /// What the members (this one included) hold of `files`.
     pub async fn coverage(&self, files: &[RemoteFile]) -> Coverage {
         let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();

@@ -456,6 +456,17 @@ impl Local for LocalService {
         out
     }
 
+    async fn cached(
+        &self,
+        _request: Request<pb::CachedRequest>,
+    ) -> Result<Response<pb::CachedResponse>, Status> {
+        let node = self.node.clone();
+        let namespaces = tokio::task::spawn_blocking(move || node.cached_namespaces())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CachedResponse { namespaces }))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
