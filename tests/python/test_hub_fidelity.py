@@ -66,3 +66,19 @@ def test_gated_repo_needs_the_token(hub_factory, tmp_path):
     folder = Path(snapshot_download("acme/model", cache_dir=tmp_path / "b", endpoint=hub.url, token="hf_gated"))
     assert hub.stats()["authorized"] > 0
     assert (folder / "config.json").exists()
+
+
+def test_a_synthetic_dataset_pages_like_the_hub(hub_factory, tmp_path):
+    """`huggingface_hub` follows the tree's pages of a generated dataset (2,500 files, a
+    thousand per folder) and downloads files whose bytes match the published git blob ids."""
+    hub = hub_factory("--generated", "datasets/bench/many=2500x100-400")
+    api = HfApi(endpoint=hub.url)
+    entries = list(api.list_repo_tree("bench/many", repo_type="dataset", recursive=True))
+    files = [e for e in entries if hasattr(e, "blob_id")]
+    assert [f.path for f in files] == [f"{i // 1000:04d}/{i:08d}.bin" for i in range(2500)]
+    assert sorted(e.path for e in entries if not hasattr(e, "blob_id")) == ["0000", "0001", "0002"]
+    for f in (files[0], files[1234], files[-1]):
+        p = hf_hub_download("bench/many", f.path, repo_type="dataset", cache_dir=tmp_path, endpoint=hub.url)
+        data = Path(p).read_bytes()
+        assert len(data) == f.size and 100 <= f.size <= 400
+        assert git_blob_sha1(data) == f.blob_id

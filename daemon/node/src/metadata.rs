@@ -72,6 +72,23 @@ pub(crate) struct MetaCache {
     store: Arc<Store>,
 }
 
+/// The in-memory listings: one shard. quick_cache splits its weight among its shards and keeps
+/// no item heavier than one shard's share, so with its default (4 per core) a listing above
+/// `MAX_LISTED_FILES / shards` files (127k on 2 cores, 16k on 16) was never kept and every
+/// resolution read it again. Listings are few and looked up under a read lock.
+fn listings_cache() -> Cache<(Namespace, String), Arc<Vec<RemoteFile>>, ListingWeight> {
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(MAX_LISTINGS)
+        .weight_capacity(MAX_LISTED_FILES)
+        .shards(1)
+        .build();
+    match options {
+        Ok(o) => Cache::with_options(o, ListingWeight, Default::default(), Default::default()),
+        // Not reachable with the fields above; the default still bounds memory.
+        Err(_) => Cache::with_weighter(MAX_LISTINGS, MAX_LISTED_FILES, ListingWeight),
+    }
+}
+
 fn revision_key(ns: &Namespace, rev: &str) -> String {
     format!("rev:{ns}@{rev}")
 }
@@ -88,7 +105,7 @@ impl MetaCache {
             flights: DashMap::new(),
             prefixes: Cache::new(MAX_LISTINGS),
             stale: Cache::new(MAX_LISTINGS),
-            listings: Cache::with_weighter(MAX_LISTINGS, MAX_LISTED_FILES, ListingWeight),
+            listings: listings_cache(),
             store,
         }
     }
@@ -559,4 +576,41 @@ fn is_commit_id(rev: &str) -> bool {
 /// Whether `rev` of `ns` can never change (a full commit id of a namespace with revisions).
 fn immutable(ns: &Namespace, rev: &str) -> bool {
     ns.has_revisions() && is_commit_id(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(n: usize) -> Vec<RemoteFile> {
+        (0..n)
+            .map(|i| RemoteFile {
+                uri: format!("hf://acme/big@{}/f/{i}", "c".repeat(40)),
+                path: format!("f/{i}"),
+                size: 1,
+                key: format!("k{i}"),
+                locator: String::new(),
+                digest: None,
+                listed: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_of_hundreds_of_thousands_of_files_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let meta = MetaCache::new(Duration::from_secs(60), store);
+        let ns = LocusUri::parse("hf://acme/big").unwrap().namespace;
+        let rev = "c".repeat(40);
+        // Whatever the machine's cores: a listing of 300k files (under the bound) is kept.
+        meta.put_listing(&ns, &rev, files(300_000));
+        let kept = meta.listing(&ns, &rev).expect("kept in memory");
+        assert_eq!(kept.len(), 300_000);
+        // The bound holds in all: two listings of 1.2M files together are not both kept.
+        let other = LocusUri::parse("hf://acme/other").unwrap().namespace;
+        meta.put_listing(&other, &rev, files(900_000));
+        let both = meta.listing(&other, &rev).is_some() && meta.listing(&ns, &rev).is_some();
+        assert!(!both, "over the bound");
+    }
 }

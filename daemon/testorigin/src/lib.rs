@@ -26,8 +26,10 @@ pub use server::HubSim;
 /// One file in a commit.
 #[derive(Debug)]
 pub struct SimFile {
-    /// Content.
+    /// Content, when stored (empty for a generated file).
     pub data: Bytes,
+    /// A generated file: its seed and size; its bytes are made when read (no memory held).
+    pub generated: Option<(u64, u64)>,
     /// SHA-256 of the content (the LFS oid).
     pub sha256: String,
     /// Git blob id.
@@ -46,9 +48,48 @@ impl SimFile {
         let lfs = data.len() as u64 >= lfs_threshold;
         SimFile {
             data,
+            generated: None,
             sha256,
             git_oid: hex::encode(s.finalize()),
             lfs,
+        }
+    }
+
+    /// A file of `size` bytes generated from `seed` ([`model::generated_bytes`]), hashed once
+    /// here and never held in memory.
+    pub fn generated(seed: u64, size: u64, lfs_threshold: u64) -> SimFile {
+        let mut sha256 = sha2::Sha256::new();
+        let mut sha1 = sha1::Sha1::new();
+        sha1.update(format!("blob {size}\0").as_bytes());
+        let mut at = 0;
+        while at < size {
+            let piece = model::generated_bytes(seed, at..(at + (1 << 20)).min(size));
+            sha256.update(&piece);
+            sha1.update(&piece);
+            at += piece.len() as u64;
+        }
+        SimFile {
+            data: Bytes::new(),
+            generated: Some((seed, size)),
+            sha256: hex::encode(sha256.finalize()),
+            git_oid: hex::encode(sha1.finalize()),
+            lfs: size >= lfs_threshold,
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        match self.generated {
+            Some((_, size)) => size,
+            None => self.data.len() as u64,
+        }
+    }
+
+    /// Bytes `range` of its content (`range` within the size).
+    pub fn slice(&self, range: std::ops::Range<u64>) -> Bytes {
+        match self.generated {
+            Some((seed, _)) => model::generated_bytes(seed, range),
+            None => self.data.slice(range.start as usize..range.end as usize),
         }
     }
 }
@@ -162,6 +203,11 @@ impl Default for SimOptions {
     }
 }
 
+/// The path of file `i` of a synthetic dataset ([`HubSim::commit_generated`]).
+pub fn generated_name(i: u64) -> String {
+    format!("{:04}/{i:08}.bin", i / 1000)
+}
+
 fn fake_commit(repo: &str, files: &BTreeMap<String, Arc<SimFile>>, n: usize) -> String {
     let mut s = sha1::Sha1::new();
     s.update(repo.as_bytes());
@@ -193,6 +239,46 @@ impl HubSim {
             .into_iter()
             .map(|(p, d)| (p, Arc::new(SimFile::new(d, st.lfs_threshold))))
             .collect();
+        self.commit_tree(kind, repo_id, branch, tree)
+    }
+
+    /// Commits a synthetic dataset of `count` files to `main`: `NNNN/NNNNNNNN.bin`, a thousand
+    /// per folder, each of a size in `sizes` and with bytes generated from the seed and its
+    /// number, so that no byte is held in memory ([`SimFile::generated`]).
+    pub fn commit_generated(
+        &self,
+        kind: &str,
+        repo_id: &str,
+        count: u64,
+        sizes: std::ops::RangeInclusive<u64>,
+        seed: u64,
+    ) -> String {
+        let lfs = self.state().lfs_threshold;
+        let (lo, hi) = (*sizes.start(), (*sizes.end()).max(*sizes.start()));
+        let tree: BTreeMap<_, _> = (0..count)
+            .map(|i| {
+                let file_seed = seed.wrapping_mul(1_000_003).wrapping_add(i);
+                let span = hi - lo + 1;
+                let size = lo
+                    + model::generated_bytes(file_seed ^ 0x5bd1_e995, 0..8)
+                        .iter()
+                        .fold(0u64, |a, b| a << 8 | *b as u64)
+                        % span;
+                let name = generated_name(i);
+                (name, Arc::new(SimFile::generated(file_seed, size, lfs)))
+            })
+            .collect();
+        self.commit_tree(kind, repo_id, "main", tree)
+    }
+
+    fn commit_tree(
+        &self,
+        kind: &str,
+        repo_id: &str,
+        branch: &str,
+        tree: BTreeMap<String, Arc<SimFile>>,
+    ) -> String {
+        let st = self.state();
         let mut repos = st.repos.write().unwrap_or_else(|p| p.into_inner());
         let repo = repos
             .entry((kind.to_string(), repo_id.to_string()))
@@ -241,6 +327,9 @@ impl HubSim {
         let repos = st.repos.read().unwrap_or_else(|p| p.into_inner());
         let repo = repos.get(&(kind.to_string(), repo_id.to_string()))?;
         let sha = repo.branches.get(rev).cloned().unwrap_or(rev.to_string());
-        repo.commits.get(&sha)?.get(path).map(|f| f.data.clone())
+        repo.commits
+            .get(&sha)?
+            .get(path)
+            .map(|f| f.slice(0..f.size()))
     }
 }

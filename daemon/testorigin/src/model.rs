@@ -15,6 +15,33 @@ pub fn random_bytes(seed: u64, len: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// Bytes `range` of the content generated from `seed`: each byte depends only on the seed and
+/// its offset, so any range is made without the rest (synthetic datasets of any size).
+pub fn generated_bytes(seed: u64, range: std::ops::Range<u64>) -> Bytes {
+    let mut out = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
+    let mut block = range.start / 8;
+    while (out.len() as u64) < range.end.saturating_sub(range.start) {
+        // splitmix64 of (seed, block): 8 bytes per step.
+        let mut z = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(block.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let bytes = z.to_le_bytes();
+        let first = if block == range.start / 8 {
+            (range.start % 8) as usize
+        } else {
+            0
+        };
+        let want = (range.end - range.start) as usize - out.len();
+        let take = (8 - first).min(want);
+        out.extend_from_slice(&bytes[first..first + take]);
+        block += 1;
+    }
+    Bytes::from(out)
+}
+
 /// A checkpoint of about `total_bytes`, in `shards` safetensors files with an index, plus
 /// `config.json`, `tokenizer.json` and a README, as a model repo on the Hub holds them.
 pub fn generate_model(total_bytes: u64, shards: usize, seed: u64) -> Vec<(String, Bytes)> {

@@ -374,44 +374,64 @@ fn tree(
             &format!("{path} does not exist"),
         );
     }
-    let mut entries = Vec::new();
-    let mut dirs = std::collections::BTreeSet::new();
-    for (p, f) in tree.iter() {
-        let Some(rest) = p.strip_prefix(&prefix) else {
-            continue;
-        };
+    // Pages start after the last file of the one before (a path, hex-encoded in the cursor):
+    // a page costs its own entries, not the whole tree's, so million-file repos page fast.
+    let after = query
+        .get("cursor")
+        .and_then(|c| hex::decode(c).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let from = match &after {
+        Some(a) => std::ops::Bound::Excluded(a.clone()),
+        None => std::ops::Bound::Included(prefix.clone()),
+    };
+    // A folder is listed before its first file; its files are contiguous in path order, so
+    // it is new where the file before was not in it.
+    let folders = |p: &str| -> Vec<String> {
+        let rest = p.strip_prefix(&prefix).unwrap_or(p);
         let parts: Vec<&str> = rest.split('/').collect();
-        // Folders on the way to the file.
-        let depth = if recursive {
-            parts.len() - 1
-        } else {
-            parts.len().min(2) - 1
+        let depth = match recursive {
+            true => parts.len() - 1,
+            false => parts.len().min(2) - 1,
         };
-        for i in 0..depth {
-            let d = format!("{prefix}{}", parts[..=i].join("/"));
-            if dirs.insert(d.clone()) {
+        (0..depth)
+            .map(|i| format!("{prefix}{}", parts[..=i].join("/")))
+            .collect()
+    };
+    let mut prev: Vec<String> = after.as_deref().map(folders).unwrap_or_default();
+    let mut entries = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for (p, f) in tree.range((from, std::ops::Bound::Unbounded)) {
+        if !p.starts_with(&prefix) {
+            break;
+        }
+        if entries.len() >= st.page_size {
+            more = true;
+            break;
+        }
+        let dirs = folders(p);
+        for d in &dirs {
+            if !prev.contains(d) {
                 entries.push(
                     json!({ "type": "directory", "oid": "0".repeat(40), "size": 0, "path": d }),
                 );
             }
         }
-        if !recursive && parts.len() > 1 {
+        let deep = !recursive && p[prefix.len()..].contains('/');
+        prev = dirs;
+        last = Some(p.clone());
+        if deep {
             continue;
         }
-        let mut e = json!({ "type": "file", "oid": f.git_oid, "size": f.data.len(), "path": p });
+        let size = f.size();
+        let mut e = json!({ "type": "file", "oid": f.git_oid, "size": size, "path": p });
         if f.lfs {
-            e["lfs"] = json!({ "oid": f.sha256, "size": f.data.len(), "pointerSize": 134 });
+            e["lfs"] = json!({ "oid": f.sha256, "size": size, "pointerSize": 134 });
         }
         entries.push(e);
     }
-    let start: usize = query
-        .get("cursor")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let end = (start + st.page_size).min(entries.len());
-    let page: Vec<_> = entries.get(start..end).unwrap_or_default().to_vec();
-    let mut r = json_response(serde_json::Value::Array(page));
-    if end < entries.len() {
+    let mut r = json_response(serde_json::Value::Array(entries));
+    if let (true, Some(last)) = (more, last) {
         let plural = if kind == "model" {
             "models"
         } else {
@@ -423,8 +443,9 @@ fn tree(
             format!("/{path}")
         };
         let link = format!(
-            "<{}/api/{plural}/{repo_id}/tree/{rev}{path_part}?recursive={recursive}&cursor={end}>; rel=\"next\"",
-            st.hub_url
+            "<{}/api/{plural}/{repo_id}/tree/{rev}{path_part}?recursive={recursive}&cursor={}>; rel=\"next\"",
+            st.hub_url,
+            hex::encode(last)
         );
         if let Ok(v) = HeaderValue::from_str(&link) {
             r.headers_mut().insert("link", v);
@@ -493,7 +514,7 @@ fn resolve(
             "etag",
             HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
         );
-        h.insert("x-linked-size", HeaderValue::from(f.data.len() as u64));
+        h.insert("x-linked-size", HeaderValue::from(f.size()));
         return r;
     }
     extra.insert(
@@ -539,7 +560,7 @@ fn serve_bytes(
     f: &SimFile,
     extra: HeaderMap,
 ) -> Response<Body> {
-    let size = f.data.len() as u64;
+    let size = f.size();
     let range = match parse_range(headers.get("range").and_then(|v| v.to_str().ok()), size) {
         Ok(r) => r,
         Err(()) => {
@@ -553,7 +574,7 @@ fn serve_bytes(
         }
     };
     let (start, end) = range.unwrap_or((0, size));
-    let data = f.data.slice(start as usize..end as usize);
+    let data = f.slice(start..end);
     let (throttle, cut, corrupt) = {
         let mut fl = st.faults.lock().unwrap_or_else(|p| p.into_inner());
         let mut cut = None;

@@ -23,6 +23,10 @@ struct Args {
     /// A generated safetensors model: ORG/NAME=SIZE[xSHARDS], e.g. demo/tiny=64MiBx2.
     #[arg(long)]
     model: Vec<String>,
+    /// A synthetic dataset whose bytes are made as they are read (any size, no memory held):
+    /// ORG/NAME=COUNTxSIZE[-SIZE], e.g. datasets/bench/images=100000x10KiB-100KiB.
+    #[arg(long)]
+    generated: Vec<String>,
     /// Per-response bandwidth cap, e.g. 12MB (per second).
     #[arg(long)]
     throttle: Option<String>,
@@ -108,6 +112,12 @@ async fn main() -> anyhow::Result<()> {
             bail!("a model needs at least one shard");
         }
         sim.commit(kind, &repo, model::generate_model(size(sz)?, shards, 1));
+    }
+    for (i, spec) in a.generated.iter().enumerate() {
+        let (kind, repo, rest) = split_repo(spec)?;
+        let (n, sizes) = rest.split_once('x').context("expected COUNTxSIZE[-SIZE]")?;
+        let (lo, hi) = sizes.split_once('-').unwrap_or((sizes, sizes));
+        sim.commit_generated(kind, &repo, n.parse()?, size(lo)?..=size(hi)?, i as u64);
     }
     println!("ready {}", sim.url());
     tokio::signal::ctrl_c().await?;
