@@ -13,7 +13,7 @@ use crate::{Backend, ChunkInfo, Entry, FsError, Listing};
 /// The calls of the local API the file system makes.
 #[tonic::async_trait]
 pub trait LocalApi: Send + Sync + 'static {
-    /// `List`.
+    /// `ListPages`, its pages joined into one answer.
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status>;
     /// `Chunks`.
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status>;
@@ -24,9 +24,8 @@ pub trait LocalApi: Send + Sync + 'static {
 #[tonic::async_trait]
 impl LocalApi for LocalClient {
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
-        LocalClient::list(&mut self.clone(), req)
-            .await
-            .map(|r| r.into_inner())
+        let pages = LocalClient::list_pages(&mut self.clone(), req).await?;
+        locus_grpc::join_pages(pages.into_inner()).await
     }
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
         LocalClient::chunks(&mut self.clone(), req)
@@ -61,7 +60,9 @@ async fn in_task<T: Send + 'static>(
 impl<S: Local> LocalApi for InProcess<S> {
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, tonic::Status> {
         let s = self.0.clone();
-        in_task(async move { Local::list(&*s, tonic::Request::new(req)).await }).await
+        let pages =
+            in_task(async move { Local::list_pages(&*s, tonic::Request::new(req)).await }).await?;
+        locus_grpc::join_pages(pages).await
     }
     async fn chunks(&self, req: pb::ChunksRequest) -> Result<pb::ChunksResponse, tonic::Status> {
         let s = self.0.clone();

@@ -100,6 +100,24 @@ pub async fn connect_local(socket: &Path) -> Result<LocalClient, ConnectError> {
         .max_encoding_message_size(64 << 20))
 }
 
+/// The pages of a `ListPages` answer as one `ListResponse` (the first page's revision, TTL,
+/// age and `unanswered`; every page's entries, in order).
+pub async fn join_pages(
+    pages: impl futures::Stream<Item = Result<v1::ListResponse, tonic::Status>>,
+) -> Result<v1::ListResponse, tonic::Status> {
+    use futures::StreamExt;
+    let mut pages = std::pin::pin!(pages);
+    let mut all: Option<v1::ListResponse> = None;
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        match &mut all {
+            None => all = Some(page),
+            Some(a) => a.entries.extend(page.entries),
+        }
+    }
+    all.ok_or_else(|| tonic::Status::internal("the daemon sent no page"))
+}
+
 /// The socket clients use: `LOCUS_SOCKET`, else the default path.
 pub fn default_socket() -> PathBuf {
     std::env::var_os("LOCUS_SOCKET")

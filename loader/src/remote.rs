@@ -46,14 +46,15 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<Shard>, Lo
                     kind: ErrorKind::Unavailable,
                     message: e.0,
                 })?;
-        let listing = client
-            .list(pb::ListRequest {
+        let pages = client
+            .list_pages(pb::ListRequest {
                 uri: uri.to_string(),
                 cluster: false,
             })
             .await
             .map_err(status_error)?
             .into_inner();
+        let listing = locus_grpc::join_pages(pages).await.map_err(status_error)?;
         let prefix = if parsed.path.is_empty() {
             String::new()
         } else {

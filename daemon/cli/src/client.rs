@@ -388,60 +388,83 @@ pub async fn cat(socket: &Path, uri: &str) -> Result<(), Failure> {
 pub async fn ls(socket: &Path, uri: &str, cluster: bool, json: bool) -> Result<(), Failure> {
     check_uri(uri)?;
     let mut client = connect(socket).await?;
-    let r = client
-        .list(pb::ListRequest {
+    let mut pages = client
+        .list_pages(pb::ListRequest {
             uri: uri.to_string(),
             cluster,
         })
         .await
         .map_err(status_failure)?
         .into_inner();
-    if json {
-        let files: Vec<_> = r
-            .entries
-            .iter()
-            .map(|e| {
+    // Printed page by page as they come: a listing of millions of files is never held here.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut unanswered = Vec::new();
+    let mut first = true;
+    let mut count = 0u64;
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Failure::reader_gone(),
+        _ => Failure::new(1, format!("writing the listing: {e}")),
+    };
+    while let Some(page) = pages.message().await.map_err(status_failure)? {
+        if first {
+            unanswered = page.unanswered.clone();
+            if json {
+                // The document's head; its files follow, one per entry.
+                let head = serde_json::json!({ "uri": uri, "revision": page.revision });
+                let head = head.to_string();
+                write!(out, "{}, \"files\": [", &head[..head.len() - 1]).map_err(io)?;
+            } else if cluster {
+                writeln!(out, "{:>12}  {:>6}  {:>7}  PATH", "SIZE", "NODE", "CLUSTER")
+                    .map_err(io)?;
+            }
+        }
+        first = false;
+        for e in &page.entries {
+            if json {
                 let mut j = serde_json::json!({
                     "uri": e.uri, "path": e.path, "size": e.size, "cached_fraction": e.cached_fraction,
                 });
                 if cluster {
                     j["cluster_fraction"] = e.cluster_fraction.into();
                 }
-                j
-            })
-            .collect();
-        let mut doc = serde_json::json!({ "uri": uri, "revision": r.revision, "files": files });
+                let sep = if count == 0 { "" } else { "," };
+                write!(out, "{sep}{j}").map_err(io)?;
+            } else if cluster {
+                writeln!(
+                    out,
+                    "{:>12}  {:>5.1}%  {:>6.1}%  {}",
+                    format_size(e.size),
+                    e.cached_fraction * 100.0,
+                    e.cluster_fraction * 100.0,
+                    e.path
+                )
+                .map_err(io)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>12}  {:>5.1}%  {}",
+                    format_size(e.size),
+                    e.cached_fraction * 100.0,
+                    e.path
+                )
+                .map_err(io)?;
+            }
+            count += 1;
+        }
+    }
+    if json {
+        write!(out, "]").map_err(io)?;
         if cluster {
-            doc["unanswered"] = r.unanswered.clone().into();
+            write!(out, ", \"unanswered\": {}", serde_json::json!(unanswered)).map_err(io)?;
         }
-        println!("{doc}");
-        return Ok(());
+        writeln!(out, "}}").map_err(io)?;
     }
-    if cluster {
-        println!("{:>12}  {:>6}  {:>7}  PATH", "SIZE", "NODE", "CLUSTER");
-    }
-    for e in &r.entries {
-        match cluster {
-            true => println!(
-                "{:>12}  {:>5.1}%  {:>6.1}%  {}",
-                format_size(e.size),
-                e.cached_fraction * 100.0,
-                e.cluster_fraction * 100.0,
-                e.path
-            ),
-            false => println!(
-                "{:>12}  {:>5.1}%  {}",
-                format_size(e.size),
-                e.cached_fraction * 100.0,
-                e.path
-            ),
-        }
-    }
-    if !r.unanswered.is_empty() {
+    out.flush().map_err(io)?;
+    if !unanswered.is_empty() {
         eprintln!(
             "not counted: {} (down or did not answer; {} members)",
-            r.unanswered.join(", "),
-            r.unanswered.len()
+            unanswered.join(", "),
+            unanswered.len()
         );
     }
     Ok(())

@@ -102,6 +102,11 @@ impl Failure {
             msg: msg.into(),
         }
     }
+    /// Stops the command quietly, successfully: whoever read its output has gone (a closed
+    /// pipe, as `locus ls | head` closes it).
+    pub fn reader_gone() -> Self {
+        Self::new(0, "")
+    }
     pub fn usage(msg: impl Into<String>) -> Self {
         Self::new(2, msg)
     }
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(cli, matches));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.code == 0 => ExitCode::SUCCESS,
         Err(f) => {
             // One line a person can act on.
             let line = f.msg.replace('\n', " ");

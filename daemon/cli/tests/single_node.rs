@@ -927,3 +927,51 @@ fn ctrl_c_cancels_a_warm_and_says_so_unless_it_was_detached() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A listing bigger than one message's cap (64 MiB: about 400k files of this dataset) is
+/// listed whole, in pages, in path order, as one JSON document; a reader that stops early
+/// ends `ls` quietly.
+#[test]
+fn a_listing_over_one_messages_cap_is_listed_whole_in_pages() {
+    use std::io::Read;
+    const N: u64 = 450_000;
+    let env = Env::new();
+    env.sim
+        .commit_generated("dataset", "bench/many", N, 100..=200, 1);
+    let d = env.daemon("n", &[], &[]);
+    let out = d.ok(&["ls", "hf://datasets/bench/many", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("one JSON document");
+    assert_eq!(v["uri"], "hf://datasets/bench/many");
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len() as u64, N);
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(paths.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+    assert_eq!(paths[0], locus_testorigin::generated_name(0));
+    assert_eq!(
+        paths[N as usize - 1],
+        locus_testorigin::generated_name(N - 1)
+    );
+    // `locus ls | head`: the reader goes away after a few lines.
+    let mut child = std::process::Command::new(LOCUS)
+        .args(["--socket", d.socket.to_str().unwrap()])
+        .args(["ls", "hf://datasets/bench/many"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = child.stdout.as_mut().unwrap().read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("0000/00000000.bin"));
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

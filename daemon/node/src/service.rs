@@ -134,6 +134,59 @@ pub(crate) fn warm_stream(
     ReceiverStream::new(rx).boxed()
 }
 
+/// Entries per `ListPages` page.
+const LIST_PAGE: usize = 10_000;
+
+/// What a `List` or `ListPages` call resolved, before its entries are made.
+struct Listed {
+    files: Vec<RemoteFile>,
+    revision: String,
+    ttl_ms: u64,
+    age_ms: u64,
+    cluster: Option<crate::Coverage>,
+}
+
+impl Listed {
+    /// The entry of file `i`: with where its bytes are when it is complete here.
+    fn entry(&self, node: &Node, i: usize) -> pb::ListEntry {
+        let f = &self.files[i];
+        let (cache_path, chunk_size, chunk_crc32c) = node
+            .store
+            .complete_file(&f.key)
+            .map(|(p, _, cs, crcs)| (p.display().to_string(), cs, crcs))
+            .unwrap_or_default();
+        pb::ListEntry {
+            uri: f.uri.clone(),
+            path: f.path.clone(),
+            size: f.size,
+            cached_fraction: node.store.cached_fraction(&f.key),
+            cache_path,
+            chunk_size,
+            chunk_crc32c,
+            key: f.key.clone(),
+            cluster_fraction: self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.fractions.get(i).copied())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A response without entries: the revision, TTL and age, and (`first`) who did not answer.
+    fn head(&self, first: bool) -> pb::ListResponse {
+        pb::ListResponse {
+            entries: Vec::new(),
+            revision: self.revision.clone(),
+            ttl_ms: self.ttl_ms,
+            age_ms: self.age_ms,
+            unanswered: match (first, &self.cluster) {
+                (true, Some(c)) => c.unanswered.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
 /// The local API over a node.
 pub struct LocalService {
     node: Arc<Node>,
@@ -142,6 +195,24 @@ pub struct LocalService {
 }
 
 impl LocalService {
+    /// Resolves what a `List` request names (and, when asked, what the cluster holds of it).
+    async fn listed(&self, req: pb::ListRequest) -> Result<Listed, Status> {
+        let uri = parse_uri(&req.uri)?;
+        let r = self.node.resolve(&uri).await?;
+        let (ttl, age) = self.node.freshness(&uri, &r);
+        let cluster = match req.cluster {
+            true => Some(self.node.coverage(&r.files).await),
+            false => None,
+        };
+        Ok(Listed {
+            files: r.files,
+            revision: r.revision,
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+            age_ms: age.as_millis() as u64,
+            cluster,
+        })
+    }
+
     /// Serves `node`, built as `version`.
     pub fn new(node: Arc<Node>, version: &str) -> Self {
         Self {
@@ -379,45 +450,42 @@ impl Local for LocalService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let req = request.into_inner();
-        let uri = parse_uri(&req.uri)?;
-        let r = self.node.resolve(&uri).await?;
-        let (ttl, age) = self.node.freshness(&uri, &r);
-        let cluster = match req.cluster {
-            true => self.node.coverage(&r.files).await,
-            false => Default::default(),
-        };
-        let entries = r
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let (cache_path, chunk_size, chunk_crc32c) = self
-                    .node
-                    .store
-                    .complete_file(&f.key)
-                    .map(|(p, _, cs, crcs)| (p.display().to_string(), cs, crcs))
-                    .unwrap_or_default();
-                pb::ListEntry {
-                    uri: f.uri.clone(),
-                    path: f.path.clone(),
-                    size: f.size,
-                    cached_fraction: self.node.store.cached_fraction(&f.key),
-                    cache_path,
-                    chunk_size,
-                    chunk_crc32c,
-                    key: f.key.clone(),
-                    cluster_fraction: cluster.fractions.get(i).copied().unwrap_or_default(),
-                }
-            })
+        let listed = self.listed(request.into_inner()).await?;
+        let entries = (0..listed.files.len())
+            .map(|i| listed.entry(&self.node, i))
             .collect();
         Ok(Response::new(pb::ListResponse {
             entries,
-            unanswered: cluster.unanswered,
-            revision: r.revision,
-            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
-            age_ms: age.as_millis() as u64,
+            ..listed.head(true)
         }))
+    }
+
+    type ListPagesStream = BoxStream<pb::ListResponse>;
+
+    async fn list_pages(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<Self::ListPagesStream>, Status> {
+        let listed = self.listed(request.into_inner()).await?;
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(2);
+        // Pages are made as the client takes them: one page of entries at a time here.
+        tokio::task::spawn_blocking(move || {
+            let n = listed.files.len();
+            let mut start = 0;
+            loop {
+                let end = (start + LIST_PAGE).min(n);
+                let page = pb::ListResponse {
+                    entries: (start..end).map(|i| listed.entry(&node, i)).collect(),
+                    ..listed.head(start == 0)
+                };
+                if tx.blocking_send(Ok(page)).is_err() || end == n {
+                    return;
+                }
+                start = end;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 
     async fn unpin(
