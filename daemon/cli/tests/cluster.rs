@@ -425,6 +425,22 @@ mod fake {
             }))
         }
 
+        type ListPagesStream = S<pb::PeerListResponse>;
+
+        /// The garbled listing as a page; the recorder has no pages (its callers fall back to
+        /// `list`).
+        async fn list_pages(
+            &self,
+            r: Request<pb::PeerListRequest>,
+        ) -> Result<Response<Self::ListPagesStream>, Status> {
+            if !self.garble {
+                self.record(&r);
+                return Err(Status::unimplemented("recorder"));
+            }
+            let page = self.list(r).await?.into_inner();
+            Ok(Response::new(futures::stream::iter([Ok(page)]).boxed()))
+        }
+
         async fn warm(
             &self,
             r: Request<pb::PeerWarmRequest>,
@@ -1617,4 +1633,34 @@ fn with_two_replicas_a_dead_owner_costs_no_origin_bytes() {
         total(&files),
         "the surviving replicas served every chunk"
     );
+}
+
+/// A listing over one message's cap (450,000 files: 75 MB in one message, the cap is 64 MiB)
+/// goes from its owner to the other member in pages: the origin is listed once for the
+/// cluster, and both nodes list it whole.
+#[test]
+fn a_listing_over_one_messages_cap_is_listed_once_for_the_cluster() {
+    const N: u64 = 450_000;
+    let env = Env::new();
+    env.sim
+        .commit_generated("dataset", "bench/many", N, 100..=200, 1);
+    let (ds, _) = static_cluster(&env, 2, &[]);
+    for d in &ds {
+        let v = d.json(&["ls", "hf://datasets/bench/many", "--json"]);
+        assert_eq!(v["files"].as_array().unwrap().len() as u64, N);
+    }
+    // One listing: N files and N / 1,000 folders, in pages of 1,000 entries.
+    let pages = env.sim.stats().get("api_tree");
+    assert_eq!(
+        pages,
+        (N + N / 1000).div_ceil(1000),
+        "the origin listed once"
+    );
+    for d in &ds {
+        assert!(
+            members(d).iter().all(|(_, s)| s == "up"),
+            "{:?}",
+            members(d)
+        );
+    }
 }

@@ -85,6 +85,9 @@ impl Default for NodeConfig {
     }
 }
 
+/// Entries per page of a listing (`ListPages`, on the local and the peer API).
+pub(crate) const LIST_PAGE: usize = 10_000;
+
 /// The default chunk size; see ARCHITECTURE.md for the measurement behind it.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 

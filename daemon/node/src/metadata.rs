@@ -411,7 +411,7 @@ impl Node {
                     Err(why) => peer::PeerError::garbled(owner, why),
                 }
             }
-            Ok(_) => peer::PeerError::garbled(owner, "too many files"),
+            Ok(_) => peer::too_many(owner),
             Err(e) => e,
         };
         self.owner_unanswered(owner, ns, rev_id, e)?;

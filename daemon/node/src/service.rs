@@ -134,9 +134,6 @@ pub(crate) fn warm_stream(
     ReceiverStream::new(rx).boxed()
 }
 
-/// Entries per `ListPages` page.
-const LIST_PAGE: usize = 10_000;
-
 /// What a `List` or `ListPages` call resolved, before its entries are made.
 struct Listed {
     files: Vec<RemoteFile>,
@@ -474,7 +471,7 @@ impl Local for LocalService {
             let n = listed.files.len();
             let mut start = 0;
             loop {
-                let end = (start + LIST_PAGE).min(n);
+                let end = (start + crate::LIST_PAGE).min(n);
                 let page = pb::ListResponse {
                     entries: (start..end).map(|i| listed.entry(&node, i)).collect(),
                     ..listed.head(start == 0)

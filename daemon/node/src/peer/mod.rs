@@ -27,8 +27,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Largest chunk piece a reader accepts.
 pub const MAX_PIECE: usize = 4 << 20;
-/// Files in one listing.
-pub const MAX_FILES: usize = 1_000_000;
+/// Files in one listing from a peer (past it, the member lists the origin itself).
+pub const MAX_FILES: usize = 10_000_000;
 /// Longest string field (URI, path, key, locator).
 pub const MAX_FIELD: usize = 4096;
 /// Cache keys in one `Holds` request.
@@ -46,6 +46,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of health checks.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A listing longer than [`MAX_FILES`]: an honest owner's answer too large to take, which
+/// does not mark it down (the member lists the origin itself).
+pub(crate) fn too_many(addr: &str) -> PeerError {
+    PeerError::Status {
+        addr: addr.to_string(),
+        code: tonic::Code::OutOfRange,
+        message: format!("a listing of more than {MAX_FILES} files"),
+    }
+}
 
 /// What went wrong talking to a peer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -452,16 +462,48 @@ impl PeerTransport for GrpcPeers {
             .map_err(|s| PeerError::from_status(addr, s))
     }
 
+    /// The owner's listing in pages (`ListPages`), joined; one message (`List`) from a member
+    /// that has no pages. The owner may have to list the origin first: the first page, and
+    /// each next one, within [`METADATA_TIMEOUT`].
     async fn list(
         &self,
         addr: &str,
         req: pb::PeerListRequest,
     ) -> Result<pb::PeerListResponse, PeerError> {
         let mut c = self.client(addr)?;
-        c.list(deadline(METADATA_TIMEOUT, req))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| PeerError::from_status(addr, s))
+        let late = || PeerError::unreachable(addr, "no listing page within the metadata deadline");
+        let mut pages =
+            match tokio::time::timeout(METADATA_TIMEOUT, c.list_pages(req.clone())).await {
+                Err(_) => return Err(late()),
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    return c
+                        .list(deadline(METADATA_TIMEOUT, req))
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| PeerError::from_status(addr, s));
+                }
+                Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+        let mut files = Vec::new();
+        loop {
+            let page = match tokio::time::timeout(METADATA_TIMEOUT, pages.message()).await {
+                Err(_) => return Err(late()),
+                Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
+                Ok(Ok(None)) => return Ok(pb::PeerListResponse { files }),
+                Ok(Ok(Some(p))) => p,
+            };
+            if page.files.len() > crate::LIST_PAGE {
+                return Err(PeerError::garbled(
+                    addr,
+                    "a listing page of more than 10,000 files",
+                ));
+            }
+            if files.len() + page.files.len() > MAX_FILES {
+                return Err(too_many(addr));
+            }
+            files.extend(page.files);
+        }
     }
 
     async fn warm(

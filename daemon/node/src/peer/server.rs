@@ -525,6 +525,31 @@ impl Peer for PeerService {
         }))
     }
 
+    type ListPagesStream = BoxStream<pb::PeerListResponse>;
+
+    async fn list_pages(
+        &self,
+        request: Request<pb::PeerListRequest>,
+    ) -> Result<Response<Self::ListPagesStream>, Status> {
+        let r = request.into_inner();
+        let ns = namespace(&r.namespace)?;
+        revision("revision_id", &r.revision_id)?;
+        let files = self.node.listing(&ns, &r.revision_id, true).await?;
+        let (tx, rx) = mpsc::channel(2);
+        // One page made at a time, as the member takes them.
+        tokio::task::spawn_blocking(move || {
+            for page in files.chunks(crate::LIST_PAGE) {
+                let page = pb::PeerListResponse {
+                    files: page.iter().map(file_to_pb).collect(),
+                };
+                if tx.blocking_send(Ok(page)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+
     async fn warm(
         &self,
         request: Request<pb::PeerWarmRequest>,
