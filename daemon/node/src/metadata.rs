@@ -31,8 +31,8 @@ const MAX_REVISIONS: usize = 65_536;
 pub struct Resolved {
     /// The commit.
     pub revision: String,
-    /// The files it names (one for a file URI).
-    pub files: Vec<RemoteFile>,
+    /// The files it names (one for a file URI); a whole namespace shares the cached listing.
+    pub files: Arc<Vec<RemoteFile>>,
     /// Whether the URI named a single file.
     pub is_file: bool,
 }
@@ -452,10 +452,10 @@ impl Node {
                 let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
                 return Some(Resolved {
                     revision: rev,
-                    files: vec![RemoteFile {
+                    files: Arc::new(vec![RemoteFile {
                         path: name,
                         ..f.clone()
-                    }],
+                    }]),
                     is_file: true,
                 });
             }
@@ -474,7 +474,7 @@ impl Node {
             if !files.is_empty() {
                 return Some(Resolved {
                     revision: rev,
-                    files,
+                    files: Arc::new(files),
                     is_file: false,
                 });
             }
@@ -513,16 +513,17 @@ impl Node {
             let is_file = !uri.namespace.has_revisions()
                 && all.len() == 1
                 && all[0].uri == uri.namespace.to_string();
+            // The cached listing itself, not a copy of it.
             return Ok(Resolved {
                 revision,
-                files: all.to_vec(),
+                files: all,
                 is_file,
             });
         }
-        if let Some(f) = all.iter().find(|f| f.path == uri.path) {
+        if let Some(f) = find_path(&all, &uri.path) {
             return Ok(Resolved {
                 revision,
-                files: vec![f.clone()],
+                files: Arc::new(vec![f.clone()]),
                 is_file: true,
             });
         }
@@ -537,7 +538,7 @@ impl Node {
         }
         Ok(Resolved {
             revision,
-            files,
+            files: Arc::new(files),
             is_file: false,
         })
     }
@@ -561,10 +562,19 @@ impl Node {
     /// Resolves a URI that must name one file.
     pub async fn resolve_file(&self, uri: &LocusUri) -> Result<RemoteFile, NodeError> {
         let r = self.resolve(uri).await?;
-        match (r.is_file, r.files.into_iter().next()) {
-            (true, Some(f)) => Ok(f),
+        match (r.is_file, r.files.first()) {
+            (true, Some(f)) => Ok(f.clone()),
             _ => Err(NodeError::IsFolder(uri.to_string())),
         }
+    }
+}
+
+/// The file at `path` of a listing: by binary search, as listings come sorted by path; by a
+/// walk if that misses (a listing out of order still answers right, only slower).
+fn find_path<'a>(all: &'a [RemoteFile], path: &str) -> Option<&'a RemoteFile> {
+    match all.binary_search_by(|f| f.path.as_str().cmp(path)) {
+        Ok(i) => all.get(i),
+        Err(_) => all.iter().find(|f| f.path == path),
     }
 }
 
@@ -594,6 +604,23 @@ mod tests {
                 listed: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_path_is_found_in_a_sorted_listing_and_in_one_out_of_order() {
+        let sorted = files(1000);
+        let mut sorted = sorted;
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        for p in ["f/0", "f/999", "f/500"] {
+            assert_eq!(find_path(&sorted, p).map(|f| f.path.as_str()), Some(p));
+        }
+        assert!(find_path(&sorted, "f/1000").is_none());
+        let mut shuffled = sorted.clone();
+        shuffled.reverse();
+        shuffled.swap(3, 700);
+        for f in &sorted {
+            assert_eq!(find_path(&shuffled, &f.path).map(|g| &g.key), Some(&f.key));
+        }
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub(crate) fn warm_stream(
 
 /// What a `List` or `ListPages` call resolved, before its entries are made.
 struct Listed {
-    files: Vec<RemoteFile>,
+    files: Arc<Vec<RemoteFile>>,
     revision: String,
     ttl_ms: u64,
     age_ms: u64,

@@ -219,7 +219,7 @@ async fn peers_cannot_queue_unbounded_background_copies() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (n, _origin, _dir) = gated_node(Bytes::from(vec![7u8; 200 << 16]), 0, Some(gate));
     let uri = LocusUri::parse("hf://acme/m").unwrap();
-    let file = n.resolve(&uri).await.unwrap().files.remove(0);
+    let file = n.resolve(&uri).await.unwrap().files[0].clone();
     let tasks = || {
         tokio::runtime::Handle::current()
             .metrics()

@@ -79,13 +79,13 @@ impl Node {
         let mut dropped = Vec::new();
         for s in uris {
             let uri = LocusUri::parse(s)?;
-            for f in self.resolve(&uri).await?.files {
+            for f in self.resolve(&uri).await?.files.iter() {
                 let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
                     && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
                 if !keep {
-                    dropped.push(f.path);
+                    dropped.push(f.path.clone());
                 } else if seen.insert(f.uri.clone()) {
-                    out.push(f);
+                    out.push(f.clone());
                 }
             }
         }
