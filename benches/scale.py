@@ -20,6 +20,7 @@ The Hub comes from `--origin` (a build with `--generated`); the `locus` binaries
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -90,6 +91,9 @@ def one(bin_dir, url, n, work):
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
+        log.close()
+        # A listing of millions of files leaves an index of gigabytes: gone before the next run.
+        shutil.rmtree(d, ignore_errors=True)
     return out
 
 
@@ -114,6 +118,7 @@ def main():
     finally:
         origin.send_signal(signal.SIGINT)
         origin.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
