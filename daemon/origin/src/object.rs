@@ -294,8 +294,9 @@ async fn list_place(
     Ok(files)
 }
 
-/// Files listed in one walk at most.
-const MAX_WALK: usize = 1_000_000;
+/// Files listed in one walk at most (the bound of a listing from a peer too); past it the
+/// listing fails, naming the bound, rather than leave files out.
+const MAX_WALK: usize = 10_000_000;
 
 /// Lists a local folder by walking it here rather than through `object_store`, whose walk ends
 /// at the first unreadable folder or non-UTF-8 name: those are skipped with a warning, and
@@ -307,11 +308,15 @@ async fn walk_place(
 ) -> Result<Vec<RemoteFile>, OriginError> {
     let base = PathBuf::from(format!("/{}", place.base));
     let b = base.clone();
-    let found = tokio::task::spawn_blocking(move || walk(&b, &roots))
+    let found = tokio::task::spawn_blocking(move || walk(&b, &roots, MAX_WALK))
         .await
         .map_err(|e| OriginError::Protocol {
             what: ns.to_string(),
             detail: e.to_string(),
+        })?
+        .map_err(|limit| OriginError::Invalid {
+            what: ns.to_string(),
+            detail: format!("more than {limit} files under it: name a folder inside it"),
         })?;
     let mut files = Vec::with_capacity(found.len());
     for (path, size, etag) in found {
@@ -350,7 +355,12 @@ fn local_etag(m: &std::fs::Metadata) -> String {
 
 /// Every file under `base`: (path, size, identity). A symlinked folder is walked unless it
 /// points to one of its own ancestors (a cycle); folders deeper than 128 levels are skipped.
-fn walk(base: &FsPath, roots: &[PathBuf]) -> Vec<(PathBuf, u64, String)> {
+/// `Err(limit)` when there are more than `limit` files: never a listing with files left out.
+fn walk(
+    base: &FsPath,
+    roots: &[PathBuf],
+    limit: usize,
+) -> Result<Vec<(PathBuf, u64, String)>, usize> {
     let mut out = Vec::new();
     let mut stack = vec![(base.to_path_buf(), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
@@ -385,15 +395,14 @@ fn walk(base: &FsPath, roots: &[PathBuf]) -> Vec<(PathBuf, u64, String)> {
             if meta.is_dir() && depth < 128 {
                 stack.push((path, depth + 1));
             } else if meta.is_file() {
-                out.push((path, meta.len(), local_etag(&meta)));
-                if out.len() >= MAX_WALK {
-                    tracing::warn!(base = %base.display(), "listing cut at {MAX_WALK} files");
-                    return out;
+                if out.len() >= limit {
+                    return Err(limit);
                 }
+                out.push((path, meta.len(), local_etag(&meta)));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Reads `range` of an object, only as the version its listing saw.
@@ -860,7 +869,17 @@ mod tests {
         std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
         let bad = std::ffi::OsStr::from_bytes(b"bad\xff.bin");
         std::fs::write(root.join(bad), b"x").unwrap();
-        let walked = walk(&root, std::slice::from_ref(&root));
+        let walked = walk(&root, std::slice::from_ref(&root), 1000).unwrap();
+        // More files than the bound: an error, not a listing with files left out.
+        let count = walked.len();
+        assert_eq!(
+            walk(&root, std::slice::from_ref(&root), count),
+            Ok(walked.clone())
+        );
+        assert_eq!(
+            walk(&root, std::slice::from_ref(&root), count - 1),
+            Err(count - 1)
+        );
         let names: Vec<_> = walked
             .iter()
             .map(|(p, ..)| {
