@@ -184,6 +184,27 @@ impl Listed {
     }
 }
 
+/// A listing of `n` entries as a stream of pages of [`crate::LIST_PAGE`] (at least one page,
+/// however short), each made by `make` from its range as the client takes it: one page at a
+/// time in memory. The local and the peer `ListPages` both send this way.
+pub(crate) fn pages<T: Send + 'static>(
+    n: usize,
+    mut make: impl FnMut(std::ops::Range<usize>) -> T + Send + 'static,
+) -> BoxStream<T> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut start = 0;
+        loop {
+            let end = (start + crate::LIST_PAGE).min(n);
+            if tx.blocking_send(Ok(make(start..end))).is_err() || end == n {
+                return;
+            }
+            start = end;
+        }
+    });
+    ReceiverStream::new(rx).boxed()
+}
+
 /// The local API over a node.
 pub struct LocalService {
     node: Arc<Node>,
@@ -465,24 +486,12 @@ impl Local for LocalService {
     ) -> Result<Response<Self::ListPagesStream>, Status> {
         let listed = self.listed(request.into_inner()).await?;
         let node = self.node.clone();
-        let (tx, rx) = mpsc::channel(2);
-        // Pages are made as the client takes them: one page of entries at a time here.
-        tokio::task::spawn_blocking(move || {
-            let n = listed.files.len();
-            let mut start = 0;
-            loop {
-                let end = (start + crate::LIST_PAGE).min(n);
-                let page = pb::ListResponse {
-                    entries: (start..end).map(|i| listed.entry(&node, i)).collect(),
-                    ..listed.head(start == 0)
-                };
-                if tx.blocking_send(Ok(page)).is_err() || end == n {
-                    return;
-                }
-                start = end;
+        Ok(Response::new(pages(listed.files.len(), move |r| {
+            pb::ListResponse {
+                entries: r.clone().map(|i| listed.entry(&node, i)).collect(),
+                ..listed.head(r.start == 0)
             }
-        });
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        })))
     }
 
     async fn unpin(

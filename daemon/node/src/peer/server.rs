@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::{check_field, file_to_pb, MAX_HOLDS_KEYS};
 use crate::read::Source;
-use crate::service::{warm_stream, BoxStream};
+use crate::service::{pages, warm_stream, BoxStream};
 use crate::{sha_chain, Node, NodeError};
 
 /// Bytes per data piece of a chunk stream.
@@ -35,6 +35,13 @@ impl PeerService {
     /// Serves `node` to its peers.
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// The listing a `List` or `ListPages` request asks for, its fields checked first.
+    async fn listing(&self, r: pb::PeerListRequest) -> Result<Arc<Vec<RemoteFile>>, Status> {
+        let ns = namespace(&r.namespace)?;
+        revision("revision_id", &r.revision_id)?;
+        Ok(self.node.listing(&ns, &r.revision_id, true).await?)
     }
 }
 
@@ -516,10 +523,7 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::PeerListRequest>,
     ) -> Result<Response<pb::PeerListResponse>, Status> {
-        let r = request.into_inner();
-        let ns = namespace(&r.namespace)?;
-        revision("revision_id", &r.revision_id)?;
-        let files = self.node.listing(&ns, &r.revision_id, true).await?;
+        let files = self.listing(request.into_inner()).await?;
         Ok(Response::new(pb::PeerListResponse {
             files: files.iter().map(file_to_pb).collect(),
         }))
@@ -531,23 +535,12 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::PeerListRequest>,
     ) -> Result<Response<Self::ListPagesStream>, Status> {
-        let r = request.into_inner();
-        let ns = namespace(&r.namespace)?;
-        revision("revision_id", &r.revision_id)?;
-        let files = self.node.listing(&ns, &r.revision_id, true).await?;
-        let (tx, rx) = mpsc::channel(2);
-        // One page made at a time, as the member takes them.
-        tokio::task::spawn_blocking(move || {
-            for page in files.chunks(crate::LIST_PAGE) {
-                let page = pb::PeerListResponse {
-                    files: page.iter().map(file_to_pb).collect(),
-                };
-                if tx.blocking_send(Ok(page)).is_err() {
-                    return;
-                }
+        let files = self.listing(request.into_inner()).await?;
+        Ok(Response::new(pages(files.len(), move |r| {
+            pb::PeerListResponse {
+                files: files[r].iter().map(file_to_pb).collect(),
             }
-        });
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        })))
     }
 
     async fn warm(
