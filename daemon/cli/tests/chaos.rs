@@ -57,16 +57,13 @@ fn check_loader(d: &Daemon, files: &[(String, bytes::Bytes)]) {
 
 /// Every data file of a cache, with its length.
 fn data_files(cache: &Path) -> Vec<(PathBuf, u64)> {
-    let mut v: Vec<_> = std::fs::read_dir(cache.join("data"))
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
+    common::data_files(cache)
+        .into_iter()
+        .map(|p| {
             let len = std::fs::metadata(&p).unwrap().len();
             (p, len)
         })
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 /// A cache directory's names, lengths and contents' hashes: what "changes nothing" compares.

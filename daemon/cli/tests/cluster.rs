@@ -560,9 +560,8 @@ fn a_peer_copy_changed_since_it_was_checked_is_caught_by_the_hash_steps() {
     // Node 0 holds the whole file, checked against its digest (with steps); node 1 the chunks
     // it owns.
     ds[0].ok(&["warm", &uri]);
-    let data = std::fs::read_dir(ds[0].cache.join("data"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let data = data_files(&ds[0].cache)
+        .into_iter()
         .find(|p| std::fs::metadata(p).unwrap().len() == 2 << 20)
         .expect("node 0's data file");
     // Every chunk but the last, which goes without a step and so is always checked by its

@@ -208,8 +208,7 @@ fn origin_failures_and_corrupt_chunks_never_give_wrong_bytes() {
     let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
     // A cached file whose chunk rots on disk: read through a new mount, it is fetched again.
     d.ok(&["warm", &format!("hf://acme/m/{}", files[0].0)]);
-    for e in std::fs::read_dir(d.cache.join("data")).unwrap() {
-        let p = e.unwrap().path();
+    for p in data_files(&d.cache) {
         let mut b = std::fs::read(&p).unwrap();
         if b.len() > 300_000 {
             b[300_000] ^= 0xff;

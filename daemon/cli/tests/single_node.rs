@@ -142,8 +142,7 @@ fn kill_9_during_warm_leaves_a_cache_that_recovers() {
         );
     }
     // Every data file is known to the index, nothing was left behind to clean by hand.
-    let data_files = std::fs::read_dir(d.cache.join("data")).unwrap().count();
-    assert_eq!(data_files, files.len());
+    assert_eq!(data_files(&d.cache).len(), files.len());
     let st = d.json(&["status", "--json"]);
     assert_eq!(st["cache_bytes"], (files.len() * (6 << 20)) as u64);
 }
@@ -247,8 +246,7 @@ fn a_corrupt_chunk_on_disk_is_fetched_again_not_served() {
         .find(|(p, _)| p.ends_with(".safetensors"))
         .unwrap();
     // Damage every data file in the middle of its second chunk.
-    for e in std::fs::read_dir(d.cache.join("data")).unwrap() {
-        let p = e.unwrap().path();
+    for p in data_files(&d.cache) {
         let mut bytes = std::fs::read(&p).unwrap();
         if bytes.len() > 300 << 10 {
             bytes[300 << 10] ^= 0xff;
@@ -663,12 +661,6 @@ fn cached_bytes_are_readable_by_the_daemon_and_its_data_group_only() {
             .gid(gid)
             .output()
             .unwrap()
-    };
-    let data_files = |cache: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(cache.join("data"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
     };
     let d = env.daemon("n", &["--socket-group", "4242"], &[]);
     d.ok(&["warm", "hf://acme/model"]);

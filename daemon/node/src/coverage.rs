@@ -24,19 +24,9 @@ pub struct Coverage {
 
 impl Node {
     /// The repos (`hf://ORG/NAME`, `hf://datasets/ORG/NAME`) and buckets (`s3://BUCKET`) this
-    /// node's cache holds files of, sorted, each once. Reads the whole index: O(files).
+    /// node's cache holds files of, sorted, each once: O(namespaces), kept by the store.
     pub fn cached_namespaces(&self) -> Vec<String> {
-        let mut out = std::collections::BTreeSet::new();
-        for (_, uri) in self.store.uris() {
-            match locus_core::LocusUri::parse(&uri).map(|u| u.namespace) {
-                Ok(ns @ locus_core::Namespace::Hf { .. }) => out.insert(ns.to_string()),
-                Ok(locus_core::Namespace::S3 { bucket, .. }) => {
-                    out.insert(format!("s3://{bucket}"))
-                }
-                _ => false,
-            };
-        }
-        out.into_iter().collect()
+        self.store.namespaces()
     }
 
     /// What the members (this one included) hold of `files`.

@@ -278,17 +278,10 @@ impl LocalService {
             let names: std::collections::HashSet<String> =
                 files.iter().filter_map(|f| unversioned(&f.uri)).collect();
             let current: std::collections::HashSet<String> = keys.iter().cloned().collect();
-            // Matched outside the store's lock.
-            keys.extend(
-                self.node
-                    .store()
-                    .uris()
-                    .into_iter()
-                    .filter(|(k, u)| {
-                        !current.contains(k) && unversioned(u).is_some_and(|n| names.contains(&n))
-                    })
-                    .map(|(k, _)| k),
-            );
+            // One pass over the index, outside the store's lock.
+            keys.extend(self.node.store().keys_where(&|k, u| {
+                !current.contains(k) && unversioned(u).is_some_and(|n| names.contains(&n))
+            }));
         }
         let mut out = pb::SelectResponse::default();
         for key in &keys {

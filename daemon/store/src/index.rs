@@ -1,11 +1,27 @@
 //! The redb index and its single writer thread (group commit).
+//!
+//! The index, not memory, is the record of what the cache holds: memory keeps only the files in
+//! use or used lately (see the store's `State`). Everything that must be known without reading
+//! every record is kept in tables of its own and updated in the same transaction as the records
+//! it is derived from, so that after any crash the two agree:
+//! - the eviction order (`LRU`, unpinned files by last access) and the pinned files (`PINNED`);
+//! - the totals (`HEADER`: bytes of stored chunks, files, pins, pinned bytes);
+//! - the repos and buckets held (`NAMESPACES`, with their file counts);
+//! - what a crash can have left on disk: the highest id whose record was committed and the mark
+//!   below which ids may have been handed out (`HEADER`), and the data files whose removal is
+//!   committed but that may not be unlinked yet (`GARBAGE`).
+//!
+//! So a start reads a handful of rows, not the index, and repairs what the index says a crash
+//! can have left, without walking the data files.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use locus_core::Digest;
+use locus_core::{ChunkLayout, Digest};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +31,16 @@ use crate::StoreError;
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (file id, chunk index) → CRC32C.
 const CHUNKS: TableDefinition<(u64, u32), u32> = TableDefinition::new("chunks");
+/// (last access, file id) → key of every unpinned file: eviction walks it from the front.
+const LRU: TableDefinition<(u64, u64), &str> = TableDefinition::new("lru");
+/// Ids of pinned files.
+const PINNED: TableDefinition<u64, ()> = TableDefinition::new("pinned");
+/// Repo or bucket (`hf://ORG/NAME`, `s3://BUCKET`) → files cached from it.
+const NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("namespaces");
+/// Ids of data files whose removal is committed, until they are unlinked.
+const GARBAGE: TableDefinition<u64, ()> = TableDefinition::new("garbage");
+/// Named numbers: the totals, the id marks, the layout and access the cache was left with.
+const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
 /// Cached metadata (listings at immutable revisions, resolved branches): key → the entry's
 /// sequence number (8 bytes, big-endian), then its value.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v2");
@@ -24,6 +50,10 @@ const META_ORDER: TableDefinition<u64, &str> = TableDefinition::new("meta_order"
 const META_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Metadata entries kept at most; the oldest written go first (they are fetched again).
 const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
+
+/// The layout this version writes: data files in folders by id, the tables above. Caches of
+/// layout 1 (every data file in `data/`, no derived tables) are converted once at open.
+const LAYOUT: u64 = 2;
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +68,89 @@ pub(crate) struct FileRecord {
     pub last_access: u64,
 }
 
+impl FileRecord {
+    fn layout(&self) -> ChunkLayout {
+        ChunkLayout::new(self.size, self.chunk_size.max(1))
+    }
+}
+
+fn decode(v: &[u8]) -> Option<FileRecord> {
+    serde_json::from_slice(v).ok()
+}
+
+/// The counts kept in `HEADER`, always those of the committed tables.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Totals {
+    /// Bytes of stored chunks.
+    pub used: u64,
+    pub files: u64,
+    pub pinned: u64,
+    pub pinned_bytes: u64,
+    /// The highest id whose record was committed (records are committed in id order).
+    pub max_id: u64,
+    /// Ids below it may have been handed out: data files of ids above `max_id` and below it are
+    /// a crash's leftovers.
+    pub id_mark: u64,
+}
+
+const TOTAL_NAMES: [&str; 6] = [
+    "used",
+    "files",
+    "pinned",
+    "pinned_bytes",
+    "max_id",
+    "id_mark",
+];
+
+impl Totals {
+    fn read(h: &impl ReadableTable<&'static str, u64>) -> Result<Totals, redb::StorageError> {
+        let mut v = [0u64; 6];
+        for (slot, name) in v.iter_mut().zip(TOTAL_NAMES) {
+            *slot = h.get(name)?.map_or(0, |g| g.value());
+        }
+        Ok(Totals {
+            used: v[0],
+            files: v[1],
+            pinned: v[2],
+            pinned_bytes: v[3],
+            max_id: v[4],
+            id_mark: v[5],
+        })
+    }
+
+    fn write(&self, h: &mut redb::Table<&'static str, u64>) -> Result<(), redb::StorageError> {
+        let v = [
+            self.used,
+            self.files,
+            self.pinned,
+            self.pinned_bytes,
+            self.max_id,
+            self.id_mark,
+        ];
+        for (val, name) in v.into_iter().zip(TOTAL_NAMES) {
+            h.insert(name, val)?;
+        }
+        Ok(())
+    }
+}
+
+/// The folder of the namespace view a file's URI puts it in: its Hub repo, or its bucket.
+pub(crate) fn namespace_of(uri: &str) -> Option<String> {
+    match locus_core::LocusUri::parse(uri).map(|u| u.namespace) {
+        Ok(ns @ locus_core::Namespace::Hf { .. }) => Some(ns.to_string()),
+        Ok(locus_core::Namespace::S3 { bucket, .. }) => Some(format!("s3://{bucket}")),
+        _ => None,
+    }
+}
+
+/// Where file `id`'s bytes live: `data/<id mod 4096, 3 hex digits>/<id>`, so that no folder
+/// grows past a few ten thousand entries at tens of millions of files.
+pub(crate) fn data_path(data_dir: &Path, id: u64) -> PathBuf {
+    data_dir
+        .join(format!("{:03x}", id % 4096))
+        .join(id.to_string())
+}
+
 pub(crate) enum Op {
     PutFile {
         key: String,
@@ -46,6 +159,9 @@ pub(crate) enum Op {
     RemoveFile {
         key: String,
         id: u64,
+        /// Its layout, for the bytes its chunks held.
+        size: u64,
+        chunk_size: u64,
         /// Data file to unlink once the removal is durable.
         unlink: Option<PathBuf>,
     },
@@ -53,27 +169,60 @@ pub(crate) enum Op {
         id: u64,
         idx: u32,
         crc: u32,
+        len: u64,
     },
     DropChunk {
         id: u64,
         idx: u32,
+        len: u64,
     },
     PutMeta {
         key: String,
         value: Vec<u8>,
     },
+    /// Ids up to this one may be handed out.
+    IdMark(u64),
+    /// Sets a header value.
+    Header(&'static str, u64),
+    /// These data files were unlinked at start.
+    Unlinked(Vec<u64>),
     Flush(mpsc::Sender<()>),
 }
 
-pub(crate) type Loaded = Vec<(String, FileRecord, Vec<(u32, u32)>)>;
+/// A file's committed record and its stored chunks (index, CRC).
+pub(crate) type Stored = (FileRecord, Vec<(u32, u32)>);
+
+/// Counts: (used, files, pinned, pinned bytes).
+#[cfg(test)]
+pub(crate) type Four = (u64, u64, u64, u64);
 
 /// The database, `None` while it cannot be opened again after an I/O error.
-type Slot = std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<Database>>>>;
+type Slot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
+/// The sender and the sequence number of the last op sent through it.
+type Sender = Mutex<Option<(mpsc::Sender<(u64, Op)>, u64)>>;
 
 pub(crate) struct Index {
     db: Slot,
-    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    tx: Sender,
+    /// The sequence number of the last op the writer is done with (committed, or lost to a
+    /// failed commit): memory may forget a file once its ops are done.
+    done: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Test hooks: stop committing (a crash), or commit without unlinking.
+    #[cfg_attr(not(test), allow(dead_code))]
+    halted: Arc<AtomicBool>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    keep_garbage: Arc<AtomicBool>,
+}
+
+/// What a start needs to know, read from the header and the garbage list.
+pub(crate) struct Opened {
+    pub totals: Totals,
+    /// The access the data files were last given (see `Store::open_with`), if any.
+    pub access: Option<u64>,
+    /// Data files whose removal was committed but that may still be on disk.
+    pub garbage: Vec<u64>,
 }
 
 /// Whether redb's refusal to open proves the file's bytes wrong (as opposed to an index it
@@ -95,9 +244,168 @@ fn idx_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Index(e.to_string())
 }
 
+/// The tables a write transaction changes.
+struct Tables<'t> {
+    files: redb::Table<'t, &'static str, &'static [u8]>,
+    chunks: redb::Table<'t, (u64, u32), u32>,
+    lru: redb::Table<'t, (u64, u64), &'static str>,
+    pinned: redb::Table<'t, u64, ()>,
+    namespaces: redb::Table<'t, &'static str, u64>,
+    garbage: redb::Table<'t, u64, ()>,
+    header: redb::Table<'t, &'static str, u64>,
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    order: redb::Table<'t, u64, &'static str>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(w: &'t redb::WriteTransaction) -> Result<Tables<'t>, redb::TableError> {
+        Ok(Tables {
+            files: w.open_table(FILES)?,
+            chunks: w.open_table(CHUNKS)?,
+            lru: w.open_table(LRU)?,
+            pinned: w.open_table(PINNED)?,
+            namespaces: w.open_table(NAMESPACES)?,
+            garbage: w.open_table(GARBAGE)?,
+            header: w.open_table(HEADER)?,
+            meta: w.open_table(META)?,
+            order: w.open_table(META_ORDER)?,
+        })
+    }
+
+    /// Bytes of the chunks stored for `rec`.
+    fn bytes_of(&self, rec: &FileRecord) -> Result<u64, redb::StorageError> {
+        let layout = rec.layout();
+        let mut n = 0;
+        for c in self.chunks.range((rec.id, 0)..=(rec.id, u32::MAX))? {
+            let idx = c?.0.value().1;
+            if idx < layout.count() {
+                n += layout.len(idx);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Counts `rec` (stored under `key`) in or out of the derived tables and totals.
+    fn account(
+        &mut self,
+        tot: &mut Totals,
+        key: &str,
+        rec: &FileRecord,
+        add: bool,
+    ) -> Result<(), redb::StorageError> {
+        let step = |v: u64, by: u64| if add { v + by } else { v.saturating_sub(by) };
+        tot.files = step(tot.files, 1);
+        if let Some(ns) = namespace_of(&rec.uri) {
+            let n = step(
+                self.namespaces.get(ns.as_str())?.map_or(0, |g| g.value()),
+                1,
+            );
+            if n == 0 {
+                self.namespaces.remove(ns.as_str())?;
+            } else {
+                self.namespaces.insert(ns.as_str(), n)?;
+            }
+        }
+        if rec.pinned {
+            let bytes = self.bytes_of(rec)?;
+            tot.pinned = step(tot.pinned, 1);
+            tot.pinned_bytes = step(tot.pinned_bytes, bytes);
+            if add {
+                self.pinned.insert(rec.id, ())?;
+            } else {
+                self.pinned.remove(rec.id)?;
+            }
+        } else if add {
+            self.lru.insert((rec.last_access, rec.id), key)?;
+        } else {
+            self.lru.remove((rec.last_access, rec.id))?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, key: &str) -> Result<Option<FileRecord>, redb::StorageError> {
+        Ok(self.files.get(key)?.and_then(|v| decode(v.value())))
+    }
+
+    /// Applies one op.
+    #[allow(clippy::result_large_err)]
+    fn apply(&mut self, tot: &mut Totals, op: Op) -> Result<(), redb::Error> {
+        match op {
+            Op::PutFile { key, rec } => {
+                if let Some(old) = self.record(&key)? {
+                    self.account(tot, &key, &old, false)?;
+                }
+                let v = serde_json::to_vec(&rec).unwrap_or_default();
+                self.files.insert(key.as_str(), v.as_slice())?;
+                self.account(tot, &key, &rec, true)?;
+                tot.max_id = tot.max_id.max(rec.id);
+                tot.id_mark = tot.id_mark.max(rec.id + 1);
+            }
+            Op::RemoveFile {
+                key,
+                id,
+                size,
+                chunk_size,
+                unlink,
+            } => {
+                // Only remove the record if it still names this id (the key may have been
+                // registered again since).
+                if let Some(old) = self.record(&key)?.filter(|r| r.id == id) {
+                    self.account(tot, &key, &old, false)?;
+                    self.files.remove(key.as_str())?;
+                }
+                // The chunks it holds, not every chunk its size allows.
+                let layout = ChunkLayout::new(size, chunk_size.max(1));
+                let mut freed = 0;
+                self.chunks
+                    .retain_in((id, 0)..=(id, u32::MAX), |(_, idx), _| {
+                        if idx < layout.count() {
+                            freed += layout.len(idx);
+                        }
+                        false
+                    })?;
+                tot.used = tot.used.saturating_sub(freed);
+                if unlink.is_some() {
+                    self.garbage.insert(id, ())?;
+                }
+            }
+            Op::SetChunk { id, idx, crc, len } => {
+                if self.chunks.insert((id, idx), crc)?.is_none() {
+                    tot.used += len;
+                    if self.pinned.get(id)?.is_some() {
+                        tot.pinned_bytes += len;
+                    }
+                }
+            }
+            Op::DropChunk { id, idx, len } => {
+                if self.chunks.remove((id, idx))?.is_some() {
+                    tot.used = tot.used.saturating_sub(len);
+                    if self.pinned.get(id)?.is_some() {
+                        tot.pinned_bytes = tot.pinned_bytes.saturating_sub(len);
+                    }
+                }
+            }
+            Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, &key, &value)?,
+            Op::IdMark(m) => tot.id_mark = tot.id_mark.max(m),
+            Op::Header(name, v) => {
+                self.header.insert(name, v)?;
+            }
+            Op::Unlinked(ids) => {
+                for id in ids {
+                    self.garbage.remove(id)?;
+                }
+            }
+            Op::Flush(_) => {}
+        }
+        Ok(())
+    }
+}
+
 impl Index {
-    pub fn open(path: &Path) -> Result<(Index, Loaded), StoreError> {
-        let db = match Database::create(path) {
+    /// Opens the index at `path` for the data files under `data_dir`, converting a cache of an
+    /// older layout once.
+    pub fn open(path: &Path, data_dir: &Path) -> Result<(Index, Opened), StoreError> {
+        let db = match create_db(path) {
             Ok(db) => db,
             Err(e) if proven_corrupt(&e) => {
                 // Only an index whose bytes are proven wrong is moved aside; the data files it
@@ -106,7 +414,9 @@ impl Index {
                 tracing::error!(path = %path.display(), error = %e, "cache index corrupt; setting it aside and starting an empty one");
                 let aside = path.with_extension("redb.broken");
                 std::fs::rename(path, &aside).map_err(idx_err)?;
-                Database::create(path).map_err(idx_err)?
+                let db = create_db(path).map_err(idx_err)?;
+                remove_data(data_dir);
+                db
             }
             // Permissions, a read-only or failing disk, a lock held, a newer format: the
             // index may be fine; changing anything could destroy a good cache.
@@ -117,61 +427,86 @@ impl Index {
                 })
             }
         };
-        let w = db.begin_write().map_err(idx_err)?;
-        {
-            w.open_table(FILES).map_err(idx_err)?;
-            w.open_table(CHUNKS).map_err(idx_err)?;
-            w.open_table(META).map_err(idx_err)?;
-            w.open_table(META_ORDER).map_err(idx_err)?;
-            let _ = w.delete_table(META_V1);
-        }
-        w.commit().map_err(idx_err)?;
-
-        let mut loaded = Vec::new();
-        {
-            let r = db.begin_read().map_err(idx_err)?;
-            let files = r.open_table(FILES).map_err(idx_err)?;
-            let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
-            for item in files.iter().map_err(idx_err)? {
-                let (k, v) = item.map_err(idx_err)?;
-                let Ok(rec) = serde_json::from_slice::<FileRecord>(v.value()) else {
-                    tracing::warn!(key = k.value(), "unreadable cache record skipped");
-                    continue;
-                };
-                let mut crcs = Vec::new();
-                for c in chunks
-                    .range((rec.id, 0)..=(rec.id, u32::MAX))
-                    .map_err(idx_err)?
-                {
-                    let (ck, cv) = c.map_err(idx_err)?;
-                    crcs.push((ck.value().1, cv.value()));
-                }
-                loaded.push((k.value().to_string(), rec, crcs));
+        let layout = {
+            let w = db.begin_write().map_err(idx_err)?;
+            let layout = {
+                let t = Tables::open(&w).map_err(idx_err)?;
+                let _ = w.delete_table(META_V1);
+                let l = t.header.get("layout").map_err(idx_err)?.map(|g| g.value());
+                l
+            };
+            w.commit().map_err(idx_err)?;
+            layout
+        };
+        match layout {
+            Some(LAYOUT) => {}
+            None => convert(&db, data_dir)?,
+            Some(other) => {
+                return Err(StoreError::IndexUnusable {
+                    path: path.display().to_string(),
+                    detail: format!("cache layout {other} is newer than this version's ({LAYOUT})"),
+                })
             }
         }
-        let db: Slot = std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(db))));
+        let opened = {
+            let r = db.begin_read().map_err(idx_err)?;
+            let header = r.open_table(HEADER).map_err(idx_err)?;
+            let garbage = r.open_table(GARBAGE).map_err(idx_err)?;
+            let mut ids = Vec::new();
+            for g in garbage.iter().map_err(idx_err)? {
+                ids.push(g.map_err(idx_err)?.0.value());
+            }
+            Opened {
+                totals: Totals::read(&header).map_err(idx_err)?,
+                access: header.get("access").map_err(idx_err)?.map(|g| g.value()),
+                garbage: ids,
+            }
+        };
+        let db: Slot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel();
-        let wdb = db.clone();
-        let wpath = path.to_path_buf();
+        let done = Arc::new(AtomicU64::new(0));
+        let halted = Arc::new(AtomicBool::new(false));
+        let keep_garbage = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            slot: db.clone(),
+            path: path.to_path_buf(),
+            done: done.clone(),
+            halted: halted.clone(),
+            keep_garbage: keep_garbage.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("locus-index".into())
-            .spawn(move || writer(wdb, wpath, rx))
+            .spawn(move || writer.run(rx))
             .map_err(idx_err)?;
         Ok((
             Index {
                 db,
-                tx: Mutex::new(Some(tx)),
+                tx: Mutex::new(Some((tx, 0))),
+                done,
                 thread: Mutex::new(Some(thread)),
+                halted,
+                keep_garbage,
             },
-            loaded,
+            opened,
         ))
     }
 
-    pub fn send(&self, op: Op) {
-        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = guard.as_ref() {
-            let _ = tx.send(op);
+    /// Queues `op` for the writer; returns its sequence number.
+    pub fn send(&self, op: Op) -> u64 {
+        let mut guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some((tx, seq)) => {
+                *seq += 1;
+                let _ = tx.send((*seq, op));
+                *seq
+            }
+            None => 0,
         }
+    }
+
+    /// The sequence number of the last op the writer is done with.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
     }
 
     /// Waits until everything sent before is committed.
@@ -181,12 +516,154 @@ impl Index {
         let _ = rx.recv();
     }
 
+    fn db(&self) -> Option<Arc<Database>> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn meta_get(&self, key: &str) -> Option<Vec<u8>> {
-        let db = self.db.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let db = self.db()?;
         let r = db.begin_read().ok()?;
         let t = r.open_table(META).ok()?;
         let v = t.get(key).ok()??;
         v.value().get(8..).map(|b| b.to_vec())
+    }
+
+    /// The committed record of `key` and its stored chunks (index, CRC).
+    pub fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        let Some(db) = self.db() else {
+            return Err(StoreError::Index("the index is being reopened".into()));
+        };
+        let r = db.begin_read().map_err(idx_err)?;
+        let files = r.open_table(FILES).map_err(idx_err)?;
+        let Some(v) = files.get(key).map_err(idx_err)? else {
+            return Ok(None);
+        };
+        let Some(rec) = decode(v.value()) else {
+            tracing::warn!(key, "unreadable cache record: taken as not cached");
+            return Ok(None);
+        };
+        let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
+        let mut crcs = Vec::new();
+        for c in chunks
+            .range((rec.id, 0)..=(rec.id, u32::MAX))
+            .map_err(idx_err)?
+        {
+            let (k, v) = c.map_err(idx_err)?;
+            crcs.push((k.value().1, v.value()));
+        }
+        Ok(Some((rec, crcs)))
+    }
+
+    /// Up to `n` committed (last access, id, key) of unpinned files, least recently used first,
+    /// after `after`.
+    pub fn lru_page(&self, after: Option<(u64, u64)>, n: usize) -> Vec<(u64, u64, String)> {
+        let Some(db) = self.db() else {
+            return Vec::new();
+        };
+        #[allow(clippy::result_large_err)]
+        let page = || -> Result<Vec<(u64, u64, String)>, redb::Error> {
+            let r = db.begin_read()?;
+            let lru = r.open_table(LRU)?;
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut out = Vec::with_capacity(n);
+            for row in lru.range::<(u64, u64)>((from, Bound::Unbounded))?.take(n) {
+                let (k, v) = row?;
+                let (at, id) = k.value();
+                out.push((at, id, v.value().to_string()));
+            }
+            Ok(out)
+        };
+        page().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cache index: eviction order unreadable");
+            Vec::new()
+        })
+    }
+
+    /// The repos and buckets files are cached from, sorted.
+    pub fn namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let Some(db) = self.db() else {
+            return Ok(Vec::new());
+        };
+        let r = db.begin_read().map_err(idx_err)?;
+        let t = r.open_table(NAMESPACES).map_err(idx_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(idx_err)? {
+            out.push(row.map_err(idx_err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Keys of the committed files whose (key, URI) `pred` accepts: a scan of every record,
+    /// for an operator's command, holding only the matches.
+    pub fn keys_where(&self, pred: &dyn Fn(&str, &str) -> bool) -> Result<Vec<String>, StoreError> {
+        let Some(db) = self.db() else {
+            return Ok(Vec::new());
+        };
+        let r = db.begin_read().map_err(idx_err)?;
+        let t = r.open_table(FILES).map_err(idx_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(idx_err)? {
+            let (k, v) = row.map_err(idx_err)?;
+            if let Some(rec) = decode(v.value()) {
+                if pred(k.value(), &rec.uri) {
+                    out.push(k.value().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Test hook: the totals in the header, and the same counted from the records, the chunks
+    /// and the derived tables ((used, files, pinned, pinned bytes), rows of LRU + PINNED, and
+    /// the sum of NAMESPACES).
+    #[cfg(test)]
+    pub fn recount(&self) -> (Four, Four, u64, u64) {
+        let db = self.db().expect("open");
+        let r = db.begin_read().unwrap();
+        let files = r.open_table(FILES).unwrap();
+        let chunks = r.open_table(CHUNKS).unwrap();
+        let t = Totals::read(&r.open_table(HEADER).unwrap()).unwrap();
+        let mut c = (0, 0, 0, 0);
+        let mut with_ns = 0;
+        for row in files.iter().unwrap() {
+            let rec = decode(row.unwrap().1.value()).unwrap();
+            let layout = rec.layout();
+            let bytes: u64 = chunks
+                .range((rec.id, 0)..=(rec.id, u32::MAX))
+                .unwrap()
+                .map(|c| layout.len(c.unwrap().0.value().1))
+                .sum();
+            c.0 += bytes;
+            c.1 += 1;
+            if rec.pinned {
+                c.2 += 1;
+                c.3 += bytes;
+            }
+            with_ns += namespace_of(&rec.uri).is_some() as u64;
+        }
+        let rows = r.open_table(LRU).unwrap().len().unwrap()
+            + r.open_table(PINNED).unwrap().len().unwrap();
+        let ns: u64 = r
+            .open_table(NAMESPACES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().1.value())
+            .sum();
+        assert_eq!(ns, with_ns, "namespace counts");
+        ((t.used, t.files, t.pinned, t.pinned_bytes), c, rows, ns)
+    }
+
+    /// Test hook: the writer stops committing, as if the process had died.
+    #[cfg(test)]
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    /// Test hook: removals commit, but their data files are left (a crash before the unlink).
+    #[cfg(test)]
+    pub fn keep_garbage(&self) {
+        self.keep_garbage.store(true, Ordering::Release);
     }
 }
 
@@ -200,16 +677,109 @@ impl Drop for Index {
     }
 }
 
+/// redb's own page cache: the index's hot pages. More is left to the kernel's page cache, which
+/// does not count against the daemon's memory.
+const DB_CACHE: usize = 128 << 20;
+
+fn create_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(DB_CACHE).create(path)
+}
+
+/// Removes every data file (after the index that described them was found corrupt).
+fn remove_data(data_dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(data_dir) {
+        for ent in rd.flatten() {
+            let p = ent.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if let Err(e) = r {
+                tracing::warn!(file = %p.display(), error = %e, "could not remove a data file of a corrupt index");
+            }
+        }
+    }
+}
+
+/// Converts a cache of layout 1 (every data file in `data/`, only the records and chunks in the
+/// index): moves each data file into its folder, drops records whose data file is gone, removes
+/// data files no record names, and derives the tables. Once, at the first start of this version;
+/// safe to run again if a crash cuts it short (a moved file is found in its new place).
+fn convert(db: &Database, data_dir: &Path) -> Result<(), StoreError> {
+    let w = db.begin_write().map_err(idx_err)?;
+    {
+        let mut t = Tables::open(&w).map_err(idx_err)?;
+        let mut records = Vec::new();
+        for row in t.files.iter().map_err(idx_err)? {
+            let (k, v) = row.map_err(idx_err)?;
+            records.push((k.value().to_string(), decode(v.value())));
+        }
+        if !records.is_empty() {
+            tracing::info!(
+                files = records.len(),
+                "converting the cache to layout {LAYOUT}"
+            );
+        }
+        let mut tot = Totals::default();
+        let mut known = std::collections::HashSet::new();
+        for (key, rec) in records {
+            let keep = rec.as_ref().is_some_and(|rec| {
+                let old = data_dir.join(rec.id.to_string());
+                let new = data_path(data_dir, rec.id);
+                if old.is_file() {
+                    let _ = std::fs::create_dir_all(new.parent().unwrap_or(data_dir));
+                    if let Err(e) = std::fs::rename(&old, &new) {
+                        tracing::warn!(file = %old.display(), error = %e, "could not move a data file");
+                    }
+                }
+                rec.chunk_size > 0 && new.is_file()
+            });
+            match rec {
+                Some(rec) if keep => {
+                    known.insert(rec.id.to_string());
+                    tot.used += t.bytes_of(&rec).map_err(idx_err)?;
+                    t.account(&mut tot, &key, &rec, true).map_err(idx_err)?;
+                    tot.max_id = tot.max_id.max(rec.id);
+                }
+                rec => {
+                    tracing::warn!(key, "cache entry without data file dropped");
+                    t.files.remove(key.as_str()).map_err(idx_err)?;
+                    if let Some(rec) = rec {
+                        t.chunks
+                            .retain_in((rec.id, 0)..=(rec.id, u32::MAX), |_, _| false)
+                            .map_err(idx_err)?;
+                    }
+                }
+            }
+        }
+        tot.id_mark = tot.max_id + 1;
+        // Data files at the top that no record names (a crash between creating and recording).
+        if let Ok(rd) = std::fs::read_dir(data_dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().to_string();
+                if ent.path().is_file() && !known.contains(&name) {
+                    tracing::info!(file = %ent.path().display(), "removing data file unknown to the index");
+                    let _ = std::fs::remove_file(ent.path());
+                }
+            }
+        }
+        tot.write(&mut t.header).map_err(idx_err)?;
+        t.header.insert("layout", LAYOUT).map_err(idx_err)?;
+    }
+    w.commit().map_err(idx_err)
+}
+
 /// Opens the database again: redb refuses every transaction after an I/O error (a full disk,
 /// say) until it is reopened. While a reader still holds the old one the file stays locked and
 /// this fails; the next commit tries again.
 fn reopen(slot: &Slot, path: &Path) {
     let mut g = slot.write().unwrap_or_else(|p| p.into_inner());
     g.take();
-    match Database::create(path) {
+    match create_db(path) {
         Ok(db) => {
             tracing::info!(path = %path.display(), "cache index reopened");
-            *g = Some(std::sync::Arc::new(db));
+            *g = Some(Arc::new(db));
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cache index cannot be reopened yet")
@@ -248,100 +818,107 @@ fn put_meta(
     Ok(())
 }
 
-fn writer(slot: Slot, path: PathBuf, rx: mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-        }
-        // Taken out first: a full disk must get its room back and waiters must wake even when
-        // the transaction cannot begin (redb refuses every transaction after an I/O error).
-        let mut unlinks = Vec::new();
-        let mut waiters = Vec::new();
-        let ops: Vec<Op> = ops
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Flush(tx) => {
-                    waiters.push(tx);
-                    None
-                }
-                Op::RemoveFile { key, id, unlink } => {
-                    unlinks.extend(unlink);
-                    Some(Op::RemoveFile {
-                        key,
-                        id,
-                        unlink: None,
-                    })
-                }
-                op => Some(op),
-            })
-            .collect();
-        if slot.read().unwrap_or_else(|p| p.into_inner()).is_none() {
-            reopen(&slot, &path);
-        }
-        let db = slot.read().unwrap_or_else(|p| p.into_inner()).clone();
-        // redb's error is large; it is built at most once per commit, off the hot path.
-        #[allow(clippy::result_large_err)]
-        let result = (|| -> Result<(), redb::Error> {
-            let Some(db) = db.as_ref() else {
-                return Err(redb::Error::PreviousIo);
-            };
-            let w = db.begin_write()?;
+/// The writer thread: commits what was sent in groups, in the order sent.
+struct Writer {
+    slot: Slot,
+    path: PathBuf,
+    done: Arc<AtomicU64>,
+    halted: Arc<AtomicBool>,
+    keep_garbage: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<(u64, Op)>) {
+        // Data files unlinked after the last commit: taken off the garbage list in the next.
+        let mut unlinked: Vec<u64> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            while let Ok(op) = rx.try_recv() {
+                ops.push(op);
+            }
+            if self.halted.load(Ordering::Acquire) {
+                // As if the process had died here: nothing more is committed or unlinked.
+                return;
+            }
+            let last = ops.last().map_or(0, |(s, _)| *s);
+            // Taken out first: waiters must wake even when the transaction cannot begin (redb
+            // refuses every transaction after an I/O error).
+            let mut waiters = Vec::new();
+            let mut ops: Vec<Op> = ops
+                .into_iter()
+                .filter_map(|(_, op)| match op {
+                    Op::Flush(tx) => {
+                        waiters.push(tx);
+                        None
+                    }
+                    op => Some(op),
+                })
+                .collect();
+            if !unlinked.is_empty() {
+                ops.push(Op::Unlinked(std::mem::take(&mut unlinked)));
+            }
+            if self
+                .slot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
             {
-                let mut files = w.open_table(FILES)?;
-                let mut chunks = w.open_table(CHUNKS)?;
-                let mut meta = w.open_table(META)?;
-                let mut order = w.open_table(META_ORDER)?;
-                for op in ops {
-                    match op {
-                        Op::PutFile { key, rec } => {
-                            let v = serde_json::to_vec(&rec).unwrap_or_default();
-                            files.insert(key.as_str(), v.as_slice())?;
+                reopen(&self.slot, &self.path);
+            }
+            let db = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+            // Unlinked after the commit, or even if it fails: a full disk must still get its
+            // room back (records whose removal did not commit are dropped when next looked up,
+            // their data file being gone).
+            let unlinks: Vec<(u64, PathBuf)> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::RemoveFile {
+                        id,
+                        unlink: Some(p),
+                        ..
+                    } => Some((*id, p.clone())),
+                    _ => None,
+                })
+                .collect();
+            // redb's error is large; it is built at most once per commit, off the hot path.
+            #[allow(clippy::result_large_err)]
+            let result = (|| -> Result<(), redb::Error> {
+                let Some(db) = db.as_ref() else {
+                    return Err(redb::Error::PreviousIo);
+                };
+                let w = db.begin_write()?;
+                {
+                    let mut t = Tables::open(&w)?;
+                    let mut tot = Totals::read(&t.header)?;
+                    for op in ops {
+                        t.apply(&mut tot, op)?;
+                    }
+                    tot.write(&mut t.header)?;
+                }
+                w.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                // Memory stays ahead of the index; a restart refetches what was not recorded.
+                tracing::error!(error = %e, "cache index commit failed");
+                drop(db);
+                reopen(&self.slot, &self.path);
+            }
+            if !self.keep_garbage.load(Ordering::Acquire) {
+                for (id, p) in unlinks {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => unlinked.push(id),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => unlinked.push(id),
+                        Err(e) => {
+                            tracing::warn!(file = %p.display(), error = %e, "could not unlink evicted data file")
                         }
-                        Op::RemoveFile { key, id, .. } => {
-                            // Only remove the record if it still names this id (the key may
-                            // have been registered again since).
-                            let same = files
-                                .get(key.as_str())?
-                                .and_then(|v| serde_json::from_slice::<FileRecord>(v.value()).ok())
-                                .is_some_and(|r| r.id == id);
-                            if same {
-                                files.remove(key.as_str())?;
-                            }
-                            // The chunks it holds, not every chunk its size allows.
-                            chunks.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
-                        }
-                        Op::SetChunk { id, idx, crc } => {
-                            chunks.insert((id, idx), crc)?;
-                        }
-                        Op::DropChunk { id, idx } => {
-                            chunks.remove((id, idx))?;
-                        }
-                        Op::PutMeta { key, value } => {
-                            put_meta(&mut meta, &mut order, &key, &value)?
-                        }
-                        Op::Flush(_) => {}
                     }
                 }
             }
-            w.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Memory stays ahead of the index; a restart refetches what was not recorded.
-            tracing::error!(error = %e, "cache index commit failed");
-            drop(db);
-            reopen(&slot, &path);
-        }
-        // Unlink even if the commit failed (a full disk must still get its room back): an
-        // index entry whose data file is gone is dropped at the next start.
-        for p in unlinks {
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!(file = %p.display(), error = %e, "could not unlink evicted data file");
+            self.done.store(last, Ordering::Release);
+            for w in waiters {
+                let _ = w.send(());
             }
-        }
-        for w in waiters {
-            let _ = w.send(());
         }
     }
 }

@@ -23,7 +23,7 @@
 
 mod index;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use locus_core::{ChunkLayout, Digest, RemoteFile};
 
-use index::{FileRecord, Index, Op};
+use index::{data_path, FileRecord, Index, Op};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,9 @@ struct Entry {
     /// The data file's change time and length when every chunk was last found right: a file
     /// changed on disk since then (by anyone: ctime cannot be set back) is checked again.
     seen: Option<FileStamp>,
+    /// The sequence number of the last index update sent about this file: it stays in memory
+    /// until the index has it.
+    seq: u64,
 }
 
 /// What `fstat` says of a data file that changes with any write or truncation.
@@ -168,31 +171,40 @@ impl Entry {
             steps: BTreeMap::new(),
             checked: BTreeMap::new(),
             seen: None,
+            seq: 0,
         }
     }
+}
+
+/// Files kept in memory beyond those in use: the most recently used, so that a file read again
+/// soon needs no index lookup. The rest are in the index only.
+const RESIDENT: usize = if cfg!(test) { 4 } else { 16_384 };
+
+/// The counts `locus status` shows, kept as files change (the index keeps the same ones).
+#[derive(Default)]
+struct Counts {
+    /// Bytes of recorded chunks and reservations.
+    used: u64,
+    files: u64,
+    pinned: u64,
+    pinned_bytes: u64,
 }
 
 struct State {
+    /// Files in memory: in use, used lately, or with index updates not yet committed (so that
+    /// a file read back from the index is always as memory left it).
     files: HashMap<String, Entry>,
-    /// (last access, key) of every file, oldest first: eviction walks it from the front
-    /// instead of sorting every file each time room is needed.
-    lru: BTreeSet<(u64, String)>,
-    used: u64,
+    /// Files that are candidates to leave memory, oldest first (may repeat, or name files in
+    /// use or gone: checked when taken).
+    idle: VecDeque<String>,
+    /// Removed files whose removal is not committed yet (their records are still in the index),
+    /// by the sequence number of the removal, and in that order.
+    gone: HashMap<String, u64>,
+    gone_order: VecDeque<(u64, String)>,
+    counts: Counts,
     next_id: u64,
-}
-
-impl State {
-    /// Records an access to `key` at `at` (kept in `lru`).
-    fn accessed(&mut self, key: &str, at: u64) {
-        let Some(e) = self.files.get_mut(key) else {
-            return;
-        };
-        let before = std::mem::replace(&mut e.rec.last_access, at);
-        if before != at {
-            self.lru.remove(&(before, key.to_string()));
-            self.lru.insert((at, key.to_string()));
-        }
-    }
+    /// Ids up to here may be handed out without telling the index.
+    id_mark: u64,
 }
 
 /// Counts for `locus status`.
@@ -252,9 +264,7 @@ pub struct SpaceGuard {
 
 impl Drop for SpaceGuard {
     fn drop(&mut self) {
-        let mut st = self.store.lock();
-        st.used = st.used.saturating_sub(self.bytes);
-        self.store.publish_gauges(&st);
+        self.store.unreserve(self.bytes);
     }
 }
 
@@ -293,6 +303,32 @@ impl Access {
         }
     }
 
+    /// How the index remembers it: 0 for the owner only, the group's id plus one.
+    fn code(self) -> u64 {
+        match self {
+            Access::Owner => 0,
+            Access::Group(gid) => gid as u64 + 1,
+        }
+    }
+
+    /// Gives the data files' folders and files under `data_dir` this access.
+    fn apply_tree(self, data_dir: &Path) -> Result<(), StoreError> {
+        let Ok(rd) = std::fs::read_dir(data_dir) else {
+            return Ok(());
+        };
+        for ent in rd.flatten() {
+            let p = ent.path();
+            if p.is_dir() {
+                self.apply(&p, self.dir_mode()).map_err(|e| io_err(&p, e))?;
+                self.apply_tree(&p)?;
+            } else {
+                self.apply(&p, self.file_mode())
+                    .map_err(|e| io_err(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Gives `path` this access's mode and group.
     fn apply(self, path: &Path, mode: u32) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
@@ -319,8 +355,9 @@ impl Store {
         Self::open_with(dir, capacity, Access::Owner)
     }
 
-    /// Opens (or creates) the cache at `dir` with `capacity` bytes, repairing whatever a crash
-    /// left: unknown data files are deleted, entries whose data file is gone are dropped.
+    /// Opens (or creates) the cache at `dir` with `capacity` bytes, repairing what the index
+    /// says a crash can have left (data files created but never recorded, data files whose
+    /// removal was committed but not done) without reading every record or data file.
     /// `access` says who besides the daemon's user may read the data files.
     pub fn open_with(dir: &Path, capacity: u64, access: Access) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -337,53 +374,31 @@ impl Store {
             .apply(&data_dir, access.dir_mode())
             .map_err(|e| io_err(&data_dir, e))?;
         let index_path = dir.join("index.redb");
-        let (index, loaded) = Index::open(&index_path)?;
+        let (index, opened) = Index::open(&index_path, &data_dir)?;
         Access::Owner
             .apply(&index_path, 0o600)
             .map_err(|e| io_err(&index_path, e))?;
-        let mut files = HashMap::new();
-        let mut used = 0;
-        let mut next_id = 1;
-        let mut stale = Vec::new();
-        for (key, rec, chunk_crcs) in loaded {
-            next_id = next_id.max(rec.id + 1);
-            let path = data_dir.join(rec.id.to_string());
-            let layout = ChunkLayout::new(rec.size, rec.chunk_size.max(1));
-            if rec.chunk_size == 0 || !path.exists() {
-                stale.push((key, rec.id));
-                continue;
-            }
-            access
-                .apply(&path, access.file_mode())
-                .map_err(|e| io_err(&path, e))?;
-            let mut e = Entry::new(rec);
-            for (idx, crc) in chunk_crcs.into_iter().filter(|(i, _)| *i < layout.count()) {
-                e.chunks.insert(idx, crc);
-                e.bytes += layout.len(idx);
-            }
-            used += e.bytes;
-            files.insert(key, e);
+        // A changed access setting applies to the files already cached: the one walk of the
+        // data files, and only when the setting changes.
+        if opened.access != Some(access.code()) {
+            access.apply_tree(&data_dir)?;
+            index.send(Op::Header("access", access.code()));
         }
-        for (key, id) in stale {
-            tracing::warn!(key, "cache entry without data file dropped");
-            index.send(Op::RemoveFile {
-                key,
-                id,
-                unlink: None,
-            });
+        let t = opened.totals;
+        // What a crash can have left: data files of ids handed out but never recorded, and of
+        // removals committed but not unlinked.
+        let mut unlinked = Vec::new();
+        for id in opened.garbage {
+            remove_if_there(&data_path(&data_dir, id));
+            unlinked.push(id);
         }
-        // Data files the index does not know (a crash between creating and recording them).
-        let known: std::collections::HashSet<String> =
-            files.values().map(|e| e.rec.id.to_string()).collect();
-        if let Ok(rd) = std::fs::read_dir(&data_dir) {
-            for ent in rd.flatten() {
-                let name = ent.file_name().to_string_lossy().to_string();
-                if !known.contains(&name) {
-                    tracing::info!(file = %ent.path().display(), "removing data file unknown to the index");
-                    let _ = std::fs::remove_file(ent.path());
-                }
-            }
+        if !unlinked.is_empty() {
+            index.send(Op::Unlinked(unlinked));
         }
+        for id in t.max_id + 1..t.id_mark {
+            remove_if_there(&data_path(&data_dir, id));
+        }
+        let next_id = t.id_mark.max(t.max_id + 1);
         let store = Arc::new(Store {
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -391,13 +406,18 @@ impl Store {
             access,
             capacity,
             state: Mutex::new(State {
-                lru: files
-                    .iter()
-                    .map(|(k, e)| (e.rec.last_access, k.clone()))
-                    .collect(),
-                files,
-                used,
+                files: HashMap::new(),
+                idle: VecDeque::new(),
+                gone: HashMap::new(),
+                gone_order: VecDeque::new(),
+                counts: Counts {
+                    used: t.used,
+                    files: t.files,
+                    pinned: t.pinned,
+                    pinned_bytes: t.pinned_bytes,
+                },
                 next_id,
+                id_mark: next_id,
             }),
             index,
             write_locks: std::array::from_fn(|_| Mutex::new(())),
@@ -413,14 +433,111 @@ impl Store {
     }
 
     fn publish_gauges(&self, st: &State) {
-        metrics::gauge!(locus_core::metric::CACHE_BYTES).set(st.used as f64);
+        metrics::gauge!(locus_core::metric::CACHE_BYTES).set(st.counts.used as f64);
         metrics::gauge!(locus_core::metric::CACHE_CAPACITY).set(self.capacity as f64);
-        metrics::gauge!(locus_core::metric::CACHE_FILES).set(st.files.len() as f64);
+        metrics::gauge!(locus_core::metric::CACHE_FILES).set(st.counts.files as f64);
     }
 
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn data_path(&self, id: u64) -> PathBuf {
+        data_path(&self.data_dir, id)
+    }
+
+    /// Files held in memory now (in use, used lately, or with updates not yet committed): the
+    /// rest are in the index only.
+    pub fn resident_files(&self) -> usize {
+        self.lock().files.len()
+    }
+
+    /// The entry of `key`, read from the index into memory if it is not there. A record whose
+    /// data file is gone (removed by hand: a crash cannot do it) is dropped.
+    fn resident<'a>(
+        &self,
+        st: &'a mut State,
+        key: &str,
+    ) -> Result<Option<&'a mut Entry>, StoreError> {
+        if st.files.contains_key(key) {
+            return Ok(st.files.get_mut(key));
+        }
+        if st.gone.contains_key(key) {
+            return Ok(None);
+        }
+        let Some((rec, crcs)) = self.index.load(key)? else {
+            return Ok(None);
+        };
+        let mut e = Entry::new(rec);
+        let layout = e.layout();
+        for (idx, crc) in crcs.into_iter().filter(|(i, _)| *i < layout.count()) {
+            e.chunks.insert(idx, crc);
+            e.bytes += layout.len(idx);
+        }
+        self.trim(st);
+        let present = e.rec.chunk_size > 0 && self.data_path(e.rec.id).is_file();
+        st.files.insert(key.to_string(), e);
+        if !present {
+            tracing::warn!(key, "cache entry without data file dropped");
+            self.remove_locked(st, key, false);
+            self.publish_gauges(st);
+            return Ok(None);
+        }
+        st.idle.push_back(key.to_string());
+        Ok(st.files.get_mut(key))
+    }
+
+    /// Looks `key` up for a question (not a registration): an index that cannot be read
+    /// answers "not cached".
+    fn peek<'a>(&self, st: &'a mut State, key: &str) -> Option<&'a mut Entry> {
+        self.resident(st, key).unwrap_or_else(|e| {
+            tracing::warn!(key, error = %e, "cache index lookup failed");
+            None
+        })
+    }
+
+    /// Lets files leave memory while more than [`RESIDENT`] are there: those not in use whose
+    /// index updates are all committed, least recently used first. Forgets removals that are
+    /// committed.
+    fn trim(&self, st: &mut State) {
+        let done = self.index.done();
+        while st.gone_order.front().is_some_and(|(seq, _)| *seq <= done) {
+            if let Some((seq, key)) = st.gone_order.pop_front() {
+                if st.gone.get(&key) == Some(&seq) {
+                    st.gone.remove(&key);
+                }
+            }
+        }
+        // A bounded number of looks per call keeps every call O(1) amortized.
+        let mut looks = 64;
+        while st.files.len() >= RESIDENT && looks > 0 {
+            looks -= 1;
+            let Some(key) = st.idle.pop_front() else {
+                break;
+            };
+            match st.files.get(&key) {
+                Some(e) if e.users == 0 && e.seq <= done => {
+                    st.files.remove(&key);
+                }
+                Some(e) if e.users == 0 => st.idle.push_back(key),
+                _ => {}
+            }
+        }
+        // The queue repeats keys each time a file goes idle: rebuilt when it outgrows memory.
+        if st.idle.len() > 4 * RESIDENT.max(st.files.len()) {
+            st.idle = st
+                .files
+                .iter()
+                .filter(|(_, e)| e.users == 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
+    }
+
+    /// Sends `op` about `e` to the index; `e` stays in memory until it is committed.
+    fn send_for(&self, e: &mut Entry, op: Op) {
+        e.seq = self.index.send(op);
     }
 
     /// Registers `file` (or finds it) and returns a handle that keeps it from eviction.
@@ -439,8 +556,16 @@ impl Store {
                 capacity: self.capacity,
             });
         }
-        let mut st = self.lock();
-        if !st.files.contains_key(&file.key) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if self.resident(st, &file.key)?.is_none() {
+            if st.next_id >= st.id_mark {
+                // Durable before any data file of these ids exists: a start removes the data
+                // files of ids under the mark that were never recorded.
+                st.id_mark = st.next_id + ID_BLOCK;
+                self.index.send(Op::IdMark(st.id_mark));
+                self.index.flush();
+            }
             let id = st.next_id;
             st.next_id += 1;
             let rec = FileRecord {
@@ -455,24 +580,20 @@ impl Store {
             };
             // The (sparse, empty) data file exists from the start, so readers can open it
             // before any chunk arrives.
-            let path = self.data_dir.join(id.to_string());
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(self.access.file_mode())
-                .open(&path)
-                .map_err(|e| io_err(&path, e))?;
-            self.access
-                .apply_open(&f, self.access.file_mode())
-                .map_err(|e| io_err(&path, e))?;
-            self.index.send(Op::PutFile {
-                key: file.key.clone(),
-                rec: rec.clone(),
-            });
-            st.lru.insert((rec.last_access, file.key.clone()));
-            st.files.insert(file.key.clone(), Entry::new(rec));
-            self.publish_gauges(&st);
+            let path = self.data_path(id);
+            self.create_data_file(&path)?;
+            self.trim(st);
+            let mut e = Entry::new(rec.clone());
+            self.send_for(
+                &mut e,
+                Op::PutFile {
+                    key: file.key.clone(),
+                    rec,
+                },
+            );
+            st.files.insert(file.key.clone(), e);
+            st.counts.files += 1;
+            self.publish_gauges(st);
         }
         let e = st
             .files
@@ -484,14 +605,108 @@ impl Store {
             key: file.key.clone(),
             id: e.rec.id,
             layout: e.layout(),
-            path: self.data_dir.join(e.rec.id.to_string()),
+            path: self.data_path(e.rec.id),
         })
+    }
+
+    /// For benchmarks of the index at scale: records `file` as cached whole, with `crcs` as its
+    /// chunks' CRCs, its data file a hard link to `source` (which holds its bytes), so that
+    /// millions of cached files need neither the disk nor the inodes of real ones. Not for
+    /// real caches: the bytes of a linked file change with its source.
+    #[doc(hidden)]
+    pub fn fill_linked(
+        &self,
+        file: &RemoteFile,
+        chunk_size: u64,
+        source: &Path,
+        crcs: &[u32],
+    ) -> Result<(), StoreError> {
+        let layout = ChunkLayout::new(file.size, chunk_size.max(1));
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if self.resident(st, &file.key)?.is_some() {
+            return Ok(());
+        }
+        if st.next_id >= st.id_mark {
+            st.id_mark = st.next_id + ID_BLOCK;
+            self.index.send(Op::IdMark(st.id_mark));
+            self.index.flush();
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let path = self.data_path(id);
+        if let Err(e) = std::fs::hard_link(source, &path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io_err(&path, e));
+            }
+            let folder = path.parent().unwrap_or(&self.data_dir);
+            std::fs::create_dir_all(folder).map_err(|e| io_err(folder, e))?;
+            std::fs::hard_link(source, &path).map_err(|e| io_err(&path, e))?;
+        }
+        let rec = FileRecord {
+            id,
+            size: file.size,
+            chunk_size,
+            uri: file.uri.clone(),
+            digest: file.digest.clone(),
+            pinned: false,
+            verified: true,
+            last_access: locus_core::unix_ms(),
+        };
+        self.trim(st);
+        let mut e = Entry::new(rec.clone());
+        self.send_for(
+            &mut e,
+            Op::PutFile {
+                key: file.key.clone(),
+                rec,
+            },
+        );
+        for (idx, crc) in (0..layout.count()).zip(crcs.iter().copied()) {
+            let len = layout.len(idx);
+            e.chunks.insert(idx, crc);
+            e.bytes += len;
+            self.send_for(&mut e, Op::SetChunk { id, idx, crc, len });
+        }
+        st.counts.files += 1;
+        st.counts.used += e.bytes;
+        st.files.insert(file.key.clone(), e);
+        st.idle.push_back(file.key.clone());
+        Ok(())
+    }
+
+    /// Creates an empty data file (and its folder, the first time), with this store's access.
+    fn create_data_file(&self, path: &Path) -> Result<(), StoreError> {
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                // A new id: bytes a crash left under it are never anyone's.
+                .truncate(true)
+                .mode(self.access.file_mode())
+                .open(path)
+        };
+        let f = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let folder = path.parent().unwrap_or(&self.data_dir);
+                std::fs::create_dir_all(folder).map_err(|e| io_err(folder, e))?;
+                self.access
+                    .apply(folder, self.access.dir_mode())
+                    .map_err(|e| io_err(folder, e))?;
+                open()
+            }
+            r => r,
+        }
+        .map_err(|e| io_err(path, e))?;
+        self.access
+            .apply_open(&f, self.access.file_mode())
+            .map_err(|e| io_err(path, e))
     }
 
     /// Fraction of `key` cached here (0 when unknown).
     pub fn cached_fraction(&self, key: &str) -> f64 {
-        let st = self.lock();
-        match st.files.get(key) {
+        let mut st = self.lock();
+        match self.peek(&mut st, key) {
             Some(e) if e.rec.size == 0 => 1.0,
             Some(e) => e.bytes as f64 / e.rec.size as f64,
             None => 0.0,
@@ -500,34 +715,25 @@ impl Store {
 
     /// For a file fully cached and verified: its data file, size, chunk size and chunk CRCs.
     pub fn complete_file(&self, key: &str) -> Option<(PathBuf, u64, u64, Vec<u32>)> {
-        let st = self.lock();
-        let e = st.files.get(key)?;
+        let mut st = self.lock();
+        let e = self.peek(&mut st, key)?;
         if !e.rec.verified || !e.complete() {
             return None;
         }
         let crcs = e.chunks.values().copied().collect();
-        Some((
-            self.data_dir.join(e.rec.id.to_string()),
-            e.rec.size,
-            e.rec.chunk_size,
-            crcs,
-        ))
+        let (id, size, chunk_size) = (e.rec.id, e.rec.size, e.rec.chunk_size);
+        Some((self.data_path(id), size, chunk_size, crcs))
     }
 
-    /// Counts for status.
+    /// Counts for status: kept as files change, not counted.
     pub fn stats(&self) -> StoreStats {
         let st = self.lock();
         StoreStats {
-            used: st.used,
+            used: st.counts.used,
             capacity: self.capacity,
-            files: st.files.len() as u64,
-            pinned: st.files.values().filter(|e| e.rec.pinned).count() as u64,
-            pinned_bytes: st
-                .files
-                .values()
-                .filter(|e| e.rec.pinned)
-                .map(|e| e.bytes)
-                .sum(),
+            files: st.counts.files,
+            pinned: st.counts.pinned,
+            pinned_bytes: st.counts.pinned_bytes,
         }
     }
 
@@ -550,51 +756,73 @@ impl Store {
     }
 
     /// Evicts least recently used files that are unpinned and unused until `needed` more bytes
-    /// fit under `limit`. Returns whether they fit.
+    /// fit under `limit`. Returns whether they fit. Walks the index's eviction order from its
+    /// oldest end: O(log n) a file, whatever the number of files.
     fn evict_locked(&self, st: &mut State, needed: u64, limit: u64) -> bool {
-        if st.used + needed <= limit {
+        let fits = |st: &State| st.counts.used + needed <= limit;
+        if fits(st) {
             return true;
         }
-        debug_assert_eq!(
-            st.lru.len(),
-            st.files.len(),
-            "every file is in the LRU order"
-        );
-        // Least recently used first, until enough would be freed; files with no recorded
-        // chunk count too (a failed write may have left bytes).
-        let mut freed = 0;
-        let mut victims = Vec::new();
-        for (_, key) in &st.lru {
-            if st.used.saturating_sub(freed) + needed <= limit {
+        // Files registered since the last commit are not in the order yet: if the committed
+        // ones are not enough, commit and walk again.
+        for pass in 0..2 {
+            if pass == 1 {
+                self.index.flush();
+            }
+            let mut after = None;
+            loop {
+                let page = self.index.lru_page(after, 256);
+                if page.is_empty() {
+                    break;
+                }
+                for (at, id, key) in page {
+                    after = Some((at, id));
+                    if fits(st) {
+                        self.publish_gauges(st);
+                        return true;
+                    }
+                    // Files with no recorded chunk go too (a failed write may have left bytes).
+                    let victim = self
+                        .peek(st, &key)
+                        .is_some_and(|e| e.rec.id == id && !e.rec.pinned && e.users == 0);
+                    if victim {
+                        self.remove_locked(st, &key, true);
+                    }
+                }
+            }
+            if fits(st) {
                 break;
             }
-            let Some(e) = st.files.get(key) else { continue };
-            if e.rec.pinned || e.users > 0 {
-                continue;
-            }
-            freed += e.bytes;
-            victims.push(key.clone());
-        }
-        for key in victims {
-            self.remove_locked(st, &key);
         }
         self.publish_gauges(st);
-        st.used + needed <= limit
+        fits(st)
     }
 
-    /// Takes `key` out of the cache: its record, its bytes, its data file. Returns its bytes.
-    fn remove_locked(&self, st: &mut State, key: &str) -> Option<u64> {
+    /// Takes `key` out of the cache: its record, its bytes, and its data file if `unlink`.
+    /// Returns its bytes.
+    fn remove_locked(&self, st: &mut State, key: &str, unlink: bool) -> Option<u64> {
         let e = st.files.remove(key)?;
-        st.lru.remove(&(e.rec.last_access, key.to_string()));
-        st.used -= e.bytes;
-        tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
-        metrics::counter!(locus_core::metric::EVICTIONS).increment(1);
-        metrics::counter!(locus_core::metric::EVICTED_BYTES).increment(e.bytes);
-        self.index.send(Op::RemoveFile {
+        let c = &mut st.counts;
+        c.used = c.used.saturating_sub(e.bytes);
+        c.files = c.files.saturating_sub(1);
+        if e.rec.pinned {
+            c.pinned = c.pinned.saturating_sub(1);
+            c.pinned_bytes = c.pinned_bytes.saturating_sub(e.bytes);
+        }
+        if unlink {
+            tracing::info!(uri = e.rec.uri, bytes = e.bytes, "evicting");
+            metrics::counter!(locus_core::metric::EVICTIONS).increment(1);
+            metrics::counter!(locus_core::metric::EVICTED_BYTES).increment(e.bytes);
+        }
+        let seq = self.index.send(Op::RemoveFile {
             key: key.to_string(),
             id: e.rec.id,
-            unlink: Some(self.data_dir.join(e.rec.id.to_string())),
+            size: e.rec.size,
+            chunk_size: e.rec.chunk_size,
+            unlink: unlink.then(|| self.data_path(e.rec.id)),
         });
+        st.gone.insert(key.to_string(), seq);
+        st.gone_order.push_back((seq, key.to_string()));
         Some(e.bytes)
     }
 
@@ -603,45 +831,60 @@ impl Store {
     /// a cache file is never taken from under a reader).
     pub fn evict(&self, key: &str) -> Evicted {
         let mut st = self.lock();
-        let Some(e) = st.files.get(key) else {
+        let Some(e) = self.peek(&mut st, key) else {
             return Evicted::NotCached;
         };
         if e.users > 0 {
             return Evicted::InUse;
         }
-        let bytes = self.remove_locked(&mut st, key).unwrap_or(0);
+        let bytes = self.remove_locked(&mut st, key, true).unwrap_or(0);
         self.publish_gauges(&st);
         Evicted::Freed(bytes)
     }
 
     /// Bytes `key` takes here and whether it is pinned, if it is cached.
     pub fn held(&self, key: &str) -> Option<(u64, bool)> {
-        self.lock().files.get(key).map(|e| (e.bytes, e.rec.pinned))
+        let mut st = self.lock();
+        self.peek(&mut st, key).map(|e| (e.bytes, e.rec.pinned))
     }
 
-    /// (key, URI) of every file stored here.
-    pub fn uris(&self) -> Vec<(String, String)> {
-        self.lock()
-            .files
-            .iter()
-            .map(|(k, e)| (k.clone(), e.rec.uri.clone()))
-            .collect()
+    /// Keys of the files stored here whose (key, URI) `pred` accepts: one pass over the index
+    /// (for an operator's command), holding only the matches.
+    pub fn keys_where(&self, pred: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
+        self.index.flush();
+        let gone: std::collections::HashSet<String> = self.lock().gone.keys().cloned().collect();
+        self.index
+            .keys_where(&|k, u| !gone.contains(k) && pred(k, u))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cache index scan failed");
+                Vec::new()
+            })
+    }
+
+    /// The repos (`hf://ORG/NAME`, `hf://datasets/ORG/NAME`) and buckets (`s3://BUCKET`) this
+    /// cache holds files of, sorted, each once: read from a table of their own, not from the
+    /// files' records.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.index.flush();
+        self.index.namespaces().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cache index: namespaces unreadable");
+            Vec::new()
+        })
     }
 
     /// Whether chunk `idx` of `key` is stored here, without registering the file (a peer's
     /// question must not add entries).
     pub fn has_chunk(&self, key: &str, idx: u32) -> bool {
-        self.lock()
-            .files
-            .get(key)
+        let mut st = self.lock();
+        self.peek(&mut st, key)
             .is_some_and(|e| e.chunks.contains_key(&idx))
     }
 
     /// The chunks of `key` stored here as a bitmap (bit i of byte i / 8, least significant
     /// first); empty when none is.
     pub fn chunk_bitmap(&self, key: &str) -> Vec<u8> {
-        let st = self.lock();
-        let Some(e) = st.files.get(key) else {
+        let mut st = self.lock();
+        let Some(e) = self.peek(&mut st, key) else {
             return Vec::new();
         };
         let Some(last) = e.chunks.keys().next_back() else {
@@ -658,7 +901,7 @@ impl Store {
     fn evict_for_disk(&self, needed: u64) {
         {
             let mut st = self.lock();
-            let target = st.used.saturating_sub(needed);
+            let target = st.counts.used.saturating_sub(needed);
             self.evict_locked(&mut st, 0, target);
         }
         // Unlinks happen after the index commit: wait for them before writing again.
@@ -681,26 +924,89 @@ impl Store {
         if !self.evict_locked(&mut st, bytes, self.capacity) {
             return Err(StoreError::Full {
                 needed: bytes,
-                used: st.used,
+                used: st.counts.used,
                 capacity: self.capacity,
             });
         }
-        st.used += bytes;
+        st.counts.used += bytes;
         self.publish_gauges(&st);
         Ok(())
     }
 
+    /// Gives back `bytes` of a reservation.
+    fn unreserve(&self, bytes: u64) {
+        let mut st = self.lock();
+        st.counts.used = st.counts.used.saturating_sub(bytes);
+        self.publish_gauges(&st);
+    }
+
     /// Sets or clears the pin of `key`.
     pub fn set_pinned(&self, key: &str, pinned: bool) {
-        let mut st = self.lock();
-        if let Some(e) = st.files.get_mut(key) {
-            if e.rec.pinned != pinned {
-                e.rec.pinned = pinned;
-                self.index.send(Op::PutFile {
-                    key: key.to_string(),
-                    rec: e.rec.clone(),
-                });
-            }
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(e) = self.peek(st, key) else { return };
+        if e.rec.pinned == pinned {
+            return;
+        }
+        e.rec.pinned = pinned;
+        let (bytes, rec) = (e.bytes, e.rec.clone());
+        self.send_for(
+            e,
+            Op::PutFile {
+                key: key.to_string(),
+                rec,
+            },
+        );
+        let c = &mut st.counts;
+        if pinned {
+            c.pinned += 1;
+            c.pinned_bytes += bytes;
+        } else {
+            c.pinned = c.pinned.saturating_sub(1);
+            c.pinned_bytes = c.pinned_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Test hook: checks that the index's totals and derived tables agree with its records,
+    /// and memory's counts with both (when no bytes are reserved).
+    #[cfg(test)]
+    fn check_counts(&self) {
+        self.index.flush();
+        let (header, counted, rows, _) = self.index.recount();
+        assert_eq!(
+            header, counted,
+            "the index's totals (used, files, pinned, pinned bytes)"
+        );
+        assert_eq!(
+            rows, counted.1,
+            "every file is in the eviction order or pinned"
+        );
+        let st = self.lock();
+        let c = &st.counts;
+        assert_eq!(
+            (c.used, c.files, c.pinned, c.pinned_bytes),
+            counted,
+            "memory's counts"
+        );
+    }
+
+    /// Test hook: the index stops committing, as if the process died now.
+    #[cfg(test)]
+    fn halt_index(&self) {
+        self.index.flush();
+        self.index.halt();
+    }
+}
+
+/// Ids handed out between two durable marks.
+const ID_BLOCK: u64 = if cfg!(test) { 4 } else { 4096 };
+
+fn remove_if_there(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(file = %path.display(), "removed a data file a crash left"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove a data file a crash left")
         }
     }
 }
@@ -719,13 +1025,19 @@ pub enum Evicted {
 impl Drop for FileHandle {
     fn drop(&mut self) {
         let mut st = self.store.lock();
-        if let Some(e) = st.files.get_mut(&self.key) {
-            if e.rec.id == self.id {
+        let idle = match st.files.get_mut(&self.key) {
+            Some(e) if e.rec.id == self.id => {
                 e.users = e.users.saturating_sub(1);
                 if e.users == 0 {
                     e.file = None;
                 }
+                e.users == 0
             }
+            _ => false,
+        };
+        if idle {
+            st.idle.push_back(self.key.clone());
+            self.store.trim(&mut st);
         }
     }
 }
@@ -840,11 +1152,17 @@ impl FileHandle {
     }
 
     fn with_entry<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
-        let mut st = self.store.lock();
+        self.with_state(|e, _| f(e))
+    }
+
+    /// Runs `f` on this file's entry (in memory while a handle lives) and the store's counts.
+    fn with_state<T>(&self, f: impl FnOnce(&mut Entry, &mut Counts) -> T) -> Option<T> {
+        let mut guard = self.store.lock();
+        let st = &mut *guard;
         st.files
             .get_mut(&self.key)
             .filter(|e| e.rec.id == self.id)
-            .map(f)
+            .map(|e| f(e, &mut st.counts))
     }
 
     /// CRC of chunk `idx` if it is stored.
@@ -920,9 +1238,7 @@ impl FileHandle {
 
     /// Gives back a reservation that was not used.
     pub fn release(&self, bytes: u64) {
-        let mut st = self.store.lock();
-        st.used = st.used.saturating_sub(bytes);
-        self.store.publish_gauges(&st);
+        self.store.unreserve(bytes);
     }
 
     /// Writes `bufs`, one after the other, at `offset` (one `pwritev` where it can, so pieces
@@ -1006,17 +1322,21 @@ impl FileHandle {
     pub fn commit_chunk(&self, idx: u32, crc: u32) {
         let id = self.id;
         let now = std::time::Instant::now();
-        self.with_entry(|e| {
+        self.with_state(|e, c| {
             if idx >= e.layout().count() {
                 return;
             }
+            let len = e.layout().len(idx);
             if e.chunks.insert(idx, crc).is_none() {
-                e.bytes += e.layout().len(idx);
+                e.bytes += len;
+                if e.rec.pinned {
+                    c.pinned_bytes += len;
+                }
             }
             // The CRC was computed from the bytes written: they count as checked now.
             e.checked.insert(idx, now);
+            self.store.send_for(e, Op::SetChunk { id, idx, crc, len });
         });
-        self.store.index.send(Op::SetChunk { id, idx, crc });
     }
 
     /// Records the checked hash step of chunk `idx`.
@@ -1082,27 +1402,31 @@ impl FileHandle {
     pub fn drop_chunk(&self, idx: u32) {
         let id = self.id;
         let dropped = self
-            .with_entry(|e| {
+            .with_state(|e, c| {
                 e.rec.verified = false;
                 e.steps.remove(&idx);
                 e.checked.remove(&idx);
                 let len = e.layout().len(idx);
-                e.chunks.remove(&idx).map(|_| {
-                    e.bytes -= len;
-                    (len, e.rec.clone())
-                })
+                e.chunks.remove(&idx)?;
+                e.bytes -= len;
+                c.used = c.used.saturating_sub(len);
+                if e.rec.pinned {
+                    c.pinned_bytes = c.pinned_bytes.saturating_sub(len);
+                }
+                self.store.index.send(Op::DropChunk { id, idx, len });
+                let rec = e.rec.clone();
+                self.store.send_for(
+                    e,
+                    Op::PutFile {
+                        key: self.key.clone(),
+                        rec,
+                    },
+                );
+                Some(())
             })
             .flatten();
-        if let Some((len, rec)) = dropped {
-            let mut st = self.store.lock();
-            st.used = st.used.saturating_sub(len);
-            self.store.publish_gauges(&st);
-            drop(st);
-            self.store.index.send(Op::DropChunk { id, idx });
-            self.store.index.send(Op::PutFile {
-                key: self.key.clone(),
-                rec,
-            });
+        if dropped.is_some() {
+            self.store.publish_gauges(&self.store.lock());
         }
     }
 
@@ -1181,39 +1505,37 @@ impl FileHandle {
 
     /// Marks the whole file as checked against its digest.
     pub fn mark_verified(&self) {
-        if let Some(rec) = self.with_entry(|e| {
+        self.with_entry(|e| {
             e.rec.verified = true;
-            e.rec.clone()
-        }) {
-            self.store.index.send(Op::PutFile {
-                key: self.key.clone(),
-                rec,
-            });
-        }
+            let rec = e.rec.clone();
+            self.store.send_for(
+                e,
+                Op::PutFile {
+                    key: self.key.clone(),
+                    rec,
+                },
+            );
+        });
     }
 
     /// Records an access for LRU (persisted lazily).
     pub fn touch(&self) {
         let now = locus_core::unix_ms();
-        let persist = {
-            let mut st = self.store.lock();
-            match st.files.get(&self.key).filter(|e| e.rec.id == self.id) {
-                Some(e) => {
-                    let stale = now.saturating_sub(e.rec.last_access) > 5_000;
-                    st.accessed(&self.key, now);
-                    stale
-                        .then(|| st.files.get(&self.key).map(|e| e.rec.clone()))
-                        .flatten()
-                }
-                None => None,
+        self.with_entry(|e| {
+            // The index's order moves at most every few seconds a file: eviction's order is
+            // that coarse, and a hot file costs no commit per read.
+            if now.saturating_sub(e.rec.last_access) > 5_000 {
+                e.rec.last_access = now;
+                let rec = e.rec.clone();
+                self.store.send_for(
+                    e,
+                    Op::PutFile {
+                        key: self.key.clone(),
+                        rec,
+                    },
+                );
             }
-        };
-        if let Some(rec) = persist {
-            self.store.index.send(Op::PutFile {
-                key: self.key.clone(),
-                rec,
-            });
-        }
+        });
     }
 
     /// Pins or unpins the file.

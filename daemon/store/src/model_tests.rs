@@ -172,6 +172,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store = Some(Store::open(dir.path(), CAPACITY).unwrap());
             }
         }
+        // Reservations are all given back or turned into chunks by now.
+        store.as_ref().unwrap().check_counts();
         let st = store.as_ref().unwrap().stats();
         prop_assert!(
             st.used <= CAPACITY,

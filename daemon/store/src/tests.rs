@@ -91,22 +91,134 @@ fn lru_eviction_spares_pinned_and_in_use() {
 }
 
 #[test]
-fn unknown_data_files_and_dangling_entries_are_repaired() {
+fn what_a_crash_leaves_is_repaired_at_start_and_a_missing_data_file_when_looked_up() {
     let dir = tempfile::tempdir().unwrap();
-    let path;
+    let (kept, evicted, unrecorded, removed);
     {
         let s = Store::open(dir.path(), 100).unwrap();
-        let h = s.register(&file("a", 4), 4).unwrap();
+        let h = s.register(&file("kept", 4), 4).unwrap();
         put(&h, 0, 1);
-        path = h.path().to_path_buf();
+        kept = h.path().to_path_buf();
+        drop(h);
+        let h = s.register(&file("evicted", 4), 4).unwrap();
+        put(&h, 0, 2);
+        evicted = h.path().to_path_buf();
+        drop(h);
+        let h = s.register(&file("removed", 4), 4).unwrap();
+        put(&h, 0, 3);
+        removed = h.path().to_path_buf();
+        drop(h);
+        // The removal commits, then the process dies before unlinking the data file.
+        s.index.keep_garbage();
+        assert_eq!(s.evict("evicted"), Evicted::Freed(4));
+        s.flush();
+        assert!(evicted.exists());
+        // Then the index stops: a file registered now has a data file and no record.
+        s.halt_index();
+        let h = s.register(&file("unrecorded", 4), 4).unwrap();
+        put(&h, 0, 4);
+        unrecorded = h.path().to_path_buf();
+        assert!(unrecorded.exists());
+    }
+    // An operator deletes a data file by hand (a crash cannot: the index goes first).
+    std::fs::remove_file(&removed).unwrap();
+    let s = Store::open(dir.path(), 100).unwrap();
+    assert!(
+        !evicted.exists(),
+        "a committed removal's data file is unlinked at start"
+    );
+    assert!(
+        !unrecorded.exists(),
+        "an unrecorded data file is removed at start"
+    );
+    assert!(kept.exists());
+    assert_eq!(s.cached_fraction("unrecorded"), 0.0);
+    assert_eq!(s.cached_fraction("evicted"), 0.0);
+    assert_eq!(s.cached_fraction("kept"), 1.0);
+    assert_eq!((s.stats().files, s.stats().used), (2, 8));
+    // The record whose data file is gone is dropped when it is looked up.
+    assert_eq!(s.cached_fraction("removed"), 0.0);
+    assert_eq!((s.stats().files, s.stats().used), (1, 4));
+    s.flush();
+    drop(s);
+    let s = Store::open(dir.path(), 100).unwrap();
+    assert_eq!(
+        (s.stats().files, s.stats().used),
+        (1, 4),
+        "the totals agree with the records after a restart"
+    );
+    assert_eq!(s.namespaces(), vec!["hf://o/n".to_string()]);
+}
+
+#[test]
+fn memory_holds_the_files_in_use_and_the_recent_ones_not_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 200;
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..n {
+            let h = s.register(&file(&format!("f{i}"), 4), 4).unwrap();
+            put(&h, 0, i as u8);
+        }
+        s.flush();
+        // One more registration lets the committed idle files go.
+        drop(s.register(&file("last", 4), 4).unwrap());
+        assert!(
+            s.resident_files() <= RESIDENT + 1,
+            "{} files in memory",
+            s.resident_files()
+        );
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.resident_files(), 0, "a start reads no file record");
+    assert_eq!(s.stats().files, n + 1);
+    assert_eq!(s.stats().used, 4 * n);
+    let held: Vec<FileHandle> = (0..10)
+        .map(|i| s.register(&file(&format!("f{i}"), 4), 4).unwrap())
+        .collect();
+    for i in 0..n {
+        let h = s.register(&file(&format!("f{i}"), 4), 4).unwrap();
+        assert!(
+            matches!(h.checked_bytes(0, SINCE_START).unwrap(), Some(b) if b[..] == [i as u8; 4][..])
+        );
+    }
+    assert!(
+        s.resident_files() <= RESIDENT + held.len(),
+        "{} files in memory with {} in use",
+        s.resident_files(),
+        held.len()
+    );
+    // Files in use never leave memory: their chunks stay known.
+    for (i, h) in held.iter().enumerate() {
+        assert_eq!(h.crc(0), Some(crc32c::crc32c(&[i as u8; 4])));
+    }
+}
+
+#[test]
+fn eviction_follows_the_index_order_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 40).unwrap();
+        for i in 0..10 {
+            let h = s.register(&file(&format!("f{i}"), 4), 4).unwrap();
+            put(&h, 0, 1);
+        }
+        s.set_pinned("f0", true);
         s.flush();
     }
-    std::fs::write(dir.path().join("data").join("999"), b"junk").unwrap();
-    std::fs::remove_file(&path).unwrap();
-    let s = Store::open(dir.path(), 100).unwrap();
-    assert!(!dir.path().join("data").join("999").exists());
-    assert_eq!(s.cached_fraction("a"), 0.0);
-    assert_eq!(s.stats().used, 0);
+    // After a restart nothing is in memory; the oldest unpinned files go first.
+    let s = Store::open(dir.path(), 40).unwrap();
+    let h = s.register(&file("new", 8), 4).unwrap();
+    put(&h, 0, 2);
+    put(&h, 1, 2);
+    s.flush();
+    let left: Vec<usize> = (0..10)
+        .filter(|i| s.cached_fraction(&format!("f{i}")) == 1.0)
+        .collect();
+    assert_eq!(left, vec![0, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(s.stats().pinned, 1);
+    assert_eq!(s.stats().pinned_bytes, 4);
+    assert_eq!(s.stats().used, 40);
 }
 
 #[test]
@@ -277,4 +389,73 @@ fn cached_bytes_are_for_the_daemon_and_the_chosen_group_only() {
     let _s = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(mode_gid(&data).0, 0o600);
     assert_eq!(mode_gid(&dir.path().join("data")).0, 0o700);
+}
+
+#[test]
+fn a_cache_of_the_first_layout_is_converted_once() {
+    use redb::TableDefinition;
+    const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+    const CHUNKS: TableDefinition<(u64, u32), u32> = TableDefinition::new("chunks");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // What the first layout left: every data file in data/, records and chunks only.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut files = w.open_table(FILES).unwrap();
+            let mut chunks = w.open_table(CHUNKS).unwrap();
+            for (key, id, pinned) in [("a", 7u64, false), ("b", 9, true), ("lost", 11, false)] {
+                let rec = FileRecord {
+                    id,
+                    size: 8,
+                    chunk_size: 4,
+                    uri: format!("hf://o/n@x/{key}"),
+                    digest: None,
+                    pinned,
+                    verified: false,
+                    last_access: id,
+                };
+                files
+                    .insert(key, serde_json::to_vec(&rec).unwrap().as_slice())
+                    .unwrap();
+                chunks
+                    .insert((id, 0), crc32c::crc32c(&[id as u8; 4]))
+                    .unwrap();
+                if id != 11 {
+                    std::fs::write(data.join(id.to_string()), [id as u8; 4]).unwrap();
+                }
+            }
+        }
+        w.commit().unwrap();
+    }
+    std::fs::write(data.join("12"), b"unknown").unwrap();
+    let s = Store::open(dir.path(), 100).unwrap();
+    assert!(
+        !data.join("12").exists(),
+        "a data file no record names is removed"
+    );
+    assert!(!data.join("7").exists() && data.join("007").join("7").exists());
+    assert_eq!(
+        s.stats().files,
+        2,
+        "the record without a data file is dropped"
+    );
+    assert_eq!(
+        (s.stats().used, s.stats().pinned, s.stats().pinned_bytes),
+        (8, 1, 4)
+    );
+    s.check_counts();
+    let h = s.register(&file("a", 8), 4).unwrap();
+    assert!(matches!(h.checked_bytes(0, SINCE_START).unwrap(), Some(b) if b[..] == [7u8; 4][..]));
+    drop(h);
+    let h = s.register(&file("c", 8), 4).unwrap();
+    assert!(h.id > 9, "new ids come after the converted ones");
+    drop(h);
+    drop(s);
+    // Converted once: a second start keeps what is there.
+    let s = Store::open(dir.path(), 100).unwrap();
+    assert_eq!(s.cached_fraction("b"), 0.5);
+    s.check_counts();
 }

@@ -207,3 +207,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Every data file of a cache (`data/<folder>/<id>`), sorted.
+#[allow(dead_code)]
+pub fn data_files(cache: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(cache.join("data"))
+        .unwrap()
+        .flat_map(|folder| std::fs::read_dir(folder.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}

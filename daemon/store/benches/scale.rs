@@ -1,0 +1,182 @@
+//! The store at scale: what an index of N cached files costs, for N up to tens of millions.
+//!
+//! For each N, a store is filled with N cached 10 KB files (their data files hard links to a few
+//! real ones, so that ten million files need neither 100 GB nor ten million inodes; the index is
+//! written as for real files). Then a fresh process opens it and measures:
+//! - index bytes on disk per file;
+//! - start (open) time and resident memory after the start and after the reads;
+//! - p50 / p99 latency of reading one cached file through the store's API (register, read and
+//!   CRC-check its chunk, release) over random files;
+//! - the time of a put that evicts one file when the cache is full (eviction per file).
+//!
+//! `cargo bench -p locus-store --bench scale -- [--dir DIR] [N ...]` (default 10000 100000 1000000)
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use locus_core::RemoteFile;
+use locus_store::{Store, SINCE_START};
+
+const SIZE: u64 = 10 * 1024;
+/// One chunk a file, as for small files at the default chunk size.
+const CHUNK: u64 = 16 << 20;
+/// Hard links per source file, under ext4's limit of 65,000.
+const LINKS: usize = 60_000;
+const READS: usize = 20_000;
+const EVICTIONS: usize = 500;
+
+fn file(i: usize) -> RemoteFile {
+    RemoteFile {
+        uri: format!(
+            "hf://datasets/bench/scale@{:040x}/{:04}/{:08}.bin",
+            7,
+            i / 1000,
+            i
+        ),
+        path: format!("{:04}/{:08}.bin", i / 1000, i),
+        size: SIZE,
+        key: format!("rev:{:040x}:{:04}/{:08}.bin:{SIZE}", 7, i / 1000, i),
+        locator: String::new(),
+        digest: None,
+        listed: None,
+    }
+}
+
+fn bytes() -> Vec<u8> {
+    (0..SIZE).map(|i| (i % 251) as u8).collect()
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn fill(dir: &Path, n: usize) {
+    let data = bytes();
+    let crc = crc32c::crc32c(&data);
+    let sources = dir.join("sources");
+    std::fs::create_dir_all(&sources).expect("sources");
+    let store = Store::open(&dir.join("cache"), u64::MAX / 2).expect("open");
+    let t = Instant::now();
+    for i in 0..n {
+        let src = sources.join((i / LINKS).to_string());
+        if i % LINKS == 0 {
+            std::fs::write(&src, &data).expect("source");
+        }
+        store
+            .fill_linked(&file(i), CHUNK, &src, &[crc])
+            .expect("fill");
+        if i > 0 && i % 1_000_000 == 0 {
+            eprintln!("  filled {i} files in {:.0} s", t.elapsed().as_secs_f64());
+        }
+    }
+    store.flush();
+    eprintln!(
+        "  filled {n} files in {:.1} s ({:.1} us a file)",
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p) as usize]
+}
+
+/// In a fresh process: open, read, evict; prints one line of figures.
+fn probe(dir: &Path, n: usize) {
+    let data = bytes();
+    let t = Instant::now();
+    // Exactly full: every new file evicts one.
+    let store: Arc<Store> = Store::open(&dir.join("cache"), n as u64 * SIZE).expect("open");
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss_open = rss_mib();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut lat = Vec::with_capacity(READS);
+    for _ in 0..READS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % n as u64) as usize;
+        let t = Instant::now();
+        let h = store.register(&file(i), CHUNK).expect("register");
+        let b = h
+            .checked_bytes(0, SINCE_START)
+            .expect("read")
+            .expect("cached");
+        assert_eq!(b.len() as u64, SIZE);
+        drop(h);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let rss_reads = rss_mib();
+    let mut ev = Vec::with_capacity(EVICTIONS);
+    for i in n..n + EVICTIONS {
+        let f = file(i);
+        let t = Instant::now();
+        let h = store.register(&f, CHUNK).expect("register");
+        h.reserve(SIZE).expect("reserve");
+        h.write_vectored_at(&[&data], 0).expect("write");
+        h.commit_chunk(0, crc32c::crc32c(&data));
+        drop(h);
+        ev.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    store.flush();
+    assert_eq!(store.stats().files, n as u64, "each put evicted one file");
+    let index = std::fs::metadata(dir.join("cache/index.redb")).map_or(0, |m| m.len());
+    println!(
+        "files {n:>9}: index {:>6.0} B/file  open {:>7.1} ms  RSS {:>6.1} MiB at start, {:>6.1} MiB after reads  read p50 {:>6.1} us p99 {:>6.1} us  put+evict p50 {:>6.1} us p99 {:>6.1} us",
+        index as f64 / n as f64,
+        open_ms,
+        rss_open,
+        rss_reads,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut ev, 0.5),
+        pct(&mut ev, 0.99),
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--probe") {
+        probe(Path::new(&args[1]), args[2].parse().expect("n"));
+        return;
+    }
+    let mut base: Option<PathBuf> = None;
+    let mut sizes = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => base = it.next().map(PathBuf::from),
+            "--bench" => {}
+            s => {
+                if let Ok(n) = s.replace('_', "").parse() {
+                    sizes.push(n)
+                }
+            }
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![10_000, 100_000, 1_000_000];
+    }
+    let exe = std::env::current_exe().expect("exe");
+    for n in sizes {
+        let tmp = match &base {
+            Some(b) => tempfile::tempdir_in(b),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
+        eprintln!("{n} files:");
+        fill(tmp.path(), n);
+        let st = std::process::Command::new(&exe)
+            .args(["--probe", &tmp.path().display().to_string(), &n.to_string()])
+            .status()
+            .expect("probe");
+        assert!(st.success());
+    }
+}
