@@ -30,6 +30,8 @@ class Hub:
         line = self.proc.stdout.readline().strip()
         assert line.startswith("ready "), f"test origin did not start: {line!r}"
         self.url = line.split(" ", 1)[1]
+        # The same repos over S3 (bucket ORG, keys NAME/PATH).
+        self.s3_url = self.proc.stdout.readline().strip().split(" ", 1)[1]
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path) as r:

@@ -86,9 +86,11 @@ def s3_kind(method: str, path: str, query: str) -> str:
 
 class Proxy:
     """Forwards to `upstream`; counts requests and response bytes by kind; can answer `fail`
-    more requests of a kind with a status (503 SlowDown throttles, 500 fails, 403 denies)."""
+    more requests of a kind with a status (503 SlowDown throttles, 500 fails, 403 denies).
+    `latency` (seconds) delays every request; `bandwidth` (bytes a second) paces every
+    response body, per connection: a remote store as a client sees it."""
 
-    def __init__(self, upstream: str, kind=s3_kind):
+    def __init__(self, upstream: str, kind=s3_kind, latency: float = 0.0, bandwidth: float | None = None):
         self.host, port = upstream.split("//", 1)[1].split(":")
         self.up_port = int(port)
         self.kind = kind
@@ -125,6 +127,8 @@ class Proxy:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if latency:
+                    time.sleep(latency)
                 conn = http.client.HTTPConnection(proxy.host, proxy.up_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -138,6 +142,8 @@ class Proxy:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
+                    if bandwidth:
+                        time.sleep(len(data) / bandwidth)
                     self.wfile.write(data)
                     with proxy.lock:
                         proxy.bytes[kind] = proxy.bytes.get(kind, 0) + len(data)

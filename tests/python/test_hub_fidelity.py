@@ -82,3 +82,41 @@ def test_a_synthetic_dataset_pages_like_the_hub(hub_factory, tmp_path):
         data = Path(p).read_bytes()
         assert len(data) == f.size and 100 <= f.size <= 400
         assert git_blob_sha1(data) == f.blob_id
+
+
+def test_a_synthetic_dataset_over_s3_pages_like_s3(hub_factory, tmp_path):
+    """boto3 (a real S3 client) lists the same generated dataset over the S3 surface in pages of
+    1,000 (and by folder with a delimiter), and reads objects whole and by range with the bytes
+    the Hub serves for the same files."""
+    import boto3
+    import urllib.request
+    from botocore.exceptions import ClientError
+
+    hub = hub_factory("--generated", "datasets/bench/many=2500x100-400")
+    s3 = boto3.client("s3", endpoint_url=hub.s3_url, aws_access_key_id="x", aws_secret_access_key="y",
+                      region_name="us-east-1")
+    pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix="many/"))
+    assert [p["KeyCount"] for p in pages] == [1000, 1000, 500]
+    keys = [o["Key"] for p in pages for o in p["Contents"]]
+    assert keys == [f"many/{i // 1000:04d}/{i:08d}.bin" for i in range(2500)]
+    folders = s3.list_objects_v2(Bucket="bench", Prefix="many/", Delimiter="/")
+    assert [c["Prefix"] for c in folders["CommonPrefixes"]] == ["many/0000/", "many/0001/", "many/0002/"]
+    assert "Contents" not in folders
+    tree = {e["path"]: e for e in hub.get("/api/datasets/bench/many/tree/main/0001")}
+    for o in (pages[1]["Contents"][0], pages[1]["Contents"][734]):
+        path = o["Key"][len("many/"):]
+        want = urllib.request.urlopen(f"{hub.url}/datasets/bench/many/resolve/main/{path}").read()
+        assert o["Size"] == len(want) == tree[path]["size"]
+        head = s3.head_object(Bucket="bench", Key=o["Key"])
+        assert head["ContentLength"] == len(want) and head["ETag"] == o["ETag"]
+        assert s3.get_object(Bucket="bench", Key=o["Key"])["Body"].read() == want
+        part = s3.get_object(Bucket="bench", Key=o["Key"], Range="bytes=10-49")["Body"].read()
+        assert part == want[10:50]
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket="bench", Key="many/none.bin")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="bench", Key=keys[0], IfMatch='"0000"')
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    stats = hub.stats()["requests"]
+    assert stats["s3_list"] == 4 and stats["s3_get"] == 5 and stats["s3_head"] == 3, stats

@@ -529,3 +529,22 @@ def test_no_planted_secret_reaches_any_output(s3, workdir, hub_factory):
         for t in taps:
             t.close()
         srv.close()
+
+
+def test_locus_reads_a_synthetic_dataset_over_the_test_origins_s3(hub_factory, workdir):
+    """The test origin's S3 surface serves locus as moto does: a listing of 2,500 objects in
+    pages and each byte the Hub serves for the same file (the training benchmark's origin)."""
+    import urllib.request
+
+    hub = hub_factory("--generated", "datasets/bench/many=2500x100-400")
+    d = Daemon(workdir, "n1", extra=["--s3-endpoint", hub.s3_url])
+    try:
+        files = json.loads(d.run("ls", "s3://bench/many", "--json").stdout)["files"]
+        assert [f["path"] for f in files] == [f"{i // 1000:04d}/{i:08d}.bin" for i in range(2500)]
+        for f in (files[0], files[1500], files[-1]):
+            want = urllib.request.urlopen(f"{hub.url}/datasets/bench/many/resolve/main/{f['path']}").read()
+            assert f["size"] == len(want)
+            assert d.run("cat", f"s3://bench/many/{f['path']}").stdout == want
+        assert hub.stats()["requests"]["s3_list"] == 3
+    finally:
+        d.close()

@@ -144,19 +144,27 @@ struct Listed {
 }
 
 impl Listed {
-    /// The entry of file `i`: with where its bytes are when it is complete here.
-    fn entry(&self, node: &Node, i: usize) -> pb::ListEntry {
+    /// The entries of files `range`: with where their bytes are when complete here (one look
+    /// at the store for the whole range).
+    fn entries(&self, node: &Node, range: std::ops::Range<usize>) -> Vec<pb::ListEntry> {
+        let files = &self.files[range.clone()];
+        let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
+        let held = node.store.holdings(&keys);
+        range.zip(held).map(|(i, h)| self.entry(i, h)).collect()
+    }
+
+    /// The entry of file `i`, given what the store holds of it.
+    fn entry(&self, i: usize, held: locus_store::Holding) -> pb::ListEntry {
         let f = &self.files[i];
-        let (cache_path, chunk_size, chunk_crc32c) = node
-            .store
-            .complete_file(&f.key)
-            .map(|(p, _, cs, crcs)| (p.display().to_string(), cs, crcs))
+        let (cache_path, chunk_size, chunk_crc32c) = held
+            .complete
+            .map(|(p, cs, crcs)| (p.display().to_string(), cs, crcs))
             .unwrap_or_default();
         pb::ListEntry {
             uri: f.uri.clone(),
             path: f.path.clone(),
             size: f.size,
-            cached_fraction: node.store.cached_fraction(&f.key),
+            cached_fraction: held.fraction,
             cache_path,
             chunk_size,
             chunk_crc32c,
@@ -462,9 +470,7 @@ impl Local for LocalService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let listed = self.listed(request.into_inner()).await?;
-        let entries = (0..listed.files.len())
-            .map(|i| listed.entry(&self.node, i))
-            .collect();
+        let entries = listed.entries(&self.node, 0..listed.files.len());
         Ok(Response::new(pb::ListResponse {
             entries,
             ..listed.head(true)
@@ -481,7 +487,7 @@ impl Local for LocalService {
         let node = self.node.clone();
         Ok(Response::new(pages(listed.files.len(), move |r| {
             pb::ListResponse {
-                entries: r.clone().map(|i| listed.entry(&node, i)).collect(),
+                entries: listed.entries(&node, r.clone()),
                 ..listed.head(r.start == 0)
             }
         })))

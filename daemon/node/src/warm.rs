@@ -24,7 +24,10 @@ const CLUSTER_TRIES: usize = 3;
 /// File URIs per all-nodes warm request.
 const URIS_PER_REQUEST: usize = 5000;
 
-/// Files warmed at once (their chunks share the node's origin connections).
+/// Files warmed at once at least (their chunks share the node's origin connections). A warm
+/// runs as many files at once as the node has origin connections, so that a data set of small
+/// files (one request each) keeps every connection busy: at an origin's latency L, a warm of
+/// small files runs at about `--concurrency` / L files a second.
 const FILES_AT_ONCE: usize = 8;
 
 /// Where a warm puts the bytes.
@@ -128,7 +131,8 @@ impl Node {
         }
     }
 
-    /// Makes every file fully cached and verified here, `FILES_AT_ONCE` files at a time.
+    /// Makes every file fully cached and verified here, `--concurrency` files at a time (at
+    /// least `FILES_AT_ONCE`).
     pub async fn warm(
         self: &Arc<Self>,
         files: Vec<RemoteFile>,
@@ -147,7 +151,7 @@ impl Node {
                     Ok::<_, NodeError>(())
                 }
             })
-            .buffer_unordered(FILES_AT_ONCE)
+            .buffer_unordered(self.cfg.concurrency.max(FILES_AT_ONCE))
             .try_collect()
             .await
     }

@@ -9,7 +9,11 @@
 //!   CRC-check its chunk, release) over random files;
 //! - the time of a put that evicts one file when the cache is full (eviction per file).
 //!
-//! `cargo bench -p locus-store --bench scale -- [--dir DIR] [N ...]` (default 10000 100000 1000000)
+//! With `--real`, the fill writes every file through the store's API (register, write, commit)
+//! instead: slower and N real data files, but it uses nothing newer than the first layout's
+//! API, so the same file benchmarks an older build side by side.
+//!
+//! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [N ...]` (default 10000 100000 1000000)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,7 +60,14 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn fill(dir: &Path, n: usize) {
+fn put(store: &Arc<Store>, f: &RemoteFile, data: &[u8]) {
+    let h = store.register(f, CHUNK).expect("register");
+    h.reserve(SIZE).expect("reserve");
+    h.write_vectored_at(&[data], 0).expect("write");
+    h.commit_chunk(0, crc32c::crc32c(data));
+}
+
+fn fill(dir: &Path, n: usize, real: bool) {
     let data = bytes();
     let crc = crc32c::crc32c(&data);
     let sources = dir.join("sources");
@@ -64,13 +75,15 @@ fn fill(dir: &Path, n: usize) {
     let store = Store::open(&dir.join("cache"), u64::MAX / 2).expect("open");
     let t = Instant::now();
     for i in 0..n {
-        let src = sources.join((i / LINKS).to_string());
-        if i % LINKS == 0 {
-            std::fs::write(&src, &data).expect("source");
+        if real {
+            put(&store, &file(i), &data);
+        } else {
+            let src = sources.join((i / LINKS).to_string());
+            if i % LINKS == 0 {
+                std::fs::write(&src, &data).expect("source");
+            }
+            fill_linked(&store, &file(i), &src, crc);
         }
-        store
-            .fill_linked(&file(i), CHUNK, &src, &[crc])
-            .expect("fill");
         if i > 0 && i % 1_000_000 == 0 {
             eprintln!("  filled {i} files in {:.0} s", t.elapsed().as_secs_f64());
         }
@@ -116,13 +129,8 @@ fn probe(dir: &Path, n: usize) {
     let rss_reads = rss_mib();
     let mut ev = Vec::with_capacity(EVICTIONS);
     for i in n..n + EVICTIONS {
-        let f = file(i);
         let t = Instant::now();
-        let h = store.register(&f, CHUNK).expect("register");
-        h.reserve(SIZE).expect("reserve");
-        h.write_vectored_at(&[&data], 0).expect("write");
-        h.commit_chunk(0, crc32c::crc32c(&data));
-        drop(h);
+        put(&store, &file(i), &data);
         ev.push(t.elapsed().as_secs_f64() * 1e6);
     }
     store.flush();
@@ -141,6 +149,11 @@ fn probe(dir: &Path, n: usize) {
     );
 }
 
+/// The synthetic fill (an older build's bench is run with `--real`).
+fn fill_linked(store: &Store, f: &RemoteFile, src: &Path, crc: u32) {
+    store.fill_linked(f, CHUNK, src, &[crc]).expect("fill");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--probe") {
@@ -148,12 +161,14 @@ fn main() {
         return;
     }
     let mut base: Option<PathBuf> = None;
+    let mut real = false;
     let mut sizes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dir" => base = it.next().map(PathBuf::from),
             "--bench" => {}
+            "--real" => real = true,
             s => {
                 if let Ok(n) = s.replace('_', "").parse() {
                     sizes.push(n)
@@ -172,7 +187,7 @@ fn main() {
         }
         .expect("tempdir");
         eprintln!("{n} files:");
-        fill(tmp.path(), n);
+        fill(tmp.path(), n, real);
         let st = std::process::Command::new(&exe)
             .args(["--probe", &tmp.path().display().to_string(), &n.to_string()])
             .status()

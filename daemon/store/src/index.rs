@@ -554,6 +554,37 @@ impl Index {
         Ok(Some((rec, crcs)))
     }
 
+    /// The committed records (and chunks) of `keys`, in one read transaction.
+    pub fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Stored>>, StoreError> {
+        let Some(db) = self.db() else {
+            return Err(StoreError::Index("the index is being reopened".into()));
+        };
+        let r = db.begin_read().map_err(idx_err)?;
+        let files = r.open_table(FILES).map_err(idx_err)?;
+        let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let rec = files
+                .get(*key)
+                .map_err(idx_err)?
+                .and_then(|v| decode(v.value()));
+            let Some(rec) = rec else {
+                out.push(None);
+                continue;
+            };
+            let mut crcs = Vec::new();
+            for c in chunks
+                .range((rec.id, 0)..=(rec.id, u32::MAX))
+                .map_err(idx_err)?
+            {
+                let (k, v) = c.map_err(idx_err)?;
+                crcs.push((k.value().1, v.value()));
+            }
+            out.push(Some((rec, crcs)));
+        }
+        Ok(out)
+    }
+
     /// Up to `n` committed (last access, id, key) of unpinned files, least recently used first,
     /// after `after`.
     pub fn lru_page(&self, after: Option<(u64, u64)>, n: usize) -> Vec<(u64, u64, String)> {

@@ -222,6 +222,15 @@ pub struct StoreStats {
     pub pinned_bytes: u64,
 }
 
+/// What the cache holds of one file ([`Store::holdings`]).
+#[derive(Clone, Debug, Default)]
+pub struct Holding {
+    /// The share of its bytes stored here (0 when not cached).
+    pub fraction: f64,
+    /// For a file fully cached and verified: its data file, chunk size and chunk CRCs.
+    pub complete: Option<(PathBuf, u64, Vec<u32>)>,
+}
+
 /// What [`FileHandle::check_chunk`] found.
 pub enum ChunkCheck {
     /// Found right within the age asked for: not read again.
@@ -723,6 +732,63 @@ impl Store {
         let crcs = e.chunks.values().copied().collect();
         let (id, size, chunk_size) = (e.rec.id, e.rec.size, e.rec.chunk_size);
         Some((self.data_path(id), size, chunk_size, crcs))
+    }
+
+    /// What the cache holds of each of `keys` (a page of a listing): one look under the lock
+    /// for the files in memory and one index read for the rest, which are not brought into
+    /// memory (a listing of millions of files must not churn the files in use).
+    pub fn holdings(&self, keys: &[&str]) -> Vec<Holding> {
+        let mut out = vec![Holding::default(); keys.len()];
+        let mut rest = Vec::new();
+        {
+            let st = self.lock();
+            for (i, key) in keys.iter().enumerate() {
+                match st.files.get(*key) {
+                    Some(e) => out[i] = self.holding(&e.rec, e.chunks.values().copied(), e.bytes),
+                    None if st.gone.contains_key(*key) => {}
+                    None => rest.push(i),
+                }
+            }
+        }
+        if rest.is_empty() {
+            return out;
+        }
+        let ask: Vec<&str> = rest.iter().map(|&i| keys[i]).collect();
+        match self.index.load_many(&ask) {
+            Ok(found) => {
+                for (i, stored) in rest.into_iter().zip(found) {
+                    let Some((rec, crcs)) = stored else { continue };
+                    let layout = ChunkLayout::new(rec.size, rec.chunk_size.max(1));
+                    let crcs: Vec<(u32, u32)> = crcs
+                        .into_iter()
+                        .filter(|(i, _)| *i < layout.count())
+                        .collect();
+                    let bytes = crcs.iter().map(|(i, _)| layout.len(*i)).sum();
+                    out[i] = self.holding(&rec, crcs.into_iter().map(|(_, c)| c), bytes);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cache index lookup failed"),
+        }
+        out
+    }
+
+    fn holding(
+        &self,
+        rec: &FileRecord,
+        crcs: impl ExactSizeIterator<Item = u32>,
+        bytes: u64,
+    ) -> Holding {
+        let count = ChunkLayout::new(rec.size, rec.chunk_size.max(1)).count() as usize;
+        let complete = crcs.len() == count;
+        Holding {
+            fraction: if rec.size == 0 {
+                1.0
+            } else {
+                bytes as f64 / rec.size as f64
+            },
+            complete: (complete && rec.verified)
+                .then(|| (self.data_path(rec.id), rec.chunk_size, crcs.collect())),
+        }
     }
 
     /// Counts for status: kept as files change, not counted.

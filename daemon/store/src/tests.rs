@@ -459,3 +459,46 @@ fn a_cache_of_the_first_layout_is_converted_once() {
     assert_eq!(s.cached_fraction("b"), 0.5);
     s.check_counts();
 }
+
+#[test]
+fn holdings_answer_from_memory_and_the_index_alike_without_loading_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+    let want = |s: &Arc<Store>| -> Vec<(f64, bool)> {
+        let keys: Vec<&str> = names.iter().map(String::as_str).chain(["none"]).collect();
+        s.holdings(&keys)
+            .into_iter()
+            .map(|h| (h.fraction, h.complete.is_some()))
+            .collect()
+    };
+    let before;
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            let h = s.register(&file(n, 8), 4).unwrap();
+            put(&h, 0, 1);
+            if i % 3 == 0 {
+                put(&h, 1, 2);
+            }
+            if i % 6 == 0 {
+                h.mark_verified();
+            }
+        }
+        s.flush();
+        before = want(&s);
+        let h = s.holdings(&["f0"]);
+        let (path, chunk_size, crcs) = h[0].complete.clone().unwrap();
+        assert_eq!((path, chunk_size, crcs), {
+            let (p, _, cs, c) = s.complete_file("f0").unwrap();
+            (p, cs, c)
+        });
+    }
+    let expected: Vec<(f64, bool)> = (0..12)
+        .map(|i| (if i % 3 == 0 { 1.0 } else { 0.5 }, i % 6 == 0))
+        .chain([(0.0, false)])
+        .collect();
+    assert_eq!(before, expected, "answered from memory");
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(want(&s), expected, "answered from the index");
+    assert_eq!(s.resident_files(), 0, "a listing's look brings no file into memory");
+}

@@ -9,8 +9,12 @@
 //! bodies short, corrupts bytes, delays, and asks for a token; it counts requests and bytes by
 //! kind so that tests can prove what they claim. Control over HTTP: `GET /_sim/stats`,
 //! `POST /_sim/faults`, `POST /_sim/reset`.
+//!
+//! The same repos are served over S3 on a third address ([`HubSim::s3_url`]): bucket `ORG`,
+//! keys `NAME/PATH`, for tests and benchmarks of `s3://` at any size (see `s3.rs`).
 
 pub mod model;
+mod s3;
 mod server;
 
 use std::collections::{BTreeMap, HashMap};
@@ -123,7 +127,7 @@ pub struct Faults {
 /// A failure rule.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailRule {
-    /// `api`, `resolve`, `cdn` or `any`.
+    /// `api`, `resolve`, `cdn`, `s3` or `any`.
     pub kind: String,
     /// HTTP status to answer.
     pub status: u16,

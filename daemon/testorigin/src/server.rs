@@ -18,6 +18,7 @@ use crate::{Faults, SimFile, SimOptions, State, Stats, Tree};
 pub struct HubSim {
     state: Arc<State>,
     addr: SocketAddr,
+    s3_addr: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -39,8 +40,10 @@ impl HubSim {
             Ok(l) => l,
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         };
+        let s3 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = hub.local_addr()?;
         let cdn_addr = cdn.local_addr()?;
+        let s3_addr = s3.local_addr()?;
         let state = Arc::new(State {
             repos: RwLock::new(Default::default()),
             faults: Mutex::new(opts.faults),
@@ -51,9 +54,11 @@ impl HubSim {
             cdn_url: format!("http://{cdn_addr}"),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
+        let s3_app = Router::new()
+            .fallback(crate::s3::handle)
+            .with_state(state.clone());
         let (stop, rx) = tokio::sync::watch::channel(false);
-        for l in [hub, cdn] {
-            let app = app.clone();
+        for (l, app) in [(hub, app.clone()), (cdn, app), (s3, s3_app)] {
             let mut rx = rx.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(l, app)
@@ -66,6 +71,7 @@ impl HubSim {
         Ok(HubSim {
             state,
             addr,
+            s3_addr,
             stop: Some(stop),
         })
     }
@@ -74,13 +80,19 @@ impl HubSim {
         &self.state
     }
 
+    /// The S3 endpoint (path-style) that serves the repos' main branches as buckets: bucket
+    /// `ORG`, keys `NAME/PATH` (see the `s3` module).
+    pub fn s3_url(&self) -> String {
+        format!("http://{}", self.s3_addr)
+    }
+
     /// The Hub's base URL (what `HF_ENDPOINT` is set to).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
-fn count(st: &State, kind: &str) {
+pub(crate) fn count(st: &State, kind: &str) {
     let mut s = st.stats.lock().unwrap_or_else(|p| p.into_inner());
     *s.requests.entry(kind.to_string()).or_default() += 1;
 }
@@ -108,7 +120,7 @@ fn json_response(v: serde_json::Value) -> Response<Body> {
     r
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -130,10 +142,12 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Applies armed failures; returns a response when this request must fail.
-fn injected_failure(st: &State, kind: &str) -> Option<Response<Body>> {
+pub(crate) fn injected_failure(st: &State, kind: &str) -> Option<Response<Body>> {
     let mut f = st.faults.lock().unwrap_or_else(|p| p.into_inner());
     let group = if kind.starts_with("api") {
         "api"
+    } else if kind.starts_with("s3") {
+        "s3"
     } else if kind.starts_with("cdn") {
         "cdn"
     } else {
@@ -553,7 +567,7 @@ fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-fn serve_bytes(
+pub(crate) fn serve_bytes(
     st: &State,
     method: &Method,
     headers: &HeaderMap,

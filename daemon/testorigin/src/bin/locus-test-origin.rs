@@ -120,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
         sim.commit_generated(kind, &repo, n.parse()?, size(lo)?..=size(hi)?, i as u64);
     }
     println!("ready {}", sim.url());
+    // The same repos over S3 (bucket ORG, keys NAME/PATH), on a line of its own.
+    println!("s3 {}", sim.s3_url());
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
