@@ -143,11 +143,13 @@ pub(crate) fn namespace_of(uri: &str) -> Option<String> {
     }
 }
 
-/// Where file `id`'s bytes live: `data/<id mod 4096, 3 hex digits>/<id>`, so that no folder
-/// grows past a few ten thousand entries at tens of millions of files.
+/// Where file `id`'s bytes live: `data/<id / 4096 in hex>/<id>`. No folder holds more than
+/// 4,096 files, and files made one after the other share a folder: ext4 places a new file's
+/// inode near its folder's, and spreading consecutive files over thousands of folders made each
+/// creation search a new block group (measured: 0.5 ms a file against 40 µs).
 pub(crate) fn data_path(data_dir: &Path, id: u64) -> PathBuf {
     data_dir
-        .join(format!("{:03x}", id % 4096))
+        .join(format!("{:x}", id / 4096))
         .join(id.to_string())
 }
 

@@ -205,6 +205,9 @@ struct State {
     next_id: u64,
     /// Ids up to here may be handed out without telling the index.
     id_mark: u64,
+    /// Where the last eviction stopped in the index's order: the next starts there, so that
+    /// removals not yet committed (still at the front of the order) are not walked again.
+    evict_after: Option<(u64, u64)>,
 }
 
 /// Counts for `locus status`.
@@ -427,6 +430,7 @@ impl Store {
                 },
                 next_id,
                 id_mark: next_id,
+                evict_after: None,
             }),
             index,
             write_locks: std::array::from_fn(|_| Mutex::new(())),
@@ -829,30 +833,36 @@ impl Store {
         if fits(st) {
             return true;
         }
-        // Files registered since the last commit are not in the order yet: if the committed
-        // ones are not enough, commit and walk again.
-        for pass in 0..2 {
-            if pass == 1 {
+        // From where the last eviction stopped, then from the front (files passed over as in
+        // use may be free now), then again after a commit (files registered since the last
+        // one are not in the order yet).
+        let starts = [st.evict_after, None, None];
+        for (pass, start) in starts.into_iter().enumerate() {
+            if pass == 1 && start == starts[0] {
+                continue;
+            }
+            if pass == 2 {
                 self.index.flush();
             }
-            let mut after = None;
+            let mut after = start;
             loop {
                 let page = self.index.lru_page(after, 256);
                 if page.is_empty() {
                     break;
                 }
                 for (at, id, key) in page {
-                    after = Some((at, id));
                     if fits(st) {
                         self.publish_gauges(st);
                         return true;
                     }
+                    after = Some((at, id));
                     // Files with no recorded chunk go too (a failed write may have left bytes).
                     let victim = self
                         .peek(st, &key)
                         .is_some_and(|e| e.rec.id == id && !e.rec.pinned && e.users == 0);
                     if victim {
                         self.remove_locked(st, &key, true);
+                        st.evict_after = after;
                     }
                 }
             }
@@ -1283,7 +1293,7 @@ impl FileHandle {
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(false)
+                .truncate(true)
                 .mode(self.store.access.file_mode())
                 .open(&self.path)
                 .map_err(|e| io_err(&self.path, e))?,
