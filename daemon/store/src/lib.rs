@@ -1293,7 +1293,7 @@ impl FileHandle {
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(true)
+                .truncate(false)
                 .mode(self.store.access.file_mode())
                 .open(&self.path)
                 .map_err(|e| io_err(&self.path, e))?,
