@@ -188,7 +188,8 @@ pub(crate) enum Op {
     Header(&'static str, u64),
     /// These data files were unlinked at start.
     Unlinked(Vec<u64>),
-    Flush(mpsc::Sender<()>),
+    /// Answered once everything sent before is committed (`true`) or failed to (`false`).
+    Flush(mpsc::Sender<bool>),
 }
 
 /// A file's committed record and its stored chunks (index, CRC).
@@ -216,6 +217,9 @@ pub(crate) struct Index {
     halted: Arc<AtomicBool>,
     #[cfg_attr(not(test), allow(dead_code))]
     keep_garbage: Arc<AtomicBool>,
+    /// Test hook: commits to fail (as on a full disk).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fail_commits: Arc<AtomicU64>,
 }
 
 /// What a start needs to know, read from the header and the garbage list.
@@ -331,15 +335,15 @@ impl<'t> Tables<'t> {
 
     /// Applies one op.
     #[allow(clippy::result_large_err)]
-    fn apply(&mut self, tot: &mut Totals, op: Op) -> Result<(), redb::Error> {
+    fn apply(&mut self, tot: &mut Totals, op: &Op) -> Result<(), redb::Error> {
         match op {
             Op::PutFile { key, rec } => {
-                if let Some(old) = self.record(&key)? {
-                    self.account(tot, &key, &old, false)?;
+                if let Some(old) = self.record(key)? {
+                    self.account(tot, key, &old, false)?;
                 }
-                let v = serde_json::to_vec(&rec).unwrap_or_default();
+                let v = serde_json::to_vec(rec).unwrap_or_default();
                 self.files.insert(key.as_str(), v.as_slice())?;
-                self.account(tot, &key, &rec, true)?;
+                self.account(tot, key, rec, true)?;
                 tot.max_id = tot.max_id.max(rec.id);
                 tot.id_mark = tot.id_mark.max(rec.id + 1);
             }
@@ -350,10 +354,11 @@ impl<'t> Tables<'t> {
                 chunk_size,
                 unlink,
             } => {
+                let (id, size, chunk_size) = (*id, *size, *chunk_size);
                 // Only remove the record if it still names this id (the key may have been
                 // registered again since).
-                if let Some(old) = self.record(&key)?.filter(|r| r.id == id) {
-                    self.account(tot, &key, &old, false)?;
+                if let Some(old) = self.record(key)?.filter(|r| r.id == id) {
+                    self.account(tot, key, &old, false)?;
                     self.files.remove(key.as_str())?;
                 }
                 // The chunks it holds, not every chunk its size allows.
@@ -371,7 +376,7 @@ impl<'t> Tables<'t> {
                     self.garbage.insert(id, ())?;
                 }
             }
-            Op::SetChunk { id, idx, crc, len } => {
+            &Op::SetChunk { id, idx, crc, len } => {
                 if self.chunks.insert((id, idx), crc)?.is_none() {
                     tot.used += len;
                     if self.pinned.get(id)?.is_some() {
@@ -379,7 +384,7 @@ impl<'t> Tables<'t> {
                     }
                 }
             }
-            Op::DropChunk { id, idx, len } => {
+            &Op::DropChunk { id, idx, len } => {
                 if self.chunks.remove((id, idx))?.is_some() {
                     tot.used = tot.used.saturating_sub(len);
                     if self.pinned.get(id)?.is_some() {
@@ -387,14 +392,14 @@ impl<'t> Tables<'t> {
                     }
                 }
             }
-            Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, &key, &value)?,
-            Op::IdMark(m) => tot.id_mark = tot.id_mark.max(m),
-            Op::Header(name, v) => {
+            Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, key, value)?,
+            &Op::IdMark(m) => tot.id_mark = tot.id_mark.max(m),
+            &Op::Header(name, v) => {
                 self.header.insert(name, v)?;
             }
             Op::Unlinked(ids) => {
                 for id in ids {
-                    self.garbage.remove(id)?;
+                    self.garbage.remove(*id)?;
                 }
             }
             Op::Flush(_) => {}
@@ -469,7 +474,9 @@ impl Index {
         let done = Arc::new(AtomicU64::new(0));
         let halted = Arc::new(AtomicBool::new(false));
         let keep_garbage = Arc::new(AtomicBool::new(false));
+        let fail_commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            fail_commits: fail_commits.clone(),
             slot: db.clone(),
             path: path.to_path_buf(),
             done: done.clone(),
@@ -488,6 +495,7 @@ impl Index {
                 thread: Mutex::new(Some(thread)),
                 halted,
                 keep_garbage,
+                fail_commits,
             },
             opened,
         ))
@@ -511,11 +519,23 @@ impl Index {
         self.done.load(Ordering::Acquire)
     }
 
-    /// Waits until everything sent before is committed.
-    pub fn flush(&self) {
+    /// Waits until everything sent before is committed; `false` if the commit failed (the ops
+    /// are tried again with the next commit) or the writer is gone.
+    pub fn flush(&self) -> bool {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Flush(tx));
-        let _ = rx.recv();
+        rx.recv().unwrap_or(false)
+    }
+
+    /// Whether ops were sent that the writer has not committed yet.
+    pub fn pending(&self) -> bool {
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |(_, seq)| *seq);
+        sent > self.done()
     }
 
     fn db(&self) -> Option<Arc<Database>> {
@@ -693,6 +713,12 @@ impl Index {
         self.halted.store(true, Ordering::Release);
     }
 
+    /// Test hook: the next `n` commits fail, as on a full disk.
+    #[cfg(test)]
+    pub fn fail_commits(&self, n: u64) {
+        self.fail_commits.store(n, Ordering::Release);
+    }
+
     /// Test hook: removals commit, but their data files are left (a crash before the unlink).
     #[cfg(test)]
     pub fn keep_garbage(&self) {
@@ -858,14 +884,32 @@ struct Writer {
     done: Arc<AtomicU64>,
     halted: Arc<AtomicBool>,
     keep_garbage: Arc<AtomicBool>,
+    fail_commits: Arc<AtomicU64>,
 }
 
 impl Writer {
     fn run(self, rx: mpsc::Receiver<(u64, Op)>) {
         // Data files unlinked after the last commit: taken off the garbage list in the next.
         let mut unlinked: Vec<u64> = Vec::new();
-        while let Ok(first) = rx.recv() {
-            let mut ops = vec![first];
+        // The ops of a commit that failed: first in the next one, so that the index never
+        // misses an op that memory relied on (`done` stays behind them until they commit).
+        let mut retry: Vec<(u64, Op)> = Vec::new();
+        loop {
+            let first = if retry.is_empty() {
+                rx.recv().ok()
+            } else {
+                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) if retry.is_empty() => return,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            if first.is_none() && retry.is_empty() {
+                return;
+            }
+            let mut ops = std::mem::take(&mut retry);
+            ops.extend(first);
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
             }
@@ -877,18 +921,18 @@ impl Writer {
             // Taken out first: waiters must wake even when the transaction cannot begin (redb
             // refuses every transaction after an I/O error).
             let mut waiters = Vec::new();
-            let mut ops: Vec<Op> = ops
+            let mut ops: Vec<(u64, Op)> = ops
                 .into_iter()
-                .filter_map(|(_, op)| match op {
+                .filter_map(|(seq, op)| match op {
                     Op::Flush(tx) => {
                         waiters.push(tx);
                         None
                     }
-                    op => Some(op),
+                    op => Some((seq, op)),
                 })
                 .collect();
             if !unlinked.is_empty() {
-                ops.push(Op::Unlinked(std::mem::take(&mut unlinked)));
+                ops.push((0, Op::Unlinked(std::mem::take(&mut unlinked))));
             }
             if self
                 .slot
@@ -900,11 +944,10 @@ impl Writer {
             }
             let db = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
             // Unlinked after the commit, or even if it fails: a full disk must still get its
-            // room back (records whose removal did not commit are dropped when next looked up,
-            // their data file being gone).
+            // room back (the removal is committed with the next commit that succeeds).
             let unlinks: Vec<(u64, PathBuf)> = ops
                 .iter()
-                .filter_map(|op| match op {
+                .filter_map(|(_, op)| match op {
                     Op::RemoveFile {
                         id,
                         unlink: Some(p),
@@ -919,11 +962,18 @@ impl Writer {
                 let Some(db) = db.as_ref() else {
                     return Err(redb::Error::PreviousIo);
                 };
+                let fail = self
+                    .fail_commits
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+                if fail {
+                    return Err(redb::Error::PreviousIo);
+                }
                 let w = db.begin_write()?;
                 {
                     let mut t = Tables::open(&w)?;
                     let mut tot = Totals::read(&t.header)?;
-                    for op in ops {
+                    for (_, op) in &ops {
                         t.apply(&mut tot, op)?;
                     }
                     tot.write(&mut t.header)?;
@@ -931,11 +981,16 @@ impl Writer {
                 w.commit()?;
                 Ok(())
             })();
+            let ok = result.is_ok();
             if let Err(e) = result {
-                // Memory stays ahead of the index; a restart refetches what was not recorded.
-                tracing::error!(error = %e, "cache index commit failed");
+                tracing::error!(error = %e, ops = ops.len(), "cache index commit failed; trying again with the next one");
                 drop(db);
                 reopen(&self.slot, &self.path);
+                // The garbage ids go again at the next start if need be.
+                retry = ops
+                    .into_iter()
+                    .filter(|(_, op)| !matches!(op, Op::Unlinked(_)))
+                    .collect();
             }
             if !self.keep_garbage.load(Ordering::Acquire) {
                 for (id, p) in unlinks {
@@ -948,9 +1003,11 @@ impl Writer {
                     }
                 }
             }
-            self.done.store(last, Ordering::Release);
+            if ok {
+                self.done.store(last, Ordering::Release);
+            }
             for w in waiters {
-                let _ = w.send(());
+                let _ = w.send(ok);
             }
         }
     }

@@ -149,7 +149,7 @@ pub type Step = [[u32; 8]; 2];
 
 impl Entry {
     fn layout(&self) -> ChunkLayout {
-        ChunkLayout::new(self.rec.size, self.rec.chunk_size)
+        ChunkLayout::new(self.rec.size, self.rec.chunk_size.max(1))
     }
 
     fn checked_within(&self, idx: u32, age: std::time::Duration) -> bool {
@@ -575,9 +575,14 @@ impl Store {
             if st.next_id >= st.id_mark {
                 // Durable before any data file of these ids exists: a start removes the data
                 // files of ids under the mark that were never recorded.
-                st.id_mark = st.next_id + ID_BLOCK;
-                self.index.send(Op::IdMark(st.id_mark));
-                self.index.flush();
+                let mark = st.next_id + ID_BLOCK;
+                self.index.send(Op::IdMark(mark));
+                if !self.index.flush() {
+                    return Err(StoreError::Index(
+                        "the index cannot record new files now (see the log)".into(),
+                    ));
+                }
+                st.id_mark = mark;
             }
             let id = st.next_id;
             st.next_id += 1;
@@ -713,7 +718,11 @@ impl Store {
         .map_err(|e| io_err(path, e))?;
         self.access
             .apply_open(&f, self.access.file_mode())
-            .map_err(|e| io_err(path, e))
+            .map_err(|e| {
+                // Never recorded: no start would find it.
+                let _ = std::fs::remove_file(path);
+                io_err(path, e)
+            })
     }
 
     /// Fraction of `key` cached here (0 when unknown).
@@ -842,6 +851,9 @@ impl Store {
                 continue;
             }
             if pass == 2 {
+                if !self.index.pending() {
+                    break;
+                }
                 self.index.flush();
             }
             let mut after = start;
@@ -928,7 +940,15 @@ impl Store {
     /// (for an operator's command), holding only the matches.
     pub fn keys_where(&self, pred: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
         self.index.flush();
-        let gone: std::collections::HashSet<String> = self.lock().gone.keys().cloned().collect();
+        // Removals not yet committed, but not a key registered again since.
+        let gone: std::collections::HashSet<String> = {
+            let st = self.lock();
+            st.gone
+                .keys()
+                .filter(|k| !st.files.contains_key(*k))
+                .cloned()
+                .collect()
+        };
         self.index
             .keys_where(&|k, u| !gone.contains(k) && pred(k, u))
             .unwrap_or_else(|e| {
@@ -1479,11 +1499,11 @@ impl FileHandle {
         let id = self.id;
         let dropped = self
             .with_state(|e, c| {
-                e.rec.verified = false;
                 e.steps.remove(&idx);
                 e.checked.remove(&idx);
                 let len = e.layout().len(idx);
                 e.chunks.remove(&idx)?;
+                e.rec.verified = false;
                 e.bytes -= len;
                 c.used = c.used.saturating_sub(len);
                 if e.rec.pinned {

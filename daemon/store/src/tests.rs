@@ -506,3 +506,43 @@ fn holdings_answer_from_memory_and_the_index_alike_without_loading_files() {
         "a listing's look brings no file into memory"
     );
 }
+
+#[test]
+fn a_failed_commit_is_tried_again_and_an_unrecorded_id_mark_refuses_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&file("f0", 4), 4).unwrap();
+        put(&h, 0, 0);
+        drop(h);
+        assert!(s.index.flush());
+        // Two commits fail (a full disk): the ops wait for the next commit.
+        s.index.fail_commits(2);
+        for i in 1..3 {
+            let h = s.register(&file(&format!("f{i}"), 4), 4).unwrap();
+            put(&h, 0, i as u8);
+        }
+        assert!(
+            (0..5).any(|_| s.index.flush()),
+            "a later commit records them"
+        );
+        s.check_counts();
+        // A file whose id lies past a mark the index could not record is refused.
+        drop(s.register(&file("f3", 4), 4).unwrap());
+        assert!(s.index.flush());
+        s.index.fail_commits(1);
+        assert!(matches!(
+            s.register(&file("f4", 4), 4).err(),
+            Some(StoreError::Index(_))
+        ));
+        drop(s.register(&file("f4", 4), 4).unwrap());
+        s.flush();
+        s.check_counts();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for i in 0..3 {
+        assert_eq!(s.cached_fraction(&format!("f{i}")), 1.0, "f{i}");
+    }
+    assert_eq!(s.stats().files, 5);
+    s.check_counts();
+}
