@@ -1,25 +1,32 @@
 //! The node-local cache store.
 //!
-//! Each cached origin file is one sparse file `data/<id>` whose chunks sit at their own offsets,
-//! so a complete file can be mapped or handed to the kernel as it is. An embedded index (redb,
-//! `index.redb`) records for every file its identity and for every stored chunk its CRC32C.
+//! Each cached origin file is one sparse file `data/<id / 4096>/<id>` whose chunks sit at their
+//! own offsets, so a complete file can be mapped or handed to the kernel as it is. An embedded
+//! index (redb, `index.redb`) records for every file its identity and for every stored chunk its
+//! CRC32C, and is the record of the cache: memory holds only the files in use, the
+//! 16,384 used last (`RESIDENT`) and those with index updates not committed yet.
 //!
 //! # Invariants
 //! - A chunk is recorded only after all its bytes were written; a chunk that is recorded but whose
 //!   bytes fail their CRC on read is dropped and never served.
-//! - The index is updated by one writer thread in group commits; a crash loses at most chunks
-//!   that were not yet recorded, which are fetched again. Nothing needs a manual clean-up: data
-//!   files that the index does not know are deleted at start, index entries without data are
-//!   dropped.
-//! - An evicted file's data file is unlinked after its removal from the index was committed
-//!   (or failed: a full disk must get its room back; the entry is dropped at the next start), and data files are
+//! - The index is updated by one writer thread in group commits, in the order the updates were
+//!   sent; a commit that fails is tried again with the next one, and a file stays in memory until
+//!   every update about it is committed, so a file read back from the index is as memory left
+//!   it. A crash loses at most chunks that were not yet recorded, which are fetched again.
+//! - Nothing needs a manual clean-up, and a start reads no file record: data files of ids handed
+//!   out but never recorded (above the last recorded id, below the durable id mark) and of
+//!   removals committed but not unlinked (the garbage list) are deleted at start; a record whose
+//!   data file is gone is dropped when it is next looked up.
+//! - An evicted file's data file is unlinked after its removal from the index was committed (or
+//!   failed: a full disk must get its room back; the removal commits later), and data files are
 //!   never truncated or rewritten with other bytes, so a reader that mapped one keeps valid pages.
 //! - Cached bytes are private: `data/` is 0700 and its files 0600, or 0750 and 0640 for the one
 //!   group given as [`Access::Group`] (readers that map data files by path). The index and the
-//!   lock file are 0600. Modes are set again at every open, so a changed setting applies to
-//!   files already cached.
+//!   lock file are 0600. A changed setting is applied to the files already cached at the open
+//!   that sees it.
 //! - `used` counts the bytes of recorded and reserved chunks; above the capacity the least
-//!   recently used unpinned files that no one is using are evicted.
+//!   recently used unpinned files that no one is using are evicted, in the index's order.
+//!   The index's totals are updated in the same transactions as its records.
 
 mod index;
 
