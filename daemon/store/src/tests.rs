@@ -512,6 +512,14 @@ fn a_failed_commit_is_tried_again_and_an_unrecorded_id_mark_refuses_new_files() 
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
+        // The first file needs an id mark: while the index cannot record it, new files are
+        // refused (their data files could outlive a crash unnoticed).
+        s.index.fail_commits(u64::MAX);
+        assert!(matches!(
+            s.register(&file("f0", 4), 4).err(),
+            Some(StoreError::Index(_))
+        ));
+        s.index.fail_commits(0);
         let h = s.register(&file("f0", 4), 4).unwrap();
         put(&h, 0, 0);
         drop(h);
@@ -527,22 +535,11 @@ fn a_failed_commit_is_tried_again_and_an_unrecorded_id_mark_refuses_new_files() 
             "a later commit records them"
         );
         s.check_counts();
-        // A file whose id lies past a mark the index could not record is refused.
-        drop(s.register(&file("f3", 4), 4).unwrap());
-        assert!(s.index.flush());
-        s.index.fail_commits(1);
-        assert!(matches!(
-            s.register(&file("f4", 4), 4).err(),
-            Some(StoreError::Index(_))
-        ));
-        drop(s.register(&file("f4", 4), 4).unwrap());
-        s.flush();
-        s.check_counts();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     for i in 0..3 {
         assert_eq!(s.cached_fraction(&format!("f{i}")), 1.0, "f{i}");
     }
-    assert_eq!(s.stats().files, 5);
+    assert_eq!(s.stats().files, 3);
     s.check_counts();
 }
