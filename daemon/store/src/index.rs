@@ -552,28 +552,7 @@ impl Index {
 
     /// The committed record of `key` and its stored chunks (index, CRC).
     pub fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        let Some(db) = self.db() else {
-            return Err(StoreError::Index("the index is being reopened".into()));
-        };
-        let r = db.begin_read().map_err(idx_err)?;
-        let files = r.open_table(FILES).map_err(idx_err)?;
-        let Some(v) = files.get(key).map_err(idx_err)? else {
-            return Ok(None);
-        };
-        let Some(rec) = decode(v.value()) else {
-            tracing::warn!(key, "unreadable cache record: taken as not cached");
-            return Ok(None);
-        };
-        let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
-        let mut crcs = Vec::new();
-        for c in chunks
-            .range((rec.id, 0)..=(rec.id, u32::MAX))
-            .map_err(idx_err)?
-        {
-            let (k, v) = c.map_err(idx_err)?;
-            crcs.push((k.value().1, v.value()));
-        }
-        Ok(Some((rec, crcs)))
+        Ok(self.load_many(&[key])?.pop().flatten())
     }
 
     /// The committed records (and chunks) of `keys`, in one read transaction.
@@ -586,11 +565,12 @@ impl Index {
         let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let rec = files
-                .get(*key)
-                .map_err(idx_err)?
-                .and_then(|v| decode(v.value()));
-            let Some(rec) = rec else {
+            let rec = files.get(*key).map_err(idx_err)?.map(|v| decode(v.value()));
+            let found = rec.is_some();
+            let Some(rec) = rec.flatten() else {
+                if found {
+                    tracing::warn!(key, "unreadable cache record: taken as not cached");
+                }
                 out.push(None);
                 continue;
             };

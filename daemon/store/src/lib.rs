@@ -579,20 +579,7 @@ impl Store {
         let mut guard = self.lock();
         let st = &mut *guard;
         if self.resident(st, &file.key)?.is_none() {
-            if st.next_id >= st.id_mark {
-                // Durable before any data file of these ids exists: a start removes the data
-                // files of ids under the mark that were never recorded.
-                let mark = st.next_id + ID_BLOCK;
-                self.index.send(Op::IdMark(mark));
-                if !self.index.flush() {
-                    return Err(StoreError::Index(
-                        "the index cannot record new files now (see the log)".into(),
-                    ));
-                }
-                st.id_mark = mark;
-            }
-            let id = st.next_id;
-            st.next_id += 1;
+            let id = self.new_id(st)?;
             let rec = FileRecord {
                 id,
                 size: file.size,
@@ -652,13 +639,7 @@ impl Store {
         if self.resident(st, &file.key)?.is_some() {
             return Ok(());
         }
-        if st.next_id >= st.id_mark {
-            st.id_mark = st.next_id + ID_BLOCK;
-            self.index.send(Op::IdMark(st.id_mark));
-            self.index.flush();
-        }
-        let id = st.next_id;
-        st.next_id += 1;
+        let id = self.new_id(st)?;
         let path = self.data_path(id);
         if let Err(e) = std::fs::hard_link(source, &path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -698,6 +679,24 @@ impl Store {
         st.files.insert(file.key.clone(), e);
         st.idle.push_back(file.key.clone());
         Ok(())
+    }
+
+    /// A new file id, under a mark the index has recorded: a start removes the data files of
+    /// ids under the mark that were never recorded, so the mark is durable before any of them
+    /// is used.
+    fn new_id(&self, st: &mut State) -> Result<u64, StoreError> {
+        if st.next_id >= st.id_mark {
+            let mark = st.next_id + ID_BLOCK;
+            self.index.send(Op::IdMark(mark));
+            if !self.index.flush() {
+                return Err(StoreError::Index(
+                    "the index cannot record new files now (see the log)".into(),
+                ));
+            }
+            st.id_mark = mark;
+        }
+        st.next_id += 1;
+        Ok(st.next_id - 1)
     }
 
     /// Creates an empty data file (and its folder, the first time), with this store's access.
