@@ -5,6 +5,7 @@
 
 pub mod chunk;
 pub mod identity;
+pub mod listing;
 pub mod metric;
 pub mod redact;
 pub mod secret;
@@ -14,6 +15,7 @@ pub mod uri;
 
 pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
 pub use identity::{Digest, Listed, RemoteFile};
+pub use listing::{Files, Listing, ListingBuilder};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};
 pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};

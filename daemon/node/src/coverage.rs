@@ -4,7 +4,7 @@
 //! (each chunk at its owners) does not look partly done from any one node.
 
 use futures::StreamExt;
-use locus_core::{ChunkLayout, RemoteFile};
+use locus_core::{ChunkLayout, Files};
 use locus_grpc::v1 as pb;
 
 use crate::peer::MAX_HOLDS_KEYS;
@@ -30,12 +30,11 @@ impl Node {
     }
 
     /// What the members (this one included) hold of `files`.
-    pub async fn coverage(&self, files: &[RemoteFile]) -> Coverage {
-        let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
-        let counts: Vec<u32> = files
+    pub async fn coverage(&self, files: &Files) -> Coverage {
+        let (keys, counts): (Vec<String>, Vec<u32>) = files
             .iter()
-            .map(|f| ChunkLayout::new(f.size, self.cfg.chunk_size).count())
-            .collect();
+            .map(|f| (f.key, ChunkLayout::new(f.size, self.cfg.chunk_size).count()))
+            .unzip();
         let mut held: Vec<Vec<u8>> = keys.iter().map(|k| self.store.chunk_bitmap(k)).collect();
         let mut unanswered = Vec::new();
         if let Some(peers) = &self.peers {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use locus_cluster::key_hash;
 use locus_core::uri::LocusUri;
-use locus_core::{Namespace, RemoteFile};
+use locus_core::{Files, Listing, Namespace, RemoteFile};
 use locus_store::Store;
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
@@ -22,8 +22,9 @@ pub(crate) const RELIST_AGE: Duration = Duration::from_secs(1);
 
 /// Listings, prefixes and namespaces marked stale kept in memory at most.
 const MAX_LISTINGS: usize = 4096;
-/// Files of all the listings kept in memory at most.
-const MAX_LISTED_FILES: u64 = 1 << 20;
+/// Bytes of all the listings kept in memory at most (a compact listing takes 50-100 bytes a
+/// file: some 5M files).
+const MAX_LISTED_BYTES: u64 = 512 << 20;
 /// Resolved revisions kept in memory at most.
 const MAX_REVISIONS: usize = 65_536;
 
@@ -31,8 +32,8 @@ const MAX_REVISIONS: usize = 65_536;
 pub struct Resolved {
     /// The commit.
     pub revision: String,
-    /// The files it names (one for a file URI); a whole namespace shares the cached listing.
-    pub files: Arc<Vec<RemoteFile>>,
+    /// The files it names (one for a file URI): a part of the cached listing, never a copy.
+    pub files: Files,
     /// Whether the URI named a single file.
     pub is_file: bool,
 }
@@ -44,13 +45,13 @@ struct CachedRevision {
     at_ms: u64,
 }
 
-/// A listing weighs its files.
+/// A listing weighs its bytes.
 #[derive(Clone)]
 struct ListingWeight;
 
-impl quick_cache::Weighter<(Namespace, String), Arc<Vec<RemoteFile>>> for ListingWeight {
-    fn weight(&self, _: &(Namespace, String), v: &Arc<Vec<RemoteFile>>) -> u64 {
-        v.len() as u64 + 1
+impl quick_cache::Weighter<(Namespace, String), Arc<Listing>> for ListingWeight {
+    fn weight(&self, _: &(Namespace, String), v: &Arc<Listing>) -> u64 {
+        v.weight() + 64
     }
 }
 
@@ -66,26 +67,26 @@ pub(crate) struct MetaCache {
     prefixes: Cache<Namespace, ()>,
     /// Namespaces whose listing an object changed under: listed again on their next use.
     stale: Cache<Namespace, ()>,
-    /// Listings in memory, bounded by their files in all.
-    listings: Cache<(Namespace, String), Arc<Vec<RemoteFile>>, ListingWeight>,
+    /// Listings in memory, bounded by their bytes in all.
+    listings: Cache<(Namespace, String), Arc<Listing>, ListingWeight>,
     /// The durable layer (the store's index).
     store: Arc<Store>,
 }
 
 /// The in-memory listings: one shard. quick_cache splits its weight among its shards and keeps
-/// no item heavier than one shard's share, so with its default (4 per core) a listing above
-/// `MAX_LISTED_FILES / shards` files (127k on 2 cores, 16k on 16) was never kept and every
-/// resolution read it again. Listings are few and looked up under a read lock.
-fn listings_cache() -> Cache<(Namespace, String), Arc<Vec<RemoteFile>>, ListingWeight> {
+/// no item heavier than one shard's share, so with its default (4 per core) a large listing
+/// was never kept and every resolution read it again. Listings are few and looked up under a
+/// read lock.
+fn listings_cache() -> Cache<(Namespace, String), Arc<Listing>, ListingWeight> {
     let options = quick_cache::OptionsBuilder::new()
         .estimated_items_capacity(MAX_LISTINGS)
-        .weight_capacity(MAX_LISTED_FILES)
+        .weight_capacity(MAX_LISTED_BYTES)
         .shards(1)
         .build();
     match options {
         Ok(o) => Cache::with_options(o, ListingWeight, Default::default(), Default::default()),
         // Not reachable with the fields above; the default still bounds memory.
-        Err(_) => Cache::with_weighter(MAX_LISTINGS, MAX_LISTED_FILES, ListingWeight),
+        Err(_) => Cache::with_weighter(MAX_LISTINGS, MAX_LISTED_BYTES, ListingWeight),
     }
 }
 
@@ -185,15 +186,16 @@ impl MetaCache {
     }
 
     /// A listing in memory.
-    fn listing(&self, ns: &Namespace, rev_id: &str) -> Option<Arc<Vec<RemoteFile>>> {
+    fn listing(&self, ns: &Namespace, rev_id: &str) -> Option<Arc<Listing>> {
         self.listings.get(&(ns.clone(), rev_id.to_string()))
     }
 
-    /// A listing the index kept.
-    fn stored_listing(&self, ns: &Namespace, rev_id: &str) -> Option<Vec<RemoteFile>> {
-        self.store
-            .meta_get(&listing_key(ns, rev_id))
-            .and_then(|b| serde_json::from_slice::<Vec<RemoteFile>>(&b).ok())
+    /// A listing the index kept (one of an older format is listed again).
+    fn stored_listing(&self, ns: &Namespace, rev_id: &str) -> Option<Listing> {
+        let b = self.store.meta_get(&listing_key(ns, rev_id))?;
+        Listing::from_bytes(&b)
+            .inspect_err(|e| tracing::debug!(%ns, rev_id, error = %e, "listing again"))
+            .ok()
     }
 
     /// Whether the index holds a listing.
@@ -203,22 +205,16 @@ impl MetaCache {
 
     /// Keeps a listing in the index, when it is at an immutable revision (listings of names
     /// without revisions move on every TTL: kept in memory only).
-    fn store_listing(&self, ns: &Namespace, rev_id: &str, files: &[RemoteFile]) {
+    fn store_listing(&self, ns: &Namespace, rev_id: &str, files: &Listing) {
         if ns.has_revisions() {
-            if let Ok(b) = serde_json::to_vec(files) {
-                self.store.meta_put(&listing_key(ns, rev_id), b);
-            }
+            self.store
+                .meta_put(&listing_key(ns, rev_id), files.to_bytes());
         }
     }
 
     /// Keeps a listing in memory. A namespace without revisions keeps only its latest, its
     /// files marked with where they were listed, and a small one is remembered as a prefix.
-    fn put_listing(
-        &self,
-        ns: &Namespace,
-        rev_id: &str,
-        mut files: Vec<RemoteFile>,
-    ) -> Arc<Vec<RemoteFile>> {
+    fn put_listing(&self, ns: &Namespace, rev_id: &str, mut files: Listing) -> Arc<Listing> {
         if !ns.has_revisions() {
             self.listings.retain(|(n, _), _| n != ns);
             // Prefixes whose keys are worth a re-list instead of a HEAD each: not a whole
@@ -228,13 +224,10 @@ impl MetaCache {
             if files.len() > 1 && files.len() <= 5_000 && !root {
                 self.prefixes.insert(ns.clone(), ());
             }
-            let listed = locus_core::Listed {
+            files.set_listed(locus_core::Listed {
                 namespace: ns.to_string(),
                 revision: rev_id.to_string(),
-            };
-            for f in &mut files {
-                f.listed = Some(listed.clone());
-            }
+            });
         }
         let files = Arc::new(files);
         self.listings
@@ -350,7 +343,7 @@ impl Node {
         ns: &Namespace,
         rev_id: &str,
         local_only: bool,
-    ) -> Result<Arc<Vec<RemoteFile>>, NodeError> {
+    ) -> Result<Arc<Listing>, NodeError> {
         if let Some(l) = self.meta.listing(ns, rev_id) {
             return Ok(l);
         }
@@ -391,31 +384,21 @@ impl Node {
         rev_id: &str,
         owner: &str,
         peers: &dyn peer::PeerTransport,
-    ) -> Result<Option<Vec<RemoteFile>>, NodeError> {
+    ) -> Result<Option<Listing>, NodeError> {
         let req = locus_grpc::v1::PeerListRequest {
             namespace: ns.to_string(),
             revision_id: rev_id.to_string(),
         };
-        let e = match peers.list(owner, req).await {
-            Ok(r) if r.files.len() <= peer::MAX_FILES => {
-                match r
-                    .files
-                    .into_iter()
-                    .map(peer::file_from_pb)
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(f) => {
-                        self.meta.store_listing(ns, rev_id, &f);
-                        return Ok(Some(f));
-                    }
-                    Err(why) => peer::PeerError::garbled(owner, why),
-                }
+        match peers.list(owner, req).await {
+            Ok(f) => {
+                self.meta.store_listing(ns, rev_id, &f);
+                Ok(Some(f))
             }
-            Ok(_) => peer::too_many(owner),
-            Err(e) => e,
-        };
-        self.owner_unanswered(owner, ns, rev_id, e)?;
-        Ok(None)
+            Err(e) => {
+                self.owner_unanswered(owner, ns, rev_id, e)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Notes that the metadata owner `owner` gave no answer on `ns` at `rev`: an error that
@@ -448,33 +431,22 @@ impl Node {
             let Some(all) = self.meta.listing(&parent, &rev) else {
                 continue;
             };
-            if let Some(f) = all.iter().find(|f| f.path == rel) {
-                let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
+            if let Some(i) = all.find(&rel) {
+                // The file, named by its last segment.
+                let dir = rel.rfind('/').map_or(0, |d| d + 1);
                 return Some(Resolved {
                     revision: rev,
-                    files: Arc::new(vec![RemoteFile {
-                        path: name,
-                        ..f.clone()
-                    }]),
+                    files: Files::part(all, i..i + 1, dir),
                     is_file: true,
                 });
             }
             let inside = format!("{rel}/");
-            let files: Vec<_> = all
-                .iter()
-                .filter_map(|f| {
-                    let p = f.path.strip_prefix(&inside)?;
-                    Some(RemoteFile {
-                        path: p.to_string(),
-                        ..f.clone()
-                    })
-                })
-                .collect();
+            let range = all.under(&inside);
             // An empty answer may just be an object created since: ask the origin.
-            if !files.is_empty() {
+            if !range.is_empty() {
                 return Some(Resolved {
                     revision: rev,
-                    files: Arc::new(files),
+                    files: Files::part(all, range, inside.len()),
                     is_file: false,
                 });
             }
@@ -512,33 +484,30 @@ impl Node {
             // A name without revisions that lists as itself is one object or file.
             let is_file = !uri.namespace.has_revisions()
                 && all.len() == 1
-                && all[0].uri == uri.namespace.to_string();
+                && all
+                    .get(0)
+                    .is_some_and(|f| f.uri == uri.namespace.to_string());
             // The cached listing itself, not a copy of it.
             return Ok(Resolved {
                 revision,
-                files: all,
+                files: Files::all(all),
                 is_file,
             });
         }
-        if let Some(f) = find_path(&all, &uri.path) {
+        if let Some(i) = all.find(&uri.path) {
             return Ok(Resolved {
                 revision,
-                files: Arc::new(vec![f.clone()]),
+                files: Files::part(all, i..i + 1, 0),
                 is_file: true,
             });
         }
-        let prefix = format!("{}/", uri.path);
-        let files: Vec<_> = all
-            .iter()
-            .filter(|f| f.path.starts_with(&prefix))
-            .cloned()
-            .collect();
-        if files.is_empty() {
+        let range = all.under(&format!("{}/", uri.path));
+        if range.is_empty() {
             return Err(NodeError::NotFound(uri.at_revision(&revision).to_string()));
         }
         Ok(Resolved {
             revision,
-            files: Arc::new(files),
+            files: Files::part(all, range, 0),
             is_file: false,
         })
     }
@@ -563,18 +532,9 @@ impl Node {
     pub async fn resolve_file(&self, uri: &LocusUri) -> Result<RemoteFile, NodeError> {
         let r = self.resolve(uri).await?;
         match (r.is_file, r.files.first()) {
-            (true, Some(f)) => Ok(f.clone()),
+            (true, Some(f)) => Ok(f),
             _ => Err(NodeError::IsFolder(uri.to_string())),
         }
-    }
-}
-
-/// The file at `path` of a listing: by binary search, as listings come sorted by path; by a
-/// walk if that misses (a listing out of order still answers right, only slower).
-fn find_path<'a>(all: &'a [RemoteFile], path: &str) -> Option<&'a RemoteFile> {
-    match all.binary_search_by(|f| f.path.as_str().cmp(path)) {
-        Ok(i) => all.get(i),
-        Err(_) => all.iter().find(|f| f.path == path),
     }
 }
 
@@ -592,52 +552,60 @@ fn immutable(ns: &Namespace, rev: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn files(n: usize) -> Vec<RemoteFile> {
-        (0..n)
-            .map(|i| RemoteFile {
-                uri: format!("hf://acme/big@{}/f/{i}", "c".repeat(40)),
-                path: format!("f/{i}"),
+    /// `n` files of a Hub dataset, each URI `pad` bytes longer than it needs, in a form no other
+    /// file shares (a listing that weighs more per file).
+    fn files(n: usize, pad: usize) -> Listing {
+        let rev = "c".repeat(40);
+        let mut b = locus_core::ListingBuilder::default();
+        for i in 0..n {
+            let path = format!("f/{i:08}");
+            b.push(&RemoteFile {
+                uri: format!(
+                    "hf://acme/big@{rev}/{path}{}",
+                    (i % 10).to_string().repeat(pad)
+                ),
+                locator: format!("acme/big/resolve/{rev}/{path}"),
+                key: format!("hf:acme/big@{rev}/{path}:1"),
                 size: 1,
-                key: format!("k{i}"),
-                locator: String::new(),
+                path,
                 digest: None,
                 listed: None,
-            })
-            .collect()
+            });
+        }
+        b.finish()
     }
 
     #[test]
-    fn a_path_is_found_in_a_sorted_listing_and_in_one_out_of_order() {
-        let sorted = files(1000);
-        let mut sorted = sorted;
-        sorted.sort_by(|a, b| a.path.cmp(&b.path));
-        for p in ["f/0", "f/999", "f/500"] {
-            assert_eq!(find_path(&sorted, p).map(|f| f.path.as_str()), Some(p));
-        }
-        assert!(find_path(&sorted, "f/1000").is_none());
-        let mut shuffled = sorted.clone();
-        shuffled.reverse();
-        shuffled.swap(3, 700);
-        for f in &sorted {
-            assert_eq!(find_path(&shuffled, &f.path).map(|g| &g.key), Some(&f.key));
-        }
-    }
-
-    #[test]
-    fn a_listing_of_hundreds_of_thousands_of_files_stays_in_memory() {
+    fn a_listing_of_millions_of_files_stays_in_memory_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 30).unwrap();
         let meta = MetaCache::new(Duration::from_secs(60), store);
         let ns = LocusUri::parse("hf://acme/big").unwrap().namespace;
         let rev = "c".repeat(40);
-        // Whatever the machine's cores: a listing of 300k files (under the bound) is kept.
-        meta.put_listing(&ns, &rev, files(300_000));
+        // Whatever the machine's cores: a listing of 2M files is kept, in under 32 bytes a file.
+        let two_million = files(2_000_000, 0);
+        assert!(
+            two_million.weight() < 2_000_000 * 32,
+            "{}",
+            two_million.weight()
+        );
+        meta.put_listing(&ns, &rev, two_million);
         let kept = meta.listing(&ns, &rev).expect("kept in memory");
-        assert_eq!(kept.len(), 300_000);
-        // The bound holds in all: two listings of 1.2M files together are not both kept.
-        let other = LocusUri::parse("hf://acme/other").unwrap().namespace;
-        meta.put_listing(&other, &rev, files(900_000));
-        let both = meta.listing(&other, &rev).is_some() && meta.listing(&ns, &rev).is_some();
+        assert_eq!(kept.len(), 2_000_000);
+        assert_eq!(
+            kept.get(1_234_567).map(|f| f.uri),
+            Some(format!("hf://acme/big@{rev}/f/01234567"))
+        );
+        // The bound holds in all: two listings of 3/4 of the bound each are not both kept.
+        let pad = 64 << 10;
+        let n = (MAX_LISTED_BYTES / pad as u64 * 3 / 4) as usize;
+        let (a, b) = (
+            LocusUri::parse("hf://acme/a").unwrap().namespace,
+            LocusUri::parse("hf://acme/b").unwrap().namespace,
+        );
+        meta.put_listing(&a, &rev, files(n, pad));
+        meta.put_listing(&b, &rev, files(n, pad));
+        let both = meta.listing(&a, &rev).is_some() && meta.listing(&b, &rev).is_some();
         assert!(!both, "over the bound");
     }
 }

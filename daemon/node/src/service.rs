@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use locus_core::uri::LocusUri;
-use locus_core::RemoteFile;
+use locus_core::{Files, RemoteFile};
 use locus_grpc::v1 as pb;
 use locus_grpc::v1::local_server::Local;
 use locus_origin::OriginError;
@@ -78,7 +78,7 @@ fn parse_uri(s: &str) -> Result<LocusUri, Status> {
 /// message with `finished` set (or the error). A client that goes away stops the work.
 pub(crate) fn warm_stream(
     node: Arc<Node>,
-    files: Vec<RemoteFile>,
+    files: locus_core::Listing,
     pin: bool,
     scope: Scope,
     detach: bool,
@@ -136,7 +136,7 @@ pub(crate) fn warm_stream(
 
 /// What a `List` or `ListPages` call resolved, before its entries are made.
 struct Listed {
-    files: Arc<Vec<RemoteFile>>,
+    files: Files,
     revision: String,
     ttl_ms: u64,
     age_ms: u64,
@@ -147,28 +147,31 @@ impl Listed {
     /// The entries of files `range`: with where their bytes are when complete here (one look
     /// at the store for the whole range).
     fn entries(&self, node: &Node, range: std::ops::Range<usize>) -> Vec<pb::ListEntry> {
-        let files = &self.files[range.clone()];
+        let files: Vec<RemoteFile> = range.clone().filter_map(|i| self.files.get(i)).collect();
         let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
         let held = node.store.holdings(&keys);
-        range.zip(held).map(|(i, h)| self.entry(i, h)).collect()
+        range
+            .zip(files)
+            .zip(held)
+            .map(|((i, f), h)| self.entry(i, f, h))
+            .collect()
     }
 
-    /// The entry of file `i`, given what the store holds of it.
-    fn entry(&self, i: usize, held: locus_store::Holding) -> pb::ListEntry {
-        let f = &self.files[i];
+    /// The entry of file `i` (`f`), given what the store holds of it.
+    fn entry(&self, i: usize, f: RemoteFile, held: locus_store::Holding) -> pb::ListEntry {
         let (cache_path, chunk_size, chunk_crc32c) = held
             .complete
             .map(|(p, cs, crcs)| (p.display().to_string(), cs, crcs))
             .unwrap_or_default();
         pb::ListEntry {
-            uri: f.uri.clone(),
-            path: f.path.clone(),
+            uri: f.uri,
+            path: f.path,
             size: f.size,
             cached_fraction: held.fraction,
             cache_path,
             chunk_size,
             chunk_crc32c,
-            key: f.key.clone(),
+            key: f.key,
             cluster_fraction: self
                 .cluster
                 .as_ref()

@@ -29,7 +29,7 @@ impl Origin for MemOrigin {
         Ok("c".repeat(40))
     }
 
-    async fn list(&self, ns: &Namespace, rev: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev: &str) -> Result<locus_core::Listing, OriginError> {
         Ok(self
             .files
             .iter()
@@ -42,7 +42,7 @@ impl Origin for MemOrigin {
                 digest: None,
                 listed: None,
             })
-            .collect())
+            .collect::<locus_core::Listing>())
     }
 
     async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
@@ -219,7 +219,7 @@ async fn peers_cannot_queue_unbounded_background_copies() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (n, _origin, _dir) = gated_node(Bytes::from(vec![7u8; 200 << 16]), 0, Some(gate));
     let uri = LocusUri::parse("hf://acme/m").unwrap();
-    let file = n.resolve(&uri).await.unwrap().files[0].clone();
+    let file = n.resolve(&uri).await.unwrap().files.first().unwrap();
     let tasks = || {
         tokio::runtime::Handle::current()
             .metrics()
@@ -317,7 +317,7 @@ impl crate::peer::PeerTransport for LyingPeer {
         &self,
         addr: &str,
         _req: locus_grpc::v1::PeerListRequest,
-    ) -> Result<locus_grpc::v1::PeerListResponse, crate::peer::PeerError> {
+    ) -> Result<locus_core::Listing, crate::peer::PeerError> {
         self.meta_calls.fetch_add(1, Ordering::SeqCst);
         Err(crate::peer::PeerError::unreachable(addr, "test double"))
     }
@@ -381,7 +381,7 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
     // It answers health checks again: now for its chunks.
     cluster.mark_up("liar:1", 0.0);
     // What it claims to hold past the file's chunks counts for nothing.
-    let c = node.coverage(std::slice::from_ref(&file)).await;
+    let c = node.coverage(&locus_core::Files::one(file.clone())).await;
     assert_eq!(c.fractions, vec![0.0]);
     assert!(c.unanswered.is_empty(), "{c:?}");
     let h = node
@@ -423,10 +423,18 @@ async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_wait
         .resolve_file(&LocusUri::parse("hf://o/n/w.bin").unwrap())
         .await
         .unwrap();
-    let progress = Arc::new(WarmProgress::of(std::slice::from_ref(&file)));
+    let progress = Arc::new(WarmProgress::of(&locus_core::Listing::new([file.clone()])));
     let work = {
         let (node, p) = (node.clone(), progress.clone());
-        tokio::spawn(async move { node.warm_in(crate::Scope::Node, vec![file], false, p).await })
+        tokio::spawn(async move {
+            node.warm_in(
+                crate::Scope::Node,
+                locus_core::Listing::new([file]),
+                false,
+                p,
+            )
+            .await
+        })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let r = loop {
@@ -449,5 +457,9 @@ async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_wait
     // Nothing under way: no note.
     assert_eq!(r.note, "", "{r:?}");
     // Bytes of other files' fetches do not count.
-    assert_eq!(node.report(&WarmProgress::of(&[])).done_bytes, 0);
+    assert_eq!(
+        node.report(&WarmProgress::of(&locus_core::Listing::default()))
+            .done_bytes,
+        0
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use locus_core::uri::LocusUri;
-use locus_core::{ChunkLayout, RemoteFile};
+use locus_core::{ChunkLayout, Listing, ListingBuilder, RemoteFile};
 use locus_grpc::v1 as pb;
 
 use crate::read::{chunk_hash, Source};
@@ -29,6 +29,9 @@ const URIS_PER_REQUEST: usize = 5000;
 /// files (one request each) keeps every connection busy: at an origin's latency L, a warm of
 /// small files runs at about `--concurrency` / L files a second.
 const FILES_AT_ONCE: usize = 8;
+/// Paths a warm's patterns dropped kept at most for a "did you mean" (of millions of files,
+/// the first are as good a sample as any).
+const MAX_SUGGEST_FROM: usize = 100_000;
 
 /// Where a warm puts the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,18 +70,21 @@ fn globset(patterns: &[String]) -> Result<Option<GlobSet>, NodeError> {
 }
 
 impl Node {
-    /// Files named by `uris`, filtered by globs on their paths, without duplicates.
+    /// Files named by `uris`, filtered by globs on their paths, without duplicates: a compact
+    /// listing (a warm of millions of files holds no `RemoteFile` per file).
     pub async fn select(
         &self,
         uris: &[String],
         include: &[String],
         exclude: &[String],
-    ) -> Result<Vec<RemoteFile>, NodeError> {
+    ) -> Result<Listing, NodeError> {
         let inc = globset(include)?;
         let exc = globset(exclude)?;
+        // One URI's files are one listing's, each once: only several URIs can repeat a file.
         let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        // The paths the patterns dropped, to say which were near when they kept none.
+        let mut out = ListingBuilder::default();
+        // Paths the patterns dropped (the first of them), to say which were near when they kept
+        // none.
         let mut dropped = Vec::new();
         for s in uris {
             let uri = LocusUri::parse(s)?;
@@ -86,12 +92,15 @@ impl Node {
                 let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
                     && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
                 if !keep {
-                    dropped.push(f.path.clone());
-                } else if seen.insert(f.uri.clone()) {
-                    out.push(f.clone());
+                    if dropped.len() < MAX_SUGGEST_FROM {
+                        dropped.push(f.path);
+                    }
+                } else if uris.len() == 1 || seen.insert(f.uri.clone()) {
+                    out.push(&f);
                 }
             }
         }
+        let out = out.finish();
         if out.is_empty() && !dropped.is_empty() {
             // A pattern that selects nothing is a mistake, not an empty warm.
             let typed = include
@@ -120,14 +129,14 @@ impl Node {
     pub async fn warm_in(
         self: &Arc<Self>,
         scope: Scope,
-        files: Vec<RemoteFile>,
+        files: Listing,
         pin: bool,
         progress: Arc<WarmProgress>,
     ) -> Result<(), NodeError> {
         match scope {
-            Scope::Node => self.warm(files, pin, progress).await,
-            Scope::Cluster => self.warm_cluster(files, progress).await,
-            Scope::AllNodes => self.warm_all_nodes(files, pin, progress).await,
+            Scope::Node => self.warm(&files, pin, progress).await,
+            Scope::Cluster => self.warm_cluster(files.to_vec(), progress).await,
+            Scope::AllNodes => self.warm_all_nodes(files.to_vec(), pin, progress).await,
         }
     }
 
@@ -135,11 +144,11 @@ impl Node {
     /// least `FILES_AT_ONCE`).
     pub async fn warm(
         self: &Arc<Self>,
-        files: Vec<RemoteFile>,
+        files: &Listing,
         pin: bool,
         progress: Arc<WarmProgress>,
     ) -> Result<(), NodeError> {
-        futures::stream::iter(files)
+        futures::stream::iter(files.iter())
             .map(|f| {
                 let progress = progress.clone();
                 async move {
@@ -333,7 +342,9 @@ impl Node {
         part: &Arc<WarmProgress>,
     ) -> Result<(), NodeError> {
         if m == self.cluster.me() {
-            return self.warm(files.to_vec(), pin, part.clone()).await;
+            return self
+                .warm(&Listing::new(files.iter().cloned()), pin, part.clone())
+                .await;
         }
         let peers = self
             .peers
@@ -428,13 +439,13 @@ fn add_remote(p: &WarmProgress, now: &pb::WarmProgress, seen: &mut pb::WarmProgr
 
 impl WarmProgress {
     /// The progress of a warm of `files`, nothing done yet.
-    pub fn of(files: &[RemoteFile]) -> Self {
+    pub fn of(files: &Listing) -> Self {
         let p = WarmProgress {
-            keys: files.iter().map(|f| f.key.clone()).collect(),
+            keys: files.iter().map(|f| f.key).collect(),
             ..Default::default()
         };
         // Sizes come from origins and peers: a sum that cannot overflow.
-        let size = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        let size = (0..files.len()).fold(0u64, |a, i| a.saturating_add(files.size(i)));
         p.total_bytes.store(size, Ordering::Relaxed);
         p.total_files.store(files.len() as u64, Ordering::Relaxed);
         p

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use locus_core::{Namespace, RemoteFile};
+use locus_core::{Listing, Namespace, RemoteFile};
 
 use crate::{ByteStream, Origin, OriginError};
 
@@ -40,7 +40,7 @@ impl<O: Origin> Origin for FaultyOrigin<O> {
         self.inner.resolve(ns, revision).await
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
         self.inner.list(ns, rev_id).await
     }
 

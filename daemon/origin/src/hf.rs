@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use locus_core::uri::RepoType;
-use locus_core::{is_hex, Digest, Namespace, RemoteFile, Secret};
+use locus_core::{is_hex, Digest, Listing, ListingBuilder, Namespace, RemoteFile, Secret};
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -412,7 +412,7 @@ impl Origin for HfOrigin {
         Ok(info.sha.to_ascii_lowercase())
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
         let (rt, repo) = hf_parts(ns)?;
         let what = format!("{ns}@{rev_id}");
         let mut url = format!(
@@ -420,7 +420,8 @@ impl Origin for HfOrigin {
             self.cfg.endpoint,
             rt.api_plural()
         );
-        let mut files = Vec::new();
+        // Each page goes into the compact listing as it comes: never the whole as RemoteFiles.
+        let mut files = ListingBuilder::default();
         loop {
             let (entries, headers) = self
                 .get_json::<Vec<TreeEntry>>(&url, &what, "list", "revision")
@@ -451,7 +452,7 @@ impl Origin for HfOrigin {
                     Some(d) => RemoteFile::key_for_digest(d, size),
                     None => format!("hf:{ns}@{rev_id}/{path}:{size}"),
                 };
-                files.push(RemoteFile {
+                files.push(&RemoteFile {
                     uri: format!("{ns}@{rev_id}/{path}"),
                     locator: format!(
                         "{}{repo}/resolve/{rev_id}/{}",
@@ -470,8 +471,7 @@ impl Origin for HfOrigin {
                 None => break,
             }
         }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(files)
+        Ok(files.finish())
     }
 
     async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {

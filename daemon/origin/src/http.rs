@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::{StreamExt, TryStreamExt};
-use locus_core::{Namespace, RemoteFile};
+use locus_core::{Listing, Namespace, RemoteFile};
 use reqwest::header::{
     HeaderMap, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_UNMODIFIED_SINCE,
     LAST_MODIFIED, RANGE,
@@ -462,7 +462,7 @@ impl HttpOrigin {
         }
     }
 
-    async fn head(&self, ns: &Namespace) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn head(&self, ns: &Namespace) -> Result<Listing, OriginError> {
         let url = self.url(ns)?;
         let resp = send_with_retry(self.retry, url, "head", || self.client.head(url)).await?;
         if !resp.status().is_success() {
@@ -493,7 +493,7 @@ impl HttpOrigin {
                 format!("seen-{}", locus_core::unix_ms()),
             ),
         };
-        Ok(vec![RemoteFile {
+        Ok(Listing::new([RemoteFile {
             uri: url.to_string(),
             path: file_name(url),
             size,
@@ -501,7 +501,7 @@ impl HttpOrigin {
             locator: serde_json::to_string(&v).unwrap_or_default(),
             digest: None,
             listed: None,
-        }])
+        }]))
     }
 
     /// A GET of `file` guarded by its validators.
@@ -646,7 +646,7 @@ impl Origin for HttpOrigin {
         self.snapshots.resolve(ns, revision, self.head(ns)).await
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
         self.snapshots.list(ns, rev_id, self.head(ns)).await
     }
 

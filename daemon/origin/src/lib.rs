@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use locus_core::{Namespace, RemoteFile};
+use locus_core::{Listing, Namespace, RemoteFile};
 
 mod beneath;
 #[cfg(any(test, feature = "faulty"))]
@@ -184,7 +184,7 @@ pub trait Origin: Send + Sync + 'static {
     async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError>;
 
     /// Every file of `ns` at the immutable revision `rev_id` (recursively).
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError>;
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError>;
 
     /// The bytes `range` of `file`. The stream yields exactly `range.end - range.start` bytes or
     /// ends with an error.
@@ -239,7 +239,7 @@ impl Origin for Origins {
         self.route(ns)?.resolve(ns, revision).await
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
         self.route(ns)?.list(ns, rev_id).await
     }
 

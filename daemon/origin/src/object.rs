@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::{StreamExt, TryStreamExt};
-use locus_core::{LocusUri, Namespace, RemoteFile, LATEST};
+use locus_core::{Listing, ListingBuilder, LocusUri, Namespace, RemoteFile, LATEST};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -224,12 +224,12 @@ async fn list_place(
     ns: &Namespace,
     place: &Place,
     denied_hint: &'static str,
-) -> Result<Vec<RemoteFile>, OriginError> {
+) -> Result<Listing, OriginError> {
     let what = ns.to_string();
     if !place.base.is_empty() {
         count_request("head");
         match place.store.head(&place.path(&what)?).await {
-            Ok(meta) => return Ok(vec![remote(ns, place, "", &place.name, &meta)]),
+            Ok(meta) => return Ok(Listing::new([remote(ns, place, "", &place.name, &meta)])),
             // Not an object; a policy that grants `prefix/*` denies a HEAD of `prefix` itself.
             Err(
                 object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. },
@@ -246,7 +246,7 @@ async fn list_place(
         false => Some(place.path(&what)?),
     };
     let mut entries = place.store.list(prefix.as_ref());
-    let mut files = Vec::new();
+    let mut files = ListingBuilder::default();
     let mut seen = 0usize;
     while let Some(meta) = entries
         .try_next()
@@ -266,25 +266,27 @@ async fn list_place(
                 .and_then(|r| r.strip_prefix('/'))
         };
         match rel.map(locus_core::uri::normalize_path) {
-            Some(Ok(rel)) if !rel.is_empty() => files.push(remote(ns, place, &rel, &rel, &meta)),
+            Some(Ok(rel)) if !rel.is_empty() => files.push(&remote(ns, place, &rel, &rel, &meta)),
             // `prefix/` itself: a folder marker.
             Some(Ok(_)) if meta.size == 0 => {}
             _ => tracing::warn!(%ns, key, "skipping an object whose key locus cannot name"),
         }
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     // Folder markers (`dir/`, an empty object listed as `dir`) would hide the folder's files.
-    let dirs: std::collections::HashSet<&str> = files
-        .iter()
-        .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
-        .flat_map(|d| d.match_indices('/').map(|(i, _)| &d[..i]).chain([d]))
+    let files = files.finish();
+    let markers: Vec<usize> = (0..files.len())
+        .filter(|i| files.size(*i) == 0 && !files.under(&format!("{}/", files.path(*i))).is_empty())
         .collect();
-    let markers: std::collections::HashSet<String> = files
-        .iter()
-        .filter(|f| f.size == 0 && dirs.contains(f.path.as_str()))
-        .map(|f| f.path.clone())
-        .collect();
-    files.retain(|f| !markers.contains(&f.path));
+    let files = match markers.is_empty() {
+        true => files,
+        false => Listing::new(
+            files
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| markers.binary_search(i).is_err())
+                .map(|(_, f)| f),
+        ),
+    };
     if files.is_empty() && !place.base.is_empty() && seen == 0 {
         return Err(OriginError::NotFound {
             what,
@@ -305,7 +307,7 @@ async fn walk_place(
     ns: &Namespace,
     place: &Place,
     roots: Arc<Vec<PathBuf>>,
-) -> Result<Vec<RemoteFile>, OriginError> {
+) -> Result<Listing, OriginError> {
     let base = PathBuf::from(format!("/{}", place.base));
     let b = base.clone();
     let found = tokio::task::spawn_blocking(move || walk(&b, &roots, MAX_WALK))
@@ -318,7 +320,7 @@ async fn walk_place(
             what: ns.to_string(),
             detail: format!("more than {limit} files under it: name a folder inside it"),
         })?;
-    let mut files = Vec::with_capacity(found.len());
+    let mut files = ListingBuilder::default();
     for (path, size, etag) in found {
         let Some(rel) = path.strip_prefix(&base).ok().and_then(|r| r.to_str()) else {
             continue;
@@ -329,7 +331,15 @@ async fn walk_place(
         };
         let location = path.to_string_lossy();
         let location = location.trim_start_matches('/');
-        files.push(remote_of(ns, place, &rel, &rel, location, size, Some(etag)));
+        files.push(&remote_of(
+            ns,
+            place,
+            &rel,
+            &rel,
+            location,
+            size,
+            Some(etag),
+        ));
     }
     if files.is_empty() && !base.is_dir() {
         return Err(OriginError::NotFound {
@@ -337,8 +347,7 @@ async fn walk_place(
             kind: "file or folder",
         });
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
+    Ok(files.finish())
 }
 
 /// The identity `object_store`'s `LocalFileSystem` gives a file (checked by its reads).
@@ -475,7 +484,7 @@ impl<T: Places> Origin for T {
             .await
     }
 
-    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Vec<RemoteFile>, OriginError> {
+    async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
         let place = self.place(ns)?;
         self.snapshots()
             .list(ns, rev_id, list_place(ns, &place, T::DENIED))
@@ -797,7 +806,7 @@ mod tests {
             .unwrap()
             .namespace;
         let id = o.resolve(&ns, LATEST).await.unwrap();
-        let x = o.list(&ns, &id).await.unwrap().remove(0);
+        let x = o.list(&ns, &id).await.unwrap().to_vec().remove(0);
         let checked = o.place(&ns).unwrap();
         let got: Vec<Bytes> = read_place(&checked, &x, 0..5, FILE_DENIED)
             .await
@@ -852,7 +861,7 @@ mod tests {
             .unwrap()
             .namespace;
         let id = o.resolve(&ns, LATEST).await.unwrap();
-        let files = o.list(&ns, &id).await.unwrap();
+        let files = o.list(&ns, &id).await.unwrap().to_vec();
         let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
         assert!(
             paths.contains(&"a/b/x.bin") && paths.contains(&"top.txt"),
@@ -926,6 +935,7 @@ mod tests {
             .list(&ns, &id2)
             .await
             .unwrap()
+            .to_vec()
             .into_iter()
             .find(|f| f.path == "a/b/x.bin")
             .unwrap();
@@ -935,7 +945,7 @@ mod tests {
             .unwrap()
             .namespace;
         let id = o.resolve(&one, LATEST).await.unwrap();
-        let files = o.list(&one, &id).await.unwrap();
+        let files = o.list(&one, &id).await.unwrap().to_vec();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, "top.txt");
         assert!(LocusUri::parse(&files[0].uri)

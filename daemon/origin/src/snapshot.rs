@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use locus_core::{Namespace, RemoteFile, LATEST};
+use locus_core::{Listing, Namespace, LATEST};
 
 use crate::OriginError;
 
@@ -20,7 +20,7 @@ const MAX_NAMESPACES: usize = 4096;
 /// The latest listing per namespace, by fingerprint.
 #[derive(Default)]
 pub(crate) struct Snapshots {
-    latest: DashMap<Namespace, (String, Arc<Vec<RemoteFile>>)>,
+    latest: DashMap<Namespace, (String, Arc<Listing>)>,
 }
 
 impl Snapshots {
@@ -32,7 +32,7 @@ impl Snapshots {
         list_now: F,
     ) -> Result<String, OriginError>
     where
-        F: Future<Output = Result<Vec<RemoteFile>, OriginError>>,
+        F: Future<Output = Result<Listing, OriginError>>,
     {
         if revision != LATEST {
             return Err(OriginError::NotFound {
@@ -58,9 +58,9 @@ impl Snapshots {
         ns: &Namespace,
         id: &str,
         list_now: F,
-    ) -> Result<Vec<RemoteFile>, OriginError>
+    ) -> Result<Listing, OriginError>
     where
-        F: Future<Output = Result<Vec<RemoteFile>, OriginError>>,
+        F: Future<Output = Result<Listing, OriginError>>,
     {
         if let Some(e) = self.latest.get(ns) {
             if e.0 == id {
@@ -78,9 +78,9 @@ impl Snapshots {
 }
 
 /// A short, stable name of a listing: its paths and keys.
-fn fingerprint(files: &[RemoteFile]) -> String {
+fn fingerprint(files: &Listing) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for f in files {
+    for f in files.iter() {
         h.update(f.path.as_bytes());
         h.update(&[0]);
         h.update(f.key.as_bytes());

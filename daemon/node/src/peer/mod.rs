@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use locus_core::{Digest, RemoteFile, Secret};
+use locus_core::{Digest, Listing, ListingBuilder, RemoteFile, Secret};
 use locus_grpc::v1 as pb;
 use locus_grpc::v1::peer_client::PeerClient;
 use tonic::service::interceptor::InterceptedService;
@@ -188,12 +188,8 @@ pub trait PeerTransport: Send + Sync + 'static {
         addr: &str,
         req: pb::ResolveRequest,
     ) -> Result<pb::ResolveResponse, PeerError>;
-    /// Lists a namespace at the metadata owner.
-    async fn list(
-        &self,
-        addr: &str,
-        req: pb::PeerListRequest,
-    ) -> Result<pb::PeerListResponse, PeerError>;
+    /// Lists a namespace at the metadata owner: every entry checked ([`file_from_pb`]).
+    async fn list(&self, addr: &str, req: pb::PeerListRequest) -> Result<Listing, PeerError>;
     /// Asks a peer to cache files fully.
     async fn warm(&self, addr: &str, req: pb::PeerWarmRequest)
         -> Result<ProgressStream, PeerError>;
@@ -462,35 +458,41 @@ impl PeerTransport for GrpcPeers {
             .map_err(|s| PeerError::from_status(addr, s))
     }
 
-    /// The owner's listing in pages (`ListPages`), joined; one message (`List`) from a member
-    /// that has no pages. The owner may have to list the origin first: the first page, and
-    /// each next one, within [`METADATA_TIMEOUT`].
-    async fn list(
-        &self,
-        addr: &str,
-        req: pb::PeerListRequest,
-    ) -> Result<pb::PeerListResponse, PeerError> {
+    /// The owner's listing in pages (`ListPages`), each checked and compacted as it comes; one
+    /// message (`List`) from a member that has no pages. The owner may have to list the origin
+    /// first: the first page, and each next one, within [`METADATA_TIMEOUT`].
+    async fn list(&self, addr: &str, req: pb::PeerListRequest) -> Result<Listing, PeerError> {
         let mut c = self.client(addr)?;
         let late = || PeerError::unreachable(addr, "no listing page within the metadata deadline");
+        let mut files = ListingBuilder::default();
+        let mut take = |page: Vec<pb::PeerFile>| -> Result<(), PeerError> {
+            if files.len() + page.len() > MAX_FILES {
+                return Err(too_many(addr));
+            }
+            for p in page {
+                files.push(&file_from_pb(p).map_err(|why| PeerError::garbled(addr, why))?);
+            }
+            Ok(())
+        };
         let mut pages =
             match tokio::time::timeout(METADATA_TIMEOUT, c.list_pages(req.clone())).await {
                 Err(_) => return Err(late()),
                 Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    return c
+                    let r = c
                         .list(deadline(METADATA_TIMEOUT, req))
                         .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| PeerError::from_status(addr, s));
+                        .map_err(|s| PeerError::from_status(addr, s))?;
+                    take(r.into_inner().files)?;
+                    return Ok(files.finish());
                 }
                 Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
                 Ok(Ok(r)) => r.into_inner(),
             };
-        let mut files = Vec::new();
         loop {
             let page = match tokio::time::timeout(METADATA_TIMEOUT, pages.message()).await {
                 Err(_) => return Err(late()),
                 Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
-                Ok(Ok(None)) => return Ok(pb::PeerListResponse { files }),
+                Ok(Ok(None)) => return Ok(files.finish()),
                 Ok(Ok(Some(p))) => p,
             };
             if page.files.len() > crate::LIST_PAGE {
@@ -499,10 +501,7 @@ impl PeerTransport for GrpcPeers {
                     "a listing page of more than 10,000 files",
                 ));
             }
-            if files.len() + page.files.len() > MAX_FILES {
-                return Err(too_many(addr));
-            }
-            files.extend(page.files);
+            take(page.files)?;
         }
     }
 

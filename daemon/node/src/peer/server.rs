@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use locus_core::{LocusUri, Namespace, RemoteFile, Secret};
+use locus_core::{Listing, LocusUri, Namespace, RemoteFile, Secret};
 use locus_grpc::v1 as pb;
 use locus_grpc::v1::peer_server::Peer;
 use locus_store::FileHandle;
@@ -38,7 +38,7 @@ impl PeerService {
     }
 
     /// The listing a `List` or `ListPages` request asks for, its fields checked first.
-    async fn listing(&self, r: pb::PeerListRequest) -> Result<Arc<Vec<RemoteFile>>, Status> {
+    async fn listing(&self, r: pb::PeerListRequest) -> Result<Arc<Listing>, Status> {
         let ns = namespace(&r.namespace)?;
         revision("revision_id", &r.revision_id)?;
         Ok(self.node.listing(&ns, &r.revision_id, true).await?)
@@ -164,15 +164,11 @@ impl Node {
             // a lookup, not a scan per chunk request (listings may hold 100,000s of files).
             let rel = path_in(&ns, &r.uri);
             let found = match rel {
-                Some(rel) => files
-                    .binary_search_by(|f| f.path.as_str().cmp(rel))
-                    .ok()
-                    .map(|i| &files[i]),
-                None => files.first().filter(|_| files.len() == 1),
+                Some(rel) => files.find(rel).and_then(|i| files.get(i)),
+                None => files.get(0).filter(|_| files.len() == 1),
             };
             return found
                 .filter(|f| f.key == r.key && f.uri == r.uri && f.size == r.size)
-                .cloned()
                 // The object moved on since that listing: not the peer's fault (no mark-down),
                 // and the asker's own origin read will say what changed.
                 .ok_or_else(|| {
@@ -525,7 +521,7 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::PeerListResponse>, Status> {
         let files = self.listing(request.into_inner()).await?;
         Ok(Response::new(pb::PeerListResponse {
-            files: files.iter().map(file_to_pb).collect(),
+            files: files.iter().map(|f| file_to_pb(&f)).collect(),
         }))
     }
 
@@ -538,7 +534,10 @@ impl Peer for PeerService {
         let files = self.listing(request.into_inner()).await?;
         Ok(Response::new(pages(files.len(), move |r| {
             pb::PeerListResponse {
-                files: files[r].iter().map(file_to_pb).collect(),
+                files: r
+                    .filter_map(|i| files.get(i))
+                    .map(|f| file_to_pb(&f))
+                    .collect(),
             }
         })))
     }
