@@ -129,6 +129,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
             .block_on(self.api.list(pb::ListRequest {
                 uri: uri.to_string(),
                 cluster: false,
+                one_level: true,
             }))
             .map_err(status_error)?;
         let prefix = locus_core::LocusUri::parse(uri)
@@ -162,8 +163,18 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                 size: e.size,
             })
             .collect();
+        let base = uri.trim_end_matches('/');
+        let folders = r
+            .folders
+            .into_iter()
+            .map(|name| {
+                let uri = format!("{base}/{name}");
+                (name, uri)
+            })
+            .collect();
         Ok(Listing {
             entries,
+            folders,
             ttl: (r.ttl_ms > 0).then(|| std::time::Duration::from_millis(r.ttl_ms)),
             age: std::time::Duration::from_millis(r.age_ms),
         })

@@ -1202,6 +1202,7 @@ mod tests {
                     size: 1,
                     cached: None,
                 }],
+                folders: Vec::new(),
                 ttl: Some(Duration::from_secs(60)),
                 age: Duration::from_secs(60),
             })

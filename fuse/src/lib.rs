@@ -55,6 +55,9 @@ use std::time::Duration;
 pub struct Listing {
     /// Its files.
     pub entries: Vec<Entry>,
+    /// Folders in it not listed yet (name, URI): each is listed when first opened or looked
+    /// in, so a mount of millions of files loads only the folders it walks.
+    pub folders: Vec<(String, String)>,
     /// How long the listing stays current; `None` when it never changes (a commit).
     pub ttl: Option<Duration>,
     /// How old it already was when it was answered.

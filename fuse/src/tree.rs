@@ -32,8 +32,9 @@ pub(crate) enum Lazy {
     Org { datasets: bool, org: String },
     /// `s3/`: every BUCKET, listed on first lookup.
     S3,
-    /// A repo or bucket shown because the node caches files of it (`uri`), listed when first
-    /// entered ([`Tree::promote`]): showing it costs no listing.
+    /// A repo or bucket shown because the node caches files of it (`uri`), or a folder of a
+    /// listing (the listing said it is there, one level at a time), listed when first entered
+    /// ([`Tree::promote`]): showing it costs no listing.
     Repo { uri: String },
 }
 
@@ -113,6 +114,8 @@ impl Changes {
 enum Want {
     Dir(BTreeMap<String, Want>),
     File(Entry),
+    /// A folder listed when first entered, by its URI.
+    Folder(String),
 }
 
 /// A listing made ready outside the tree's lock: its names as a tree, and a digest that tells
@@ -131,12 +134,20 @@ impl Prepared {
         for e in &listing.entries {
             (&e.path, &e.key, e.size).hash(&mut h);
         }
+        listing.folders.hash(&mut h);
+        let mut want = want_tree(listing.entries);
+        // A folder wins over a file of the same name, as in `insert_want`.
+        for (name, uri) in listing.folders {
+            if !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) {
+                want.insert(name, Want::Folder(uri));
+            }
+        }
         Prepared {
             digest: h.finish(),
             // A TTL of 0 would list the whole root again at every lookup.
             ttl: listing.ttl.map(|t| t.max(MIN_TTL)),
             age: listing.age,
-            want: want_tree(listing.entries),
+            want,
         }
     }
 }
@@ -472,7 +483,18 @@ impl Tree {
     fn is_version(&self, ino: u64, want: &Want) -> bool {
         match (self.nodes.get(&ino).map(|n| &n.kind), want) {
             (Some(Kind::File { key, size, .. }), Want::File(e)) => *key == e.key && *size == e.size,
-            (Some(Kind::Dir { lazy: None, .. }), Want::Dir(_)) => true,
+            (Some(Kind::Dir { lazy: None, .. }), Want::Dir(_)) => !self.roots.contains_key(&ino),
+            (
+                Some(Kind::Dir {
+                    lazy: Some(Lazy::Repo { uri }),
+                    ..
+                }),
+                Want::Folder(u),
+            ) => uri == u,
+            // A folder listed since: it is a root of its own, listed again on its own TTL.
+            (Some(Kind::Dir { lazy: None, .. }), Want::Folder(u)) => {
+                self.roots.get(&ino).is_some_and(|r| r.uri == *u)
+            }
             _ => false,
         }
     }
@@ -540,6 +562,7 @@ impl Tree {
                 None,
             ),
             Want::Dir(m) => (dir_kind(None), Some(m)),
+            Want::Folder(uri) => (dir_kind(Some(Lazy::Repo { uri })), None),
         };
         let ino = self.new_inode(parent, root, kind);
         if let Some(m) = inner {
@@ -594,7 +617,17 @@ impl Tree {
             if self.linked <= self.max_linked {
                 break;
             }
-            self.detach(ino, &mut ch);
+            // A folder of a listing stays, as a placeholder listed again when entered; a repo
+            // or bucket goes (its lazy parent shows it again when named).
+            let in_listing = self
+                .nodes
+                .get(&ino)
+                .and_then(|n| self.nodes.get(&n.parent))
+                .is_some_and(|p| p.root != 0);
+            match in_listing {
+                true => self.demote(ino, &mut ch),
+                false => self.detach(ino, &mut ch),
+            }
         }
         if self.linked > self.max_linked {
             let orgs: Vec<u64> = self
@@ -617,6 +650,40 @@ impl Tree {
             }
         }
         ch
+    }
+
+    /// Makes root `ino`, a folder of its parent's listing, a placeholder again: what it held is
+    /// unlinked, and it is listed again when next entered.
+    fn demote(&mut self, ino: u64, ch: &mut Changes) {
+        let Some(uri) = self.roots.remove(&ino).map(|r| r.uri) else {
+            return;
+        };
+        let parent_root = self
+            .nodes
+            .get(&ino)
+            .and_then(|n| self.nodes.get(&n.parent))
+            .map_or(0, |p| p.root);
+        let children = match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.root = parent_root;
+                match &mut n.kind {
+                    Kind::Dir { children, lazy, .. } => {
+                        *lazy = Some(Lazy::Repo { uri });
+                        std::mem::take(children)
+                    }
+                    _ => return,
+                }
+            }
+            None => return,
+        };
+        if !children.is_empty() {
+            self.bump(ino);
+            ch.dirs.push(ino);
+        }
+        for (name, c) in children {
+            ch.names.push((ino, name));
+            self.unlink(c, ch);
+        }
     }
 
     /// Takes `ino` out of its parent and unlinks it.
@@ -662,6 +729,7 @@ mod tests {
             entries,
             ttl: Some(Duration::from_secs(60)),
             age: Duration::ZERO,
+            folders: Vec::new(),
         })
     }
 

@@ -50,6 +50,7 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<Shard>, Lo
             .list_pages(pb::ListRequest {
                 uri: uri.to_string(),
                 cluster: false,
+                one_level: false,
             })
             .await
             .map_err(status_error)?

@@ -392,6 +392,7 @@ pub async fn ls(socket: &Path, uri: &str, cluster: bool, json: bool) -> Result<(
         .list_pages(pb::ListRequest {
             uri: uri.to_string(),
             cluster,
+            one_level: false,
         })
         .await
         .map_err(status_failure)?

@@ -137,6 +137,8 @@ pub(crate) fn warm_stream(
 /// What a `List` or `ListPages` call resolved, before its entries are made.
 struct Listed {
     files: Files,
+    /// With `one_level`: the folders directly in the one listed.
+    folders: Vec<String>,
     revision: String,
     ttl_ms: u64,
     age_ms: u64,
@@ -191,6 +193,10 @@ impl Listed {
                 (true, Some(c)) => c.unanswered.clone(),
                 _ => Vec::new(),
             },
+            folders: match first {
+                true => self.folders.clone(),
+                false => Vec::new(),
+            },
         }
     }
 }
@@ -227,14 +233,31 @@ impl LocalService {
     /// Resolves what a `List` request names (and, when asked, what the cluster holds of it).
     async fn listed(&self, req: pb::ListRequest) -> Result<Listed, Status> {
         let uri = parse_uri(&req.uri)?;
-        let r = self.node.resolve(&uri).await?;
+        let mut r = self.node.resolve(&uri).await?;
         let (ttl, age) = self.node.freshness(&uri, &r);
+        let mut folders = Vec::new();
+        if req.one_level && !r.is_file {
+            // Paths read from the namespace's root unless the listing answered from an
+            // enclosing one (then from the folder itself).
+            let prefix = match r.files.first() {
+                Some(f)
+                    if !uri.path.is_empty() && f.path.starts_with(&format!("{}/", uri.path)) =>
+                {
+                    format!("{}/", uri.path)
+                }
+                _ => String::new(),
+            };
+            let (files, names) = r.files.children(&prefix);
+            r.files = Files::all(Arc::new(files));
+            folders = names;
+        }
         let cluster = match req.cluster {
             true => Some(self.node.coverage(&r.files).await),
             false => None,
         };
         Ok(Listed {
             files: r.files,
+            folders,
             revision: r.revision,
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
             age_ms: age.as_millis() as u64,
