@@ -9,7 +9,10 @@ fresh daemon:
      then again (from the daemon's metadata): wall time, files seen, or the error;
   2. `locus cat` of one file of the dataset, 20 times: the median, which shows whether the
      listing is kept in memory or read again on each open;
-  3. the daemon's peak RSS (VmHWM).
+  3. `locus mount` of the whole dataset, then a read of one file deep in it: the time from the
+     mount command to that file's bytes (cold: the mount's first listing included, the
+     daemon's listing already made by step 1), and the mount process's peak RSS;
+  4. the daemon's peak RSS (VmHWM).
 
 The Hub comes from `--origin` (a build with `--generated`); the `locus` binaries from `--a` and
 `--b` (release folders). Run from the repository root:
@@ -50,6 +53,25 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+def mount_first_file(bin_dir, sock, uri, work, name):
+    """Seconds from `locus mount` to one file's bytes, and the mount process's peak RSS."""
+    mnt = Path(tempfile.mkdtemp(dir=work))
+    t = time.time()
+    r = subprocess.run([str(bin_dir / "locus"), "--socket", str(sock), "mount", uri, str(mnt)],
+                       capture_output=True, timeout=1800)
+    if r.returncode != 0:
+        return f"mount failed: {r.stderr.decode().strip()[:160]}", "-"
+    try:
+        (mnt / name).read_bytes()
+        secs = time.time() - t
+        pid = subprocess.run(["pgrep", "-f", f"mount {uri} {mnt}"], capture_output=True,
+                             text=True).stdout.split()
+        rss = f"{peak_rss_mib(int(pid[0])):.0f} MiB" if pid else "?"
+        return f"{secs:.2f} s", rss
+    finally:
+        subprocess.run([str(bin_dir / "locus"), "unmount", str(mnt)], capture_output=True, timeout=120)
+
+
 def one(bin_dir, url, n, work):
     d = Path(tempfile.mkdtemp(dir=work))
     sock = d / "locus.sock"
@@ -87,6 +109,8 @@ def one(bin_dir, url, n, work):
                 break
         else:
             out["cat"] = f"median {statistics.median(cats) * 1000:.1f} ms"
+        name = f"{(n - 7) // 1000:04}/{n - 7:08}.bin"
+        out["mount"], out["mount_rss"] = mount_first_file(bin_dir, sock, uri, d, name)
         out["rss"] = f"{peak_rss_mib(p.pid):.0f} MiB"
     finally:
         p.send_signal(signal.SIGTERM)
@@ -114,6 +138,7 @@ def main():
             for name, bin_dir in (("a", a.a), ("b", a.b)):
                 r = one(bin_dir, url, n, work)
                 print(f"{name}  ls cold {r['cold']}; ls again {r['again']}; cat of one file {r['cat']}; "
+                      f"mount to first file {r['mount']} (mount peak RSS {r['mount_rss']}); "
                       f"daemon peak RSS {r['rss']}")
     finally:
         origin.send_signal(signal.SIGINT)
