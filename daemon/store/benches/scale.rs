@@ -13,7 +13,8 @@
 //! instead: slower and N real data files, but it uses nothing newer than the first layout's
 //! API, so the same file benchmarks an older build side by side.
 //!
-//! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [N ...]` (default 10000 100000 1000000)
+//! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [--keep] [N ...]` (default 10000
+//! 100000 1000000); `--keep` leaves each filled store for `--probe DIR N` to measure again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +112,10 @@ fn probe(dir: &Path, n: usize) {
     let rss_open = rss_mib();
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let mut lat = Vec::with_capacity(READS);
+    // The two halves of a read: the index (register: the record and its chunk table) and the
+    // data file (open, read, CRC-check).
+    let (mut index_part, mut data_part) = (Vec::with_capacity(READS), Vec::with_capacity(READS));
+    let mut missed = 0;
     for _ in 0..READS {
         x ^= x << 13;
         x ^= x >> 7;
@@ -118,23 +123,37 @@ fn probe(dir: &Path, n: usize) {
         let i = (x % n as u64) as usize;
         let t = Instant::now();
         let h = store.register(&file(i), CHUNK).expect("register");
-        let b = h
-            .checked_bytes(0, SINCE_START)
-            .expect("read")
-            .expect("cached");
+        let registered = t.elapsed().as_secs_f64() * 1e6;
+        let Some(b) = h.checked_bytes(0, SINCE_START).expect("read") else {
+            // Evicted by an earlier probe's puts (a store kept with `--keep`): not a read.
+            missed += 1;
+            continue;
+        };
         assert_eq!(b.len() as u64, SIZE);
         drop(h);
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        let all = t.elapsed().as_secs_f64() * 1e6;
+        lat.push(all);
+        index_part.push(registered);
+        data_part.push(all - registered);
     }
     let rss_reads = rss_mib();
     let mut ev = Vec::with_capacity(EVICTIONS);
-    for i in n..n + EVICTIONS {
+    let before = store.stats().files;
+    // Files never put before, also when a kept store is probed again.
+    let base = n + EVICTIONS * (std::process::id() as usize % 100_000);
+    for i in base..base + EVICTIONS {
         let t = Instant::now();
         put(&store, &file(i), &data);
         ev.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    if std::env::var_os("LOCUS_BENCH_CRASH").is_some() {
+        // A crash with commits just made: what the next open must repair.
+        store.flush();
+        std::process::abort();
+    }
     store.flush();
-    assert_eq!(store.stats().files, n as u64, "each put evicted one file");
+    assert_eq!(store.stats().files, before, "each put evicted one file");
+    assert!(missed <= EVICTIONS, "{missed} files not cached");
     let index = std::fs::metadata(dir.join("cache/index.redb")).map_or(0, |m| m.len());
     println!(
         "files {n:>9}: index {:>6.0} B/file  open {:>7.1} ms  RSS {:>6.1} MiB at start, {:>6.1} MiB after reads  read p50 {:>6.1} us p99 {:>6.1} us  put+evict p50 {:>6.1} us p99 {:>6.1} us",
@@ -146,6 +165,14 @@ fn probe(dir: &Path, n: usize) {
         pct(&mut lat, 0.99),
         pct(&mut ev, 0.5),
         pct(&mut ev, 0.99),
+    );
+    println!(
+        "{:>16}  of a read: index p50 {:>6.1} us p99 {:>6.1} us; data file p50 {:>6.1} us p99 {:>6.1} us",
+        "",
+        pct(&mut index_part, 0.5),
+        pct(&mut index_part, 0.99),
+        pct(&mut data_part, 0.5),
+        pct(&mut data_part, 0.99),
     );
 }
 
@@ -162,6 +189,7 @@ fn main() {
     }
     let mut base: Option<PathBuf> = None;
     let mut real = false;
+    let mut keep = false;
     let mut sizes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -169,6 +197,7 @@ fn main() {
             "--dir" => base = it.next().map(PathBuf::from),
             "--bench" => {}
             "--real" => real = true,
+            "--keep" => keep = true,
             s => {
                 if let Ok(n) = s.replace('_', "").parse() {
                     sizes.push(n)
@@ -193,5 +222,9 @@ fn main() {
             .status()
             .expect("probe");
         assert!(st.success());
+        if keep {
+            // Probed again with `--probe DIR N` (by another build, say), deleted by hand.
+            eprintln!("kept: {}", tmp.keep().display());
+        }
     }
 }

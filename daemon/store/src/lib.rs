@@ -29,6 +29,7 @@
 //!   The index's totals are updated in the same transactions as its records.
 
 mod index;
+pub use index::full_repairs;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""48 threads reading 10 KB files through a mount over a million cached files (issue #17).
+
+The test Hub serves `datasets/bench/small`: N files of 10,000 bytes (default 1,000,000), a
+thousand per folder, generated from their names. A daemon warms all of them (its cache then
+holds N files), and the same layout is written to local disk. Each run takes a fresh mount of
+the whole dataset and a fixed random sample of S files (default 50,000), and 48 threads read
+the sample: through the mount (first pass: each folder listed as it is looked in, each file
+opened once), natively, and through the mount again (names and attributes known). Reported as
+medians and the ratio native time / mount time (goal >= 0.7).
+
+Run as root from the repository root after `cargo build --release --workspace`:
+    python3 benches/fuse_scale.py [--files 1000000] [--sample 50000] [--runs 3]
+"""
+
+import argparse
+import concurrent.futures
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from single_node import BIN, start_origin  # noqa: E402
+
+SIZE = 10_000
+
+
+def name(i):
+    return f"{i // 1000:04d}/{i:08d}.bin"
+
+
+def read_all(paths, threads=48):
+    def one(p):
+        with open(p, "rb") as f:
+            return len(f.read())
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+        n = sum(ex.map(one, paths, chunksize=64))
+    return time.perf_counter() - t0, n
+
+
+def locus(sock, *args, **kw):
+    return subprocess.run([str(BIN / "locus"), "--socket", str(sock), *args], check=True, **kw)
+
+
+def drop_caches():
+    """Neither side starts with the other's pages or names cached."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--sample", type=int, default=50_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None, help="where the cache and the native copies go")
+    a = ap.parse_args()
+    n = a.files
+    work = Path(tempfile.mkdtemp(prefix="locus-fuse-scale-", dir=a.dir))
+    print(f"machine: {os.cpu_count()} cores; {os.uname().release}; files {n}; sample {a.sample}; runs {a.runs}")
+    origin, url = start_origin("--generated", f"datasets/bench/small={n}x{SIZE}-{SIZE}", "--lfs-threshold", "1MiB")
+    d = None
+    try:
+        sock = work / "locus.sock"
+        log = open(work / "daemon.log", "w")
+        env = dict(os.environ, HF_ENDPOINT=url, HF_TOKEN_PATH=str(work / "none"))
+        env.pop("HF_TOKEN", None)
+        cache_gib = max(8, n * 12_288 // (1 << 30) + 4)
+        d = subprocess.Popen([str(BIN / "locus"), "daemon", "--cache-dir", str(work / "cache"),
+                              "--cache-size", f"{cache_gib}GiB", "--socket", str(sock)],
+                             stdout=subprocess.DEVNULL, stderr=log, env=env)
+        deadline = time.time() + 30
+        while "ready" not in (work / "daemon.log").read_text():
+            if d.poll() is not None or time.time() > deadline:
+                sys.exit("daemon failed: " + (work / "daemon.log").read_text())
+            time.sleep(0.02)
+        t = time.time()
+        locus(sock, "warm", "hf://datasets/bench/small", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"warm of {n} files: {time.time() - t:.0f} s")
+        native = work / "native"
+        t = time.time()
+        body = os.urandom(SIZE)
+        for i in range(n):
+            p = native / name(i)
+            if i % 1000 == 0:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(body)
+        print(f"native copies written: {time.time() - t:.0f} s")
+        sample = [name(i) for i in random.Random(7).sample(range(n), a.sample)]
+        fuse1, fuse2, nat = [], [], []
+        for r in range(a.runs):
+            mnt = work / f"mnt{r}"
+            mnt.mkdir()
+            drop_caches()
+            locus(sock, "mount", "hf://datasets/bench/small", str(mnt), stdout=subprocess.DEVNULL)
+            t1, got = read_all([mnt / p for p in sample])
+            assert got == a.sample * SIZE, got
+            t2, _ = read_all([mnt / p for p in sample])
+            subprocess.run([str(BIN / "locus"), "unmount", str(mnt)], check=False)
+            drop_caches()
+            tn, got = read_all([native / p for p in sample])
+            assert got == a.sample * SIZE, got
+            fuse1.append(t1)
+            fuse2.append(t2)
+            nat.append(tn)
+            print(f"run {r}: mount {t1:.2f} s, again {t2:.2f} s; native {tn:.2f} s")
+        med = statistics.median
+        print(f"\n## 48 threads reading {a.sample} of {n} cached 10 KB files (fresh mount, caches dropped)")
+        print(f"native        median {med(nat):.2f} s ({a.sample / med(nat):.0f} files/s)")
+        print(f"mount         median {med(fuse1):.2f} s ({a.sample / med(fuse1):.0f} files/s); rate ratio "
+              f"{med(x / y for x, y in zip(nat, fuse1)):.2f} (goal >= 0.7)")
+        print(f"mount again   median {med(fuse2):.2f} s ({a.sample / med(fuse2):.0f} files/s)")
+    finally:
+        if d is not None:
+            d.terminate()
+            d.wait(timeout=120)
+        origin.terminate()
+        origin.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
