@@ -888,7 +888,8 @@ mod tests {
             dir.path(),
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some("size=2m"),
+            // Room for the index (quick repair keeps its allocator state too), not the chunk.
+            Some("size=8m"),
         )
         .expect("mounting a small tmpfs (run the tests as root)");
         struct Unmount<'a>(&'a std::path::Path);
@@ -898,7 +899,7 @@ mod tests {
             }
         }
         let _unmount = Unmount(dir.path());
-        let len = 4 << 20;
+        let len = 16 << 20;
         let t = target_of(dir.path(), len);
         let body = vec![3u8; len as usize];
         let crc = crc32c::crc32c(&body);
