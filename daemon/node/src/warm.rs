@@ -161,8 +161,14 @@ impl Node {
                 }
             })
             .buffer_unordered(self.cfg.concurrency.max(FILES_AT_ONCE))
-            .try_collect()
+            .try_collect::<()>()
+            .await?;
+        // What a warm reports done survives a crash from then on: its records are committed
+        // (the index commits in the background, and a commit may take milliseconds).
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
             .await
+            .map_err(|e| NodeError::Internal(e.to_string()))
     }
 
     /// Makes each chunk of `files` present at its owners.
