@@ -629,18 +629,13 @@ impl Files {
     pub fn children(&self, prefix: &str) -> (Listing, Vec<String>) {
         let mut files = ListingBuilder::default();
         let mut folders = Vec::new();
-        let Some(first) = self
-            .listing
-            .starts
-            .get(self.range.start)
-            .map(|_| self.range.start)
-        else {
+        if self.is_empty() {
             return (files.finish(), folders);
-        };
+        }
         // The prefix as the listing's own paths read (these files' paths lack `strip` bytes).
         let taken = self
             .listing
-            .path(first)
+            .path(self.range.start)
             .get(..self.strip)
             .unwrap_or_default();
         let full = format!("{taken}{prefix}");

@@ -198,11 +198,6 @@ impl MetaCache {
             .ok()
     }
 
-    /// Whether the index holds a listing.
-    fn has_stored_listing(&self, ns: &Namespace, rev_id: &str) -> bool {
-        self.store.meta_get(&listing_key(ns, rev_id)).is_some()
-    }
-
     /// Keeps a listing in the index, when it is at an immutable revision (listings of names
     /// without revisions move on every TTL: kept in memory only).
     fn store_listing(&self, ns: &Namespace, rev_id: &str, files: &Listing) {
@@ -359,13 +354,13 @@ impl Node {
         if let Some(l) = self.meta.listing(ns, rev_id) {
             return Ok(l);
         }
-        let from_owner = match self.metadata_owner(ns).filter(|_| !local_only) {
-            Some((owner, peers)) if !self.meta.has_stored_listing(ns, rev_id) => {
-                self.listing_from(ns, rev_id, &owner, &*peers).await?
-            }
+        // The index's copy is read once (a listing of millions of files is a 100 MB value).
+        let stored = self.meta.stored_listing(ns, rev_id);
+        let from_owner = match (&stored, self.metadata_owner(ns).filter(|_| !local_only)) {
+            (None, Some((owner, peers))) => self.listing_from(ns, rev_id, &owner, &*peers).await?,
             _ => None,
         };
-        let files = match from_owner.or_else(|| self.meta.stored_listing(ns, rev_id)) {
+        let files = match stored.or(from_owner) {
             Some(f) => f,
             None => {
                 let f = self.origin.list(ns, rev_id).await?;
