@@ -557,6 +557,23 @@ impl Index {
 
     /// The committed records (and chunks) of `keys`, in one read transaction.
     pub fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Stored>>, StoreError> {
+        // After a failed commit (a full disk, say) redb refuses reads too until the writer has
+        // opened it again; a commit round (which reopens it) comes before giving up, so that a
+        // reader sees an error only where the index itself cannot be read.
+        let mut tries = 0;
+        loop {
+            match self.load_many_once(keys) {
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "cache index read failed; reading again after a commit");
+                    self.flush();
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn load_many_once(&self, keys: &[&str]) -> Result<Vec<Option<Stored>>, StoreError> {
         let Some(db) = self.db() else {
             return Err(StoreError::Index("the index is being reopened".into()));
         };
@@ -697,6 +714,13 @@ impl Index {
     #[cfg(test)]
     pub fn fail_commits(&self, n: u64) {
         self.fail_commits.store(n, Ordering::Release);
+    }
+
+    /// Test hook: the database is closed, as after a failed commit whose reopen found a reader
+    /// still holding it; the writer opens it again at its next round.
+    #[cfg(test)]
+    pub fn close(&self) {
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Test hook: removals commit, but their data files are left (a crash before the unlink).
@@ -911,6 +935,9 @@ impl Writer {
         // The ops of a commit that failed: first in the next one, so that the index never
         // misses an op that memory relied on (`done` stays behind them until they commit).
         let mut retry: Vec<(u64, Op)> = Vec::new();
+        // Tries left for ops that failed to commit once the store is closed: a disk that
+        // stays full must not keep the process from exiting (a start repairs what is lost).
+        let mut last_tries = 3u32;
         loop {
             let first = if retry.is_empty() {
                 rx.recv().ok()
@@ -918,8 +945,18 @@ impl Writer {
                 match rx.recv_timeout(std::time::Duration::from_secs(1)) {
                     Ok(op) => Some(op),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) if retry.is_empty() => return,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        if last_tries == 0 {
+                            tracing::error!(
+                                ops = retry.len(),
+                                "cache index: closing with ops that could not commit; the next start repairs"
+                            );
+                            return;
+                        }
+                        last_tries -= 1;
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        None
+                    }
                 }
             };
             if first.is_none() && retry.is_empty() {

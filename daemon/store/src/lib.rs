@@ -889,6 +889,24 @@ impl Store {
                 break;
             }
         }
+        if !fits(st) && self.index.pending() {
+            // The commit that would put the newest files in the order failed (a full disk
+            // fails it too): they are all in memory, so they go from there, oldest first.
+            // Their unlinks give the disk its room back, and the next commit records it all.
+            let mut idle: Vec<(u64, String)> = st
+                .files
+                .iter()
+                .filter(|(_, e)| !e.rec.pinned && e.users == 0)
+                .map(|(k, e)| (e.rec.last_access, k.clone()))
+                .collect();
+            idle.sort_unstable();
+            for (_, key) in idle {
+                if fits(st) {
+                    break;
+                }
+                self.remove_locked(st, &key, true);
+            }
+        }
         self.publish_gauges(st);
         fits(st)
     }

@@ -544,6 +544,47 @@ fn a_failed_commit_is_tried_again_and_an_unrecorded_id_mark_refuses_new_files() 
     s.check_counts();
 }
 
+/// A full disk fails index commits too, so the files written since the last commit that
+/// worked are not in the index's eviction order: they still go, from memory, so that their
+/// room comes back (else nothing fits again: the commit needs room that only eviction frees).
+#[test]
+fn files_the_index_could_not_record_are_still_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 12).unwrap();
+    let h = s.register(&file("f0", 4), 4).unwrap();
+    put(&h, 0, 0);
+    drop(h);
+    // Registered now: a new file needs an id mark, which a failing index cannot record.
+    let f4 = s.register(&file("f4", 8), 4).unwrap();
+    assert!(s.index.flush());
+    s.index.fail_commits(u64::MAX);
+    let mut paths = Vec::new();
+    for i in 1..3 {
+        let h = s.register(&file(&format!("f{i}"), 4), 4).unwrap();
+        put(&h, 0, i as u8);
+        paths.push(h.path().to_path_buf());
+    }
+    assert_eq!(s.stats().used, 12);
+    // f4 needs room: f0 (in the order) is not enough for two chunks, f1 (only in memory) goes.
+    put(&f4, 0, 4);
+    put(&f4, 1, 4);
+    assert_eq!(s.cached_fraction("f0"), 0.0);
+    assert_eq!(s.cached_fraction("f1"), 0.0);
+    assert_eq!(s.cached_fraction("f2"), 1.0);
+    assert_eq!(s.cached_fraction("f4"), 1.0);
+    // Unlinked although the commit failed: that is the room a full disk gets back.
+    assert!(!s.index.flush());
+    assert!(!paths[0].exists(), "f1's data file is unlinked");
+    assert!(paths[1].exists());
+    s.index.fail_commits(0);
+    assert!((0..5).any(|_| s.index.flush()), "a later commit records it");
+    s.check_counts();
+    // A reader that finds the index closed for a reopen waits for it rather than failing.
+    s.index.close();
+    let (rec, crcs) = s.index.load("f2").unwrap().expect("f2 is recorded");
+    assert_eq!((rec.size, crcs.len()), (4, 1));
+}
+
 /// Where `a_start_after_a_crash_does_not_walk_the_index` has its child process crash.
 const CRASH_DIR: &str = "LOCUS_STORE_CRASH_DIR";
 
