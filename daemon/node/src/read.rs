@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use locus_core::{Digest, RemoteFile};
-use locus_store::{ChunkCheck, FileHandle, SINCE_START};
+use locus_store::{ChunkCheck, FileHandle, StoreError, SINCE_START};
 use sha1::Digest as _;
 
 use crate::fetches::{Joined, Underway};
@@ -93,6 +93,18 @@ impl Drop for Finish {
 }
 
 impl Node {
+    /// Registers `file` in the store (or finds it) off the runtime's threads: finding a file
+    /// that is not in memory reads the index and the data file's inode, which may wait on
+    /// the disk, and the runtime has a thread per core for every request.
+    pub(crate) async fn register(&self, file: &RemoteFile) -> Result<Arc<FileHandle>, NodeError> {
+        let (store, file, chunk_size) = (self.store.clone(), file.clone(), self.cfg.chunk_size);
+        tokio::task::spawn_blocking(move || store.register(&file, chunk_size))
+            .await
+            .map_err(|e| StoreError::Index(format!("the cache lookup stopped: {e}")))?
+            .map(Arc::new)
+            .map_err(NodeError::from)
+    }
+
     /// Makes `file` fully cached and verified on this node; returns a handle that keeps it from
     /// eviction while held.
     pub async fn ensure_file(
@@ -100,7 +112,7 @@ impl Node {
         file: &RemoteFile,
         progress: &WarmProgress,
     ) -> Result<Arc<FileHandle>, NodeError> {
-        let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
+        let h = self.register(file).await?;
         h.touch();
         let layout = h.layout();
         let mut mismatches = 0;
@@ -252,7 +264,7 @@ impl Node {
         file: &RemoteFile,
         range: Range<u32>,
     ) -> Result<Arc<FileHandle>, NodeError> {
-        let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
+        let h = self.register(file).await?;
         h.touch();
         let end = range.end.min(h.layout().count());
         let layout = h.layout();

@@ -409,12 +409,7 @@ impl Local for LocalService {
         let first = req.first;
         let end = first.saturating_add(req.count);
         if req.recheck {
-            let h = Arc::new(
-                self.node
-                    .store
-                    .register(&file, self.node.cfg.chunk_size)
-                    .map_err(NodeError::from)?,
-            );
+            let h = self.node.register(&file).await?;
             tokio::task::spawn_blocking(move || {
                 for idx in first..end.min(h.layout().count()) {
                     h.check_chunk(idx, Duration::ZERO)?;

@@ -225,7 +225,7 @@ impl Node {
             // The primary first: the other owners then copy from it.
             for owner in &plan.owners {
                 let r = if owner == self.cluster.me() {
-                    let h = Arc::new(self.store.register(file, self.cfg.chunk_size)?);
+                    let h = self.register(file).await?;
                     // Straight to the primary (hops 1), not to a less loaded candidate: a
                     // placement must not leave copies on members that do not own the chunk.
                     self.ensure_chunk_via(file, &h, idx, crate::read::Route::Peers(1))

@@ -158,6 +158,12 @@ pub(crate) enum Op {
         key: String,
         rec: FileRecord,
     },
+    /// A `PutFile` that only moves the file in the eviction order (a read): it waits up to
+    /// [`TOUCH_DELAY`] for other ops rather than cost a commit of its own.
+    Touch {
+        key: String,
+        rec: FileRecord,
+    },
     RemoveFile {
         key: String,
         id: u64,
@@ -191,6 +197,11 @@ pub(crate) enum Op {
     /// Answered once everything sent before is committed (`true`) or failed to (`false`).
     Flush(mpsc::Sender<bool>),
 }
+
+/// How long reads' eviction-order updates wait for other ops: a scan of cached files costs a
+/// commit (an fsync and redb's allocator state, which grows with the index) per this time,
+/// not one per file read. A crash loses at most this much of the order, never a record.
+const TOUCH_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A file's committed record and its stored chunks (index, CRC).
 pub(crate) type Stored = (FileRecord, Vec<(u32, u32)>);
@@ -337,7 +348,7 @@ impl<'t> Tables<'t> {
     #[allow(clippy::result_large_err)]
     fn apply(&mut self, tot: &mut Totals, op: &Op) -> Result<(), redb::Error> {
         match op {
-            Op::PutFile { key, rec } => {
+            Op::PutFile { key, rec } | Op::Touch { key, rec } => {
                 if let Some(old) = self.record(key)? {
                     self.account(tot, key, &old, false)?;
                 }
@@ -938,6 +949,7 @@ impl Writer {
         // Tries left for ops that failed to commit once the store is closed: a disk that
         // stays full must not keep the process from exiting (a start repairs what is lost).
         let mut last_tries = 3u32;
+        let mut last_commit = std::time::Instant::now();
         loop {
             let first = if retry.is_empty() {
                 rx.recv().ok()
@@ -962,11 +974,31 @@ impl Writer {
             if first.is_none() && retry.is_empty() {
                 return;
             }
+            let touches_only =
+                |ops: &[(u64, Op)]| ops.iter().all(|(_, op)| matches!(op, Op::Touch { .. }));
             let mut ops = std::mem::take(&mut retry);
+            let delay = ops.is_empty();
             ops.extend(first);
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
             }
+            // Only touches: they wait for company (a flush, a write) or the delay.
+            let deadline = last_commit + TOUCH_DELAY;
+            while delay && !ops.is_empty() && touches_only(&ops) {
+                let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                    break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(op) => {
+                        ops.push(op);
+                        while let Ok(op) = rx.try_recv() {
+                            ops.push(op);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            last_commit = std::time::Instant::now();
             if self.halted.load(Ordering::Acquire) {
                 // As if the process had died here: nothing more is committed or unlinked.
                 return;

@@ -509,6 +509,19 @@ impl Store {
         Ok(st.files.get_mut(key))
     }
 
+    /// Reads what a lookup of `key` reads from disk (its index pages, its data file's inode)
+    /// without the lock, when it is not in memory: the lookup under the lock that follows
+    /// finds them cached, so readers of cold files do not queue behind each other's disk
+    /// reads. It only warms caches: what it reads may be stale by then, and is not kept.
+    fn read_ahead(&self, key: &str) {
+        if self.lock().files.contains_key(key) {
+            return;
+        }
+        if let Ok(Some((rec, _))) = self.index.load(key) {
+            let _ = self.data_path(rec.id).is_file();
+        }
+    }
+
     /// Looks `key` up for a question (not a registration): an index that cannot be read
     /// answers "not cached".
     fn peek<'a>(&self, st: &'a mut State, key: &str) -> Option<&'a mut Entry> {
@@ -577,6 +590,7 @@ impl Store {
                 capacity: self.capacity,
             });
         }
+        self.read_ahead(&file.key);
         let mut guard = self.lock();
         let st = &mut *guard;
         if self.resident(st, &file.key)?.is_none() {
@@ -1650,7 +1664,7 @@ impl FileHandle {
                 let rec = e.rec.clone();
                 self.store.send_for(
                     e,
-                    Op::PutFile {
+                    Op::Touch {
                         key: self.key.clone(),
                         rec,
                     },

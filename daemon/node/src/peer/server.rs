@@ -260,11 +260,7 @@ impl Node {
                 .then(|| self.background.start(from))
                 .flatten();
             if let Some(copy) = copy {
-                let h = Arc::new(
-                    self.store
-                        .register(&file, self.cfg.chunk_size)
-                        .map_err(NodeError::from)?,
-                );
+                let h = self.register(&file).await?;
                 if idx < h.layout().count() {
                     let node = self.clone();
                     tokio::spawn(async move {
@@ -275,11 +271,7 @@ impl Node {
             }
             return Err(Status::not_found("chunk not cached here"));
         }
-        let h = Arc::new(
-            self.store
-                .register(&file, self.cfg.chunk_size)
-                .map_err(NodeError::from)?,
-        );
+        let h = self.register(&file).await?;
         if idx >= h.layout().count() {
             return Err(Status::out_of_range(format!(
                 "chunk {idx} of {}: the file has {} chunks",
