@@ -175,6 +175,42 @@ fn concurrent_readers_share_one_origin_request_per_chunk() {
     assert_eq!(s.data_bytes, 4 << 20);
 }
 
+/// A file the Hub serves itself (under the LFS threshold) costs one GET, with no HEAD
+/// first; an LFS file's GET of its resolve URL is answered with the CDN redirect, which is
+/// learnt, and then each of its chunks is one CDN request.
+#[test]
+fn a_small_hub_file_is_one_request_and_a_large_ones_chunks_go_to_the_cdn() {
+    let env = Env::new();
+    let small = random_files(20, 10_000, 3);
+    let big = random_files(1, 1 << 20, 40);
+    env.sim.commit("model", "acme/small", small.clone());
+    env.sim.commit("model", "acme/big", big.clone());
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/small"]);
+    let s = env.sim.stats();
+    assert_eq!(
+        (s.get("resolve"), s.get("resolve_head"), s.data_requests()),
+        (20, 0, 20),
+        "one GET a small file: {s:?}"
+    );
+    d.ok(&["warm", "hf://acme/big"]);
+    let s = env.sim.stats();
+    assert_eq!(s.get("resolve_head"), 0, "{s:?}");
+    assert_eq!(s.get("cdn"), 4, "one CDN request a chunk: {s:?}");
+    // Chunks fetched at once may each meet the redirect before it is learnt.
+    assert!((1..=4).contains(&s.get("resolve_redirect")), "{s:?}");
+    assert_eq!(s.data_requests(), 24, "{s:?}");
+    assert_eq!(s.cdn_authorized, 0, "the token never goes to the CDN");
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/small/{}", small[7].0)]),
+        small[7].1.to_vec()
+    );
+    assert_eq!(
+        d.ok(&["cat", &format!("hf://acme/big/{}", big[0].0)]),
+        big[0].1.to_vec()
+    );
+}
+
 #[test]
 fn transient_origin_failures_are_retried() {
     let (env, files) = model_env();

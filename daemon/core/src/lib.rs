@@ -15,7 +15,7 @@ pub mod uri;
 
 pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
 pub use identity::{Digest, Listed, RemoteFile};
-pub use listing::{Files, Listing, ListingBuilder};
+pub use listing::{Brief, Files, Listing, ListingBuilder};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};
 pub use uri::{LocusUri, Namespace, RepoType, UriError, LATEST};

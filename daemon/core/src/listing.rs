@@ -81,6 +81,36 @@ const LOCATOR_WHOLE: u8 = 32;
 const LISTED_WHOLE: u8 = 64;
 const LISTED_NONE: u8 = 128;
 
+/// What a listing's reader is shown of a file ([`Listing::brief`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Brief {
+    /// As [`RemoteFile::uri`].
+    pub uri: String,
+    /// As [`RemoteFile::path`].
+    pub path: String,
+    /// As [`RemoteFile::size`].
+    pub size: u64,
+    /// As [`RemoteFile::key`].
+    pub key: String,
+}
+
+/// The digest a record names.
+fn digest_of(r: &Record<'_>) -> Option<Digest> {
+    match r.flags & (DIGEST_SHA256 | DIGEST_GITBLOB) {
+        DIGEST_SHA256 => Some(Digest::Sha256(r.digest.to_string())),
+        DIGEST_GITBLOB => Some(Digest::GitBlobSha1(r.digest.to_string())),
+        _ => None,
+    }
+}
+
+/// A string field of record `r`: made by its template, or kept whole (`flag`).
+fn field(r: &Record<'_>, flag: u8, whole: &str, t: &Option<Template>) -> String {
+    match (r.flags & flag, t) {
+        (0, Some(t)) => t.make(r.path, r.size),
+        _ => whole.to_string(),
+    }
+}
+
 /// Why stored listing bytes were not taken.
 #[derive(Debug, thiserror::Error)]
 #[error("stored listing is malformed: {0}")]
@@ -273,26 +303,43 @@ impl Listing {
         (i < self.len()).then(|| self.file(&self.rec(i)))
     }
 
-    fn file(&self, r: &Record<'_>) -> RemoteFile {
-        let digest = match r.flags & (DIGEST_SHA256 | DIGEST_GITBLOB) {
-            DIGEST_SHA256 => Some(Digest::Sha256(r.digest.to_string())),
-            DIGEST_GITBLOB => Some(Digest::GitBlobSha1(r.digest.to_string())),
-            _ => None,
-        };
-        let field = |flag: u8, whole: &str, t: &Option<Template>| match (r.flags & flag, t) {
-            (0, Some(t)) => t.make(r.path, r.size),
-            _ => whole.to_string(),
-        };
-        let key = match (r.flags & KEY_DIGEST, &digest) {
-            (0, _) | (_, None) => field(KEY_WHOLE, r.key, &self.key),
+    /// File `i`'s URI, path, size and key only: what a listing's reader is shown, without
+    /// making the fields it is not.
+    pub fn brief(&self, i: usize) -> Option<Brief> {
+        (i < self.len()).then(|| {
+            let r = self.rec(i);
+            let digest = digest_of(&r);
+            self.brief_of(&r, &digest)
+        })
+    }
+
+    fn brief_of(&self, r: &Record<'_>, digest: &Option<Digest>) -> Brief {
+        let key = match (r.flags & KEY_DIGEST, digest) {
+            (0, _) | (_, None) => field(r, KEY_WHOLE, r.key, &self.key),
             (_, Some(d)) => RemoteFile::key_for_digest(d, r.size),
         };
-        RemoteFile {
-            uri: field(URI_WHOLE, r.uri, &self.uri),
+        Brief {
+            uri: field(r, URI_WHOLE, r.uri, &self.uri),
             path: r.path.to_string(),
             size: r.size,
             key,
-            locator: field(LOCATOR_WHOLE, r.locator, &self.locator),
+        }
+    }
+
+    fn file(&self, r: &Record<'_>) -> RemoteFile {
+        let digest = digest_of(r);
+        let Brief {
+            uri,
+            path,
+            size,
+            key,
+        } = self.brief_of(r, &digest);
+        RemoteFile {
+            uri,
+            path,
+            size,
+            key,
+            locator: field(r, LOCATOR_WHOLE, r.locator, &self.locator),
             digest,
             listed: match (r.listed, r.flags & LISTED_NONE) {
                 (Some((namespace, revision)), _) => Some(Listed {
@@ -598,18 +645,30 @@ impl Files {
         self.range.is_empty()
     }
 
-    /// The `i`th.
-    pub fn get(&self, i: usize) -> Option<RemoteFile> {
-        let j = self
-            .range
+    /// Where the `i`th is in the listing.
+    fn at(&self, i: usize) -> Option<usize> {
+        self.range
             .start
             .checked_add(i)
-            .filter(|j| *j < self.range.end)?;
-        let mut f = self.listing.get(j)?;
+            .filter(|j| *j < self.range.end)
+    }
+
+    /// The `i`th.
+    pub fn get(&self, i: usize) -> Option<RemoteFile> {
+        let mut f = self.listing.get(self.at(i)?)?;
         if self.strip > 0 {
             f.path = f.path.get(self.strip..).unwrap_or_default().to_string();
         }
         Some(f)
+    }
+
+    /// The `i`th's URI, path, size and key ([`Listing::brief`]).
+    pub fn brief(&self, i: usize) -> Option<Brief> {
+        let mut b = self.listing.brief(self.at(i)?)?;
+        if self.strip > 0 {
+            b.path = b.path.get(self.strip..).unwrap_or_default().to_string();
+        }
+        Some(b)
     }
 
     /// The first.
@@ -703,6 +762,15 @@ mod tests {
         let mut want = files;
         want.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(l.iter().collect::<Vec<_>>(), want);
+        // The brief form says the same as the whole file, whatever its form.
+        for (i, f) in want.iter().enumerate() {
+            let b = l.brief(i).unwrap();
+            assert_eq!(
+                (&b.uri, &b.path, b.size, &b.key),
+                (&f.uri, &f.path, f.size, &f.key)
+            );
+        }
+        assert!(l.brief(want.len()).is_none());
         let back = Listing::from_bytes(&l.to_bytes()).unwrap();
         assert_eq!(back.iter().collect::<Vec<_>>(), want);
         assert_eq!(back, l);
@@ -754,6 +822,12 @@ mod tests {
         assert_eq!(f.len(), 1000);
         assert_eq!(f.first().unwrap().path, "00001000.bin");
         assert_eq!(f.get(1000), None);
+        let (b, g) = (f.brief(7).unwrap(), f.get(7).unwrap());
+        assert_eq!(
+            (b.uri, b.path, b.size, b.key),
+            (g.uri, g.path, g.size, g.key)
+        );
+        assert_eq!(f.brief(1000), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use locus_core::uri::LocusUri;
-use locus_core::{Files, RemoteFile};
+use locus_core::{Brief, Files};
 use locus_grpc::v1 as pb;
 use locus_grpc::v1::local_server::Local;
 use locus_origin::OriginError;
@@ -149,7 +149,7 @@ impl Listed {
     /// The entries of files `range`: with where their bytes are when complete here (one look
     /// at the store for the whole range).
     fn entries(&self, node: &Node, range: std::ops::Range<usize>) -> Vec<pb::ListEntry> {
-        let files: Vec<RemoteFile> = range.clone().filter_map(|i| self.files.get(i)).collect();
+        let files: Vec<Brief> = range.clone().filter_map(|i| self.files.brief(i)).collect();
         let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
         let held = node.store.holdings(&keys);
         range
@@ -160,7 +160,7 @@ impl Listed {
     }
 
     /// The entry of file `i` (`f`), given what the store holds of it.
-    fn entry(&self, i: usize, f: RemoteFile, held: locus_store::Holding) -> pb::ListEntry {
+    fn entry(&self, i: usize, f: Brief, held: locus_store::Holding) -> pb::ListEntry {
         let (cache_path, chunk_size, chunk_crc32c) = held
             .complete
             .map(|(p, cs, crcs)| (p.display().to_string(), cs, crcs))

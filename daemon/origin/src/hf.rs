@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use locus_core::uri::RepoType;
 use locus_core::{is_hex, Digest, Listing, ListingBuilder, Namespace, RemoteFile, Secret};
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::http::{AddressPolicy, Filtered};
@@ -271,47 +271,44 @@ impl HfOrigin {
         Ok((value, headers))
     }
 
-    /// Finds where the bytes of `locator` are served: the CDN URL of a redirect, or the resolve
-    /// URL itself for files served directly.
-    async fn data_url(&self, file: &RemoteFile) -> Result<(Arc<str>, bool), OriginError> {
-        let resolve = format!("{}/{}", self.cfg.endpoint, file.locator);
-        if let Some(e) = self.cdn_urls.get(&resolve) {
-            if e.1.elapsed() < CDN_URL_TTL {
-                return Ok((e.0.clone(), true));
-            }
-        }
-        let what = file.uri.as_str();
-        // One attempt: the reader of the chunk owns its retries.
-        let resp = send_once(
-            what,
-            "head",
-            self.auth(self.client.request(Method::HEAD, &resolve)),
-        )
-        .await?;
-        if resp.status().is_redirection() {
-            let loc = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| OriginError::Protocol {
-                    what: what.to_string(),
-                    detail: "redirect without Location".into(),
-                })?;
-            let url = resp.url().join(loc).map_err(|e| OriginError::Protocol {
+    /// The CDN URL a redirect of `resolve` pointed to, while it is fresh.
+    fn cdn_url(&self, resolve: &str) -> Option<Arc<str>> {
+        self.cdn_urls
+            .get(resolve)
+            .filter(|e| e.1.elapsed() < CDN_URL_TTL)
+            .map(|e| e.0.clone())
+    }
+
+    /// Learns the CDN URL of `resolve` from its redirect `resp` (the Hub's answer for an LFS
+    /// file), refusing one that points at a private or metadata address.
+    fn learn_redirect(
+        &self,
+        resolve: &str,
+        resp: &reqwest::Response,
+        what: &str,
+    ) -> Result<(), OriginError> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| OriginError::Protocol {
                 what: what.to_string(),
-                detail: format!("bad redirect Location: {e}"),
+                detail: "redirect without Location".into(),
             })?;
-            if url.host_str().map(|h| h.trim_matches(['[', ']'])) != self.home.as_deref() {
-                if let Some(r) = self.redirects.refuse_literal(&url) {
-                    return Err(r.into_error(what));
-                }
+        let url = resp.url().join(loc).map_err(|e| OriginError::Protocol {
+            what: what.to_string(),
+            detail: format!("bad redirect Location: {e}"),
+        })?;
+        if url.host_str().map(|h| h.trim_matches(['[', ']'])) != self.home.as_deref() {
+            if let Some(r) = self.redirects.refuse_literal(&url) {
+                return Err(r.into_error(what));
             }
-            let url: Arc<str> = url.to_string().into();
-            self.cdn_urls.insert(resolve, (url.clone(), Instant::now()));
-            return Ok((url, true));
         }
-        check_status(resp, what, "file", self.cfg.token.is_some())?;
-        Ok((resolve.into(), false))
+        self.cdn_urls.insert(
+            resolve.to_string(),
+            (url.to_string().into(), Instant::now()),
+        );
+        Ok(())
     }
 }
 
@@ -483,19 +480,30 @@ impl Origin for HfOrigin {
             });
         }
         let range_header = format!("bytes={}-{}", range.start, range.end - 1);
+        let resolve = format!("{}/{}", self.cfg.endpoint, file.locator);
         let mut refreshed = false;
-        loop {
-            let (url, via_cdn) = self.data_url(file).await?;
-            let req = self.client.get(&*url).header(RANGE, &range_header);
-            // Signed CDN URLs need no token, and must never see it.
-            let req = if via_cdn { req } else { self.auth(req) };
+        // A GET of the resolve URL, not a HEAD first: a file the Hub serves itself (every
+        // small, non-LFS file) answers with its bytes in one round trip; an LFS file answers
+        // with the CDN redirect, learnt for the next reads. At most: resolve, CDN, resolve
+        // again for an expired signed URL, CDN.
+        for _ in 0..4 {
+            let cdn = self.cdn_url(&resolve);
+            let via_cdn = cdn.is_some();
+            let req = match &cdn {
+                // Signed CDN URLs need no token, and must never see it.
+                Some(url) => self.client.get(&**url),
+                None => self.auth(self.client.get(&resolve)),
+            };
             // One attempt: the reader of the chunk owns its retries.
-            let resp = send_once(&what, "get", req).await?;
+            let resp = send_once(&what, "get", req.header(RANGE, &range_header)).await?;
             let status = resp.status();
+            if !via_cdn && status.is_redirection() {
+                self.learn_redirect(&resolve, &resp, &what)?;
+                continue;
+            }
             if via_cdn && !refreshed && matches!(status.as_u16(), 403 | 404 | 410) {
                 // An expired signed URL: learn a fresh one once.
-                self.cdn_urls
-                    .remove(&format!("{}/{}", self.cfg.endpoint, file.locator));
+                self.cdn_urls.remove(&resolve);
                 refreshed = true;
                 continue;
             }
@@ -519,6 +527,10 @@ impl Origin for HfOrigin {
                 });
             return Ok(stream.boxed());
         }
+        Err(OriginError::Protocol {
+            what,
+            detail: "the Hub kept redirecting the file's download".into(),
+        })
     }
 }
 

@@ -150,8 +150,9 @@ pub struct CutRule {
 /// Counters, by kind of request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
-    /// Requests by kind: `api_info`, `api_revision`, `api_tree`, `resolve`, `resolve_head`,
-    /// `cdn`, `cdn_head`, `failed`.
+    /// Requests by kind: `api_info`, `api_revision`, `api_tree`, `resolve` (GETs answered
+    /// with bytes or an error), `resolve_redirect` (GETs answered with the CDN redirect),
+    /// `resolve_head`, `cdn`, `cdn_head`, `failed`.
     pub requests: BTreeMap<String, u64>,
     /// Body bytes sent by `resolve` and `cdn` GETs.
     pub data_bytes: u64,

@@ -510,6 +510,14 @@ fn resolve(
         HeaderValue::from_str(&sha).unwrap_or(HeaderValue::from_static("")),
     );
     if f.lfs {
+        if *method != Method::HEAD {
+            // A GET answered with the redirect sends no file bytes: not a data request.
+            let mut s = st.stats.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = s.requests.get_mut("resolve") {
+                *n = n.saturating_sub(1);
+            }
+            *s.requests.entry("resolve_redirect".into()).or_default() += 1;
+        }
         let loc = format!("{}/cdn/{}", st.cdn_url, f.sha256);
         let etag = format!("\"{}\"", f.sha256);
         let mut r = Response::new(Body::empty());

@@ -44,7 +44,7 @@ async fn hf_hub_crate_downloads_every_file() {
         s.get("cdn") > 0,
         "LFS files went through the CDN redirect: {s:?}"
     );
-    assert!(s.get("resolve") + s.get("resolve_head") > 0);
+    assert!(s.get("resolve") + s.get("resolve_head") + s.get("resolve_redirect") > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
