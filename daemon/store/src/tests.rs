@@ -585,6 +585,35 @@ fn files_the_index_could_not_record_are_still_evicted() {
     assert_eq!((rec.size, crcs.len()), (4, 1));
 }
 
+/// A store closed while its disk fails every commit (full) still closes: the writer tries the
+/// last ops a few times, then leaves them to the next start's repair, rather than spin.
+#[test]
+fn a_store_closes_even_when_no_commit_can_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let h = s.register(&file("f0", 4), 4).unwrap();
+    put(&h, 0, 1);
+    drop(h);
+    assert!(s.index.flush());
+    s.index.fail_commits(u64::MAX);
+    let h = s.register(&file("f1", 4), 4).unwrap();
+    put(&h, 0, 2);
+    drop(h);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(s);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok(),
+        "the store never closed"
+    );
+    // What was committed is there; the rest was never recorded.
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.cached_fraction("f0"), 1.0);
+    s.check_counts();
+}
+
 /// Where `a_start_after_a_crash_does_not_walk_the_index` has its child process crash.
 const CRASH_DIR: &str = "LOCUS_STORE_CRASH_DIR";
 
