@@ -231,6 +231,14 @@ impl HfOrigin {
         Ok(next.to_string())
     }
 
+    /// Whether `url` is on the Hub's own origin (scheme, host and port of the endpoint).
+    fn is_home(&self, url: &str) -> bool {
+        match (&self.endpoint, reqwest::Url::parse(url)) {
+            (Some(home), Ok(u)) => u.origin() == home.origin(),
+            _ => false,
+        }
+    }
+
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.cfg.token {
             Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
@@ -487,20 +495,24 @@ impl Origin for HfOrigin {
         // with the CDN redirect, learnt for the next reads. At most: resolve, CDN, resolve
         // again for an expired signed URL, CDN.
         for _ in 0..4 {
-            let cdn = self.cdn_url(&resolve);
-            let via_cdn = cdn.is_some();
-            let req = match &cdn {
-                // Signed CDN URLs need no token, and must never see it.
-                Some(url) => self.client.get(&**url),
-                None => self.auth(self.client.get(&resolve)),
-            };
+            let url = self
+                .cdn_url(&resolve)
+                .unwrap_or_else(|| resolve.as_str().into());
+            // The token goes to the Hub's own origin only (the resolve URL, or where it
+            // redirects on the same host, as for a renamed repo); signed CDN URLs need no
+            // token, and must never see it.
+            let home = self.is_home(&url);
+            let req = self.client.get(&*url);
+            let req = if home { self.auth(req) } else { req };
             // One attempt: the reader of the chunk owns its retries.
             let resp = send_once(&what, "get", req.header(RANGE, &range_header)).await?;
             let status = resp.status();
-            if !via_cdn && status.is_redirection() {
+            if status.is_redirection() {
+                // Learnt for the resolve URL: a same-host hop is followed to its CDN URL.
                 self.learn_redirect(&resolve, &resp, &what)?;
                 continue;
             }
+            let via_cdn = !home;
             if via_cdn && !refreshed && matches!(status.as_u16(), 403 | 404 | 410) {
                 // An expired signed URL: learn a fresh one once.
                 self.cdn_urls.remove(&resolve);
@@ -527,9 +539,11 @@ impl Origin for HfOrigin {
                 });
             return Ok(stream.boxed());
         }
-        Err(OriginError::Protocol {
+        // Concurrent refreshes can use the rounds up without the Hub misbehaving: try again.
+        Err(OriginError::Transient {
             what,
             detail: "the Hub kept redirecting the file's download".into(),
+            retry_after: None,
         })
     }
 }

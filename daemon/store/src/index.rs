@@ -584,7 +584,9 @@ impl Index {
         }
     }
 
-    fn load_many_once(&self, keys: &[&str]) -> Result<Vec<Option<Stored>>, StoreError> {
+    /// [`Index::load_many`] without waiting for a reopen: for reads that may miss (a listing's
+    /// look, a read-ahead), which must not force commit rounds on a failing disk.
+    pub fn load_many_once(&self, keys: &[&str]) -> Result<Vec<Option<Stored>>, StoreError> {
         let Some(db) = self.db() else {
             return Err(StoreError::Index("the index is being reopened".into()));
         };

@@ -517,7 +517,11 @@ impl Store {
         if self.lock().files.contains_key(key) {
             return;
         }
-        if let Ok(Some((rec, _))) = self.index.load(key) {
+        if let Ok(Some((rec, _))) = self
+            .index
+            .load_many_once(&[key])
+            .map(|mut v| v.pop().flatten())
+        {
             let _ = self.data_path(rec.id).is_file();
         }
     }
@@ -788,7 +792,7 @@ impl Store {
             return out;
         }
         let ask: Vec<&str> = rest.iter().map(|&i| keys[i]).collect();
-        match self.index.load_many(&ask) {
+        match self.index.load_many_once(&ask) {
             Ok(found) => {
                 for (i, stored) in rest.into_iter().zip(found) {
                     let Some((rec, crcs)) = stored else { continue };
@@ -867,6 +871,7 @@ impl Store {
         // use may be free now), then again after a commit (files registered since the last
         // one are not in the order yet).
         let starts = [st.evict_after, None, None];
+        let mut commit_failed = false;
         for (pass, start) in starts.into_iter().enumerate() {
             if pass == 1 && start == starts[0] {
                 continue;
@@ -875,7 +880,7 @@ impl Store {
                 if !self.index.pending() {
                     break;
                 }
-                self.index.flush();
+                commit_failed = !self.index.flush();
             }
             let mut after = start;
             loop {
@@ -903,7 +908,7 @@ impl Store {
                 break;
             }
         }
-        if !fits(st) && self.index.pending() {
+        if !fits(st) && commit_failed {
             // The commit that would put the newest files in the order failed (a full disk
             // fails it too): they are all in memory, so they go from there, oldest first.
             // Their unlinks give the disk its room back, and the next commit records it all.
