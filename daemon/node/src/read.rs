@@ -93,16 +93,23 @@ impl Drop for Finish {
 }
 
 impl Node {
-    /// Registers `file` in the store (or finds it) off the runtime's threads: finding a file
-    /// that is not in memory reads the index and the data file's inode, which may wait on
-    /// the disk, and the runtime has a thread per core for every request.
+    /// Registers `file` in the store (or finds it). A file in memory is found at once; one
+    /// that is not is looked up off the runtime's threads, its disk reads (index, inode) done
+    /// before the store's lock: the runtime has a thread per core for every request.
     pub(crate) async fn register(&self, file: &RemoteFile) -> Result<Arc<FileHandle>, NodeError> {
-        let (store, file, chunk_size) = (self.store.clone(), file.clone(), self.cfg.chunk_size);
-        tokio::task::spawn_blocking(move || store.register(&file, chunk_size))
-            .await
-            .map_err(|e| StoreError::Index(format!("the cache lookup stopped: {e}")))?
-            .map(Arc::new)
-            .map_err(NodeError::from)
+        let chunk_size = self.cfg.chunk_size;
+        if self.store.in_memory(&file.key) {
+            return Ok(Arc::new(self.store.register(file, chunk_size)?));
+        }
+        let (store, file) = (self.store.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            store.read_ahead(&file.key);
+            store.register(&file, chunk_size)
+        })
+        .await
+        .map_err(|e| StoreError::Index(format!("the cache lookup stopped: {e}")))?
+        .map(Arc::new)
+        .map_err(NodeError::from)
     }
 
     /// Makes `file` fully cached and verified on this node; returns a handle that keeps it from

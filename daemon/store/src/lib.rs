@@ -509,14 +509,16 @@ impl Store {
         Ok(st.files.get_mut(key))
     }
 
-    /// Reads what a lookup of `key` reads from disk (its index pages, its data file's inode)
-    /// without the lock, when it is not in memory: the lookup under the lock that follows
-    /// finds them cached, so readers of cold files do not queue behind each other's disk
-    /// reads. It only warms caches: what it reads may be stale by then, and is not kept.
-    fn read_ahead(&self, key: &str) {
-        if self.lock().files.contains_key(key) {
-            return;
-        }
+    /// Whether `key` is in memory now: a lookup of it reads nothing from disk.
+    pub fn in_memory(&self, key: &str) -> bool {
+        self.lock().files.contains_key(key)
+    }
+
+    /// Reads what a lookup of `key` (not in memory) reads from disk, its index pages and its
+    /// data file's inode, without the lock: the lookup under the lock that follows finds them
+    /// cached, so readers of cold files do not queue behind each other's disk reads. It only
+    /// warms caches: what it reads may be stale by then, and is not kept.
+    pub fn read_ahead(&self, key: &str) {
         if let Ok(Some((rec, _))) = self
             .index
             .load_many_once(&[key])
@@ -594,7 +596,6 @@ impl Store {
                 capacity: self.capacity,
             });
         }
-        self.read_ahead(&file.key);
         let mut guard = self.lock();
         let st = &mut *guard;
         if self.resident(st, &file.key)?.is_none() {
