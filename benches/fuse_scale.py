@@ -9,8 +9,12 @@ the sample: through the mount (first pass: each folder listed as it is looked in
 opened once), natively, and through the mount again (names and attributes known). Reported as
 medians and the ratio native time / mount time (goal >= 0.7).
 
+Each run also reports the CPU seconds the daemon and the mount process spent in the first pass.
+
 Run as root from the repository root after `cargo build --release --workspace`:
-    python3 benches/fuse_scale.py [--files 1000000] [--sample 50000] [--runs 3]
+    python3 benches/fuse_scale.py [--files 1000000] [--sample 50000] [--runs 3] [--keep DIR]
+(`--keep DIR`: the cache and native copies stay in DIR, and a later run with the same DIR
+reuses them: its warm then finds every file cached.)
 """
 
 import argparse
@@ -49,6 +53,25 @@ def locus(sock, *args, **kw):
     return subprocess.run([str(BIN / "locus"), "--socket", str(sock), *args], check=True, **kw)
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mount_pid(mnt):
+    """The `locus mount` process serving `mnt`."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                args = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"mount" in args and str(mnt).encode() in args:
+                return int(p.name)
+    sys.exit(f"no mount process for {mnt}")
+
+
 def drop_caches():
     """Neither side starts with the other's pages or names cached."""
     subprocess.run(["sync"], check=True)
@@ -61,9 +84,17 @@ def main():
     ap.add_argument("--sample", type=int, default=50_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where the cache and the native copies go")
+    ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the cache and copies here")
     a = ap.parse_args()
     n = a.files
-    work = Path(tempfile.mkdtemp(prefix="locus-fuse-scale-", dir=a.dir))
+    if a.keep:
+        work = a.keep
+        work.mkdir(parents=True, exist_ok=True)
+        for old in work.glob("mnt*"):
+            subprocess.run([str(BIN / "locus"), "unmount", str(old)], check=False, stderr=subprocess.DEVNULL)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="locus-fuse-scale-", dir=a.dir))
     print(f"machine: {os.cpu_count()} cores; {os.uname().release}; files {n}; sample {a.sample}; runs {a.runs}")
     origin, url = start_origin("--generated", f"datasets/bench/small={n}x{SIZE}-{SIZE}", "--lfs-threshold", "1MiB")
     d = None
@@ -87,21 +118,26 @@ def main():
         native = work / "native"
         t = time.time()
         body = os.urandom(SIZE)
-        for i in range(n):
+        written = work / "native.done"
+        for i in range(n if not written.exists() else 0):
             p = native / name(i)
             if i % 1000 == 0:
                 p.parent.mkdir(parents=True, exist_ok=True)
             with open(p, "wb") as f:
                 f.write(body)
+        written.write_text(str(n))
         print(f"native copies written: {time.time() - t:.0f} s")
         sample = [name(i) for i in random.Random(7).sample(range(n), a.sample)]
-        fuse1, fuse2, nat = [], [], []
+        fuse1, fuse2, nat, cpus = [], [], [], []
         for r in range(a.runs):
             mnt = work / f"mnt{r}"
             mnt.mkdir()
             drop_caches()
             locus(sock, "mount", "hf://datasets/bench/small", str(mnt), stdout=subprocess.DEVNULL)
+            m = mount_pid(mnt)
+            c0 = (cpu_seconds(d.pid), cpu_seconds(m))
             t1, got = read_all([mnt / p for p in sample])
+            cpus.append((cpu_seconds(d.pid) - c0[0], cpu_seconds(m) - c0[1]))
             assert got == a.sample * SIZE, got
             t2, _ = read_all([mnt / p for p in sample])
             subprocess.run([str(BIN / "locus"), "unmount", str(mnt)], check=False)
@@ -111,7 +147,8 @@ def main():
             fuse1.append(t1)
             fuse2.append(t2)
             nat.append(tn)
-            print(f"run {r}: mount {t1:.2f} s, again {t2:.2f} s; native {tn:.2f} s")
+            print(f"run {r}: mount {t1:.2f} s (CPU: daemon {cpus[-1][0]:.2f} s, mount {cpus[-1][1]:.2f} s), "
+                  f"again {t2:.2f} s; native {tn:.2f} s")
         med = statistics.median
         print(f"\n## 48 threads reading {a.sample} of {n} cached 10 KB files (fresh mount, caches dropped)")
         print(f"native        median {med(nat):.2f} s ({a.sample / med(nat):.0f} files/s)")
@@ -124,7 +161,8 @@ def main():
             d.wait(timeout=120)
         origin.terminate()
         origin.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

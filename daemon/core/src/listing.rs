@@ -63,11 +63,17 @@ impl Template {
         }
     }
 
+    /// One allocation of the right size: a listing page makes one of these per file.
     fn make(&self, path: &str, size: u64) -> String {
-        match self.sized {
-            true => format!("{}{path}{}{size}", self.pre, self.post),
-            false => format!("{}{path}{}", self.pre, self.post),
+        let mut v = String::with_capacity(self.pre.len() + path.len() + self.post.len() + 20);
+        v.push_str(&self.pre);
+        v.push_str(path);
+        v.push_str(&self.post);
+        if self.sized {
+            use std::fmt::Write;
+            let _ = write!(v, "{size}");
         }
+        v
     }
 }
 
@@ -684,12 +690,13 @@ impl Files {
     /// One level of folder `prefix` (empty, or ending in `/`, as these files' paths read):
     /// the files directly in it, and the names of the folders in it, each once. A folder of
     /// any size costs a binary search, not a walk: one folder of a 2M-file dataset is read as
-    /// quickly as a small one.
-    pub fn children(&self, prefix: &str) -> (Listing, Vec<String>) {
-        let mut files = ListingBuilder::default();
+    /// quickly as a small one. Files that follow each other in the listing (a folder without
+    /// subfolders between its files, the usual case) are a view of it, not a copy.
+    pub fn children(&self, prefix: &str) -> (Files, Vec<String>) {
+        let mut runs: Vec<Range<usize>> = Vec::new();
         let mut folders = Vec::new();
         if self.is_empty() {
-            return (files.finish(), folders);
+            return (Files::all(Arc::new(Listing::default())), folders);
         }
         // The prefix as the listing's own paths read (these files' paths lack `strip` bytes).
         let taken = self
@@ -713,14 +720,30 @@ impl Files {
                     i += l.count_while(i, |p| p.starts_with(inside.as_str())).max(1);
                 }
                 None => {
-                    if let Some(f) = self.get(i - self.range.start) {
-                        files.push(&f);
+                    match runs.last_mut() {
+                        Some(r) if r.end == i => r.end = i + 1,
+                        _ => runs.push(i..i + 1),
                     }
                     i += 1;
                 }
             }
         }
-        (files.finish(), folders)
+        let files = match runs.as_slice() {
+            [] => Files::all(Arc::new(Listing::default())),
+            [one] => Files::part(self.listing.clone(), one.clone(), self.strip),
+            _ => {
+                let mut b = ListingBuilder::default();
+                for f in runs
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| self.get(i - self.range.start))
+                {
+                    b.push(&f);
+                }
+                Files::all(Arc::new(b.finish()))
+            }
+        };
+        (files, folders)
     }
 }
 
@@ -842,28 +865,33 @@ mod tests {
         files.push(deep);
         let all = Arc::new(Listing::new(files));
         let (f, d) = Files::all(all.clone()).children("");
-        assert_eq!(
-            f.to_vec()
-                .iter()
-                .map(|f| f.path.as_str())
-                .collect::<Vec<_>>(),
-            ["top.bin"]
-        );
+        assert_eq!(f.iter().map(|f| f.path).collect::<Vec<_>>(), ["top.bin"]);
         assert_eq!(d, ["0000", "0001", "0002"]);
         let (f, d) = Files::all(all.clone()).children("0001/");
         assert_eq!(f.len(), 1000);
-        assert_eq!(f.path(0), "0001/00001000.bin");
+        assert_eq!(f.get(0).unwrap().path, "0001/00001000.bin");
         assert_eq!(d, ["sub"]);
         // A part with its prefix taken off reads the same folder by its own paths.
         let part = Files::part(all.clone(), all.under("0001/"), 5);
         let (f, d) = part.children("");
         assert_eq!(f.len(), 1000);
-        assert_eq!(f.path(0), "00001000.bin");
+        assert_eq!(f.get(0).unwrap().path, "00001000.bin");
         assert_eq!(d, ["sub"]);
         let (f, d) = part.children("sub/");
-        assert_eq!(f.to_vec()[0].path, "sub/deep.bin");
+        assert_eq!(f.get(0).unwrap().path, "sub/deep.bin");
         assert!(d.is_empty());
         assert_eq!(Files::all(all).children("nothing/").0.len(), 0);
+        // Files with a folder between them: both, in order, the folder once.
+        let mut split: Vec<RemoteFile> = (0..3).map(hub).collect();
+        for (f, p) in split.iter_mut().zip(["a.bin", "m/x.bin", "z.bin"]) {
+            f.path = p.into();
+        }
+        let (f, d) = Files::all(Arc::new(Listing::new(split))).children("");
+        assert_eq!(
+            f.iter().map(|f| f.path).collect::<Vec<_>>(),
+            ["a.bin", "z.bin"]
+        );
+        assert_eq!(d, ["m"]);
     }
 
     #[test]

@@ -150,8 +150,11 @@ impl Listed {
     /// at the store for the whole range).
     fn entries(&self, node: &Node, range: std::ops::Range<usize>) -> Vec<pb::ListEntry> {
         let files: Vec<Brief> = range.clone().filter_map(|i| self.files.brief(i)).collect();
-        let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
-        let held = node.store.holdings(&keys);
+        let asked: Vec<(&str, &str)> = files
+            .iter()
+            .map(|f| (f.uri.as_str(), f.key.as_str()))
+            .collect();
+        let held = node.store.holdings(&asked);
         range
             .zip(files)
             .zip(held)
@@ -248,7 +251,7 @@ impl LocalService {
                 _ => String::new(),
             };
             let (files, names) = r.files.children(&prefix);
-            r.files = Files::all(Arc::new(files));
+            r.files = files;
             folders = names;
         }
         let cluster = match req.cluster {

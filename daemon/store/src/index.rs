@@ -14,6 +14,7 @@
 //! So a start reads a handful of rows, not the index, and repairs what the index says a crash
 //! can have left, without walking the data files.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,10 @@ const LRU: TableDefinition<(u64, u64), &str> = TableDefinition::new("lru");
 const PINNED: TableDefinition<u64, ()> = TableDefinition::new("pinned");
 /// Repo or bucket (`hf://ORG/NAME`, `s3://BUCKET`) → files cached from it.
 const NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("namespaces");
+/// A file's URI → [`Place`]: the record of the file cached from it, found by a range scan over
+/// a folder's URIs (the records by key are scattered: a folder listing's look was a random page
+/// read per file on a cold disk).
+const PLACES: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
 /// Ids of data files whose removal is committed, until they are unlinked.
 const GARBAGE: TableDefinition<u64, ()> = TableDefinition::new("garbage");
 /// Named numbers: the totals, the id marks, the layout and access the cache was left with.
@@ -52,8 +57,9 @@ const META_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
 
 /// The layout this version writes: data files in folders by id, the tables above. Caches of
-/// layout 1 (every data file in `data/`, no derived tables) are converted once at open.
-const LAYOUT: u64 = 2;
+/// layout 1 (every data file in `data/`, no derived tables) are converted once at open; those
+/// of layout 2 (no `PLACES`) get their places once at open.
+const LAYOUT: u64 = 3;
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +82,49 @@ impl FileRecord {
 
 fn decode(v: &[u8]) -> Option<FileRecord> {
     serde_json::from_slice(v).ok()
+}
+
+/// What a listing's look needs of a file's record, kept by its URI in `PLACES`: the fields
+/// that change only when the record is written again (not at a read's LRU move).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub id: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub verified: bool,
+}
+
+impl Place {
+    pub fn of(rec: &FileRecord) -> Place {
+        Place {
+            id: rec.id,
+            size: rec.size,
+            chunk_size: rec.chunk_size,
+            verified: rec.verified,
+        }
+    }
+
+    /// `id`, `size`, `chunk_size` (little-endian u64s), `verified` (a byte), then the key.
+    fn encode(&self, key: &str) -> Vec<u8> {
+        let mut v = Vec::with_capacity(25 + key.len());
+        v.extend_from_slice(&self.id.to_le_bytes());
+        v.extend_from_slice(&self.size.to_le_bytes());
+        v.extend_from_slice(&self.chunk_size.to_le_bytes());
+        v.push(self.verified as u8);
+        v.extend_from_slice(key.as_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<(Place, &str)> {
+        let u = |i: usize| Some(u64::from_le_bytes(v.get(i..i + 8)?.try_into().ok()?));
+        let place = Place {
+            id: u(0)?,
+            size: u(8)?,
+            chunk_size: u(16)?,
+            verified: *v.get(24)? != 0,
+        };
+        Some((place, std::str::from_utf8(v.get(25..)?).ok()?))
+    }
 }
 
 /// The counts kept in `HEADER`, always those of the committed tables.
@@ -205,6 +254,8 @@ const TOUCH_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A file's committed record and its stored chunks (index, CRC).
 pub(crate) type Stored = (FileRecord, Vec<(u32, u32)>);
+/// A file's place and its stored chunks' (index, CRC32C).
+pub(crate) type Placed = (Place, Vec<(u32, u32)>);
 
 /// Counts: (used, files, pinned, pinned bytes).
 #[cfg(test)]
@@ -268,6 +319,7 @@ struct Tables<'t> {
     lru: redb::Table<'t, (u64, u64), &'static str>,
     pinned: redb::Table<'t, u64, ()>,
     namespaces: redb::Table<'t, &'static str, u64>,
+    places: redb::Table<'t, &'static str, &'static [u8]>,
     garbage: redb::Table<'t, u64, ()>,
     header: redb::Table<'t, &'static str, u64>,
     meta: redb::Table<'t, &'static str, &'static [u8]>,
@@ -282,6 +334,7 @@ impl<'t> Tables<'t> {
             lru: w.open_table(LRU)?,
             pinned: w.open_table(PINNED)?,
             namespaces: w.open_table(NAMESPACES)?,
+            places: w.open_table(PLACES)?,
             garbage: w.open_table(GARBAGE)?,
             header: w.open_table(HEADER)?,
             meta: w.open_table(META)?,
@@ -309,9 +362,13 @@ impl<'t> Tables<'t> {
         key: &str,
         rec: &FileRecord,
         add: bool,
+        place: bool,
     ) -> Result<(), redb::StorageError> {
         let step = |v: u64, by: u64| if add { v + by } else { v.saturating_sub(by) };
         tot.files = step(tot.files, 1);
+        if place {
+            self.place(key, rec, add)?;
+        }
         if let Some(ns) = namespace_of(&rec.uri) {
             let n = step(
                 self.namespaces.get(ns.as_str())?.map_or(0, |g| g.value()),
@@ -340,6 +397,25 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Puts `rec`'s place (`add`), or removes it where it still names `rec`'s file.
+    fn place(&mut self, key: &str, rec: &FileRecord, add: bool) -> Result<(), redb::StorageError> {
+        if rec.uri.is_empty() {
+            return Ok(());
+        }
+        if add {
+            self.places
+                .insert(rec.uri.as_str(), Place::of(rec).encode(key).as_slice())?;
+            return Ok(());
+        }
+        let ours = self.places.get(rec.uri.as_str())?.is_some_and(|v| {
+            Place::decode(v.value()).is_some_and(|(p, k)| p.id == rec.id && k == key)
+        });
+        if ours {
+            self.places.remove(rec.uri.as_str())?;
+        }
+        Ok(())
+    }
+
     fn record(&self, key: &str) -> Result<Option<FileRecord>, redb::StorageError> {
         Ok(self.files.get(key)?.and_then(|v| decode(v.value())))
     }
@@ -349,12 +425,23 @@ impl<'t> Tables<'t> {
     fn apply(&mut self, tot: &mut Totals, op: &Op) -> Result<(), redb::Error> {
         match op {
             Op::PutFile { key, rec } | Op::Touch { key, rec } => {
-                if let Some(old) = self.record(key)? {
-                    self.account(tot, key, &old, false)?;
+                let old = self.record(key)?;
+                if let Some(old) = &old {
+                    self.account(tot, key, old, false, false)?;
                 }
                 let v = serde_json::to_vec(rec).unwrap_or_default();
                 self.files.insert(key.as_str(), v.as_slice())?;
-                self.account(tot, key, rec, true)?;
+                self.account(tot, key, rec, true, false)?;
+                match &old {
+                    // A read's LRU move: no write to `PLACES`.
+                    Some(o) if o.uri == rec.uri && Place::of(o) == Place::of(rec) => {}
+                    Some(o) if o.uri != rec.uri => {
+                        self.place(key, o, false)?;
+                        self.place(key, rec, true)?;
+                    }
+                    // New, or changed in place (verified): one write, over the old.
+                    _ => self.place(key, rec, true)?,
+                }
                 tot.max_id = tot.max_id.max(rec.id);
                 tot.id_mark = tot.id_mark.max(rec.id + 1);
             }
@@ -369,7 +456,7 @@ impl<'t> Tables<'t> {
                 // Only remove the record if it still names this id (the key may have been
                 // registered again since).
                 if let Some(old) = self.record(key)?.filter(|r| r.id == id) {
-                    self.account(tot, key, &old, false)?;
+                    self.account(tot, key, &old, false, true)?;
                     self.files.remove(key.as_str())?;
                 }
                 // The chunks it holds, not every chunk its size allows.
@@ -458,6 +545,7 @@ impl Index {
         };
         match layout {
             Some(LAYOUT) => {}
+            Some(2) => add_places(&db)?,
             None => convert(&db, data_dir)?,
             Some(other) => {
                 return Err(StoreError::IndexUnusable {
@@ -617,6 +705,68 @@ impl Index {
         Ok(out)
     }
 
+    /// The committed records of files by where they were cached from: for each `(uri, key)`,
+    /// the place and chunk CRCs of the file cached from `uri` if it is `key`'s, else `None`
+    /// (not cached from there; it may be from elsewhere). One range scan over the URIs asked
+    /// (a folder listing's are neighbours), bounded: URIs far apart are not all found.
+    pub fn load_places(&self, wanted: &[(&str, &str)]) -> Result<Vec<Option<Placed>>, StoreError> {
+        let mut out = vec![None; wanted.len()];
+        let (Some(lo), Some(hi)) = (
+            wanted.iter().map(|w| w.0).min(),
+            wanted.iter().map(|w| w.0).max(),
+        ) else {
+            return Ok(out);
+        };
+        let Some(db) = self.db() else {
+            return Err(StoreError::Index("the index is being reopened".into()));
+        };
+        let at: HashMap<&str, usize> = wanted.iter().enumerate().map(|(i, w)| (w.0, i)).collect();
+        let r = db.begin_read().map_err(idx_err)?;
+        let places = r.open_table(PLACES).map_err(idx_err)?;
+        let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
+        // Other files' places between those asked for (another folder's, say) are read past, up
+        // to a bound: the rest are looked up by key.
+        let budget = wanted.len() * 4 + 64;
+        let mut found: Vec<(usize, Place)> = Vec::new();
+        for row in places.range(lo..=hi).map_err(idx_err)?.take(budget) {
+            let (k, v) = row.map_err(idx_err)?;
+            let Some(&i) = at.get(k.value()) else {
+                continue;
+            };
+            let Some((place, key)) = Place::decode(v.value()) else {
+                continue;
+            };
+            if key == wanted[i].1 {
+                found.push((i, place));
+            }
+        }
+        // The CRCs: files cached together have neighbouring ids, so one scan over their ids'
+        // chunks where they are dense, one lookup a file where they are not.
+        let (Some(first), Some(last)) = (
+            found.iter().map(|(_, p)| p.id).min(),
+            found.iter().map(|(_, p)| p.id).max(),
+        ) else {
+            return Ok(out);
+        };
+        let mut crcs: HashMap<u64, Vec<(u32, u32)>> = HashMap::with_capacity(found.len());
+        let ranges: Vec<(u64, u64)> = match last - first <= budget as u64 {
+            true => vec![(first, last)],
+            false => found.iter().map(|(_, p)| (p.id, p.id)).collect(),
+        };
+        for (from, to) in ranges {
+            for row in chunks.range((from, 0)..=(to, u32::MAX)).map_err(idx_err)? {
+                let (k, v) = row.map_err(idx_err)?;
+                let (id, idx) = k.value();
+                crcs.entry(id).or_default().push((idx, v.value()));
+            }
+        }
+        for (i, place) in found {
+            let c = crcs.remove(&place.id).unwrap_or_default();
+            out[i] = Some((place, c));
+        }
+        Ok(out)
+    }
+
     /// Up to `n` committed (last access, id, key) of unpinned files, least recently used first,
     /// after `after`.
     pub fn lru_page(&self, after: Option<(u64, u64)>, n: usize) -> Vec<(u64, u64, String)> {
@@ -714,6 +864,17 @@ impl Index {
             .map(|r| r.unwrap().1.value())
             .sum();
         assert_eq!(ns, with_ns, "namespace counts");
+        // Every place names the live record of a file cached from its URI, as it is now.
+        for row in r.open_table(PLACES).unwrap().iter().unwrap() {
+            let (uri, v) = row.unwrap();
+            let (place, key) = Place::decode(v.value()).expect("a readable place");
+            let rec = files
+                .get(key)
+                .unwrap()
+                .and_then(|v| decode(v.value()))
+                .unwrap_or_else(|| panic!("the place of {} names no record", uri.value()));
+            assert_eq!((rec.uri.as_str(), Place::of(&rec)), (uri.value(), place));
+        }
         ((t.used, t.files, t.pinned, t.pinned_bytes), c, rows, ns)
     }
 
@@ -852,7 +1013,8 @@ fn convert(db: &Database, data_dir: &Path) -> Result<(), StoreError> {
                 Some(rec) if keep => {
                     known.insert(rec.id.to_string());
                     tot.used += t.bytes_of(&rec).map_err(idx_err)?;
-                    t.account(&mut tot, &key, &rec, true).map_err(idx_err)?;
+                    t.account(&mut tot, &key, &rec, true, true)
+                        .map_err(idx_err)?;
                     tot.max_id = tot.max_id.max(rec.id);
                 }
                 rec => {
@@ -878,6 +1040,31 @@ fn convert(db: &Database, data_dir: &Path) -> Result<(), StoreError> {
             }
         }
         tot.write(&mut t.header).map_err(idx_err)?;
+        t.header.insert("layout", LAYOUT).map_err(idx_err)?;
+    }
+    w.commit().map_err(idx_err)
+}
+
+/// Gives a cache of layout 2 its places (one walk of the records, once, at the first start of
+/// this version; in one transaction, so a crash cuts nothing short).
+fn add_places(db: &Database) -> Result<(), StoreError> {
+    let w = begin_write(db).map_err(idx_err)?;
+    {
+        let mut t = Tables::open(&w).map_err(idx_err)?;
+        let mut records = Vec::new();
+        for row in t.files.iter().map_err(idx_err)? {
+            let (k, v) = row.map_err(idx_err)?;
+            if let Some(rec) = decode(v.value()) {
+                records.push((k.value().to_string(), rec));
+            }
+        }
+        tracing::info!(
+            files = records.len(),
+            "converting the cache to layout {LAYOUT}"
+        );
+        for (key, rec) in records {
+            t.place(&key, &rec, true).map_err(idx_err)?;
+        }
         t.header.insert("layout", LAYOUT).map_err(idx_err)?;
     }
     w.commit().map_err(idx_err)

@@ -773,17 +773,25 @@ impl Store {
         Some((self.data_path(id), size, chunk_size, crcs))
     }
 
-    /// What the cache holds of each of `keys` (a page of a listing): one look under the lock
-    /// for the files in memory and one index read for the rest, which are not brought into
-    /// memory (a listing of millions of files must not churn the files in use).
-    pub fn holdings(&self, keys: &[&str]) -> Vec<Holding> {
-        let mut out = vec![Holding::default(); keys.len()];
+    /// What the cache holds of each of `files` (`(uri, key)`, a page of a listing): one look
+    /// under the lock for the files in memory, one range scan of the index's places for the
+    /// rest (a folder's files are neighbours there), and a lookup by key for those not cached
+    /// from that URI (the same bytes cached from elsewhere). No file is brought into memory (a
+    /// listing of millions of files must not churn the files in use).
+    pub fn holdings(&self, files: &[(&str, &str)]) -> Vec<Holding> {
+        let mut out = vec![Holding::default(); files.len()];
         let mut rest = Vec::new();
         {
             let st = self.lock();
-            for (i, key) in keys.iter().enumerate() {
+            for (i, (_, key)) in files.iter().enumerate() {
                 match st.files.get(*key) {
-                    Some(e) => out[i] = self.holding(&e.rec, e.chunks.values().copied(), e.bytes),
+                    Some(e) => {
+                        out[i] = self.holding(
+                            &index::Place::of(&e.rec),
+                            e.chunks.values().copied(),
+                            e.bytes,
+                        )
+                    }
                     None if st.gone.contains_key(*key) => {}
                     None => rest.push(i),
                 }
@@ -792,18 +800,42 @@ impl Store {
         if rest.is_empty() {
             return out;
         }
-        let ask: Vec<&str> = rest.iter().map(|&i| keys[i]).collect();
+        let fill =
+            |out: &mut Vec<Holding>, i: usize, place: &index::Place, crcs: Vec<(u32, u32)>| {
+                let layout = ChunkLayout::new(place.size, place.chunk_size.max(1));
+                let crcs: Vec<(u32, u32)> = crcs
+                    .into_iter()
+                    .filter(|(i, _)| *i < layout.count())
+                    .collect();
+                let bytes = crcs.iter().map(|(i, _)| layout.len(*i)).sum();
+                out[i] = self.holding(place, crcs.into_iter().map(|(_, c)| c), bytes);
+            };
+        let ask: Vec<(&str, &str)> = rest.iter().map(|&i| files[i]).collect();
+        let mut unplaced = Vec::new();
+        match self.index.load_places(&ask) {
+            Ok(found) => {
+                for (i, placed) in rest.into_iter().zip(found) {
+                    match placed {
+                        Some((place, crcs)) => fill(&mut out, i, &place, crcs),
+                        None => unplaced.push(i),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cache index lookup failed");
+                return out;
+            }
+        }
+        if unplaced.is_empty() {
+            return out;
+        }
+        let ask: Vec<&str> = unplaced.iter().map(|&i| files[i].1).collect();
         match self.index.load_many_once(&ask) {
             Ok(found) => {
-                for (i, stored) in rest.into_iter().zip(found) {
-                    let Some((rec, crcs)) = stored else { continue };
-                    let layout = ChunkLayout::new(rec.size, rec.chunk_size.max(1));
-                    let crcs: Vec<(u32, u32)> = crcs
-                        .into_iter()
-                        .filter(|(i, _)| *i < layout.count())
-                        .collect();
-                    let bytes = crcs.iter().map(|(i, _)| layout.len(*i)).sum();
-                    out[i] = self.holding(&rec, crcs.into_iter().map(|(_, c)| c), bytes);
+                for (i, stored) in unplaced.into_iter().zip(found) {
+                    if let Some((rec, crcs)) = stored {
+                        fill(&mut out, i, &index::Place::of(&rec), crcs);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cache index lookup failed"),
@@ -813,20 +845,20 @@ impl Store {
 
     fn holding(
         &self,
-        rec: &FileRecord,
+        place: &index::Place,
         crcs: impl ExactSizeIterator<Item = u32>,
         bytes: u64,
     ) -> Holding {
-        let count = ChunkLayout::new(rec.size, rec.chunk_size.max(1)).count() as usize;
+        let count = ChunkLayout::new(place.size, place.chunk_size.max(1)).count() as usize;
         let complete = crcs.len() == count;
         Holding {
-            fraction: if rec.size == 0 {
+            fraction: if place.size == 0 {
                 1.0
             } else {
-                bytes as f64 / rec.size as f64
+                bytes as f64 / place.size as f64
             },
-            complete: (complete && rec.verified)
-                .then(|| (self.data_path(rec.id), rec.chunk_size, crcs.collect())),
+            complete: (complete && place.verified)
+                .then(|| (self.data_path(place.id), place.chunk_size, crcs.collect())),
         }
     }
 

@@ -461,12 +461,117 @@ fn a_cache_of_the_first_layout_is_converted_once() {
 }
 
 #[test]
+fn a_listings_look_finds_files_by_where_they_were_cached_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |i: u32| file(&format!("k{i:03}"), 8);
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..40 {
+            let h = s.register(&f(i), 4).unwrap();
+            put(&h, 0, 1);
+            put(&h, 1, 2);
+            if i % 2 == 0 {
+                h.mark_verified();
+            }
+        }
+        assert!(matches!(s.evict("k005"), Evicted::Freed(_)));
+        s.check_counts();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let uris: Vec<String> = (0..40).map(|i| f(i).uri).collect();
+    let asked: Vec<(&str, &str)> = (0..40)
+        .map(|i| (uris[i].as_str(), &uris[i][11..]))
+        .collect();
+    // Found by one scan of the places, without a lookup by key.
+    let placed = s.index.load_places(&asked).unwrap();
+    for (i, p) in placed.iter().enumerate() {
+        match (i, p) {
+            (5, None) => {}
+            (5, Some(_)) => panic!("the evicted file's place is gone"),
+            (_, Some((place, crcs))) => {
+                assert_eq!((place.size, place.verified, crcs.len()), (8, i % 2 == 0, 2))
+            }
+            (_, None) => panic!("file {i} has no place"),
+        }
+    }
+    let elsewhere = "hf://o/other@y/copy";
+    let held = s.holdings(&[
+        asked[0],
+        asked[1],
+        asked[5],
+        // Other bytes now at a URI something was cached from: not those.
+        (asked[2].0, "k999"),
+        // Bytes cached from another URI: found by key.
+        (elsewhere, "k004"),
+    ]);
+    let seen: Vec<(f64, bool)> = held
+        .iter()
+        .map(|h| (h.fraction, h.complete.is_some()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1.0, true),
+            (1.0, false),
+            (0.0, false),
+            (0.0, false),
+            (1.0, true)
+        ]
+    );
+    assert_eq!(
+        s.resident_files(),
+        0,
+        "a listing's look brings no file into memory"
+    );
+    assert_eq!(
+        held[0].complete.as_ref().map(|c| c.0.clone()),
+        s.complete_file("k000").map(|c| c.0)
+    );
+    s.check_counts();
+}
+
+#[test]
+fn a_cache_of_the_second_layout_gets_its_places_once() {
+    use redb::TableDefinition;
+    const PLACES: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
+    const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for k in ["a", "b"] {
+            let h = s.register(&file(k, 4), 4).unwrap();
+            put(&h, 0, 1);
+        }
+    }
+    // What layout 2 left: no places.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        assert!(w.delete_table(PLACES).unwrap());
+        w.open_table(HEADER).unwrap().insert("layout", 2).unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let (a, b) = (file("a", 4).uri, file("b", 4).uri);
+    let placed = s.index.load_places(&[(&a, "a"), (&b, "b")]).unwrap();
+    assert!(placed.iter().all(Option::is_some), "{placed:?}");
+    s.check_counts();
+}
+
+#[test]
 fn holdings_answer_from_memory_and_the_index_alike_without_loading_files() {
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+    let asked: Vec<String> = names
+        .iter()
+        .map(String::as_str)
+        .chain(["none"])
+        .map(|n| file(n, 8).uri)
+        .collect();
+    let uris = &asked;
     let want = |s: &Arc<Store>| -> Vec<(f64, bool)> {
-        let keys: Vec<&str> = names.iter().map(String::as_str).chain(["none"]).collect();
-        s.holdings(&keys)
+        let asked: Vec<(&str, &str)> = uris.iter().map(|u| (u.as_str(), &u[11..])).collect();
+        s.holdings(&asked)
             .into_iter()
             .map(|h| (h.fraction, h.complete.is_some()))
             .collect()
@@ -486,7 +591,7 @@ fn holdings_answer_from_memory_and_the_index_alike_without_loading_files() {
         }
         s.flush();
         before = want(&s);
-        let h = s.holdings(&["f0"]);
+        let h = s.holdings(&[(uris[0].as_str(), "f0")]);
         let (path, chunk_size, crcs) = h[0].complete.clone().unwrap();
         assert_eq!((path, chunk_size, crcs), {
             let (p, _, cs, c) = s.complete_file("f0").unwrap();
