@@ -691,7 +691,8 @@ impl Files {
     /// the files directly in it, and the names of the folders in it, each once. A folder of
     /// any size costs a binary search, not a walk: one folder of a 2M-file dataset is read as
     /// quickly as a small one. Files that follow each other in the listing (a folder without
-    /// subfolders between its files, the usual case) are a view of it, not a copy.
+    /// subfolders between its files, the usual case) are a view of it, not a copy (so the
+    /// result's [`Files::listing`] may be the whole listing).
     pub fn children(&self, prefix: &str) -> (Files, Vec<String>) {
         let mut runs: Vec<Range<usize>> = Vec::new();
         let mut folders = Vec::new();

@@ -750,16 +750,44 @@ impl Index {
         ) else {
             return Ok(out);
         };
-        let mut crcs: HashMap<u64, Vec<(u32, u32)>> = HashMap::with_capacity(found.len());
-        let ranges: Vec<(u64, u64)> = match last - first <= budget as u64 {
-            true => vec![(first, last)],
-            false => found.iter().map(|(_, p)| (p.id, p.id)).collect(),
-        };
-        for (from, to) in ranges {
-            for row in chunks.range((from, 0)..=(to, u32::MAX)).map_err(idx_err)? {
+        let mut crcs: HashMap<u64, Vec<(u32, u32)>> =
+            found.iter().map(|(_, p)| (p.id, Vec::new())).collect();
+        let mut dense = last - first <= budget as u64;
+        if dense {
+            // Other files' rows between them (a large file's, say) are read past up to a bound;
+            // past it, one lookup a file.
+            let wanted_rows: u64 = found
+                .iter()
+                .map(|(_, p)| ChunkLayout::new(p.size, p.chunk_size.max(1)).count() as u64)
+                .sum();
+            let cap = wanted_rows + budget as u64 * 64;
+            for (n, row) in chunks
+                .range((first, 0)..=(last, u32::MAX))
+                .map_err(idx_err)?
+                .enumerate()
+            {
+                if n as u64 >= cap {
+                    dense = false;
+                    crcs.values_mut().for_each(Vec::clear);
+                    break;
+                }
                 let (k, v) = row.map_err(idx_err)?;
                 let (id, idx) = k.value();
-                crcs.entry(id).or_default().push((idx, v.value()));
+                if let Some(c) = crcs.get_mut(&id) {
+                    c.push((idx, v.value()));
+                }
+            }
+        }
+        if !dense {
+            for (_, p) in &found {
+                let c = crcs.entry(p.id).or_default();
+                for row in chunks
+                    .range((p.id, 0)..=(p.id, u32::MAX))
+                    .map_err(idx_err)?
+                {
+                    let (k, v) = row.map_err(idx_err)?;
+                    c.push((k.value().1, v.value()));
+                }
             }
         }
         for (i, place) in found {
@@ -1053,19 +1081,24 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
     let w = begin_write(db).map_err(idx_err)?;
     {
         let mut t = Tables::open(&w).map_err(idx_err)?;
-        let mut records = Vec::new();
-        for row in t.files.iter().map_err(idx_err)? {
-            let (k, v) = row.map_err(idx_err)?;
-            if let Some(rec) = decode(v.value()) {
-                records.push((k.value().to_string(), rec));
-            }
-        }
+        t.places.retain(|_, _| false).map_err(idx_err)?;
         tracing::info!(
-            files = records.len(),
+            files = t.files.len().map_err(idx_err)?,
             "converting the cache to layout {LAYOUT}"
         );
-        for (key, rec) in records {
-            t.place(&key, &rec, true).map_err(idx_err)?;
+        for row in t.files.iter().map_err(idx_err)? {
+            let (k, v) = row.map_err(idx_err)?;
+            let Some(rec) = decode(v.value()) else {
+                continue;
+            };
+            if !rec.uri.is_empty() {
+                t.places
+                    .insert(
+                        rec.uri.as_str(),
+                        Place::of(&rec).encode(k.value()).as_slice(),
+                    )
+                    .map_err(idx_err)?;
+            }
         }
         t.header.insert("layout", LAYOUT).map_err(idx_err)?;
     }

@@ -531,6 +531,45 @@ fn a_listings_look_finds_files_by_where_they_were_cached_from() {
 }
 
 #[test]
+fn places_stay_true_when_keys_share_a_uri_and_files_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let a = file("a", 4);
+    let b = RemoteFile {
+        key: "b".into(),
+        ..a.clone()
+    };
+    let place_of = |s: &Arc<Store>, key: &str| {
+        s.index.flush();
+        s.index.load_places(&[(a.uri.as_str(), key)]).unwrap()[0]
+            .as_ref()
+            .map(|p| p.0.id)
+    };
+    for f in [&a, &b] {
+        let h = s.register(f, 4).unwrap();
+        put(&h, 0, 1);
+    }
+    // The URI's bytes changed: the place is the newer key's, the older still found by key.
+    assert!(place_of(&s, "a").is_none());
+    let b_id = place_of(&s, "b").expect("b's place");
+    assert_eq!(s.holdings(&[(a.uri.as_str(), "a")])[0].fraction, 1.0);
+    s.check_counts();
+    // Removing the key that lost the place leaves the other's.
+    assert!(matches!(s.evict("a"), Evicted::Freed(_)));
+    assert_eq!(place_of(&s, "b"), Some(b_id));
+    s.check_counts();
+    // Removed, then cached again under a new id: the place follows.
+    assert!(matches!(s.evict("b"), Evicted::Freed(_)));
+    assert_eq!(place_of(&s, "b"), None);
+    let h = s.register(&b, 4).unwrap();
+    put(&h, 0, 2);
+    drop(h);
+    let again = place_of(&s, "b").expect("b's new place");
+    assert!(again > b_id);
+    s.check_counts();
+}
+
+#[test]
 fn a_cache_of_the_second_layout_gets_its_places_once() {
     use redb::TableDefinition;
     const PLACES: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
@@ -556,6 +595,17 @@ fn a_cache_of_the_second_layout_gets_its_places_once() {
     let placed = s.index.load_places(&[(&a, "a"), (&b, "b")]).unwrap();
     assert!(placed.iter().all(Option::is_some), "{placed:?}");
     s.check_counts();
+    drop(s);
+    // Once: the next start finds layout 3.
+    let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+    let r = db.begin_read().unwrap();
+    let layout = r
+        .open_table(HEADER)
+        .unwrap()
+        .get("layout")
+        .unwrap()
+        .map(|g| g.value());
+    assert_eq!(layout, Some(3));
 }
 
 #[test]
