@@ -1105,6 +1105,28 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
     w.commit().map_err(idx_err)
 }
 
+/// Takes more ops from `rx` into `ops` while `wait(ops)` holds, until `until` (or the senders
+/// are gone).
+fn gather(
+    rx: &mpsc::Receiver<(u64, Op)>,
+    ops: &mut Vec<(u64, Op)>,
+    until: std::time::Instant,
+    wait: impl Fn(&[(u64, Op)]) -> bool,
+) {
+    while wait(ops) {
+        let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+            return;
+        };
+        match rx.recv_timeout(left) {
+            Ok(op) => {
+                ops.push(op);
+                ops.extend(rx.try_iter());
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Opens the database again: redb refuses every transaction after an I/O error (a full disk,
 /// say) until it is reopened. While a reader still holds the old one the file stays locked and
 /// this fails; the next commit tries again.
@@ -1207,40 +1229,19 @@ impl Writer {
                 ops.push(op);
             }
             // Only touches: they wait for company (a flush, a write) or the delay.
-            let deadline = last_commit + TOUCH_DELAY;
-            while delay && !ops.is_empty() && touches_only(&ops) {
-                let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                    break;
-                };
-                match rx.recv_timeout(left) {
-                    Ok(op) => {
-                        ops.push(op);
-                        while let Ok(op) = rx.try_recv() {
-                            ops.push(op);
-                        }
-                    }
-                    Err(_) => break,
-                }
+            if delay {
+                gather(&rx, &mut ops, last_commit + TOUCH_DELAY, |ops| {
+                    !ops.is_empty() && touches_only(ops)
+                });
             }
             // Other writes gather for a moment: a commit costs an fsync and a copy of redb's
             // allocator state whatever its size, so a warm of small files (four ops a file)
             // committed as fast as the disk allows spent a core on commits. A flush does not
             // wait.
-            let gather = std::time::Instant::now() + GATHER;
-            while !ops.iter().any(|(_, op)| matches!(op, Op::Flush(_))) {
-                let Some(left) = gather.checked_duration_since(std::time::Instant::now()) else {
-                    break;
-                };
-                match rx.recv_timeout(left) {
-                    Ok(op) => {
-                        ops.push(op);
-                        while let Ok(op) = rx.try_recv() {
-                            ops.push(op);
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+            let until = std::time::Instant::now() + GATHER;
+            gather(&rx, &mut ops, until, |ops| {
+                !ops.iter().any(|(_, op)| matches!(op, Op::Flush(_)))
+            });
             last_commit = std::time::Instant::now();
             if self.halted.load(Ordering::Acquire) {
                 // As if the process had died here: nothing more is committed or unlinked.
