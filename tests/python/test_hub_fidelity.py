@@ -120,3 +120,23 @@ def test_a_synthetic_dataset_over_s3_pages_like_s3(hub_factory, tmp_path):
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     stats = hub.stats()["requests"]
     assert stats["s3_list"] == 4 and stats["s3_get"] == 5 and stats["s3_head"] == 3, stats
+
+
+def test_gated_repos_answer_as_the_hubs_do(hub_factory, tmp_path):
+    """A gated repo's info is public and says so; its files and `auth-check` need a token the
+    Hub accepts (two users' here); other repos stay public."""
+    hub = hub_factory("--model", "acme/gated=1MiBx1", "--model", "acme/open=1MiBx1", "--token", "hf_a",
+                      "--also-token", "hf_b", "--gated", "acme/gated")
+    api = HfApi(endpoint=hub.url)
+    assert api.model_info("acme/gated", token=False).gated == "auto"
+    assert api.model_info("acme/open", token=False).gated is False
+    for token in ("hf_a", "hf_b"):
+        api.auth_check("acme/gated", token=token)
+    with pytest.raises(GatedRepoError):
+        api.auth_check("acme/gated", token="hf_c")
+    with pytest.raises((GatedRepoError, HfHubHTTPError)):
+        hf_hub_download("acme/gated", "config.json", cache_dir=tmp_path / "a", endpoint=hub.url, token=False)
+    assert Path(hf_hub_download("acme/gated", "config.json", cache_dir=tmp_path / "b", endpoint=hub.url,
+                                token="hf_b")).exists()
+    assert Path(hf_hub_download("acme/open", "config.json", cache_dir=tmp_path / "c", endpoint=hub.url,
+                                token=False)).exists()

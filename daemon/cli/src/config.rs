@@ -41,6 +41,11 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz).
     #[arg(long, env = "LOCUS_METRICS")]
     metrics: Option<SocketAddr>,
+    /// Serve the Hugging Face Hub's download API from the cache at http://ADDR (point clients'
+    /// HF_ENDPOINT there). Gated and private repos are served only to clients whose own
+    /// token the Hub accepts for them.
+    #[arg(long, env = "LOCUS_HUB_GATEWAY")]
+    hub_gateway: Option<SocketAddr>,
     /// Chunk size of files entering the cache (64KiB to 256MiB).
     #[arg(long, env = "LOCUS_CHUNK_SIZE", default_value_t = Size(locus_node::DEFAULT_CHUNK_SIZE))]
     chunk_size: Size,
@@ -327,6 +332,7 @@ pub struct DaemonConfig {
     pub advertise: Option<String>,
     pub membership: Option<locus_cluster::Membership>,
     pub metrics: Option<SocketAddr>,
+    pub hub_gateway: Option<SocketAddr>,
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
@@ -555,6 +561,7 @@ impl DaemonConfig {
             advertise,
             membership,
             metrics: a.metrics,
+            hub_gateway: a.hub_gateway,
             chunk_size,
             concurrency: a.concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl),

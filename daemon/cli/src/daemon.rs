@@ -82,8 +82,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         true => None,
         false => Some(Arc::new(FileOrigin::new(&cfg.file_roots)?) as Arc<dyn Origin>),
     };
+    let hub = Arc::new(HfOrigin::new(hf)?);
     let origin = Arc::new(Origins {
-        hf: Some(Arc::new(HfOrigin::new(hf)?)),
+        hf: Some(hub.clone()),
         s3: Some(Arc::new(S3Origin::new(s3))),
         http: Some(Arc::new(HttpOrigin::new(
             cfg.cache_dir.join("http-spool"),
@@ -234,6 +235,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let hub_gateway = match cfg.hub_gateway {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--hub-gateway {addr}: cannot listen"))?;
+            let local = l.local_addr()?;
+            locus_gateway::describe();
+            let gw = locus_gateway::HubGateway::new(
+                node.clone(),
+                locus_gateway::AccessCache::new(hub.clone(), cfg.metadata_ttl),
+            );
+            tokio::spawn(gw.serve(l, wait_stop(stop_rx.clone())));
+            Some(local.to_string())
+        }
+        None => None,
+    };
     let namespace = match &cfg.mount {
         Some(dir) => Some(mount_namespace(dir, &cfg, node.clone()).await?),
         None => None,
@@ -242,6 +259,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         socket = %cfg.socket.display(),
         mount = cfg.mount.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "off".into()),
         metrics = metrics_addr.as_deref().unwrap_or("off"),
+        hub_gateway = hub_gateway.as_deref().unwrap_or("off"),
         cache_dir = %cfg.cache_dir.display(),
         capacity = cfg.cache_size,
         chunk_size = cfg.chunk_size,

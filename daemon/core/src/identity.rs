@@ -61,3 +61,42 @@ impl RemoteFile {
         }
     }
 }
+
+/// The Git LFS pointer that git holds for an LFS file of `size` bytes whose SHA-256 is
+/// `sha256` (hex): the Hub's tree lists an LFS file with this pointer's git blob id as its
+/// `oid` and its length as `pointerSize`.
+pub fn lfs_pointer(sha256: &str, size: u64) -> String {
+    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n")
+}
+
+/// The git blob id of `data`: SHA-1 of `blob {len}\0` and the bytes (hex).
+pub fn git_blob_id(data: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", data.len()).as_bytes());
+    h.update(data);
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_blob_ids_and_lfs_pointers_are_gits() {
+        // `git hash-object` of an empty file and of "hello\n".
+        assert_eq!(git_blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+        assert_eq!(
+            git_blob_id(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+        let p = lfs_pointer(&"a".repeat(64), 1234);
+        assert_eq!(
+            p,
+            format!(
+                "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 1234\n",
+                "a".repeat(64)
+            )
+        );
+    }
+}

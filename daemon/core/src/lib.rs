@@ -14,7 +14,7 @@ pub mod suggest;
 pub mod uri;
 
 pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
-pub use identity::{Digest, Listed, RemoteFile};
+pub use identity::{git_blob_id, lfs_pointer, Digest, Listed, RemoteFile};
 pub use listing::{Brief, Files, Listing, ListingBuilder};
 pub use secret::Secret;
 pub use size::{format_size, parse_size};

@@ -279,6 +279,80 @@ impl HfOrigin {
         Ok((value, headers))
     }
 
+    /// Whether the Hub lets a client that presents `token` (its own, never the daemon's) read
+    /// the files of repo `ns`: with a token, the Hub's `auth-check` for it; without one, the
+    /// repo's public info, which must show it neither gated nor private. `Ok` only on the
+    /// Hub's yes: 401/403 or a gated repo is `AccessDenied`, a repo the Hub does not show
+    /// `NotFound`, anything else an error (the caller refuses on any error).
+    pub async fn check_access(
+        &self,
+        ns: &Namespace,
+        token: Option<&Secret>,
+    ) -> Result<(), OriginError> {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(default)]
+            gated: serde_json::Value,
+            #[serde(default)]
+            private: bool,
+        }
+        let (rt, repo) = hf_parts(ns)?;
+        let base = format!("{}/api/{}/{repo}", self.cfg.endpoint, rt.api_plural());
+        let what = format!("{ns} (access check)");
+        let denied = |detail: String| OriginError::AccessDenied {
+            what: what.clone(),
+            detail,
+            hint: "the Hub does not let the token presented (or no token) read this repo's files",
+        };
+        let url = match token {
+            Some(_) => format!("{base}/auth-check"),
+            None => base,
+        };
+        let resp = send_with_retry(self.cfg.retry, &what, "auth", || {
+            let req = self.client.get(&url);
+            match token {
+                Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
+                None => req,
+            }
+        })
+        .await?;
+        let status = resp.status();
+        match status.as_u16() {
+            200..=299 if token.is_some() => Ok(()),
+            200..=299 => {
+                let body = resp.bytes().await.map_err(|e| OriginError::Transient {
+                    what: what.clone(),
+                    detail: describe_reqwest(&e),
+                    retry_after: None,
+                })?;
+                let info: Info =
+                    serde_json::from_slice(&body).map_err(|e| OriginError::Protocol {
+                        what: what.clone(),
+                        detail: format!("bad JSON: {e}"),
+                    })?;
+                let gated = !matches!(
+                    info.gated,
+                    serde_json::Value::Null | serde_json::Value::Bool(false)
+                );
+                match (gated, info.private) {
+                    (false, false) => Ok(()),
+                    _ => Err(denied(
+                        "the repo is gated or private and no token was presented".into(),
+                    )),
+                }
+            }
+            401 | 403 => Err(denied(format!("HTTP {}", status.as_u16()))),
+            404 => Err(OriginError::NotFound {
+                what: what.clone(),
+                kind: "repository",
+            }),
+            s => Err(OriginError::Protocol {
+                what: what.clone(),
+                detail: format!("HTTP {s}"),
+            }),
+        }
+    }
+
     /// The CDN URL a redirect of `resolve` pointed to, while it is fresh.
     fn cdn_url(&self, resolve: &str) -> Option<Arc<str>> {
         self.cdn_urls

@@ -46,15 +46,12 @@ impl SimFile {
     /// A file; stored in LFS when at least `lfs_threshold` bytes.
     pub fn new(data: Bytes, lfs_threshold: u64) -> SimFile {
         let sha256 = hex::encode(sha2::Sha256::digest(&data));
-        let mut s = sha1::Sha1::new();
-        s.update(format!("blob {}\0", data.len()).as_bytes());
-        s.update(&data);
         let lfs = data.len() as u64 >= lfs_threshold;
         SimFile {
+            git_oid: locus_core::git_blob_id(&data),
             data,
             generated: None,
             sha256,
-            git_oid: hex::encode(s.finalize()),
             lfs,
         }
     }
@@ -78,6 +75,18 @@ impl SimFile {
             sha256: hex::encode(sha256.finalize()),
             git_oid: hex::encode(sha1.finalize()),
             lfs: size >= lfs_threshold,
+        }
+    }
+
+    /// The `oid` and `pointerSize` the Hub's tree lists for it: the git blob id of its
+    /// content, or for an LFS file that of its pointer (what git holds).
+    pub fn tree_oid(&self) -> (String, Option<usize>) {
+        match self.lfs {
+            true => {
+                let p = locus_core::lfs_pointer(&self.sha256, self.size());
+                (locus_core::git_blob_id(p.as_bytes()), Some(p.len()))
+            }
+            false => (self.git_oid.clone(), None),
         }
     }
 
@@ -120,8 +129,15 @@ pub struct Faults {
     pub delay_ms: u64,
     /// Per-response bandwidth cap in bytes per second (0 = none).
     pub throttle_bps: u64,
-    /// Require `Authorization: Bearer <token>` on the Hub (not the CDN).
+    /// Require `Authorization: Bearer <token>` on the Hub (not the CDN): on every repo, or
+    /// only on those in `gated`.
     pub token: Option<String>,
+    /// More tokens the Hub accepts where it asks for one (other users').
+    pub tokens: Vec<String>,
+    /// Repos that are gated (`ORG/NAME`, or `datasets/ORG/NAME`): their info and tree are
+    /// public (`"gated": "auto"`), their files and `auth-check` need a token. When empty, a
+    /// `token` guards every repo and every call.
+    pub gated: Vec<String>,
 }
 
 /// A failure rule.

@@ -169,13 +169,37 @@ pub(crate) fn injected_failure(st: &State, kind: &str) -> Option<Response<Body>>
     Some(r)
 }
 
+/// Whether `repo` (`ORG/NAME`, `datasets/ORG/NAME`) is one of the gated ones, and whether any
+/// is (then the others are public).
+fn gating(st: &State, kind: &str, repo_id: &str) -> (bool, bool) {
+    let f = st.faults.lock().unwrap_or_else(|p| p.into_inner());
+    let name = match kind {
+        "dataset" => format!("datasets/{repo_id}"),
+        _ => repo_id.to_string(),
+    };
+    (f.gated.contains(&name), !f.gated.is_empty())
+}
+
+/// Whether a request for `repo_id`'s files (`files`) or its info and tree may go on: a repo
+/// not gated when some are is public; a gated one's info and tree are public too.
+fn allowed(st: &State, headers: &HeaderMap, kind: &str, repo_id: &str, files: bool) -> bool {
+    match gating(st, kind, repo_id) {
+        (false, true) => true,
+        (true, true) if !files => true,
+        _ => authorized(st, headers),
+    }
+}
+
 fn authorized(st: &State, headers: &HeaderMap) -> bool {
     let f = st.faults.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(token) = &f.token else { return true };
-    let ok = headers
+    if f.token.is_none() && f.tokens.is_empty() {
+        return true;
+    }
+    let presented = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {token}"));
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = presented.is_some_and(|p| f.token.iter().chain(&f.tokens).any(|t| t == p));
     drop(f);
     if ok {
         st.stats
@@ -256,13 +280,14 @@ async fn handle(
                 [] => "api_info",
                 ["revision", ..] => "api_revision",
                 ["tree", ..] => "api_tree",
+                ["auth-check"] => "api_auth_check",
                 _ => "api_other",
             };
             count(&st, what);
             if let Some(r) = injected_failure(&st, what) {
                 return r;
             }
-            if !authorized(&st, &headers) {
+            if !allowed(&st, &headers, kind, &repo_id, what == "api_auth_check") {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     "GatedRepo",
@@ -270,6 +295,10 @@ async fn handle(
                 );
             }
             match rest {
+                ["auth-check"] => match lookup(&st, kind, &repo_id, "main") {
+                    Ok(_) => json_response(json!({})),
+                    Err(r) => r,
+                },
                 [] => repo_info(&st, kind, &repo_id, "main"),
                 ["revision", rev @ ..] => repo_info(&st, kind, &repo_id, &rev.join("/")),
                 ["tree", rev, path @ ..] => tree(&st, kind, &repo_id, rev, &path.join("/"), &query),
@@ -346,7 +375,10 @@ fn repo_info(st: &State, kind: &str, repo_id: &str, rev: &str) -> Response<Body>
         "id": repo_id,
         "sha": sha,
         "private": false,
-        "gated": false,
+        "gated": match gating(st, kind, repo_id).0 {
+            true => json!("auto"),
+            false => json!(false),
+        },
         "disabled": false,
         "downloads": 0,
         "likes": 0,
@@ -438,9 +470,10 @@ fn tree(
             continue;
         }
         let size = f.size();
-        let mut e = json!({ "type": "file", "oid": f.git_oid, "size": size, "path": p });
-        if f.lfs {
-            e["lfs"] = json!({ "oid": f.sha256, "size": size, "pointerSize": 134 });
+        let (oid, pointer) = f.tree_oid();
+        let mut e = json!({ "type": "file", "oid": oid, "size": size, "path": p });
+        if let Some(pointer) = pointer {
+            e["lfs"] = json!({ "oid": f.sha256, "size": size, "pointerSize": pointer });
         }
         entries.push(e);
     }
@@ -486,7 +519,7 @@ fn resolve(
     if let Some(r) = injected_failure(st, what) {
         return r;
     }
-    if !authorized(st, headers) {
+    if !allowed(st, headers, kind, repo_id, true) {
         return error(
             StatusCode::UNAUTHORIZED,
             "GatedRepo",

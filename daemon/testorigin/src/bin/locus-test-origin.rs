@@ -33,9 +33,16 @@ struct Args {
     /// Delay before answering each request, in milliseconds (a far-away origin's latency).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
-    /// Require this token on the Hub.
+    /// Require this token on the Hub (on every repo, or on the `--gated` ones).
     #[arg(long)]
     token: Option<String>,
+    /// Another token the Hub accepts (another user's).
+    #[arg(long)]
+    also_token: Vec<String>,
+    /// A gated repo (ORG/NAME or datasets/ORG/NAME): its files need a token, its info and
+    /// tree are public, and every repo not named is public.
+    #[arg(long)]
+    gated: Vec<String>,
     /// Files at least this large go through LFS.
     #[arg(long, default_value = "64KiB")]
     lfs_threshold: String,
@@ -73,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
     let faults = Faults {
         throttle_bps: a.throttle.as_deref().map(size).transpose()?.unwrap_or(0),
         token: a.token.clone(),
+        tokens: a.also_token.clone(),
+        gated: a.gated.clone(),
         delay_ms: a.delay_ms,
         ..Faults::default()
     };
