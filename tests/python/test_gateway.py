@@ -146,3 +146,99 @@ print("loaded", type(m).__name__, sum(t.numel() for t in a.values()))
         assert hub.stats()["data_bytes"] >= (src / "model.safetensors").stat().st_size
     finally:
         d.close()
+
+
+S3_KEY, S3_SECRET = "AKIDGATEWAYTEST", "gateway/secret+key"
+
+
+def test_boto3_and_s3fs_read_through_the_s3_gateway(workdir):
+    """moto's S3 is the origin; boto3 and s3fs speak to a node's S3 gateway with the key pair
+    it was given: listings (pages, delimiters), objects, ranges and heads read as moto's, and
+    a wrong signature, an unsigned request or a missing key get S3's errors."""
+    import boto3
+    import s3fs
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from origins import Moto
+
+    moto = Moto()
+    bucket = "gw-bucket"
+    origin = moto.client()
+    origin.create_bucket(Bucket=bucket)
+    objects = {f"data/{i % 3}/obj-{i:05d}.bin": os.urandom(100 + i % 900) for i in range(1200)}
+    objects["big/blob.bin"] = os.urandom(12 << 20)
+    objects["top level é.txt"] = b"hello\n"
+    for k, v in objects.items():
+        origin.put_object(Bucket=bucket, Key=k, Body=v)
+    keyfile = workdir / "s3-key"
+    keyfile.write_text(f"{S3_KEY}:{S3_SECRET}\n")
+    port = free_port()
+    d = Daemon(workdir, "n", extra=["--s3-endpoint", moto.url, "--s3-gateway", f"127.0.0.1:{port}",
+                                    "--s3-gateway-buckets", bucket, "--s3-gateway-key-file", str(keyfile)])
+    gw = f"http://127.0.0.1:{port}"
+
+    def client(key=S3_KEY, secret=S3_SECRET, **kw):
+        return boto3.client("s3", endpoint_url=gw, aws_access_key_id=key, aws_secret_access_key=secret,
+                            region_name="us-east-1", **kw)
+
+    try:
+        c = client()
+        pages = c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="data/",
+                                                             PaginationConfig={"PageSize": 500})
+        listed = [o["Key"] for p in pages for o in p.get("Contents", [])]
+        assert listed == sorted(k for k in objects if k.startswith("data/"))
+        top = c.list_objects_v2(Bucket=bucket, Delimiter="/")
+        assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["big/", "data/"]
+        assert [o["Key"] for o in top["Contents"]] == ["top level é.txt"]
+        sub = c.list_objects_v2(Bucket=bucket, Prefix="data/1", Delimiter="/")
+        assert [p["Prefix"] for p in sub["CommonPrefixes"]] == ["data/1/"] and "Contents" not in sub
+        for key in ("big/blob.bin", "top level é.txt", "data/2/obj-00005.bin"):
+            body = c.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert body == objects[key], key
+            head = c.head_object(Bucket=bucket, Key=key)
+            want = origin.head_object(Bucket=bucket, Key=key)
+            assert head["ContentLength"] == len(objects[key]) and head["ETag"] == want["ETag"], key
+        part = c.get_object(Bucket=bucket, Key="big/blob.bin", Range="bytes=5000000-5999999")
+        assert part["Body"].read() == objects["big/blob.bin"][5000000:6000000]
+        assert part["ContentRange"] == f"bytes 5000000-5999999/{12 << 20}"
+        with pytest.raises(ClientError) as e:
+            c.get_object(Bucket=bucket, Key="data/nope")
+        assert e.value.response["Error"]["Code"] == "NoSuchKey"
+        with pytest.raises(ClientError) as e:
+            c.head_object(Bucket=bucket, Key="data/nope")
+        assert e.value.response["Error"]["Code"] == "404"
+        with pytest.raises(ClientError) as e:
+            c.get_object(Bucket=bucket, Key="big/blob.bin", Range="bytes=99999999-")
+        assert e.value.response["Error"]["Code"] == "InvalidRange"
+        with pytest.raises(ClientError) as e:
+            client(secret="not-the-secret").get_object(Bucket=bucket, Key="big/blob.bin")
+        assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+        with pytest.raises(ClientError) as e:
+            client(key="AKIDUNKNOWN").list_objects_v2(Bucket=bucket)
+        assert e.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+        with pytest.raises(ClientError) as e:
+            client(config=Config(signature_version=UNSIGNED)).get_object(Bucket=bucket, Key="big/blob.bin")
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket=bucket, Key="new", Body=b"x")
+        assert e.value.response["Error"]["Code"] == "MethodNotAllowed"
+        url = client(config=Config(signature_version="s3v4")).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "top level é.txt"},
+                                       ExpiresIn=60)
+        assert urllib.request.urlopen(url).read() == b"hello\n"
+
+        fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": gw,
+                                                                            "region_name": "us-east-1"})
+        assert sorted(fs.ls(f"{bucket}/data/0")) == sorted(f"{bucket}/{k}" for k in objects if k.startswith("data/0/"))
+        assert len(fs.find(f"{bucket}/data")) == 1200
+        assert fs.cat(f"{bucket}/big/blob.bin") == objects["big/blob.bin"]
+        assert fs.cat_file(f"{bucket}/big/blob.bin", start=100, end=2_000_100) == objects["big/blob.bin"][100:2_000_100]
+        assert fs.info(f"{bucket}/big/blob.bin")["size"] == 12 << 20
+        assert not fs.exists(f"{bucket}/data/nope")
+        with fs.open(f"{bucket}/data/1/obj-00001.bin", "rb") as f:
+            assert f.read() == objects["data/1/obj-00001.bin"]
+        assert S3_SECRET not in d.logs()
+    finally:
+        d.close()
+        moto.close()

@@ -46,6 +46,21 @@ pub struct DaemonArgs {
     /// token the Hub accepts for them.
     #[arg(long, env = "LOCUS_HUB_GATEWAY")]
     hub_gateway: Option<SocketAddr>,
+    /// Serve S3's read API (GetObject, HeadObject, ListObjectsV2; path style) from the cache
+    /// at http://ADDR, for the --s3-gateway-buckets, read with this node's S3 credentials.
+    #[arg(long, env = "LOCUS_S3_GATEWAY")]
+    s3_gateway: Option<SocketAddr>,
+    /// The buckets the S3 gateway serves: B1,B2.
+    #[arg(long, env = "LOCUS_S3_GATEWAY_BUCKETS", value_delimiter = ',')]
+    s3_gateway_buckets: Option<Vec<String>>,
+    /// File holding the one key pair S3 gateway requests are signed with (SigV4), one line:
+    /// ACCESS_KEY_ID:SECRET_ACCESS_KEY.
+    #[arg(long, env = "LOCUS_S3_GATEWAY_KEY_FILE")]
+    s3_gateway_key_file: Option<PathBuf>,
+    /// Serve unsigned S3 gateway requests instead: whoever reaches the port reads the buckets
+    /// with this node's credentials.
+    #[arg(long, env = "LOCUS_S3_GATEWAY_ANONYMOUS")]
+    s3_gateway_anonymous: bool,
     /// Chunk size of files entering the cache (64KiB to 256MiB).
     #[arg(long, env = "LOCUS_CHUNK_SIZE", default_value_t = Size(locus_node::DEFAULT_CHUNK_SIZE))]
     chunk_size: Size,
@@ -333,6 +348,8 @@ pub struct DaemonConfig {
     pub membership: Option<locus_cluster::Membership>,
     pub metrics: Option<SocketAddr>,
     pub hub_gateway: Option<SocketAddr>,
+    /// The S3 gateway: its address, buckets and who may call it.
+    pub s3_gateway: Option<(SocketAddr, Vec<String>, locus_gateway::S3Auth)>,
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
@@ -377,6 +394,21 @@ impl DaemonConfig {
                 opt(self.membership.as_ref().map(|m| format!("{m:?}")))
             ),
             format!("metrics = {}", opt(self.metrics.map(|a| a.to_string()))),
+            format!(
+                "hub-gateway = {}",
+                opt(self.hub_gateway.map(|a| a.to_string()))
+            ),
+            format!(
+                "s3-gateway = {}",
+                opt(self.s3_gateway.as_ref().map(|(a, b, auth)| format!(
+                    "{a} buckets {} ({})",
+                    b.join(","),
+                    match auth {
+                        locus_gateway::S3Auth::Key(_) => "signed",
+                        locus_gateway::S3Auth::Anonymous => "anonymous",
+                    }
+                )))
+            ),
             format!("chunk-size = {}", locus_core::format_size(self.chunk_size)),
             format!("concurrency = {}", self.concurrency),
             format!("metadata-ttl = {}s", self.metadata_ttl.as_secs()),
@@ -553,6 +585,12 @@ impl DaemonConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let s3_gateway = s3_gateway(
+            a.s3_gateway,
+            a.s3_gateway_buckets.unwrap_or_default(),
+            a.s3_gateway_key_file,
+            a.s3_gateway_anonymous,
+        )?;
         Ok(DaemonConfig {
             socket,
             cache_dir: a.cache_dir,
@@ -562,6 +600,7 @@ impl DaemonConfig {
             membership,
             metrics: a.metrics,
             hub_gateway: a.hub_gateway,
+            s3_gateway,
             chunk_size,
             concurrency: a.concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl),
@@ -616,6 +655,63 @@ fn group(flag: &str, g: &str) -> Result<nix::unistd::Gid, Failure> {
 
 fn read_flag(name: &str, p: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(p).map_err(|e| Failure::usage(format!("--{name} {}: {e}", p.display())))
+}
+
+/// The S3 gateway's settings: buckets that are bucket names, and signed requests with the key
+/// pair from a file, or anonymous ones only when asked (never both, never neither).
+fn s3_gateway(
+    addr: Option<SocketAddr>,
+    buckets: Vec<String>,
+    key_file: Option<PathBuf>,
+    anonymous: bool,
+) -> Result<Option<(SocketAddr, Vec<String>, locus_gateway::S3Auth)>, Failure> {
+    let Some(addr) = addr else {
+        if !buckets.is_empty() || key_file.is_some() || anonymous {
+            return Err(Failure::usage(
+                "--s3-gateway-buckets, --s3-gateway-key-file and --s3-gateway-anonymous need --s3-gateway ADDR",
+            ));
+        }
+        return Ok(None);
+    };
+    let buckets: Vec<String> = buckets.into_iter().map(|b| b.trim().to_string()).collect();
+    if buckets.is_empty() {
+        return Err(Failure::usage(
+            "--s3-gateway needs --s3-gateway-buckets B1,B2: the buckets it serves",
+        ));
+    }
+    for b in &buckets {
+        match locus_core::LocusUri::parse(&format!("s3://{b}")) {
+            Ok(u) if u.to_string() == format!("s3://{b}") => {}
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--s3-gateway-buckets: {b:?} is not a bucket name"
+                )))
+            }
+        }
+    }
+    let auth = match (key_file, anonymous) {
+        (Some(_), true) => {
+            return Err(Failure::usage(
+                "--s3-gateway-key-file and --s3-gateway-anonymous: choose one",
+            ))
+        }
+        (None, false) => {
+            return Err(Failure::usage(
+                "--s3-gateway needs --s3-gateway-key-file FILE (ACCESS_KEY_ID:SECRET_ACCESS_KEY, the pair clients sign with), or --s3-gateway-anonymous to serve unsigned requests",
+            ))
+        }
+        (None, true) => locus_gateway::S3Auth::Anonymous,
+        (Some(p), false) => {
+            let text = String::from_utf8(read_flag("s3-gateway-key-file", &p)?).map_err(|_| {
+                Failure::usage(format!("--s3-gateway-key-file {}: not UTF-8", p.display()))
+            })?;
+            let creds = locus_gateway::sigv4::Credentials::parse(&text).map_err(|e| {
+                Failure::usage(format!("--s3-gateway-key-file {}: {e}", p.display()))
+            })?;
+            locus_gateway::S3Auth::Key(creds)
+        }
+    };
+    Ok(Some((addr, buckets, auth)))
 }
 
 /// etcd TLS and credentials from files (no secret in a flag or the process list).
@@ -796,6 +892,79 @@ mod tests {
         let e = check(&["--cache-size", "4MiB"]).err().unwrap();
         assert!(e.msg.contains("smaller than one chunk (8MiB)"), "{}", e.msg);
         assert!(check(&["--cache-size", "4MiB", "--chunk-size", "1MiB"]).is_ok());
+    }
+
+    #[test]
+    fn an_s3_gateway_needs_buckets_and_signed_requests_unless_anonymous_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "AKIDGATEWAY:gateway-secret\n").unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "no colon here").unwrap();
+        let check = |flags: &[&str]| DaemonConfig::check(settings(flags, "").unwrap(), "/s".into());
+        let k = key.to_str().unwrap();
+        let gw = ["--s3-gateway", "127.0.0.1:9000"];
+        let with = |rest: &[&'static str]| [&gw[..], rest].concat();
+        for (flags, want) in [
+            (
+                with(&["--s3-gateway-buckets", "bkt"]),
+                "--s3-gateway-key-file",
+            ),
+            (with(&[]), "--s3-gateway-buckets"),
+            (
+                with(&[
+                    "--s3-gateway-buckets",
+                    "Not_A_Bucket!",
+                    "--s3-gateway-anonymous",
+                ]),
+                "not a bucket",
+            ),
+            (vec!["--s3-gateway-anonymous"], "need --s3-gateway"),
+        ] {
+            let e = check(&flags).err().expect("refused").msg;
+            assert!(e.contains(want), "{flags:?}: {e}");
+        }
+        let e = check(
+            &[
+                &gw[..],
+                &[
+                    "--s3-gateway-buckets",
+                    "bkt",
+                    "--s3-gateway-key-file",
+                    bad.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        )
+        .err()
+        .expect("refused")
+        .msg;
+        assert!(
+            e.contains("ACCESS_KEY_ID:SECRET_ACCESS_KEY") && !e.contains("no colon"),
+            "{e}"
+        );
+        let mut both = with(&["--s3-gateway-buckets", "bkt", "--s3-gateway-anonymous"]);
+        both.extend(["--s3-gateway-key-file", k]);
+        assert!(check(&both).is_err());
+        let ok = check(
+            &[
+                &gw[..],
+                &[
+                    "--s3-gateway-buckets",
+                    "bkt1,bkt2",
+                    "--s3-gateway-key-file",
+                    k,
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let summary = ok.summary();
+        assert!(
+            summary.contains("s3-gateway = 127.0.0.1:9000 buckets bkt1,bkt2 (signed)"),
+            "{summary}"
+        );
+        assert!(!summary.contains("gateway-secret"));
     }
 
     #[test]

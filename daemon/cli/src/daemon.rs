@@ -251,6 +251,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let s3_gateway = match &cfg.s3_gateway {
+        Some((addr, buckets, auth)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--s3-gateway {addr}: cannot listen"))?;
+            let local = l.local_addr()?;
+            locus_gateway::describe();
+            let gw = locus_gateway::S3Gateway::new(node.clone(), buckets.clone(), auth.clone());
+            tokio::spawn(gw.serve(l, wait_stop(stop_rx.clone())));
+            Some(local.to_string())
+        }
+        None => None,
+    };
     let namespace = match &cfg.mount {
         Some(dir) => Some(mount_namespace(dir, &cfg, node.clone()).await?),
         None => None,
@@ -260,6 +273,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         mount = cfg.mount.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "off".into()),
         metrics = metrics_addr.as_deref().unwrap_or("off"),
         hub_gateway = hub_gateway.as_deref().unwrap_or("off"),
+        s3_gateway = s3_gateway.as_deref().unwrap_or("off"),
         cache_dir = %cfg.cache_dir.display(),
         capacity = cfg.cache_size,
         chunk_size = cfg.chunk_size,

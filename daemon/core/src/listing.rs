@@ -677,6 +677,21 @@ impl Files {
         Some(b)
     }
 
+    /// How many of these files' paths (as [`Files::get`] shows them) sort before `path`: where
+    /// `path` is or would be (a binary search; paths are in order).
+    pub fn lower_bound(&self, path: &str) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let p = self.listing.path(self.range.start + mid);
+            match p.get(self.strip..).unwrap_or_default() < path {
+                true => lo = mid + 1,
+                false => hi = mid,
+            }
+        }
+        lo
+    }
+
     /// The first.
     pub fn first(&self) -> Option<RemoteFile> {
         self.get(0)
@@ -808,6 +823,20 @@ mod tests {
             "{} of {strings}",
             l.weight()
         );
+    }
+
+    #[test]
+    fn a_part_finds_where_a_path_goes_by_its_own_paths() {
+        let l = Arc::new(Listing::new((0..3000).map(hub)));
+        let part = Files::part(l.clone(), l.under("0001/"), "0001/".len());
+        assert_eq!(part.len(), 1000);
+        assert_eq!(part.lower_bound(""), 0);
+        assert_eq!(part.lower_bound("00001000.bin"), 0);
+        assert_eq!(part.lower_bound("00001500.bin"), 500);
+        assert_eq!(part.lower_bound("00001500.bin0"), 501);
+        assert_eq!(part.lower_bound("z"), 1000);
+        let all = Files::all(l);
+        assert_eq!(all.lower_bound("0002/"), 2000);
     }
 
     #[test]

@@ -53,19 +53,13 @@ impl HubGateway {
         Router::new().fallback(handle).with_state(self.clone())
     }
 
-    /// Serves on `listener` until `stop` resolves (keep-alive connections, HTTP/1.1).
+    /// Serves on `listener` until `stop` resolves.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(stop)
-            .await
+        crate::serve(listener, self.router(), stop).await
     }
 }
 

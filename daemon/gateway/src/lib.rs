@@ -4,6 +4,8 @@
 //!   `resolve` with `Range`), so that `HF_ENDPOINT=http://NODE:PORT` points `huggingface_hub`,
 //!   `hf`, `transformers` or the `hf-hub` crate at the node. A gated or private repo is served
 //!   only to a client whose own token the Hub accepts for it ([`access`]).
+//! - [`s3`]: S3's read API (GetObject, HeadObject, ListObjectsV2, path style) for the buckets
+//!   the operator names, each request signed with the configured key pair ([`sigv4`]).
 //!
 //! Bytes come from the node (its disk, its peers, or the origin through the node, so one
 //! origin fetch per chunk for the cluster) and leave only once checked ([`body`]).
@@ -11,11 +13,30 @@
 pub mod access;
 pub mod body;
 pub mod hub;
+pub mod s3;
+pub mod sigv4;
 
 use std::ops::Range;
 
 pub use access::{AccessCache, HubAccess};
 pub use hub::HubGateway;
+pub use s3::{S3Auth, S3Gateway};
+
+/// Serves `router` on `listener` until `stop` resolves: HTTP/1.1 with keep-alive, no Nagle
+/// delay, many connections at once (each a task; bodies bounded by [`body`]).
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
 
 /// Requests answered, by `api` (`hub.info`, `hub.tree`, `hub.resolve`, …) and `status`.
 pub const GATEWAY_REQUESTS: &str = "locus_gateway_requests_total";

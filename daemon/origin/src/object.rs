@@ -42,6 +42,19 @@ struct Locator {
     etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     version: Option<String>,
+    /// When the object was last modified (ms since the epoch), as listed; shown, not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    modified: Option<i64>,
+}
+
+/// What the listing saw of an object: its ETag (as the store sent it) and when it was last
+/// modified (ms since the epoch); `None` where not known (a file, or a listing from an older
+/// version). For those who show objects again (the S3 gateway).
+pub fn object_version(file: &RemoteFile) -> (Option<String>, Option<i64>) {
+    match serde_json::from_str::<Locator>(&file.locator) {
+        Ok(l) => (l.etag, l.modified),
+        Err(_) => (None, None),
+    }
 }
 
 /// What a listing or read needs of a namespace: its store, and where it sits in the store.
@@ -180,7 +193,11 @@ fn remote(ns: &Namespace, place: &Place, rel: &str, name: &str, meta: &ObjectMet
         name,
         meta.location.as_ref(),
         meta.size,
-        meta.e_tag.clone(),
+        Locator {
+            etag: meta.e_tag.clone(),
+            version: None,
+            modified: Some(meta.last_modified.timestamp_millis()),
+        },
     )
 }
 
@@ -191,14 +208,10 @@ fn remote_of(
     name: &str,
     location: &str,
     size: u64,
-    etag: Option<String>,
+    loc: Locator,
 ) -> RemoteFile {
     // No version id: a GET with one needs `s3:GetObjectVersion`, and `If-Match` on the ETag
     // already pins the bytes. (Keys then agree whether an object was listed alone or in a prefix.)
-    let loc = Locator {
-        etag,
-        version: None,
-    };
     RemoteFile {
         uri: ns.file_uri(LATEST, rel),
         path: name.to_string(),
@@ -338,7 +351,10 @@ async fn walk_place(
             &rel,
             location,
             size,
-            Some(etag),
+            Locator {
+                etag: Some(etag),
+                ..Locator::default()
+            },
         ));
     }
     if files.is_empty() && !base.is_dir() {

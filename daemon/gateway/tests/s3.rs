@@ -1,0 +1,237 @@
+//! The S3 gateway with a real S3 client (`object_store`'s, which signs with SigV4) against a
+//! node whose origin is the simulated S3 (the test Hub's repos as buckets): listings, reads and
+//! ranges read as the origin's, and a wrong key pair reads nothing.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use locus_gateway::sigv4::Credentials;
+use locus_gateway::{S3Auth, S3Gateway};
+use locus_node::{Node, NodeConfig};
+use locus_origin::{Origins, RetryPolicy, S3Config, S3Origin};
+use locus_store::Store;
+use locus_testorigin::{model, HubSim, SimOptions};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, RetryConfig};
+
+const KEY: &str = "AKIDGATEWAYTEST";
+const SECRET: &str = "gateway/secret+key";
+
+struct Setup {
+    sim: HubSim,
+    url: String,
+    _cache: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn setup(auth: S3Auth) -> Setup {
+    // The node's own credentials for its origin (the simulated S3 does not check them).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "node-key");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "node-secret");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let sim = HubSim::start(SimOptions::default()).await.unwrap();
+    let ds: Vec<(String, Bytes)> = (0..2500)
+        .map(|i| {
+            (
+                format!("{:04}/{i:05} x.txt", i / 1000),
+                Bytes::from(format!("row {i}\n")),
+            )
+        })
+        .chain([("big.bin".to_string(), model::random_bytes(3, 5 << 20))])
+        .collect();
+    sim.commit("dataset", "acme/ds", ds);
+    let cache = tempfile::tempdir().unwrap();
+    let origin = S3Origin::new(S3Config {
+        endpoint: Some(sim.s3_url()),
+        virtual_hosted: false,
+        retry: RetryPolicy::default(),
+    });
+    let node = Node::new(
+        Arc::new(Origins {
+            s3: Some(Arc::new(origin)),
+            ..Origins::default()
+        }),
+        Store::open(cache.path(), 1 << 30).unwrap(),
+        NodeConfig {
+            chunk_size: 1 << 20,
+            ..NodeConfig::default()
+        },
+    );
+    let gw = S3Gateway::new(node, vec!["acme".into()], auth);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(gw.serve(l, async move {
+        let _ = rx.await;
+    }));
+    Setup {
+        sim,
+        url,
+        _cache: cache,
+        _stop: stop,
+    }
+}
+
+fn client(endpoint: &str, key: &str, secret: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name("acme")
+            .with_region("us-east-1")
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            })
+            .build()
+            .unwrap(),
+    )
+}
+
+fn keyed() -> S3Auth {
+    S3Auth::Key(Credentials::parse(&format!("{KEY}:{SECRET}")).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_client_lists_and_reads_through_the_gateway_as_from_the_origin() {
+    let s = setup(keyed()).await;
+    let ours = client(&s.url, KEY, SECRET);
+    let origin = client(&s.sim.s3_url(), "x", "y");
+    // Listings: whole, under a folder (3 pages of 1,000), by delimiter.
+    for (prefix, n, folders) in [
+        (None, 2501, 1),
+        (Some("ds/0001"), 1000, 0),
+        (Some("ds"), 2501, 3),
+    ] {
+        let p = prefix.map(Path::from);
+        let mut a: Vec<_> = ours.list(p.as_ref()).try_collect().await.unwrap();
+        let mut b: Vec<_> = origin.list(p.as_ref()).try_collect().await.unwrap();
+        a.sort_by(|x, y| x.location.cmp(&y.location));
+        b.sort_by(|x, y| x.location.cmp(&y.location));
+        assert_eq!((a.len(), b.len()), (n, n), "{prefix:?}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (&x.location, x.size, &x.e_tag),
+                (&y.location, y.size, &y.e_tag)
+            );
+        }
+        let a = ours.list_with_delimiter(p.as_ref()).await.unwrap();
+        let b = origin.list_with_delimiter(p.as_ref()).await.unwrap();
+        assert_eq!(a.common_prefixes, b.common_prefixes, "{prefix:?}");
+        assert_eq!(a.common_prefixes.len(), folders, "{prefix:?}");
+        let names = |v: &[object_store::ObjectMeta]| {
+            v.iter().map(|o| o.location.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&a.objects), names(&b.objects), "{prefix:?}");
+    }
+    // Reads, whole and in part; HEAD.
+    let big = Path::from("ds/big.bin");
+    let want = origin.get(&big).await.unwrap().bytes().await.unwrap();
+    let got = ours.get(&big).await.unwrap().bytes().await.unwrap();
+    assert!(got == want);
+    let part = ours.get_range(&big, 1_000_000..3_000_000).await.unwrap();
+    assert!(part == want.slice(1_000_000..3_000_000));
+    let h = ours.head(&big).await.unwrap();
+    let o = origin.head(&big).await.unwrap();
+    assert_eq!((h.size, &h.e_tag), (o.size, &o.e_tag));
+    let small = Path::from("ds/0002/02499 x.txt");
+    assert_eq!(
+        ours.get(&small).await.unwrap().bytes().await.unwrap(),
+        Bytes::from("row 2499\n")
+    );
+    match ours.get(&Path::from("ds/nope")).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        other => panic!("a missing key: {other:?}"),
+    }
+    // The second read of the big file cost the origin nothing.
+    let before = s.sim.stats();
+    let again = ours.get(&big).await.unwrap().bytes().await.unwrap();
+    assert!(again == want);
+    let after = s.sim.stats();
+    assert_eq!(after.get("s3_get"), before.get("s3_get"), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_wrongly_signed_and_unknown_requests_read_nothing() {
+    let s = setup(keyed()).await;
+    let c = reqwest::Client::new();
+    for (key, secret) in [(KEY, "wrong"), ("AKIDOTHER", SECRET)] {
+        let bad = client(&s.url, key, secret);
+        let e = bad
+            .get(&Path::from("ds/big.bin"))
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::Generic { .. }
+            ),
+            "{e:?}"
+        );
+        let e = bad
+            .list(None)
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(!e.to_string().contains(SECRET), "{e}");
+    }
+    let r = c
+        .get(format!("{}/acme/ds/big.bin", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>AccessDenied</Code>"));
+    let ours = client(&s.url, KEY, SECRET);
+    assert!(ours.get(&Path::from("ds/big.bin")).await.is_ok());
+    // A bucket not served, a write, another operation: S3's errors.
+    let other = AmazonS3Builder::new()
+        .with_endpoint(&s.url)
+        .with_allow_http(true)
+        .with_bucket_name("other")
+        .with_region("us-east-1")
+        .with_access_key_id(KEY)
+        .with_secret_access_key(SECRET)
+        .build()
+        .unwrap();
+    match other.get(&Path::from("x")).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        r => panic!("{r:?}"),
+    }
+    let e = ours
+        .put(&Path::from("ds/new"), Bytes::from("x").into())
+        .await
+        .map(|_| ())
+        .expect_err("read-only");
+    assert!(
+        e.to_string().contains("405") || e.to_string().contains("MethodNotAllowed"),
+        "{e}"
+    );
+    // Anonymous reads, when asked for.
+    let open = setup(S3Auth::Anonymous).await;
+    let r = c
+        .get(format!("{}/acme/ds/0000/00000%20x.txt", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "row 0\n");
+    let r = c
+        .get(format!("{}/acme/ds/big.bin?acl", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+}
