@@ -210,6 +210,8 @@ def run_check_config(locus, label, ds, workdir):
                 with open(os.path.join(d, item["path"]), "w") as f:
                     if item["path"] in ("tls.crt", "tls.key", "ca.crt"):
                         f.write("-----BEGIN CERTIFICATE-----\nnot-a-real-certificate\n-----END CERTIFICATE-----\n")
+                    elif item["path"] == "s3-gateway-key":
+                        f.write("AKIDCHARTTEST:chart-test-secret\n")
                     else:
                         f.write("test-peer-token-0123456789abcdef\n")
         path_map[m["mountPath"]] = d
@@ -617,10 +619,52 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
                       f"{label}: metrics only from namespaces {mns}")
             else:
                 check(not metric_rule, f"{label}: no metrics ingress without metricsNamespaces")
-            check(len(rules) == len(peer_rule) + len(metric_rule), f"{label}: no other ingress")
+            gports = [v["gateways"][g]["port"] for g in ("hub", "s3") if v["gateways"][g]["enabled"]]
+            gw_rule = [r for r in rules if gports and [p["port"] for p in r["ports"]] == gports]
+            if gports:
+                gns = v["gateways"]["namespaces"]
+                want = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": gns}]} if gns else {}
+                check(len(gw_rule) == 1 and gw_rule[0]["from"] == [{"namespaceSelector": want}],
+                      f"{label}: the gateway ports {gports} only from pods of namespaces {gns or 'any'}")
+            check(len(rules) == len(peer_rule) + len(metric_rule) + len(gw_rule), f"{label}: no other ingress")
             check(all(p.get("protocol") == "TCP" for r in rules for p in r["ports"]), f"{label}: TCP ports")
     else:
         check(not nps, f"{label}: no NetworkPolicy")
+
+    # Gateways: flags, ports (on the node's IP where asked), the key pair from its Secret, a
+    # node-local Service.
+    gsvc = find(objs, "Service", "-gateway")
+    gw = v["gateways"]
+    for g, name, flag_ in (("hub", "hub-gateway", "--hub-gateway"), ("s3", "s3-gateway", "--s3-gateway")):
+        if gw[g]["enabled"]:
+            port = gw[g]["port"]
+            check(flag(flag_) == f"0.0.0.0:{port}", f"{label}: {flag_} 0.0.0.0:{port}")
+            check(ports.get(name, {}).get("containerPort") == port, f"{label}: {name} containerPort {port}")
+            host = gw["hostPort"] or v["hostNetwork"]
+            check((ports.get(name, {}).get("hostPort") == port) == bool(host), f"{label}: {name} hostPort {port if host else 'none'}")
+            if gw["service"]["enabled"] and check(len(gsvc) == 1, f"{label}: a gateway Service"):
+                sp = {x["name"]: x for x in gsvc[0]["spec"]["ports"]}
+                check(sp.get(g, {}).get("port") == port and sp[g]["targetPort"] == name, f"{label}: the gateway Service's {g} port {port}")
+                check(gsvc[0]["spec"].get("internalTrafficPolicy") == "Local", f"{label}: the gateway Service keeps pods on their node (internalTrafficPolicy Local)")
+                check(gsvc[0]["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"], f"{label}: the gateway Service selects the daemon pods")
+        else:
+            check(flag_ not in args and name not in ports, f"{label}: no {name}")
+    if gw["s3"]["enabled"]:
+        check(flag("--s3-gateway-buckets") == ",".join(gw["s3"]["buckets"]), f"{label}: --s3-gateway-buckets {gw['s3']['buckets']}")
+        if gw["s3"]["anonymous"]:
+            check("--s3-gateway-anonymous" in args and "--s3-gateway-key-file" not in args, f"{label}: anonymous S3 gateway reads, no key file")
+        else:
+            kv = vols.get("s3-gateway-key", {}).get("secret", {})
+            check(kv.get("secretName") == gw["s3"]["existingSecret"] and kv.get("defaultMode") == 0o400,
+                  f"{label}: the S3 gateway key pair from Secret {gw['s3']['existingSecret']} (0400)")
+            check(flag("--s3-gateway-key-file", ) == mounts["s3-gateway-key"]["mountPath"] + "/" + kv["items"][0]["path"],
+                  f"{label}: --s3-gateway-key-file inside the Secret's mount")
+        if s:
+            check(s.get("s3-gateway", "").startswith(f"0.0.0.0:{gw['s3']['port']} buckets "), f"{label}: the daemon serves the S3 gateway")
+    if not (gw["service"]["enabled"] and (gw["hub"]["enabled"] or gw["s3"]["enabled"])):
+        check(not gsvc, f"{label}: no gateway Service")
+    if s and gw["hub"]["enabled"]:
+        check(s.get("hub-gateway") == f"0.0.0.0:{gw['hub']['port']}", f"{label}: the daemon serves the Hub gateway")
 
     # Metrics Service and ServiceMonitor.
     msvc = find(objs, "Service", "-metrics")
@@ -695,6 +739,9 @@ def check_refusals(chart):
         ("a ServiceMonitor without the metrics Service", ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.force=true", "metrics.service.enabled=false"], "metrics.service.enabled"),
         ("a bad warm URI", ["warm.uris={ftp://x/y}"], "warm"),
         ("a bad cache size", ["cache.size=lots"], "size"),
+        ("an S3 gateway without buckets", ["gateways.s3.enabled=true", "gateways.s3.anonymous=true"], "buckets"),
+        ("an S3 gateway with neither a key pair nor anonymous", ["gateways.s3.enabled=true", "gateways.s3.buckets={data}"], "existingSecret"),
+        ("an S3 gateway with a key pair and anonymous", ["gateways.s3.enabled=true", "gateways.s3.buckets={data}", "gateways.s3.existingSecret=k", "gateways.s3.anonymous=true"], "either"),
     ]
     for what, sets, expect in cases:
         p, _ = chart.template(sets=sets)

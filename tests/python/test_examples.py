@@ -227,6 +227,20 @@ def test_k8s_inference_deployment(tmp_path):
     assert not any(c.get("securityContext", {}).get("privileged") for c in pod["containers"] + pod["initContainers"])
 
 
+def test_k8s_gateway_deployment():
+    """The gateway example: HF_ENDPOINT is the Hub gateway on the pod's own node, at the
+    chart's port once `gateways.hub.enabled` is set; nothing privileged, no host folder."""
+    docs = k8s_docs("gateway-deployment.yaml")
+    validate(docs)
+    values, _ = chart_defaults()
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert env["HF_ENDPOINT"]["value"] == f"http://$(HOST_IP):{values['gateways']['hub']['port']}"
+    assert values["gateways"]["hostPort"] is True, "the chart opens the gateway on the node's IP"
+    assert "volumes" not in pod and not any(c.get("securityContext", {}).get("privileged") for c in pod["containers"])
+
+
 def test_k8s_warm_job(tmp_path):
     docs = k8s_docs("warm-job.yaml")
     validate(docs)

@@ -172,6 +172,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range $v.fileRoots }}
 {{- $a = concat $a (list "--file-root" (toString .)) }}
 {{- end }}
+{{- if $v.gateways.hub.enabled }}
+{{- $a = concat $a (list "--hub-gateway" (printf "0.0.0.0:%d" (int $v.gateways.hub.port))) }}
+{{- end }}
+{{- $g := $v.gateways.s3 }}
+{{- if $g.enabled }}
+{{- if not $g.buckets }}
+{{- fail "gateways.s3.enabled needs gateways.s3.buckets: the buckets it serves" }}
+{{- end }}
+{{- if and $g.existingSecret $g.anonymous }}
+{{- fail "gateways.s3: set either existingSecret (signed requests) or anonymous, not both" }}
+{{- end }}
+{{- if not (or $g.existingSecret $g.anonymous) }}
+{{- fail "gateways.s3.enabled needs gateways.s3.existingSecret (a Secret with key `key`: ACCESS_KEY_ID:SECRET_ACCESS_KEY), or anonymous=true to serve unsigned requests" }}
+{{- end }}
+{{- $a = concat $a (list "--s3-gateway" (printf "0.0.0.0:%d" (int $g.port)) "--s3-gateway-buckets" (join "," $g.buckets)) }}
+{{- if $g.anonymous }}
+{{- $a = append $a "--s3-gateway-anonymous" }}
+{{- else }}
+{{- $a = concat $a (list "--s3-gateway-key-file" (include "locus.s3GatewayKeyFile" .)) }}
+{{- end }}
+{{- end }}
 {{- range $v.extraArgs }}
 {{- $a = append $a (toString .) }}
 {{- end }}
@@ -196,4 +217,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $a = append $a (toString .) }}
 {{- end }}
 {{- toJson $a }}
+{{- end }}
+
+{{/* Where the S3 gateway's key pair is mounted. */}}
+{{- define "locus.s3GatewayKeyFile" -}}
+/etc/locus/s3-gateway/s3-gateway-key
 {{- end }}
