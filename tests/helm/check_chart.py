@@ -741,6 +741,9 @@ def check_refusals(chart):
         ("a bad cache size", ["cache.size=lots"], "size"),
         ("an S3 gateway without buckets", ["gateways.s3.enabled=true", "gateways.s3.anonymous=true"], "buckets"),
         ("an S3 gateway with neither a key pair nor anonymous", ["gateways.s3.enabled=true", "gateways.s3.buckets={data}"], "existingSecret"),
+        ("a gateway on the metrics port", ["gateways.hub.enabled=true", "gateways.hub.port=9090"], "taken"),
+        ("both gateways on one port", ["gateways.hub.enabled=true", "gateways.hub.port=8000", "gateways.s3.enabled=true", "gateways.s3.port=8000", "gateways.s3.buckets={data}", "gateways.s3.anonymous=true"], "taken"),
+        ("an anonymous S3 gateway on the host network", ["hostNetwork=true", "gateways.s3.enabled=true", "gateways.s3.buckets={data}", "gateways.s3.anonymous=true"], "hostNetwork"),
         ("an S3 gateway with a key pair and anonymous", ["gateways.s3.enabled=true", "gateways.s3.buckets={data}", "gateways.s3.existingSecret=k", "gateways.s3.anonymous=true"], "either"),
     ]
     for what, sets, expect in cases:

@@ -681,7 +681,7 @@ fn s3_gateway(
     }
     for b in &buckets {
         match locus_core::LocusUri::parse(&format!("s3://{b}")) {
-            Ok(u) if u.to_string() == format!("s3://{b}") => {}
+            Ok(u) if !b.contains('/') && u.to_string() == format!("s3://{b}") => {}
             _ => {
                 return Err(Failure::usage(format!(
                     "--s3-gateway-buckets: {b:?} is not a bucket name"
@@ -915,6 +915,14 @@ mod tests {
                 with(&[
                     "--s3-gateway-buckets",
                     "Not_A_Bucket!",
+                    "--s3-gateway-anonymous",
+                ]),
+                "not a bucket",
+            ),
+            (
+                with(&[
+                    "--s3-gateway-buckets",
+                    "bkt/prefix",
                     "--s3-gateway-anonymous",
                 ]),
                 "not a bucket",

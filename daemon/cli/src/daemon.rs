@@ -246,7 +246,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 node.clone(),
                 locus_gateway::AccessCache::new(hub.clone(), cfg.metadata_ttl),
             );
-            tokio::spawn(gw.serve(l, wait_stop(stop_rx.clone())));
+            let stop = wait_stop(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = gw.serve(l, stop).await {
+                    tracing::error!(error = %e, "the Hub gateway stopped");
+                }
+            });
             Some(local.to_string())
         }
         None => None,
@@ -259,7 +264,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             let local = l.local_addr()?;
             locus_gateway::describe();
             let gw = locus_gateway::S3Gateway::new(node.clone(), buckets.clone(), auth.clone());
-            tokio::spawn(gw.serve(l, wait_stop(stop_rx.clone())));
+            let stop = wait_stop(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = gw.serve(l, stop).await {
+                    tracing::error!(error = %e, "the S3 gateway stopped");
+                }
+            });
             Some(local.to_string())
         }
         None => None,

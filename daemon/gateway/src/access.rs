@@ -38,14 +38,19 @@ pub enum Answer {
 
 /// Answers kept at most (repo × token × window).
 const MAX_ANSWERS: usize = 65_536;
+/// How long a yes stands in for the Hub's answer while the Hub cannot be asked.
+pub const STALE_YES: Duration = Duration::from_secs(3600);
 
 /// [`HubAccess`] answers, kept for a TTL.
 pub struct AccessCache {
     hub: Arc<dyn HubAccess>,
     ttl: Duration,
     /// (repo, SHA-256 of the token or `None`, TTL window) → answer. Tokens are kept only as
-    /// hashes.
+    /// hashes. Each key's windows are offset by its own hash, so answers do not all expire at
+    /// once (and the Hub is not asked about every repo and token in the same second).
     answers: quick_cache::sync::Cache<(String, Option<[u8; 32]>, u64), Answer>,
+    /// (repo, token hash) → when the Hub last said yes (ms since the epoch).
+    last_yes: quick_cache::sync::Cache<(String, Option<[u8; 32]>), u64>,
 }
 
 impl AccessCache {
@@ -55,11 +60,14 @@ impl AccessCache {
             hub,
             ttl: ttl.max(Duration::from_secs(1)),
             answers: quick_cache::sync::Cache::new(MAX_ANSWERS),
+            last_yes: quick_cache::sync::Cache::new(MAX_ANSWERS),
         }
     }
 
     /// Whether a client presenting `token` may read `ns`. An error (the Hub unreachable, an
-    /// answer not understood) is neither kept nor taken as a yes.
+    /// answer not understood) is not kept and is not a yes, unless the Hub said yes to this
+    /// repo and token less than [`STALE_YES`] ago: an outage of the Hub does not take away
+    /// what it granted just before.
     pub async fn check(
         &self,
         ns: &Namespace,
@@ -69,16 +77,33 @@ impl AccessCache {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let window = now / self.ttl.as_millis().max(1) as u64;
-        let hash = token.map(|t| sha2::Sha256::digest(t.expose().as_bytes()).into());
-        let key = (ns.to_string(), hash, window);
+        let hash: Option<[u8; 32]> =
+            token.map(|t| sha2::Sha256::digest(t.expose().as_bytes()).into());
+        let who = (ns.to_string(), hash);
+        let ttl = self.ttl.as_millis().max(1) as u64;
+        let offset = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            who.hash(&mut h);
+            h.finish() % ttl
+        };
+        let key = (who.0.clone(), hash, (now + offset) / ttl);
         self.answers
             .get_or_insert_async(&key, async {
                 let answer = match self.hub.check(ns, token).await {
-                    Ok(()) => Ok(Answer::Yes),
+                    Ok(()) => {
+                        self.last_yes.insert(who.clone(), now);
+                        Ok(Answer::Yes)
+                    }
                     Err(OriginError::AccessDenied { detail, .. }) => Ok(Answer::Denied(detail)),
                     Err(e @ OriginError::NotFound { .. }) => Ok(Answer::Missing(e.to_string())),
-                    Err(e) => Err(e),
+                    Err(e) => match self.last_yes.get(&who) {
+                        Some(t) if now.saturating_sub(t) < STALE_YES.as_millis() as u64 => {
+                            tracing::warn!(repo = %ns, error = %e, "the Hub cannot be asked; keeping its recent yes");
+                            Ok(Answer::Yes)
+                        }
+                        _ => Err(e),
+                    },
                 };
                 let label = match &answer {
                     Ok(Answer::Yes) => "yes",
@@ -126,6 +151,29 @@ mod tests {
                 }),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_cannot_be_asked_keeps_a_recent_yes_but_grants_nothing_new() {
+        let fake = Arc::new(Fake {
+            asked: AtomicU32::new(0),
+            fail: AtomicU32::new(0),
+        });
+        let cache = AccessCache::new(fake.clone(), Duration::from_secs(1));
+        let ns = locus_core::LocusUri::parse("hf://acme/model")
+            .unwrap()
+            .namespace;
+        let good = Secret::new("good");
+        assert_eq!(cache.check(&ns, Some(&good)).await.unwrap(), Answer::Yes);
+        // The Hub goes down; the next window asks again and gets an error.
+        fake.fail.store(100, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let asked = fake.asked.load(Ordering::SeqCst);
+        assert_eq!(cache.check(&ns, Some(&good)).await.unwrap(), Answer::Yes);
+        assert_eq!(fake.asked.load(Ordering::SeqCst), asked + 1, "it was asked");
+        // No yes before: an error, not a yes.
+        assert!(cache.check(&ns, Some(&Secret::new("other"))).await.is_err());
+        assert!(cache.check(&ns, None).await.is_err());
     }
 
     #[tokio::test]

@@ -527,7 +527,7 @@ async fn tree(
         false => format!("{path}/"),
     };
     let range = all.under(&prefix);
-    if range.is_empty() {
+    if range.is_empty() && !path.is_empty() {
         return Err(HubError::new(
             StatusCode::NOT_FOUND,
             "EntryNotFound",
@@ -673,7 +673,8 @@ async fn resolve(
     resp.headers_mut()
         .insert("content-length", HeaderValue::from(bytes.end - bytes.start));
     if *method == Method::GET {
-        *resp.body_mut() = crate::body::verified(gw.node.clone(), file, bytes, "hub.resolve");
+        let h = crate::body::register(&gw.node, &file).await?;
+        *resp.body_mut() = crate::body::verified(gw.node.clone(), h, file, bytes, "hub.resolve");
     }
     Ok(resp)
 }

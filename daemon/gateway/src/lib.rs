@@ -87,23 +87,29 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
     if spec.contains(',') {
         return ByteRange::Whole;
     }
+    // A range that does not parse is ignored (the whole body), as RFC 9110 says; one that
+    // parses but lies past the end (or asks for the last 0 bytes) is not satisfiable.
     let Some((a, b)) = spec.split_once('-') else {
-        return ByteRange::Unsatisfiable;
+        return ByteRange::Whole;
     };
     let (a, b) = (a.trim(), b.trim());
     let num = |s: &str| s.parse::<u64>().ok();
     let range = match (a.is_empty(), b.is_empty()) {
         // The last N bytes.
         (true, false) => match num(b) {
-            Some(0) | None => None,
+            None => return ByteRange::Whole,
+            Some(0) => None,
             Some(n) => Some(size.saturating_sub(n)..size),
         },
-        (false, true) => num(a).map(|s| s..size),
+        (false, true) => match num(a) {
+            None => return ByteRange::Whole,
+            Some(s) => Some(s..size),
+        },
         (false, false) => match (num(a), num(b)) {
             (Some(s), Some(e)) if e >= s => Some(s..e.saturating_add(1).min(size)),
-            _ => None,
+            _ => return ByteRange::Whole,
         },
-        (true, true) => None,
+        (true, true) => return ByteRange::Whole,
     };
     match range {
         Some(r) if r.start < size && r.start < r.end => ByteRange::Part(r),
@@ -125,19 +131,23 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=8-100"), 10), ByteRange::Part(8..10));
         assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), ByteRange::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), ByteRange::Whole);
+        for past in ["bytes=10-", "bytes=-0", "bytes=10-20"] {
+            assert_eq!(
+                parse_range(Some(past), 10),
+                ByteRange::Unsatisfiable,
+                "{past}"
+            );
+        }
+        // Ranges that do not parse are ignored.
         for bad in [
-            "bytes=10-",
             "bytes=4-2",
-            "bytes=-0",
             "bytes=x-1",
             "bytes=-",
             "bytes=3",
+            "bytes=-x",
+            "bytes=1-x",
         ] {
-            assert_eq!(
-                parse_range(Some(bad), 10),
-                ByteRange::Unsatisfiable,
-                "{bad}"
-            );
+            assert_eq!(parse_range(Some(bad), 10), ByteRange::Whole, "{bad}");
         }
         assert_eq!(parse_range(Some("bytes=0-"), 0), ByteRange::Unsatisfiable);
         assert_eq!(

@@ -375,6 +375,10 @@ async fn get_object(
     key: &str,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, S3Error> {
+    if key.ends_with('/') {
+        // A folder marker's name: the gateway serves objects, which it names without one.
+        return Err(S3Error::new(404, "NoSuchKey", "The specified key does not exist.").on(key));
+    }
     let uri = node_uri(bucket, key)?;
     let r = gw
         .node
@@ -421,7 +425,10 @@ async fn get_object(
     resp.headers_mut()
         .insert("content-length", HeaderValue::from(range.end - range.start));
     if *method == Method::GET {
-        *resp.body_mut() = crate::body::verified(gw.node.clone(), file, range, "s3.get_object");
+        let h = crate::body::register(&gw.node, &file)
+            .await
+            .map_err(|e| S3Error::from_node(e, key))?;
+        *resp.body_mut() = crate::body::verified(gw.node.clone(), h, file, range, "s3.get_object");
     }
     Ok(resp)
 }

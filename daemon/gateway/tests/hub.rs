@@ -427,3 +427,57 @@ async fn wrong_bytes_never_complete_a_response() {
         "the rotted chunk was fetched again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_clients_at_once_over_kept_alive_connections() {
+    let s = setup().await;
+    let data = model::random_bytes(21, 6 << 20);
+    s.sim
+        .commit("model", "acme/many", vec![("w.bin".into(), data.clone())]);
+    let url = format!("{}/acme/many/resolve/main/w.bin", s.url);
+    // 64 clients, 4 ranged reads each, on one pool of kept-alive connections.
+    let c = reqwest::Client::new();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let (c, url, data) = (c.clone(), url.clone(), data.clone());
+            tokio::spawn(async move {
+                for k in 0..4u64 {
+                    let start = (i * 97_003 + k * 1_000_003) % (data.len() as u64 - 300_000);
+                    let end = start + 100_000 + (i * k) % 200_000;
+                    let r = c
+                        .get(&url)
+                        .header("range", format!("bytes={start}-{}", end - 1))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 206);
+                    let b = r.bytes().await.unwrap();
+                    assert!(
+                        b == data[start as usize..end as usize],
+                        "client {i} read {k}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Two requests on one connection: HTTP/1.1 keeps it open.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut seen = String::new();
+    for _ in 0..2 {
+        conn.write_all(
+            format!("HEAD /acme/many/resolve/main/w.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(seen.matches("HTTP/1.1 200 OK").count(), 2, "{seen}");
+}

@@ -172,6 +172,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range $v.fileRoots }}
 {{- $a = concat $a (list "--file-root" (toString .)) }}
 {{- end }}
+{{- $ports := list (int $v.metrics.port) }}
+{{- if ne $v.membership.mode "none" }}
+{{- $ports = append $ports (int $v.peer.port) }}
+{{- end }}
+{{- range $name, $g := dict "hub" $v.gateways.hub "s3" $v.gateways.s3 }}
+{{- if $g.enabled }}
+{{- if has (int $g.port) $ports }}
+{{- fail (printf "gateways.%s.port %d is taken by another port of the daemon (metrics, peer or the other gateway)" $name (int $g.port)) }}
+{{- end }}
+{{- $ports = append $ports (int $g.port) }}
+{{- end }}
+{{- end }}
+{{- if and $v.gateways.s3.enabled $v.gateways.s3.anonymous $v.hostNetwork }}
+{{- fail "gateways.s3.anonymous with hostNetwork: the NetworkPolicy does not apply on the host network, so anyone who reaches the node would read the buckets with the daemon's credentials; use a key pair (existingSecret)" }}
+{{- end }}
 {{- if $v.gateways.hub.enabled }}
 {{- $a = concat $a (list "--hub-gateway" (printf "0.0.0.0:%d" (int $v.gateways.hub.port))) }}
 {{- end }}
