@@ -251,6 +251,10 @@ def bench_cluster(work, throttle):
               f"{', '.join(f'{p[0] / MiB:.0f}' for p in peaks)} MiB and peak file-backed (mapped chunks) "
               f"{', '.join(f'{p[1] / MiB:.0f}' for p in peaks)} MiB")
         shutil.rmtree(c, ignore_errors=True)
+        # Why a chunk could come from the origin twice: a peer that went silent for 5 s under
+        # the load was passed over (a read never waits on a stuck peer).
+        warns = [line for n in nodes for line in (n.dir / "daemon.log").read_text().splitlines() if " WARN " in line or "ERROR" in line]
+        print(f"  daemons' warnings: {len(warns)}" + "".join(f"\n    {w[:300]}" for w in warns[:8]))
     finally:
         for n in nodes:
             n.stop()
