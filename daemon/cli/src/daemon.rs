@@ -236,42 +236,31 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let hub_gateway = match cfg.hub_gateway {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--hub-gateway {addr}: cannot listen"))?;
-            let local = l.local_addr()?;
-            locus_gateway::describe();
-            let gw = locus_gateway::HubGateway::new(
-                node.clone(),
-                locus_gateway::AccessCache::new(hub.clone(), cfg.metadata_ttl),
-            );
-            let stop = wait_stop(stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = gw.serve(l, stop).await {
-                    tracing::error!(error = %e, "the Hub gateway stopped");
-                }
-            });
-            Some(local.to_string())
-        }
+        Some(addr) => Some(
+            start_gateway(
+                "--hub-gateway",
+                addr,
+                locus_gateway::HubGateway::new(
+                    node.clone(),
+                    locus_gateway::AccessCache::new(hub.clone(), cfg.metadata_ttl),
+                )
+                .router(),
+                wait_stop(stop_rx.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     let s3_gateway = match &cfg.s3_gateway {
-        Some((addr, buckets, auth)) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--s3-gateway {addr}: cannot listen"))?;
-            let local = l.local_addr()?;
-            locus_gateway::describe();
-            let gw = locus_gateway::S3Gateway::new(node.clone(), buckets.clone(), auth.clone());
-            let stop = wait_stop(stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = gw.serve(l, stop).await {
-                    tracing::error!(error = %e, "the S3 gateway stopped");
-                }
-            });
-            Some(local.to_string())
-        }
+        Some((addr, buckets, auth)) => Some(
+            start_gateway(
+                "--s3-gateway",
+                *addr,
+                locus_gateway::S3Gateway::new(node.clone(), buckets.clone(), auth.clone()).router(),
+                wait_stop(stop_rx.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     let namespace = match &cfg.mount {
@@ -344,6 +333,27 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         Some(why) => bail!("the peer server stopped: {why}"),
         None => Ok(()),
     }
+}
+
+/// Binds `addr` for a gateway (named by its `flag`) and serves `router` there until `stop`;
+/// returns the address bound. A gateway that stops on its own says so in the log.
+async fn start_gateway(
+    flag: &'static str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<String> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: cannot listen"))?;
+    let local = l.local_addr()?.to_string();
+    locus_gateway::describe();
+    tokio::spawn(async move {
+        if let Err(e) = locus_gateway::serve(l, router, stop).await {
+            tracing::error!(error = %e, flag, "a gateway stopped");
+        }
+    });
+    Ok(local)
 }
 
 /// The peer server's transport settings (TLS aside).

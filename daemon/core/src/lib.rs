@@ -12,6 +12,7 @@ pub mod secret;
 pub mod size;
 pub mod suggest;
 pub mod uri;
+pub mod xml;
 
 pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
 pub use identity::{git_blob_id, lfs_pointer, Digest, Listed, RemoteFile};

@@ -763,6 +763,21 @@ impl Files {
     }
 }
 
+/// The folders a tree entry at `path` (under folder `prefix`, empty or ending in `/`) lies in,
+/// as the Hub's tree lists them before the entry: all of them when `recursive`, else the
+/// first only (and only for a path deeper than one level).
+pub fn tree_folders(prefix: &str, path: &str, recursive: bool) -> Vec<String> {
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let parts: Vec<&str> = rest.split('/').collect();
+    let depth = match recursive {
+        true => parts.len() - 1,
+        false => parts.len().min(2) - 1,
+    };
+    (0..depth)
+        .map(|i| format!("{prefix}{}", parts[..=i].join("/")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,6 +428,27 @@ pub fn normalize_path(path: &str) -> Result<String, String> {
     Ok(p.to_string())
 }
 
+/// Percent-encodes one path segment as RFC 3986 leaves unreserved characters (a `/` in it
+/// becomes `%2F`): how the Hub's URLs name a revision or a path segment.
+pub fn encode_segment(seg: &str) -> String {
+    percent_encoding::utf8_percent_encode(seg, UNRESERVED_ONLY).to_string()
+}
+
+/// Everything but RFC 3986's unreserved characters is encoded in a path segment.
+const UNRESERVED_ONLY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes each segment of a path, keeping the slashes.
+pub fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
+use locus_core::listing::tree_folders;
+use locus_core::uri::encode_path;
 use locus_core::uri::RepoType;
 use locus_core::{Digest, Listing, LocusUri, Namespace, RemoteFile, Secret};
 use locus_node::{Node, NodeError};
@@ -51,15 +53,6 @@ impl HubGateway {
     /// The axum router: every path goes through one handler (Hub paths have any depth).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self.clone())
-    }
-
-    /// Serves on `listener` until `stop` resolves.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        crate::serve(listener, self.router(), stop).await
     }
 }
 
@@ -323,13 +316,7 @@ async fn handle(
         }
         Err(e) => ("hub.other", e.response()),
     };
-    metrics::counter!(
-        crate::GATEWAY_REQUESTS,
-        "api" => label,
-        "status" => resp.status().as_u16().to_string()
-    )
-    .increment(1);
-    resp
+    crate::counted(label, resp)
 }
 
 async fn answer(
@@ -483,35 +470,6 @@ async fn info(
     Ok(json_response(Body::from_stream(body)))
 }
 
-/// Percent-encodes each segment of a path.
-fn encode_path(path: &str) -> String {
-    path.split('/')
-        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// Everything but RFC 3986's unreserved characters is encoded in a path segment.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// The folders a tree entry at `path` (under `prefix`) lies in, as entries list them: all of
-/// them when recursive, else the first only (and only for a path deeper than one level).
-fn folders_of(prefix: &str, path: &str, recursive: bool) -> Vec<String> {
-    let rest = path.strip_prefix(prefix).unwrap_or(path);
-    let parts: Vec<&str> = rest.split('/').collect();
-    let depth = match recursive {
-        true => parts.len() - 1,
-        false => parts.len().min(2) - 1,
-    };
-    (0..depth)
-        .map(|i| format!("{prefix}{}", parts[..=i].join("/")))
-        .collect()
-}
-
 async fn tree(
     gw: &HubGateway,
     repo: &Repo,
@@ -544,14 +502,14 @@ async fn tree(
         },
     };
     let mut prev = match start > range.start {
-        true => folders_of(&prefix, all.path(start - 1), recursive),
+        true => tree_folders(&prefix, all.path(start - 1), recursive),
         false => Vec::new(),
     };
     let mut entries = Vec::new();
     let mut i = start;
     while i < range.end && entries.len() < TREE_PAGE {
         let p = all.path(i);
-        let dirs = folders_of(&prefix, p, recursive);
+        let dirs = tree_folders(&prefix, p, recursive);
         for d in &dirs {
             if !prev.contains(d) {
                 entries.push(
@@ -564,7 +522,7 @@ async fn tree(
             // Past the rest of that folder at once: one level costs its entries, not the tree's.
             let inside = all.under(&format!("{}/", dirs[0]));
             i = inside.end.max(i + 1);
-            prev = folders_of(&prefix, all.path(i - 1), recursive);
+            prev = tree_folders(&prefix, all.path(i - 1), recursive);
             continue;
         }
         prev = dirs;
@@ -797,10 +755,10 @@ mod tests {
 
     #[test]
     fn folders_are_listed_as_the_hub_lists_them() {
-        assert_eq!(folders_of("", "a/b/c.txt", true), vec!["a", "a/b"]);
-        assert_eq!(folders_of("", "a/b/c.txt", false), vec!["a"]);
-        assert_eq!(folders_of("", "c.txt", false), Vec::<String>::new());
-        assert_eq!(folders_of("a/", "a/b/c.txt", true), vec!["a/b"]);
+        assert_eq!(tree_folders("", "a/b/c.txt", true), vec!["a", "a/b"]);
+        assert_eq!(tree_folders("", "a/b/c.txt", false), vec!["a"]);
+        assert_eq!(tree_folders("", "c.txt", false), Vec::<String>::new());
+        assert_eq!(tree_folders("a/", "a/b/c.txt", true), vec!["a/b"]);
         assert_eq!(encode_path("a b/c%d"), "a%20b/c%25d");
     }
 }

@@ -22,9 +22,19 @@ pub use access::{AccessCache, HubAccess};
 pub use hub::HubGateway;
 pub use s3::{S3Auth, S3Gateway};
 
-/// Serves `router` on `listener` until `stop` resolves: HTTP/1.1 with keep-alive, no Nagle
-/// delay, many connections at once (each a task; bodies bounded by [`body`]).
-pub(crate) async fn serve(
+/// Counts an answer of `api` by its status, and passes it on.
+pub(crate) fn counted(
+    api: &'static str,
+    resp: axum::response::Response,
+) -> axum::response::Response {
+    metrics::counter!(GATEWAY_REQUESTS, "api" => api, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+/// Serves a gateway's `router` on `listener` until `stop` resolves: HTTP/1.1 with keep-alive,
+/// no Nagle delay, many connections at once (each a task; bodies bounded by [`body`]).
+pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,

@@ -62,15 +62,6 @@ impl S3Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self.clone())
     }
-
-    /// Serves on `listener` until `stop` resolves.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        crate::serve(listener, self.router(), stop).await
-    }
 }
 
 /// An S3 error.
@@ -104,8 +95,8 @@ impl S3Error {
             false => format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>locus</RequestId></Error>",
                 self.code,
-                xml(&self.message),
-                xml(&self.resource)
+                locus_core::xml::escape(&self.message),
+                locus_core::xml::escape(&self.resource)
             ),
         };
         let mut r = Response::new(Body::from(body));
@@ -140,38 +131,6 @@ impl S3Error {
     }
 }
 
-/// Escapes text for XML.
-fn xml(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 cannot hold most control characters: `encoding-type=url` can.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
-                out.push_str(&format!("&#{};", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// URL-encodes a key for `encoding-type=url` (what SDKs decode).
-fn url_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, KEY_SET).to_string()
-}
-
-const KEY_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
-
 async fn handle(
     State(gw): State<Arc<S3Gateway>>,
     method: Method,
@@ -183,13 +142,7 @@ async fn handle(
         Ok((label, r)) => (label, r),
         Err((label, e)) => (label, e.response(head)),
     };
-    metrics::counter!(
-        crate::GATEWAY_REQUESTS,
-        "api" => label,
-        "status" => resp.status().as_u16().to_string()
-    )
-    .increment(1);
-    resp
+    crate::counted(label, resp)
 }
 
 type Answer = Result<(&'static str, Response<Body>), (&'static str, S3Error)>;
@@ -333,7 +286,7 @@ fn list_buckets(gw: &S3Gateway) -> Response<Body> {
     for b in &gw.buckets {
         out.push_str(&format!(
             "<Bucket><Name>{}</Name><CreationDate>1970-01-01T00:00:00.000Z</CreationDate></Bucket>",
-            xml(b)
+            locus_core::xml::escape(b)
         ));
     }
     out.push_str("</Buckets></ListAllMyBucketsResult>");
@@ -521,13 +474,13 @@ async fn list_objects(
         );
     }
     let enc = |s: &str| match url {
-        true => url_encode(s),
-        false => xml(s),
+        true => locus_core::uri::encode_path(s),
+        false => locus_core::xml::escape(s),
     };
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
     out.push_str(&format!(
         "<Name>{}</Name><Prefix>{}</Prefix><KeyCount>{count}</KeyCount><MaxKeys>{max_keys}</MaxKeys><IsTruncated>{}</IsTruncated>",
-        xml(bucket),
+        locus_core::xml::escape(bucket),
         enc(&prefix),
         next.is_some()
     ));
@@ -540,7 +493,7 @@ async fn list_objects(
     if let Some(t) = &token {
         out.push_str(&format!(
             "<ContinuationToken>{}</ContinuationToken>",
-            xml(t)
+            locus_core::xml::escape(t)
         ));
     }
     if !start_after.is_empty() {
@@ -549,7 +502,7 @@ async fn list_objects(
     if let Some(n) = &next {
         out.push_str(&format!(
             "<NextContinuationToken>{}</NextContinuationToken>",
-            xml(n)
+            locus_core::xml::escape(n)
         ));
     }
     out.push_str(&contents);
@@ -608,8 +561,8 @@ fn list_page(
         i = i.max(after(from, *under));
     }
     let enc = |s: &str| match url {
-        true => url_encode(s),
-        false => xml(s),
+        true => locus_core::uri::encode_path(s),
+        false => locus_core::xml::escape(s),
     };
     let mut last: Option<(bool, String)> = None;
     while i < n {
@@ -641,7 +594,7 @@ fn list_page(
                 contents.push_str(&format!(
                     "<Contents><Key>{}</Key><LastModified>{modified}</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
                     enc(&key),
-                    xml(&etag),
+                    locus_core::xml::escape(&etag),
                     f.size
                 ));
                 i += 1;
@@ -742,8 +695,11 @@ mod tests {
         let (k, _, _) = walk(&files, "zz", None, 10);
         assert!(k.is_empty());
         // XML is escaped; `encoding-type=url` encodes instead.
-        assert_eq!(xml("a&b<c>\"'\u{1}"), "a&amp;b&lt;c&gt;&quot;&apos;&#1;");
-        assert_eq!(url_encode("a b/ü+"), "a%20b/%C3%BC%2B");
+        assert_eq!(
+            locus_core::xml::escape("a&b<c>\"'\u{1}"),
+            "a&amp;b&lt;c&gt;&quot;&apos;&#1;"
+        );
+        assert_eq!(locus_core::uri::encode_path("a b/ü+"), "a%20b/%C3%BC%2B");
         assert!(parse_token("k:zz").is_none() && parse_token("q:00").is_none());
     }
 }

@@ -72,7 +72,7 @@ async fn setup() -> Setup {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let (stop, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(gw.serve(l, async move {
+    tokio::spawn(locus_gateway::serve(l, gw.router(), async move {
         let _ = rx.await;
     }));
     Setup {

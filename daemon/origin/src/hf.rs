@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use locus_core::uri::RepoType;
+use locus_core::uri::{encode_path, encode_segment};
 use locus_core::{is_hex, Digest, Listing, ListingBuilder, Namespace, RemoteFile, Secret};
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::StatusCode;
@@ -117,26 +118,6 @@ struct TreeEntry {
 struct LfsInfo {
     oid: String,
     size: u64,
-}
-
-/// Percent-encodes one path segment (a `/` in it becomes `%2F`).
-fn encode_segment(seg: &str) -> String {
-    percent_encoding::utf8_percent_encode(seg, UNRESERVED_ONLY).to_string()
-}
-
-/// Everything but RFC 3986's unreserved characters is encoded in a path segment.
-const UNRESERVED_ONLY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Percent-encodes each segment of a path, keeping the slashes.
-fn encode_path(path: &str) -> String {
-    path.split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 fn hf_parts(ns: &Namespace) -> Result<(RepoType, &str), OriginError> {

@@ -29,28 +29,13 @@ const MAX_KEYS: usize = 1000;
 fn s3_error(status: StatusCode, code: &str, msg: &str) -> Response<Body> {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message></Error>",
-        xml_escape(msg)
+        locus_core::xml::escape(msg)
     );
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/xml"));
     r
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The main-branch trees of bucket `org`'s repos: (repo name, tree), datasets first.
@@ -184,8 +169,8 @@ fn list(st: &State, org: &str, q: &BTreeMap<String, String>) -> Response<Body> {
                 None => {
                     contents.push_str(&format!(
                         "<Contents><Key>{}</Key><LastModified>{LAST_MODIFIED_ISO}</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                        xml_escape(&key),
-                        xml_escape(&etag(&f)),
+                        locus_core::xml::escape(&key),
+                        locus_core::xml::escape(&etag(&f)),
                         f.size()
                     ));
                     n += 1;
@@ -196,17 +181,20 @@ fn list(st: &State, org: &str, q: &BTreeMap<String, String>) -> Response<Body> {
     }
     let mut body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{}</Name><Prefix>{}</Prefix><KeyCount>{n}</KeyCount><MaxKeys>{max}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
-        xml_escape(org),
-        xml_escape(prefix)
+        locus_core::xml::escape(org),
+        locus_core::xml::escape(prefix)
     );
     if !delimiter.is_empty() {
-        body.push_str(&format!("<Delimiter>{}</Delimiter>", xml_escape(delimiter)));
+        body.push_str(&format!(
+            "<Delimiter>{}</Delimiter>",
+            locus_core::xml::escape(delimiter)
+        ));
     }
     body.push_str(&contents);
     for p in &prefixes {
         body.push_str(&format!(
             "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-            xml_escape(p)
+            locus_core::xml::escape(p)
         ));
     }
     if truncated {

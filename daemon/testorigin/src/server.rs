@@ -432,17 +432,7 @@ fn tree(
     };
     // A folder is listed before its first file; its files are contiguous in path order, so
     // it is new where the file before was not in it.
-    let folders = |p: &str| -> Vec<String> {
-        let rest = p.strip_prefix(&prefix).unwrap_or(p);
-        let parts: Vec<&str> = rest.split('/').collect();
-        let depth = match recursive {
-            true => parts.len() - 1,
-            false => parts.len().min(2) - 1,
-        };
-        (0..depth)
-            .map(|i| format!("{prefix}{}", parts[..=i].join("/")))
-            .collect()
-    };
+    let folders = |p: &str| locus_core::listing::tree_folders(&prefix, p, recursive);
     let mut prev: Vec<String> = after.as_deref().map(folders).unwrap_or_default();
     let mut entries = Vec::new();
     let mut last = None;
