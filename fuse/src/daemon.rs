@@ -122,15 +122,53 @@ impl<S: Local> DaemonBackend<InProcess<S>> {
     }
 }
 
+/// How long a request waits for a daemon that stopped answering (a restart, an upgrade)
+/// before it fails: meanwhile the reader's system call just takes longer.
+pub const DAEMON_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl<A: LocalApi> DaemonBackend<A> {
+    /// Runs the call `f` makes, again every 200 ms while the daemon does not answer (it is
+    /// restarting: the channel connects to the new one), for up to [`DAEMON_RESTART_WAIT`].
+    fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = std::time::Instant::now() + DAEMON_RESTART_WAIT;
+        let mut waited = false;
+        loop {
+            match self.rt.block_on(f()) {
+                Err(s)
+                    if locus_grpc::Refusal::of(&s) == locus_grpc::Refusal::DaemonGone
+                        && std::time::Instant::now() < deadline =>
+                {
+                    if !waited {
+                        tracing::warn!(error = %s.message(), "the daemon stopped answering; waiting for it");
+                        waited = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                r => {
+                    if waited && r.is_ok() {
+                        tracing::info!("the daemon answers again");
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+}
+
 impl<A: LocalApi> Backend for DaemonBackend<A> {
     fn list(&self, uri: &str) -> Result<Listing, FsError> {
         let r = self
-            .rt
-            .block_on(self.api.list(pb::ListRequest {
-                uri: uri.to_string(),
-                cluster: false,
-                one_level: true,
-            }))
+            .call(|| {
+                self.api.list(pb::ListRequest {
+                    uri: uri.to_string(),
+                    cluster: false,
+                    one_level: true,
+                })
+            })
             .map_err(status_error)?;
         let prefix = locus_core::LocusUri::parse(uri)
             .map(|u| {
@@ -189,14 +227,15 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
         recheck: bool,
     ) -> Result<ChunkInfo, FsError> {
         let r = self
-            .rt
-            .block_on(self.api.chunks(pb::ChunksRequest {
-                uri: uri.to_string(),
-                first,
-                count,
-                recheck,
-                key: key.to_string(),
-            }))
+            .call(|| {
+                self.api.chunks(pb::ChunksRequest {
+                    uri: uri.to_string(),
+                    first,
+                    count,
+                    recheck,
+                    key: key.to_string(),
+                })
+            })
             .map_err(status_error)?;
         Ok(ChunkInfo {
             path: PathBuf::from(r.path),
@@ -213,8 +252,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
     }
 
     fn cached(&self) -> Result<Vec<String>, FsError> {
-        self.rt
-            .block_on(self.api.cached())
+        self.call(|| self.api.cached())
             .map(|r| r.namespaces)
             .map_err(status_error)
     }

@@ -38,6 +38,7 @@
 
 pub mod daemon;
 mod file;
+pub mod filter;
 mod fs;
 pub mod metrics;
 mod open;

@@ -6,6 +6,13 @@ pub mod v1 {
     tonic::include_proto!("locus.v1");
 }
 
+/// The Container Storage Interface (the spec's csi.proto, v1.12.0): what kubelet speaks to a
+/// node plugin.
+#[allow(clippy::all, missing_docs)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
+}
+
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
@@ -46,11 +53,7 @@ impl Refusal {
         match status.code() {
             tonic::Code::NotFound => Refusal::NotFound,
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Refusal::Invalid,
-            tonic::Code::Unavailable
-                if status.message().contains("transport") || status.message().is_empty() =>
-            {
-                Refusal::DaemonGone
-            }
+            tonic::Code::Unavailable if unreachable(status) => Refusal::DaemonGone,
             _ => Refusal::Failed,
         }
     }
@@ -66,6 +69,16 @@ impl Refusal {
     }
 }
 
+/// Whether an `Unavailable` status is the client's own (the connection failed: the daemon is
+/// gone or restarting) rather than one the daemon sent (it answered that it could not serve):
+/// statuses made from a transport error carry that error as their source.
+fn unreachable(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some()
+        || status.message().is_empty()
+        || status.message().contains("transport")
+}
+
 /// Connects to the daemon's local API on the Unix socket `socket`.
 pub async fn connect_local(socket: &Path) -> Result<LocalClient, ConnectError> {
     let hint = "start `locus daemon`, or point --socket / LOCUS_SOCKET at its socket";
@@ -75,8 +88,27 @@ pub async fn connect_local(socket: &Path) -> Result<LocalClient, ConnectError> {
             socket.display()
         )));
     }
+    let channel = unix_channel(socket).await.map_err(|e| {
+        use std::error::Error as _;
+        let cause = e
+            .source()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        ConnectError(format!(
+            "cannot reach the locus daemon at {}: {cause} ({hint})",
+            socket.display()
+        ))
+    })?;
+    Ok(v1::local_client::LocalClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// A gRPC channel over the Unix socket `socket` (reconnecting when the server comes back):
+/// the local API, and the CSI socket for its clients.
+pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://locus.local")
+    Endpoint::from_static("http://locus.local")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = path.clone();
             async move {
@@ -84,20 +116,6 @@ pub async fn connect_local(socket: &Path) -> Result<LocalClient, ConnectError> {
             }
         }))
         .await
-        .map_err(|e| {
-            use std::error::Error as _;
-            let cause = e
-                .source()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            ConnectError(format!(
-                "cannot reach the locus daemon at {}: {cause} ({hint})",
-                socket.display()
-            ))
-        })?;
-    Ok(v1::local_client::LocalClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
 }
 
 /// The pages of a `ListPages` answer as one `ListResponse` (the first page's revision, TTL,

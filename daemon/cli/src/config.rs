@@ -61,6 +61,14 @@ pub struct DaemonArgs {
     /// with this node's credentials.
     #[arg(long, env = "LOCUS_S3_GATEWAY_ANONYMOUS")]
     s3_gateway_anonymous: bool,
+    /// Serve the CSI node plugin (csi.locus.dev) for kubelet on this Unix socket, e.g.
+    /// /var/lib/kubelet/plugins/csi.locus.dev/csi.sock: pods then ask for a repo or prefix
+    /// as a read-only volume.
+    #[arg(long, env = "LOCUS_CSI_SOCKET")]
+    csi_socket: Option<PathBuf>,
+    /// The node id the CSI plugin reports (kubelet's node name); default: the host name.
+    #[arg(long, env = "LOCUS_NODE_ID")]
+    node_id: Option<String>,
     /// Chunk size of files entering the cache (64KiB to 256MiB).
     #[arg(long, env = "LOCUS_CHUNK_SIZE", default_value_t = Size(locus_node::DEFAULT_CHUNK_SIZE))]
     chunk_size: Size,
@@ -350,6 +358,8 @@ pub struct DaemonConfig {
     pub hub_gateway: Option<SocketAddr>,
     /// The S3 gateway: its address, buckets and who may call it.
     pub s3_gateway: Option<(SocketAddr, Vec<String>, locus_gateway::S3Auth)>,
+    /// The CSI plugin's socket and node id.
+    pub csi: Option<(PathBuf, String)>,
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
@@ -408,6 +418,13 @@ impl DaemonConfig {
                         locus_gateway::S3Auth::Anonymous => "anonymous",
                     }
                 )))
+            ),
+            format!(
+                "csi = {}",
+                opt(self
+                    .csi
+                    .as_ref()
+                    .map(|(p, id)| format!("{} node {id}", p.display())))
             ),
             format!("chunk-size = {}", locus_core::format_size(self.chunk_size)),
             format!("concurrency = {}", self.concurrency),
@@ -591,6 +608,23 @@ impl DaemonConfig {
             a.s3_gateway_key_file,
             a.s3_gateway_anonymous,
         )?;
+        let csi = match (a.csi_socket, a.node_id) {
+            (Some(p), id) => {
+                if !p.is_absolute() {
+                    return Err(Failure::usage(format!(
+                        "--csi-socket {}: not an absolute path",
+                        p.display()
+                    )));
+                }
+                let id = id.unwrap_or_else(crate::csi::hostname);
+                if id.is_empty() || id.len() > 128 {
+                    return Err(Failure::usage("--node-id must be 1 to 128 bytes"));
+                }
+                Some((p, id))
+            }
+            (None, Some(_)) => return Err(Failure::usage("--node-id needs --csi-socket")),
+            (None, None) => None,
+        };
         Ok(DaemonConfig {
             socket,
             cache_dir: a.cache_dir,
@@ -601,6 +635,7 @@ impl DaemonConfig {
             metrics: a.metrics,
             hub_gateway: a.hub_gateway,
             s3_gateway,
+            csi,
             chunk_size,
             concurrency: a.concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl),

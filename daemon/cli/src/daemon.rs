@@ -263,6 +263,28 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let csi = match &cfg.csi {
+        Some((path, node_id)) => {
+            let plugin = locus_csi::Plugin::start(
+                node.clone(),
+                node_id.clone(),
+                crate::VERSION,
+                Arc::new(crate::csi::ProcessMounter {
+                    exe: std::env::current_exe().context("finding this binary for CSI mounts")?,
+                    socket: cfg.socket.clone(),
+                }),
+                cfg.cache_dir.join("csi-volumes.json"),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            plugin
+                .serve(path, wait_stop(stop_rx.clone()))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
     let namespace = match &cfg.mount {
         Some(dir) => Some(mount_namespace(dir, &cfg, node.clone()).await?),
         None => None,
@@ -273,6 +295,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         metrics = metrics_addr.as_deref().unwrap_or("off"),
         hub_gateway = hub_gateway.as_deref().unwrap_or("off"),
         s3_gateway = s3_gateway.as_deref().unwrap_or("off"),
+        csi = csi.as_deref().unwrap_or("off"),
         cache_dir = %cfg.cache_dir.display(),
         capacity = cfg.cache_size,
         chunk_size = cfg.chunk_size,

@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod csi;
 mod daemon;
 mod demo;
 mod mount;

@@ -41,6 +41,12 @@ pub struct MountArgs {
     /// Serve this mount's Prometheus metrics at http://ADDR/metrics (and /healthz).
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// Show only files whose path from the mount's root matches this glob (repeatable).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Hide files whose path from the mount's root matches this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
 }
 
 /// One request reader per 4 cores, 1 to 8: a reader that finds requests queued takes them
@@ -91,6 +97,9 @@ fn log_dir() -> PathBuf {
 
 pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     locus_core::LocusUri::parse(&a.uri).map_err(|e| Failure::usage(e.to_string()))?;
+    for g in [&a.include, &a.exclude] {
+        locus_fuse::filter::globs(g).map_err(|e| Failure::usage(e.to_string()))?;
+    }
     let meta = std::fs::metadata(&a.mountpoint)
         .map_err(|e| Failure::usage(format!("mount point {}: {e}", a.mountpoint.display())))?;
     if !meta.is_dir() {
@@ -135,8 +144,15 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     if let Some(addr) = a.metrics {
         serve_metrics(addr)?;
     }
-    let backend =
-        Arc::new(DaemonBackend::connect(socket).map_err(|e| Failure::new(1, e.to_string()))?);
+    let backend = Arc::new(
+        locus_fuse::filter::Filtered::new(
+            DaemonBackend::connect(socket).map_err(|e| Failure::new(1, e.to_string()))?,
+            &a.uri,
+            &a.include,
+            &a.exclude,
+        )
+        .map_err(|e| Failure::usage(e.to_string()))?,
+    );
     let fs = LocusFs::new(
         backend,
         &a.uri,
@@ -209,6 +225,12 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     }
     if let Some(addr) = a.metrics {
         cmd.arg("--metrics").arg(addr.to_string());
+    }
+    for g in &a.include {
+        cmd.arg("--include").arg(g);
+    }
+    for g in &a.exclude {
+        cmd.arg("--exclude").arg(g);
     }
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
     unsafe {

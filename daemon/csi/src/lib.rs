@@ -1,0 +1,384 @@
+//! A Kubernetes CSI node plugin: a pod names a repo or prefix in its volume's attributes and
+//! gets a read-only mount of it, with no privilege and no hostPath.
+//!
+//! The plugin serves the CSI spec's Identity and Node services (no controller, no staging) on
+//! a Unix socket, for kubelet. `NodePublishVolume` checks the request, pins the URI to the
+//! revision it names now (a volume never sees a mix of revisions), warms it if asked, and
+//! mounts it at the target path through a [`Mounter`]: in the daemon, a `locus mount` process
+//! of its own, which outlives a restart of the daemon (its reads wait for the daemon to come
+//! back). What is published is kept in a state file, so a restarted plugin knows its volumes
+//! (and mounts again any whose process is gone).
+
+pub mod attrs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use locus_grpc::csi;
+use locus_node::{Node, WarmProgress};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+pub use attrs::Attrs;
+
+/// The driver's name (a CSIDriver object's `metadata.name`).
+pub const DRIVER: &str = "csi.locus.dev";
+
+/// Mounts and unmounts volumes.
+#[async_trait::async_trait]
+pub trait Mounter: Send + Sync + 'static {
+    /// Mounts `uri` read-only at the existing folder `target`, showing the files `include` and
+    /// `exclude` select; returns once the mount answers.
+    async fn mount(
+        &self,
+        uri: &str,
+        target: &Path,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<(), String>;
+    /// Unmounts `target` (nothing to do if it is not mounted).
+    async fn unmount(&self, target: &Path) -> Result<(), String>;
+    /// Whether a live mount is at `target`.
+    fn alive(&self, target: &Path) -> bool;
+}
+
+/// A published volume, as the state file keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Published {
+    /// The CO's volume id.
+    pub volume_id: String,
+    /// The user's attributes as given.
+    pub given: BTreeMap<String, String>,
+    /// What is mounted: the URI at the revision it resolved to when published.
+    pub pinned: String,
+    /// Globs.
+    pub include: Vec<String>,
+    /// Globs.
+    pub exclude: Vec<String>,
+}
+
+/// The node plugin.
+pub struct Plugin {
+    node: Arc<Node>,
+    node_id: String,
+    version: String,
+    mounter: Arc<dyn Mounter>,
+    state_file: PathBuf,
+    /// Target path → volume; one publish or unpublish at a time.
+    volumes: tokio::sync::Mutex<BTreeMap<String, Published>>,
+}
+
+impl Plugin {
+    /// A plugin for `node`, known to the cluster as `node_id`, keeping its state in
+    /// `state_file`. Volumes published before a restart are read back; any whose mount is
+    /// gone (its process ended) is mounted again.
+    pub async fn start(
+        node: Arc<Node>,
+        node_id: String,
+        version: &str,
+        mounter: Arc<dyn Mounter>,
+        state_file: PathBuf,
+    ) -> Result<Arc<Plugin>, String> {
+        let volumes: BTreeMap<String, Published> = match std::fs::read(&state_file) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", state_file.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: {e}", state_file.display())),
+        };
+        for (target, v) in &volumes {
+            let t = Path::new(target);
+            if mounter.alive(t) {
+                tracing::info!(target, uri = v.pinned, "published volume still mounted");
+                continue;
+            }
+            let _ = mounter.unmount(t).await;
+            match mounter.mount(&v.pinned, t, &v.include, &v.exclude).await {
+                Ok(()) => tracing::info!(target, uri = v.pinned, "published volume mounted again"),
+                Err(e) => {
+                    tracing::error!(target, uri = v.pinned, error = %e, "could not mount a published volume again")
+                }
+            }
+        }
+        Ok(Arc::new(Plugin {
+            node,
+            node_id,
+            version: version.to_string(),
+            mounter,
+            state_file,
+            volumes: tokio::sync::Mutex::new(volumes),
+        }))
+    }
+
+    /// The targets published now.
+    pub async fn published(&self) -> BTreeMap<String, Published> {
+        self.volumes.lock().await.clone()
+    }
+
+    fn save(&self, volumes: &BTreeMap<String, Published>) -> Result<(), Status> {
+        let tmp = self.state_file.with_extension("tmp");
+        let bytes =
+            serde_json::to_vec_pretty(volumes).map_err(|e| Status::internal(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
+            .map_err(|e| Status::internal(format!("{}: {e}", self.state_file.display())))
+    }
+
+    /// Serves Identity and Node on the Unix socket `path` (a stale socket file is replaced;
+    /// the socket is for its owner and group: kubelet and the registrar run as root) until
+    /// `stop` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        path: &Path,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| format!("{}: cannot listen: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let server = tonic::transport::Server::builder()
+            .add_service(csi::identity_server::IdentityServer::from_arc(self.clone()))
+            .add_service(csi::node_server::NodeServer::from_arc(self))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stop,
+            );
+        Ok(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the CSI socket stopped");
+            }
+        }))
+    }
+
+    /// Resolves `a`'s revision now: the URI every read of the volume goes to.
+    async fn pin(&self, a: &Attrs) -> Result<String, Status> {
+        let r = self.node.resolve(&a.uri).await.map_err(|e| match &e {
+            locus_node::NodeError::NotFound(_)
+            | locus_node::NodeError::Origin(locus_origin::OriginError::NotFound { .. }) => {
+                Status::not_found(e.to_string())
+            }
+            locus_node::NodeError::Uri(_) => Status::invalid_argument(e.to_string()),
+            _ => Status::unavailable(e.to_string()),
+        })?;
+        Ok(a.uri.at_revision(&r.revision).to_string())
+    }
+}
+
+#[tonic::async_trait]
+impl csi::identity_server::Identity for Plugin {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse {
+            name: DRIVER.into(),
+            vendor_version: self.version.clone(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        // A node plugin only: no controller service, no topology.
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+fn required(v: &str, what: &str) -> Result<(), Status> {
+    match v.is_empty() {
+        true => Err(Status::invalid_argument(format!("{what} is required"))),
+        false => Ok(()),
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for Plugin {
+    async fn node_stage_volume(
+        &self,
+        _: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        Err(Status::unimplemented("locus volumes are not staged"))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        Err(Status::unimplemented("locus volumes are not staged"))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        required(&r.target_path, "target_path")?;
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        match &cap.access_type {
+            Some(csi::volume_capability::AccessType::Mount(_)) => {}
+            Some(csi::volume_capability::AccessType::Block(_)) => {
+                return Err(Status::invalid_argument(
+                    "block volumes are not supported: a locus volume is a read-only file tree",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "volume_capability has no access type",
+                ))
+            }
+        }
+        let target = PathBuf::from(&r.target_path);
+        if !target.is_absolute() {
+            return Err(Status::invalid_argument("target_path must be absolute"));
+        }
+        let attrs = Attrs::parse(&r.volume_context).map_err(Status::invalid_argument)?;
+        let mut volumes = self.volumes.lock().await;
+        if let Some(v) = volumes.get(&r.target_path) {
+            if v.volume_id != r.volume_id || v.given != attrs.given {
+                return Err(Status::already_exists(format!(
+                    "{} is published there with other attributes",
+                    r.target_path
+                )));
+            }
+            if self.mounter.alive(&target) {
+                return Ok(Response::new(csi::NodePublishVolumeResponse {}));
+            }
+            // Its mount is gone: mounted again below, at the revision it was pinned to.
+        }
+        let pinned = match volumes.get(&r.target_path) {
+            Some(v) => v.pinned.clone(),
+            None => self.pin(&attrs).await?,
+        };
+        if attrs.warm {
+            let uri = pinned.clone();
+            let (node, include, exclude) = (
+                self.node.clone(),
+                attrs.include.clone(),
+                attrs.exclude.clone(),
+            );
+            // The warm goes on in the background if it outlasts the wait: the volume is then
+            // mounted, and reads fetch what is missing.
+            let warm = tokio::spawn(async move {
+                let files = node.select(&[uri], &include, &exclude).await?;
+                node.warm(&files, false, Arc::new(WarmProgress::default()))
+                    .await
+            });
+            match tokio::time::timeout(attrs.warm_timeout, warm).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    return Err(Status::unavailable(format!("warming {pinned}: {e}")))
+                }
+                Ok(Err(e)) => return Err(Status::internal(e.to_string())),
+                Err(_) => tracing::warn!(
+                    uri = pinned,
+                    "the warm outlasted warmTimeout; mounting anyway"
+                ),
+            }
+        }
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Status::internal(format!("{}: {e}", target.display())))?;
+        self.mounter
+            .mount(&pinned, &target, &attrs.include, &attrs.exclude)
+            .await
+            .map_err(|e| {
+                Status::internal(format!("mounting {pinned} at {}: {e}", target.display()))
+            })?;
+        volumes.insert(
+            r.target_path.clone(),
+            Published {
+                volume_id: r.volume_id,
+                given: attrs.given,
+                pinned,
+                include: attrs.include,
+                exclude: attrs.exclude,
+            },
+        );
+        self.save(&volumes)?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        required(&r.volume_id, "volume_id")?;
+        required(&r.target_path, "target_path")?;
+        let target = PathBuf::from(&r.target_path);
+        let mut volumes = self.volumes.lock().await;
+        // Idempotent: whatever is there of ours (a mount, the folder we made) goes; a target
+        // never published, or already unpublished, is fine.
+        self.mounter
+            .unmount(&target)
+            .await
+            .map_err(|e| Status::internal(format!("unmounting {}: {e}", target.display())))?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Status::internal(format!("{}: {e}", target.display()))),
+        }
+        if volumes.remove(&r.target_path).is_some() {
+            self.save(&volumes)?;
+        }
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented("no volume stats"))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("locus volumes are read-only"))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
