@@ -666,6 +666,44 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
     if s and gw["hub"]["enabled"]:
         check(s.get("hub-gateway") == f"0.0.0.0:{gw['hub']['port']}", f"{label}: the daemon serves the Hub gateway")
 
+    # CSI: the driver object, the registrar beside the daemon on one socket folder, the
+    # daemon's flags, and kubelet's pods folder at the same path with Bidirectional propagation.
+    drivers = find(objs, "CSIDriver")
+    if v["csi"]["enabled"]:
+        kd = v["csi"]["kubeletDir"]
+        if check(len(drivers) == 1, f"{label}: a CSIDriver"):
+            spec = drivers[0]["spec"]
+            check(drivers[0]["metadata"]["name"] == "csi.locus.dev", f"{label}: the CSIDriver is csi.locus.dev")
+            check(spec.get("attachRequired") is False and spec.get("podInfoOnMount") is True
+                  and sorted(spec.get("volumeLifecycleModes", [])) == ["Ephemeral", "Persistent"],
+                  f"{label}: CSIDriver attachRequired false, podInfoOnMount true, Ephemeral and Persistent")
+        regs = [x for x in pod["containers"] if x["name"] == "csi-registrar"]
+        if check(len(regs) == 1, f"{label}: a node-driver-registrar sidecar"):
+            ra = regs[0]["args"]
+            rm = {m["name"]: m["mountPath"] for m in regs[0]["volumeMounts"]}
+            check(f"--kubelet-registration-path={kd}/plugins/csi.locus.dev/csi.sock" in ra,
+                  f"{label}: the registrar registers {kd}/plugins/csi.locus.dev/csi.sock")
+            addr = next((a.split("=", 1)[1] for a in ra if a.startswith("--csi-address=")), "")
+            check(flag("--csi-socket") == addr and addr.startswith(rm.get("csi-socket", "?") + "/")
+                  and mounts.get("csi-socket", {}).get("mountPath") == rm.get("csi-socket"),
+                  f"{label}: the daemon's --csi-socket is the registrar's --csi-address, in the shared folder")
+            check(vols["csi-socket"]["hostPath"]["path"] == f"{kd}/plugins/csi.locus.dev"
+                  and vols["csi-registration"]["hostPath"]["path"] == f"{kd}/plugins_registry"
+                  and rm.get("csi-registration") == "/registration",
+                  f"{label}: kubelet's plugin and registration folders")
+            rsc = regs[0].get("securityContext", {})
+            check(rsc.get("allowPrivilegeEscalation") is False and rsc.get("capabilities", {}).get("drop") == ["ALL"],
+                  f"{label}: the registrar has no capabilities")
+        kp = mounts.get("kubelet-pods", {})
+        check(kp.get("mountPath") == f"{kd}/pods" and kp.get("mountPropagation") == "Bidirectional"
+              and vols["kubelet-pods"]["hostPath"]["path"] == f"{kd}/pods",
+              f"{label}: kubelet's pods folder at its own path, Bidirectional")
+        check(flag("--node-id") == "$(NODE_NAME)", f"{label}: --node-id is the node's name")
+        if s:
+            check(s.get("csi", "").startswith("/csi/csi.sock node "), f"{label}: the daemon serves the CSI plugin")
+    else:
+        check(not drivers and "--csi-socket" not in args, f"{label}: no CSI")
+
     # Metrics Service and ServiceMonitor.
     msvc = find(objs, "Service", "-metrics")
     sms = find(objs, "ServiceMonitor")
@@ -741,6 +779,7 @@ def check_refusals(chart):
         ("a bad cache size", ["cache.size=lots"], "size"),
         ("an S3 gateway without buckets", ["gateways.s3.enabled=true", "gateways.s3.anonymous=true"], "buckets"),
         ("an S3 gateway with neither a key pair nor anonymous", ["gateways.s3.enabled=true", "gateways.s3.buckets={data}"], "existingSecret"),
+        ("CSI without the mount", ["csi.enabled=true", "mount.enabled=false"], "mount.enabled"),
         ("a gateway on the metrics port", ["gateways.hub.enabled=true", "gateways.hub.port=9090"], "taken"),
         ("both gateways on one port", ["gateways.hub.enabled=true", "gateways.hub.port=8000", "gateways.s3.enabled=true", "gateways.s3.port=8000", "gateways.s3.buckets={data}", "gateways.s3.anonymous=true"], "taken"),
         ("an anonymous S3 gateway on the host network", ["hostNetwork=true", "gateways.s3.enabled=true", "gateways.s3.buckets={data}", "gateways.s3.anonymous=true"], "hostNetwork"),

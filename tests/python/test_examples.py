@@ -241,6 +241,31 @@ def test_k8s_gateway_deployment():
     assert "volumes" not in pod and not any(c.get("securityContext", {}).get("privileged") for c in pod["containers"])
 
 
+# The volume attributes the CSI plugin reads (`daemon/csi/src/attrs.rs`, `KEYS`).
+CSI_KEYS = {"uri", "revision", "include", "exclude", "warm", "warmTimeout"}
+
+
+def test_k8s_csi_volumes():
+    """The CSI examples: an inline volume and a static PV/PVC of driver csi.locus.dev, with
+    attributes the plugin reads; the pods are unprivileged and name no host folder."""
+    inline = k8s_docs("csi-inline-deployment.yaml")
+    static = k8s_docs("csi-static-pv.yaml")
+    validate(inline + static)
+    pod = next(d for d in inline if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    vol = pod["volumes"][0]["csi"]
+    pv = next(d for d in static if d["kind"] == "PersistentVolume")["spec"]["csi"]
+    for attrs in (vol["volumeAttributes"], pv["volumeAttributes"]):
+        assert set(attrs) <= CSI_KEYS and attrs["uri"].startswith(("hf://", "s3://")), attrs
+    assert vol["driver"] == pv["driver"] == "csi.locus.dev" and vol["readOnly"] and pv["readOnly"]
+    claim = next(d for d in static if d["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["volumeName"] == next(d for d in static if d["kind"] == "PersistentVolume")["metadata"]["name"]
+    for p in [pod, next(d for d in static if d["kind"] == "Pod")["spec"]]:
+        assert all("hostPath" not in v for v in p["volumes"])
+        assert not any(c.get("securityContext", {}).get("privileged") for c in p["containers"])
+    src = (ROOT / "daemon" / "csi" / "src" / "attrs.rs").read_text()
+    assert all(f'"{k}"' in src for k in CSI_KEYS), "the plugin reads these keys"
+
+
 def test_k8s_warm_job(tmp_path):
     docs = k8s_docs("warm-job.yaml")
     validate(docs)

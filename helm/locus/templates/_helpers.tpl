@@ -187,6 +187,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.gateways.s3.enabled $v.gateways.s3.anonymous $v.hostNetwork }}
 {{- fail "gateways.s3.anonymous with hostNetwork: the NetworkPolicy does not apply on the host network, so anyone who reaches the node would read the buckets with the daemon's credentials; use a key pair (existingSecret)" }}
 {{- end }}
+{{- if $v.csi.enabled }}
+{{- if not $v.mount.enabled }}
+{{- fail "csi.enabled needs mount.enabled: the daemon mounts each volume (FUSE) where kubelet asks, which needs the privileged container" }}
+{{- end }}
+{{- $a = concat $a (list "--csi-socket" "/csi/csi.sock" "--node-id" "$(NODE_NAME)") }}
+{{- end }}
 {{- if $v.gateways.hub.enabled }}
 {{- $a = concat $a (list "--hub-gateway" (printf "0.0.0.0:%d" (int $v.gateways.hub.port))) }}
 {{- end }}
