@@ -129,6 +129,7 @@ pub const DAEMON_RESTART_WAIT: std::time::Duration = std::time::Duration::from_s
 impl<A: LocalApi> DaemonBackend<A> {
     /// Runs the call `f` makes, again every 200 ms while the daemon does not answer (it is
     /// restarting: the channel connects to the new one), for up to [`DAEMON_RESTART_WAIT`].
+    /// Calls cut by the daemon's end are asked again too: listings and chunk requests may be.
     fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
     where
         F: Fn() -> Fut,
@@ -138,8 +139,10 @@ impl<A: LocalApi> DaemonBackend<A> {
         let mut waited = false;
         loop {
             match self.rt.block_on(f()) {
+                // Only the connection's failures, never an answer of the daemon's (an origin
+                // that is down must fail the read now, not in two minutes).
                 Err(s)
-                    if locus_grpc::Refusal::of(&s) == locus_grpc::Refusal::DaemonGone
+                    if locus_grpc::transport_failure(&s)
                         && std::time::Instant::now() < deadline =>
                 {
                     if !waited {

@@ -69,6 +69,14 @@ impl Refusal {
     }
 }
 
+/// Whether `status` was made on this side from a transport failure (the connection to the
+/// daemon failed or broke: it is gone or restarting), whatever its code: statuses the daemon
+/// sends carry no source. A request the daemon never answered may be asked again.
+pub fn transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some()
+}
+
 /// Whether an `Unavailable` status is the client's own (the connection failed: the daemon is
 /// gone or restarting) rather than one the daemon sent (it answered that it could not serve):
 /// statuses made from a transport error carry that error as their source.

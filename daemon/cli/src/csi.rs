@@ -8,10 +8,12 @@ use locus_csi::Mounter;
 
 use crate::mount::is_mounted;
 
-/// Mounts with `locus mount` (this binary), in the background, against the daemon's socket.
+/// Mounts with `locus mount` (this binary), in the background, against the daemon's socket;
+/// the mounts log into `logs`.
 pub struct ProcessMounter {
     pub exe: PathBuf,
     pub socket: PathBuf,
+    pub logs: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -37,7 +39,12 @@ impl Mounter for ProcessMounter {
         for g in exclude {
             cmd.arg("--exclude").arg(g);
         }
+        std::fs::create_dir_all(&self.logs).map_err(|e| format!("{}: {e}", self.logs.display()))?;
         let out = cmd
+            .env("LOCUS_MOUNT_LOG_DIR", &self.logs)
+            // A publish cut short by kubelet's deadline still ends with the mount up and
+            // recorded (the plugin runs it to the end): the child is not killed with the call.
+            .kill_on_drop(false)
             .stdin(std::process::Stdio::null())
             .output()
             .await
@@ -49,12 +56,16 @@ impl Mounter for ProcessMounter {
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), String> {
-        if !is_mounted(target) {
+        // Only a locus mount, never whatever else kubelet's path may hold, and not through a
+        // symlink. The mount's process ends once its mount is gone.
+        if !crate::mount::is_locus_mount(target) {
             return Ok(());
         }
-        // The mount's process ends once its mount is gone.
-        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| format!("{}: {e}", target.display()))
+        nix::mount::umount2(
+            target,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        )
+        .map_err(|e| format!("{}: {e}", target.display()))
     }
 
     fn alive(&self, target: &Path) -> bool {

@@ -272,6 +272,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 Arc::new(crate::csi::ProcessMounter {
                     exe: std::env::current_exe().context("finding this binary for CSI mounts")?,
                     socket: cfg.socket.clone(),
+                    logs: cfg.cache_dir.join("csi-logs"),
                 }),
                 cfg.cache_dir.join("csi-volumes.json"),
             )

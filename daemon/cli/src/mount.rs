@@ -58,6 +58,26 @@ pub fn default_threads() -> usize {
     (cores / 4).clamp(1, 8)
 }
 
+/// Whether a locus mount (FUSE, from a source named `locus…`) is at `path` now.
+pub fn is_locus_mount(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let target = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split(' ').nth(4) == Some(target.as_str())
+                && l.split(" - ").nth(1).is_some_and(|t| {
+                    // FSTYPE SOURCE …: `fuse` (or `fuse.locus`) from a source `locus…`.
+                    let mut f = t.split(' ');
+                    f.next().is_some_and(|ty| ty.starts_with("fuse"))
+                        && f.next().is_some_and(|src| src.starts_with("locus"))
+                })
+        })
+}
+
 /// Whether `path` is a mount point now (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(canon) = std::fs::canonicalize(path) else {
@@ -75,6 +95,11 @@ pub fn is_mounted(path: &Path) -> bool {
 /// neither can be.
 fn log_dir() -> PathBuf {
     use std::os::unix::fs::DirBuilderExt;
+    // The daemon's CSI mounts log into its cache folder (a read-only root file system has no
+    // /var/log or /tmp to write).
+    if let Some(d) = std::env::var_os("LOCUS_MOUNT_LOG_DIR") {
+        return PathBuf::from(d);
+    }
     let home_state = || {
         std::env::var_os("XDG_STATE_HOME")
             .map(PathBuf::from)

@@ -246,6 +246,7 @@ fn bad_requests_get_invalid_argument_with_a_message() {
             "unknown volume attribute \"incude\"",
         ),
         (vec![("uri", "hf://acme/m"), ("warm", "maybe")], "warm"),
+        (vec![("uri", "hf://acme/m"), ("include", "a[")], "include"),
     ] {
         cases.push(("bad attributes", publish_req("v1", &target, &ctx), want));
     }
@@ -362,6 +363,29 @@ fn a_published_volume_reads_the_origins_bytes_survives_a_restart_and_goes_away()
         "the restarted plugin knows the volume: {e:?}"
     );
     c.unpublish("csi-big", t3.to_str().unwrap()).unwrap();
+    // The volume's mount process dies: publishing again mounts it again (at its commit).
+    let pids = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} --foreground", target.display())])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    assert!(
+        !pids.trim().is_empty(),
+        "the volume has a mount process of its own"
+    );
+    for pid in pids.split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(std::fs::read_dir(&target).is_err(), "its mount is dead");
+    c.publish(publish_req("csi-abc", &target, &ctx)).unwrap();
+    assert!(
+        files_under(&target) == want,
+        "mounted again, the same bytes"
+    );
     // Unpublish: unmounted and the folder removed; again: still OK.
     c.unpublish("csi-abc", target.to_str().unwrap()).unwrap();
     assert!(!mounted(&target) && !target.exists());

@@ -70,6 +70,9 @@ impl Attrs {
             "volume attribute \"uri\" is required (e.g. hf://ORG/NAME or s3://BUCKET/PREFIX)",
         )?;
         let mut uri = LocusUri::parse(raw).map_err(|e| format!("volume attribute uri: {e}"))?;
+        if matches!(uri.namespace, locus_core::Namespace::Http { .. }) && raw.contains('?') {
+            return Err("volume attribute uri: a URL with a query string (a signature) cannot be a volume: it would show in the node's mount table".into());
+        }
         if let Some(rev) = given.get("revision") {
             if !uri.namespace.has_revisions() {
                 return Err(format!(
@@ -117,15 +120,32 @@ impl Attrs {
                 }
             },
         };
+        let include = list(given.get("include"));
+        let exclude = list(given.get("exclude"));
+        for (what, globs) in [("include", &include), ("exclude", &exclude)] {
+            globset(globs).map_err(|e| format!("volume attribute {what}: {e}"))?;
+        }
         Ok(Attrs {
             uri,
-            include: list(given.get("include")),
-            exclude: list(given.get("exclude")),
+            include,
+            exclude,
             warm,
             warm_timeout,
             given,
         })
     }
+}
+
+/// The glob set of `patterns` (`None` for none), the rules `locus mount --include` uses.
+pub fn globset(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(globset::Glob::new(p).map_err(|e| format!("bad glob {p:?}: {e}"))?);
+    }
+    b.build().map(Some).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -173,6 +193,11 @@ mod tests {
             (
                 ctx(&[("uri", "hf://a/b"), ("warmTimeout", "0")]),
                 "warmTimeout",
+            ),
+            (ctx(&[("uri", "hf://a/b"), ("include", "a[")]), "include"),
+            (
+                ctx(&[("uri", "https://example.com/m.bin?X-Amz-Signature=abc")]),
+                "query string",
             ),
         ] {
             let e = Attrs::parse(&bad).unwrap_err();

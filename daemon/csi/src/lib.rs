@@ -43,6 +43,15 @@ pub trait Mounter: Send + Sync + 'static {
     fn alive(&self, target: &Path) -> bool;
 }
 
+/// The work of one call, run to its end in a task of its own.
+type Work = Box<
+    dyn FnOnce(
+            Arc<Plugin>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send>>
+        + Send,
+>;
+
 /// A published volume, as the state file keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Published {
@@ -60,13 +69,18 @@ pub struct Published {
 
 /// The node plugin.
 pub struct Plugin {
+    /// Itself, for the tasks a call hands its work to.
+    me: std::sync::Weak<Plugin>,
     node: Arc<Node>,
     node_id: String,
     version: String,
     mounter: Arc<dyn Mounter>,
     state_file: PathBuf,
-    /// Target path → volume; one publish or unpublish at a time.
-    volumes: tokio::sync::Mutex<BTreeMap<String, Published>>,
+    /// Target path → volume (held for moments only).
+    volumes: std::sync::Mutex<BTreeMap<String, Published>>,
+    /// Target path → the lock of the one call working on it: another call for the same
+    /// target is ABORTED (kubelet asks again), calls for other targets go on.
+    busy: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Plugin {
@@ -81,9 +95,17 @@ impl Plugin {
         state_file: PathBuf,
     ) -> Result<Arc<Plugin>, String> {
         let volumes: BTreeMap<String, Published> = match std::fs::read(&state_file) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", state_file.display()))?
-            }
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A damaged state file costs the plugin its memory of volumes (kubelet
+                    // publishes them again), never the daemon's start.
+                    let aside = state_file.with_extension("damaged");
+                    tracing::error!(file = %state_file.display(), error = %e, aside = %aside.display(), "the CSI state file cannot be read; set aside");
+                    let _ = std::fs::rename(&state_file, &aside);
+                    BTreeMap::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("{}: {e}", state_file.display())),
         };
@@ -101,28 +123,200 @@ impl Plugin {
                 }
             }
         }
-        Ok(Arc::new(Plugin {
+        Ok(Arc::new_cyclic(|me| Plugin {
+            me: me.clone(),
             node,
             node_id,
             version: version.to_string(),
             mounter,
             state_file,
-            volumes: tokio::sync::Mutex::new(volumes),
+            volumes: std::sync::Mutex::new(volumes),
+            busy: Default::default(),
         }))
     }
 
     /// The targets published now.
-    pub async fn published(&self) -> BTreeMap<String, Published> {
-        self.volumes.lock().await.clone()
+    pub fn published(&self) -> BTreeMap<String, Published> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    fn save(&self, volumes: &BTreeMap<String, Published>) -> Result<(), Status> {
-        let tmp = self.state_file.with_extension("tmp");
+    /// Records (or forgets) `target`'s volume and writes the state file: a new file, synced,
+    /// renamed over the old, the folder synced.
+    fn record(&self, target: &str, v: Option<Published>) -> Result<(), Status> {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        match v {
+            Some(v) => volumes.insert(target.to_string(), v),
+            None => volumes.remove(target),
+        };
         let bytes =
-            serde_json::to_vec_pretty(volumes).map_err(|e| Status::internal(e.to_string()))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
-            .map_err(|e| Status::internal(format!("{}: {e}", self.state_file.display())))
+            serde_json::to_vec_pretty(&*volumes).map_err(|e| Status::internal(e.to_string()))?;
+        let tmp = self.state_file.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.state_file)?;
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| Status::internal(format!("{}: {e}", self.state_file.display())))
+    }
+
+    /// The lock of the one call that may work on `target` now; `ABORTED` if another holds it.
+    fn claim(&self, target: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, Status> {
+        let lock = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target.to_string())
+            .or_default()
+            .clone();
+        lock.try_lock_owned().map_err(|_| {
+            Status::aborted(format!(
+                "an operation on {target} is in progress; ask again"
+            ))
+        })
+    }
+
+    /// Runs `work` to its end in a task of its own, holding `target`'s lock: a call that
+    /// kubelet's deadline cuts short still leaves the volume mounted and recorded (or not
+    /// at all), and the next call finds it so.
+    async fn run(&self, target: &str, work: Work) -> Result<(), Status> {
+        let guard = self.claim(target)?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("stopping"))?;
+        tokio::spawn(async move {
+            let r = work(me).await;
+            drop(guard);
+            r
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    async fn publish(
+        self: Arc<Self>,
+        r: csi::NodePublishVolumeRequest,
+        attrs: Attrs,
+    ) -> Result<(), Status> {
+        let target = PathBuf::from(&r.target_path);
+        let known = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.target_path)
+            .cloned();
+        let pinned = match &known {
+            Some(v) if v.volume_id != r.volume_id || v.given != attrs.given => {
+                return Err(Status::already_exists(format!(
+                    "{} is published there with other attributes",
+                    r.target_path
+                )))
+            }
+            Some(_) if self.mounter.alive(&target) => return Ok(()),
+            // Its mount is gone: mounted again, at the revision it was pinned to.
+            Some(v) => v.pinned.clone(),
+            None => self.pin(&attrs).await?,
+        };
+        if attrs.warm {
+            self.warm(&pinned, &attrs).await?;
+        }
+        // A mount left there (dead, or from a call cut short) goes first.
+        self.mounter
+            .unmount(&target)
+            .await
+            .map_err(|e| Status::internal(format!("unmounting {}: {e}", target.display())))?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Status::internal(format!("{}: {e}", target.display())))?;
+        self.mounter
+            .mount(&pinned, &target, &attrs.include, &attrs.exclude)
+            .await
+            .map_err(|e| {
+                Status::internal(format!("mounting {pinned} at {}: {e}", target.display()))
+            })?;
+        self.record(
+            &r.target_path,
+            Some(Published {
+                volume_id: r.volume_id,
+                given: attrs.given,
+                pinned,
+                include: attrs.include,
+                exclude: attrs.exclude,
+            }),
+        )
+    }
+
+    async fn unpublish(self: Arc<Self>, target_path: String) -> Result<(), Status> {
+        let target = PathBuf::from(&target_path);
+        // Idempotent: a locus mount there goes, then the folder we made; a target never
+        // published, or already unpublished, is fine.
+        self.mounter
+            .unmount(&target)
+            .await
+            .map_err(|e| Status::internal(format!("unmounting {}: {e}", target.display())))?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Status::internal(format!("{}: {e}", target.display()))),
+        }
+        let known = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&target_path);
+        match known {
+            true => self.record(&target_path, None),
+            false => Ok(()),
+        }
+    }
+
+    /// Fills the node's cache with the volume's files (its globs see paths from the volume's
+    /// root, as the mount's do), for up to `attrs.warm_timeout`; past it the warm goes on in
+    /// the background and the volume is mounted anyway.
+    async fn warm(&self, pinned: &str, attrs: &Attrs) -> Result<(), Status> {
+        let uri =
+            locus_core::LocusUri::parse(pinned).map_err(|e| Status::internal(e.to_string()))?;
+        let include = attrs::globset(&attrs.include).map_err(Status::invalid_argument)?;
+        let exclude = attrs::globset(&attrs.exclude).map_err(Status::invalid_argument)?;
+        let node = self.node.clone();
+        let warm = tokio::spawn(async move {
+            let r = node.resolve(&uri).await?;
+            let prefix = match uri.path.is_empty() {
+                true => String::new(),
+                false => format!("{}/", uri.path),
+            };
+            let mut files = locus_core::ListingBuilder::default();
+            for f in r.files.iter() {
+                let rel = f.path.strip_prefix(&prefix).unwrap_or(&f.path);
+                if include.as_ref().is_none_or(|g| g.is_match(rel))
+                    && !exclude.as_ref().is_some_and(|g| g.is_match(rel))
+                {
+                    files.push(&f);
+                }
+            }
+            node.warm(&files.finish(), false, Arc::new(WarmProgress::default()))
+                .await
+        });
+        match tokio::time::timeout(attrs.warm_timeout, warm).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Status::unavailable(format!("warming {pinned}: {e}"))),
+            Ok(Err(e)) => Err(Status::internal(e.to_string())),
+            Err(_) => {
+                tracing::warn!(
+                    uri = pinned,
+                    "the warm outlasted warmTimeout; mounting anyway"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Serves Identity and Node on the Unix socket `path` (a stale socket file is replaced;
@@ -257,68 +451,9 @@ impl csi::node_server::Node for Plugin {
             return Err(Status::invalid_argument("target_path must be absolute"));
         }
         let attrs = Attrs::parse(&r.volume_context).map_err(Status::invalid_argument)?;
-        let mut volumes = self.volumes.lock().await;
-        if let Some(v) = volumes.get(&r.target_path) {
-            if v.volume_id != r.volume_id || v.given != attrs.given {
-                return Err(Status::already_exists(format!(
-                    "{} is published there with other attributes",
-                    r.target_path
-                )));
-            }
-            if self.mounter.alive(&target) {
-                return Ok(Response::new(csi::NodePublishVolumeResponse {}));
-            }
-            // Its mount is gone: mounted again below, at the revision it was pinned to.
-        }
-        let pinned = match volumes.get(&r.target_path) {
-            Some(v) => v.pinned.clone(),
-            None => self.pin(&attrs).await?,
-        };
-        if attrs.warm {
-            let uri = pinned.clone();
-            let (node, include, exclude) = (
-                self.node.clone(),
-                attrs.include.clone(),
-                attrs.exclude.clone(),
-            );
-            // The warm goes on in the background if it outlasts the wait: the volume is then
-            // mounted, and reads fetch what is missing.
-            let warm = tokio::spawn(async move {
-                let files = node.select(&[uri], &include, &exclude).await?;
-                node.warm(&files, false, Arc::new(WarmProgress::default()))
-                    .await
-            });
-            match tokio::time::timeout(attrs.warm_timeout, warm).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    return Err(Status::unavailable(format!("warming {pinned}: {e}")))
-                }
-                Ok(Err(e)) => return Err(Status::internal(e.to_string())),
-                Err(_) => tracing::warn!(
-                    uri = pinned,
-                    "the warm outlasted warmTimeout; mounting anyway"
-                ),
-            }
-        }
-        std::fs::create_dir_all(&target)
-            .map_err(|e| Status::internal(format!("{}: {e}", target.display())))?;
-        self.mounter
-            .mount(&pinned, &target, &attrs.include, &attrs.exclude)
-            .await
-            .map_err(|e| {
-                Status::internal(format!("mounting {pinned} at {}: {e}", target.display()))
-            })?;
-        volumes.insert(
-            r.target_path.clone(),
-            Published {
-                volume_id: r.volume_id,
-                given: attrs.given,
-                pinned,
-                include: attrs.include,
-                exclude: attrs.exclude,
-            },
-        );
-        self.save(&volumes)?;
+        let target = r.target_path.clone();
+        self.run(&target, Box::new(move |me| Box::pin(me.publish(r, attrs))))
+            .await?;
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
@@ -329,22 +464,12 @@ impl csi::node_server::Node for Plugin {
         let r = req.into_inner();
         required(&r.volume_id, "volume_id")?;
         required(&r.target_path, "target_path")?;
-        let target = PathBuf::from(&r.target_path);
-        let mut volumes = self.volumes.lock().await;
-        // Idempotent: whatever is there of ours (a mount, the folder we made) goes; a target
-        // never published, or already unpublished, is fine.
-        self.mounter
-            .unmount(&target)
-            .await
-            .map_err(|e| Status::internal(format!("unmounting {}: {e}", target.display())))?;
-        match std::fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Status::internal(format!("{}: {e}", target.display()))),
-        }
-        if volumes.remove(&r.target_path).is_some() {
-            self.save(&volumes)?;
-        }
+        let target = r.target_path.clone();
+        self.run(
+            &target,
+            Box::new(move |me| Box::pin(me.unpublish(r.target_path))),
+        )
+        .await?;
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
