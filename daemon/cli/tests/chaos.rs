@@ -516,10 +516,11 @@ fn kill_9_at_random_points_of_warms_peer_reads_and_mount_reads() {
                 };
                 std::thread::sleep(at);
                 ds[0].signal(Signal::SIGKILL);
+                // A mount's reads wait for the daemon to come back (up to two minutes).
+                ds[0].restart();
                 if !reader.join().unwrap() {
                     interrupted += 1;
                 }
-                ds[0].restart();
                 // The mount reconnects: every file through it equals the origin's.
                 for (p, want) in &files {
                     let got = std::fs::read(dir.join(p)).unwrap();
