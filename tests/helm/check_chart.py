@@ -122,6 +122,9 @@ def strings(x):
             yield from strings(v)
 
 
+MIN_KUBERNETES = "1.32.0"
+
+
 def validate_objects(objs, version):
     for o in objs:
         kind, name = o.get("kind"), o.get("metadata", {}).get("name")
@@ -306,8 +309,11 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
         return None
     print(f"    helm template: {', '.join(o['kind'] + '/' + o['metadata']['name'] for o in objs)}")
     check_notes(chart, label, vfile, workdir)
-    validate_objects(objs, version)
-    print(f"    validated against the Kubernetes {version} schemas (strict)")
+    # The newest schemas, and 1.32 (the oldest Kubernetes the chart promises: CSIDriver,
+    # internalTrafficPolicy and the rest as it has them).
+    for ver in dict.fromkeys([version, MIN_KUBERNETES]):
+        validate_objects(objs, ver)
+        print(f"    validated against the Kubernetes {ver} schemas (strict)")
     v = copy.deepcopy(defaults)
 
     def merge(a, b):
