@@ -134,7 +134,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         transport,
     );
 
-    let listener = bind_socket(&cfg.socket, cfg.socket_group).await?;
+    let listener = bind_socket("--socket", &cfg.socket, cfg.socket_group).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -278,10 +278,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             )
             .await
             .map_err(anyhow::Error::msg)?;
-            plugin
-                .serve(path, wait_stop(stop_rx.clone()))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            // Bound as the local socket is (0660, a live plugin there is not taken over):
+            // kubelet and the registrar run as root.
+            let listener = bind_socket("--csi-socket", path, None).await?;
+            plugin.serve(listener, wait_stop(stop_rx.clone()));
             Some(path.display().to_string())
         }
         None => None,
@@ -478,6 +478,7 @@ async fn serve_tls_peers(
 /// here: the local API warms, pins, evicts and reads anything, so only its owner and group
 /// may use it.
 async fn bind_socket(
+    flag: &str,
     path: &std::path::Path,
     group: Option<nix::unistd::Gid>,
 ) -> anyhow::Result<UnixListener> {
@@ -491,7 +492,7 @@ async fn bind_socket(
             .recursive(true)
             .mode(0o750)
             .create(parent)
-            .with_context(|| format!("--socket: cannot create {}", parent.display()))?;
+            .with_context(|| format!("{flag}: cannot create {}", parent.display()))?;
         if let Some(g) = group {
             nix::unistd::chown(parent, None, Some(g))
                 .with_context(|| format!("--socket-group: cannot chown {}", parent.display()))?;
@@ -500,12 +501,12 @@ async fn bind_socket(
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             bail!(
-                "--socket {}: another locus daemon is already serving it",
+                "{flag} {}: another locus daemon is already serving it",
                 path.display()
             );
         }
         std::fs::remove_file(path)
-            .with_context(|| format!("--socket: cannot remove stale {}", path.display()))?;
+            .with_context(|| format!("{flag}: cannot remove stale {}", path.display()))?;
     }
     // Bound in a private folder, given its owner and mode there, then moved into place: no
     // one can connect while it still has the umask's mode.
@@ -514,19 +515,19 @@ async fn bind_socket(
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
-        .with_context(|| format!("--socket: cannot create {}", private.display()))?;
+        .with_context(|| format!("{flag}: cannot create {}", private.display()))?;
     let staged = private.join("s");
     let bound = (|| -> anyhow::Result<UnixListener> {
         let listener = UnixListener::bind(&staged)
-            .with_context(|| format!("--socket {}: cannot listen", path.display()))?;
+            .with_context(|| format!("{flag} {}: cannot listen", path.display()))?;
         if let Some(g) = group {
             nix::unistd::chown(&staged, None, Some(g))
                 .with_context(|| format!("--socket-group: cannot chown {}", path.display()))?;
         }
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
-            .with_context(|| format!("--socket {}: cannot set its mode", path.display()))?;
+            .with_context(|| format!("{flag} {}: cannot set its mode", path.display()))?;
         std::fs::rename(&staged, path)
-            .with_context(|| format!("--socket {}: cannot move it into place", path.display()))?;
+            .with_context(|| format!("{flag} {}: cannot move it into place", path.display()))?;
         Ok(listener)
     })();
     let _ = std::fs::remove_dir_all(&private);

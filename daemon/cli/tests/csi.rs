@@ -182,6 +182,29 @@ fn the_plugin_says_who_it_is_as_csi_sanity_checks() {
         )
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
+    // The socket is for the owner and group (kubelet, the registrar), and a second daemon
+    // does not take over a live plugin's socket.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let out = std::process::Command::new(LOCUS)
+        .args(["daemon", "--cache-dir"])
+        .arg(env.path("other-cache"))
+        .arg("--socket")
+        .arg(env.path("other.sock"))
+        .arg("--csi-socket")
+        .arg(&sock)
+        .env("HF_ENDPOINT", env.sim.url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already serving it"),
+        "{}",
+        stderr(&out)
+    );
+    c.rt.block_on(c.identity.probe(csi::ProbeRequest {}))
+        .expect("the first plugin still answers");
 }
 
 /// csi-sanity's NodePublishVolume and NodeUnpublishVolume checks ("should fail when no volume

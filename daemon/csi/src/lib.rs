@@ -319,27 +319,13 @@ impl Plugin {
         }
     }
 
-    /// Serves Identity and Node on the Unix socket `path` (a stale socket file is replaced;
-    /// the socket is for its owner and group: kubelet and the registrar run as root) until
-    /// `stop` resolves.
-    pub async fn serve(
+    /// Serves Identity and Node on `listener` (the daemon binds the socket: 0660, in
+    /// kubelet's plugins folder) until `stop` resolves.
+    pub fn serve(
         self: Arc<Self>,
-        path: &Path,
+        listener: tokio::net::UnixListener,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .map_err(|e| format!("{}: cannot listen: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    ) -> tokio::task::JoinHandle<()> {
         let server = tonic::transport::Server::builder()
             .add_service(csi::identity_server::IdentityServer::from_arc(self.clone()))
             .add_service(csi::node_server::NodeServer::from_arc(self))
@@ -347,11 +333,11 @@ impl Plugin {
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 stop,
             );
-        Ok(tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the CSI socket stopped");
             }
-        }))
+        })
     }
 
     /// Resolves `a`'s revision now: the URI every read of the volume goes to.
