@@ -66,6 +66,10 @@ pub struct DaemonArgs {
     /// as a read-only volume.
     #[arg(long, env = "LOCUS_CSI_SOCKET")]
     csi_socket: Option<PathBuf>,
+    /// Mount CSI volumes through the `locus mounter` listening on this socket (its mount
+    /// processes outlive this daemon's container); without it, the daemon runs them itself.
+    #[arg(long, env = "LOCUS_CSI_MOUNTER")]
+    csi_mounter: Option<PathBuf>,
     /// The node id the CSI plugin reports (kubelet's node name); default: the host name.
     #[arg(long, env = "LOCUS_NODE_ID")]
     node_id: Option<String>,
@@ -360,6 +364,8 @@ pub struct DaemonConfig {
     pub s3_gateway: Option<(SocketAddr, Vec<String>, locus_gateway::S3Auth)>,
     /// The CSI plugin's socket and node id.
     pub csi: Option<(PathBuf, String)>,
+    /// The mounter the CSI plugin mounts through, if any.
+    pub csi_mounter: Option<PathBuf>,
     pub chunk_size: u64,
     pub concurrency: usize,
     pub metadata_ttl: Duration,
@@ -623,6 +629,9 @@ impl DaemonConfig {
                 Some((p, id))
             }
             (None, Some(_)) => return Err(Failure::usage("--node-id needs --csi-socket")),
+            (None, None) if a.csi_mounter.is_some() => {
+                return Err(Failure::usage("--csi-mounter needs --csi-socket"))
+            }
             (None, None) => None,
         };
         Ok(DaemonConfig {
@@ -636,6 +645,7 @@ impl DaemonConfig {
             hub_gateway: a.hub_gateway,
             s3_gateway,
             csi,
+            csi_mounter: a.csi_mounter,
             chunk_size,
             concurrency: a.concurrency,
             metadata_ttl: Duration::from_secs(a.metadata_ttl),

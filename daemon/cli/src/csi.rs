@@ -81,3 +81,149 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
 }
+
+/// One request to a mounter, one JSON line; the answer is one JSON line too.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Ask {
+    Mount {
+        uri: String,
+        target: PathBuf,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+    Unmount {
+        target: PathBuf,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Answer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Mounts through a `locus mounter` (its own DaemonSet in Kubernetes): the mount processes are
+/// its children, so they outlive the daemon's container (an upgrade replaces the daemon's
+/// pods, not the mounter's); their reads wait for the daemon to come back.
+pub struct RemoteMounter {
+    pub socket: PathBuf,
+}
+
+impl RemoteMounter {
+    async fn ask(&self, ask: &Ask) -> Result<(), String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| format!("the mounter at {}: {e}", self.socket.display()))?;
+        let mut line = serde_json::to_vec(ask).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        s.write_all(&line).await.map_err(|e| e.to_string())?;
+        let mut r = tokio::io::BufReader::new(s);
+        let mut back = String::new();
+        r.read_line(&mut back).await.map_err(|e| e.to_string())?;
+        let a: Answer = serde_json::from_str(&back)
+            .map_err(|e| format!("the mounter's answer {back:?}: {e}"))?;
+        match a.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Mounter for RemoteMounter {
+    async fn mount(
+        &self,
+        uri: &str,
+        target: &Path,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<(), String> {
+        self.ask(&Ask::Mount {
+            uri: uri.to_string(),
+            target: target.to_path_buf(),
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        })
+        .await
+    }
+
+    async fn unmount(&self, target: &Path) -> Result<(), String> {
+        self.ask(&Ask::Unmount {
+            target: target.to_path_buf(),
+        })
+        .await
+    }
+
+    fn alive(&self, target: &Path) -> bool {
+        // The daemon sees kubelet's pods folder too.
+        is_mounted(target) && std::fs::read_dir(target).is_ok()
+    }
+}
+
+/// Whether `target` lies under `root`, by its components (no `..`, nothing relative).
+fn under(target: &Path, root: &Path) -> bool {
+    use std::path::Component;
+    target.is_absolute()
+        && !target
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        && target.starts_with(root)
+        && target != root
+}
+
+/// `locus mounter`: serves mounts for the daemon's CSI plugin on `listener` (a root-only
+/// socket), only at targets under `root` (kubelet's pods folder), until the process ends.
+pub async fn serve_mounter(
+    listener: tokio::net::UnixListener,
+    mounter: std::sync::Arc<ProcessMounter>,
+    root: PathBuf,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        let (mounter, root) = (mounter.clone(), root.clone());
+        tokio::spawn(async move {
+            let (r, mut w) = s.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let result = match serde_json::from_str::<Ask>(&line) {
+                    Err(e) => Err(format!("bad request: {e}")),
+                    Ok(Ask::Mount { target, .. }) | Ok(Ask::Unmount { target })
+                        if !under(&target, &root) =>
+                    {
+                        Err(format!(
+                            "{} is not under {}: refused",
+                            target.display(),
+                            root.display()
+                        ))
+                    }
+                    Ok(Ask::Mount {
+                        uri,
+                        target,
+                        include,
+                        exclude,
+                    }) => {
+                        tracing::info!(uri, target = %target.display(), "mount");
+                        mounter.mount(&uri, &target, &include, &exclude).await
+                    }
+                    Ok(Ask::Unmount { target }) => {
+                        tracing::info!(target = %target.display(), "unmount");
+                        mounter.unmount(&target).await
+                    }
+                };
+                let mut out = serde_json::to_vec(&Answer {
+                    error: result.err(),
+                })
+                .unwrap_or_default();
+                out.push(b'\n');
+                if w.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

@@ -269,11 +269,16 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 node.clone(),
                 node_id.clone(),
                 crate::VERSION,
-                Arc::new(crate::csi::ProcessMounter {
-                    exe: std::env::current_exe().context("finding this binary for CSI mounts")?,
-                    socket: cfg.socket.clone(),
-                    logs: cfg.cache_dir.join("csi-logs"),
-                }),
+                match &cfg.csi_mounter {
+                    Some(m) => Arc::new(crate::csi::RemoteMounter { socket: m.clone() })
+                        as Arc<dyn locus_csi::Mounter>,
+                    None => Arc::new(crate::csi::ProcessMounter {
+                        exe: std::env::current_exe()
+                            .context("finding this binary for CSI mounts")?,
+                        socket: cfg.socket.clone(),
+                        logs: cfg.cache_dir.join("csi-logs"),
+                    }),
+                },
                 cfg.cache_dir.join("csi-volumes.json"),
             )
             .await
@@ -378,6 +383,44 @@ async fn start_gateway(
         }
     });
     Ok(local)
+}
+
+/// `locus mounter`: serves mounts for a daemon's CSI plugin on `listen` until SIGTERM/SIGINT;
+/// its mounts stay (they are the pods' volumes).
+pub async fn run_mounter(
+    listen: &std::path::Path,
+    daemon_socket: &std::path::Path,
+    targets_under: std::path::PathBuf,
+    log_dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    crate::telemetry::init_logging();
+    if !targets_under.is_absolute() {
+        bail!(
+            "--targets-under {}: not an absolute path",
+            targets_under.display()
+        );
+    }
+    let listener = bind_socket("--listen", listen, None).await?;
+    {
+        // Root only: whoever may ask mounts any URI the daemon reads.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mounter = Arc::new(crate::csi::ProcessMounter {
+        exe: std::env::current_exe().context("finding this binary")?,
+        socket: daemon_socket.to_path_buf(),
+        logs: log_dir,
+    });
+    tracing::info!(listen = %listen.display(), targets_under = %targets_under.display(), "ready");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = crate::csi::serve_mounter(listener, mounter, targets_under) => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = std::fs::remove_file(listen);
+    Ok(())
 }
 
 /// The peer server's transport settings (TLS aside).

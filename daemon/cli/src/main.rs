@@ -85,6 +85,19 @@ enum Cmd {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+    /// Serve CSI volumes' mounts for a daemon (`locus daemon --csi-mounter`), from a process
+    /// that outlives the daemon's (in Kubernetes, a DaemonSet of its own).
+    Mounter {
+        /// The socket the daemon asks on (only root may use it).
+        #[arg(long)]
+        listen: PathBuf,
+        /// Mount only at targets under this folder (kubelet's pods folder).
+        #[arg(long)]
+        targets_under: PathBuf,
+        /// Where the mounts log.
+        #[arg(long, default_value = "/var/log/locus")]
+        log_dir: PathBuf,
+    },
     /// The offline quickstart: a local Hub with a generated model, a node, warm, read back, report.
     Demo(demo::DemoArgs),
 }
@@ -183,6 +196,13 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<(), Failure> {
         Cmd::Ls { uri, cluster, json } => client::ls(&socket, &uri, cluster, json).await,
         Cmd::Status { json } => client::status(&socket, json).await,
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Mounter {
+            listen,
+            targets_under,
+            log_dir,
+        } => daemon::run_mounter(&listen, &socket, targets_under, log_dir)
+            .await
+            .map_err(Failure::from),
         Cmd::Mount(args) => mount::mount(&socket, args).await,
         Cmd::Unmount { mountpoint } => {
             mount::unmount(&mountpoint).map(|()| println!("unmounted {}", mountpoint.display()))

@@ -445,3 +445,131 @@ impl Drop for Unmount {
         }
     }
 }
+
+/// A daemon in a PID namespace of its own, as in a container: when it dies, every process it
+/// started dies with it.
+fn contained_daemon(env: &Env, csock: &Path, msock: &Path) -> std::process::Child {
+    let d = env.path("n");
+    std::fs::create_dir_all(&d).unwrap();
+    let log = d.join("daemon.log");
+    let before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches(" ready")
+        .count();
+    let child = std::process::Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            LOCUS,
+            "daemon",
+            "--cache-dir",
+        ])
+        .arg(d.join("cache"))
+        .arg("--socket")
+        .arg(d.join("locus.sock"))
+        .arg("--csi-socket")
+        .arg(csock)
+        .arg("--csi-mounter")
+        .arg(msock)
+        .env("HF_ENDPOINT", env.sim.url())
+        .env("HF_TOKEN_PATH", d.join("no-token"))
+        .env_remove("HF_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches(" ready")
+        .count()
+        == before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// With `--csi-mounter`, a volume's mount process is the mounter's child: the daemon's whole
+/// "container" (a PID namespace) dies, reads of the volume wait, and go on right once a new
+/// daemon is up; the mounter refuses targets outside kubelet's folder.
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn volumes_mounted_by_a_mounter_outlive_the_daemons_container() {
+    let env = Env::new();
+    let big = locus_testorigin::model::random_bytes(8, 3 << 20);
+    env.sim
+        .commit("model", "acme/big", vec![("w.bin".into(), big.clone())]);
+    let pods = env.path("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let msock = env.path("mounter/m.sock");
+    let csock = env.path("csi/csi.sock");
+    let mut mounter = std::process::Command::new(LOCUS)
+        .args(["mounter", "--listen"])
+        .arg(&msock)
+        .arg("--targets-under")
+        .arg(&pods)
+        .arg("--log-dir")
+        .arg(env.path("mounter-logs"))
+        .arg("--socket")
+        .arg(env.path("n").join("locus.sock"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !msock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mounter did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut d = contained_daemon(&env, &csock, &msock);
+    let mut c = Csi::connect(&csock);
+    let target = pods.join("uid-9/vol");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.publish(publish_req("v9", &target, &[("uri", "hf://acme/big")]))
+        .unwrap();
+    let _guard = Unmount(vec![target.clone()]);
+    assert!(mounted(&target));
+    // Outside kubelet's folder: refused by the mounter.
+    let e = c
+        .publish(publish_req(
+            "v10",
+            &env.path("elsewhere/vol"),
+            &[("uri", "hf://acme/big")],
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("not under"), "{e:?}");
+    // The daemon's container dies (its PID namespace, every process in it).
+    let _ = d.kill();
+    let _ = d.wait();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let path = target.join("w.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!reader.is_finished(), "the read waits for a daemon");
+    let mut d = contained_daemon(&env, &csock, &msock);
+    let got = reader.join().unwrap().expect("the read goes on");
+    assert!(got == big, "the origin's bytes");
+    let mut c = Csi::connect(&csock);
+    c.unpublish("v9", target.to_str().unwrap()).unwrap();
+    assert!(!mounted(&target));
+    let _ = d.kill();
+    let _ = d.wait();
+    let _ = mounter.kill();
+    let _ = mounter.wait();
+}
