@@ -185,6 +185,8 @@ def check_no_secrets(label, objs, v):
         if TOKEN_LIKE.search(s) or SENTINEL in s:
             check(False, f"{label}: a token-like value is rendered: {s[:40]}…")
     for ds in find(objs, "DaemonSet"):
+        if ds["metadata"]["name"].endswith("-mounter"):
+            continue
         for e in daemon_container(ds).get("env", []):
             if e["name"] in CRED_KEYS:
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -329,7 +331,7 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
         check(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE or o["kind"] == "ServiceMonitor",
               f"{label}: {o['kind']}/{o['metadata']['name']} is in the release namespace")
 
-    dss = find(objs, "DaemonSet")
+    dss = [d for d in find(objs, "DaemonSet") if not d["metadata"]["name"].endswith("-mounter")]
     if not check(len(dss) == 1, f"{label}: one DaemonSet"):
         return objs
     ds = dss[0]
@@ -705,6 +707,28 @@ def check_value_set(chart, locus, version, label, vfile, workdir, defaults):
               and vols["kubelet-pods"]["hostPath"]["path"] == f"{kd}/pods",
               f"{label}: kubelet's pods folder at its own path, Bidirectional")
         check(flag("--node-id") == "$(NODE_NAME)", f"{label}: --node-id is the node's name")
+        mounters = find(objs, "DaemonSet", "-mounter")
+        if v["csi"]["mounter"]["enabled"]:
+            if check(len(mounters) == 1, f"{label}: a mounter DaemonSet"):
+                m = mounters[0]
+                mc = m["spec"]["template"]["spec"]["containers"][0]
+                ma = mc["args"]
+                mv = {x["name"]: x for x in m["spec"]["template"]["spec"]["volumes"]}
+                mm = {x["name"]: x for x in mc["volumeMounts"]}
+                check(m["spec"]["updateStrategy"]["type"] == "OnDelete", f"{label}: the mounter is replaced only when its pods are deleted")
+                check(ma[0] == "mounter" and ma[ma.index("--listen") + 1] == flag("--csi-mounter"),
+                      f"{label}: the daemon's --csi-mounter is the mounter's --listen")
+                check(ma[ma.index("--targets-under") + 1] == f"{kd}/pods", f"{label}: the mounter mounts only under kubelet's pods folder")
+                check(ma[ma.index("--socket") + 1] == flag("--socket") and mm["socket"]["mountPath"] == mounts["socket"]["mountPath"]
+                      and mm["cache"]["mountPath"] == mounts["cache"]["mountPath"] and mm["cache"].get("readOnly") is True,
+                      f"{label}: the mounter reaches the daemon's socket and cache at the daemon's paths")
+                check(mv["mounter-socket"]["hostPath"]["path"] == vols["mounter-socket"]["hostPath"]["path"]
+                      and mounts["mounter-socket"]["mountPath"] == mm["mounter-socket"]["mountPath"],
+                      f"{label}: one mounter socket folder for both")
+                check(mm["kubelet-pods"].get("mountPropagation") == "Bidirectional" and mc["securityContext"].get("privileged") is True,
+                      f"{label}: the mounter mounts into kubelet's pods folder (privileged, Bidirectional)")
+        else:
+            check(not mounters and "--csi-mounter" not in args, f"{label}: no mounter")
         if s:
             check(s.get("csi", "").startswith("/csi/csi.sock node "), f"{label}: the daemon serves the CSI plugin")
     else:

@@ -192,6 +192,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "csi.enabled needs mount.enabled: the daemon mounts each volume (FUSE) where kubelet asks, which needs the privileged container" }}
 {{- end }}
 {{- $a = concat $a (list "--csi-socket" "/csi/csi.sock" "--node-id" "$(NODE_NAME)") }}
+{{- if $v.csi.mounter.enabled }}
+{{- $a = concat $a (list "--csi-mounter" "/run/locus-mounter/m.sock") }}
+{{- end }}
 {{- end }}
 {{- if $v.gateways.hub.enabled }}
 {{- $a = concat $a (list "--hub-gateway" (printf "0.0.0.0:%d" (int $v.gateways.hub.port))) }}
