@@ -1,7 +1,7 @@
 //! A mount that shows only some of its files: `--include` / `--exclude` globs on each file's
 //! path from the mount's root (the same rules as `locus warm`'s).
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use locus_core::select::Selection;
 
 use crate::{Backend, ChunkInfo, FsError, Listing};
 
@@ -10,20 +10,7 @@ use crate::{Backend, ChunkInfo, FsError, Listing};
 pub struct Filtered<B> {
     inner: B,
     root: String,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
-}
-
-/// A glob set, `None` for no patterns; a bad pattern is an error naming it.
-pub fn globs(patterns: &[String]) -> Result<Option<GlobSet>, FsError> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| FsError::Io(format!("bad glob {p:?}: {e}")))?);
-    }
-    b.build().map(Some).map_err(|e| FsError::Io(e.to_string()))
+    selection: Selection,
 }
 
 impl<B: Backend> Filtered<B> {
@@ -37,14 +24,13 @@ impl<B: Backend> Filtered<B> {
         Ok(Filtered {
             inner,
             root: root.trim_end_matches('/').to_string(),
-            include: globs(include)?,
-            exclude: globs(exclude)?,
+            selection: Selection::new(include, exclude)
+                .map_err(|e| FsError::Io(format!("bad glob {e}")))?,
         })
     }
 
     fn keep(&self, path: &str) -> bool {
-        self.include.as_ref().is_none_or(|g| g.is_match(path))
-            && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+        self.selection.keep(path)
     }
 }
 

@@ -122,9 +122,8 @@ fn log_dir() -> PathBuf {
 
 pub async fn mount(socket: &Path, a: MountArgs) -> Result<(), Failure> {
     locus_core::LocusUri::parse(&a.uri).map_err(|e| Failure::usage(e.to_string()))?;
-    for g in [&a.include, &a.exclude] {
-        locus_fuse::filter::globs(g).map_err(|e| Failure::usage(e.to_string()))?;
-    }
+    locus_core::select::Selection::new(&a.include, &a.exclude)
+        .map_err(|e| Failure::usage(format!("bad glob {e}")))?;
     let meta = std::fs::metadata(&a.mountpoint)
         .map_err(|e| Failure::usage(format!("mount point {}: {e}", a.mountpoint.display())))?;
     if !meta.is_dir() {

@@ -9,6 +9,7 @@ pub mod listing;
 pub mod metric;
 pub mod redact;
 pub mod secret;
+pub mod select;
 pub mod size;
 pub mod suggest;
 pub mod uri;

@@ -123,7 +123,8 @@ impl Attrs {
         let include = list(given.get("include"));
         let exclude = list(given.get("exclude"));
         for (what, globs) in [("include", &include), ("exclude", &exclude)] {
-            globset(globs).map_err(|e| format!("volume attribute {what}: {e}"))?;
+            locus_core::select::Selection::new(globs, &[])
+                .map_err(|e| format!("volume attribute {what}: bad glob {e}"))?;
         }
         Ok(Attrs {
             uri,
@@ -134,18 +135,6 @@ impl Attrs {
             given,
         })
     }
-}
-
-/// The glob set of `patterns` (`None` for none), the rules `locus mount --include` uses.
-pub fn globset(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        b.add(globset::Glob::new(p).map_err(|e| format!("bad glob {p:?}: {e}"))?);
-    }
-    b.build().map(Some).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

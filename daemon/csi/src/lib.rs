@@ -284,8 +284,8 @@ impl Plugin {
     async fn warm(&self, pinned: &str, attrs: &Attrs) -> Result<(), Status> {
         let uri =
             locus_core::LocusUri::parse(pinned).map_err(|e| Status::internal(e.to_string()))?;
-        let include = attrs::globset(&attrs.include).map_err(Status::invalid_argument)?;
-        let exclude = attrs::globset(&attrs.exclude).map_err(Status::invalid_argument)?;
+        let selection = locus_core::select::Selection::new(&attrs.include, &attrs.exclude)
+            .map_err(|e| Status::invalid_argument(format!("bad glob {e}")))?;
         let node = self.node.clone();
         let warm = tokio::spawn(async move {
             let r = node.resolve(&uri).await?;
@@ -296,9 +296,7 @@ impl Plugin {
             let mut files = locus_core::ListingBuilder::default();
             for f in r.files.iter() {
                 let rel = f.path.strip_prefix(&prefix).unwrap_or(&f.path);
-                if include.as_ref().is_none_or(|g| g.is_match(rel))
-                    && !exclude.as_ref().is_some_and(|g| g.is_match(rel))
-                {
+                if selection.keep(rel) {
                     files.push(&f);
                 }
             }

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use locus_core::uri::LocusUri;
 use locus_core::{ChunkLayout, Listing, ListingBuilder, RemoteFile};
 use locus_grpc::v1 as pb;
@@ -56,19 +55,6 @@ impl Scope {
     }
 }
 
-fn globset(patterns: &[String]) -> Result<Option<GlobSet>, NodeError> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| NodeError::BadGlob(format!("{p:?}: {e}")))?);
-    }
-    b.build()
-        .map(Some)
-        .map_err(|e| NodeError::BadGlob(e.to_string()))
-}
-
 impl Node {
     /// Files named by `uris`, filtered by globs on their paths, without duplicates: a compact
     /// listing (a warm of millions of files holds no `RemoteFile` per file).
@@ -78,8 +64,8 @@ impl Node {
         include: &[String],
         exclude: &[String],
     ) -> Result<Listing, NodeError> {
-        let inc = globset(include)?;
-        let exc = globset(exclude)?;
+        let sel =
+            locus_core::select::Selection::new(include, exclude).map_err(NodeError::BadGlob)?;
         // One URI's files are one listing's, each once: only several URIs can repeat a file.
         let mut seen = HashSet::new();
         let mut out = ListingBuilder::default();
@@ -89,8 +75,7 @@ impl Node {
         for s in uris {
             let uri = LocusUri::parse(s)?;
             for f in self.resolve(&uri).await?.files.iter() {
-                let keep = inc.as_ref().is_none_or(|g| g.is_match(&f.path))
-                    && !exc.as_ref().is_some_and(|g| g.is_match(&f.path));
+                let keep = sel.keep(&f.path);
                 if !keep {
                     if dropped.len() < MAX_SUGGEST_FROM {
                         dropped.push(f.path);
