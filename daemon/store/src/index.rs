@@ -38,10 +38,13 @@ const LRU: TableDefinition<(u64, u64), &str> = TableDefinition::new("lru");
 const PINNED: TableDefinition<u64, ()> = TableDefinition::new("pinned");
 /// Repo or bucket (`hf://ORG/NAME`, `s3://BUCKET`) → files cached from it.
 const NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("namespaces");
-/// A file's URI → [`Place`]: the record of the file cached from it, found by a range scan over
-/// a folder's URIs (the records by key are scattered: a folder listing's look was a random page
-/// read per file on a cold disk).
-const PLACES: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
+/// A file's URI ([`place_key`]: its folder's hash, then its name) → [`Place`]: the record of the
+/// file cached from it, found by a range scan over a folder's files (the records by key are
+/// scattered: a folder listing's look was a random page read per file on a cold disk).
+const PLACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("places_v2");
+/// Layout 3's places, by the whole URI with the key as text (163 bytes a Hub file, twice what
+/// [`PLACES`] keeps): converted once at open, then dropped.
+const PLACES_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
 /// Ids of data files whose removal is committed, until they are unlinked.
 const GARBAGE: TableDefinition<u64, ()> = TableDefinition::new("garbage");
 /// Named numbers: the totals, the id marks, the layout and access the cache was left with.
@@ -58,8 +61,9 @@ const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
 
 /// The layout this version writes: data files in folders by id, the tables above. Caches of
 /// layout 1 (every data file in `data/`, no derived tables) are converted once at open; those
-/// of layout 2 (no `PLACES`) get their places once at open.
-const LAYOUT: u64 = 3;
+/// of layout 2 (no places) get their places once at open; those of layout 3 (`PLACES_V1`) have
+/// their places made compact once at open.
+const LAYOUT: u64 = 4;
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,18 +108,36 @@ impl Place {
         }
     }
 
-    /// `id`, `size`, `chunk_size` (little-endian u64s), `verified` (a byte), then the key.
+    /// `id`, `size`, `chunk_size` (LEB128), `verified` (a byte), then the key ([`encode_key`]).
     fn encode(&self, key: &str) -> Vec<u8> {
-        let mut v = Vec::with_capacity(25 + key.len());
-        v.extend_from_slice(&self.id.to_le_bytes());
-        v.extend_from_slice(&self.size.to_le_bytes());
-        v.extend_from_slice(&self.chunk_size.to_le_bytes());
+        let mut v = Vec::with_capacity(24 + key.len());
+        put_varint(&mut v, self.id);
+        put_varint(&mut v, self.size);
+        put_varint(&mut v, self.chunk_size);
         v.push(self.verified as u8);
-        v.extend_from_slice(key.as_bytes());
+        encode_key(&mut v, key);
         v
     }
 
-    fn decode(v: &[u8]) -> Option<(Place, &str)> {
+    /// The place, and its key as [`encode_key`] wrote it.
+    fn decode(v: &[u8]) -> Option<(Place, &[u8])> {
+        let mut at = 0;
+        let id = get_varint(v, &mut at)?;
+        let size = get_varint(v, &mut at)?;
+        let chunk_size = get_varint(v, &mut at)?;
+        let verified = *v.get(at)? != 0;
+        let place = Place {
+            id,
+            size,
+            chunk_size,
+            verified,
+        };
+        Some((place, v.get(at + 1..)?))
+    }
+
+    /// A place as layout 3 kept it: `id`, `size`, `chunk_size` (little-endian u64s),
+    /// `verified` (a byte), then the key as text.
+    fn decode_v1(v: &[u8]) -> Option<(Place, &str)> {
         let u = |i: usize| Some(u64::from_le_bytes(v.get(i..i + 8)?.try_into().ok()?));
         let place = Place {
             id: u(0)?,
@@ -125,6 +147,112 @@ impl Place {
         };
         Some((place, std::str::from_utf8(v.get(25..)?).ok()?))
     }
+}
+
+/// Where a URI's place is kept: the 64-bit hash of its folder (all but its last segment), then
+/// its name. A folder's files are neighbours, and its long URI (a Hub URI carries the commit) is
+/// not kept once a file. Two folders whose hashes meet can share a slot; a place counts only
+/// when it names the key a listing has, and a key names the bytes, so a shared slot costs a
+/// lookup by key, never a wrong file.
+fn place_key(uri: &str) -> Vec<u8> {
+    let (folder, name) = split_uri(uri);
+    [&folder_hash(folder)[..], name.as_bytes()].concat()
+}
+
+/// A URI's folder and name.
+fn split_uri(uri: &str) -> (&str, &str) {
+    uri.rsplit_once('/').unwrap_or(("", uri))
+}
+
+fn folder_hash(folder: &str) -> [u8; 8] {
+    xxhash_rust::xxh3::xxh3_64(folder.as_bytes()).to_be_bytes()
+}
+
+/// Writes a cache key compactly where it is `SCHEME:HEX:SIZE` (every digest and identity key:
+/// the hex as bytes, the size as LEB128), as its text otherwise. A key always encodes the same
+/// way, and the two forms are told apart by their first byte, so keys compare as encodings.
+fn encode_key(out: &mut Vec<u8>, key: &str) {
+    match split_key(key) {
+        Some((scheme, hex, size)) => {
+            out.push(1);
+            out.push(scheme.len() as u8);
+            out.extend_from_slice(scheme.as_bytes());
+            out.push((hex.len() / 2) as u8);
+            let nibble = |b: u8| match b {
+                b'0'..=b'9' => b - b'0',
+                _ => b - b'a' + 10,
+            };
+            out.extend(
+                hex.as_bytes()
+                    .chunks(2)
+                    .map(|p| nibble(p[0]) << 4 | nibble(p[1])),
+            );
+            put_varint(out, size);
+        }
+        None => {
+            out.push(0);
+            out.extend_from_slice(key.as_bytes());
+        }
+    }
+}
+
+/// The key [`encode_key`] wrote.
+#[cfg(test)]
+fn decode_key(b: &[u8]) -> Option<String> {
+    match *b.first()? {
+        0 => Some(std::str::from_utf8(&b[1..]).ok()?.to_string()),
+        1 => {
+            let n = *b.get(1)? as usize;
+            let scheme = std::str::from_utf8(b.get(2..2 + n)?).ok()?;
+            let m = *b.get(2 + n)? as usize;
+            let bytes = b.get(3 + n..3 + n + m)?;
+            let mut at = 3 + n + m;
+            let size = get_varint(b, &mut at)?;
+            let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+            Some(format!("{scheme}:{hex}:{size}"))
+        }
+        _ => None,
+    }
+}
+
+/// `SCHEME:HEX:SIZE` where the compact form gives back the same text: a short alphanumeric
+/// scheme, lowercase hex of whole bytes (at most 255 of them), a size without leading zeros.
+fn split_key(key: &str) -> Option<(&str, &str, u64)> {
+    let (scheme, rest) = key.split_once(':')?;
+    let (hex, size) = rest.split_once(':')?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme.len() <= 32
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric());
+    let hex_ok = !hex.is_empty()
+        && hex.len() % 2 == 0
+        && hex.len() <= 510
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    // Digits only, no leading zero (but "0"), and no overflow: the number prints as `size`.
+    let canonical =
+        size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
+    let n: u64 = size.parse().ok()?;
+    (scheme_ok && hex_ok && canonical).then_some((scheme, hex, n))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
 }
 
 /// The counts kept in `HEADER`, always those of the committed tables.
@@ -321,7 +449,7 @@ struct Tables<'t> {
     lru: redb::Table<'t, (u64, u64), &'static str>,
     pinned: redb::Table<'t, u64, ()>,
     namespaces: redb::Table<'t, &'static str, u64>,
-    places: redb::Table<'t, &'static str, &'static [u8]>,
+    places: redb::Table<'t, &'static [u8], &'static [u8]>,
     garbage: redb::Table<'t, u64, ()>,
     header: redb::Table<'t, &'static str, u64>,
     meta: redb::Table<'t, &'static str, &'static [u8]>,
@@ -404,16 +532,19 @@ impl<'t> Tables<'t> {
         if rec.uri.is_empty() {
             return Ok(());
         }
+        let at = place_key(&rec.uri);
         if add {
             self.places
-                .insert(rec.uri.as_str(), Place::of(rec).encode(key).as_slice())?;
+                .insert(at.as_slice(), Place::of(rec).encode(key).as_slice())?;
             return Ok(());
         }
-        let ours = self.places.get(rec.uri.as_str())?.is_some_and(|v| {
-            Place::decode(v.value()).is_some_and(|(p, k)| p.id == rec.id && k == key)
+        let mut want = Vec::new();
+        encode_key(&mut want, key);
+        let ours = self.places.get(at.as_slice())?.is_some_and(|v| {
+            Place::decode(v.value()).is_some_and(|(p, k)| p.id == rec.id && k == want)
         });
         if ours {
-            self.places.remove(rec.uri.as_str())?;
+            self.places.remove(at.as_slice())?;
         }
         Ok(())
     }
@@ -547,6 +678,7 @@ impl Index {
         };
         match layout {
             Some(LAYOUT) => {}
+            Some(3) => compact_places(&db)?,
             Some(2) => add_places(&db)?,
             None => convert(&db, data_dir)?,
             Some(other) => {
@@ -713,33 +845,65 @@ impl Index {
     /// (a folder listing's are neighbours), bounded: URIs far apart are not all found.
     pub fn load_places(&self, wanted: &[(&str, &str)]) -> Result<Vec<Option<Placed>>, StoreError> {
         let mut out = vec![None; wanted.len()];
-        let (Some(lo), Some(hi)) = (
-            wanted.iter().map(|w| w.0).min(),
-            wanted.iter().map(|w| w.0).max(),
-        ) else {
+        if wanted.is_empty() {
             return Ok(out);
-        };
+        }
         let Some(db) = self.db() else {
             return Err(StoreError::Index("the index is being reopened".into()));
         };
-        let at: HashMap<&str, usize> = wanted.iter().enumerate().map(|(i, w)| (w.0, i)).collect();
+        // A page's files are most often one folder's: its hash is taken once.
+        let mut last: Option<(&str, [u8; 8])> = None;
+        let keys: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|w| {
+                let (folder, name) = split_uri(w.0);
+                let hash = match last {
+                    Some((f, h)) if f == folder => h,
+                    _ => folder_hash(folder),
+                };
+                last = Some((folder, hash));
+                [&hash[..], name.as_bytes()].concat()
+            })
+            .collect();
+        let at: HashMap<&[u8], usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_slice(), i))
+            .collect();
+        // One range a folder (a page of a listing is most often one folder's files).
+        let mut folders: std::collections::BTreeMap<&[u8], (&[u8], &[u8])> = Default::default();
+        for k in keys.iter().map(Vec::as_slice) {
+            let span = folders.entry(&k[..8]).or_insert((k, k));
+            span.0 = span.0.min(k);
+            span.1 = span.1.max(k);
+        }
         let r = db.begin_read().map_err(idx_err)?;
         let places = r.open_table(PLACES).map_err(idx_err)?;
         let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
-        // Other files' places between those asked for (another folder's, say) are read past, up
-        // to a bound: the rest are looked up by key.
+        // Other files' places between those asked for are read past, up to a bound: the rest
+        // are looked up by key.
         let budget = wanted.len() * 4 + 64;
+        let mut read = 0;
         let mut found: Vec<(usize, Place)> = Vec::new();
-        for row in places.range(lo..=hi).map_err(idx_err)?.take(budget) {
-            let (k, v) = row.map_err(idx_err)?;
-            let Some(&i) = at.get(k.value()) else {
-                continue;
-            };
-            let Some((place, key)) = Place::decode(v.value()) else {
-                continue;
-            };
-            if key == wanted[i].1 {
-                found.push((i, place));
+        let mut want = Vec::new();
+        'folders: for (lo, hi) in folders.into_values() {
+            for row in places.range(lo..=hi).map_err(idx_err)? {
+                read += 1;
+                if read > budget {
+                    break 'folders;
+                }
+                let (k, v) = row.map_err(idx_err)?;
+                let Some(&i) = at.get(k.value()) else {
+                    continue;
+                };
+                let Some((place, key)) = Place::decode(v.value()) else {
+                    continue;
+                };
+                want.clear();
+                encode_key(&mut want, wanted[i].1);
+                if key == want.as_slice() {
+                    found.push((i, place));
+                }
             }
         }
         // The CRCs: files cached together have neighbouring ids, so one scan over their ids'
@@ -896,15 +1060,23 @@ impl Index {
         assert_eq!(ns, with_ns, "namespace counts");
         // Every place names the live record of a file cached from its URI, as it is now.
         for row in r.open_table(PLACES).unwrap().iter().unwrap() {
-            let (uri, v) = row.unwrap();
+            let (at, v) = row.unwrap();
             let (place, key) = Place::decode(v.value()).expect("a readable place");
+            let key = decode_key(key).expect("a readable key");
             let rec = files
-                .get(key)
+                .get(key.as_str())
                 .unwrap()
                 .and_then(|v| decode(v.value()))
-                .unwrap_or_else(|| panic!("the place of {} names no record", uri.value()));
-            assert_eq!((rec.uri.as_str(), Place::of(&rec)), (uri.value(), place));
+                .unwrap_or_else(|| panic!("the place of {:?} names no record", at.value()));
+            assert_eq!(
+                (place_key(&rec.uri), Place::of(&rec)),
+                (at.value().to_vec(), place)
+            );
         }
+        assert!(
+            r.open_table(PLACES_V1).is_err(),
+            "layout 3's places are gone"
+        );
         ((t.used, t.files, t.pinned, t.pinned_bytes), c, rows, ns)
     }
 
@@ -986,7 +1158,27 @@ fn create_db(path: &Path) -> Result<Database, redb::DatabaseError> {
                 );
             }
         })
-        .create(path)
+        .create_file(open_random(path).map_err(redb::DatabaseError::from)?)
+}
+
+/// Opens (or creates) the index file with the kernel's read-ahead off: lookups and range scans
+/// read B-tree pages scattered over the file, and read-ahead around each one read 37% more
+/// from disk than was asked for (a folder listing over a million cached files, cold: 550 MB
+/// read for 400 MB asked), each extra page a page-cache insert.
+fn open_random(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: a valid descriptor; the call only sets advice on it.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    if rc != 0 {
+        tracing::debug!(error = rc, "posix_fadvise(RANDOM) on the cache index");
+    }
+    Ok(f)
 }
 
 /// Removes every data file (after the index that described them was found corrupt).
@@ -1094,7 +1286,7 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
             if !rec.uri.is_empty() {
                 t.places
                     .insert(
-                        rec.uri.as_str(),
+                        place_key(&rec.uri).as_slice(),
                         Place::of(&rec).encode(k.value()).as_slice(),
                     )
                     .map_err(idx_err)?;
@@ -1102,6 +1294,36 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
         }
         t.header.insert("layout", LAYOUT).map_err(idx_err)?;
     }
+    w.commit().map_err(idx_err)
+}
+
+/// Makes a cache of layout 3's places compact (one walk of them, once, at the first start of
+/// this version; in one transaction, so a crash cuts nothing short), and drops the old table.
+fn compact_places(db: &Database) -> Result<(), StoreError> {
+    let w = begin_write(db).map_err(idx_err)?;
+    {
+        let mut t = Tables::open(&w).map_err(idx_err)?;
+        t.places.retain(|_, _| false).map_err(idx_err)?;
+        let old = w.open_table(PLACES_V1).map_err(idx_err)?;
+        tracing::info!(
+            files = old.len().map_err(idx_err)?,
+            "converting the cache to layout {LAYOUT}"
+        );
+        for row in old.iter().map_err(idx_err)? {
+            let (uri, v) = row.map_err(idx_err)?;
+            let Some((place, key)) = Place::decode_v1(v.value()) else {
+                continue;
+            };
+            t.places
+                .insert(
+                    place_key(uri.value()).as_slice(),
+                    place.encode(key).as_slice(),
+                )
+                .map_err(idx_err)?;
+        }
+        t.header.insert("layout", LAYOUT).map_err(idx_err)?;
+    }
+    w.delete_table(PLACES_V1).map_err(idx_err)?;
     w.commit().map_err(idx_err)
 }
 
@@ -1339,6 +1561,78 @@ impl Writer {
             for w in waiters {
                 let _ = w.send(ok);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_and_places_are_kept_compactly_and_come_back_the_same() {
+        let git = format!(
+            "gitblob:{}:10000",
+            "0748b3db880f05271396261fc8ba69fd2469cfaa"
+        );
+        let sha = format!("sha256:{}:5368709120", "ab".repeat(32));
+        let s3 = format!("s3:{}:42", "0f".repeat(16));
+        for (key, compact) in [
+            (git.as_str(), true),
+            (sha.as_str(), true),
+            (s3.as_str(), true),
+            // Text that the compact form could not give back the same: kept as text.
+            ("gitblob:0748B3:1", false),
+            ("gitblob:abc:1", false),
+            ("gitblob:ab:01", false),
+            ("hf:datasets/acme/big@c/a/b.bin:7", false),
+            ("mem:x", false),
+            ("", false),
+        ] {
+            let mut b = Vec::new();
+            encode_key(&mut b, key);
+            assert_eq!(b[0] == 1, compact, "{key}");
+            assert_eq!(decode_key(&b).as_deref(), Some(key));
+            let p = Place {
+                id: 748_892,
+                size: 10_000,
+                chunk_size: 8 << 20,
+                verified: true,
+            };
+            let v = p.encode(key);
+            let (back, k) = Place::decode(&v).unwrap();
+            assert_eq!((back, k), (p, b.as_slice()));
+        }
+        // A Hub file's place: 79 bytes of value in layout 3, 42 now.
+        let v = Place {
+            id: 748_892,
+            size: 10_000,
+            chunk_size: 8 << 20,
+            verified: true,
+        }
+        .encode(&git);
+        assert_eq!(v.len(), 42);
+        // The key of a place: its folder's hash and its name; a folder's files share the hash.
+        let a = place_key("hf://o/n@x/d/a.bin");
+        let b = place_key("hf://o/n@x/d/b.bin");
+        assert_eq!((a[..8] == b[..8], &a[8..]), (true, &b"a.bin"[..]));
+        assert_ne!(place_key("hf://o/n@x/e/a.bin")[..8], a[..8]);
+        assert!(Place::decode(&[0x80]).is_none(), "a cut value is no place");
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_comes_back_the_same_and_distinct_keys_stay_distinct(
+            a in "[a-z0-9]{0,6}(:[0-9a-fA-F]{0,12})?(:[0-9]{0,4})?",
+            b in "[a-z0-9]{0,6}(:[0-9a-f]{0,12})?(:[0-9]{0,4})?",
+        ) {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            encode_key(&mut x, &a);
+            encode_key(&mut y, &b);
+            prop_assert_eq!(decode_key(&x), Some(a.clone()));
+            prop_assert_eq!(decode_key(&y), Some(b.clone()));
+            prop_assert_eq!(x == y, a == b);
         }
     }
 }

@@ -572,7 +572,7 @@ fn places_stay_true_when_keys_share_a_uri_and_files_come_back() {
 #[test]
 fn a_cache_of_the_second_layout_gets_its_places_once() {
     use redb::TableDefinition;
-    const PLACES: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
+    const PLACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("places_v2");
     const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
     let dir = tempfile::tempdir().unwrap();
     {
@@ -596,8 +596,13 @@ fn a_cache_of_the_second_layout_gets_its_places_once() {
     assert!(placed.iter().all(Option::is_some), "{placed:?}");
     s.check_counts();
     drop(s);
-    // Once: the next start finds layout 3.
-    let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+    // Once: the next start finds this version's layout.
+    assert_eq!(layout_of(dir.path()), Some(4));
+}
+
+fn layout_of(dir: &std::path::Path) -> Option<u64> {
+    const HEADER: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("header");
+    let db = redb::Database::create(dir.join("index.redb")).unwrap();
     let r = db.begin_read().unwrap();
     let layout = r
         .open_table(HEADER)
@@ -605,7 +610,75 @@ fn a_cache_of_the_second_layout_gets_its_places_once() {
         .get("layout")
         .unwrap()
         .map(|g| g.value());
-    assert_eq!(layout, Some(3));
+    layout
+}
+
+#[test]
+fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
+    use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+    const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+    const PLACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("places_v2");
+    const PLACES_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("places");
+    const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c"];
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for (i, k) in names.iter().enumerate() {
+            let h = s.register(&file(k, 4), 4).unwrap();
+            put(&h, 0, 1);
+            if i == 1 {
+                h.mark_verified();
+            }
+        }
+    }
+    // What layout 3 left: places by the whole URI, little-endian numbers, the key as text.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let files = w.open_table(FILES).unwrap();
+            let mut old = w.open_table(PLACES_V1).unwrap();
+            for row in files.iter().unwrap() {
+                let (key, v) = row.unwrap();
+                let rec: serde_json::Value = serde_json::from_slice(v.value()).unwrap();
+                let mut place = Vec::new();
+                for f in ["id", "size", "chunk_size"] {
+                    place.extend_from_slice(&rec[f].as_u64().unwrap().to_le_bytes());
+                }
+                place.push(rec["verified"].as_bool().unwrap() as u8);
+                place.extend_from_slice(key.value().as_bytes());
+                old.insert(rec["uri"].as_str().unwrap(), place.as_slice())
+                    .unwrap();
+            }
+            assert_eq!(old.len().unwrap(), 3);
+        }
+        assert!(w.delete_table(PLACES).unwrap());
+        w.open_table(HEADER).unwrap().insert("layout", 3).unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let uris: Vec<String> = names.iter().map(|n| file(n, 4).uri).collect();
+    let asked: Vec<(&str, &str)> = uris
+        .iter()
+        .zip(names)
+        .map(|(u, n)| (u.as_str(), n))
+        .collect();
+    let placed = s.index.load_places(&asked).unwrap();
+    assert!(placed.iter().all(Option::is_some), "{placed:?}");
+    let verified: Vec<bool> = placed
+        .iter()
+        .map(|p| p.as_ref().unwrap().0.verified)
+        .collect();
+    assert_eq!(
+        verified,
+        [false, true, false],
+        "the places' fields came across"
+    );
+    // Checks too that every place names its record, and that the old table is gone.
+    s.check_counts();
+    drop(s);
+    assert_eq!(layout_of(dir.path()), Some(4));
 }
 
 #[test]
