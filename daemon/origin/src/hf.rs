@@ -768,4 +768,128 @@ mod tests {
             Some("https://h/api/models/a/b/tree/main?cursor=x")
         );
     }
+
+    /// A server on `ip` that answers each request with `answer(request line, whole request)`
+    /// and records every request it gets; returns its port and the record.
+    async fn recording(
+        ip: &str,
+        answer: impl Fn(&str, &str) -> String + Send + Sync + 'static,
+    ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s2, answer) = (seen.clone(), Arc::new(answer));
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (seen, answer) = (s2.clone(), answer.clone());
+                tokio::spawn(async move {
+                    // One request a connection is enough here: answered, then closed.
+                    let mut buf = vec![0; 8192];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = req.lines().next().unwrap_or("").to_string();
+                    seen.lock().unwrap().push(req.clone());
+                    let r = answer(&line, &req);
+                    let _ = c.write_all(r.as_bytes()).await;
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    /// A private repo renamed on the Hub: its resolve URL redirects to the new name's on the
+    /// same host, which must get the token too (else the private file cannot be read), and on
+    /// to the CDN, which must never see it.
+    #[tokio::test]
+    async fn a_private_repos_same_host_redirect_keeps_the_token_and_the_cdn_never_sees_it() {
+        const TOKEN: &str = "hf_plantedtoken_for_the_redirect_test";
+        let (cdn, cdn_seen) = recording("127.0.0.2", |_, _| {
+            "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-4/5\r\ncontent-length: 5\r\n\r\nhello".into()
+        })
+        .await;
+        let rev = "0".repeat(40);
+        let (hub, hub_seen) = recording("127.0.0.1", move |line, req| {
+            let authed = req
+                .to_ascii_lowercase()
+                .contains(&format!("authorization: bearer {}", TOKEN.to_ascii_lowercase()));
+            if !authed {
+                // As the Hub answers for a private repo without the right token.
+                return "HTTP/1.1 401 Unauthorized\r\nx-error-code: RepoNotFound\r\ncontent-length: 0\r\n\r\n".into();
+            }
+            if line.contains("/a/old/resolve/") {
+                // Renamed: a relative redirect on the same host.
+                let to = line.split(' ').nth(1).unwrap_or("").replace("/a/old/", "/a/new/");
+                format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
+            } else if line.contains("/a/new/resolve/") {
+                format!("HTTP/1.1 302 Found\r\nlocation: http://127.0.0.2:{cdn}/cdn/x\r\ncontent-length: 0\r\n\r\n")
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into()
+            }
+        })
+        .await;
+        let file = RemoteFile {
+            uri: format!("hf://a/old@{rev}/x.bin"),
+            path: "x.bin".into(),
+            size: 5,
+            key: "k".into(),
+            locator: format!("a/old/resolve/{rev}/x.bin"),
+            digest: None,
+            listed: None,
+        };
+        let read = |o: Arc<HfOrigin>| {
+            let file = file.clone();
+            async move {
+                let s = o.read(&file, 0..5).await?;
+                s.try_collect::<Vec<bytes::Bytes>>()
+                    .await
+                    .map(|b| b.concat())
+            }
+        };
+        let origin = |token: Option<&str>| {
+            Arc::new(
+                HfOrigin::new(HfConfig {
+                    endpoint: format!("http://127.0.0.1:{hub}"),
+                    token: token.map(Secret::new),
+                    ..HfConfig::from_env()
+                })
+                .unwrap(),
+            )
+        };
+        let o = origin(Some(TOKEN));
+        assert_eq!(read(o.clone()).await.unwrap(), b"hello");
+        // Read again: the learnt CDN URL, still without the token.
+        assert_eq!(read(o).await.unwrap(), b"hello");
+        let hub_seen = hub_seen.lock().unwrap().clone();
+        let paths: Vec<&str> = hub_seen
+            .iter()
+            .map(|r| r.lines().next().unwrap_or(""))
+            .collect();
+        assert!(
+            paths.iter().any(|l| l.contains("/a/old/resolve/"))
+                && paths.iter().any(|l| l.contains("/a/new/resolve/")),
+            "both names were asked: {paths:?}"
+        );
+        assert!(
+            hub_seen.iter().all(|r| r.contains(TOKEN)),
+            "every request to the Hub carried the token: {paths:?}"
+        );
+        let cdn_seen = cdn_seen.lock().unwrap().clone();
+        assert_eq!(cdn_seen.len(), 2, "two reads from the CDN: {cdn_seen:?}");
+        assert!(
+            cdn_seen
+                .iter()
+                .all(|r| !r.contains(TOKEN) && !r.to_ascii_lowercase().contains("authorization")),
+            "the CDN saw a credential: {cdn_seen:?}"
+        );
+        // Without the token the private repo stays closed, with a clear error.
+        let e = read(origin(None)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OriginError::AccessDenied { .. } | OriginError::NotFound { .. }
+            ),
+            "{e}"
+        );
+    }
 }
