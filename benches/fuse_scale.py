@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where the cache and the native copies go")
     ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the cache and copies here")
+    ap.add_argument("--mount-args", default="", help="more arguments for `locus mount` (e.g. '--threads 4')")
     a = ap.parse_args()
     n = a.files
     if a.keep:
@@ -133,7 +134,8 @@ def main():
             mnt = work / f"mnt{r}"
             mnt.mkdir()
             drop_caches()
-            locus(sock, "mount", "hf://datasets/bench/small", str(mnt), stdout=subprocess.DEVNULL)
+            locus(sock, "mount", *a.mount_args.split(), "hf://datasets/bench/small", str(mnt),
+                  stdout=subprocess.DEVNULL)
             m = mount_pid(mnt)
             c0 = (cpu_seconds(d.pid), cpu_seconds(m))
             t1, got = read_all([mnt / p for p in sample])

@@ -152,6 +152,7 @@ def train(dataset, epochs, step_s, batch, workers, seed):
     out = []
     for epoch in range(epochs):
         wait = step = 0.0
+        waits = []
         t_epoch = time.perf_counter()
         it = iter(loader)
         while True:
@@ -162,12 +163,20 @@ def train(dataset, epochs, step_s, batch, workers, seed):
                 break
             t1 = time.perf_counter()
             wait += t1 - t0
+            waits.append(t1 - t0)
             time.sleep(step_s)  # the simulated GPU step
             step += time.perf_counter() - t1
         total = time.perf_counter() - t_epoch
-        out.append({"epoch": epoch + 1, "seconds": total, "wait_share": wait / total, "gpu_util": step / total})
+        # Where the wait is: the epoch's first batch (the workers start on a new order) and the
+        # rest, batch by batch.
+        rest = sorted(waits[1:]) or [0.0]
+        out.append({"epoch": epoch + 1, "seconds": total, "wait_share": wait / total, "gpu_util": step / total,
+                    "first_batch_wait": waits[0] if waits else 0.0,
+                    "batch_wait_p50": rest[len(rest) // 2], "batch_wait_p99": rest[len(rest) * 99 // 100]})
         print(f"    epoch {epoch + 1}: {total:7.1f} s, data wait {100 * wait / total:5.1f}%, "
-              f"GPU util {100 * step / total:5.1f}%", flush=True)
+              f"GPU util {100 * step / total:5.1f}% (first batch {1000 * out[-1]['first_batch_wait']:.0f} ms, "
+              f"then per batch median {1000 * out[-1]['batch_wait_p50']:.1f} ms, "
+              f"p99 {1000 * out[-1]['batch_wait_p99']:.1f} ms)", flush=True)
     del loader
     return out
 
