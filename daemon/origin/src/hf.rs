@@ -784,13 +784,20 @@ mod tests {
             while let Ok((mut c, _)) = l.accept().await {
                 let (seen, answer) = (s2.clone(), answer.clone());
                 tokio::spawn(async move {
-                    // One request a connection is enough here: answered, then closed.
+                    // One request a connection (each answer says `connection: close`), read
+                    // whole: up to the blank line that ends its headers.
+                    let mut req = Vec::new();
                     let mut buf = vec![0; 8192];
-                    let n = c.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&req).to_string();
                     let line = req.lines().next().unwrap_or("").to_string();
                     seen.lock().unwrap().push(req.clone());
-                    let r = answer(&line, &req);
+                    let r = answer(&line, &req).replacen("\r\n", "\r\nconnection: close\r\n", 1);
                     let _ = c.write_all(r.as_bytes()).await;
                 });
             }
@@ -821,6 +828,9 @@ mod tests {
                 // Renamed: a relative redirect on the same host.
                 let to = line.split(' ').nth(1).unwrap_or("").replace("/a/old/", "/a/new/");
                 format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
+            } else if line.contains("/a/new/resolve/") && line.contains("/y.bin") {
+                // A small file the Hub serves itself, at the new name.
+                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-4/5\r\ncontent-length: 5\r\n\r\nworld".into()
             } else if line.contains("/a/new/resolve/") {
                 format!("HTTP/1.1 302 Found\r\nlocation: http://127.0.0.2:{cdn}/cdn/x\r\ncontent-length: 0\r\n\r\n")
             } else {
@@ -837,14 +847,17 @@ mod tests {
             digest: None,
             listed: None,
         };
-        let read = |o: Arc<HfOrigin>| {
-            let file = file.clone();
-            async move {
-                let s = o.read(&file, 0..5).await?;
-                s.try_collect::<Vec<bytes::Bytes>>()
-                    .await
-                    .map(|b| b.concat())
-            }
+        let small = RemoteFile {
+            uri: format!("hf://a/old@{rev}/y.bin"),
+            path: "y.bin".into(),
+            locator: format!("a/old/resolve/{rev}/y.bin"),
+            ..file.clone()
+        };
+        let read = |o: Arc<HfOrigin>, file: RemoteFile| async move {
+            let s = o.read(&file, 0..5).await?;
+            s.try_collect::<Vec<bytes::Bytes>>()
+                .await
+                .map(|b| b.concat())
         };
         let origin = |token: Option<&str>| {
             Arc::new(
@@ -857,25 +870,39 @@ mod tests {
             )
         };
         let o = origin(Some(TOKEN));
-        assert_eq!(read(o.clone()).await.unwrap(), b"hello");
-        // Read again: the learnt CDN URL, still without the token.
-        assert_eq!(read(o).await.unwrap(), b"hello");
-        let hub_seen = hub_seen.lock().unwrap().clone();
-        let paths: Vec<&str> = hub_seen
-            .iter()
-            .map(|r| r.lines().next().unwrap_or(""))
-            .collect();
+        assert_eq!(read(o.clone(), file.clone()).await.unwrap(), b"hello");
+        // Read again: the learnt CDN URL, without the token and without the Hub.
+        assert_eq!(read(o.clone(), file.clone()).await.unwrap(), b"hello");
+        let asked = |seen: &Arc<std::sync::Mutex<Vec<String>>>| -> Vec<String> {
+            let seen = seen.lock().unwrap();
+            seen.iter()
+                .map(|r| r.lines().next().unwrap_or("").to_string())
+                .collect()
+        };
+        let paths = asked(&hub_seen);
+        assert_eq!(paths.len(), 2, "the Hub asked once a name: {paths:?}");
         assert!(
-            paths.iter().any(|l| l.contains("/a/old/resolve/"))
-                && paths.iter().any(|l| l.contains("/a/new/resolve/")),
-            "both names were asked: {paths:?}"
+            paths[0].contains("/a/old/resolve/") && paths[1].contains("/a/new/resolve/"),
+            "{paths:?}"
         );
+        assert_eq!(asked(&cdn_seen).len(), 2, "both reads from the CDN");
+        // A small file of the renamed repo, served by the Hub itself at the new name: the
+        // learnt same-host URL is used again, still with the token.
+        assert_eq!(read(o.clone(), small.clone()).await.unwrap(), b"world");
+        assert_eq!(read(o, small.clone()).await.unwrap(), b"world");
+        let paths = asked(&hub_seen);
+        assert_eq!(paths.len(), 5, "{paths:?}");
+        assert!(
+            paths[2].contains("/a/old/resolve/")
+                && paths[3..].iter().all(|l| l.contains("/a/new/resolve/")),
+            "{paths:?}"
+        );
+        let hub_seen = hub_seen.lock().unwrap().clone();
         assert!(
             hub_seen.iter().all(|r| r.contains(TOKEN)),
             "every request to the Hub carried the token: {paths:?}"
         );
         let cdn_seen = cdn_seen.lock().unwrap().clone();
-        assert_eq!(cdn_seen.len(), 2, "two reads from the CDN: {cdn_seen:?}");
         assert!(
             cdn_seen
                 .iter()
@@ -883,7 +910,7 @@ mod tests {
             "the CDN saw a credential: {cdn_seen:?}"
         );
         // Without the token the private repo stays closed, with a clear error.
-        let e = read(origin(None)).await.unwrap_err();
+        let e = read(origin(None), file).await.unwrap_err();
         assert!(
             matches!(
                 e,

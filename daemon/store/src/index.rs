@@ -671,6 +671,11 @@ impl Index {
                 let t = Tables::open(&w).map_err(idx_err)?;
                 let _ = w.delete_table(META_V1);
                 let l = t.header.get("layout").map_err(idx_err)?.map(|g| g.value());
+                if l == Some(LAYOUT) {
+                    // An older version that opened this cache (and refused its layout) may
+                    // have made an empty table of its own places.
+                    let _ = w.delete_table(PLACES_V1);
+                }
                 l
             };
             w.commit().map_err(idx_err)?;
@@ -870,28 +875,25 @@ impl Index {
             .enumerate()
             .map(|(i, k)| (k.as_slice(), i))
             .collect();
-        // One range a folder (a page of a listing is most often one folder's files).
-        let mut folders: std::collections::BTreeMap<&[u8], (&[u8], &[u8])> = Default::default();
+        // One range a folder (a page of a listing is most often one folder's files), each with
+        // its own bound on other files' places read past (the rest are looked up by key).
+        // Folder hash → (first key, last key, rows that may be read).
+        type Span<'a> = (&'a [u8], &'a [u8], usize);
+        let mut folders: std::collections::BTreeMap<&[u8], Span> = Default::default();
         for k in keys.iter().map(Vec::as_slice) {
-            let span = folders.entry(&k[..8]).or_insert((k, k));
+            let span = folders.entry(&k[..8]).or_insert((k, k, 64));
             span.0 = span.0.min(k);
             span.1 = span.1.max(k);
+            span.2 += 4;
         }
         let r = db.begin_read().map_err(idx_err)?;
         let places = r.open_table(PLACES).map_err(idx_err)?;
         let chunks = r.open_table(CHUNKS).map_err(idx_err)?;
-        // Other files' places between those asked for are read past, up to a bound: the rest
-        // are looked up by key.
         let budget = wanted.len() * 4 + 64;
-        let mut read = 0;
         let mut found: Vec<(usize, Place)> = Vec::new();
         let mut want = Vec::new();
-        'folders: for (lo, hi) in folders.into_values() {
-            for row in places.range(lo..=hi).map_err(idx_err)? {
-                read += 1;
-                if read > budget {
-                    break 'folders;
-                }
+        for (lo, hi, bound) in folders.into_values() {
+            for row in places.range(lo..=hi).map_err(idx_err)?.take(bound) {
                 let (k, v) = row.map_err(idx_err)?;
                 let Some(&i) = at.get(k.value()) else {
                     continue;

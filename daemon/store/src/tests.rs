@@ -622,6 +622,13 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
     const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
     let dir = tempfile::tempdir().unwrap();
     let names = ["a", "b", "c"];
+    // A digest's key (kept compactly now) in another folder.
+    let digest = RemoteFile {
+        uri: "hf://o/n@x/sub/d.bin".into(),
+        path: "sub/d.bin".into(),
+        key: format!("sha256:{}:4", "5e".repeat(32)),
+        ..file("d", 4)
+    };
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         for (i, k) in names.iter().enumerate() {
@@ -631,6 +638,7 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
                 h.mark_verified();
             }
         }
+        put(&s.register(&digest, 4).unwrap(), 0, 2);
     }
     // What layout 3 left: places by the whole URI, little-endian numbers, the key as text.
     {
@@ -651,7 +659,9 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
                 old.insert(rec["uri"].as_str().unwrap(), place.as_slice())
                     .unwrap();
             }
-            assert_eq!(old.len().unwrap(), 3);
+            // A row that is no place (cut short): skipped, not carried over.
+            old.insert("hf://o/n@x/cut", &[1u8, 2, 3][..]).unwrap();
+            assert_eq!(old.len().unwrap(), 5);
         }
         assert!(w.delete_table(PLACES).unwrap());
         w.open_table(HEADER).unwrap().insert("layout", 3).unwrap();
@@ -659,11 +669,12 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     let uris: Vec<String> = names.iter().map(|n| file(n, 4).uri).collect();
-    let asked: Vec<(&str, &str)> = uris
+    let mut asked: Vec<(&str, &str)> = uris
         .iter()
         .zip(names)
         .map(|(u, n)| (u.as_str(), n))
         .collect();
+    asked.push((&digest.uri, &digest.key));
     let placed = s.index.load_places(&asked).unwrap();
     assert!(placed.iter().all(Option::is_some), "{placed:?}");
     let verified: Vec<bool> = placed
@@ -672,13 +683,26 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
         .collect();
     assert_eq!(
         verified,
-        [false, true, false],
+        [false, true, false, false],
         "the places' fields came across"
     );
+    // Asked with another key at the same URI: not taken.
+    let other = format!("sha256:{}:4", "5f".repeat(32));
+    let placed = s.index.load_places(&[(&digest.uri, &other)]).unwrap();
+    assert!(placed[0].is_none(), "{placed:?}");
     // Checks too that every place names its record, and that the old table is gone.
     s.check_counts();
     drop(s);
     assert_eq!(layout_of(dir.path()), Some(4));
+    // An older version opening the cache (and refusing its layout) leaves an empty table of
+    // its own places: the next start drops it.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(PLACES_V1).unwrap();
+        w.commit().unwrap();
+    }
+    Store::open(dir.path(), 1 << 20).unwrap().check_counts();
 }
 
 #[test]
