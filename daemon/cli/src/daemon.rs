@@ -134,7 +134,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         transport,
     );
 
-    let listener = bind_socket("--socket", &cfg.socket, cfg.socket_group).await?;
+    let listener = bind_socket("--socket", &cfg.socket, cfg.socket_group, 0o660).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -285,7 +285,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             // Bound as the local socket is (0660, a live plugin there is not taken over):
             // kubelet and the registrar run as root.
-            let listener = bind_socket("--csi-socket", path, None).await?;
+            let listener = bind_socket("--csi-socket", path, None, 0o660).await?;
             plugin.serve(listener, wait_stop(stop_rx.clone()));
             Some(path.display().to_string())
         }
@@ -400,12 +400,8 @@ pub async fn run_mounter(
             targets_under.display()
         );
     }
-    let listener = bind_socket("--listen", listen, None).await?;
-    {
-        // Root only: whoever may ask mounts any URI the daemon reads.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // Root only: whoever may ask mounts any URI the daemon reads.
+    let listener = bind_socket("--listen", listen, None, 0o600).await?;
     let mounter = Arc::new(crate::csi::ProcessMounter {
         exe: std::env::current_exe().context("finding this binary")?,
         socket: daemon_socket.to_path_buf(),
@@ -516,14 +512,16 @@ async fn serve_tls_peers(
     }
 }
 
-/// Binds the local API socket, replacing a stale socket file but never a live daemon's. The
-/// socket is 0660 (its group: `group`, else the daemon's), in a folder made 0750 if it is made
-/// here: the local API warms, pins, evicts and reads anything, so only its owner and group
-/// may use it.
+/// Binds the local API socket (or another of ours: `flag` names it in errors), replacing a
+/// stale socket file but never a live daemon's. The socket has `mode` (0660 for the local
+/// API: its group `group`, else the daemon's) from the moment anyone can connect, in a folder
+/// made 0750 if it is made here: the local API warms, pins, evicts and reads anything, so only
+/// its owner and group may use it.
 async fn bind_socket(
     flag: &str,
     path: &std::path::Path,
     group: Option<nix::unistd::Gid>,
+    mode: u32,
 ) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let parent = path
@@ -567,7 +565,7 @@ async fn bind_socket(
             nix::unistd::chown(&staged, None, Some(g))
                 .with_context(|| format!("--socket-group: cannot chown {}", path.display()))?;
         }
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("{flag} {}: cannot set its mode", path.display()))?;
         std::fs::rename(&staged, path)
             .with_context(|| format!("{flag} {}: cannot move it into place", path.display()))?;

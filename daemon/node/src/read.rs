@@ -197,27 +197,18 @@ impl Node {
                 .buffer_unordered(self.cfg.concurrency.max(1))
                 .try_collect::<()>()
                 .await?;
-            let Some(hasher) = hasher else {
-                if !fresh_unhashed {
-                    return Ok(h);
+            let checked = match hasher {
+                Some(task) => task
+                    .await
+                    .map_err(|e| NodeError::Internal(e.to_string()))??,
+                None if !fresh_unhashed => return Ok(h),
+                None if h.missing().is_empty() => {
+                    all_checked(&h);
+                    Checked::Good
                 }
-                if h.missing().is_empty() {
-                    for idx in 0..layout.count() {
-                        h.mark_checked(idx);
-                    }
-                    h.note_all_checked();
-                    h.mark_verified();
-                    return Ok(h);
-                }
-                // A chunk was dropped since it landed: the next round fetches it again.
-                progress
-                    .done_bytes
-                    .fetch_sub(done_here.swap(0, Ordering::Relaxed), Ordering::Relaxed);
-                continue;
+                // A chunk was dropped since it landed.
+                None => Checked::ChunkDropped,
             };
-            let checked = hasher
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))??;
             match checked {
                 Checked::Good => {
                     h.mark_verified();
@@ -891,11 +882,16 @@ fn verify(
         }
     }
     // Each chunk was hashed here, or its step checked on the bytes as they were written.
-    for idx in 0..layout.count() {
+    all_checked(h);
+    Ok(Checked::Good)
+}
+
+/// Notes every chunk of `h` as found right now.
+fn all_checked(h: &FileHandle) {
+    for idx in 0..h.layout().count() {
         h.mark_checked(idx);
     }
     h.note_all_checked();
-    Ok(Checked::Good)
 }
 
 #[cfg(test)]

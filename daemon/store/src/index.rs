@@ -156,7 +156,12 @@ impl Place {
 /// lookup by key, never a wrong file.
 fn place_key(uri: &str) -> Vec<u8> {
     let (folder, name) = split_uri(uri);
-    [&folder_hash(folder)[..], name.as_bytes()].concat()
+    key_in(&folder_hash(folder), name)
+}
+
+/// The place key of `name` in the folder whose hash is `hash`.
+fn key_in(hash: &[u8; 8], name: &str) -> Vec<u8> {
+    [&hash[..], name.as_bytes()].concat()
 }
 
 /// A URI's folder and name.
@@ -867,7 +872,7 @@ impl Index {
                     _ => folder_hash(folder),
                 };
                 last = Some((folder, hash));
-                [&hash[..], name.as_bytes()].concat()
+                key_in(&hash, name)
             })
             .collect();
         let at: HashMap<&[u8], usize> = keys
