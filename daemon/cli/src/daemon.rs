@@ -57,6 +57,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     let store = Store::open_with(&cfg.cache_dir, cfg.cache_size, access)
         .with_context(|| format!("opening the cache at {}", cfg.cache_dir.display()))?;
+    for note in locus_store::fs_check::notes(&cfg.cache_dir) {
+        tracing::warn!(dir = %cfg.cache_dir.display(), "{note}");
+    }
     let hf = HfConfig {
         redirects: locus_origin::http::AddressPolicy {
             allow: cfg.http_allow_private.clone(),

@@ -28,6 +28,7 @@
 //!   recently used unpinned files that no one is using are evicted, in the index's order.
 //!   The index's totals are updated in the same transactions as its records.
 
+pub mod fs_check;
 mod index;
 pub use index::full_repairs;
 
