@@ -54,24 +54,29 @@ fn notes_for(major: u32, minor: u32, sys: &Path, proc: &Path) -> Vec<FsNote> {
     else {
         return Vec::new();
     };
-    // ext4 shows each mounted file system in sysfs by its device's name; jbd2, each journal
-    // as `DEVICE-INODE` (8 for an internal one).
-    let ext4 = sys.join("fs/ext4").join(&device).is_dir();
-    if !ext4 {
+    // ext4 shows each mounted file system in sysfs by its device's name, with its journal's
+    // thread (`<none>` without one; an external journal has one too).
+    let fs = sys.join("fs/ext4").join(&device);
+    if !fs.is_dir() {
         return Vec::new();
     }
-    let journal = std::fs::read_dir(proc.join("fs/jbd2")).map(|dir| {
-        dir.flatten().any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix(device.as_str())
-                .is_some_and(|rest| rest.starts_with('-'))
-        })
-    });
+    let journal = match std::fs::read_to_string(fs.join("journal_task")) {
+        Ok(task) => task.trim() != "<none>",
+        // Kernels before `journal_task`: jbd2 lists each journal as `DEVICE-INODE`.
+        Err(_) => match std::fs::read_dir(proc.join("fs/jbd2")) {
+            Ok(dir) => dir.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix(device.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+            }),
+            // No jbd2 in /proc to tell: nothing to say.
+            Err(_) => true,
+        },
+    };
     match journal {
-        Ok(false) => vec![FsNote::Ext4WithoutJournal { device }],
-        // With a journal, or no jbd2 in /proc to tell: nothing to say.
-        Ok(true) | Err(_) => Vec::new(),
+        true => Vec::new(),
+        false => vec![FsNote::Ext4WithoutJournal { device }],
     }
 }
 
@@ -80,8 +85,8 @@ mod tests {
     use super::*;
 
     /// A fake sysfs and procfs: device 253:0 is `vda`; `ext4` mounts it as ext4; `journals`
-    /// are jbd2's entries.
-    fn roots(ext4: bool, journals: &[&str]) -> tempfile::TempDir {
+    /// are jbd2's entries; `task`, what `journal_task` says (none: no such attribute).
+    fn roots(ext4: bool, journals: &[&str], task: Option<&str>) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         let sys = t.path().join("sys");
         std::fs::create_dir_all(sys.join("dev/block")).unwrap();
@@ -94,6 +99,9 @@ mod tests {
         std::fs::create_dir_all(sys.join("fs/ext4")).unwrap();
         if ext4 {
             std::fs::create_dir_all(sys.join("fs/ext4/vda")).unwrap();
+            if let Some(task) = task {
+                std::fs::write(sys.join("fs/ext4/vda/journal_task"), format!("{task}\n")).unwrap();
+            }
         }
         std::fs::create_dir_all(t.path().join("proc/fs/jbd2")).unwrap();
         for j in journals {
@@ -108,29 +116,33 @@ mod tests {
 
     #[test]
     fn ext4_without_a_journal_is_noted_and_with_one_is_not() {
-        let none = roots(true, &["vdb-8", "vda1-8"]);
+        let vda = vec![FsNote::Ext4WithoutJournal {
+            device: "vda".into(),
+        }];
+        // What the kernel says: `journal_task` (an external journal has a task too), whatever
+        // jbd2's entries are.
+        let none = roots(true, &["vda-8"], Some("<none>"));
+        assert_eq!(check(&none, 253, 0), vda);
+        let told = check(&none, 253, 0)[0].to_string();
+        assert!(told.contains("without a journal (vda)"), "{told}");
+        assert_eq!(check(&roots(true, &[], Some("4242")), 253, 0), vec![]);
+        // Older kernels: jbd2's entries, by the device's name.
+        assert_eq!(check(&roots(true, &["vdb-8", "vda1-8"], None), 253, 0), vda);
         assert_eq!(
-            check(&none, 253, 0),
-            vec![FsNote::Ext4WithoutJournal {
-                device: "vda".into()
-            }]
+            check(&roots(true, &["vdb-8", "vda-8"], None), 253, 0),
+            vec![]
         );
-        assert!(check(&none, 253, 0)[0]
-            .to_string()
-            .contains("without a journal (vda)"));
-        let journaled = roots(true, &["vdb-8", "vda-8"]);
-        assert_eq!(check(&journaled, 253, 0), vec![]);
     }
 
     #[test]
     fn other_file_systems_and_unknown_devices_are_not_noted() {
-        let not_ext4 = roots(false, &[]);
+        let not_ext4 = roots(false, &[], Some("<none>"));
         assert_eq!(check(&not_ext4, 253, 0), vec![]);
         // No block device behind it (tmpfs, overlayfs).
         assert_eq!(check(&not_ext4, 0, 42), vec![]);
-        let t = roots(true, &[]);
+        let t = roots(true, &[], None);
         std::fs::remove_dir_all(t.path().join("proc/fs/jbd2")).unwrap();
-        // No jbd2 in /proc: it cannot tell.
+        // Neither `journal_task` nor jbd2 in /proc: it cannot tell.
         assert_eq!(check(&t, 253, 0), vec![]);
     }
 
