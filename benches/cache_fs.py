@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("LOCUS_PROFILE", "release")
 from training import BUCKET, PREFIX, sim_origin  # noqa: E402
-from origins import Daemon, binary  # noqa: E402
+from origins import Daemon, binary, loop_ext4, unmount  # noqa: E402
 
 
 def cpu(pid):
@@ -37,14 +37,13 @@ def cpu(pid):
 
 
 def make_fs(work: Path, name: str, size_gb: int, journal: bool) -> Path:
-    img, mnt = work / f"{name}.img", work / name
-    with open(img, "wb") as f:
-        f.truncate(size_gb << 30)
-    subprocess.run(["mkfs.ext4", "-q", "-F", *([] if journal else ["-O", "^has_journal"]), str(img)],
-                   check=True)
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
-    return mnt
+    return loop_ext4(work / f"{name}.img", work / name, size_gb << 30, journal)
+
+
+def drop_fs(mnt: Path):
+    """Unmounts `mnt` and removes its image."""
+    unmount(mnt)
+    mnt.with_suffix(".img").unlink(missing_ok=True)
 
 
 def warm(root: Path, run: int, url: str):
@@ -71,6 +70,10 @@ def main():
     print(f"machine: {os.cpu_count()} cores; {os.uname().release}; files {args.files}; runs {args.runs}",
           flush=True)
     work = Path(tempfile.mkdtemp(prefix="locus-cache-fs-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    # One image at a time, filled up to the data set's size once (discard gives back the rest).
+    if shutil.disk_usage(work).free < args.files * 55_000 * 1.5:
+        shutil.rmtree(work, ignore_errors=True)
+        sys.exit(f"{work}: not enough free disk for the images")
     sim = None
     mounts = []
     results = {}
@@ -80,6 +83,7 @@ def main():
             mnt = make_fs(work, name, args.size_gb, journal)
             mounts.append(mnt)
             runs = []
+            results[name] = runs
             for r in range(args.runs):
                 if r > 0:
                     # The last run's cache goes right before this one starts.
@@ -88,13 +92,13 @@ def main():
                 runs.append((el, c))
                 print(f"ext4 {name:10s} run {r}: warm {el:6.1f} s ({args.files / el:5.0f} files/s), "
                       f"daemon CPU {c:5.1f} s{'' if r else '  (fresh file system)'}", flush=True)
-            results[name] = runs
+            drop_fs(mounts.pop())
     finally:
-        if sim:
-            sim.terminate()
-            sim.wait(timeout=10)
         for m in mounts:
-            subprocess.run(["umount", str(m)], check=False)
+            drop_fs(m)
+        if sim:
+            sim.kill()
+            sim.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n## A warm of {args.files} small files, fresh and right after the last one's files were removed")
     for name, runs in results.items():

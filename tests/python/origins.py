@@ -277,6 +277,9 @@ class Daemon:
         end = time.time() + 30
         while "ready" not in self.log_path.read_text():
             if self.proc.poll() is not None or time.time() > end:
+                # Not left running: it would hold its cache (and the file system under it).
+                self.proc.kill()
+                self.proc.wait()
                 raise RuntimeError(f"daemon did not start: {self.log_path.read_text()}")
             time.sleep(0.05)
 
@@ -367,3 +370,24 @@ class TcpTap:
 
 def cleanup(path: Path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def loop_ext4(img: Path, mnt: Path, size: int, journal: bool) -> Path:
+    """A fresh ext4 of `size` bytes in the file `img` (with or without a journal), mounted on
+    `mnt` through a loop device; `discard` hands blocks freed inside back out of `img`."""
+    with open(img, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", *([] if journal else ["-O", "^has_journal"]), str(img)],
+                   check=True)
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "ext4", "-o", "loop,discard", str(img), str(mnt)], check=True)
+    return mnt
+
+
+def unmount(mnt: Path):
+    """Unmounts `mnt`; still busy after two seconds, detaches it (gone with its last user)."""
+    for _ in range(20):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

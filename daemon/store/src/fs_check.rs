@@ -3,9 +3,9 @@
 //! ext4 without a journal skips every inode freed in the last minutes when it makes a new one,
 //! reading each one's inode block: right after a cache evicted (or an operator removed) many
 //! small files, each new cached file costs several times as much CPU. Measured
-//! (docs/benchmarks.md, "The cache's file system"): a warm of 30,000 small files 13.3 s on a
-//! fresh ext4 without a journal, a median 25.6 s right after 30,000 others were removed from
-//! it; 12.6–13.0 s either way with a journal.
+//! (docs/benchmarks.md, "The cache's file system"): a warm of 30,000 small files 12.7 s on a
+//! fresh ext4 without a journal, a median 28.2 s right after 30,000 others were removed from
+//! it; 12.7–13.4 s either way with a journal.
 
 use std::path::Path;
 
@@ -36,16 +36,11 @@ pub fn notes(dir: &Path) -> Vec<FsNote> {
         return Vec::new();
     };
     let dev = meta.dev();
-    notes_for(
-        libc::major(dev),
-        libc::minor(dev),
-        Path::new("/sys"),
-        Path::new("/proc"),
-    )
+    notes_for(libc::major(dev), libc::minor(dev), Path::new("/sys"))
 }
 
-/// The same for device `major:minor`, with `sys` and `proc` where sysfs and procfs are.
-fn notes_for(major: u32, minor: u32, sys: &Path, proc: &Path) -> Vec<FsNote> {
+/// The same for device `major:minor`, with sysfs at `sys`.
+fn notes_for(major: u32, minor: u32, sys: &Path) -> Vec<FsNote> {
     // The block device's kernel name (`vda`, `nvme0n1p2`, `dm-0`); none for a file system
     // without one (tmpfs, overlayfs, btrfs's anonymous devices).
     let Some(device) = std::fs::read_link(sys.join(format!("dev/block/{major}:{minor}")))
@@ -54,29 +49,18 @@ fn notes_for(major: u32, minor: u32, sys: &Path, proc: &Path) -> Vec<FsNote> {
     else {
         return Vec::new();
     };
-    // ext4 shows each mounted file system in sysfs by its device's name, with its journal's
-    // thread (`<none>` without one; an external journal has one too).
+    // ext4 (and ext2 or ext3 through its driver) shows each mounted file system in sysfs by
+    // its device's name, with its journal's thread (`<none>` without one; an external journal
+    // has one too).
     let fs = sys.join("fs/ext4").join(&device);
     if !fs.is_dir() {
         return Vec::new();
     }
-    let journal = match std::fs::read_to_string(fs.join("journal_task")) {
-        Ok(task) => task.trim() != "<none>",
-        // Kernels before `journal_task`: jbd2 lists each journal as `DEVICE-INODE`.
-        Err(_) => match std::fs::read_dir(proc.join("fs/jbd2")) {
-            Ok(dir) => dir.flatten().any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_prefix(device.as_str())
-                    .is_some_and(|rest| rest.starts_with('-'))
-            }),
-            // No jbd2 in /proc to tell: nothing to say.
-            Err(_) => true,
-        },
-    };
-    match journal {
-        true => Vec::new(),
-        false => vec![FsNote::Ext4WithoutJournal { device }],
+    // Kernels without `journal_task` say nothing here: jbd2's own entries name
+    // an external journal by its device, which cannot be told from another file system's.
+    match std::fs::read_to_string(fs.join("journal_task")) {
+        Ok(task) if task.trim() == "<none>" => vec![FsNote::Ext4WithoutJournal { device }],
+        _ => Vec::new(),
     }
 }
 
@@ -84,66 +68,70 @@ fn notes_for(major: u32, minor: u32, sys: &Path, proc: &Path) -> Vec<FsNote> {
 mod tests {
     use super::*;
 
-    /// A fake sysfs and procfs: device 253:0 is `vda`; `ext4` mounts it as ext4; `journals`
-    /// are jbd2's entries; `task`, what `journal_task` says (none: no such attribute).
-    fn roots(ext4: bool, journals: &[&str], task: Option<&str>) -> tempfile::TempDir {
+    /// A fake sysfs: device 253:0 is `vda`, 259:2 the partition `nvme0n1p2`; each of `ext4`
+    /// is mounted as ext4 and its `journal_task` says `task` (none: no such attribute).
+    fn sysfs(ext4: &[&str], task: Option<&str>) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
-        let sys = t.path().join("sys");
-        std::fs::create_dir_all(sys.join("dev/block")).unwrap();
-        std::fs::create_dir_all(sys.join("devices/virtual/block/vda")).unwrap();
-        std::os::unix::fs::symlink(
-            "../../devices/virtual/block/vda",
-            sys.join("dev/block/253:0"),
-        )
-        .unwrap();
-        std::fs::create_dir_all(sys.join("fs/ext4")).unwrap();
-        if ext4 {
-            std::fs::create_dir_all(sys.join("fs/ext4/vda")).unwrap();
-            if let Some(task) = task {
-                std::fs::write(sys.join("fs/ext4/vda/journal_task"), format!("{task}\n")).unwrap();
-            }
+        let links = [
+            ("253:0", "../../devices/virtual/block/vda"),
+            (
+                "259:2",
+                "../../devices/pci0000:00/nvme/nvme0/nvme0n1/nvme0n1p2",
+            ),
+        ];
+        std::fs::create_dir_all(t.path().join("dev/block")).unwrap();
+        for (dev, target) in links {
+            std::os::unix::fs::symlink(target, t.path().join("dev/block").join(dev)).unwrap();
         }
-        std::fs::create_dir_all(t.path().join("proc/fs/jbd2")).unwrap();
-        for j in journals {
-            std::fs::create_dir_all(t.path().join("proc/fs/jbd2").join(j)).unwrap();
+        std::fs::create_dir_all(t.path().join("fs/ext4")).unwrap();
+        for name in ext4 {
+            let dir = t.path().join("fs/ext4").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(task) = task {
+                std::fs::write(dir.join("journal_task"), format!("{task}\n")).unwrap();
+            }
         }
         t
     }
 
-    fn check(t: &tempfile::TempDir, major: u32, minor: u32) -> Vec<FsNote> {
-        notes_for(major, minor, &t.path().join("sys"), &t.path().join("proc"))
-    }
-
     #[test]
     fn ext4_without_a_journal_is_noted_and_with_one_is_not() {
-        let vda = vec![FsNote::Ext4WithoutJournal {
-            device: "vda".into(),
-        }];
-        // What the kernel says: `journal_task` (an external journal has a task too), whatever
-        // jbd2's entries are.
-        let none = roots(true, &["vda-8"], Some("<none>"));
-        assert_eq!(check(&none, 253, 0), vda);
-        let told = check(&none, 253, 0)[0].to_string();
-        assert!(told.contains("without a journal (vda)"), "{told}");
-        assert_eq!(check(&roots(true, &[], Some("4242")), 253, 0), vec![]);
-        // Older kernels: jbd2's entries, by the device's name.
-        assert_eq!(check(&roots(true, &["vdb-8", "vda1-8"], None), 253, 0), vda);
+        let none = sysfs(&["vda", "nvme0n1p2"], Some("<none>"));
+        let notes = notes_for(253, 0, none.path());
         assert_eq!(
-            check(&roots(true, &["vdb-8", "vda-8"], None), 253, 0),
-            vec![]
+            notes,
+            vec![FsNote::Ext4WithoutJournal {
+                device: "vda".into()
+            }]
         );
+        let told = notes[0].to_string();
+        assert!(told.contains("without a journal (vda)"), "{told}");
+        // A partition: its own name, as in /sys/fs/ext4.
+        assert_eq!(
+            notes_for(259, 2, none.path()),
+            vec![FsNote::Ext4WithoutJournal {
+                device: "nvme0n1p2".into()
+            }]
+        );
+        // A journal (internal or external) has a thread.
+        let journaled = sysfs(&["vda"], Some("4242"));
+        assert_eq!(notes_for(253, 0, journaled.path()), vec![]);
     }
 
     #[test]
-    fn other_file_systems_and_unknown_devices_are_not_noted() {
-        let not_ext4 = roots(false, &[], Some("<none>"));
-        assert_eq!(check(&not_ext4, 253, 0), vec![]);
+    fn other_file_systems_unknown_devices_and_older_kernels_are_not_noted() {
+        // Device 253:0 mounted as something else (XFS, btrfs on a block device).
+        assert_eq!(
+            notes_for(253, 0, sysfs(&["sdb"], Some("<none>")).path()),
+            vec![]
+        );
         // No block device behind it (tmpfs, overlayfs).
-        assert_eq!(check(&not_ext4, 0, 42), vec![]);
-        let t = roots(true, &[], None);
-        std::fs::remove_dir_all(t.path().join("proc/fs/jbd2")).unwrap();
-        // Neither `journal_task` nor jbd2 in /proc: it cannot tell.
-        assert_eq!(check(&t, 253, 0), vec![]);
+        assert_eq!(
+            notes_for(0, 42, sysfs(&["vda"], Some("<none>")).path()),
+            vec![]
+        );
+        // A kernel without `journal_task`: it cannot tell.
+        assert_eq!(notes_for(253, 0, sysfs(&["vda"], None).path()), vec![]);
     }
 
     #[test]
