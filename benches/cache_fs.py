@@ -29,11 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("LOCUS_PROFILE", "release")
 from training import BUCKET, PREFIX, sim_origin  # noqa: E402
 from origins import Daemon, binary, loop_ext4, unmount  # noqa: E402
-
-
-def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+from fuse_scale import cpu_seconds as cpu  # noqa: E402
 
 
 def make_fs(work: Path, name: str, size_gb: int, journal: bool) -> Path:
