@@ -14,7 +14,8 @@
 //! API, so the same file benchmarks an older build side by side.
 //!
 //! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [--keep] [N ...]` (default 10000
-//! 100000 1000000); `--keep` leaves each filled store for `--probe DIR N` to measure again.
+//! 100000 1000000); `--keep` leaves each filled store for `--probe DIR N` to measure again
+//! (`LOCUS_BENCH_SEED=K` reads another sample of files).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,7 +111,14 @@ fn probe(dir: &Path, n: usize) {
     let store: Arc<Store> = Store::open(&dir.join("cache"), n as u64 * SIZE).expect("open");
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let rss_open = rss_mib();
-    let mut x: u64 = 0x9e3779b97f4a7c15;
+    // `LOCUS_BENCH_SEED`: another sample of files (a kept store probed again reads files no
+    // earlier probe moved in the eviction order or wrote again).
+    let mut x: u64 = std::env::var("LOCUS_BENCH_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(0x9e3779b97f4a7c15, |s| {
+            s.wrapping_mul(0x9e3779b97f4a7c15) | 1
+        });
     let mut lat = Vec::with_capacity(READS);
     // The two halves of a read: the index (register: the record and its chunk table) and the
     // data file (open, read, CRC-check).

@@ -76,6 +76,11 @@ pub(crate) struct FileRecord {
     pub pinned: bool,
     pub verified: bool,
     pub last_access: u64,
+    /// The CRC of a one-chunk file's chunk, as `CHUNKS` holds it: a read of a small file then
+    /// looks up one table, not two. Written by the index alone ([`Tables::encode`]), whatever
+    /// the op carried; absent in records of older versions (their chunk is in `CHUNKS` too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<u32>,
 }
 
 impl FileRecord {
@@ -362,6 +367,8 @@ pub(crate) enum Op {
         len: u64,
     },
     DropChunk {
+        /// The file's key: its record drops the chunk's CRC in the same op.
+        key: String,
         id: u64,
         idx: u32,
         len: u64,
@@ -558,6 +565,20 @@ impl<'t> Tables<'t> {
         Ok(self.files.get(key)?.and_then(|v| decode(v.value())))
     }
 
+    /// `rec` as the index stores it: a one-chunk file's record carries its chunk's CRC if
+    /// `CHUNKS` has it now (so the two never disagree at a commit).
+    fn encode(&self, rec: &FileRecord) -> Result<Vec<u8>, redb::StorageError> {
+        let crc = match rec.layout().count() {
+            1 => self.chunks.get((rec.id, 0))?.map(|g| g.value()),
+            _ => None,
+        };
+        let v = match crc == rec.crc {
+            true => serde_json::to_vec(rec),
+            false => serde_json::to_vec(&FileRecord { crc, ..rec.clone() }),
+        };
+        Ok(v.unwrap_or_default())
+    }
+
     /// Applies one op.
     #[allow(clippy::result_large_err)]
     fn apply(&mut self, tot: &mut Totals, op: &Op) -> Result<(), redb::Error> {
@@ -567,7 +588,7 @@ impl<'t> Tables<'t> {
                 if let Some(old) = &old {
                     self.account(tot, key, old, false, false)?;
                 }
-                let v = serde_json::to_vec(rec).unwrap_or_default();
+                let v = self.encode(rec)?;
                 self.files.insert(key.as_str(), v.as_slice())?;
                 self.account(tot, key, rec, true, false)?;
                 match &old {
@@ -620,12 +641,18 @@ impl<'t> Tables<'t> {
                     }
                 }
             }
-            &Op::DropChunk { id, idx, len } => {
+            Op::DropChunk { key, id, idx, len } => {
+                let (id, idx, len) = (*id, *idx, *len);
                 if self.chunks.remove((id, idx))?.is_some() {
                     tot.used = tot.used.saturating_sub(len);
                     if self.pinned.get(id)?.is_some() {
                         tot.pinned_bytes = tot.pinned_bytes.saturating_sub(len);
                     }
+                }
+                // In the same op: a record never names a chunk that is gone.
+                if let Some(rec) = self.record(key)?.filter(|r| r.id == id && r.crc.is_some()) {
+                    let v = self.encode(&rec)?;
+                    self.files.insert(key.as_str(), v.as_slice())?;
                 }
             }
             Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, key, value)?,
@@ -837,12 +864,18 @@ impl Index {
                 continue;
             };
             let mut crcs = Vec::new();
-            for c in chunks
-                .range((rec.id, 0)..=(rec.id, u32::MAX))
-                .map_err(idx_err)?
-            {
-                let (k, v) = c.map_err(idx_err)?;
-                crcs.push((k.value().1, v.value()));
+            match rec.crc {
+                // A one-chunk file's record holds its CRC: no second lookup.
+                Some(crc) if rec.layout().count() == 1 => crcs.push((0, crc)),
+                _ => {
+                    for c in chunks
+                        .range((rec.id, 0)..=(rec.id, u32::MAX))
+                        .map_err(idx_err)?
+                    {
+                        let (k, v) = c.map_err(idx_err)?;
+                        crcs.push((k.value().1, v.value()));
+                    }
+                }
             }
             out.push(Some((rec, crcs)));
         }
@@ -1047,6 +1080,16 @@ impl Index {
                 .unwrap()
                 .map(|c| layout.len(c.unwrap().0.value().1))
                 .sum();
+            // A record's CRC is its one chunk's, as `CHUNKS` holds it.
+            if let Some(crc) = rec.crc {
+                let row = chunks.get((rec.id, 0)).unwrap().map(|g| g.value());
+                assert_eq!(
+                    (layout.count(), row),
+                    (1, Some(crc)),
+                    "the CRC in {}'s record",
+                    rec.uri
+                );
+            }
             c.0 += bytes;
             c.1 += 1;
             if rec.pinned {

@@ -610,6 +610,7 @@ impl Store {
                 pinned: false,
                 verified: false,
                 last_access: locus_core::unix_ms(),
+                crc: None,
             };
             // The (sparse, empty) data file exists from the start, so readers can open it
             // before any chunk arrives.
@@ -679,9 +680,17 @@ impl Store {
             pinned: false,
             verified: true,
             last_access: locus_core::unix_ms(),
+            crc: None,
         };
         self.trim(st);
         let mut e = Entry::new(rec.clone());
+        // Chunks before the record, as a fetch's chunks land before its `mark_verified`.
+        for (idx, crc) in (0..layout.count()).zip(crcs.iter().copied()) {
+            let len = layout.len(idx);
+            e.chunks.insert(idx, crc);
+            e.bytes += len;
+            self.send_for(&mut e, Op::SetChunk { id, idx, crc, len });
+        }
         self.send_for(
             &mut e,
             Op::PutFile {
@@ -689,12 +698,6 @@ impl Store {
                 rec,
             },
         );
-        for (idx, crc) in (0..layout.count()).zip(crcs.iter().copied()) {
-            let len = layout.len(idx);
-            e.chunks.insert(idx, crc);
-            e.bytes += len;
-            self.send_for(&mut e, Op::SetChunk { id, idx, crc, len });
-        }
         st.counts.files += 1;
         st.counts.used += e.bytes;
         st.files.insert(file.key.clone(), e);
@@ -1587,7 +1590,12 @@ impl FileHandle {
                 if e.rec.pinned {
                     c.pinned_bytes = c.pinned_bytes.saturating_sub(len);
                 }
-                self.store.index.send(Op::DropChunk { id, idx, len });
+                self.store.index.send(Op::DropChunk {
+                    key: self.key.clone(),
+                    id,
+                    idx,
+                    len,
+                });
                 let rec = e.rec.clone();
                 self.store.send_for(
                     e,

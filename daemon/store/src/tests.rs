@@ -321,6 +321,81 @@ fn metadata_is_bounded_and_the_oldest_goes_first() {
 }
 
 #[test]
+fn a_small_files_record_holds_its_crc_until_its_chunk_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let crc = crc32c::crc32c(&[5, 5, 5]);
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let small = s.register(&file("small", 3), 4).unwrap();
+        put(&small, 0, 5);
+        small.mark_verified();
+        let big = s.register(&file("big", 10), 4).unwrap();
+        for i in 0..3 {
+            put(&big, i, 6);
+        }
+        big.mark_verified();
+        s.flush();
+        let load = |k| s.index.load(k).unwrap().unwrap();
+        assert_eq!(
+            (load("small").0.crc, load("small").1),
+            (Some(crc), vec![(0, crc)])
+        );
+        assert_eq!(
+            (load("big").0.crc, load("big").1.len()),
+            (None, 3),
+            "several chunks: their CRCs in their own table only"
+        );
+        s.check_counts();
+        // The drop op alone (a commit may end right after it, then a crash): the record
+        // forgets the CRC in the same op, never naming a chunk that is gone.
+        let lone = s.register(&file("lone", 2), 4).unwrap();
+        put(&lone, 0, 8);
+        lone.mark_verified();
+        s.flush();
+        assert!(load("lone").0.crc.is_some());
+        s.index.send(Op::DropChunk {
+            key: "lone".into(),
+            id: lone.id,
+            idx: 0,
+            len: 2,
+        });
+        s.flush();
+        assert_eq!((load("lone").0.crc, load("lone").1), (None, vec![]));
+    }
+    // Read after a start (from the index): the record's CRC is the chunk's.
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let small = s.register(&file("small", 3), 4).unwrap();
+    assert!(small.missing().is_empty());
+    assert!(matches!(
+        small.check_chunk(0, SINCE_START).unwrap(),
+        ChunkCheck::Checked(b) if b[..] == [5u8; 3][..]
+    ));
+    // Rotted on disk: dropped, and the record forgets the CRC in the same commit.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(small.path())
+        .unwrap()
+        .write_all_at(&[9], 0)
+        .unwrap();
+    assert!(matches!(
+        small.check_chunk(0, std::time::Duration::ZERO).unwrap(),
+        ChunkCheck::Dropped
+    ));
+    s.flush();
+    let lone = s.register(&file("lone", 2), 4).unwrap();
+    assert_eq!(lone.missing(), vec![0]);
+    drop(lone);
+    let (rec, crcs) = s.index.load("small").unwrap().unwrap();
+    assert_eq!((rec.crc, crcs), (None, vec![]));
+    s.check_counts();
+    drop(small);
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let small = s.register(&file("small", 3), 4).unwrap();
+    assert_eq!(small.missing(), vec![0], "fetched again, never served");
+}
+
+#[test]
 fn per_chunk_tables_hold_only_stored_chunks() {
     let dir = tempfile::tempdir().unwrap();
     // A file of 2^18 chunks with one stored (its last): the tables hold one entry, not 2^18.
@@ -416,6 +491,7 @@ fn a_cache_of_the_first_layout_is_converted_once() {
                     pinned,
                     verified: false,
                     last_access: id,
+                    crc: None,
                 };
                 files
                     .insert(key, serde_json::to_vec(&rec).unwrap().as_slice())
