@@ -161,6 +161,18 @@ fn probe(dir: &Path, n: usize) {
     }
     store.flush();
     assert_eq!(store.stats().files, before, "each put evicted one file");
+    let tables: Vec<String> = store
+        .index_tables()
+        .into_iter()
+        .filter(|(_, pages, _)| *pages > 0)
+        .map(|(name, pages, stored)| {
+            format!(
+                "{name} {:.0}/{:.0}",
+                (pages * 4096) as f64 / n as f64,
+                stored as f64 / n as f64
+            )
+        })
+        .collect();
     assert!(missed <= EVICTIONS, "{missed} files not cached");
     let index = std::fs::metadata(dir.join("cache/index.redb")).map_or(0, |m| m.len());
     println!(
@@ -181,6 +193,11 @@ fn probe(dir: &Path, n: usize) {
         pct(&mut index_part, 0.99),
         pct(&mut data_part, 0.5),
         pct(&mut data_part, 0.99),
+    );
+    println!(
+        "{:>16}  index tables, bytes a file in pages/in entries: {}",
+        "",
+        tables.join(", ")
     );
 }
 

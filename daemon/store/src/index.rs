@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
-/// Key → JSON [`FileRecord`].
+/// Key → [`FileRecord`] (binary; JSON in records an older layout wrote).
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (file id, chunk index) → CRC32C.
 const CHUNKS: TableDefinition<(u64, u32), u32> = TableDefinition::new("chunks");
@@ -62,8 +62,9 @@ const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
 /// The layout this version writes: data files in folders by id, the tables above. Caches of
 /// layout 1 (every data file in `data/`, no derived tables) are converted once at open; those
 /// of layout 2 (no places) get their places once at open; those of layout 3 (`PLACES_V1`) have
-/// their places made compact once at open.
-const LAYOUT: u64 = 4;
+/// their places made compact once at open; those of layout 4 (every record in JSON) keep their
+/// records, each written in the binary form the next time it is written (no walk at open).
+const LAYOUT: u64 = 5;
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,8 +90,98 @@ impl FileRecord {
     }
 }
 
-fn decode(v: &[u8]) -> Option<FileRecord> {
-    serde_json::from_slice(v).ok()
+/// The first byte of a record in its binary form (layout 5); one in JSON (layouts 1 to 4,
+/// read until the record is written again) starts with `{`.
+const RECORD_BINARY: u8 = 1;
+
+impl FileRecord {
+    /// The binary form: [`RECORD_BINARY`]; `id`, `size`, `chunk_size`, `last_access`
+    /// (LEB128); a flags byte (pinned, verified, CRC follows, digest kind in bits 3-4); the CRC
+    /// (4 bytes, little-endian); the digest's hex (length, bytes); then the URI. About half
+    /// the bytes of the JSON, so that more of a large index stays in the page cache.
+    fn encode(&self) -> Vec<u8> {
+        let digest = self.digest.as_ref().map(|d| match d {
+            Digest::Sha256(h) => (1u8, h),
+            Digest::GitBlobSha1(h) => (2, h),
+        });
+        let mut v = Vec::with_capacity(40 + self.uri.len() + digest.map_or(0, |d| d.1.len()));
+        v.push(RECORD_BINARY);
+        for n in [self.id, self.size, self.chunk_size, self.last_access] {
+            put_varint(&mut v, n);
+        }
+        v.push(
+            self.pinned as u8
+                | (self.verified as u8) << 1
+                | (self.crc.is_some() as u8) << 2
+                | digest.map_or(0, |d| d.0) << 3,
+        );
+        if let Some(crc) = self.crc {
+            v.extend_from_slice(&crc.to_le_bytes());
+        }
+        if let Some((_, hex)) = digest {
+            put_varint(&mut v, hex.len() as u64);
+            v.extend_from_slice(hex.as_bytes());
+        }
+        v.extend_from_slice(self.uri.as_bytes());
+        v
+    }
+
+    fn decode_binary(v: &[u8]) -> Option<FileRecord> {
+        let mut at = 1;
+        let mut n = [0u64; 4];
+        for x in &mut n {
+            *x = get_varint(v, &mut at)?;
+        }
+        let flags = *v.get(at)?;
+        at += 1;
+        let crc = match flags & 4 {
+            0 => None,
+            _ => {
+                let b = v.get(at..at + 4)?;
+                at += 4;
+                Some(u32::from_le_bytes(b.try_into().ok()?))
+            }
+        };
+        fn text(v: &[u8], at: &mut usize, len: usize) -> Option<String> {
+            let b = v.get(*at..at.checked_add(len)?)?;
+            *at += len;
+            String::from_utf8(b.to_vec()).ok()
+        }
+        let digest = match flags >> 3 {
+            0 => None,
+            kind @ (1 | 2) => {
+                let len = usize::try_from(get_varint(v, &mut at)?).ok()?;
+                let hex = text(v, &mut at, len)?;
+                Some(match kind {
+                    1 => Digest::Sha256(hex),
+                    _ => Digest::GitBlobSha1(hex),
+                })
+            }
+            _ => return None,
+        };
+        let rest = v.len().checked_sub(at)?;
+        let uri = text(v, &mut at, rest)?;
+        Some(FileRecord {
+            id: n[0],
+            size: n[1],
+            chunk_size: n[2],
+            uri,
+            digest,
+            pinned: flags & 1 != 0,
+            verified: flags & 2 != 0,
+            last_access: n[3],
+            crc,
+        })
+    }
+}
+
+/// A record in either form (`None`: unreadable).
+pub(crate) fn decode(v: &[u8]) -> Option<FileRecord> {
+    match *v.first()? {
+        RECORD_BINARY => FileRecord::decode_binary(v),
+        b'{' => serde_json::from_slice(v).ok(),
+        _ => None,
+    }
 }
 
 /// What a listing's look needs of a file's record, kept by its URI in `PLACES`: the fields
@@ -572,11 +663,10 @@ impl<'t> Tables<'t> {
             1 => self.chunks.get((rec.id, 0))?.map(|g| g.value()),
             _ => None,
         };
-        let v = match crc == rec.crc {
-            true => serde_json::to_vec(rec),
-            false => serde_json::to_vec(&FileRecord { crc, ..rec.clone() }),
-        };
-        Ok(v.unwrap_or_default())
+        Ok(match crc == rec.crc {
+            true => rec.encode(),
+            false => FileRecord { crc, ..rec.clone() }.encode(),
+        })
     }
 
     /// Applies one op.
@@ -715,6 +805,7 @@ impl Index {
         };
         match layout {
             Some(LAYOUT) => {}
+            Some(4) => set_layout(&db)?,
             Some(3) => compact_places(&db)?,
             Some(2) => add_places(&db)?,
             None => convert(&db, data_dir)?,
@@ -810,6 +901,25 @@ impl Index {
 
     fn db(&self) -> Option<Arc<Database>> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each table's pages (leaf and branch) and the bytes its entries hold, for the scale
+    /// bench: where an index's bytes per file go.
+    pub fn table_sizes(&self) -> Vec<(String, u64, u64)> {
+        use redb::TableHandle;
+        let Some(r) = self.db().and_then(|db| db.begin_read().ok()) else {
+            return Vec::new();
+        };
+        let Ok(tables) = r.list_tables() else {
+            return Vec::new();
+        };
+        tables
+            .filter_map(|h| {
+                let name = h.name().to_string();
+                let st = r.open_untyped_table(h).ok()?.stats().ok()?;
+                Some((name, st.leaf_pages() + st.branch_pages(), st.stored_bytes()))
+            })
+            .collect()
     }
 
     pub fn meta_get(&self, key: &str) -> Option<Vec<u8>> {
@@ -1130,6 +1240,16 @@ impl Index {
         ((t.used, t.files, t.pinned, t.pinned_bytes), c, rows, ns)
     }
 
+    /// Test hook: the stored bytes of `key`'s record.
+    #[cfg(test)]
+    pub fn raw_record(&self, key: &str) -> Option<Vec<u8>> {
+        let db = self.db()?;
+        let r = db.begin_read().ok()?;
+        let t = r.open_table(FILES).ok()?;
+        let v = t.get(key).ok()??;
+        Some(v.value().to_vec())
+    }
+
     /// Test hook: the writer stops committing, as if the process had died.
     #[cfg(test)]
     pub fn halt(&self) {
@@ -1349,6 +1469,17 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
 
 /// Makes a cache of layout 3's places compact (one walk of them, once, at the first start of
 /// this version; in one transaction, so a crash cuts nothing short), and drops the old table.
+/// Marks the index as of this layout (an older version then refuses it rather than read
+/// records it cannot decode).
+fn set_layout(db: &Database) -> Result<(), StoreError> {
+    let w = begin_write(db).map_err(idx_err)?;
+    w.open_table(HEADER)
+        .map_err(idx_err)?
+        .insert("layout", LAYOUT)
+        .map_err(idx_err)?;
+    w.commit().map_err(idx_err)
+}
+
 fn compact_places(db: &Database) -> Result<(), StoreError> {
     let w = begin_write(db).map_err(idx_err)?;
     {
@@ -1669,6 +1800,66 @@ mod tests {
         assert_eq!((a[..8] == b[..8], &a[8..]), (true, &b"a.bin"[..]));
         assert_ne!(place_key("hf://o/n@x/e/a.bin")[..8], a[..8]);
         assert!(Place::decode(&[0x80]).is_none(), "a cut value is no place");
+    }
+
+    #[test]
+    fn records_come_back_the_same_and_damaged_ones_are_refused() {
+        let base = FileRecord {
+            id: 748_892,
+            size: 10_000,
+            chunk_size: 8 << 20,
+            uri: "hf://datasets/acme/set@0748b3db880f05271396261fc8ba69fd2469cfaa/0001/a.bin"
+                .into(),
+            digest: None,
+            pinned: false,
+            verified: true,
+            last_access: 1_764_650_000_000,
+            crc: Some(0xdead_beef),
+        };
+        let all = [
+            base.clone(),
+            FileRecord {
+                digest: Some(Digest::Sha256("ab".repeat(32))),
+                pinned: true,
+                crc: None,
+                ..base.clone()
+            },
+            FileRecord {
+                digest: Some(Digest::GitBlobSha1("0f".repeat(20))),
+                verified: false,
+                uri: String::new(),
+                ..base.clone()
+            },
+        ];
+        for rec in &all {
+            let v = rec.encode();
+            let back = decode(&v).expect("readable");
+            assert_eq!(format!("{back:?}"), format!("{rec:?}"));
+            // Cut anywhere before the URI: refused, never misread.
+            let uri_at = v.len() - rec.uri.len();
+            for cut in 0..uri_at {
+                assert!(decode(&v[..cut]).is_none(), "cut at {cut}");
+            }
+            // JSON, as layouts 1 to 4 wrote it, still reads.
+            let json = serde_json::to_vec(rec).unwrap();
+            assert_eq!(format!("{:?}", decode(&json).unwrap()), format!("{rec:?}"));
+            assert!(
+                v.len() * 4 < json.len() * 3,
+                "{} vs {} bytes",
+                v.len(),
+                json.len()
+            );
+        }
+        // An unknown digest kind, bytes that are not UTF-8, an unknown form.
+        let mut v = base.encode();
+        // The flags byte: after the tag and four numbers of 3, 2, 4 and 6 bytes.
+        v[1 + 3 + 2 + 4 + 6] |= 3 << 3;
+        assert!(decode(&v).is_none());
+        let mut v = base.encode();
+        let last = v.len() - 1;
+        v[last] = 0xff;
+        assert!(decode(&v).is_none());
+        assert!(decode(&[7, 1, 2]).is_none() && decode(&[]).is_none());
     }
 
     proptest! {

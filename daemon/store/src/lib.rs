@@ -469,6 +469,12 @@ impl Store {
         data_path(&self.data_dir, id)
     }
 
+    /// For the scale bench: each index table's name, pages and the bytes its entries hold.
+    #[doc(hidden)]
+    pub fn index_tables(&self) -> Vec<(String, u64, u64)> {
+        self.index.table_sizes()
+    }
+
     /// Files held in memory now (in use, used lately, or with updates not yet committed): the
     /// rest are in the index only.
     pub fn resident_files(&self) -> usize {

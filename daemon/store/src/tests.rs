@@ -673,7 +673,75 @@ fn a_cache_of_the_second_layout_gets_its_places_once() {
     s.check_counts();
     drop(s);
     // Once: the next start finds this version's layout.
-    assert_eq!(layout_of(dir.path()), Some(4));
+    assert_eq!(layout_of(dir.path()), Some(5));
+}
+
+#[test]
+fn a_cache_of_the_fourth_layout_keeps_its_json_records_until_they_are_written() {
+    use redb::TableDefinition;
+    const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+    const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
+    let dir = tempfile::tempdir().unwrap();
+    let json = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for (k, byte) in [("a", 1), ("b", 2)] {
+            let h = s.register(&file(k, 4), 4).unwrap();
+            put(&h, 0, byte);
+            h.mark_verified();
+        }
+        s.flush();
+        let (rec, _) = s.index.load("a").unwrap().unwrap();
+        // As layout 4 wrote records: JSON, without the chunk's CRC.
+        serde_json::to_vec(&FileRecord { crc: None, ..rec }).unwrap()
+    };
+    let stored = |key: &str| {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let r = db.begin_read().unwrap();
+        let v = r.open_table(FILES).unwrap().get(key).unwrap().unwrap();
+        v.value().to_vec()
+    };
+    let binary = stored("b");
+    assert_eq!(binary[0], 1, "this layout writes records in binary");
+    assert!(
+        binary.len() * 2 < json.len(),
+        "{} vs {} bytes",
+        binary.len(),
+        json.len()
+    );
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(FILES)
+            .unwrap()
+            .insert("a", json.as_slice())
+            .unwrap();
+        w.open_table(HEADER).unwrap().insert("layout", 4).unwrap();
+        w.commit().unwrap();
+    }
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.check_counts();
+        for (k, byte) in [("a", 1u8), ("b", 2)] {
+            let h = s.register(&file(k, 4), 4).unwrap();
+            assert!(matches!(
+                h.check_chunk(0, SINCE_START).unwrap(),
+                ChunkCheck::Checked(b) if b[..] == [byte; 4][..]
+            ));
+        }
+        s.flush();
+        assert_eq!(s.index.raw_record("a"), Some(json), "not rewritten at open");
+        // Written again (a pin): now binary, with its CRC.
+        s.register(&file("a", 4), 4).unwrap().set_pinned(true);
+        s.flush();
+        let (rec, crcs) = s.index.load("a").unwrap().unwrap();
+        assert_eq!(
+            (rec.pinned, rec.crc, crcs.len()),
+            (true, Some(crc32c::crc32c(&[1; 4])), 1)
+        );
+        s.check_counts();
+    }
+    assert_eq!(stored("a")[0], 1);
+    assert_eq!(layout_of(dir.path()), Some(5));
 }
 
 fn layout_of(dir: &std::path::Path) -> Option<u64> {
@@ -725,15 +793,14 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
             let mut old = w.open_table(PLACES_V1).unwrap();
             for row in files.iter().unwrap() {
                 let (key, v) = row.unwrap();
-                let rec: serde_json::Value = serde_json::from_slice(v.value()).unwrap();
+                let rec = index::decode(v.value()).unwrap();
                 let mut place = Vec::new();
-                for f in ["id", "size", "chunk_size"] {
-                    place.extend_from_slice(&rec[f].as_u64().unwrap().to_le_bytes());
+                for n in [rec.id, rec.size, rec.chunk_size] {
+                    place.extend_from_slice(&n.to_le_bytes());
                 }
-                place.push(rec["verified"].as_bool().unwrap() as u8);
+                place.push(rec.verified as u8);
                 place.extend_from_slice(key.value().as_bytes());
-                old.insert(rec["uri"].as_str().unwrap(), place.as_slice())
-                    .unwrap();
+                old.insert(rec.uri.as_str(), place.as_slice()).unwrap();
             }
             // A row that is no place (cut short): skipped, not carried over.
             old.insert("hf://o/n@x/cut", &[1u8, 2, 3][..]).unwrap();
@@ -769,7 +836,7 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
     // Checks too that every place names its record, and that the old table is gone.
     s.check_counts();
     drop(s);
-    assert_eq!(layout_of(dir.path()), Some(4));
+    assert_eq!(layout_of(dir.path()), Some(5));
     // An older version opening the cache (and refusing its layout) leaves an empty table of
     // its own places: the next start drops it.
     {
