@@ -1,8 +1,8 @@
 //! The store at scale: what an index of N cached files costs, for N up to tens of millions.
 //!
-//! For each N, a store is filled with N cached 10 KB files (their data files hard links to a few
-//! real ones, so that ten million files need neither 100 GB nor ten million inodes; the index is
-//! written as for real files). Then a fresh process opens it and measures:
+//! For each N, a store is filled with N cached 10 KB files (their data files hard links to 200
+//! real ones at every N, so that ten million files need neither 100 GB nor ten million inodes;
+//! the index is written as for real files). Then a fresh process opens it and measures:
 //! - index bytes on disk per file;
 //! - start (open) time and resident memory after the start and after the reads;
 //! - p50 / p99 latency of reading one cached file through the store's API (register, read and
@@ -27,8 +27,10 @@ use locus_store::{Store, SINCE_START};
 const SIZE: u64 = 10 * 1024;
 /// One chunk a file, as for small files at the default chunk size.
 const CHUNK: u64 = 16 << 20;
-/// Hard links per source file, under ext4's limit of 65,000.
-const LINKS: usize = 60_000;
+/// Real data files the fill's files are hard links to: the same number at every N (at most
+/// 50,000 links each at 10M, under ext4's 65,000), so that reads at 10k files touch as many
+/// distinct inodes' pages as at 10M, as real caches' files (each its own inode) do.
+const SOURCES: usize = 200;
 const READS: usize = 20_000;
 const EVICTIONS: usize = 500;
 
@@ -80,8 +82,8 @@ fn fill(dir: &Path, n: usize, real: bool) {
         if real {
             put(&store, &file(i), &data);
         } else {
-            let src = sources.join((i / LINKS).to_string());
-            if i % LINKS == 0 {
+            let src = sources.join((i % SOURCES).to_string());
+            if i < SOURCES {
                 std::fs::write(&src, &data).expect("source");
             }
             fill_linked(&store, &file(i), &src, crc);

@@ -22,6 +22,21 @@ fn put(h: &FileHandle, idx: u32, byte: u8) {
     h.commit_chunk(idx, crc32c::crc32c(&data));
 }
 
+/// Writes a 9 over byte `at` of `h`'s data file (in chunk 0), then checks chunk 0 now: it
+/// must be dropped, never served.
+fn rot_and_check(h: &FileHandle, at: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(h.path())
+        .unwrap()
+        .write_all_at(&[9], at)
+        .unwrap();
+    assert!(matches!(
+        h.check_chunk(0, std::time::Duration::ZERO).unwrap(),
+        ChunkCheck::Dropped
+    ));
+}
+
 #[test]
 fn chunks_survive_reopen_and_corruption_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,16 +68,7 @@ fn chunks_survive_reopen_and_corruption_is_dropped() {
         ChunkCheck::Trusted
     ));
     // Corrupt chunk 0 on disk: it fails its check and is dropped, never served.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(h.path())
-        .unwrap()
-        .write_all_at(&[9], 1)
-        .unwrap();
-    assert!(matches!(
-        h.check_chunk(0, std::time::Duration::ZERO).unwrap(),
-        ChunkCheck::Dropped
-    ));
+    rot_and_check(&h, 1);
     assert_eq!(h.missing(), vec![0, 1]);
     assert_eq!(s.stats().used, 2);
 }
@@ -371,16 +377,7 @@ fn a_small_files_record_holds_its_crc_until_its_chunk_goes() {
         ChunkCheck::Checked(b) if b[..] == [5u8; 3][..]
     ));
     // Rotted on disk: dropped, and the record forgets the CRC in the same commit.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(small.path())
-        .unwrap()
-        .write_all_at(&[9], 0)
-        .unwrap();
-    assert!(matches!(
-        small.check_chunk(0, std::time::Duration::ZERO).unwrap(),
-        ChunkCheck::Dropped
-    ));
+    rot_and_check(&small, 0);
     s.flush();
     let lone = s.register(&file("lone", 2), 4).unwrap();
     assert_eq!(lone.missing(), vec![0]);
