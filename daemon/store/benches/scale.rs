@@ -11,7 +11,8 @@
 //!
 //! With `--real`, the fill writes every file through the store's API (register, write, commit)
 //! instead: slower and N real data files, but it uses nothing newer than the first layout's
-//! API, so the same file benchmarks an older build side by side.
+//! API, so the same file benchmarks an older build side by side (less the line of each
+//! table's bytes, which needs `Store::index_tables`, and `LOCUS_BENCH_SEED`).
 //!
 //! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [--keep] [N ...]` (default 10000
 //! 100000 1000000); `--keep` leaves each filled store for `--probe DIR N` to measure again

@@ -97,9 +97,10 @@ const RECORD_BINARY: u8 = 1;
 impl FileRecord {
     /// The binary form: [`RECORD_BINARY`]; `id`, `size`, `chunk_size`, `last_access`
     /// (LEB128); a flags byte (pinned, verified, CRC follows, digest kind in bits 3-4); the CRC
-    /// (4 bytes, little-endian); the digest's hex (length, bytes); then the URI. About half
+    /// (4 bytes, little-endian); the digest's hex and the URI (each its length, then its bytes,
+    /// and nothing after). About half
     /// the bytes of the JSON, so that more of a large index stays in the page cache.
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let digest = self.digest.as_ref().map(|d| match d {
             Digest::Sha256(h) => (1u8, h),
             Digest::GitBlobSha1(h) => (2, h),
@@ -118,11 +119,10 @@ impl FileRecord {
         if let Some(crc) = self.crc {
             v.extend_from_slice(&crc.to_le_bytes());
         }
-        if let Some((_, hex)) = digest {
-            put_varint(&mut v, hex.len() as u64);
-            v.extend_from_slice(hex.as_bytes());
+        for text in digest.map(|d| d.1).into_iter().chain([&self.uri]) {
+            put_varint(&mut v, text.len() as u64);
+            v.extend_from_slice(text.as_bytes());
         }
-        v.extend_from_slice(self.uri.as_bytes());
         v
     }
 
@@ -159,8 +159,12 @@ impl FileRecord {
             }
             _ => return None,
         };
-        let rest = v.len().checked_sub(at)?;
-        let uri = text(v, &mut at, rest)?;
+        let len = usize::try_from(get_varint(v, &mut at)?).ok()?;
+        let uri = text(v, &mut at, len)?;
+        // A record is whole: bytes after its URI mean it is not one.
+        if at != v.len() {
+            return None;
+        }
         Some(FileRecord {
             id: n[0],
             size: n[1],
@@ -1467,8 +1471,6 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
     w.commit().map_err(idx_err)
 }
 
-/// Makes a cache of layout 3's places compact (one walk of them, once, at the first start of
-/// this version; in one transaction, so a crash cuts nothing short), and drops the old table.
 /// Marks the index as of this layout (an older version then refuses it rather than read
 /// records it cannot decode).
 fn set_layout(db: &Database) -> Result<(), StoreError> {
@@ -1480,6 +1482,8 @@ fn set_layout(db: &Database) -> Result<(), StoreError> {
     w.commit().map_err(idx_err)
 }
 
+/// Makes a cache of layout 3's places compact (one walk of them, once, at the first start of
+/// this version; in one transaction, so a crash cuts nothing short), and drops the old table.
 fn compact_places(db: &Database) -> Result<(), StoreError> {
     let w = begin_write(db).map_err(idx_err)?;
     {
@@ -1835,11 +1839,11 @@ mod tests {
             let v = rec.encode();
             let back = decode(&v).expect("readable");
             assert_eq!(format!("{back:?}"), format!("{rec:?}"));
-            // Cut anywhere before the URI: refused, never misread.
-            let uri_at = v.len() - rec.uri.len();
-            for cut in 0..uri_at {
+            // Cut anywhere, or with bytes after it: refused, never misread.
+            for cut in 0..v.len() {
                 assert!(decode(&v[..cut]).is_none(), "cut at {cut}");
             }
+            assert!(decode(&[&v[..], b"x"].concat()).is_none());
             // JSON, as layouts 1 to 4 wrote it, still reads.
             let json = serde_json::to_vec(rec).unwrap();
             assert_eq!(format!("{:?}", decode(&json).unwrap()), format!("{rec:?}"));

@@ -690,20 +690,20 @@ impl Store {
         };
         self.trim(st);
         let mut e = Entry::new(rec.clone());
-        // Chunks before the record, as a fetch's chunks land before its `mark_verified`.
+        // As a fetch records it: the record, its chunks, then the record again (its
+        // `mark_verified`), which takes a one-chunk file's CRC.
+        let put = |rec: &FileRecord| Op::PutFile {
+            key: file.key.clone(),
+            rec: rec.clone(),
+        };
+        self.send_for(&mut e, put(&rec));
         for (idx, crc) in (0..layout.count()).zip(crcs.iter().copied()) {
             let len = layout.len(idx);
             e.chunks.insert(idx, crc);
             e.bytes += len;
             self.send_for(&mut e, Op::SetChunk { id, idx, crc, len });
         }
-        self.send_for(
-            &mut e,
-            Op::PutFile {
-                key: file.key.clone(),
-                rec,
-            },
-        );
+        self.send_for(&mut e, put(&rec));
         st.counts.files += 1;
         st.counts.used += e.bytes;
         st.files.insert(file.key.clone(), e);
@@ -1510,11 +1510,24 @@ impl FileHandle {
                 return;
             }
             let len = e.layout().len(idx);
-            if e.chunks.insert(idx, crc).is_none() {
-                e.bytes += len;
-                if e.rec.pinned {
-                    c.pinned_bytes += len;
+            match e.chunks.insert(idx, crc) {
+                None => {
+                    e.bytes += len;
+                    if e.rec.pinned {
+                        c.pinned_bytes += len;
+                    }
                 }
+                // Other bytes over a recorded chunk: the old one goes first, in the index too,
+                // so that no record keeps its CRC.
+                Some(old) if old != crc => {
+                    self.store.index.send(Op::DropChunk {
+                        key: self.key.clone(),
+                        id,
+                        idx,
+                        len,
+                    });
+                }
+                Some(_) => {}
             }
             // The CRC was computed from the bytes written: they count as checked now.
             e.checked.insert(idx, now);

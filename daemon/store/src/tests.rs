@@ -393,6 +393,52 @@ fn a_small_files_record_holds_its_crc_until_its_chunk_goes() {
 }
 
 #[test]
+fn a_small_files_read_takes_its_crc_from_the_record_which_follows_a_rewritten_chunk() {
+    use redb::{ReadableTable, TableDefinition};
+    const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&file("small", 3), 4).unwrap();
+        put(&h, 0, 5);
+        h.mark_verified();
+        // Other bytes over the recorded chunk (no drop first; its room is already counted):
+        // the record must not keep the old CRC, even with no write of the record after.
+        h.write_vectored_at(&[&[6; 3]], 0).unwrap();
+        h.commit_chunk(0, crc32c::crc32c(&[6; 3]));
+        s.flush();
+        let (rec, crcs) = s.index.load("small").unwrap().unwrap();
+        let six = crc32c::crc32c(&[6; 3]);
+        assert_ne!(rec.crc, Some(crc32c::crc32c(&[5; 3])));
+        assert_eq!(crcs, vec![(0, six)]);
+        s.check_counts();
+        h.mark_verified();
+        s.flush();
+        assert_eq!(s.index.load("small").unwrap().unwrap().0.crc, Some(six));
+    }
+    // The read looks up the record alone: a CRC planted in it (the chunk table left as it
+    // is) is the one a load gives.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(FILES).unwrap();
+            let v = t.get("small").unwrap().unwrap().value().to_vec();
+            let rec = index::decode(&v).unwrap();
+            let planted = FileRecord {
+                crc: Some(7),
+                ..rec
+            }
+            .encode();
+            t.insert("small", planted.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.index.load("small").unwrap().unwrap().1, vec![(0, 7)]);
+}
+
+#[test]
 fn per_chunk_tables_hold_only_stored_chunks() {
     let dir = tempfile::tempdir().unwrap();
     // A file of 2^18 chunks with one stored (its last): the tables hold one entry, not 2^18.
