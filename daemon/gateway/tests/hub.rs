@@ -402,14 +402,21 @@ async fn wrong_bytes_never_complete_a_response() {
 
     // Rot on disk: a byte of the cached file changes; the chunk fails its check, is dropped,
     // fetched again, and the response is right.
-    let h = s
-        .node
-        .store()
-        .complete_file(&{
-            let uri = locus_core::LocusUri::parse(&format!("hf://acme/model/{path}")).unwrap();
-            s.node.resolve_file(&uri).await.unwrap().key
-        })
-        .expect("the file is cached");
+    let key = {
+        let uri = locus_core::LocusUri::parse(&format!("hf://acme/model/{path}")).unwrap();
+        s.node.resolve_file(&uri).await.unwrap().key
+    };
+    // The node marks the file verified once its own fetch has hashed it, which may end a
+    // moment after the response did.
+    let mut h = None;
+    for _ in 0..100 {
+        h = s.node.store().complete_file(&key);
+        if h.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = h.expect("the file is cached and verified");
     let f = std::fs::OpenOptions::new().write(true).open(&h.0).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(b"\xAA\xBB", 1234).unwrap();
