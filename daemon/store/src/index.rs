@@ -95,12 +95,20 @@ impl FileRecord {
 const RECORD_BINARY: u8 = 1;
 
 impl FileRecord {
+    /// The binary form, with the record's own CRC (tests write records by hand).
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        self.encode_with(self.crc)
+    }
+
     /// The binary form: [`RECORD_BINARY`]; `id`, `size`, `chunk_size`, `last_access`
     /// (LEB128); a flags byte (pinned, verified, CRC follows, digest kind in bits 3-4); the CRC
     /// (4 bytes, little-endian); the digest's hex and the URI (each its length, then its bytes,
     /// and nothing after). About half
     /// the bytes of the JSON, so that more of a large index stays in the page cache.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The index writes each record with `crc` as `CHUNKS` has it ([`Tables::encode`]),
+    /// whatever the record in hand says.
+    fn encode_with(&self, crc: Option<u32>) -> Vec<u8> {
         let digest = self.digest.as_ref().map(|d| match d {
             Digest::Sha256(h) => (1u8, h),
             Digest::GitBlobSha1(h) => (2, h),
@@ -113,10 +121,10 @@ impl FileRecord {
         v.push(
             self.pinned as u8
                 | (self.verified as u8) << 1
-                | (self.crc.is_some() as u8) << 2
+                | (crc.is_some() as u8) << 2
                 | digest.map_or(0, |d| d.0) << 3,
         );
-        if let Some(crc) = self.crc {
+        if let Some(crc) = crc {
             v.extend_from_slice(&crc.to_le_bytes());
         }
         for text in digest.map(|d| d.1).into_iter().chain([&self.uri]) {
@@ -667,10 +675,7 @@ impl<'t> Tables<'t> {
             1 => self.chunks.get((rec.id, 0))?.map(|g| g.value()),
             _ => None,
         };
-        Ok(match crc == rec.crc {
-            true => rec.encode(),
-            false => FileRecord { crc, ..rec.clone() }.encode(),
-        })
+        Ok(rec.encode_with(crc))
     }
 
     /// Applies one op.
