@@ -369,9 +369,9 @@ impl<B: Backend> Core<B> {
             Lazy::Repo { uri } => {
                 // A name inside a cached repo not entered yet: list it, then look.
                 self.promote(parent, uri)?;
-                let tree = self.tree();
+                let mut tree = self.tree_mut();
                 return Ok(tree
-                    .child(parent, name)
+                    .lookup_child(parent, name)
                     .and_then(|ino| self.entry_for(&tree, parent, ino, for_kernel)));
             }
             // `NAME@main` is `NAME`: a link to it, made once `NAME` is known to exist.
@@ -419,7 +419,7 @@ impl<B: Backend> Core<B> {
             return Ok(None);
         }
         // Another thread may have made it meanwhile.
-        if let Some(ino) = tree.child(parent, name) {
+        if let Some(ino) = tree.lookup_child(parent, name) {
             return Ok(self.entry_for(&tree, parent, ino, for_kernel));
         }
         let ino = match made {
@@ -545,7 +545,16 @@ impl<B: Backend> Core<B> {
     /// may keep them, the folder's version they show: a listed folder's are made once per
     /// version; a lazy folder's at each open, as it grows.
     fn listing(&self, ino: u64) -> Result<(DirEntries, Option<u64>), Errno> {
-        let tree = self.tree();
+        // Every name read needs its inode; a refresh may leave new pending names between the
+        // write guard and the read guard, so look again.
+        let tree = loop {
+            let tree = self.tree();
+            if !tree.has_pending(ino) {
+                break tree;
+            }
+            drop(tree);
+            self.tree_mut().fill_pending(ino);
+        };
         let Some(node) = tree.get(ino) else {
             return Err(Errno::ENOENT);
         };
@@ -607,9 +616,14 @@ impl<B: Backend> Core<B> {
 
     fn attr_of(&self, ino: u64, node: &crate::tree::Inode) -> FileAttr {
         let (kind, size, perm, nlink) = match &node.kind {
-            Kind::Dir { children, .. } => {
-                (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
-            }
+            Kind::Dir {
+                children, pending, ..
+            } => (
+                FileType::Directory,
+                0,
+                0o555,
+                2 + (children.len() + pending.len()) as u32,
+            ),
             Kind::File { size, .. } => (FileType::RegularFile, *size, 0o444, 1),
             Kind::Link { target } => (FileType::Symlink, target.len() as u64, 0o777, 1),
         };
@@ -684,10 +698,26 @@ impl<B: Backend> Core<B> {
                 return Some(reply);
             }
             match tree.get(parent).map(|n| &n.kind) {
-                Some(Kind::Dir { children, lazy, .. }) => match children.get(name) {
+                Some(Kind::Dir {
+                    children,
+                    pending,
+                    lazy,
+                    ..
+                }) => match children.get(name) {
                     // Counted under the guard that found it: a refresh cannot free it between.
                     Some(&ino) => {
                         let answer = self.entry(&tree, parent, ino);
+                        drop(tree);
+                        Self::reply_entry(answer, reply);
+                        return None;
+                    }
+                    // A listed file looked up for the first time: its inode is made now.
+                    None if pending.contains_key(name) => {
+                        drop(tree);
+                        let mut tree = self.tree_mut();
+                        let answer = tree
+                            .lookup_child(parent, name)
+                            .and_then(|ino| self.entry(&tree, parent, ino));
                         drop(tree);
                         Self::reply_entry(answer, reply);
                         return None;

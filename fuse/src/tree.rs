@@ -41,6 +41,12 @@ pub(crate) enum Lazy {
 pub(crate) enum Kind {
     Dir {
         children: BTreeMap<String, u64>,
+        /// Files its listing named that nothing looked up yet: each becomes an inode when
+        /// looked up ([`Tree::lookup_child`]), all of them when the folder is read
+        /// ([`Tree::fill_pending`]). A walk that opens 50 files of a folder of 1,000 makes 50
+        /// inodes, not 1,000; the kernel knows none of these names, so a new listing replaces
+        /// them without telling it.
+        pending: BTreeMap<String, Entry>,
         lazy: Option<Lazy>,
         /// Changes with the folder's entries.
         version: u64,
@@ -110,10 +116,17 @@ impl Changes {
     }
 }
 
-/// The listing of a root, as a tree of names.
+/// A folder of a root's listing, as names.
+#[derive(Default)]
+struct WantDir {
+    files: BTreeMap<String, Entry>,
+    /// Never a name in `files`: a folder wins over a file of the same name.
+    dirs: BTreeMap<String, Want>,
+}
+
+/// A folder in a root's listing.
 enum Want {
-    Dir(BTreeMap<String, Want>),
-    File(Entry),
+    Dir(WantDir),
     /// A folder listed when first entered, by its URI.
     Folder(String),
 }
@@ -121,7 +134,7 @@ enum Want {
 /// A listing made ready outside the tree's lock: its names as a tree, and a digest that tells
 /// an unchanged listing (the common case, once per TTL) at once.
 pub(crate) struct Prepared {
-    want: BTreeMap<String, Want>,
+    want: WantDir,
     ttl: Option<Duration>,
     age: Duration,
     digest: u64,
@@ -139,7 +152,8 @@ impl Prepared {
         // A folder wins over a file of the same name, as in `insert_want`.
         for (name, uri) in listing.folders {
             if !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) {
-                want.insert(name, Want::Folder(uri));
+                want.files.remove(&name);
+                want.dirs.insert(name, Want::Folder(uri));
             }
         }
         Prepared {
@@ -178,6 +192,7 @@ pub(crate) struct Tree {
 fn dir_kind(lazy: Option<Lazy>) -> Kind {
     Kind::Dir {
         children: BTreeMap::new(),
+        pending: BTreeMap::new(),
         lazy,
         version: 0,
         kernel_version: AtomicU64::new(0),
@@ -186,19 +201,20 @@ fn dir_kind(lazy: Option<Lazy>) -> Kind {
 
 /// Adds `e` under `parts` of its path: a folder wins over a file of the same name, and of two
 /// files of one name the first stays.
-fn insert_want(m: &mut BTreeMap<String, Want>, parts: &[&str], e: Entry) {
+fn insert_want(m: &mut WantDir, parts: &[&str], e: Entry) {
     match parts {
         [] => {}
         [last] => {
-            m.entry(last.to_string()).or_insert(Want::File(e));
+            if !m.dirs.contains_key(*last) {
+                m.files.entry(last.to_string()).or_insert(e);
+            }
         }
         [d, rest @ ..] => {
+            m.files.remove(*d);
             let w = m
+                .dirs
                 .entry(d.to_string())
-                .or_insert_with(|| Want::Dir(BTreeMap::new()));
-            if matches!(w, Want::File(_)) {
-                *w = Want::Dir(BTreeMap::new());
-            }
+                .or_insert_with(|| Want::Dir(WantDir::default()));
             if let Want::Dir(next) = w {
                 insert_want(next, rest, e)
             }
@@ -206,8 +222,8 @@ fn insert_want(m: &mut BTreeMap<String, Want>, parts: &[&str], e: Entry) {
     }
 }
 
-fn want_tree(entries: Vec<Entry>) -> BTreeMap<String, Want> {
-    let mut top = BTreeMap::new();
+fn want_tree(entries: Vec<Entry>) -> WantDir {
+    let mut top = WantDir::default();
     for e in entries {
         let path = e.path.clone();
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -272,7 +288,7 @@ impl Tree {
         self.nodes.get(&ino)
     }
 
-    /// Inodes reachable from the root.
+    /// Names reachable from the root: inodes, and files listed but not looked up yet.
     pub fn linked(&self) -> usize {
         self.linked
     }
@@ -282,11 +298,62 @@ impl Tree {
         self.nodes.len()
     }
 
-    /// The child `name` of folder `parent`.
+    /// The child `name` of folder `parent`, if it is an inode already (see
+    /// [`Tree::lookup_child`]).
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
         match &self.nodes.get(&parent)?.kind {
             Kind::Dir { children, .. } => children.get(name).copied(),
             Kind::File { .. } | Kind::Link { .. } => None,
+        }
+    }
+
+    /// Whether folder `dir` has listed files without inodes.
+    pub fn has_pending(&self, dir: u64) -> bool {
+        matches!(
+            self.nodes.get(&dir).map(|n| &n.kind),
+            Some(Kind::Dir { pending, .. }) if !pending.is_empty()
+        )
+    }
+
+    /// The child `name` of folder `parent`, made an inode now if it is a listed file nothing
+    /// looked up before.
+    pub fn lookup_child(&mut self, parent: u64, name: &str) -> Option<u64> {
+        if let Some(ino) = self.child(parent, name) {
+            return Some(ino);
+        }
+        let node = self.nodes.get_mut(&parent)?;
+        let root = node.root;
+        let Kind::Dir { pending, .. } = &mut node.kind else {
+            return None;
+        };
+        let (name, e) = pending.remove_entry(name)?;
+        // Counted while pending: the inode takes its place.
+        self.linked -= 1;
+        let ino = self.file_inode(parent, root, e);
+        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            children.insert(name, ino);
+        }
+        Some(ino)
+    }
+
+    /// Makes every listed file of folder `dir` an inode (its entries are about to be read).
+    /// Its names are the same, so its version stays.
+    pub fn fill_pending(&mut self, dir: u64) {
+        let Some(node) = self.nodes.get_mut(&dir) else {
+            return;
+        };
+        let root = node.root;
+        let Kind::Dir { pending, .. } = &mut node.kind else {
+            return;
+        };
+        let pending = std::mem::take(pending);
+        self.linked -= pending.len();
+        let made: Vec<(String, u64)> = pending
+            .into_iter()
+            .map(|(name, e)| (name, self.file_inode(dir, root, e)))
+            .collect();
+        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+            children.extend(made);
         }
     }
 
@@ -482,7 +549,6 @@ impl Tree {
 
     fn is_version(&self, ino: u64, want: &Want) -> bool {
         match (self.nodes.get(&ino).map(|n| &n.kind), want) {
-            (Some(Kind::File { key, size, .. }), Want::File(e)) => *key == e.key && *size == e.size,
             (Some(Kind::Dir { lazy: None, .. }), Want::Dir(_)) => !self.roots.contains_key(&ino),
             (
                 Some(Kind::Dir {
@@ -499,21 +565,39 @@ impl Tree {
         }
     }
 
-    fn sync_dir(
-        &mut self,
-        dir: u64,
-        root: u64,
-        mut want: BTreeMap<String, Want>,
-        ch: &mut Changes,
-    ) {
-        let old = match self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
-            Some(Kind::Dir { children, .. }) => std::mem::take(children),
+    /// Whether file inode `ino` is the version `e` lists.
+    fn is_file_version(&self, ino: u64, e: &Entry) -> bool {
+        matches!(
+            self.nodes.get(&ino).map(|n| &n.kind),
+            Some(Kind::File { key, size, .. }) if *key == e.key && *size == e.size
+        )
+    }
+
+    fn sync_dir(&mut self, dir: u64, root: u64, mut want: WantDir, ch: &mut Changes) {
+        let (old, old_pending) = match self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+            Some(Kind::Dir {
+                children, pending, ..
+            }) => (std::mem::take(children), std::mem::take(pending)),
             _ => return,
         };
         let mut kept = BTreeMap::new();
         let mut changed = false;
         for (name, ino) in old {
-            match want.remove(&name) {
+            let is_file = matches!(
+                self.nodes.get(&ino).map(|n| &n.kind),
+                Some(Kind::File { .. })
+            );
+            if is_file
+                && want
+                    .files
+                    .get(&name)
+                    .is_some_and(|e| self.is_file_version(ino, e))
+            {
+                want.files.remove(&name);
+                kept.insert(name, ino);
+                continue;
+            }
+            match want.dirs.remove(&name) {
                 Some(w) if self.is_version(ino, &w) => {
                     if let Want::Dir(inner) = w {
                         self.sync_dir(ino, root, inner, ch);
@@ -521,27 +605,38 @@ impl Tree {
                     kept.insert(name, ino);
                 }
                 other => {
-                    if matches!(
-                        self.nodes.get(&ino).map(|n| &n.kind),
-                        Some(Kind::File { .. })
-                    ) {
+                    if is_file {
                         ch.replaced += 1;
                     }
                     self.unlink(ino, ch);
                     ch.names.push((dir, name.clone()));
                     changed = true;
+                    // A file of this name now is left pending: made when looked up again.
                     if let Some(w) = other {
                         kept.insert(name, self.create(dir, root, w, ch));
                     }
                 }
             }
         }
-        for (name, w) in want {
+        for (name, w) in std::mem::take(&mut want.dirs) {
             kept.insert(name, self.create(dir, root, w, ch));
             changed = true;
         }
-        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+        // The kernel never saw pending names: the new ones replace them, and the folder
+        // changed only if they differ.
+        let same = old_pending.len() == want.files.len()
+            && old_pending
+                .iter()
+                .zip(&want.files)
+                .all(|((a, x), (b, y))| a == b && x.key == y.key && x.size == y.size);
+        changed |= !same;
+        self.linked = self.linked - old_pending.len() + want.files.len();
+        if let Some(Kind::Dir {
+            children, pending, ..
+        }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind)
+        {
             *children = kept;
+            *pending = want.files;
         }
         if changed {
             self.bump(dir);
@@ -549,18 +644,20 @@ impl Tree {
         }
     }
 
+    /// A new inode for file `e`; not yet in `parent`'s children.
+    fn file_inode(&mut self, parent: u64, root: u64, e: Entry) -> u64 {
+        let kind = Kind::File {
+            uri: e.uri,
+            key: e.key,
+            size: e.size,
+            cached: e.cached,
+        };
+        self.new_inode(parent, root, kind)
+    }
+
     /// A new inode (and, for a folder, its contents) for `w`; not yet in `parent`'s children.
     fn create(&mut self, parent: u64, root: u64, w: Want, ch: &mut Changes) -> u64 {
         let (kind, inner) = match w {
-            Want::File(e) => (
-                Kind::File {
-                    uri: e.uri,
-                    key: e.key,
-                    size: e.size,
-                    cached: e.cached,
-                },
-                None,
-            ),
             Want::Dir(m) => (dir_kind(None), Some(m)),
             Want::Folder(uri) => (dir_kind(Some(Lazy::Repo { uri })), None),
         };
@@ -581,11 +678,14 @@ impl Tree {
         }
         node.linked = false;
         self.linked -= 1;
-        let children = match &mut node.kind {
-            Kind::Dir { children, .. } => std::mem::take(children),
-            Kind::File { .. } | Kind::Link { .. } => BTreeMap::new(),
+        let (children, pending) = match &mut node.kind {
+            Kind::Dir {
+                children, pending, ..
+            } => (std::mem::take(children), std::mem::take(pending)),
+            Kind::File { .. } | Kind::Link { .. } => Default::default(),
         };
-        if !children.is_empty() {
+        self.linked -= pending.len();
+        if !children.is_empty() || !pending.is_empty() {
             // A folder the kernel still holds lists empty from now on.
             self.bump(ino);
             ch.dirs.push(ino);
@@ -638,7 +738,8 @@ impl Tree {
                 .filter(|ino| {
                     self.nodes.get(ino).is_some_and(|n| {
                         n.changed.elapsed().map_or(true, |age| age >= ORG_GRACE)
-                            && matches!(&n.kind, Kind::Dir { children, .. } if children.is_empty())
+                            && matches!(&n.kind, Kind::Dir { children, pending, .. }
+                                if children.is_empty() && pending.is_empty())
                     })
                 })
                 .collect();
@@ -663,20 +764,26 @@ impl Tree {
             .get(&ino)
             .and_then(|n| self.nodes.get(&n.parent))
             .map_or(0, |p| p.root);
-        let children = match self.nodes.get_mut(&ino) {
+        let (children, pending) = match self.nodes.get_mut(&ino) {
             Some(n) => {
                 n.root = parent_root;
                 match &mut n.kind {
-                    Kind::Dir { children, lazy, .. } => {
+                    Kind::Dir {
+                        children,
+                        pending,
+                        lazy,
+                        ..
+                    } => {
                         *lazy = Some(Lazy::Repo { uri });
-                        std::mem::take(children)
+                        (std::mem::take(children), std::mem::take(pending))
                     }
                     _ => return,
                 }
             }
             None => return,
         };
-        if !children.is_empty() {
+        self.linked -= pending.len();
+        if !children.is_empty() || !pending.is_empty() {
             self.bump(ino);
             ch.dirs.push(ino);
         }
@@ -733,9 +840,78 @@ mod tests {
         })
     }
 
-    fn lookup(t: &Tree, path: &str) -> Option<u64> {
+    fn lookup(t: &mut Tree, path: &str) -> Option<u64> {
         path.split('/')
-            .try_fold(ROOT, |dir, name| t.child(dir, name))
+            .try_fold(ROOT, |dir, name| t.lookup_child(dir, name))
+    }
+
+    fn key_of(t: &Tree, ino: u64) -> String {
+        match &t.get(ino).unwrap().kind {
+            Kind::File { key, .. } => key.clone(),
+            _ => panic!("not a file"),
+        }
+    }
+
+    #[test]
+    fn a_listed_file_is_an_inode_only_once_looked_up_or_its_folder_read() {
+        let files =
+            |keys: &[(&str, &str)]| listing(keys.iter().map(|(p, k)| entry(p, k, 1)).collect());
+        let names: Vec<String> = (0..1000).map(|i| format!("a/f{i}")).collect();
+        let all: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "k")).collect();
+        let mut t = Tree::listed("s3://b", files(&all));
+        let a = lookup(&mut t, "a").unwrap();
+        assert_eq!(t.held(), 2, "the root and `a`: no file is an inode yet");
+        assert_eq!(t.linked(), 1002, "the files count while pending");
+        assert!(t.child(a, "f5").is_none() && t.has_pending(a));
+        let f5 = lookup(&mut t, "a/f5").unwrap();
+        assert_eq!(lookup(&mut t, "a/f5"), Some(f5), "one inode for a name");
+        assert_eq!((t.held(), t.linked()), (3, 1002));
+        assert!(lookup(&mut t, "a/nothing").is_none());
+        t.fill_pending(a);
+        assert!(!t.has_pending(a));
+        assert_eq!((t.held(), t.linked()), (1002, 1002));
+        assert_eq!(t.child(a, "f5"), Some(f5), "made once");
+
+        // A new listing: pending names are replaced without telling the kernel; a name it
+        // holds that changed is replaced as before.
+        let mut t = Tree::listed(
+            "s3://b",
+            files(&[("a/x", "k1"), ("a/y", "k2"), ("a/z", "k3"), ("b/w", "k4")]),
+        );
+        let x = lookup(&mut t, "a/x").unwrap();
+        t.looked_up(x);
+        let a = t.child(ROOT, "a").unwrap();
+        let b = t.child(ROOT, "b").unwrap();
+        let ch = t.sync_root(
+            ROOT,
+            files(&[("a/x", "k1b"), ("a/y", "k2b"), ("b/w", "k4"), ("b/v", "k5")]),
+        );
+        assert_eq!(ch.names, vec![(a, "x".to_string())], "only x was an inode");
+        assert_eq!(ch.replaced, 1);
+        assert!(ch.dirs.contains(&a) && ch.dirs.contains(&b));
+        assert!(t.get(x).is_some_and(|n| !n.linked), "held by the kernel");
+        let x2 = lookup(&mut t, "a/x").unwrap();
+        assert_ne!(x2, x);
+        assert_eq!(key_of(&t, x2), "k1b");
+        let y = lookup(&mut t, "a/y").unwrap();
+        assert_eq!(key_of(&t, y), "k2b", "a pending name lists its new version");
+        assert!(lookup(&mut t, "a/z").is_none(), "gone");
+        assert_eq!(t.linked(), 2 + 2 + 2 + 1);
+        // Unchanged pending names leave their folder's version alone.
+        let ch = t.sync_root(
+            ROOT,
+            files(&[("a/x", "k1b"), ("a/y", "k2c"), ("b/w", "k4"), ("b/v", "k5")]),
+        );
+        assert!(
+            ch.dirs.contains(&a) && !ch.dirs.contains(&b),
+            "{:?}",
+            ch.dirs
+        );
+        // A folder unlinked takes its pending names with it.
+        let ch = t.sync_root(ROOT, files(&[("a/x", "k1b")]));
+        assert!(ch.dirs.contains(&b));
+        assert!(t.get(b).is_none_or(|n| !n.linked));
+        assert_eq!(t.linked(), 3);
     }
 
     #[test]
@@ -744,22 +920,25 @@ mod tests {
             "s3://b",
             listing(vec![entry("a/x", "k1", 1), entry("a/y", "k2", 2)]),
         );
-        let x = lookup(&t, "a/x").unwrap();
-        let y = lookup(&t, "a/y").unwrap();
+        let x = lookup(&mut t, "a/x").unwrap();
+        let y = lookup(&mut t, "a/y").unwrap();
         t.looked_up(x);
         let ch = t.sync_root(
             ROOT,
             listing(vec![entry("a/x", "k1b", 1), entry("a/y", "k2", 2)]),
         );
-        let x2 = lookup(&t, "a/x").unwrap();
+        let x2 = lookup(&mut t, "a/x").unwrap();
         assert_ne!(x, x2, "a new version must be a new inode");
         assert_eq!(
-            lookup(&t, "a/y"),
+            lookup(&mut t, "a/y"),
             Some(y),
             "an unchanged name keeps its inode"
         );
         assert_eq!(ch.replaced, 1);
-        assert_eq!(ch.names, vec![(lookup(&t, "a").unwrap(), "x".to_string())]);
+        assert_eq!(
+            ch.names,
+            vec![(lookup(&mut t, "a").unwrap(), "x".to_string())]
+        );
         // The kernel still holds the old inode: it stays, unlinked, until forgotten.
         assert!(t.get(x).is_some_and(|n| !n.linked));
         assert!(t.forget_frees(x, 1));
@@ -776,6 +955,8 @@ mod tests {
             "s3://b",
             listing(vec![entry("d/e/f", "k1", 1), entry("g", "k2", 2)]),
         );
+        lookup(&mut t, "d/e/f").unwrap();
+        lookup(&mut t, "g").unwrap();
         let before = t.linked();
         let ch = t.sync_root(ROOT, listing(vec![entry("g", "k2", 2)]));
         assert_eq!(t.linked(), before - 3);
@@ -784,7 +965,7 @@ mod tests {
             3,
             "d, d/e and d/e/f: none held by the kernel"
         );
-        assert!(lookup(&t, "d").is_none());
+        assert!(lookup(&mut t, "d").is_none());
         assert_eq!(t.held(), t.linked());
     }
 
