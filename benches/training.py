@@ -216,6 +216,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=64,
                     help="the daemon's origin connections (S3 takes thousands at once; at 20 ms a "
                          "connection fetches 50 small files a second)")
+    ap.add_argument("--daemon-args", default="", help="more arguments for `locus daemon` (e.g. "
+                    "'--metadata-ttl 600')")
     ap.add_argument("--runs", default="direct,mount,mount+warm,local")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
@@ -253,7 +255,7 @@ def main():
             else:
                 d = Daemon(work, f"node-{run.replace('+', '-')}",
                            extra=["--s3-endpoint", url, "--cache-size", "64GiB",
-                                  "--concurrency", str(args.concurrency)])
+                                  "--concurrency", str(args.concurrency), *args.daemon_args.split()])
                 mnt = work / f"mnt-{run.replace('+', '-')}"
                 mnt.mkdir()
                 uri = f"s3://{BUCKET}/{PREFIX}"

@@ -23,8 +23,9 @@ pub struct MountOptions {
     /// How long the kernel may cache names and attributes at most: names of a listing that
     /// can change (not at a commit) are kept for its TTL if that is shorter.
     pub ttl: Duration,
-    /// The namespace view keeps at most this many inodes reachable; past it the repos and
-    /// buckets used least recently are dropped (and listed again when named again).
+    /// The namespace view keeps at most this many names reachable (inodes, and listed files
+    /// not looked up yet); past it the repos and buckets used least recently are dropped (and
+    /// listed again when named again).
     pub max_inodes: usize,
     /// Hand complete files to the kernel where it supports FUSE passthrough.
     pub passthrough: bool,
@@ -554,6 +555,7 @@ impl<B: Backend> Core<B> {
             }
             drop(tree);
             self.tree_mut().fill_pending(ino);
+            self.count_inodes();
         };
         let Some(node) = tree.get(ino) else {
             return Err(Errno::ENOENT);
@@ -715,12 +717,21 @@ impl<B: Backend> Core<B> {
                     None if pending.contains_key(name) => {
                         drop(tree);
                         let mut tree = self.tree_mut();
-                        let answer = tree
-                            .lookup_child(parent, name)
-                            .and_then(|ino| self.entry(&tree, parent, ino));
-                        drop(tree);
-                        Self::reply_entry(answer, reply);
-                        return None;
+                        match tree.lookup_child(parent, name) {
+                            Some(ino) => {
+                                let answer = self.entry(&tree, parent, ino);
+                                drop(tree);
+                                self.count_inodes();
+                                Self::reply_entry(answer, reply);
+                                return None;
+                            }
+                            // Gone between the guards: listed again without it, or emptied
+                            // back into a placeholder (then listed again below).
+                            None => match tree.get(parent).map(|n| &n.kind) {
+                                Some(Kind::Dir { lazy, .. }) => lazy.clone(),
+                                _ => None,
+                            },
+                        }
                     }
                     None => lazy.clone(),
                 },

@@ -14,10 +14,12 @@ pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
 /// Listings asked for again because their metadata TTL had passed.
 pub const RELISTS: &str = "locus_fuse_relists_total";
-/// Names found pointing at a new version (or gone) when listed again: each got a new inode.
+/// Names the kernel had looked up found pointing at a new version (or gone) when listed
+/// again: each got a new inode. (A name never looked up changes without one.)
 pub const VERSIONS_REPLACED: &str = "locus_fuse_versions_replaced_total";
-/// Inodes, by `state`: `linked` (reachable from the root) or `held` (also those the kernel has
-/// not forgotten yet).
+/// By `state`: `linked`, the names reachable from the root (inodes, and listed files not looked
+/// up yet, which have none), or `held`, the inodes (also those the kernel has not forgotten
+/// yet).
 pub const INODES: &str = "locus_fuse_inodes";
 
 /// Describes the mount's metrics and makes the counters visible from the start.
@@ -39,7 +41,10 @@ pub fn describe() {
         VERSIONS_REPLACED,
         "Names that pointed at a new version or were gone when listed again"
     );
-    metrics::describe_gauge!(INODES, "Inodes, linked (reachable) or held");
+    metrics::describe_gauge!(
+        INODES,
+        "Names reachable (linked: inodes and listed files not looked up yet) or inodes held"
+    );
     for c in [READ_BYTES, PASSTHROUGH_OPENS, RELISTS, VERSIONS_REPLACED] {
         metrics::counter!(c).absolute(0);
     }

@@ -9,8 +9,9 @@
 //! it. Inode numbers are never reused.
 //!
 //! A *root* is a folder filled from one listing: the mount's root for `locus mount`, each repo
-//! or bucket named in the namespace view. The namespace view keeps at most
-//! [`Tree::max_linked`] linked inodes: past that, the roots used least recently (and folders
+//! or bucket named in the namespace view. A listed file is a name without an inode until it
+//! is looked up or its folder read (`Kind::Dir::pending`). The namespace view keeps at most
+//! [`Tree::max_linked`] linked names (inodes and pending files): past that, the roots used least recently (and folders
 //! of organisations left without repos) are unlinked, and listed again when named again.
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,8 @@ pub(crate) enum Kind {
         /// inodes, not 1,000; the kernel knows none of these names, so a new listing replaces
         /// them without telling it.
         pending: BTreeMap<String, Entry>,
+        /// When `pending` was last set to other names or versions: their inodes' time.
+        pending_at: SystemTime,
         lazy: Option<Lazy>,
         /// Changes with the folder's entries.
         version: u64,
@@ -75,7 +78,8 @@ pub(crate) struct Inode {
     pub lookups: AtomicU64,
     /// Reachable from the mount's root.
     pub linked: bool,
-    /// When it was made (a file: when this version was listed) or, for a folder, last changed.
+    /// When it was made (a file: when this version was listed, or for one made from a pending
+    /// name, when its folder's pending names were last set) or, for a folder, last changed.
     pub changed: SystemTime,
 }
 
@@ -180,9 +184,9 @@ pub(crate) struct Tree {
     nodes: HashMap<u64, Inode>,
     next: u64,
     pub roots: HashMap<u64, Root>,
-    /// Inodes reachable from the mount's root.
+    /// Names reachable from the mount's root: inodes and pending files.
     linked: usize,
-    /// The bound on linked inodes past which roots are evicted (the namespace view).
+    /// The bound on linked names past which roots are evicted (the namespace view).
     pub max_linked: usize,
     /// The namespace view's organisation folders.
     orgs: std::collections::BTreeSet<u64>,
@@ -193,6 +197,7 @@ fn dir_kind(lazy: Option<Lazy>) -> Kind {
     Kind::Dir {
         children: BTreeMap::new(),
         pending: BTreeMap::new(),
+        pending_at: SystemTime::now(),
         lazy,
         version: 0,
         kernel_version: AtomicU64::new(0),
@@ -224,15 +229,16 @@ fn insert_want(m: &mut WantDir, parts: &[&str], e: Entry) {
 
 fn want_tree(entries: Vec<Entry>) -> WantDir {
     let mut top = WantDir::default();
-    for e in entries {
-        let path = e.path.clone();
+    for mut e in entries {
+        // Kept as names in the tree: a pending entry does not hold its path twice.
+        let path = std::mem::take(&mut e.path);
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         // A name the kernel could not show as it is: never one of these from a sane origin.
         if parts
             .iter()
             .any(|p| *p == "." || *p == ".." || p.contains('\0'))
         {
-            tracing::warn!(path = e.path, "skipping a listed name that cannot be shown");
+            tracing::warn!(path, "skipping a listed name that cannot be shown");
             continue;
         }
         insert_want(&mut top, &parts, e);
@@ -323,13 +329,19 @@ impl Tree {
         }
         let node = self.nodes.get_mut(&parent)?;
         let root = node.root;
-        let Kind::Dir { pending, .. } = &mut node.kind else {
+        let Kind::Dir {
+            pending,
+            pending_at,
+            ..
+        } = &mut node.kind
+        else {
             return None;
         };
+        let at = *pending_at;
         let (name, e) = pending.remove_entry(name)?;
         // Counted while pending: the inode takes its place.
         self.linked -= 1;
-        let ino = self.file_inode(parent, root, e);
+        let ino = self.file_inode(parent, root, e, at);
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
             children.insert(name, ino);
         }
@@ -343,14 +355,20 @@ impl Tree {
             return;
         };
         let root = node.root;
-        let Kind::Dir { pending, .. } = &mut node.kind else {
+        let Kind::Dir {
+            pending,
+            pending_at,
+            ..
+        } = &mut node.kind
+        else {
             return;
         };
+        let at = *pending_at;
         let pending = std::mem::take(pending);
         self.linked -= pending.len();
         let made: Vec<(String, u64)> = pending
             .into_iter()
-            .map(|(name, e)| (name, self.file_inode(dir, root, e)))
+            .map(|(name, e)| (name, self.file_inode(dir, root, e, at)))
             .collect();
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
             children.extend(made);
@@ -632,11 +650,17 @@ impl Tree {
         changed |= !same;
         self.linked = self.linked - old_pending.len() + want.files.len();
         if let Some(Kind::Dir {
-            children, pending, ..
+            children,
+            pending,
+            pending_at,
+            ..
         }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind)
         {
             *children = kept;
             *pending = want.files;
+            if !same {
+                *pending_at = SystemTime::now();
+            }
         }
         if changed {
             self.bump(dir);
@@ -644,15 +668,19 @@ impl Tree {
         }
     }
 
-    /// A new inode for file `e`; not yet in `parent`'s children.
-    fn file_inode(&mut self, parent: u64, root: u64, e: Entry) -> u64 {
+    /// A new inode for file `e`, listed at `at`; not yet in `parent`'s children.
+    fn file_inode(&mut self, parent: u64, root: u64, e: Entry, at: SystemTime) -> u64 {
         let kind = Kind::File {
             uri: e.uri,
             key: e.key,
             size: e.size,
             cached: e.cached,
         };
-        self.new_inode(parent, root, kind)
+        let ino = self.new_inode(parent, root, kind);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.changed = at;
+        }
+        ino
     }
 
     /// A new inode (and, for a folder, its contents) for `w`; not yet in `parent`'s children.
@@ -699,7 +727,7 @@ impl Tree {
     }
 
     /// Unlinks roots used least recently (never `keep`), then folders of organisations left
-    /// without repos, until at most [`Tree::max_linked`] inodes are linked.
+    /// without repos, until at most [`Tree::max_linked`] names are linked.
     pub fn evict(&mut self, keep: u64) -> Changes {
         let mut ch = Changes::default();
         if self.linked <= self.max_linked {
@@ -865,7 +893,15 @@ mod tests {
         assert!(t.child(a, "f5").is_none() && t.has_pending(a));
         let f5 = lookup(&mut t, "a/f5").unwrap();
         assert_eq!(lookup(&mut t, "a/f5"), Some(f5), "one inode for a name");
-        assert_eq!((t.held(), t.linked()), (3, 1002));
+        std::thread::sleep(Duration::from_millis(20));
+        let f6 = lookup(&mut t, "a/f6").unwrap();
+        let time = |ino: u64| t.get(ino).unwrap().changed;
+        assert_eq!(
+            time(f5),
+            time(f6),
+            "listed together: one time, whenever looked up"
+        );
+        assert_eq!((t.held(), t.linked()), (4, 1002));
         assert!(lookup(&mut t, "a/nothing").is_none());
         t.fill_pending(a);
         assert!(!t.has_pending(a));

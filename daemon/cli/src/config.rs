@@ -79,8 +79,9 @@ pub struct DaemonArgs {
     /// Also serve the read-only namespace view at DIR.
     #[arg(long, env = "LOCUS_MOUNT")]
     mount: Option<PathBuf>,
-    /// Inodes the namespace view keeps reachable (at least 100); past it, the repos and buckets
-    /// used least recently are dropped, and listed again when named again.
+    /// Names the namespace view keeps reachable (inodes, and listed files not looked up yet; at
+    /// least 100); past it, the repos and buckets used least recently are dropped, and listed
+    /// again when named again.
     #[arg(long, env = "LOCUS_MOUNT_MAX_INODES", default_value_t = 1_000_000)]
     mount_max_inodes: usize,
     /// Let other users (and other containers' processes) read the namespace view; without
