@@ -170,6 +170,13 @@ impl Prepared {
     }
 }
 
+/// Pending files of one folder taken to be made inodes ([`Tree::take_pending`]).
+struct Taken {
+    root: u64,
+    at: SystemTime,
+    entries: Vec<(String, Entry)>,
+}
+
 /// The inode number of the mount's root.
 pub(crate) const ROOT: u64 = 1;
 
@@ -327,7 +334,22 @@ impl Tree {
         if let Some(ino) = self.child(parent, name) {
             return Some(ino);
         }
-        let node = self.nodes.get_mut(&parent)?;
+        let taken = self.take_pending(parent, Some(name))?;
+        self.make_pending(parent, taken)
+    }
+
+    /// Makes every listed file of folder `dir` an inode (its entries are about to be read).
+    /// Its names are the same, so its version stays.
+    pub fn fill_pending(&mut self, dir: u64) {
+        if let Some(taken) = self.take_pending(dir, None) {
+            self.make_pending(dir, taken);
+        }
+    }
+
+    /// Takes folder `dir`'s pending file `name` (or all of them) to be made inodes: with the
+    /// folder's root and the time they were listed.
+    fn take_pending(&mut self, dir: u64, name: Option<&str>) -> Option<Taken> {
+        let node = self.nodes.get_mut(&dir)?;
         let root = node.root;
         let Kind::Dir {
             pending,
@@ -337,42 +359,31 @@ impl Tree {
         else {
             return None;
         };
-        let at = *pending_at;
-        let (name, e) = pending.remove_entry(name)?;
-        // Counted while pending: the inode takes its place.
-        self.linked -= 1;
-        let ino = self.file_inode(parent, root, e, at);
-        if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
-            children.insert(name, ino);
-        }
-        Some(ino)
+        let entries = match name {
+            Some(n) => pending.remove_entry(n).into_iter().collect(),
+            None => std::mem::take(pending).into_iter().collect(),
+        };
+        Some(Taken {
+            root,
+            at: *pending_at,
+            entries,
+        })
     }
 
-    /// Makes every listed file of folder `dir` an inode (its entries are about to be read).
-    /// Its names are the same, so its version stays.
-    pub fn fill_pending(&mut self, dir: u64) {
-        let Some(node) = self.nodes.get_mut(&dir) else {
-            return;
-        };
-        let root = node.root;
-        let Kind::Dir {
-            pending,
-            pending_at,
-            ..
-        } = &mut node.kind
-        else {
-            return;
-        };
-        let at = *pending_at;
-        let pending = std::mem::take(pending);
-        self.linked -= pending.len();
-        let made: Vec<(String, u64)> = pending
+    /// Makes what [`Tree::take_pending`] took inodes in `dir`; the last one's number.
+    fn make_pending(&mut self, dir: u64, taken: Taken) -> Option<u64> {
+        // Counted while pending: each inode takes its name's place.
+        self.linked -= taken.entries.len();
+        let made: Vec<(String, u64)> = taken
+            .entries
             .into_iter()
-            .map(|(name, e)| (name, self.file_inode(dir, root, e, at)))
+            .map(|(name, e)| (name, self.file_inode(dir, taken.root, e, taken.at)))
             .collect();
+        let last = made.last().map(|(_, ino)| *ino);
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
             children.extend(made);
         }
+        last
     }
 
     /// The root whose listing `ino` came from, if that listing's TTL has passed.
