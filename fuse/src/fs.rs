@@ -511,7 +511,7 @@ impl<B: Backend> Core<B> {
                 listings.remove(ino);
             }
         }
-        self.count_inodes();
+        Self::count_inodes(&self.tree());
         if ch.names.is_empty() {
             return;
         }
@@ -520,8 +520,7 @@ impl<B: Backend> Core<B> {
         let _ = lock(&self.inval).send(ch.names);
     }
 
-    fn count_inodes(&self) {
-        let tree = self.tree();
+    fn count_inodes(tree: &Tree) {
         ::metrics::gauge!(metrics::INODES, "state" => "linked").set(tree.linked() as f64);
         ::metrics::gauge!(metrics::INODES, "state" => "held").set(tree.held() as f64);
     }
@@ -554,8 +553,9 @@ impl<B: Backend> Core<B> {
                 break tree;
             }
             drop(tree);
-            self.tree_mut().fill_pending(ino);
-            self.count_inodes();
+            let mut tree = self.tree_mut();
+            tree.fill_pending(ino);
+            Self::count_inodes(&tree);
         };
         let Some(node) = tree.get(ino) else {
             return Err(Errno::ENOENT);
@@ -720,8 +720,8 @@ impl<B: Backend> Core<B> {
                         match tree.lookup_child(parent, name) {
                             Some(ino) => {
                                 let answer = self.entry(&tree, parent, ino);
+                                Self::count_inodes(&tree);
                                 drop(tree);
-                                self.count_inodes();
                                 Self::reply_entry(answer, reply);
                                 return None;
                             }

@@ -170,13 +170,6 @@ impl Prepared {
     }
 }
 
-/// Pending files of one folder taken to be made inodes ([`Tree::take_pending`]).
-struct Taken {
-    root: u64,
-    at: SystemTime,
-    entries: Vec<(String, Entry)>,
-}
-
 /// The inode number of the mount's root.
 pub(crate) const ROOT: u64 = 1;
 
@@ -334,21 +327,18 @@ impl Tree {
         if let Some(ino) = self.child(parent, name) {
             return Some(ino);
         }
-        let taken = self.take_pending(parent, Some(name))?;
-        self.make_pending(parent, taken)
+        self.make_pending(parent, Some(name))
     }
 
     /// Makes every listed file of folder `dir` an inode (its entries are about to be read).
     /// Its names are the same, so its version stays.
     pub fn fill_pending(&mut self, dir: u64) {
-        if let Some(taken) = self.take_pending(dir, None) {
-            self.make_pending(dir, taken);
-        }
+        self.make_pending(dir, None);
     }
 
-    /// Takes folder `dir`'s pending file `name` (or all of them) to be made inodes: with the
-    /// folder's root and the time they were listed.
-    fn take_pending(&mut self, dir: u64, name: Option<&str>) -> Option<Taken> {
+    /// Makes folder `dir`'s pending file `name` (or all of them) inodes, with the time they
+    /// were listed; the last one's number.
+    fn make_pending(&mut self, dir: u64, name: Option<&str>) -> Option<u64> {
         let node = self.nodes.get_mut(&dir)?;
         let root = node.root;
         let Kind::Dir {
@@ -359,25 +349,16 @@ impl Tree {
         else {
             return None;
         };
-        let entries = match name {
+        let at = *pending_at;
+        let taken: Vec<(String, Entry)> = match name {
             Some(n) => pending.remove_entry(n).into_iter().collect(),
             None => std::mem::take(pending).into_iter().collect(),
         };
-        Some(Taken {
-            root,
-            at: *pending_at,
-            entries,
-        })
-    }
-
-    /// Makes what [`Tree::take_pending`] took inodes in `dir`; the last one's number.
-    fn make_pending(&mut self, dir: u64, taken: Taken) -> Option<u64> {
         // Counted while pending: each inode takes its name's place.
-        self.linked -= taken.entries.len();
+        self.linked -= taken.len();
         let made: Vec<(String, u64)> = taken
-            .entries
             .into_iter()
-            .map(|(name, e)| (name, self.file_inode(dir, taken.root, e, taken.at)))
+            .map(|(name, e)| (name, self.file_inode(dir, root, e, at)))
             .collect();
         let last = made.last().map(|(_, ino)| *ino);
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
@@ -445,8 +426,8 @@ impl Tree {
         }
     }
 
-    /// A new linked inode, in no folder yet.
-    fn new_inode(&mut self, parent: u64, root: u64, kind: Kind) -> u64 {
+    /// A new linked inode, made at `changed`, in no folder yet.
+    fn new_inode(&mut self, parent: u64, root: u64, kind: Kind, changed: SystemTime) -> u64 {
         let ino = self.next;
         self.next += 1;
         self.nodes.insert(
@@ -457,7 +438,7 @@ impl Tree {
                 root,
                 lookups: AtomicU64::new(0),
                 linked: true,
-                changed: SystemTime::now(),
+                changed,
             },
         );
         self.linked += 1;
@@ -465,7 +446,7 @@ impl Tree {
     }
 
     fn add(&mut self, parent: u64, name: &str, root: u64, kind: Kind) -> u64 {
-        let ino = self.new_inode(parent, root, kind);
+        let ino = self.new_inode(parent, root, kind, SystemTime::now());
         if let Some(Kind::Dir { children, .. }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
             children.insert(name.to_string(), ino);
         }
@@ -687,11 +668,7 @@ impl Tree {
             size: e.size,
             cached: e.cached,
         };
-        let ino = self.new_inode(parent, root, kind);
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.changed = at;
-        }
-        ino
+        self.new_inode(parent, root, kind, at)
     }
 
     /// A new inode (and, for a folder, its contents) for `w`; not yet in `parent`'s children.
@@ -700,7 +677,7 @@ impl Tree {
             Want::Dir(m) => (dir_kind(None), Some(m)),
             Want::Folder(uri) => (dir_kind(Some(Lazy::Repo { uri })), None),
         };
-        let ino = self.new_inode(parent, root, kind);
+        let ino = self.new_inode(parent, root, kind, SystemTime::now());
         if let Some(m) = inner {
             self.sync_dir(ino, root, m, ch);
         }
