@@ -19,8 +19,9 @@ Per epoch it reports the share of the epoch spent waiting for data and the GPU u
                 daemon fetches each file on its first read through the same proxy);
   mount+warm    the same, with `locus warm` of the prefix started when training starts (the
                 daemon fetches ahead with its own concurrency while the loader reads);
-  local         files of the same sizes on local disk, in the page cache: the floor this
-                harness can reach on this machine.
+  local         files of the same sizes on local disk, in the page cache;
+  memory        the same sizes from memory, no I/O at all: the floor of the DataLoader's own
+                hand-over of batches from its workers on this machine.
 
 Each locus run starts with an empty cache. A run's files are removed at the end of the benchmark,
 not before the next run: on ext4 without a journal (this machine's disk) a new inode skips every
@@ -35,6 +36,7 @@ import concurrent.futures
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LOCUS_PROFILE", "release")
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 from origins import Daemon, Moto, Proxy, binary, cleanup  # noqa: E402
+sys.path.insert(0, str(ROOT / "benches"))
+from fuse_scale import cpu_seconds  # noqa: E402
 
 BUCKET = "train"
 PREFIX = "imagenet-like"
@@ -132,6 +136,20 @@ class MountFiles:
             return tensor(f.read(), key, want)
 
 
+class MemoryFiles:
+    """The same sizes with no I/O: what the harness itself costs."""
+
+    def __init__(self, files):
+        self.files, self.blob = files, bytes(200_000)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        key, want = self.files[i]
+        return tensor(self.blob[:want], key, want)
+
+
 def tensor(body, key, want):
     import torch
 
@@ -141,7 +159,43 @@ def tensor(body, key, want):
     return torch.frombuffer(bytearray(body[:8192]), dtype=torch.uint8)
 
 
-def train(dataset, epochs, step_s, batch, workers, seed):
+def fuse_requests(metrics_url):
+    """The mount's FUSE requests so far, by op (`locus_fuse_requests_total`)."""
+    import urllib.request
+
+    ops = {}
+    with urllib.request.urlopen(metrics_url) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("locus_fuse_requests_total{"):
+                op = line.split('op="', 1)[1].split('"', 1)[0]
+                ops[op] = ops.get(op, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return ops
+
+
+class LocusCost:
+    """What the daemon and the mount spent in each epoch: CPU seconds and FUSE requests by op."""
+
+    def __init__(self, daemon_pid, mount_dir, metrics_url):
+        self.daemon_pid, self.metrics_url = daemon_pid, metrics_url
+        out = subprocess.run(["pgrep", "-f", f"mount .*{mount_dir}"], capture_output=True, text=True)
+        self.mount_pids = [int(p) for p in out.stdout.split()]
+        self.last = self.now()
+
+    def now(self):
+        return (cpu_seconds(self.daemon_pid), sum(cpu_seconds(p) for p in self.mount_pids),
+                fuse_requests(self.metrics_url))
+
+    def epoch(self):
+        cur = self.now()
+        d_cpu, m_cpu = cur[0] - self.last[0], cur[1] - self.last[1]
+        ops = {k: v - self.last[2].get(k, 0) for k, v in cur[2].items() if v - self.last[2].get(k, 0)}
+        self.last = cur
+        print(f"      locus: daemon CPU {d_cpu:.1f} s, mount CPU {m_cpu:.1f} s, FUSE requests "
+              f"{dict(sorted(ops.items()))}", flush=True)
+        return {"daemon_cpu": d_cpu, "mount_cpu": m_cpu, "fuse_requests": ops}
+
+
+def train(dataset, epochs, step_s, batch, workers, seed, cost=None):
     import torch
     from torch.utils.data import DataLoader
 
@@ -177,6 +231,8 @@ def train(dataset, epochs, step_s, batch, workers, seed):
               f"GPU util {100 * step / total:5.1f}% (first batch {1000 * out[-1]['first_batch_wait']:.0f} ms, "
               f"then per batch median {1000 * out[-1]['batch_wait_p50']:.1f} ms, "
               f"p99 {1000 * out[-1]['batch_wait_p99']:.1f} ms)", flush=True)
+        if cost is not None:
+            out[-1]["locus"] = cost.epoch()
     del loader
     return out
 
@@ -218,7 +274,7 @@ def main():
                          "connection fetches 50 small files a second)")
     ap.add_argument("--daemon-args", default="", help="more arguments for `locus daemon` (e.g. "
                     "'--metadata-ttl 600')")
-    ap.add_argument("--runs", default="direct,mount,mount+warm,local")
+    ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
 
@@ -241,7 +297,9 @@ def main():
         for run in args.runs.split(","):
             print(f"{run}:", flush=True)
             proxy.reset()
-            if run == "local":
+            if run == "memory":
+                results[run] = train(MemoryFiles(files), args.epochs, step, args.batch, args.workers, 1)
+            elif run == "local":
                 local = work / "local"
                 blob = os.urandom(200_000)
                 for key, n in files:
@@ -261,12 +319,16 @@ def main():
                 uri = f"s3://{BUCKET}/{PREFIX}"
                 warm = None
                 try:
-                    d.run("mount", uri, str(mnt))
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", 0))
+                        metrics = f"127.0.0.1:{s.getsockname()[1]}"
+                    d.run("mount", "--metrics", metrics, uri, str(mnt))
+                    cost = LocusCost(d.proc.pid, mnt, f"http://{metrics}/metrics")
                     if run == "mount+warm":
                         warm = subprocess.Popen([binary("locus"), "--socket", d.socket, "warm", uri],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=d.env)
                     results[run] = train(MountFiles(str(mnt), files), args.epochs, step, args.batch,
-                                         args.workers, 1)
+                                         args.workers, 1, cost)
                 finally:
                     if warm is not None:
                         warm.wait(timeout=3600)

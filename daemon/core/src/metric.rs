@@ -54,5 +54,8 @@ pub const PEER_INVALID_REQUESTS: &str = "locus_peer_invalid_requests_total";
 /// Peer chunk requests, by `result` (`ok`, `error`) as seen by the reader and `transport`
 /// (`wire`: the plain-TCP chunk wire; `grpc`: a gRPC stream).
 pub const PEER_REQUESTS: &str = "locus_peer_requests_total";
+/// Revisions (a branch, an S3 prefix's listing) in use asked for again in the background
+/// before their metadata TTL ran out, so that no reader waits for them.
+pub const METADATA_REFRESHES: &str = "locus_metadata_refreshes_total";
 /// Times the membership source (etcd, DNS) could not be reached.
 pub const MEMBERSHIP_ERRORS: &str = "locus_membership_errors_total";

@@ -235,6 +235,8 @@ impl Counters {
 
 /// A node.
 pub struct Node {
+    /// This node, for work it starts in the background (a metadata refresh).
+    me: std::sync::Weak<Node>,
     origin: Arc<dyn Origin>,
     store: Arc<Store>,
     cfg: NodeConfig,
@@ -276,7 +278,8 @@ impl Node {
         cluster: Arc<Cluster>,
         peers: Option<Arc<dyn peer::PeerTransport>>,
     ) -> Arc<Node> {
-        Arc::new(Node {
+        Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             fetches: fetches::Fetches::new(cfg.concurrency, cfg.retry),
             meta: metadata::MetaCache::new(cfg.metadata_ttl, store.clone()),
             origin,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use locus_cluster::key_hash;
 use locus_core::uri::LocusUri;
@@ -55,12 +56,29 @@ impl quick_cache::Weighter<(Namespace, String), Arc<Listing>> for ListingWeight 
     }
 }
 
+/// A revision as resolved: what to, when, and how long the answer took to get.
+#[derive(Clone)]
+struct Answer {
+    id: String,
+    at: Instant,
+    took: Duration,
+}
+
+/// How long before its TTL ends an answer in use is asked for again (in the background, so
+/// that no reader waits for it): twice what the last answer took (an S3 prefix of 100,000 keys
+/// is 100 LIST pages, seconds), at least a tenth of the TTL and at most half of it.
+fn refresh_margin(ttl: Duration, took: Duration) -> Duration {
+    took.saturating_mul(2).clamp(ttl / 10, ttl / 2)
+}
+
 /// A node's metadata cache. Every map is bounded (names come from users and peers; what goes
 /// is asked for again), and every key's index record is written here.
 pub(crate) struct MetaCache {
     ttl: Duration,
     /// Resolved revisions, with when they were resolved.
-    revisions: Cache<(Namespace, String), (String, Instant)>,
+    revisions: Cache<(Namespace, String), Answer>,
+    /// Revisions being asked for again ahead of their TTL (one refresh each at a time).
+    refreshing: DashMap<(Namespace, String), ()>,
     /// One lock per metadata key being fetched.
     flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
@@ -103,6 +121,7 @@ impl MetaCache {
         Self {
             ttl,
             revisions: Cache::new(MAX_REVISIONS),
+            refreshing: DashMap::new(),
             flights: DashMap::new(),
             prefixes: Cache::new(MAX_LISTINGS),
             stale: Cache::new(MAX_LISTINGS),
@@ -126,8 +145,33 @@ impl MetaCache {
         let max_age = max_age.min(self.ttl);
         self.revisions
             .get(&(ns.clone(), rev.to_string()))
-            .filter(|e| e.1.elapsed() < max_age)
-            .map(|e| (e.0.clone(), e.1.elapsed()))
+            .filter(|e| e.at.elapsed() < max_age)
+            .map(|e| (e.id, e.at.elapsed()))
+    }
+
+    /// When `rev` of `ns` is an answer within its TTL that is due to be asked for again (see
+    /// [`refresh_margin`]) and no refresh of it is under way: marks it refreshing (until
+    /// [`MetaCache::refreshed`]) and returns the age a new answer must be under.
+    fn start_refresh(&self, ns: &Namespace, rev: &str) -> Option<Duration> {
+        let key = (ns.clone(), rev.to_string());
+        let e = self.revisions.get(&key)?;
+        let due = self.ttl.saturating_sub(refresh_margin(self.ttl, e.took));
+        let age = e.at.elapsed();
+        if age < due || age >= self.ttl {
+            return None;
+        }
+        match self.refreshing.entry(key) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(v) => {
+                v.insert(());
+                Some(due)
+            }
+        }
+    }
+
+    /// Ends a refresh started by [`MetaCache::start_refresh`].
+    fn refreshed(&self, ns: &Namespace, rev: &str) {
+        self.refreshing.remove(&(ns.clone(), rev.to_string()));
     }
 
     /// How long ago `rev` of `ns` was resolved to `id`, if that is what it is resolved to
@@ -135,8 +179,8 @@ impl MetaCache {
     fn age(&self, ns: &Namespace, rev: &str, id: &str) -> Option<Duration> {
         self.revisions
             .get(&(ns.clone(), rev.to_string()))
-            .filter(|e| e.0 == id)
-            .map(|e| e.1.elapsed())
+            .filter(|e| e.id == id)
+            .map(|e| e.at.elapsed())
     }
 
     /// The last revision known for `rev` of `ns`, however old: from memory, else the index.
@@ -144,7 +188,7 @@ impl MetaCache {
     fn last_revision(&self, ns: &Namespace, rev: &str) -> Option<String> {
         self.revisions
             .get(&(ns.clone(), rev.to_string()))
-            .map(|e| e.0)
+            .map(|e| e.id)
             .or_else(|| {
                 self.store
                     .meta_get(&revision_key(ns, rev))
@@ -153,16 +197,17 @@ impl MetaCache {
             })
     }
 
-    /// Records a revision that was resolved `age` ago (by another node), in memory.
-    fn put_revision(&self, ns: &Namespace, rev: &str, id: String, age: Duration) {
+    /// Records a revision that was resolved `age` ago (by another node), in memory, with how
+    /// long the answer took to get.
+    fn put_revision(&self, ns: &Namespace, rev: &str, id: String, age: Duration, took: Duration) {
         let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         self.revisions
-            .insert((ns.clone(), rev.to_string()), (id, at));
+            .insert((ns.clone(), rev.to_string()), Answer { id, at, took });
     }
 
-    /// Records a revision the origin just gave, in memory and in the index.
-    fn record_revision(&self, ns: &Namespace, rev: &str, id: &str) {
-        self.put_revision(ns, rev, id.to_string(), Duration::ZERO);
+    /// Records a revision the origin just gave (in `took`), in memory and in the index.
+    fn record_revision(&self, ns: &Namespace, rev: &str, id: &str, took: Duration) {
+        self.put_revision(ns, rev, id.to_string(), Duration::ZERO, took);
         let v = CachedRevision {
             id: id.to_string(),
             at_ms: locus_core::unix_ms(),
@@ -262,18 +307,32 @@ impl Node {
             false => self.cfg.metadata_ttl,
         };
         if let Some((id, _)) = self.meta.revision(ns, rev, max_age) {
+            self.refresh_ahead(ns, rev);
             return Ok(id);
         }
+        self.revision_asked(ns, rev, max_age).await
+    }
+
+    /// Asks the namespace's owner, else the origin, for `rev` of `ns` resolved less than
+    /// `max_age` ago.
+    async fn revision_asked(
+        &self,
+        ns: &Namespace,
+        rev: &str,
+        max_age: Duration,
+    ) -> Result<String, NodeError> {
         if let Some((owner, peers)) = self.metadata_owner(ns) {
             let req = locus_grpc::v1::ResolveRequest {
                 namespace: ns.to_string(),
                 revision: rev.to_string(),
                 max_age_ms: max_age.as_millis() as u64,
             };
+            let asked = Instant::now();
             match peers.resolve(&owner, req).await {
                 Ok(r) if r.id.len() <= peer::MAX_FIELD && !r.id.is_empty() => {
                     let age = Duration::from_millis(r.age_ms).min(self.cfg.metadata_ttl);
-                    self.meta.put_revision(ns, rev, r.id.clone(), age);
+                    self.meta
+                        .put_revision(ns, rev, r.id.clone(), age, asked.elapsed());
                     return Ok(r.id);
                 }
                 Ok(_) => self.owner_unanswered(
@@ -288,6 +347,40 @@ impl Node {
         self.revision_local(ns, rev, max_age)
             .await
             .map(|(id, _)| id)
+    }
+
+    /// Asks again, in the background, for a revision in use whose TTL is about to end, and
+    /// brings the listing it names into memory: readers keep the answer they have until then,
+    /// so none waits for a listing of many keys every TTL. A revision not used in the last
+    /// part of its TTL is asked for by its next reader, as before.
+    fn refresh_ahead(&self, ns: &Namespace, rev: &str) {
+        let Some(max_age) = self.meta.start_refresh(ns, rev) else {
+            return;
+        };
+        /// Ends the refresh however the task ends.
+        struct Refreshing(Arc<Node>, Namespace, String);
+        impl Drop for Refreshing {
+            fn drop(&mut self) {
+                self.0.meta.refreshed(&self.1, &self.2);
+            }
+        }
+        let Some(node) = self.me.upgrade() else {
+            self.meta.refreshed(ns, rev);
+            return;
+        };
+        metrics::counter!(crate::metrics_defs::METADATA_REFRESHES).increment(1);
+        let r = Refreshing(node, ns.clone(), rev.to_string());
+        tokio::spawn(async move {
+            let Refreshing(node, ns, rev) = &r;
+            let listed = match node.revision_asked(ns, rev, max_age).await {
+                Ok(id) => node.listing(ns, &id, false).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = listed {
+                // The next reader past the TTL asks again, and sees the error if it stays.
+                tracing::debug!(%ns, rev, error = %e, "refresh ahead of the TTL failed");
+            }
+        });
     }
 
     /// Marks the listing `file` came from as out of date (an object changed under it): the next
@@ -315,9 +408,10 @@ impl Node {
         if let Some(hit) = self.meta.revision(ns, rev, max_age) {
             return Ok(hit);
         }
+        let asked = Instant::now();
         match self.origin.resolve(ns, rev).await {
             Ok(id) => {
-                self.meta.record_revision(ns, rev, &id);
+                self.meta.record_revision(ns, rev, &id, asked.elapsed());
                 Ok((id, Duration::ZERO))
             }
             Err(e) if e.is_outage() => match self.meta.last_revision(ns, rev) {
@@ -426,25 +520,29 @@ impl Node {
             let Some(all) = self.meta.listing(&parent, &rev) else {
                 continue;
             };
-            if let Some(i) = all.find(&rel) {
+            let known = if let Some(i) = all.find(&rel) {
                 // The file, named by its last segment.
                 let dir = rel.rfind('/').map_or(0, |d| d + 1);
-                return Some(Resolved {
+                Resolved {
                     revision: rev,
                     files: Files::part(all, i..i + 1, dir),
                     is_file: true,
-                });
-            }
-            let inside = format!("{rel}/");
-            let range = all.under(&inside);
-            // An empty answer may just be an object created since: ask the origin.
-            if !range.is_empty() {
-                return Some(Resolved {
+                }
+            } else {
+                let inside = format!("{rel}/");
+                let range = all.under(&inside);
+                // An empty answer may just be an object created since: ask the origin.
+                if range.is_empty() {
+                    continue;
+                }
+                Resolved {
                     revision: rev,
                     files: Files::part(all, range, inside.len()),
                     is_file: false,
-                });
-            }
+                }
+            };
+            self.refresh_ahead(&parent, locus_core::LATEST);
+            return Some(known);
         }
         None
     }

@@ -63,6 +63,10 @@ pub fn describe() {
         MEMBERSHIP_ERRORS,
         "Times the membership source could not be reached"
     );
+    metrics::describe_counter!(
+        METADATA_REFRESHES,
+        "Revisions in use asked for again before their metadata TTL ran out"
+    );
     metrics::describe_counter!(CHUNK_CORRUPTIONS, "Chunks that failed their checksum");
     metrics::describe_counter!(
         CHUNKS_RECHECKED,
@@ -84,6 +88,7 @@ pub fn describe() {
         PEER_INVALID_REQUESTS,
         PEER_TLS_RELOADS,
         MEMBERSHIP_ERRORS,
+        METADATA_REFRESHES,
     ] {
         metrics::counter!(c).absolute(0);
     }

@@ -15,17 +15,25 @@ use locus_store::Store;
 
 use crate::{Node, NodeConfig, WarmProgress};
 
+#[derive(Default)]
 struct MemOrigin {
     files: HashMap<String, Bytes>,
     /// Reads wait for a permit here, when set.
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// The second half of each read waits for a permit here, when set.
     hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// Each resolve takes a permit for good here, when set.
+    resolve_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait]
 impl Origin for MemOrigin {
     async fn resolve(&self, _ns: &Namespace, _rev: &str) -> Result<String, OriginError> {
+        if let Some(g) = &self.resolve_gate {
+            if let Ok(p) = g.acquire().await {
+                p.forget();
+            }
+        }
         Ok("c".repeat(40))
     }
 
@@ -78,6 +86,7 @@ fn gated_node(
             files: [("w.bin".to_string(), data)].into(),
             gate,
             hold: None,
+            resolve_gate: None,
         },
         fail,
     )
@@ -193,6 +202,62 @@ async fn a_peer_cannot_make_a_node_ask_the_origin_more_than_once_per_relist_age(
         .unwrap();
     }
     assert_eq!(origin.resolves.load(Ordering::SeqCst), 1);
+}
+
+/// A branch in use is resolved again in the background before its TTL runs out: a reader
+/// past the TTL finds the new answer and does not wait on the origin (here, a resolve that
+/// hangs until the test lets it through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_in_use_is_asked_again_before_its_ttl_and_no_reader_waits_for_it() {
+    use std::time::Duration;
+    use tokio::time::{sleep_until, timeout, Instant};
+    // One resolve goes through; each after it waits for the test.
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let origin = FaultyOrigin::new(MemOrigin {
+        files: [("w.bin".to_string(), data())].into(),
+        resolve_gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(10);
+    let cfg = NodeConfig {
+        metadata_ttl: ttl,
+        ..NodeConfig::default()
+    };
+    let node = Node::new(
+        origin.clone(),
+        Store::open(dir.path(), 1 << 30).unwrap(),
+        cfg,
+    );
+    let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
+    let resolves = || origin.resolves.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    node.resolve_file(&uri).await.unwrap();
+    assert_eq!(resolves(), 1);
+    // Within the TTL's last tenth (the answer took no time): answered at once, from the answer
+    // held, and asked for again in the background, where it waits on the origin.
+    sleep_until(t0 + ttl - Duration::from_millis(800)).await;
+    timeout(Duration::from_secs(2), node.resolve_file(&uri))
+        .await
+        .expect("a reader within the TTL does not wait on the origin")
+        .unwrap();
+    let asked = Instant::now() + Duration::from_secs(5);
+    while resolves() < 2 {
+        assert!(
+            Instant::now() < asked,
+            "the branch was not asked for again before its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(1);
+    // Past the first answer's TTL: the refreshed answer serves, and no reader asks the origin
+    // (it would hang: the gate is shut again).
+    sleep_until(t0 + ttl + Duration::from_millis(400)).await;
+    timeout(Duration::from_secs(2), node.resolve_file(&uri))
+        .await
+        .expect("the answer was refreshed before its TTL ran out")
+        .unwrap();
+    assert_eq!(resolves(), 2);
 }
 
 /// A "local only" request for chunk `index` of `file`, as a less loaded candidate (hops 1).
@@ -358,6 +423,7 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
         files: [("w.bin".to_string(), data())].into(),
         gate: None,
         hold: None,
+        resolve_gate: None,
     });
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     let cluster = locus_cluster::Cluster::new(locus_cluster::ClusterConfig::solo("me:1"));
@@ -416,6 +482,7 @@ async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_wait
             files: [("w.bin".to_string(), data.clone())].into(),
             gate: None,
             hold: Some(hold.clone()),
+            resolve_gate: None,
         },
         2,
     );
