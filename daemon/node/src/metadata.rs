@@ -77,8 +77,9 @@ pub(crate) struct MetaCache {
     ttl: Duration,
     /// Resolved revisions, with when they were resolved.
     revisions: Cache<(Namespace, String), Answer>,
-    /// Revisions being asked for again ahead of their TTL (one refresh each at a time).
-    refreshing: DashMap<(Namespace, String), ()>,
+    /// Revisions being asked for again ahead of their TTL (one refresh each at a time), or
+    /// whose refresh failed: none again before the time kept (the answer's TTL end).
+    refreshing: DashMap<(Namespace, String), Option<Instant>>,
     /// One lock per metadata key being fetched.
     flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
@@ -150,9 +151,10 @@ impl MetaCache {
     }
 
     /// When `rev` of `ns` is an answer within its TTL that is due to be asked for again (see
-    /// [`refresh_margin`]) and no refresh of it is under way: marks it refreshing (until
-    /// [`MetaCache::refreshed`]) and returns the age a new answer must be under.
-    fn start_refresh(&self, ns: &Namespace, rev: &str) -> Option<Duration> {
+    /// [`refresh_margin`]), with no refresh of it under way or failed: marks it refreshing
+    /// (until [`MetaCache::refreshed`]) and returns the age a new answer must be under and
+    /// when the answer held expires.
+    fn start_refresh(&self, ns: &Namespace, rev: &str) -> Option<(Duration, Instant)> {
         let key = (ns.clone(), rev.to_string());
         let e = self.revisions.get(&key)?;
         let due = self.ttl.saturating_sub(refresh_margin(self.ttl, e.took));
@@ -160,18 +162,56 @@ impl MetaCache {
         if age < due || age >= self.ttl {
             return None;
         }
+        let now = Instant::now();
+        if self.refreshing.len() > MAX_REVISIONS {
+            self.refreshing.retain(|_, v| v.is_none_or(|t| t > now));
+        }
         match self.refreshing.entry(key) {
-            Entry::Occupied(_) => None,
+            Entry::Occupied(mut o) => match *o.get() {
+                Some(t) if t <= now => {
+                    o.insert(None);
+                }
+                _ => return None,
+            },
             Entry::Vacant(v) => {
-                v.insert(());
-                Some(due)
+                v.insert(None);
+            }
+        }
+        Some((due, e.at + self.ttl))
+    }
+
+    /// Ends a refresh started by [`MetaCache::start_refresh`]; a failed one is not started
+    /// again before `retry_at`.
+    fn refreshed(&self, ns: &Namespace, rev: &str, retry_at: Option<Instant>) {
+        let key = (ns.clone(), rev.to_string());
+        match retry_at {
+            Some(t) => {
+                self.refreshing.insert(key, Some(t));
+            }
+            None => {
+                self.refreshing.remove(&key);
             }
         }
     }
 
-    /// Ends a refresh started by [`MetaCache::start_refresh`].
-    fn refreshed(&self, ns: &Namespace, rev: &str) {
-        self.refreshing.remove(&(ns.clone(), rev.to_string()));
+    /// Records what a refresh asked for at `asked`, unless the answer held is newer or went
+    /// meanwhile (an object changed under its listing: [`MetaCache::mark_stale`]); `origin`:
+    /// it came from the origin, and is written to the index too.
+    fn put_refreshed(&self, ns: &Namespace, rev: &str, answer: Answer, origin: bool) {
+        let key = (ns.clone(), rev.to_string());
+        if self.revisions.get(&key).is_none_or(|e| e.at > answer.at) {
+            return;
+        }
+        if origin {
+            let v = CachedRevision {
+                id: answer.id.clone(),
+                at_ms: locus_core::unix_ms(),
+            };
+            if let Ok(b) = serde_json::to_vec(&v) {
+                self.store.meta_put(&revision_key(ns, rev), b);
+            }
+        }
+        self.revisions.insert(key, answer);
     }
 
     /// How long ago `rev` of `ns` was resolved to `id`, if that is what it is resolved to
@@ -310,43 +350,78 @@ impl Node {
             self.refresh_ahead(ns, rev);
             return Ok(id);
         }
-        self.revision_asked(ns, rev, max_age).await
-    }
-
-    /// Asks the namespace's owner, else the origin, for `rev` of `ns` resolved less than
-    /// `max_age` ago.
-    async fn revision_asked(
-        &self,
-        ns: &Namespace,
-        rev: &str,
-        max_age: Duration,
-    ) -> Result<String, NodeError> {
-        if let Some((owner, peers)) = self.metadata_owner(ns) {
-            let req = locus_grpc::v1::ResolveRequest {
-                namespace: ns.to_string(),
-                revision: rev.to_string(),
-                max_age_ms: max_age.as_millis() as u64,
-            };
-            let asked = Instant::now();
-            match peers.resolve(&owner, req).await {
-                Ok(r) if r.id.len() <= peer::MAX_FIELD && !r.id.is_empty() => {
-                    let age = Duration::from_millis(r.age_ms).min(self.cfg.metadata_ttl);
-                    self.meta
-                        .put_revision(ns, rev, r.id.clone(), age, asked.elapsed());
-                    return Ok(r.id);
-                }
-                Ok(_) => self.owner_unanswered(
-                    &owner,
-                    ns,
-                    rev,
-                    peer::PeerError::garbled(&owner, "an empty or oversized revision"),
-                )?,
-                Err(e) => self.owner_unanswered(&owner, ns, rev, e)?,
-            }
+        if let Some(a) = self.revision_from_owner(ns, rev, max_age).await? {
+            let id = a.id.clone();
+            self.meta
+                .put_revision(ns, rev, a.id, a.at.elapsed(), a.took);
+            return Ok(id);
         }
         self.revision_local(ns, rev, max_age)
             .await
             .map(|(id, _)| id)
+    }
+
+    /// Asks the namespace's owner, when another node owns it, for `rev` of `ns` resolved less
+    /// than `max_age` ago (not recorded here); `None`: ask the origin.
+    async fn revision_from_owner(
+        &self,
+        ns: &Namespace,
+        rev: &str,
+        max_age: Duration,
+    ) -> Result<Option<Answer>, NodeError> {
+        let Some((owner, peers)) = self.metadata_owner(ns) else {
+            return Ok(None);
+        };
+        let req = locus_grpc::v1::ResolveRequest {
+            namespace: ns.to_string(),
+            revision: rev.to_string(),
+            max_age_ms: max_age.as_millis() as u64,
+        };
+        let asked = Instant::now();
+        match peers.resolve(&owner, req).await {
+            Ok(r) if r.id.len() <= peer::MAX_FIELD && !r.id.is_empty() => {
+                let age = Duration::from_millis(r.age_ms).min(self.cfg.metadata_ttl);
+                return Ok(Some(Answer {
+                    id: r.id,
+                    at: Instant::now().checked_sub(age).unwrap_or(asked),
+                    took: asked.elapsed(),
+                }));
+            }
+            Ok(_) => self.owner_unanswered(
+                &owner,
+                ns,
+                rev,
+                peer::PeerError::garbled(&owner, "an empty or oversized revision"),
+            )?,
+            Err(e) => self.owner_unanswered(&owner, ns, rev, e)?,
+        }
+        Ok(None)
+    }
+
+    /// A refresh: asks the owner, else the origin, for `rev` of `ns` younger than `max_age`,
+    /// brings the listing it names into memory, and only then records it, so that a reader
+    /// who takes the new answer finds its listing.
+    async fn refresh(&self, ns: &Namespace, rev: &str, max_age: Duration) -> Result<(), NodeError> {
+        let (answer, origin) = match self.revision_from_owner(ns, rev, max_age).await? {
+            Some(a) => (a, false),
+            None => {
+                let asked = Instant::now();
+                let id = self.origin.resolve(ns, rev).await?;
+                let took = asked.elapsed();
+                // Its age counts from the question: never taken for newer than it is.
+                (
+                    Answer {
+                        id,
+                        at: asked,
+                        took,
+                    },
+                    true,
+                )
+            }
+        };
+        self.listing(ns, &answer.id, false).await?;
+        self.meta.put_refreshed(ns, rev, answer, origin);
+        Ok(())
     }
 
     /// Asks again, in the background, for a revision in use whose TTL is about to end, and
@@ -354,32 +429,40 @@ impl Node {
     /// so none waits for a listing of many keys every TTL. A revision not used in the last
     /// part of its TTL is asked for by its next reader, as before.
     fn refresh_ahead(&self, ns: &Namespace, rev: &str) {
-        let Some(max_age) = self.meta.start_refresh(ns, rev) else {
+        let Some((max_age, expires)) = self.meta.start_refresh(ns, rev) else {
             return;
         };
-        /// Ends the refresh however the task ends.
-        struct Refreshing(Arc<Node>, Namespace, String);
+        /// Ends the refresh however the task ends (`retry_at`: it failed).
+        struct Refreshing {
+            node: Arc<Node>,
+            ns: Namespace,
+            rev: String,
+            retry_at: Option<Instant>,
+        }
         impl Drop for Refreshing {
             fn drop(&mut self) {
-                self.0.meta.refreshed(&self.1, &self.2);
+                self.node.meta.refreshed(&self.ns, &self.rev, self.retry_at);
             }
         }
         let Some(node) = self.me.upgrade() else {
-            self.meta.refreshed(ns, rev);
+            self.meta.refreshed(ns, rev, None);
             return;
         };
         metrics::counter!(crate::metrics_defs::METADATA_REFRESHES).increment(1);
-        let r = Refreshing(node, ns.clone(), rev.to_string());
+        let mut r = Refreshing {
+            node,
+            ns: ns.clone(),
+            rev: rev.to_string(),
+            retry_at: None,
+        };
         tokio::spawn(async move {
-            let Refreshing(node, ns, rev) = &r;
-            let listed = match node.revision_asked(ns, rev, max_age).await {
-                Ok(id) => node.listing(ns, &id, false).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = listed {
-                // The next reader past the TTL asks again, and sees the error if it stays.
-                tracing::debug!(%ns, rev, error = %e, "refresh ahead of the TTL failed");
+            if let Err(e) = r.node.refresh(&r.ns, &r.rev, max_age).await {
+                // Not asked again ahead of this answer's TTL: its next reader past the TTL asks,
+                // and sees the error if it stays.
+                tracing::debug!(ns = %r.ns, rev = r.rev, error = %e, "refresh ahead of the TTL failed");
+                r.retry_at = Some(expires);
             }
+            drop(r);
         });
     }
 
