@@ -203,13 +203,7 @@ impl MetaCache {
             return;
         }
         if origin {
-            let v = CachedRevision {
-                id: answer.id.clone(),
-                at_ms: locus_core::unix_ms(),
-            };
-            if let Ok(b) = serde_json::to_vec(&v) {
-                self.store.meta_put(&revision_key(ns, rev), b);
-            }
+            self.keep_revision(ns, rev, &answer.id);
         }
         self.revisions.insert(key, answer);
     }
@@ -248,6 +242,11 @@ impl MetaCache {
     /// Records a revision the origin just gave (in `took`), in memory and in the index.
     fn record_revision(&self, ns: &Namespace, rev: &str, id: &str, took: Duration) {
         self.put_revision(ns, rev, id.to_string(), Duration::ZERO, took);
+        self.keep_revision(ns, rev, id);
+    }
+
+    /// Writes a revision the origin gave to the index (for use while the origin is down).
+    fn keep_revision(&self, ns: &Namespace, rev: &str, id: &str) {
         let v = CachedRevision {
             id: id.to_string(),
             at_ms: locus_core::unix_ms(),
