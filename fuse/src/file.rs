@@ -142,7 +142,11 @@ impl FileState {
                 return Err(ReadError::MustWait);
             }
             drop(inner);
-            let info = backend.chunks(&self.uri, &self.key, 0, 0, false)?;
+            // A read from the start needs chunk 0 whatever the chunk size: one call both
+            // learns the layout and makes it present (a small file not cached when listed,
+            // the first read of a training epoch, costs one round trip, not two).
+            let count = u32::from(offset == 0);
+            let info = backend.chunks(&self.uri, &self.key, 0, count, false)?;
             inner = lock(&self.inner);
             inner.absorb(info)?;
         }
@@ -493,5 +497,50 @@ mod tests {
         let st = FileState::new("u".into(), "k".into(), 3 * CS, Some(b.info()));
         assert!(read(&st, &b, 0, 100).is_ok());
         assert_eq!(read(&st, &b, 2 * CS, 100).unwrap_err().errno(), libc::EIO);
+    }
+
+    #[test]
+    fn a_first_read_of_a_file_not_cached_when_listed_asks_the_daemon_once() {
+        let chunks = |b: &TestBackend| {
+            b.calls()
+                .into_iter()
+                .filter(|c| matches!(c, Call::Chunks { .. }))
+                .collect::<Vec<_>>()
+        };
+        // A small file (one chunk), fetched only when asked: the read from its start both
+        // learns the layout and makes chunk 0 present in one call.
+        let mut b = TestBackend::new(data(1)[..50_000].to_vec(), CS, false);
+        b.lazy = true;
+        let st = FileState::new("u".into(), "k".into(), 50_000, None);
+        assert!(read(&st, &b, 0, 128 << 10).unwrap() == b.data);
+        assert_eq!(
+            chunks(&b),
+            vec![Call::Chunks {
+                first: 0,
+                count: 1,
+                recheck: false
+            }]
+        );
+        // A first read elsewhere learns the layout, then asks for the chunks it covers.
+        let mut b = TestBackend::new(data(4), CS, false);
+        b.lazy = true;
+        let st = FileState::new("u".into(), "k".into(), 4 * CS, None);
+        let got = read(&st, &b, 2 * CS + 7, 100).unwrap();
+        assert!(got == b.data[2 * CS as usize + 7..2 * CS as usize + 107]);
+        assert_eq!(
+            chunks(&b),
+            vec![
+                Call::Chunks {
+                    first: 0,
+                    count: 0,
+                    recheck: false
+                },
+                Call::Chunks {
+                    first: 2,
+                    count: 1,
+                    recheck: false
+                }
+            ]
+        );
     }
 }

@@ -29,6 +29,10 @@ pub(crate) struct TestBackend {
     pub complete: bool,
     /// A refetch (`recheck`) writes the chunk's right bytes back.
     pub mends: bool,
+    /// Chunks are stored only once a call asks for them (a file being fetched), rather
+    /// than all from the start.
+    pub lazy: bool,
+    asked: Mutex<Vec<u32>>,
     pub calls: Mutex<Vec<Call>>,
 }
 
@@ -45,6 +49,8 @@ impl TestBackend {
             chunk_size,
             complete,
             mends: true,
+            lazy: false,
+            asked: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -98,6 +104,10 @@ impl Backend for TestBackend {
             count,
             recheck,
         });
+        self.asked
+            .lock()
+            .expect("asked")
+            .extend(first..first + count);
         if recheck && self.mends {
             let mut bytes = std::fs::read(&self.path).map_err(|e| FsError::Io(e.to_string()))?;
             for c in first..first + count {
@@ -106,7 +116,16 @@ impl Backend for TestBackend {
             }
             std::fs::write(&self.path, bytes).map_err(|e| FsError::Io(e.to_string()))?;
         }
-        Ok(self.info())
+        let mut info = self.info();
+        if self.lazy {
+            let asked = self.asked.lock().expect("asked");
+            for (c, crc) in info.crcs.iter_mut().enumerate() {
+                if !asked.contains(&(c as u32)) {
+                    *crc = None;
+                }
+            }
+        }
+        Ok(info)
     }
 
     fn cached(&self) -> Result<Vec<String>, FsError> {

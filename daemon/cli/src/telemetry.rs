@@ -45,6 +45,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(metrics_defs::FETCH_SECONDS.to_string()),
             metrics_defs::FETCH_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(metrics_defs::INDEX_COMMIT_SECONDS.to_string()),
+            metrics_defs::INDEX_COMMIT_BUCKETS,
+        )?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;

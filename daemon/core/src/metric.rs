@@ -57,5 +57,7 @@ pub const PEER_REQUESTS: &str = "locus_peer_requests_total";
 /// Revisions (a branch, an S3 prefix's listing) in use asked for again in the background
 /// before their metadata TTL ran out, so that no reader waits for them.
 pub const METADATA_REFRESHES: &str = "locus_metadata_refreshes_total";
+/// Time of one commit of the cache index (its ops gathered, written and made durable).
+pub const INDEX_COMMIT_SECONDS: &str = "locus_index_commit_seconds";
 /// Times the membership source (etcd, DNS) could not be reached.
 pub const MEMBERSHIP_ERRORS: &str = "locus_membership_errors_total";

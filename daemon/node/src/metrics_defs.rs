@@ -8,6 +8,11 @@ pub const FETCH_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of [`INDEX_COMMIT_SECONDS`].
+pub const INDEX_COMMIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Describes every metric and sets the ones that must be visible from the start.
 pub fn describe() {
     use metrics::Unit;
@@ -44,6 +49,11 @@ pub fn describe() {
         "Bytes evicted from the local cache"
     );
     metrics::describe_histogram!(FETCH_SECONDS, Unit::Seconds, "Time to fetch one chunk");
+    metrics::describe_histogram!(
+        INDEX_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time of one commit of the cache index"
+    );
     metrics::describe_gauge!(RING_MEMBERS, "Members of the consistent-hash ring");
     metrics::describe_counter!(PEER_DOWN, "Peers marked down (failed, silent or garbled)");
     metrics::describe_counter!(
