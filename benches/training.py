@@ -274,6 +274,8 @@ def main():
                          "connection fetches 50 small files a second)")
     ap.add_argument("--daemon-args", default="", help="more arguments for `locus daemon` (e.g. "
                     "'--metadata-ttl 600')")
+    ap.add_argument("--mount-args", default="", help="more arguments for `locus mount` (e.g. "
+                    "'--linger-us 0')")
     ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
@@ -322,7 +324,7 @@ def main():
                     with socket.socket() as s:
                         s.bind(("127.0.0.1", 0))
                         metrics = f"127.0.0.1:{s.getsockname()[1]}"
-                    d.run("mount", "--metrics", metrics, uri, str(mnt))
+                    d.run("mount", "--metrics", metrics, *args.mount_args.split(), uri, str(mnt))
                     cost = LocusCost(d.proc.pid, mnt, f"http://{metrics}/metrics")
                     if run == "mount+warm":
                         warm = subprocess.Popen([binary("locus"), "--socket", d.socket, "warm", uri],
