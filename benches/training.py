@@ -21,7 +21,9 @@ Per epoch it reports the share of the epoch spent waiting for data and the GPU u
                 daemon fetches ahead with its own concurrency while the loader reads);
   local         files of the same sizes on local disk, in the page cache;
   memory        the same sizes from memory, no I/O at all: the floor of the DataLoader's own
-                hand-over of batches from its workers on this machine.
+                hand-over of batches from its workers on this machine;
+  warm          no training: `locus warm` of the prefix alone, its time, the daemon's CPU and
+                the index's commits (`locus_index_commit_seconds`), what epoch 1 pays for.
 
 Each locus run starts with an empty cache. A run's files are removed at the end of the benchmark,
 not before the next run: on ext4 without a journal (this machine's disk) a new inode skips every
@@ -259,6 +261,35 @@ class SimCounter:
         pass
 
 
+def warm_alone(work, url, args):
+    """`locus warm` of the prefix into an empty cache, nothing else running."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{s.getsockname()[1]}"
+    d = Daemon(work, "node-warm", extra=["--s3-endpoint", url, "--cache-size", "64GiB", "--metrics", metrics,
+                                          "--concurrency", str(args.concurrency), *args.daemon_args.split()])
+    try:
+        cpu0, t0 = cpu_seconds(d.proc.pid), time.perf_counter()
+        d.run("warm", f"s3://{BUCKET}/{PREFIX}", timeout=3600)
+        took, cpu = time.perf_counter() - t0, cpu_seconds(d.proc.pid) - cpu0
+        commits = {}
+        with urllib.request.urlopen(f"http://{metrics}/metrics") as r:
+            for line in r.read().decode().splitlines():
+                for k in ("sum", "count"):
+                    if line.startswith(f"locus_index_commit_seconds_{k} "):
+                        commits[k] = float(line.split()[1])
+    finally:
+        d.close()
+    out = {"seconds": took, "daemon_cpu": cpu, "commits": commits.get("count", 0),
+           "commit_seconds": commits.get("sum", 0.0)}
+    print(f"    warm: {took:.1f} s, {args.files / took:.0f} files/s, daemon CPU {cpu:.1f} s "
+          f"({1000 * cpu / args.files:.2f} ms a file); index commits {out['commits']:.0f}, "
+          f"{out['commit_seconds']:.1f} s in all", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--origin", choices=["sim", "moto"], default="sim")
@@ -274,11 +305,18 @@ def main():
                          "connection fetches 50 small files a second)")
     ap.add_argument("--daemon-args", default="", help="more arguments for `locus daemon` (e.g. "
                     "'--metadata-ttl 600')")
+    ap.add_argument("--sharing-strategy", choices=["file_descriptor", "file_system"],
+                    help="how the DataLoader's workers hand tensors over (torch's default: "
+                         "file_descriptor)")
     ap.add_argument("--mount-args", default="", help="more arguments for `locus mount` (e.g. "
                     "'--linger-us 0')")
     ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
+    if args.sharing_strategy:
+        import torch.multiprocessing
+
+        torch.multiprocessing.set_sharing_strategy(args.sharing_strategy)
 
     work = Path(tempfile.mkdtemp(prefix="locus-training-"))
     moto = sim = None
@@ -310,6 +348,8 @@ def main():
                     p.write_bytes(blob[:n])
                 results[run] = train(MountFiles(str(local), files), args.epochs, step, args.batch,
                                      args.workers, 1)
+            elif run == "warm":
+                results[run] = warm_alone(work, url, args)
             elif run == "direct":
                 results[run] = train(S3Files(url, files), args.epochs, step, args.batch, args.workers, 1)
             else:
@@ -351,7 +391,7 @@ def main():
     if base:
         print("\nratios against direct (data wait share, lower is better; GPU util, higher is better):")
         for run in args.runs.split(","):
-            if run == "direct" or run not in results:
+            if run in ("direct", "warm") or run not in results:
                 continue
             for e, (b, r) in enumerate(zip(base, results[run])):
                 print(f"  {run:11s} epoch {e + 1}: wait {100 * r['wait_share']:5.1f}% vs {100 * b['wait_share']:5.1f}% "
