@@ -142,10 +142,16 @@ impl FileState {
                 return Err(ReadError::MustWait);
             }
             drop(inner);
-            // A read from the start needs chunk 0 whatever the chunk size: one call both
-            // learns the layout and makes it present (a small file not cached when listed,
-            // the first read of a training epoch, costs one round trip, not two).
-            let count = u32::from(offset == 0);
+            // A read of the whole file (a small file not cached when listed, the first read
+            // of a training epoch) needs every chunk whatever their size: one call both learns
+            // the layout and makes them present (the daemon takes no more chunks than the
+            // file has). Any other read first learns the layout, so that read-ahead starts
+            // before the read's own chunks are fetched.
+            let count = if offset == 0 && end == self.size {
+                u32::try_from(self.size.div_ceil(locus_core::MIN_CHUNK_SIZE)).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
             let info = backend.chunks(&self.uri, &self.key, 0, count, false)?;
             inner = lock(&self.inner);
             inner.absorb(info)?;
@@ -520,6 +526,28 @@ mod tests {
                 count: 1,
                 recheck: false
             }]
+        );
+        // A first read from the start of a larger file learns the layout first, so that
+        // its read-ahead is asked for before its own chunk is fetched.
+        let mut b = TestBackend::new(data(4), CS, false);
+        b.lazy = true;
+        let st = FileState::new("u".into(), "k".into(), 4 * CS, None);
+        assert!(read(&st, &b, 0, 100).unwrap() == b.data[..100]);
+        assert_eq!(
+            b.calls(),
+            vec![
+                Call::Chunks {
+                    first: 0,
+                    count: 0,
+                    recheck: false
+                },
+                Call::Prefetch { first: 1, count: 2 },
+                Call::Chunks {
+                    first: 0,
+                    count: 1,
+                    recheck: false
+                }
+            ]
         );
         // A first read elsewhere learns the layout, then asks for the chunks it covers.
         let mut b = TestBackend::new(data(4), CS, false);

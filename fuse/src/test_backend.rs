@@ -122,6 +122,7 @@ impl Backend for TestBackend {
             for (c, crc) in info.crcs.iter_mut().enumerate() {
                 if !asked.contains(&(c as u32)) {
                     *crc = None;
+                    info.complete = false;
                 }
             }
         }

@@ -498,7 +498,7 @@ impl DaemonConfig {
         let chunk_size = a.chunk_size.0;
         within(
             chunk_size,
-            64 << 10..=256 << 20,
+            locus_core::MIN_CHUNK_SIZE..=256 << 20,
             "--chunk-size must be between 64KiB and 256MiB",
         )?;
         within(a.replicas, 1..=16, "--replicas must be between 1 and 16")?;

@@ -1,5 +1,9 @@
 //! How a file is cut into fixed-size chunks, and the one check of a stored chunk's bytes.
 
+/// The smallest chunk a daemon may be set to (`--chunk-size`): a client that does not know a
+/// file's chunk size yet knows that `size / MIN_CHUNK_SIZE` chunks, rounded up, cover it.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;

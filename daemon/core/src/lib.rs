@@ -15,7 +15,7 @@ pub mod suggest;
 pub mod uri;
 pub mod xml;
 
-pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes};
+pub use chunk::{check_stored, read_stored, ChunkFault, ChunkLayout, FileBytes, MIN_CHUNK_SIZE};
 pub use identity::{git_blob_id, lfs_pointer, Digest, Listed, RemoteFile};
 pub use listing::{Brief, Files, Listing, ListingBuilder};
 pub use secret::Secret;

@@ -499,8 +499,8 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// The longest ops wait for company, however long commits take: what a crash can lose of
 /// the records not flushed (a start repairs their data files).
 const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(200);
-/// How often a gathering writer looks for ops sent (and a flush among them).
-const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How often a writer holding only touches looks for company (any other op).
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A file's committed record and its stored chunks (index, CRC).
 pub(crate) type Stored = (FileRecord, Vec<(u32, u32)>);
@@ -899,7 +899,20 @@ impl Index {
     pub fn flush(&self) -> bool {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Flush(tx));
+        self.wake_writer();
         rx.recv().unwrap_or(false)
+    }
+
+    /// Ends the writer's gathering now (it sleeps rather than wake for every op sent).
+    fn wake_writer(&self) {
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            t.thread().unpark();
+        }
     }
 
     /// Whether ops were sent that the writer has not committed yet.
@@ -1295,6 +1308,7 @@ impl Drop for Index {
         // Closing the channel ends the writer after it commits what is queued.
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -1528,6 +1542,7 @@ fn gather(
     rx: &mpsc::Receiver<(u64, Op)>,
     ops: &mut Vec<(u64, Op)>,
     until: std::time::Instant,
+    poll: Option<std::time::Duration>,
     wait: impl Fn(&[(u64, Op)]) -> bool,
 ) {
     while wait(ops) {
@@ -1536,8 +1551,9 @@ fn gather(
         };
         // Sleeps rather than waits on the channel: a waiting receiver is woken by every op
         // sent, and a warm of small files sends thousands a second (a context switch for the
-        // writer and a futex wake for the sender each time).
-        std::thread::sleep(left.min(POLL));
+        // writer and a futex wake for the sender each time). A flush and the channel's end
+        // unpark it (`Index::wake_writer`); other ops are looked for every `poll`, if given.
+        std::thread::park_timeout(poll.map_or(left, |p| left.min(p)));
         loop {
             match rx.try_recv() {
                 Ok(op) => ops.push(op),
@@ -1652,9 +1668,13 @@ impl Writer {
             }
             // Only touches: they wait for company (a flush, a write) or the delay.
             if delay {
-                gather(&rx, &mut ops, last_commit + TOUCH_DELAY, |ops| {
-                    !ops.is_empty() && touches_only(ops)
-                });
+                gather(
+                    &rx,
+                    &mut ops,
+                    last_commit + TOUCH_DELAY,
+                    Some(POLL),
+                    |ops| !ops.is_empty() && touches_only(ops),
+                );
             }
             // Other writes gather for a moment: a commit costs an fsync and a copy of redb's
             // allocator state whatever its size, so a warm of small files (four ops a file)
@@ -1663,7 +1683,7 @@ impl Writer {
             // the writer's time (10 ms each on tmpfs in a warm of small files: a third of a
             // core at 20 ms). A flush does not wait.
             let until = std::time::Instant::now() + gather_for;
-            gather(&rx, &mut ops, until, |ops| {
+            gather(&rx, &mut ops, until, None, |ops| {
                 !ops.iter().any(|(_, op)| matches!(op, Op::Flush(_)))
             });
             last_commit = std::time::Instant::now();
@@ -1736,8 +1756,6 @@ impl Writer {
                 Ok(())
             })();
             let took = last_commit.elapsed();
-            metrics::histogram!(locus_core::metric::INDEX_COMMIT_SECONDS)
-                .record(took.as_secs_f64());
             gather_for = (took * 5).clamp(GATHER, MAX_GATHER);
             let ok = result.is_ok();
             if let Err(e) = result {
@@ -1763,6 +1781,8 @@ impl Writer {
             }
             if ok {
                 self.done.store(last, Ordering::Release);
+                metrics::histogram!(locus_core::metric::INDEX_COMMIT_SECONDS)
+                    .record(took.as_secs_f64());
             }
             for w in waiters {
                 let _ = w.send(ok);
