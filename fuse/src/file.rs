@@ -414,6 +414,13 @@ mod tests {
         }
     }
 
+    fn chunk_calls(b: &TestBackend) -> Vec<Call> {
+        b.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Chunks { .. }))
+            .collect()
+    }
+
     fn prefetches(b: &TestBackend) -> Vec<(u32, u32)> {
         b.calls()
             .into_iter()
@@ -465,10 +472,7 @@ mod tests {
             "the mended bytes, never the rotten ones"
         );
         assert_eq!(
-            b.calls()
-                .into_iter()
-                .filter(|c| matches!(c, Call::Chunks { .. }))
-                .collect::<Vec<_>>(),
+            chunk_calls(&b),
             vec![Call::Chunks {
                 first: 2,
                 count: 1,
@@ -507,12 +511,6 @@ mod tests {
 
     #[test]
     fn a_first_read_of_a_file_not_cached_when_listed_asks_the_daemon_once() {
-        let chunks = |b: &TestBackend| {
-            b.calls()
-                .into_iter()
-                .filter(|c| matches!(c, Call::Chunks { .. }))
-                .collect::<Vec<_>>()
-        };
         // A small file (one chunk), fetched only when asked: the read from its start both
         // learns the layout and makes chunk 0 present in one call.
         let mut b = TestBackend::new(data(1)[..50_000].to_vec(), CS, false);
@@ -520,7 +518,7 @@ mod tests {
         let st = FileState::new("u".into(), "k".into(), 50_000, None);
         assert!(read(&st, &b, 0, 128 << 10).unwrap() == b.data);
         assert_eq!(
-            chunks(&b),
+            chunk_calls(&b),
             vec![Call::Chunks {
                 first: 0,
                 count: 1,
@@ -556,7 +554,7 @@ mod tests {
         let got = read(&st, &b, 2 * CS + 7, 100).unwrap();
         assert!(got == b.data[2 * CS as usize + 7..2 * CS as usize + 107]);
         assert_eq!(
-            chunks(&b),
+            chunk_calls(&b),
             vec![
                 Call::Chunks {
                     first: 0,
