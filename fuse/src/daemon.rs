@@ -198,6 +198,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                     chunk_size: e.chunk_size.max(1),
                     crcs: e.chunk_crc32c.iter().map(|c| Some(*c)).collect(),
                     complete: true,
+                    hit: false,
                 }),
                 uri: e.uri,
                 key: e.key,
@@ -251,6 +252,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                 .map(|(c, p)| p.then_some(*c))
                 .collect(),
             complete: r.complete,
+            hit: r.hit,
         })
     }
 

@@ -115,7 +115,9 @@ impl FileState {
 
     /// Reads `offset..offset + size` of a file into `out`, fetching and checking chunks as
     /// needed. Without `may_wait` (on a request reader) it stops with [`ReadError::MustWait`]
-    /// where it would ask the daemon.
+    /// where it would ask the daemon. `Ok(true)`: this mount knew nothing of the file's bytes,
+    /// yet the node held every chunk it asked for (the listing the file came from is behind
+    /// what the node stores).
     pub(crate) fn read_range<B: Backend>(
         &self,
         backend: &B,
@@ -123,10 +125,10 @@ impl FileState {
         size: u32,
         out: &mut Vec<u8>,
         may_wait: bool,
-    ) -> Result<(), ReadError> {
+    ) -> Result<bool, ReadError> {
         out.clear();
         if offset >= self.size || size == 0 {
-            return Ok(());
+            return Ok(false);
         }
         if !may_wait && size > INLINE_READ_MAX {
             return Err(ReadError::MustWait);
@@ -137,6 +139,7 @@ impl FileState {
         } else {
             try_lock(&self.inner).ok_or(ReadError::MustWait)?
         };
+        let mut stale = false;
         if inner.chunk_size == 0 {
             if !may_wait {
                 return Err(ReadError::MustWait);
@@ -153,6 +156,11 @@ impl FileState {
                 0
             };
             let info = backend.chunks(&self.uri, &self.key, 0, count, false)?;
+            // The node held it all before this read asked: the listing is behind.
+            stale = match count {
+                0 => info.complete,
+                _ => info.hit,
+            };
             inner = lock(&self.inner);
             inner.absorb(info)?;
         }
@@ -225,7 +233,7 @@ impl FileState {
                     }
                     out.truncate((end - chunk_start) as usize);
                     out.drain(..(offset - chunk_start) as usize);
-                    return Ok(());
+                    return Ok(stale);
                 }
                 out.clear();
             }
@@ -263,7 +271,7 @@ impl FileState {
         out.resize((end - offset) as usize, 0);
         f.read_exact_at(out, offset)
             .map_err(|e| FsError::Io(format!("{}: {e}", self.uri)))?;
-        Ok(())
+        Ok(stale)
     }
 
     /// Checks every chunk not yet checked by this mount, refetching any that fail, before the
@@ -408,7 +416,7 @@ mod tests {
     fn read(st: &FileState, b: &TestBackend, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let mut out = Vec::new();
         match st.read_range(b, offset, size, &mut out, true) {
-            Ok(()) => Ok(out),
+            Ok(_) => Ok(out),
             Err(ReadError::Fs(e)) => Err(e),
             Err(ReadError::MustWait) => panic!("a read that may wait never stops to wait"),
         }
@@ -507,6 +515,55 @@ mod tests {
         let st = FileState::new("u".into(), "k".into(), 3 * CS, Some(b.info()));
         assert!(read(&st, &b, 0, 100).is_ok());
         assert_eq!(read(&st, &b, 2 * CS, 100).unwrap_err().errno(), libc::EIO);
+    }
+
+    #[test]
+    fn a_first_read_says_whether_the_node_held_what_the_listing_did_not_show() {
+        let small = data(1)[..50_000].to_vec();
+        let mut out = Vec::new();
+        // Stored on the node, not in the listing: stale.
+        let b = TestBackend::new(small.clone(), CS, true);
+        let st = FileState::new("u".into(), "k".into(), 50_000, None);
+        assert!(matches!(
+            st.read_range(&b, 0, 128 << 10, &mut out, true),
+            Ok(true)
+        ));
+        assert!(out == b.data);
+        // Its next read knows the file: nothing to say.
+        assert!(matches!(
+            st.read_range(&b, 0, 4096, &mut out, true),
+            Ok(false)
+        ));
+        // Fetched by this very read: the listing was right.
+        let mut lazy = TestBackend::new(small.clone(), CS, true);
+        lazy.lazy = true;
+        let st = FileState::new("u".into(), "k".into(), 50_000, None);
+        assert!(matches!(
+            st.read_range(&lazy, 0, 128 << 10, &mut out, true),
+            Ok(false)
+        ));
+        assert!(out == lazy.data);
+        // Listed as cached: nothing to say.
+        let st = FileState::new("u".into(), "k".into(), 50_000, Some(b.info()));
+        assert!(matches!(
+            st.read_range(&b, 0, 128 << 10, &mut out, true),
+            Ok(false)
+        ));
+        // A larger file first read elsewhere learns its layout alone: stale when complete.
+        let b = TestBackend::new(data(4), CS, true);
+        let st = FileState::new("u".into(), "k".into(), 4 * CS, None);
+        assert!(matches!(
+            st.read_range(&b, CS, 100, &mut out, true),
+            Ok(true)
+        ));
+        let mut partial = TestBackend::new(data(4), CS, false);
+        partial.lazy = true;
+        let st = FileState::new("u".into(), "k".into(), 4 * CS, None);
+        assert!(matches!(
+            st.read_range(&partial, CS, 100, &mut out, true),
+            Ok(false)
+        ));
+        assert!(out == partial.data[CS as usize..CS as usize + 100]);
     }
 
     #[test]

@@ -905,18 +905,22 @@ impl<B: Backend> Core<B> {
         None
     }
 
-    /// Answers a read; without `may_wait`, hands the reply back where the read must wait.
+    /// Answers a read of file `ino`; without `may_wait`, hands the reply back where the read
+    /// must wait.
     fn read_reply(
         &self,
+        ino: u64,
         st: &FileState,
         offset: u64,
         size: u32,
         reply: ReplyData,
         may_wait: bool,
     ) -> Option<ReplyData> {
-        READ_BUF.with_borrow_mut(|buf| {
+        let mut stale = false;
+        let rest = READ_BUF.with_borrow_mut(|buf| {
             match st.read_range(&*self.backend, offset, size, buf, may_wait) {
-                Ok(()) => {
+                Ok(s) => {
+                    stale = s;
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
@@ -929,7 +933,34 @@ impl<B: Backend> Core<B> {
                     None
                 }
             }
-        })
+        });
+        // After the reply: the reader does not wait for it.
+        if stale {
+            self.stale_read(ino);
+        }
+        rest
+    }
+
+    /// A first read of file `ino` found the node holding it though its listing did not say
+    /// so (cached since it was listed: a warm beside the readers). After enough of them in
+    /// one root, its listing is asked for again for what the node holds now: a first read of
+    /// a file learned then is answered here, without a call to the node (each costs both
+    /// processes a round trip and a blocking thread's hand-over).
+    fn stale_read(&self, ino: u64) {
+        ::metrics::counter!(metrics::STALE_READS).increment(1);
+        let Some((root, uri)) = self.tree().stale_read(ino) else {
+            return;
+        };
+        ::metrics::counter!(metrics::LEARNS).increment(1);
+        match self.backend.list(&uri) {
+            Ok(listing) => {
+                let n = self.tree_mut().learn(root, listing.entries);
+                ::metrics::counter!(metrics::LEARNED_FILES).increment(n as u64);
+                tracing::debug!(uri, files = n, "learned files cached since listed");
+            }
+            Err(e) => tracing::debug!(uri, error = %e, "could not ask what the node holds"),
+        }
+        self.tree().learned(root);
     }
 }
 
@@ -1041,7 +1072,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -1054,10 +1085,10 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(offset, size, "read");
-        match self.core.read_reply(&st, offset, size, reply, false) {
+        match self.core.read_reply(ino.0, &st, offset, size, reply, false) {
             None => metrics::request("read", "reader"),
             Some(reply) => self.offload("read", move |core| {
-                core.read_reply(&st, offset, size, reply, true);
+                core.read_reply(ino.0, &st, offset, size, reply, true);
             }),
         }
     }

@@ -97,6 +97,9 @@ pub struct ChunkInfo {
     pub crcs: Vec<Option<u32>>,
     /// The whole file is stored and was checked against the origin's digest.
     pub complete: bool,
+    /// The `Backend::chunks` call that answered found every chunk it asked for (at least one)
+    /// already stored: nothing was fetched for it. Never set from a listing.
+    pub hit: bool,
 }
 
 /// Backend failures, each with the errno the kernel gets.

@@ -14,6 +14,13 @@ pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
 /// Listings asked for again because their metadata TTL had passed.
 pub const RELISTS: &str = "locus_fuse_relists_total";
+/// First reads of files that the node already held though the listing they came from did
+/// not show them cached (cached since: a warm running beside the readers).
+pub const STALE_READS: &str = "locus_fuse_stale_reads_total";
+/// Listings asked for again after such reads, to learn what the node holds now, and the
+/// files learned from them (first reads of those then need no call to the node).
+pub const LEARNS: &str = "locus_fuse_learns_total";
+pub const LEARNED_FILES: &str = "locus_fuse_learned_files_total";
 /// Names the kernel had looked up found pointing at a new version (or gone) when listed
 /// again: each got a new inode. (A name never looked up changes without one.)
 pub const VERSIONS_REPLACED: &str = "locus_fuse_versions_replaced_total";
@@ -38,6 +45,15 @@ pub fn describe() {
     );
     metrics::describe_counter!(RELISTS, "Listings asked for again after their TTL");
     metrics::describe_counter!(
+        STALE_READS,
+        "First reads of files the node held though their listing did not show them cached"
+    );
+    metrics::describe_counter!(
+        LEARNS,
+        "Listings asked for again to learn which of their files the node holds now"
+    );
+    metrics::describe_counter!(LEARNED_FILES, "Files learned cached from those listings");
+    metrics::describe_counter!(
         VERSIONS_REPLACED,
         "Names that pointed at a new version or were gone when listed again"
     );
@@ -45,7 +61,15 @@ pub fn describe() {
         INODES,
         "Names reachable (linked: inodes and listed files not looked up yet) or inodes held"
     );
-    for c in [READ_BYTES, PASSTHROUGH_OPENS, RELISTS, VERSIONS_REPLACED] {
+    for c in [
+        READ_BYTES,
+        PASSTHROUGH_OPENS,
+        RELISTS,
+        STALE_READS,
+        LEARNS,
+        LEARNED_FILES,
+        VERSIONS_REPLACED,
+    ] {
         metrics::counter!(c).absolute(0);
     }
 }

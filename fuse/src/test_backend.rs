@@ -78,6 +78,7 @@ impl TestBackend {
                 .map(|c| Some(crc32c::crc32c(&self.data[self.range(c)])))
                 .collect(),
             complete: self.complete,
+            hit: false,
         }
     }
 
@@ -104,10 +105,13 @@ impl Backend for TestBackend {
             count,
             recheck,
         });
-        self.asked
-            .lock()
-            .expect("asked")
-            .extend(first..first + count);
+        let n = self.data.len().div_ceil(self.chunk_size as usize) as u32;
+        let asked_now = first..(first + count).min(n);
+        let hit = !asked_now.is_empty() && {
+            let asked = self.asked.lock().expect("asked");
+            !self.lazy || asked_now.clone().all(|c| asked.contains(&c))
+        };
+        self.asked.lock().expect("asked").extend(asked_now);
         if recheck && self.mends {
             let mut bytes = std::fs::read(&self.path).map_err(|e| FsError::Io(e.to_string()))?;
             for c in first..first + count {
@@ -117,6 +121,7 @@ impl Backend for TestBackend {
             std::fs::write(&self.path, bytes).map_err(|e| FsError::Io(e.to_string()))?;
         }
         let mut info = self.info();
+        info.hit = hit;
         if self.lazy {
             let asked = self.asked.lock().expect("asked");
             for (c, crc) in info.crcs.iter_mut().enumerate() {

@@ -96,7 +96,31 @@ pub(crate) struct Root {
     pub refreshing: Arc<Mutex<()>>,
     /// The digest of the listing shown.
     digest: Option<u64>,
+    /// Files in the listing shown.
+    files: usize,
+    /// First reads that found the node holding a file this listing did not show as cached.
+    learning: Mutex<Learning>,
 }
+
+/// First reads of a root's files that found the node holding what its listing did not show
+/// (files cached since it was listed: a warm running beside the reader), and when the root
+/// was last asked again for what the node holds ([`Tree::stale_read`]).
+#[derive(Default)]
+struct Learning {
+    /// Such reads since the last time.
+    stale: u32,
+    /// When the last one ended.
+    at: Option<Instant>,
+    /// One is under way.
+    busy: bool,
+}
+
+/// A root is asked again for what the node holds after this many stale first reads (plus one
+/// per [`LEARN_PER_FILES`] files listed, as the answer's cost grows with the listing) ...
+const LEARN_AFTER: u32 = 8;
+const LEARN_PER_FILES: usize = 128;
+/// ... and at most this often.
+const LEARN_EVERY: Duration = Duration::from_secs(1);
 
 /// What a change did, for the caller to tell the kernel and drop its own state.
 #[derive(Default, Debug)]
@@ -139,6 +163,7 @@ enum Want {
 /// an unchanged listing (the common case, once per TTL) at once.
 pub(crate) struct Prepared {
     want: WantDir,
+    files: usize,
     ttl: Option<Duration>,
     age: Duration,
     digest: u64,
@@ -152,6 +177,7 @@ impl Prepared {
             (&e.path, &e.key, e.size).hash(&mut h);
         }
         listing.folders.hash(&mut h);
+        let files = listing.entries.len();
         let mut want = want_tree(listing.entries);
         // A folder wins over a file of the same name, as in `insert_want`.
         for (name, uri) in listing.folders {
@@ -162,6 +188,7 @@ impl Prepared {
         }
         Prepared {
             digest: h.finish(),
+            files,
             // A TTL of 0 would list the whole root again at every lookup.
             ttl: listing.ttl.map(|t| t.max(MIN_TTL)),
             age: listing.age,
@@ -384,6 +411,90 @@ impl Tree {
             .map_or(max, |t| t.min(max))
     }
 
+    /// Counts a first read of file `ino` that found the node holding it though its root's
+    /// listing did not say so. Enough of them (and not too soon after the last time): the
+    /// root and its URI, to be asked again for what the node holds ([`Tree::learn`]; then
+    /// [`Tree::learned`] either way).
+    pub fn stale_read(&self, ino: u64) -> Option<(u64, String)> {
+        let root = self.nodes.get(&ino)?.root;
+        let r = self.roots.get(&root)?;
+        let mut l = crate::file::lock(&r.learning);
+        l.stale += 1;
+        let enough = LEARN_AFTER.saturating_add((r.files / LEARN_PER_FILES) as u32);
+        if l.busy || l.stale < enough || l.at.is_some_and(|t| t.elapsed() < LEARN_EVERY) {
+            return None;
+        }
+        l.busy = true;
+        Some((root, r.uri.clone()))
+    }
+
+    /// Takes in where the node holds files of root `root` now (`entries`, a listing of it):
+    /// each name still at the same version, whose bytes this mount did not know where to
+    /// find, now knows. Names and versions do not change here (that is the TTL's refresh).
+    /// How many names learned.
+    pub fn learn(&mut self, root: u64, entries: Vec<Entry>) -> usize {
+        let mut learned = 0;
+        for e in entries {
+            let Some(info) = e.cached else { continue };
+            let Some((dir, name)) = self.dir_in_root(root, &e.path) else {
+                continue;
+            };
+            let ino = self.child(dir, name);
+            let slot = match ino
+                .and_then(|i| self.nodes.get_mut(&i))
+                .map(|n| &mut n.kind)
+            {
+                Some(Kind::File { key, cached, .. }) if *key == e.key => cached,
+                Some(_) => continue,
+                None => match self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+                    Some(Kind::Dir { pending, .. }) => match pending.get_mut(name) {
+                        Some(p) if p.key == e.key => &mut p.cached,
+                        _ => continue,
+                    },
+                    _ => continue,
+                },
+            };
+            if slot.is_none() {
+                *slot = Some(info);
+                learned += 1;
+            }
+        }
+        learned
+    }
+
+    /// Ends what [`Tree::stale_read`] started for `root`.
+    pub fn learned(&self, root: u64) {
+        if let Some(r) = self.roots.get(&root) {
+            let mut l = crate::file::lock(&r.learning);
+            *l = Learning {
+                stale: 0,
+                at: Some(Instant::now()),
+                busy: false,
+            };
+        }
+    }
+
+    /// The folder of root `root` that `path` (relative to it) is in, and its last name:
+    /// folders of the root's own listing only (not a root of its own).
+    fn dir_in_root<'p>(&self, root: u64, path: &'p str) -> Option<(u64, &'p str)> {
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let mut name = parts.next()?;
+        let mut dir = root;
+        for next in parts {
+            dir = self.child(dir, name)?;
+            let own = self.nodes.get(&dir).is_some_and(|n| {
+                n.root == root
+                    && !self.roots.contains_key(&dir)
+                    && matches!(n.kind, Kind::Dir { .. })
+            });
+            if !own {
+                return None;
+            }
+            name = next;
+        }
+        Some((dir, name))
+    }
+
     /// Notes a use of `ino`'s root (for eviction).
     pub fn touch(&self, ino: u64) {
         if let Some(r) = self.nodes.get(&ino).and_then(|n| self.roots.get(&n.root)) {
@@ -514,6 +625,8 @@ impl Tree {
                 used: AtomicU64::new(self.started.elapsed().as_millis() as u64),
                 refreshing: Arc::new(Mutex::new(())),
                 digest: None,
+                files: 0,
+                learning: Mutex::default(),
             },
         );
     }
@@ -539,6 +652,7 @@ impl Tree {
         };
         r.ttl = listing.ttl;
         r.listed_at = now.checked_sub(listing.age).unwrap_or(now);
+        r.files = listing.files;
         if r.digest.replace(listing.digest) == Some(listing.digest) {
             return ch;
         }
@@ -866,6 +980,73 @@ mod tests {
             Kind::File { key, .. } => key.clone(),
             _ => panic!("not a file"),
         }
+    }
+
+    fn cached_of(t: &Tree, ino: u64) -> Option<ChunkInfo> {
+        match &t.get(ino).unwrap().kind {
+            Kind::File { cached, .. } => cached.clone(),
+            _ => panic!("not a file"),
+        }
+    }
+
+    #[test]
+    fn a_root_learns_what_the_node_holds_after_enough_stale_reads() {
+        let mut all: Vec<Entry> = (0..200)
+            .map(|i| entry(&format!("a/f{i}"), "k", 1))
+            .collect();
+        all.push(entry("x", "k", 1));
+        let mut t = Tree::listed("s3://b", listing(all));
+        let f1 = lookup(&mut t, "a/f1").unwrap();
+        let x = lookup(&mut t, "x").unwrap();
+        // 201 files: 8 + 1 stale reads before the root is asked again, and not while it is.
+        for _ in 0..8 {
+            assert_eq!(t.stale_read(f1), None);
+        }
+        assert_eq!(t.stale_read(f1), Some((ROOT, "s3://b".to_string())));
+        assert_eq!(t.stale_read(x), None, "one at a time");
+        let held = |path: &str, key: &str| Entry {
+            cached: Some(ChunkInfo {
+                path: std::path::PathBuf::from(format!("/cache/{path}")),
+                size: 1,
+                chunk_size: 1 << 20,
+                crcs: vec![Some(7)],
+                complete: true,
+                hit: false,
+            }),
+            ..entry(path, key, 1)
+        };
+        let now = vec![
+            held("a/f1", "k"),        // an inode
+            held("a/f2", "k"),        // a pending name
+            held("a/f3", "newer"),    // another version: not this name's bytes
+            held("x", "k"),           // at the root
+            held("a/gone", "k"),      // not listed here
+            held("a/f1/deeper", "k"), // a file is no folder
+            entry("a/f4", "k", 1),    // not held
+        ];
+        assert_eq!(t.learn(ROOT, now.clone()), 3);
+        assert!(cached_of(&t, f1).is_some() && cached_of(&t, x).is_some());
+        let f2 = lookup(&mut t, "a/f2").unwrap();
+        assert_eq!(
+            cached_of(&t, f2).map(|c| c.path),
+            Some("/cache/a/f2".into())
+        );
+        let f3 = lookup(&mut t, "a/f3").unwrap();
+        assert!(cached_of(&t, f3).is_none() && key_of(&t, f3) == "k");
+        let f4 = lookup(&mut t, "a/f4").unwrap();
+        assert!(cached_of(&t, f4).is_none());
+        assert!(
+            lookup(&mut t, "a/gone").is_none(),
+            "names do not change here"
+        );
+        assert_eq!(t.learn(ROOT, now), 0, "learned once");
+        // Counting starts again, and the next time waits for LEARN_EVERY.
+        t.learned(ROOT);
+        for _ in 0..20 {
+            assert_eq!(t.stale_read(f1), None);
+        }
+        crate::file::lock(&t.roots[&ROOT].learning).at = Instant::now().checked_sub(LEARN_EVERY);
+        assert_eq!(t.stale_read(f1), Some((ROOT, "s3://b".to_string())));
     }
 
     #[test]

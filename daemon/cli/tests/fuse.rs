@@ -793,6 +793,69 @@ fn a_later_open_sees_the_new_version_once_the_ttl_passes() {
 
 #[test]
 #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn files_warmed_beside_a_mount_are_learned_and_then_read_without_asking_the_daemon() {
+    let env = Env::new();
+    let root = env.path("shared");
+    let mut files = Vec::new();
+    for dir in ["walked", "opened"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        for i in 0..64u64 {
+            let bytes = locus_testorigin::model::random_bytes(i, 10_000 + 997 * i as usize);
+            std::fs::write(root.join(format!("{dir}/f{i:02}")), &bytes).unwrap();
+            files.push((format!("{dir}/f{i:02}"), bytes));
+        }
+    }
+    let uri = format!("file://{}", root.display());
+    let d = env.daemon(
+        "n",
+        &[
+            "--file-root",
+            root.to_str().unwrap(),
+            "--metadata-ttl",
+            "600",
+        ],
+        &[],
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(&d, &env, &uri, "mnt", &["--metrics", &addr]);
+    // Listed before anything is cached: `walked` read whole (every name an inode), `opened`
+    // only entered (its names stay pending until opened by path).
+    assert_eq!(std::fs::read_dir(m.dir.join("walked")).unwrap().count(), 64);
+    assert!(m.dir.join("opened/f00").exists());
+    d.ok(&["warm", &uri]);
+    let pool_reads = || metric(&addr, "locus_fuse_requests_total", r#"op="read",on="pool""#);
+    let stale = || metric(&addr, "locus_fuse_stale_reads_total", "");
+    for (n, dir) in ["walked", "opened"].into_iter().enumerate() {
+        let mine: Vec<&(String, bytes::Bytes)> =
+            files.iter().filter(|(p, _)| p.starts_with(dir)).collect();
+        // Each first read asks the node, which holds the file: 8 of them in a folder of 64,
+        // then the folder is asked again for what the node holds.
+        for (p, b) in &mine[..8] {
+            assert!(std::fs::read(m.dir.join(p)).unwrap() == b[..], "{p}");
+        }
+        assert_eq!(stale(), 8.0 * (n + 1) as f64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while metric(&addr, "locus_fuse_learned_files_total", "") < 64.0 * (n + 1) as f64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the folder was not learned"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(metric(&addr, "locus_fuse_learns_total", ""), (n + 1) as f64);
+        // The rest are read here, from the node's cache files: no call to the node.
+        let before = pool_reads();
+        for (p, b) in &mine[8..] {
+            assert!(std::fs::read(m.dir.join(p)).unwrap() == b[..], "{p}");
+        }
+        assert_eq!(stale(), 8.0 * (n + 1) as f64, "a first read asked the node");
+        assert_eq!(pool_reads(), before, "a read went to the pool");
+    }
+    assert_eq!(metric(&addr, "locus_fuse_learned_files_total", ""), 128.0);
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn the_namespace_view_keeps_a_bounded_number_of_inodes() {
     let env = Env::new();
     let mut repos = Vec::new();

@@ -282,23 +282,35 @@ impl Node {
         file: &RemoteFile,
         range: Range<u32>,
     ) -> Result<Arc<FileHandle>, NodeError> {
+        self.ensure_chunks_seen(file, range).await.map(|(h, _)| h)
+    }
+
+    /// [`Node::ensure_chunks`], and whether every chunk of `range` (at least one) was
+    /// already stored: nothing fetched or joined.
+    pub async fn ensure_chunks_seen(
+        self: &Arc<Self>,
+        file: &RemoteFile,
+        range: Range<u32>,
+    ) -> Result<(Arc<FileHandle>, bool), NodeError> {
         let h = self.register(file).await?;
         h.touch();
         let end = range.end.min(h.layout().count());
         let layout = h.layout();
-        futures::stream::iter(range.start..end)
+        let hits = futures::stream::iter(range.start..end)
             .map(|idx| {
                 let h = h.clone();
                 async move {
-                    if self.ensure_chunk(file, &h, idx).await? == Source::Local {
+                    let local = self.ensure_chunk(file, &h, idx).await? == Source::Local;
+                    if local {
                         self.counters.local(layout.len(idx));
                     }
-                    Ok::<_, NodeError>(())
+                    Ok::<_, NodeError>(local as u32)
                 }
             })
             .buffer_unordered(self.cfg.concurrency.max(1))
-            .try_collect::<()>()
+            .try_fold(0u32, |n, hit| async move { Ok(n + hit) })
             .await?;
+        let all_hit = range.start < end && hits == end - range.start;
         if !h.verified() && h.missing().is_empty() {
             let node = self.clone();
             let file = file.clone();
@@ -308,7 +320,7 @@ impl Node {
                 }
             });
         }
-        Ok(h)
+        Ok((h, all_hit))
     }
 
     /// Makes chunk `idx` present: a hit, a fetch, or joining a fetch already under way.

@@ -407,6 +407,7 @@ impl Local for LocalService {
                 present: vec![true; crcs.len()],
                 chunk_crc32c: crcs,
                 complete: true,
+                hit: req.count > 0,
             }));
         }
         let first = req.first;
@@ -423,7 +424,7 @@ impl Local for LocalService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(NodeError::from)?;
         }
-        let h = self.node.ensure_chunks(&file, first..end).await?;
+        let (h, hit) = self.node.ensure_chunks_seen(&file, first..end).await?;
         let crcs = h.crcs();
         Ok(Response::new(pb::ChunksResponse {
             path: h.path().display().to_string(),
@@ -432,6 +433,7 @@ impl Local for LocalService {
             chunk_crc32c: crcs.iter().map(|c| c.unwrap_or(0)).collect(),
             present: crcs.iter().map(|c| c.is_some()).collect(),
             complete: h.verified(),
+            hit,
         }))
     }
 
