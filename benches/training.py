@@ -161,16 +161,27 @@ def tensor(body, key, want):
     return torch.frombuffer(bytearray(body[:8192]), dtype=torch.uint8)
 
 
+# The mount's counters reported beside its FUSE requests: what its first reads found and learned.
+MOUNT_COUNTERS = {"locus_fuse_stale_reads_total": "stale reads", "locus_fuse_learns_total": "learns",
+                  "locus_fuse_learned_files_total": "files learned"}
+
+
 def fuse_requests(metrics_url):
-    """The mount's FUSE requests so far, by op (`locus_fuse_requests_total`)."""
+    """The mount's FUSE requests so far, by op (`locus_fuse_requests_total`; `read@pool`: the reads
+    that went to the blocking pool, most of them asking the daemon), and `MOUNT_COUNTERS`."""
     import urllib.request
 
     ops = {}
     with urllib.request.urlopen(metrics_url) as r:
         for line in r.read().decode().splitlines():
+            value = int(float(line.rsplit(" ", 1)[-1])) if line and not line.startswith("#") else 0
             if line.startswith("locus_fuse_requests_total{"):
                 op = line.split('op="', 1)[1].split('"', 1)[0]
-                ops[op] = ops.get(op, 0) + int(float(line.rsplit(" ", 1)[1]))
+                ops[op] = ops.get(op, 0) + value
+                if op == "read" and 'on="pool"' in line:
+                    ops["read@pool"] = ops.get("read@pool", 0) + value
+            elif line.split(" ", 1)[0] in MOUNT_COUNTERS:
+                ops[MOUNT_COUNTERS[line.split(" ", 1)[0]]] = value
     return ops
 
 
