@@ -174,14 +174,15 @@ def fuse_requests(metrics_url):
     ops = {}
     with urllib.request.urlopen(metrics_url) as r:
         for line in r.read().decode().splitlines():
-            value = int(float(line.rsplit(" ", 1)[-1])) if line and not line.startswith("#") else 0
+            name = line.split(" ", 1)[0]
             if line.startswith("locus_fuse_requests_total{"):
+                value = int(float(line.rsplit(" ", 1)[1]))
                 op = line.split('op="', 1)[1].split('"', 1)[0]
                 ops[op] = ops.get(op, 0) + value
                 if op == "read" and 'on="pool"' in line:
                     ops["read@pool"] = ops.get("read@pool", 0) + value
-            elif line.split(" ", 1)[0] in MOUNT_COUNTERS:
-                ops[MOUNT_COUNTERS[line.split(" ", 1)[0]]] = value
+            elif name in MOUNT_COUNTERS:
+                ops[MOUNT_COUNTERS[name]] = int(float(line.rsplit(" ", 1)[1]))
     return ops
 
 

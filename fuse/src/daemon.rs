@@ -198,7 +198,6 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                     chunk_size: e.chunk_size.max(1),
                     crcs: e.chunk_crc32c.iter().map(|c| Some(*c)).collect(),
                     complete: true,
-                    hit: false,
                 }),
                 uri: e.uri,
                 key: e.key,
@@ -229,7 +228,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
         first: u32,
         count: u32,
         recheck: bool,
-    ) -> Result<ChunkInfo, FsError> {
+    ) -> Result<(ChunkInfo, bool), FsError> {
         let r = self
             .call(|| {
                 self.api.chunks(pb::ChunksRequest {
@@ -241,7 +240,7 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                 })
             })
             .map_err(status_error)?;
-        Ok(ChunkInfo {
+        let info = ChunkInfo {
             path: PathBuf::from(r.path),
             size: r.size,
             chunk_size: r.chunk_size.max(1),
@@ -252,8 +251,8 @@ impl<A: LocalApi> Backend for DaemonBackend<A> {
                 .map(|(c, p)| p.then_some(*c))
                 .collect(),
             complete: r.complete,
-            hit: r.hit,
-        })
+        };
+        Ok((info, r.hit))
     }
 
     fn cached(&self) -> Result<Vec<String>, FsError> {

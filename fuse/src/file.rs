@@ -155,11 +155,11 @@ impl FileState {
             } else {
                 0
             };
-            let info = backend.chunks(&self.uri, &self.key, 0, count, false)?;
+            let (info, hit) = backend.chunks(&self.uri, &self.key, 0, count, false)?;
             // The node held it all before this read asked: the listing is behind.
             stale = match count {
                 0 => info.complete,
-                _ => info.hit,
+                _ => hit,
             };
             inner = lock(&self.inner);
             inner.absorb(info)?;
@@ -204,7 +204,7 @@ impl FileState {
         if missing {
             // Not under the lock of other readers' progress: the daemon single-flights.
             drop(inner);
-            let info = backend.chunks(&self.uri, &self.key, first, last - first + 1, false)?;
+            let (info, _) = backend.chunks(&self.uri, &self.key, first, last - first + 1, false)?;
             inner = lock(&self.inner);
             inner.absorb(info)?;
         }
@@ -252,7 +252,7 @@ impl FileState {
                     "chunk failed its checksum; asking the node to fetch it again"
                 );
                 drop(inner);
-                let info = backend.chunks(&self.uri, &self.key, c, 1, true)?;
+                let (info, _) = backend.chunks(&self.uri, &self.key, c, 1, true)?;
                 inner = lock(&self.inner);
                 inner.absorb(info)?;
                 if !inner.check_chunk(self.size, c)? {
@@ -325,7 +325,7 @@ impl FileState {
                 );
                 let fixed = backend
                     .chunks(&self.uri, &self.key, c, 1, true)
-                    .and_then(|info| inner.absorb(info))
+                    .and_then(|(info, _)| inner.absorb(info))
                     .and_then(|()| inner.check_chunk(self.size, c));
                 if !matches!(fixed, Ok(true)) {
                     return false;

@@ -57,7 +57,7 @@ impl<B: Backend> Backend for Filtered<B> {
         first: u32,
         count: u32,
         recheck: bool,
-    ) -> Result<ChunkInfo, FsError> {
+    ) -> Result<(ChunkInfo, bool), FsError> {
         self.inner.chunks(uri, key, first, count, recheck)
     }
 
@@ -103,7 +103,14 @@ mod tests {
                 age: std::time::Duration::ZERO,
             })
         }
-        fn chunks(&self, _: &str, _: &str, _: u32, _: u32, _: bool) -> Result<ChunkInfo, FsError> {
+        fn chunks(
+            &self,
+            _: &str,
+            _: &str,
+            _: u32,
+            _: u32,
+            _: bool,
+        ) -> Result<(ChunkInfo, bool), FsError> {
             Err(FsError::Io("no bytes here".into()))
         }
         fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}

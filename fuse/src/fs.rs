@@ -175,6 +175,9 @@ fn default_revision_of(name: &str) -> Option<&str> {
         .filter(|base| !base.is_empty() && !base.contains('@'))
 }
 
+/// Places taken in under one hold of the tree's write lock.
+const LEARN_BATCH: usize = 4096;
+
 /// How long the node's answer on what it caches is shown before it is asked again.
 const CACHED_FOR: Duration = Duration::from_secs(1);
 
@@ -921,6 +924,9 @@ impl<B: Backend> Core<B> {
             match st.read_range(&*self.backend, offset, size, buf, may_wait) {
                 Ok(s) => {
                     stale = s;
+                    if s {
+                        ::metrics::counter!(metrics::STALE_READS).increment(1);
+                    }
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
@@ -942,25 +948,50 @@ impl<B: Backend> Core<B> {
     }
 
     /// A first read of file `ino` found the node holding it though its listing did not say
-    /// so (cached since it was listed: a warm beside the readers). After enough of them in
-    /// one root, its listing is asked for again for what the node holds now: a first read of
-    /// a file learned then is answered here, without a call to the node (each costs both
-    /// processes a round trip and a blocking thread's hand-over).
+    /// so. After enough of them in one root, the root is listed again for where the node
+    /// holds its files now: their first reads are then answered here, with no call to the
+    /// node (each costs both processes a round trip and a hand-over to the pool).
     fn stale_read(&self, ino: u64) {
-        ::metrics::counter!(metrics::STALE_READS).increment(1);
-        let Some((root, uri)) = self.tree().stale_read(ino) else {
+        let Some(mut learn) = self.tree().stale_read(ino) else {
+            return;
+        };
+        // A refresh of the root under way brings the same news.
+        let gate = self
+            .tree()
+            .roots
+            .get(&learn.root)
+            .map(|r| r.refreshing.clone());
+        let Some(_one) = gate.as_ref().and_then(|g| try_lock(g)) else {
             return;
         };
         ::metrics::counter!(metrics::LEARNS).increment(1);
-        match self.backend.list(&uri) {
-            Ok(listing) => {
-                let n = self.tree_mut().learn(root, listing.entries);
-                ::metrics::counter!(metrics::LEARNED_FILES).increment(n as u64);
-                tracing::debug!(uri, files = n, "learned files cached since listed");
+        let listing = match self.backend.list(&learn.uri) {
+            Ok(l) => Prepared::new(l),
+            Err(e) => {
+                tracing::debug!(uri = learn.uri, error = %e, "could not ask what the node holds");
+                return;
             }
-            Err(e) => tracing::debug!(uri, error = %e, "could not ask what the node holds"),
+        };
+        let places: Vec<_> = {
+            let tree = self.tree();
+            let files = lock(&self.files);
+            // A file with read state never looks at its inode's place again.
+            tree.places_to_learn(learn.root, &listing)
+                .into_iter()
+                .filter(|p| p.ino.is_none_or(|i| !files.contains_key(&i)))
+                .collect()
+        };
+        // In batches: the write lock holds up every request.
+        for batch in places.chunks(LEARN_BATCH) {
+            let n = self.tree_mut().learn(batch);
+            learn.learned(n);
+            ::metrics::counter!(metrics::LEARNED_FILES).increment(n as u64);
         }
-        self.tree().learned(root);
+        tracing::debug!(
+            uri = learn.uri,
+            files = places.len(),
+            "learned files cached since listed"
+        );
     }
 }
 
@@ -1279,7 +1310,14 @@ mod tests {
                 age: Duration::from_secs(60),
             })
         }
-        fn chunks(&self, _: &str, _: &str, _: u32, _: u32, _: bool) -> Result<ChunkInfo, FsError> {
+        fn chunks(
+            &self,
+            _: &str,
+            _: &str,
+            _: u32,
+            _: u32,
+            _: bool,
+        ) -> Result<(ChunkInfo, bool), FsError> {
             Err(FsError::Io("no chunks here".into()))
         }
         fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}

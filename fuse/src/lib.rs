@@ -97,9 +97,6 @@ pub struct ChunkInfo {
     pub crcs: Vec<Option<u32>>,
     /// The whole file is stored and was checked against the origin's digest.
     pub complete: bool,
-    /// The `Backend::chunks` call that answered found every chunk it asked for (at least one)
-    /// already stored: nothing was fetched for it. Never set from a listing.
-    pub hit: bool,
 }
 
 /// Backend failures, each with the errno the kernel gets.
@@ -128,7 +125,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Files under `uri` (a repo, folder or file), each at an immutable version.
     fn list(&self, uri: &str) -> Result<Listing, FsError>;
     /// Makes chunks `first..first + count` of `uri`, the version with identity `key`, present
-    /// and says where the file is; fails rather than answer about another version. With
+    /// and says where the file is, and whether every chunk asked for (at least one) was
+    /// stored before the call; fails rather than answer about another version. With
     /// `recheck`, the node first checks those chunks on its disk and drops any that fail.
     fn chunks(
         &self,
@@ -137,7 +135,7 @@ pub trait Backend: Send + Sync + 'static {
         first: u32,
         count: u32,
         recheck: bool,
-    ) -> Result<ChunkInfo, FsError>;
+    ) -> Result<(ChunkInfo, bool), FsError>;
     /// Starts fetching chunks without waiting for them.
     fn prefetch(&self, uri: &str, key: &str, first: u32, count: u32);
     /// The repos and buckets cached on the node (`hf://ORG/NAME`, `hf://datasets/ORG/NAME`,

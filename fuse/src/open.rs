@@ -30,7 +30,7 @@ impl FileState {
         } else {
             backend
                 .chunks(&self.uri, &self.key, 0, 0, false)
-                .and_then(|info| inner.absorb(info))
+                .and_then(|(info, _)| inner.absorb(info))
         };
         known.is_ok() && inner.complete && self.check_all(backend, inner)
     }

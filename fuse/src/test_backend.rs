@@ -78,7 +78,6 @@ impl TestBackend {
                 .map(|c| Some(crc32c::crc32c(&self.data[self.range(c)])))
                 .collect(),
             complete: self.complete,
-            hit: false,
         }
     }
 
@@ -99,7 +98,7 @@ impl Backend for TestBackend {
         first: u32,
         count: u32,
         recheck: bool,
-    ) -> Result<ChunkInfo, FsError> {
+    ) -> Result<(ChunkInfo, bool), FsError> {
         self.calls.lock().expect("calls").push(Call::Chunks {
             first,
             count,
@@ -121,7 +120,6 @@ impl Backend for TestBackend {
             std::fs::write(&self.path, bytes).map_err(|e| FsError::Io(e.to_string()))?;
         }
         let mut info = self.info();
-        info.hit = hit;
         if self.lazy {
             let asked = self.asked.lock().expect("asked");
             for (c, crc) in info.crcs.iter_mut().enumerate() {
@@ -131,7 +129,7 @@ impl Backend for TestBackend {
                 }
             }
         }
-        Ok(info)
+        Ok((info, hit))
     }
 
     fn cached(&self) -> Result<Vec<String>, FsError> {

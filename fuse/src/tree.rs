@@ -98,29 +98,76 @@ pub(crate) struct Root {
     digest: Option<u64>,
     /// Files in the listing shown.
     files: usize,
-    /// First reads that found the node holding a file this listing did not show as cached.
-    learning: Mutex<Learning>,
+    /// Stale first reads of its files, and its last learn ([`Tree::stale_read`]).
+    learning: Arc<Mutex<Learning>>,
 }
 
 /// First reads of a root's files that found the node holding what its listing did not show
-/// (files cached since it was listed: a warm running beside the reader), and when the root
-/// was last asked again for what the node holds ([`Tree::stale_read`]).
+/// (cached since: a warm beside the readers), counted towards asking the root again.
 #[derive(Default)]
-struct Learning {
-    /// Such reads since the last time.
+pub(crate) struct Learning {
+    /// Such reads since the last learn.
     stale: u32,
-    /// When the last one ended.
+    /// When the last learn ended, and the wait before the next (longer after one that
+    /// learned little).
     at: Option<Instant>,
-    /// One is under way.
+    every: Duration,
     busy: bool,
 }
 
-/// A root is asked again for what the node holds after this many stale first reads (plus one
-/// per [`LEARN_PER_FILES`] files listed, as the answer's cost grows with the listing) ...
+/// A root is asked again for what the node holds after this many stale first reads, plus one
+/// per [`LEARN_PER_FILES`] files listed (the answer costs as much as the listing) ...
 const LEARN_AFTER: u32 = 8;
 const LEARN_PER_FILES: usize = 128;
-/// ... and at most this often.
+/// ... and at most this often, twice as long after each learn that learned less than one
+/// file per `LEARN_PER_FILES` listed (what a new listing cannot mend: files present but not
+/// yet checked, a name moved to a new version), up to `LEARN_EVERY_MAX`.
 const LEARN_EVERY: Duration = Duration::from_secs(1);
+const LEARN_EVERY_MAX: Duration = Duration::from_secs(64);
+
+/// A learn under way ([`Tree::stale_read`]): ends when dropped, however it went.
+pub(crate) struct Learn {
+    pub root: u64,
+    pub uri: String,
+    files: usize,
+    learned: usize,
+    state: Arc<Mutex<Learning>>,
+}
+
+impl Learn {
+    /// How many files it taught.
+    pub fn learned(&mut self, n: usize) {
+        self.learned += n;
+    }
+}
+
+impl Drop for Learn {
+    fn drop(&mut self) {
+        let mut l = crate::file::lock(&self.state);
+        let useful = self.learned > 0 && self.learned * LEARN_PER_FILES >= self.files;
+        l.every = match useful {
+            true => LEARN_EVERY,
+            false => (l.every * 2).clamp(LEARN_EVERY, LEARN_EVERY_MAX),
+        };
+        l.stale = 0;
+        l.at = Some(Instant::now());
+        l.busy = false;
+    }
+}
+
+/// A file whose place (where the node holds its bytes) a listing tells anew: file `name` of
+/// folder `dir` (an inode, `ino`, or a pending name), as `entry` lists it.
+pub(crate) struct Place<'a> {
+    pub dir: u64,
+    pub name: &'a str,
+    pub ino: Option<u64>,
+    pub entry: &'a Entry,
+}
+
+/// Whether two places are the same bytes.
+fn same_place(a: &ChunkInfo, b: &ChunkInfo) -> bool {
+    a.path == b.path && a.chunk_size == b.chunk_size && a.crcs == b.crcs
+}
 
 /// What a change did, for the caller to tell the kernel and drop its own state.
 #[derive(Default, Debug)]
@@ -412,87 +459,122 @@ impl Tree {
     }
 
     /// Counts a first read of file `ino` that found the node holding it though its root's
-    /// listing did not say so. Enough of them (and not too soon after the last time): the
-    /// root and its URI, to be asked again for what the node holds ([`Tree::learn`]; then
-    /// [`Tree::learned`] either way).
-    pub fn stale_read(&self, ino: u64) -> Option<(u64, String)> {
+    /// listing did not say so. Enough of them, not too soon after the last learn and none
+    /// under way: a learn of the root ([`Tree::places_to_learn`], [`Tree::learn`]).
+    pub fn stale_read(&self, ino: u64) -> Option<Learn> {
         let root = self.nodes.get(&ino)?.root;
         let r = self.roots.get(&root)?;
         let mut l = crate::file::lock(&r.learning);
-        l.stale += 1;
+        l.stale = l.stale.saturating_add(1);
         let enough = LEARN_AFTER.saturating_add((r.files / LEARN_PER_FILES) as u32);
-        if l.busy || l.stale < enough || l.at.is_some_and(|t| t.elapsed() < LEARN_EVERY) {
+        let every = l.every.max(LEARN_EVERY);
+        if l.busy || l.stale < enough || l.at.is_some_and(|t| t.elapsed() < every) {
             return None;
         }
         l.busy = true;
-        Some((root, r.uri.clone()))
+        Some(Learn {
+            root,
+            uri: r.uri.clone(),
+            files: r.files,
+            learned: 0,
+            state: r.learning.clone(),
+        })
     }
 
-    /// Takes in where the node holds files of root `root` now (`entries`, a listing of it):
-    /// each name still at the same version, whose bytes this mount did not know where to
-    /// find, now knows. Names and versions do not change here (that is the TTL's refresh).
-    /// How many names learned.
-    pub fn learn(&mut self, root: u64, entries: Vec<Entry>) -> usize {
+    /// The files of root `root` whose place `listing` (of the root) tells anew: names at the
+    /// version listed, in folders of the root's own listing. Names and versions do not
+    /// change here (that is the TTL's refresh).
+    pub fn places_to_learn<'a>(&self, root: u64, listing: &'a Prepared) -> Vec<Place<'a>> {
+        let mut out = Vec::new();
+        self.places_in(root, root, &listing.want, &mut out);
+        out
+    }
+
+    fn places_in<'a>(&self, root: u64, dir: u64, want: &'a WantDir, out: &mut Vec<Place<'a>>) {
+        for (name, e) in &want.files {
+            let Some(info) = &e.cached else { continue };
+            if let Some((ino, had)) = self.place_of(dir, name, e) {
+                if !had.is_some_and(|h| same_place(h, info)) {
+                    out.push(Place {
+                        dir,
+                        name,
+                        ino,
+                        entry: e,
+                    });
+                }
+            }
+        }
+        for (name, w) in &want.dirs {
+            let Want::Dir(inner) = w else { continue };
+            let own = self.child(dir, name).filter(|d| {
+                !self.roots.contains_key(d)
+                    && self.nodes.get(d).is_some_and(|n| {
+                        n.root == root && matches!(n.kind, Kind::Dir { lazy: None, .. })
+                    })
+            });
+            if let Some(d) = own {
+                self.places_in(root, d, inner, out);
+            }
+        }
+    }
+
+    /// File `name` of folder `dir` if it is the version `e` lists: its inode (none while
+    /// pending) and its place.
+    fn place_of(
+        &self,
+        dir: u64,
+        name: &str,
+        e: &Entry,
+    ) -> Option<(Option<u64>, Option<&ChunkInfo>)> {
+        let Kind::Dir {
+            children, pending, ..
+        } = &self.nodes.get(&dir)?.kind
+        else {
+            return None;
+        };
+        match children.get(name) {
+            Some(&ino) => match &self.nodes.get(&ino)?.kind {
+                Kind::File { cached, .. } if self.is_file_version(ino, e) => {
+                    Some((Some(ino), cached.as_ref()))
+                }
+                _ => None,
+            },
+            None => pending
+                .get(name)
+                .filter(|p| p.key == e.key && p.size == e.size)
+                .map(|p| (None, p.cached.as_ref())),
+        }
+    }
+
+    /// Gives each of `places` its place, where it is still the version listed. How many
+    /// changed.
+    pub fn learn(&mut self, places: &[Place]) -> usize {
         let mut learned = 0;
-        for e in entries {
-            let Some(info) = e.cached else { continue };
-            let Some((dir, name)) = self.dir_in_root(root, &e.path) else {
+        for p in places {
+            let (Some(info), Some((ino, _))) =
+                (&p.entry.cached, self.place_of(p.dir, p.name, p.entry))
+            else {
                 continue;
             };
-            let ino = self.child(dir, name);
-            let slot = match ino
-                .and_then(|i| self.nodes.get_mut(&i))
-                .map(|n| &mut n.kind)
-            {
-                Some(Kind::File { key, cached, .. }) if *key == e.key => cached,
-                Some(_) => continue,
-                None => match self.nodes.get_mut(&dir).map(|n| &mut n.kind) {
-                    Some(Kind::Dir { pending, .. }) => match pending.get_mut(name) {
-                        Some(p) if p.key == e.key => &mut p.cached,
-                        _ => continue,
+            let slot = match ino {
+                Some(ino) => match self.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+                    Some(Kind::File { cached, .. }) => cached,
+                    _ => continue,
+                },
+                None => match self.nodes.get_mut(&p.dir).map(|n| &mut n.kind) {
+                    Some(Kind::Dir { pending, .. }) => match pending.get_mut(p.name) {
+                        Some(e) => &mut e.cached,
+                        None => continue,
                     },
                     _ => continue,
                 },
             };
-            if slot.is_none() {
-                *slot = Some(info);
+            if !slot.as_ref().is_some_and(|had| same_place(had, info)) {
+                *slot = Some(info.clone());
                 learned += 1;
             }
         }
         learned
-    }
-
-    /// Ends what [`Tree::stale_read`] started for `root`.
-    pub fn learned(&self, root: u64) {
-        if let Some(r) = self.roots.get(&root) {
-            let mut l = crate::file::lock(&r.learning);
-            *l = Learning {
-                stale: 0,
-                at: Some(Instant::now()),
-                busy: false,
-            };
-        }
-    }
-
-    /// The folder of root `root` that `path` (relative to it) is in, and its last name:
-    /// folders of the root's own listing only (not a root of its own).
-    fn dir_in_root<'p>(&self, root: u64, path: &'p str) -> Option<(u64, &'p str)> {
-        let mut parts = path.split('/').filter(|p| !p.is_empty());
-        let mut name = parts.next()?;
-        let mut dir = root;
-        for next in parts {
-            dir = self.child(dir, name)?;
-            let own = self.nodes.get(&dir).is_some_and(|n| {
-                n.root == root
-                    && !self.roots.contains_key(&dir)
-                    && matches!(n.kind, Kind::Dir { .. })
-            });
-            if !own {
-                return None;
-            }
-            name = next;
-        }
-        Some((dir, name))
     }
 
     /// Notes a use of `ino`'s root (for eviction).
@@ -626,7 +708,7 @@ impl Tree {
                 refreshing: Arc::new(Mutex::new(())),
                 digest: None,
                 files: 0,
-                learning: Mutex::default(),
+                learning: Arc::default(),
             },
         );
     }
@@ -654,6 +736,9 @@ impl Tree {
         r.listed_at = now.checked_sub(listing.age).unwrap_or(now);
         r.files = listing.files;
         if r.digest.replace(listing.digest) == Some(listing.digest) {
+            // The same names: only where the node holds them may be news.
+            let places = self.places_to_learn(root, &listing);
+            self.learn(&places);
             return ch;
         }
         self.sync_dir(root, root, listing.want, &mut ch);
@@ -995,36 +1080,44 @@ mod tests {
             .map(|i| entry(&format!("a/f{i}"), "k", 1))
             .collect();
         all.push(entry("x", "k", 1));
-        let mut t = Tree::listed("s3://b", listing(all));
+        let mut t = Tree::listed("s3://b", listing(all.clone()));
         let f1 = lookup(&mut t, "a/f1").unwrap();
         let x = lookup(&mut t, "x").unwrap();
         // 201 files: 8 + 1 stale reads before the root is asked again, and not while it is.
         for _ in 0..8 {
-            assert_eq!(t.stale_read(f1), None);
+            assert!(t.stale_read(f1).is_none());
         }
-        assert_eq!(t.stale_read(f1), Some((ROOT, "s3://b".to_string())));
-        assert_eq!(t.stale_read(x), None, "one at a time");
-        let held = |path: &str, key: &str| Entry {
-            cached: Some(ChunkInfo {
-                path: std::path::PathBuf::from(format!("/cache/{path}")),
-                size: 1,
-                chunk_size: 1 << 20,
-                crcs: vec![Some(7)],
-                complete: true,
-                hit: false,
-            }),
-            ..entry(path, key, 1)
+        let mut learn = t.stale_read(f1).expect("a learn");
+        assert_eq!((learn.root, learn.uri.as_str()), (ROOT, "s3://b"));
+        assert!(t.stale_read(x).is_none(), "one at a time");
+        let at = |path: &str| ChunkInfo {
+            path: std::path::PathBuf::from(format!("/cache/{path}")),
+            size: 1,
+            chunk_size: 1 << 20,
+            crcs: vec![Some(7)],
+            complete: true,
         };
-        let now = vec![
-            held("a/f1", "k"),        // an inode
-            held("a/f2", "k"),        // a pending name
-            held("a/f3", "newer"),    // another version: not this name's bytes
-            held("x", "k"),           // at the root
-            held("a/gone", "k"),      // not listed here
-            held("a/f1/deeper", "k"), // a file is no folder
-            entry("a/f4", "k", 1),    // not held
-        ];
-        assert_eq!(t.learn(ROOT, now.clone()), 3);
+        let held = |e: &Entry, place: &str| Entry {
+            cached: Some(at(place)),
+            ..e.clone()
+        };
+        let mut now: Vec<Entry> = all.clone();
+        now[1] = held(&now[1], "a/f1"); // an inode
+        now[2] = held(&now[2], "a/f2"); // a pending name
+        now[3] = Entry {
+            key: "newer".into(),
+            ..held(&now[3], "a/f3")
+        }; // another version: not this name's bytes
+        now[200] = held(&now[200], "x"); // at the root
+        now.push(held(&entry("a/gone", "k", 1), "a/gone")); // not listed here
+        let now = listing(now);
+        let places = t.places_to_learn(ROOT, &now);
+        let names: Vec<&str> = places.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["x", "f1", "f2"]);
+        assert_eq!(places.iter().filter(|p| p.ino.is_some()).count(), 2);
+        assert_eq!(t.learn(&places), 3);
+        learn.learned(3);
+        drop(learn);
         assert!(cached_of(&t, f1).is_some() && cached_of(&t, x).is_some());
         let f2 = lookup(&mut t, "a/f2").unwrap();
         assert_eq!(
@@ -1039,14 +1132,38 @@ mod tests {
             lookup(&mut t, "a/gone").is_none(),
             "names do not change here"
         );
-        assert_eq!(t.learn(ROOT, now), 0, "learned once");
-        // Counting starts again, and the next time waits for LEARN_EVERY.
-        t.learned(ROOT);
+        assert!(t.places_to_learn(ROOT, &now).is_empty(), "learned once");
+        // The same names listed again on their TTL: where the node holds them now is taken
+        // in too (f1 moved to another cache file, f4 arrived).
+        let mut again: Vec<Entry> = all.clone();
+        again[1] = held(&again[1], "a/f1-again");
+        again[4] = held(&again[4], "a/f4");
+        assert!(t.sync_root(ROOT, listing(again)).dirs.is_empty());
+        assert_eq!(
+            cached_of(&t, f1).map(|c| c.path),
+            Some("/cache/a/f1-again".into())
+        );
+        assert_eq!(
+            cached_of(&t, f4).map(|c| c.path),
+            Some("/cache/a/f4".into())
+        );
+        // Counting starts again after a learn, and the next one waits LEARN_EVERY ...
+        let state = t.roots[&ROOT].learning.clone();
         for _ in 0..20 {
-            assert_eq!(t.stale_read(f1), None);
+            assert!(t.stale_read(f1).is_none());
         }
-        crate::file::lock(&t.roots[&ROOT].learning).at = Instant::now().checked_sub(LEARN_EVERY);
-        assert_eq!(t.stale_read(f1), Some((ROOT, "s3://b".to_string())));
+        let ago = |d: Duration| crate::file::lock(&state).at = Instant::now().checked_sub(d);
+        ago(LEARN_EVERY);
+        let learn = t.stale_read(f1).expect("a learn");
+        // ... twice as long after one that learned nothing.
+        drop(learn);
+        for _ in 0..9 {
+            assert!(t.stale_read(f1).is_none());
+        }
+        ago(LEARN_EVERY + LEARN_EVERY / 2);
+        assert!(t.stale_read(f1).is_none(), "backed off");
+        ago(LEARN_EVERY * 2);
+        assert!(t.stale_read(f1).is_some());
     }
 
     #[test]

@@ -818,8 +818,8 @@ fn files_warmed_beside_a_mount_are_learned_and_then_read_without_asking_the_daem
     );
     let addr = format!("127.0.0.1:{}", free_port());
     let m = Mount::with_args(&d, &env, &uri, "mnt", &["--metrics", &addr]);
-    // Listed before anything is cached: `walked` read whole (every name an inode), `opened`
-    // only entered (its names stay pending until opened by path).
+    // Listed before anything is cached: `walked` read whole (each name gets an inode), `opened`
+    // only entered (its files are inodes only once opened by path).
     assert_eq!(std::fs::read_dir(m.dir.join("walked")).unwrap().count(), 64);
     assert!(m.dir.join("opened/f00").exists());
     d.ok(&["warm", &uri]);
@@ -835,7 +835,8 @@ fn files_warmed_beside_a_mount_are_learned_and_then_read_without_asking_the_daem
         }
         assert_eq!(stale(), 8.0 * (n + 1) as f64);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while metric(&addr, "locus_fuse_learned_files_total", "") < 64.0 * (n + 1) as f64 {
+        // The 56 not read yet (the 8 read keep their own read state).
+        while metric(&addr, "locus_fuse_learned_files_total", "") < 56.0 * (n + 1) as f64 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the folder was not learned"
@@ -851,7 +852,7 @@ fn files_warmed_beside_a_mount_are_learned_and_then_read_without_asking_the_daem
         assert_eq!(stale(), 8.0 * (n + 1) as f64, "a first read asked the node");
         assert_eq!(pool_reads(), before, "a read went to the pool");
     }
-    assert_eq!(metric(&addr, "locus_fuse_learned_files_total", ""), 128.0);
+    assert_eq!(metric(&addr, "locus_fuse_learned_files_total", ""), 112.0);
 }
 
 #[test]

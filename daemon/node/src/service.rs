@@ -407,7 +407,8 @@ impl Local for LocalService {
                 present: vec![true; crcs.len()],
                 chunk_crc32c: crcs,
                 complete: true,
-                hit: req.count > 0,
+                // Only a listing at the new version mends a reader's view of this name.
+                hit: false,
             }));
         }
         let first = req.first;

@@ -156,6 +156,32 @@ async fn concurrent_readers_share_fetches_and_failures_are_retried() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_say_whether_every_chunk_asked_for_was_stored_before() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (node, origin, _dir) = gated_node(data(), 0, Some(gate.clone()));
+    let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
+    let file = node.resolve_file(&uri).await.unwrap();
+    let seen = |range: Range<u32>| {
+        let (node, file) = (node.clone(), file.clone());
+        tokio::spawn(async move { node.ensure_chunks_seen(&file, range).await.unwrap().1 })
+    };
+    // Two readers of a chunk being fetched: one fetches, the other joins; neither hit.
+    let (a, b) = (seen(5..6), seen(5..6));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    gate.add_permits(1000);
+    assert!(!a.await.unwrap() && !b.await.unwrap());
+    assert_eq!(origin.reads.load(Ordering::SeqCst), 1);
+    assert!(seen(5..6).await.unwrap(), "stored before");
+    assert!(!seen(4..6).await.unwrap(), "chunk 4 fetched now");
+    assert!(seen(4..6).await.unwrap());
+    // 16 chunks: a range past the end is clamped; one wholly past it asks for nothing.
+    assert!(!seen(15..40).await.unwrap());
+    assert!(seen(15..40).await.unwrap());
+    assert!(!seen(40..50).await.unwrap());
+    assert!(!seen(5..5).await.unwrap(), "nothing asked for");
+}
+
 #[tokio::test]
 async fn persistent_failures_surface_as_errors() {
     let (node, _origin, _dir) = node(data(), 100);
