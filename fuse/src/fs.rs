@@ -475,6 +475,10 @@ impl<B: Backend> Core<B> {
         ::metrics::counter!(metrics::RELISTS).increment(1);
         // Made ready before the tree is locked: a big listing stalls no other request.
         let listing = Prepared::new(listing);
+        // The same names (the common case): only where the node holds them may be news.
+        if self.tree().shows(root, &listing) {
+            self.learn_places(root, &listing);
+        }
         let ch = {
             let mut tree = self.tree_mut();
             let mut ch = tree.sync_root(root, listing);
@@ -972,26 +976,34 @@ impl<B: Backend> Core<B> {
                 return;
             }
         };
+        let n = self.learn_places(learn.root, &listing);
+        learn.learned(n);
+        tracing::debug!(
+            uri = learn.uri,
+            files = n,
+            "learned files cached since listed"
+        );
+    }
+
+    /// Takes in where `listing` (of root `root`) says the node holds files whose place this
+    /// mount does not know: found under the read lock, given under the write lock in
+    /// batches (it holds up every request). How many learned.
+    fn learn_places(&self, root: u64, listing: &Prepared) -> usize {
         let places: Vec<_> = {
             let tree = self.tree();
             let files = lock(&self.files);
             // A file with read state never looks at its inode's place again.
-            tree.places_to_learn(learn.root, &listing)
+            tree.places_to_learn(root, listing)
                 .into_iter()
                 .filter(|p| p.ino.is_none_or(|i| !files.contains_key(&i)))
                 .collect()
         };
-        // In batches: the write lock holds up every request.
+        let mut learned = 0;
         for batch in places.chunks(LEARN_BATCH) {
-            let n = self.tree_mut().learn(batch);
-            learn.learned(n);
-            ::metrics::counter!(metrics::LEARNED_FILES).increment(n as u64);
+            learned += self.tree_mut().learn(batch);
         }
-        tracing::debug!(
-            uri = learn.uri,
-            files = places.len(),
-            "learned files cached since listed"
-        );
+        ::metrics::counter!(metrics::LEARNED_FILES).increment(learned as u64);
+        learned
     }
 }
 

@@ -481,6 +481,13 @@ impl Tree {
         })
     }
 
+    /// Whether root `root` shows the names and versions of `listing` already.
+    pub fn shows(&self, root: u64, listing: &Prepared) -> bool {
+        self.roots
+            .get(&root)
+            .is_some_and(|r| r.digest == Some(listing.digest))
+    }
+
     /// The files of root `root` whose place `listing` (of the root) tells anew: names at the
     /// version listed, in folders of the root's own listing. Names and versions do not
     /// change here (that is the TTL's refresh).
@@ -736,9 +743,6 @@ impl Tree {
         r.listed_at = now.checked_sub(listing.age).unwrap_or(now);
         r.files = listing.files;
         if r.digest.replace(listing.digest) == Some(listing.digest) {
-            // The same names: only where the node holds them may be news.
-            let places = self.places_to_learn(root, &listing);
-            self.learn(&places);
             return ch;
         }
         self.sync_dir(root, root, listing.want, &mut ch);
@@ -1133,12 +1137,15 @@ mod tests {
             "names do not change here"
         );
         assert!(t.places_to_learn(ROOT, &now).is_empty(), "learned once");
-        // The same names listed again on their TTL: where the node holds them now is taken
-        // in too (f1 moved to another cache file, f4 arrived).
+        // The same names listed again on their TTL: where the node holds them now is news
+        // (f1 moved to another cache file, f4 arrived).
         let mut again: Vec<Entry> = all.clone();
         again[1] = held(&again[1], "a/f1-again");
         again[4] = held(&again[4], "a/f4");
-        assert!(t.sync_root(ROOT, listing(again)).dirs.is_empty());
+        let again = listing(again);
+        assert!(t.shows(ROOT, &again) && !t.shows(ROOT, &now));
+        let places = t.places_to_learn(ROOT, &again);
+        assert_eq!(t.learn(&places), 2);
         assert_eq!(
             cached_of(&t, f1).map(|c| c.path),
             Some("/cache/a/f1-again".into())
