@@ -959,13 +959,8 @@ impl<B: Backend> Core<B> {
         let Some(mut learn) = self.tree().stale_read(ino) else {
             return;
         };
-        // A refresh of the root under way brings the same news.
-        let gate = self
-            .tree()
-            .roots
-            .get(&learn.root)
-            .map(|r| r.refreshing.clone());
-        let Some(_one) = gate.as_ref().and_then(|g| try_lock(g)) else {
+        let gate = learn.gate.clone();
+        let Some(_one) = try_lock(&gate) else {
             return;
         };
         ::metrics::counter!(metrics::LEARNS).increment(1);

@@ -129,6 +129,8 @@ const LEARN_EVERY_MAX: Duration = Duration::from_secs(64);
 pub(crate) struct Learn {
     pub root: u64,
     pub uri: String,
+    /// The root's refresh gate: a refresh under way brings the same news.
+    pub gate: Arc<Mutex<()>>,
     files: usize,
     learned: usize,
     state: Arc<Mutex<Learning>>,
@@ -475,6 +477,7 @@ impl Tree {
         Some(Learn {
             root,
             uri: r.uri.clone(),
+            gate: r.refreshing.clone(),
             files: r.files,
             learned: 0,
             state: r.learning.clone(),
