@@ -801,6 +801,14 @@ impl Index {
                 })
             }
         };
+        // A newer version's index is refused before anything is written to it (not even this
+        // version's empty tables): it is that version's to use.
+        if let Some(newer) = read_layout(&db)?.filter(|&l| l > LAYOUT) {
+            return Err(StoreError::IndexUnusable {
+                path: path.display().to_string(),
+                detail: format!("cache layout {newer} is newer than this version's ({LAYOUT})"),
+            });
+        }
         let layout = {
             let w = begin_write(&db).map_err(idx_err)?;
             let layout = {
@@ -1323,6 +1331,18 @@ const DB_CACHE: usize = 128 << 20;
 /// 8.6 GB of index without it; see docs/benchmarks.md).
 // redb's own error type, as `begin_write` returns it.
 #[allow(clippy::result_large_err)]
+/// The layout the index's header records, read without writing (`None`: no header yet).
+fn read_layout(db: &Database) -> Result<Option<u64>, StoreError> {
+    let r = db.begin_read().map_err(idx_err)?;
+    let header = match r.open_table(HEADER) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(idx_err(e)),
+    };
+    let layout = header.get("layout").map_err(idx_err)?.map(|g| g.value());
+    Ok(layout)
+}
+
 fn begin_write(db: &Database) -> Result<redb::WriteTransaction, redb::TransactionError> {
     let mut w = db.begin_write()?;
     w.set_quick_repair(true);

@@ -1100,3 +1100,75 @@ fn a_start_after_a_crash_does_not_walk_the_index() {
         assert_eq!(s.cached_fraction(&format!("f{i}")), 1.0);
     }
 }
+
+/// Every file under `dir` and its bytes.
+fn files_and_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_index_of_a_newer_layout_stops_the_store_and_nothing_is_written() {
+    use redb::TableDefinition;
+    const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
+    const PLACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("places_v2");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&file("a", 4), 4).unwrap();
+        put(&h, 0, 1);
+    }
+    // A newer version's index: a later layout, without a table this version would make.
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        assert!(w.delete_table(PLACES).unwrap());
+        w.open_table(HEADER).unwrap().insert("layout", 99).unwrap();
+        w.commit().unwrap();
+    }
+    let before = files_and_bytes(dir.path());
+    match Store::open(dir.path(), 1 << 20) {
+        Err(StoreError::IndexUnusable { detail, .. }) => {
+            assert!(detail.contains("newer"), "{detail}")
+        }
+        Err(e) => panic!("a newer layout must be refused as such, got {e}"),
+        Ok(_) => panic!("a newer layout must not be opened"),
+    }
+    assert_eq!(
+        files_and_bytes(dir.path()),
+        before,
+        "nothing in the cache changed"
+    );
+    assert_eq!(layout_of(dir.path()), Some(99));
+}
+
+/// The eviction order is that of the last access, not of the writes: a file read again (past
+/// the order's 5 s grain) outlives one written after it.
+#[test]
+fn eviction_follows_the_last_access_not_the_write_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 10).unwrap();
+    for (k, byte) in [("a", 1), ("b", 2)] {
+        let h = s.register(&file(k, 4), 4).unwrap();
+        put(&h, 0, byte);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5_200));
+    s.register(&file("a", 4), 4).unwrap().touch();
+    s.flush();
+    let c = s.register(&file("c", 4), 4).unwrap();
+    put(&c, 0, 3); // needs room: b (written after a, but not read since) goes
+    assert_eq!(s.cached_fraction("a"), 1.0, "a was read last");
+    assert_eq!(s.cached_fraction("b"), 0.0);
+}
