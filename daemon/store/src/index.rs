@@ -1326,11 +1326,6 @@ impl Drop for Index {
 /// does not count against the daemon's memory.
 const DB_CACHE: usize = 128 << 20;
 
-/// A write transaction whose commit also saves redb's allocator state ("quick repair"): after a
-/// crash, the next open does not walk the whole index to rebuild it (12.7 s at 10M files and
-/// 8.6 GB of index without it; see docs/benchmarks.md).
-// redb's own error type, as `begin_write` returns it.
-#[allow(clippy::result_large_err)]
 /// The layout the index's header records, read without writing (`None`: no header yet).
 fn read_layout(db: &Database) -> Result<Option<u64>, StoreError> {
     let r = db.begin_read().map_err(idx_err)?;
@@ -1343,6 +1338,11 @@ fn read_layout(db: &Database) -> Result<Option<u64>, StoreError> {
     Ok(layout)
 }
 
+/// A write transaction whose commit also saves redb's allocator state ("quick repair"): after a
+/// crash, the next open does not walk the whole index to rebuild it (12.7 s at 10M files and
+/// 8.6 GB of index without it; see docs/benchmarks.md).
+// redb's own error type, as `begin_write` returns it.
+#[allow(clippy::result_large_err)]
 fn begin_write(db: &Database) -> Result<redb::WriteTransaction, redb::TransactionError> {
     let mut w = db.begin_write()?;
     w.set_quick_repair(true);
