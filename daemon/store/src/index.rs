@@ -831,10 +831,11 @@ impl Index {
             Some(3) => compact_places(&db)?,
             Some(2) => add_places(&db)?,
             None => convert(&db, data_dir)?,
+            // A newer one was refused above, before any write; this is none any version wrote.
             Some(other) => {
                 return Err(StoreError::IndexUnusable {
                     path: path.display().to_string(),
-                    detail: format!("cache layout {other} is newer than this version's ({LAYOUT})"),
+                    detail: format!("cache layout {other} is unknown to this version ({LAYOUT})"),
                 })
             }
         }
