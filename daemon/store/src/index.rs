@@ -216,31 +216,50 @@ impl Place {
         }
     }
 
-    /// `id`, `size`, `chunk_size` (LEB128), `verified` (a byte), then the key ([`encode_key`]).
-    fn encode(&self, key: &str) -> Vec<u8> {
-        let mut v = Vec::with_capacity(24 + key.len());
+    /// `id`, `size`, `chunk_size` (LEB128), a flags byte (verified; a CRC follows), a one-chunk
+    /// file's CRC as `CHUNKS` had it when the place was written (4 bytes, little-endian), then
+    /// the key ([`encode_key`]). With the CRC, a listing's look at a folder of small files reads
+    /// no `CHUNKS` rows. Versions before it read the flags as `verified` and the CRC as part of
+    /// the key, which then names no file: they look the file up by key, never misread it.
+    fn encode(&self, key: &str, crc: Option<u32>) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28 + key.len());
         put_varint(&mut v, self.id);
         put_varint(&mut v, self.size);
         put_varint(&mut v, self.chunk_size);
-        v.push(self.verified as u8);
+        v.push(self.verified as u8 | (crc.is_some() as u8) << 1);
+        if let Some(crc) = crc {
+            v.extend_from_slice(&crc.to_le_bytes());
+        }
         encode_key(&mut v, key);
         v
     }
 
-    /// The place, and its key as [`encode_key`] wrote it.
-    fn decode(v: &[u8]) -> Option<(Place, &[u8])> {
+    /// The place, its one chunk's CRC if it has one, and its key as [`encode_key`] wrote it.
+    fn decode(v: &[u8]) -> Option<(Place, Option<u32>, &[u8])> {
         let mut at = 0;
         let id = get_varint(v, &mut at)?;
         let size = get_varint(v, &mut at)?;
         let chunk_size = get_varint(v, &mut at)?;
-        let verified = *v.get(at)? != 0;
+        let flags = *v.get(at)?;
+        at += 1;
+        if flags > 3 {
+            return None;
+        }
+        let crc = match flags & 2 {
+            0 => None,
+            _ => {
+                let b = v.get(at..at + 4)?;
+                at += 4;
+                Some(u32::from_le_bytes(b.try_into().ok()?))
+            }
+        };
         let place = Place {
             id,
             size,
             chunk_size,
-            verified,
+            verified: flags & 1 != 0,
         };
-        Some((place, v.get(at + 1..)?))
+        Some((place, crc, v.get(at..)?))
     }
 
     /// A place as layout 3 kept it: `id`, `size`, `chunk_size` (little-endian u64s),
@@ -654,19 +673,38 @@ impl<'t> Tables<'t> {
         }
         let at = place_key(&rec.uri);
         if add {
-            self.places
-                .insert(at.as_slice(), Place::of(rec).encode(key).as_slice())?;
-            return Ok(());
-        }
-        let mut want = Vec::new();
-        encode_key(&mut want, key);
-        let ours = self.places.get(at.as_slice())?.is_some_and(|v| {
-            Place::decode(v.value()).is_some_and(|(p, k)| p.id == rec.id && k == want)
-        });
-        if ours {
+            let v = Place::of(rec).encode(key, self.one_crc(rec)?);
+            self.places.insert(at.as_slice(), v.as_slice())?;
+        } else if self.names(&at, key, rec.id)? {
             self.places.remove(at.as_slice())?;
         }
         Ok(())
+    }
+
+    /// Writes `rec`'s place again with the CRC `CHUNKS` has now, where it still names `rec`'s
+    /// file (a chunk dropped: the place must not keep its CRC).
+    fn replace(&mut self, key: &str, rec: &FileRecord) -> Result<(), redb::StorageError> {
+        if !rec.uri.is_empty() && self.names(&place_key(&rec.uri), key, rec.id)? {
+            self.place(key, rec, true)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the place at `at` names file `id` under `key`.
+    fn names(&self, at: &[u8], key: &str, id: u64) -> Result<bool, redb::StorageError> {
+        let mut want = Vec::new();
+        encode_key(&mut want, key);
+        Ok(self.places.get(at)?.is_some_and(|v| {
+            Place::decode(v.value()).is_some_and(|(p, _, k)| p.id == id && k == want)
+        }))
+    }
+
+    /// A one-chunk file's CRC if `CHUNKS` has it now.
+    fn one_crc(&self, rec: &FileRecord) -> Result<Option<u32>, redb::StorageError> {
+        Ok(match rec.layout().count() {
+            1 => self.chunks.get((rec.id, 0))?.map(|g| g.value()),
+            _ => None,
+        })
     }
 
     fn record(&self, key: &str) -> Result<Option<FileRecord>, redb::StorageError> {
@@ -676,11 +714,7 @@ impl<'t> Tables<'t> {
     /// `rec` as the index stores it: a one-chunk file's record carries its chunk's CRC if
     /// `CHUNKS` has it now (so the two never disagree at a commit).
     fn encode(&self, rec: &FileRecord) -> Result<Vec<u8>, redb::StorageError> {
-        let crc = match rec.layout().count() {
-            1 => self.chunks.get((rec.id, 0))?.map(|g| g.value()),
-            _ => None,
-        };
-        Ok(rec.encode_with(crc))
+        Ok(rec.encode_with(self.one_crc(rec)?))
     }
 
     /// Applies one op.
@@ -692,12 +726,18 @@ impl<'t> Tables<'t> {
                 if let Some(old) = &old {
                     self.account(tot, key, old, false, false)?;
                 }
-                let v = self.encode(rec)?;
-                self.files.insert(key.as_str(), v.as_slice())?;
+                let crc = self.one_crc(rec)?;
+                self.files
+                    .insert(key.as_str(), rec.encode_with(crc).as_slice())?;
                 self.account(tot, key, rec, true, false)?;
                 match &old {
-                    // A read's LRU move: no write to `PLACES`.
-                    Some(o) if o.uri == rec.uri && Place::of(o) == Place::of(rec) => {}
+                    // A read's LRU move: no write to `PLACES`, unless the record just took its
+                    // one chunk's CRC (a file recorded verified before its chunk).
+                    Some(o) if o.uri == rec.uri && Place::of(o) == Place::of(rec) => {
+                        if o.crc.is_none() && crc.is_some() {
+                            self.replace(key, rec)?;
+                        }
+                    }
                     Some(o) if o.uri != rec.uri => {
                         self.place(key, o, false)?;
                         self.place(key, rec, true)?;
@@ -753,10 +793,13 @@ impl<'t> Tables<'t> {
                         tot.pinned_bytes = tot.pinned_bytes.saturating_sub(len);
                     }
                 }
-                // In the same op: a record never names a chunk that is gone.
-                if let Some(rec) = self.record(key)?.filter(|r| r.id == id && r.crc.is_some()) {
-                    let v = self.encode(&rec)?;
-                    self.files.insert(key.as_str(), v.as_slice())?;
+                // In the same op: a record or place never names a chunk that is gone.
+                if let Some(rec) = self.record(key)?.filter(|r| r.id == id) {
+                    if rec.crc.is_some() {
+                        let v = self.encode(&rec)?;
+                        self.files.insert(key.as_str(), v.as_slice())?;
+                    }
+                    self.replace(key, &rec)?;
                 }
             }
             Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, key, value)?,
@@ -1082,13 +1125,20 @@ impl Index {
                 let Some(&i) = at.get(k.value()) else {
                     continue;
                 };
-                let Some((place, key)) = Place::decode(v.value()) else {
+                let Some((place, crc, key)) = Place::decode(v.value()) else {
                     continue;
                 };
                 want.clear();
                 encode_key(&mut want, wanted[i].1);
-                if key == want.as_slice() {
-                    found.push((i, place));
+                if key != want.as_slice() {
+                    continue;
+                }
+                match crc {
+                    // A small file's place has its CRC: no `CHUNKS` row to read.
+                    Some(crc) if ChunkLayout::new(place.size, place.chunk_size.max(1)).count() == 1 => {
+                        out[i] = Some((place, vec![(0, crc)]))
+                    }
+                    _ => found.push((i, place)),
                 }
             }
         }
@@ -1206,6 +1256,17 @@ impl Index {
         Ok(out)
     }
 
+    /// Test hook: the CRC the place of `uri` keeps, if the place is `key`'s and keeps one.
+    #[cfg(test)]
+    pub fn place_crc(&self, uri: &str, key: &str) -> Option<u32> {
+        let db = self.db().expect("open");
+        let r = db.begin_read().unwrap();
+        let places = r.open_table(PLACES).unwrap();
+        let v = places.get(place_key(uri).as_slice()).unwrap()?;
+        let (_, crc, k) = Place::decode(v.value()).expect("a readable place");
+        (decode_key(k).as_deref() == Some(key)).then_some(crc).flatten()
+    }
+
     /// Test hook: the totals in the header, and the same counted from the records, the chunks
     /// and the derived tables ((used, files, pinned, pinned bytes), rows of LRU + PINNED, and
     /// the sum of NAMESPACES).
@@ -1257,7 +1318,7 @@ impl Index {
         // Every place names the live record of a file cached from its URI, as it is now.
         for row in r.open_table(PLACES).unwrap().iter().unwrap() {
             let (at, v) = row.unwrap();
-            let (place, key) = Place::decode(v.value()).expect("a readable place");
+            let (place, crc, key) = Place::decode(v.value()).expect("a readable place");
             let key = decode_key(key).expect("a readable key");
             let rec = files
                 .get(key.as_str())
@@ -1268,6 +1329,15 @@ impl Index {
                 (place_key(&rec.uri), Place::of(&rec)),
                 (at.value().to_vec(), place)
             );
+            // A CRC in a place is its one chunk's, as `CHUNKS` has it now.
+            if let Some(crc) = crc {
+                let stored = r.open_table(CHUNKS).unwrap().get((rec.id, 0)).unwrap();
+                assert_eq!(
+                    (rec.layout().count(), stored.map(|g| g.value())),
+                    (1, Some(crc)),
+                    "the CRC in the place of {key}"
+                );
+            }
         }
         assert!(
             r.open_table(PLACES_V1).is_err(),
@@ -1506,7 +1576,7 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
                 t.places
                     .insert(
                         place_key(&rec.uri).as_slice(),
-                        Place::of(&rec).encode(k.value()).as_slice(),
+                        Place::of(&rec).encode(k.value(), rec.crc).as_slice(),
                     )
                     .map_err(idx_err)?;
             }
@@ -1547,7 +1617,7 @@ fn compact_places(db: &Database) -> Result<(), StoreError> {
             t.places
                 .insert(
                     place_key(uri.value()).as_slice(),
-                    place.encode(key).as_slice(),
+                    place.encode(key, None).as_slice(),
                 )
                 .map_err(idx_err)?;
         }
@@ -1847,9 +1917,11 @@ mod tests {
                 chunk_size: 8 << 20,
                 verified: true,
             };
-            let v = p.encode(key);
-            let (back, k) = Place::decode(&v).unwrap();
-            assert_eq!((back, k), (p, b.as_slice()));
+            for crc in [None, Some(0xdead_beef)] {
+                let v = p.encode(key, crc);
+                let (back, c, k) = Place::decode(&v).unwrap();
+                assert_eq!((back, c, k), (p.clone(), crc, b.as_slice()));
+            }
         }
         // A Hub file's place: 79 bytes of value in layout 3, 42 now.
         let v = Place {
@@ -1858,8 +1930,26 @@ mod tests {
             chunk_size: 8 << 20,
             verified: true,
         }
-        .encode(&git);
+        .encode(&git, None);
         assert_eq!(v.len(), 42);
+        // With its CRC (a small file's), four bytes more. A version before it reads the flags
+        // as `verified` and the CRC as the start of the key, which then names no file.
+        let with = Place {
+            id: 748_892,
+            size: 10_000,
+            chunk_size: 8 << 20,
+            verified: false,
+        }
+        .encode(&git, Some(7));
+        assert_eq!(with.len(), 46);
+        let mut k = Vec::new();
+        encode_key(&mut k, &git);
+        let flags_at = v.len() - k.len() - 1;
+        assert_eq!((v[flags_at], with[flags_at]), (1, 2));
+        assert_ne!(&with[flags_at + 1..], k.as_slice());
+        let mut bad = v.clone();
+        bad[flags_at] = 4;
+        assert!(Place::decode(&bad).is_none(), "unknown flags");
         // The key of a place: its folder's hash and its name; a folder's files share the hash.
         let a = place_key("hf://o/n@x/d/a.bin");
         let b = place_key("hf://o/n@x/d/b.bin");

@@ -946,6 +946,51 @@ fn holdings_answer_from_memory_and_the_index_alike_without_loading_files() {
 }
 
 #[test]
+fn a_small_files_place_keeps_its_crc_while_its_chunk_is_there_and_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (file("a", 4), file("b", 4));
+    let crc = |byte: u8| crc32c::crc32c(&[byte; 4]);
+    let from_index = |key: &str| {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let uri = file(key, 4).uri;
+        let held = s.holdings(&[(uri.as_str(), key)]).remove(0);
+        (s.index.place_crc(&uri, key), held.complete.map(|c| c.2))
+    };
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&a, 4).unwrap();
+        put(&h, 0, 1);
+        h.mark_verified();
+        // Recorded verified before its chunk came: the place takes the CRC when the record does.
+        let g = s.register(&b, 4).unwrap();
+        g.mark_verified();
+        put(&g, 0, 5);
+        g.mark_verified();
+        s.flush();
+        assert_eq!(s.index.place_crc(&a.uri, "a"), Some(crc(1)));
+        assert_eq!(s.index.place_crc(&b.uri, "b"), Some(crc(5)));
+        s.check_counts();
+        // The chunk dropped (found rotten): its CRC leaves the place with it; fetched again
+        // and verified, the new one comes.
+        h.drop_chunk(0);
+        s.flush();
+        assert_eq!(s.index.place_crc(&a.uri, "a"), None);
+        put(&h, 0, 2);
+        h.mark_verified();
+        s.flush();
+        assert_eq!(s.index.place_crc(&a.uri, "a"), Some(crc(2)));
+        // Other bytes written over the chunk (its reservation kept): the old CRC leaves the
+        // place in the same commit as the chunk, with the record unchanged.
+        h.write_vectored_at(&[&[3; 4]], 0).unwrap();
+        h.commit_chunk(0, crc(3));
+        s.flush();
+        s.check_counts();
+    }
+    assert_eq!(from_index("a"), (None, Some(vec![crc(3)])));
+    assert_eq!(from_index("b"), (Some(crc(5)), Some(vec![crc(5)])));
+}
+
+#[test]
 fn a_failed_commit_is_tried_again_and_an_unrecorded_id_mark_refuses_new_files() {
     let dir = tempfile::tempdir().unwrap();
     {
