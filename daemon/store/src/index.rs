@@ -1135,7 +1135,9 @@ impl Index {
                 }
                 match crc {
                     // A small file's place has its CRC: no `CHUNKS` row to read.
-                    Some(crc) if ChunkLayout::new(place.size, place.chunk_size.max(1)).count() == 1 => {
+                    Some(crc)
+                        if ChunkLayout::new(place.size, place.chunk_size.max(1)).count() == 1 =>
+                    {
                         out[i] = Some((place, vec![(0, crc)]))
                     }
                     _ => found.push((i, place)),
@@ -1264,7 +1266,9 @@ impl Index {
         let places = r.open_table(PLACES).unwrap();
         let v = places.get(place_key(uri).as_slice()).unwrap()?;
         let (_, crc, k) = Place::decode(v.value()).expect("a readable place");
-        (decode_key(k).as_deref() == Some(key)).then_some(crc).flatten()
+        (decode_key(k).as_deref() == Some(key))
+            .then_some(crc)
+            .flatten()
     }
 
     /// Test hook: the totals in the header, and the same counted from the records, the chunks
