@@ -97,6 +97,43 @@ fn lru_eviction_spares_pinned_and_in_use() {
 }
 
 #[test]
+fn an_open_cache_file_keeps_its_length_and_bytes_through_eviction_and_a_new_copy() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 8).unwrap();
+    let seen = |f: &std::fs::File| {
+        let mut b = [0u8; 8];
+        let n = f.read_at(&mut b, 0).unwrap();
+        (f.metadata().unwrap().len(), b[..n].to_vec())
+    };
+    let h = s.register(&file("a", 4), 4).unwrap();
+    put(&h, 0, 1);
+    h.mark_verified();
+    // A reader outside the daemon (a mount, the loader's mapping) holds the cache file.
+    let held = std::fs::File::open(h.path()).unwrap();
+    let first = h.path().to_path_buf();
+    drop(h);
+    // Pushed out by newer files, then cached again: another file; the held one never changes
+    // (its space comes back when it is closed).
+    for (k, byte) in [("b", 2), ("c", 3)] {
+        let g = s.register(&file(k, 4), 4).unwrap();
+        put(&g, 0, byte);
+        g.mark_verified();
+    }
+    s.flush();
+    assert_eq!(s.cached_fraction("a"), 0.0);
+    assert!(!first.exists(), "the evicted file is unlinked");
+    assert_eq!(seen(&held), (4, vec![1; 4]));
+    let h = s.register(&file("a", 4), 4).unwrap();
+    put(&h, 0, 1);
+    assert_ne!(h.path(), first.as_path());
+    drop(h);
+    assert!(matches!(s.evict("a"), Evicted::Freed(_)));
+    s.flush();
+    assert_eq!(seen(&held), (4, vec![1; 4]));
+}
+
+#[test]
 fn what_a_crash_leaves_is_repaired_at_start_and_a_missing_data_file_when_looked_up() {
     let dir = tempfile::tempdir().unwrap();
     let (kept, evicted, unrecorded, removed);
