@@ -134,6 +134,28 @@ fn an_open_cache_file_keeps_its_length_and_bytes_through_eviction_and_a_new_copy
 }
 
 #[test]
+fn evict_leaves_a_file_in_use_and_takes_it_pinned_or_not_once_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let h = s.register(&file("a", 4), 4).unwrap();
+    put(&h, 0, 1);
+    h.mark_verified();
+    h.set_pinned(true);
+    let path = h.path().to_path_buf();
+    // The daemon is reading or writing it: left as it is, and said so.
+    assert!(matches!(s.evict("a"), Evicted::InUse));
+    s.flush();
+    assert!(path.exists());
+    assert_eq!(s.cached_fraction("a"), 1.0);
+    drop(h);
+    assert!(matches!(s.evict("a"), Evicted::Freed(4)));
+    s.flush();
+    assert!(!path.exists());
+    assert!(matches!(s.evict("a"), Evicted::NotCached));
+    s.check_counts();
+}
+
+#[test]
 fn what_a_crash_leaves_is_repaired_at_start_and_a_missing_data_file_when_looked_up() {
     let dir = tempfile::tempdir().unwrap();
     let (kept, evicted, unrecorded, removed);
