@@ -167,12 +167,29 @@ struct Core<B: Backend> {
     lingering: AtomicBool,
     /// The node's cached repos and buckets, and when they were asked for.
     cached: Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+    /// Opens small cached files ahead of the kernel's open and read (none without threads).
+    ahead: Option<crate::ahead::Ahead>,
 }
 
 /// `NAME` when `name` is `NAME@main` (the Hub's default revision spelled out).
 fn default_revision_of(name: &str) -> Option<&str> {
     name.strip_suffix(&format!("@{}", locus_core::uri::DEFAULT_REVISION))
         .filter(|base| !base.is_empty() && !base.contains('@'))
+}
+
+/// The cache file of `ino` and its length, if it is a small file the node holds whole (a
+/// large one is read by passthrough, or in chunks with read-ahead of its own).
+fn open_ahead(tree: &Tree, ino: u64) -> Option<(std::path::PathBuf, u64)> {
+    match &tree.get(ino)?.kind {
+        Kind::File {
+            size,
+            cached: Some(info),
+            ..
+        } if info.complete && *size < crate::open::PASSTHROUGH_MIN => {
+            Some((info.path.clone(), *size))
+        }
+        _ => None,
+    }
 }
 
 /// Places taken in under one hold of the tree's write lock.
@@ -266,6 +283,7 @@ impl<B: Backend> Core<B> {
             linger,
             lingering: AtomicBool::new(false),
             cached: Mutex::new(None),
+            ahead: crate::ahead::Ahead::start(),
         }
     }
 
@@ -728,8 +746,12 @@ impl<B: Backend> Core<B> {
                             Some(ino) => {
                                 let answer = self.entry(&tree, parent, ino);
                                 Self::count_inodes(&tree);
+                                let ahead = self.ahead.as_ref().and_then(|_| open_ahead(&tree, ino));
                                 drop(tree);
                                 Self::reply_entry(answer, reply);
+                                if let (Some(a), Some((path, len))) = (&self.ahead, ahead) {
+                                    a.ask(path, len);
+                                }
                                 return None;
                             }
                             // Gone between the guards: listed again without it, or emptied

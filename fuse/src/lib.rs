@@ -36,6 +36,7 @@
 //! before it sleeps: each FUSE round trip otherwise costs a wake-up, which on a VM means a
 //! halted vCPU woken by the host. One reader lingers at a time.
 
+mod ahead;
 pub mod daemon;
 mod file;
 pub mod filter;

@@ -12,6 +12,10 @@ pub const FAILURES: &str = "locus_fuse_failures_total";
 /// Opens handed to the kernel (FUSE passthrough: its reads never reach the mount).
 pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
+/// Small cached files whose cache file a helper opened, and whose pages it asked for, when
+/// the kernel first looked them up (ahead of its open and read).
+pub const OPENED_AHEAD: &str = "locus_fuse_opened_ahead_total";
+
 /// Listings asked for again because their metadata TTL had passed.
 pub const RELISTS: &str = "locus_fuse_relists_total";
 /// First reads of files that the node already held though the listing they came from did
@@ -43,6 +47,10 @@ pub fn describe() {
         PASSTHROUGH_OPENS,
         "Opens handed to the kernel (passthrough)"
     );
+    metrics::describe_counter!(
+        OPENED_AHEAD,
+        "Small cached files opened ahead by a helper at their first lookup"
+    );
     metrics::describe_counter!(RELISTS, "Listings asked for again after their TTL");
     metrics::describe_counter!(
         STALE_READS,
@@ -64,6 +72,7 @@ pub fn describe() {
     for c in [
         READ_BYTES,
         PASSTHROUGH_OPENS,
+        OPENED_AHEAD,
         RELISTS,
         STALE_READS,
         LEARNS,

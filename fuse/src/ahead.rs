@@ -1,0 +1,70 @@
+//! Cache files opened ahead. The kernel looks a file up before it opens and reads it, and the
+//! mount's request reader answers each request in turn: a cold cache file's open (its folder
+//! block and inode) and read (its pages) then wait on the disk one file at a time while every
+//! other reader waits behind them. When the kernel first looks up a small file the node holds
+//! whole, helper threads open its cache file and ask for its pages, so that the disk serves
+//! many files at once and the request reader's own open and read find them in memory.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics;
+
+/// Helper threads: each spends its time waiting on the disk, not on a core.
+const THREADS: usize = 4;
+/// Files waiting for a helper; past it a file is left to the request reader.
+const QUEUE: usize = 1024;
+
+pub(crate) struct Ahead {
+    tx: SyncSender<(PathBuf, u64)>,
+}
+
+impl Ahead {
+    pub(crate) fn start() -> Option<Ahead> {
+        let (tx, rx) = sync_channel::<(PathBuf, u64)>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..THREADS {
+            let rx = rx.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("locus-fuse-ahead-{i}"))
+                .spawn(move || work(&rx));
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "no thread to open cache files ahead");
+                return None;
+            }
+        }
+        Some(Ahead { tx })
+    }
+
+    /// Opens the cache file at `path` (`len` bytes) ahead, if a helper is free soon enough.
+    pub(crate) fn ask(&self, path: PathBuf, len: u64) {
+        if self.tx.try_send((path, len)).is_ok() {
+            ::metrics::counter!(metrics::OPENED_AHEAD).increment(1);
+        }
+    }
+}
+
+fn work(rx: &Mutex<Receiver<(PathBuf, u64)>>) {
+    loop {
+        // The guard goes with the statement: the next helper waits while this one works.
+        let Ok((path, len)) = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()))
+        else {
+            return;
+        };
+        // Gone (evicted) or unreadable: the request reader finds out and says so itself.
+        let Ok(f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: a plain syscall on a descriptor `f` owns for the call; it touches no memory.
+        unsafe {
+            libc::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
+}
