@@ -68,3 +68,42 @@ fn work(rx: &Mutex<Receiver<(PathBuf, u64)>>) {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Pages of `f` in the page cache.
+    fn resident(f: &std::fs::File) -> usize {
+        // SAFETY: the file is not written while mapped here.
+        let map = unsafe { memmap2::Mmap::map(f) }.unwrap();
+        let mut pages = vec![0u8; map.len().div_ceil(4096)];
+        // SAFETY: `map` is a live mapping of `map.len()` bytes and `pages` has a byte for each
+        // of its pages.
+        let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), pages.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        pages.iter().filter(|p| *p & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_file_asked_for_comes_into_the_page_cache_without_the_asker_waiting() {
+        // On a real disk (the page cache of a tmpfs file cannot be dropped).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: a plain syscall on a descriptor `f` owns; it touches no memory.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(resident(&f), 0, "the test's file left the page cache");
+        let ahead = Ahead::start().unwrap();
+        ahead.ask(path, 64 << 10);
+        ahead.ask(dir.path().join("gone"), 10);
+        let until = Instant::now() + Duration::from_secs(10);
+        while resident(&f) < 16 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(resident(&f), 16);
+    }
+}
