@@ -49,7 +49,10 @@ impl Ahead {
 fn work(rx: &Mutex<Receiver<(PathBuf, u64)>>) {
     loop {
         // The guard goes with the statement: the next helper waits while this one works.
-        let Ok((path, len)) = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()))
+        let Ok((path, len)) = rx
+            .lock()
+            .map_err(|_| ())
+            .and_then(|r| r.recv().map_err(|_| ()))
         else {
             return;
         };

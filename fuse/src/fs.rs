@@ -177,21 +177,6 @@ fn default_revision_of(name: &str) -> Option<&str> {
         .filter(|base| !base.is_empty() && !base.contains('@'))
 }
 
-/// The cache file of `ino` and its length, if it is a small file the node holds whole (a
-/// large one is read by passthrough, or in chunks with read-ahead of its own).
-fn open_ahead(tree: &Tree, ino: u64) -> Option<(std::path::PathBuf, u64)> {
-    match &tree.get(ino)?.kind {
-        Kind::File {
-            size,
-            cached: Some(info),
-            ..
-        } if info.complete && *size < crate::open::PASSTHROUGH_MIN => {
-            Some((info.path.clone(), *size))
-        }
-        _ => None,
-    }
-}
-
 /// Places taken in under one hold of the tree's write lock.
 const LEARN_BATCH: usize = 4096;
 
@@ -392,9 +377,12 @@ impl<B: Backend> Core<B> {
                 // A name inside a cached repo not entered yet: list it, then look.
                 self.promote(parent, uri)?;
                 let mut tree = self.tree_mut();
-                return Ok(tree
-                    .lookup_child(parent, name)
-                    .and_then(|ino| self.entry_for(&tree, parent, ino, for_kernel)));
+                return Ok(tree.lookup_child(parent, name).and_then(|ino| {
+                    if for_kernel {
+                        self.open_ahead(&tree, ino);
+                    }
+                    self.entry_for(&tree, parent, ino, for_kernel)
+                }));
             }
             // `NAME@main` is `NAME`: a link to it, made once `NAME` is known to exist.
             Lazy::Org { .. } if default_revision_of(name).is_some() => {
@@ -442,6 +430,9 @@ impl<B: Backend> Core<B> {
         }
         // Another thread may have made it meanwhile.
         if let Some(ino) = tree.lookup_child(parent, name) {
+            if for_kernel {
+                self.open_ahead(&tree, ino);
+            }
             return Ok(self.entry_for(&tree, parent, ino, for_kernel));
         }
         let ino = match made {
@@ -746,12 +737,9 @@ impl<B: Backend> Core<B> {
                             Some(ino) => {
                                 let answer = self.entry(&tree, parent, ino);
                                 Self::count_inodes(&tree);
-                                let ahead = self.ahead.as_ref().and_then(|_| open_ahead(&tree, ino));
+                                self.open_ahead(&tree, ino);
                                 drop(tree);
                                 Self::reply_entry(answer, reply);
-                                if let (Some(a), Some((path, len))) = (&self.ahead, ahead) {
-                                    a.ask(path, len);
-                                }
                                 return None;
                             }
                             // Gone between the guards: listed again without it, or emptied
@@ -786,6 +774,25 @@ impl<B: Backend> Core<B> {
             }
         }
         None
+    }
+
+    /// Has the cache file of `ino`, just made an inode for the kernel, opened ahead if it is a
+    /// small file the node holds whole (a large one is read by passthrough, or in chunks with
+    /// read-ahead of its own).
+    fn open_ahead(&self, tree: &Tree, ino: u64) {
+        let (Some(ahead), Some(node)) = (&self.ahead, tree.get(ino)) else {
+            return;
+        };
+        if let Kind::File {
+            size,
+            cached: Some(info),
+            ..
+        } = &node.kind
+        {
+            if info.complete && *size < crate::open::PASSTHROUGH_MIN {
+                ahead.ask(info.path.clone(), *size);
+            }
+        }
     }
 
     /// Entry `ino` of folder `parent`: with `for_kernel`, counted as a lookup the kernel

@@ -388,6 +388,13 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
         text.contains("locus_fuse_passthrough_opens_total"),
         "{text}"
     );
+    // Each small file the node held whole when listed was opened ahead at its first lookup;
+    // the big one, not cached, was not.
+    assert_eq!(
+        value("locus_fuse_opened_ahead_total"),
+        small.len() as f64,
+        "{text}"
+    );
 }
 
 #[test]
