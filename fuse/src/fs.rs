@@ -377,12 +377,9 @@ impl<B: Backend> Core<B> {
                 // A name inside a cached repo not entered yet: list it, then look.
                 self.promote(parent, uri)?;
                 let mut tree = self.tree_mut();
-                return Ok(tree.lookup_child(parent, name).and_then(|ino| {
-                    if for_kernel {
-                        self.open_ahead(&tree, ino);
-                    }
-                    self.entry_for(&tree, parent, ino, for_kernel)
-                }));
+                return Ok(tree
+                    .lookup_child(parent, name)
+                    .and_then(|ino| self.entry_for(&tree, parent, ino, for_kernel)));
             }
             // `NAME@main` is `NAME`: a link to it, made once `NAME` is known to exist.
             Lazy::Org { .. } if default_revision_of(name).is_some() => {
@@ -430,9 +427,6 @@ impl<B: Backend> Core<B> {
         }
         // Another thread may have made it meanwhile.
         if let Some(ino) = tree.lookup_child(parent, name) {
-            if for_kernel {
-                self.open_ahead(&tree, ino);
-            }
             return Ok(self.entry_for(&tree, parent, ino, for_kernel));
         }
         let ino = match made {
@@ -737,7 +731,6 @@ impl<B: Backend> Core<B> {
                             Some(ino) => {
                                 let answer = self.entry(&tree, parent, ino);
                                 Self::count_inodes(&tree);
-                                self.open_ahead(&tree, ino);
                                 drop(tree);
                                 Self::reply_entry(answer, reply);
                                 return None;
@@ -776,9 +769,10 @@ impl<B: Backend> Core<B> {
         None
     }
 
-    /// Has the cache file of `ino`, just made an inode for the kernel, opened ahead if it is a
-    /// small file the node holds whole (a large one is read by passthrough, or in chunks with
-    /// read-ahead of its own).
+    /// Has the cache file of `ino`, which the kernel has just looked up and did not hold,
+    /// opened ahead if it is a small file the node holds whole (a large one is read by
+    /// passthrough, or in chunks with read-ahead of its own). A lookup most often comes right
+    /// before an open; a folder read with its entries' attributes (READDIRPLUS) asks nothing.
     fn open_ahead(&self, tree: &Tree, ino: u64) {
         let (Some(ahead), Some(node)) = (&self.ahead, tree.get(ino)) else {
             return;
@@ -817,7 +811,9 @@ impl<B: Backend> Core<B> {
     /// for this one call only (entry TTL 0), so the kernel asks again next time.
     fn entry(&self, tree: &Tree, parent: u64, ino: u64) -> Option<(FileAttr, Duration)> {
         let node = tree.get(ino)?;
-        tree.looked_up(ino);
+        if tree.looked_up(ino) == 0 {
+            self.open_ahead(tree, ino);
+        }
         tree.touch(ino);
         let ttl = match node.linked {
             true => tree.ttl_in(parent, self.opts.ttl),

@@ -13,7 +13,7 @@ pub const FAILURES: &str = "locus_fuse_failures_total";
 pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
 /// Small cached files whose cache file a helper opened, and whose pages it asked for, when
-/// the kernel first looked them up (ahead of its open and read).
+/// the kernel looked them up (ahead of its open and read).
 pub const OPENED_AHEAD: &str = "locus_fuse_opened_ahead_total";
 
 /// Listings asked for again because their metadata TTL had passed.
@@ -49,7 +49,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         OPENED_AHEAD,
-        "Small cached files opened ahead by a helper at their first lookup"
+        "Small cached files opened ahead by a helper when the kernel looked them up"
     );
     metrics::describe_counter!(RELISTS, "Listings asked for again after their TTL");
     metrics::describe_counter!(

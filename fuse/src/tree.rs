@@ -596,10 +596,10 @@ impl Tree {
     }
 
     /// Counts an entry handed to the kernel.
-    pub fn looked_up(&self, ino: u64) {
-        if let Some(n) = self.nodes.get(&ino) {
-            n.lookups.fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn looked_up(&self, ino: u64) -> u64 {
+        self.nodes
+            .get(&ino)
+            .map_or(0, |n| n.lookups.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Whether forgetting `n` lookups of `ino` leaves an unlinked inode nobody holds (then

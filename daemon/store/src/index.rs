@@ -63,8 +63,11 @@ const MAX_META: u64 = if cfg!(test) { 100 } else { 20_000 };
 /// layout 1 (every data file in `data/`, no derived tables) are converted once at open; those
 /// of layout 2 (no places) get their places once at open; those of layout 3 (`PLACES_V1`) have
 /// their places made compact once at open; those of layout 4 (every record in JSON) keep their
-/// records, each written in the binary form the next time it is written (no walk at open).
-const LAYOUT: u64 = 5;
+/// records, each written in the binary form the next time it is written (no walk at open);
+/// those of layout 5 (no CRC in a place) keep their places, each given its CRC the next time
+/// it is written. Layout 6 is refused by versions before it: they would not remove a place
+/// with a CRC (they cannot read its key), and it would outlive its file.
+const LAYOUT: u64 = 6;
 
 /// What the index keeps about a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -778,7 +781,14 @@ impl<'t> Tables<'t> {
                 }
             }
             &Op::SetChunk { id, idx, crc, len } => {
-                if self.chunks.insert((id, idx), crc)?.is_none() {
+                let old = self.chunks.insert((id, idx), crc)?.map(|g| g.value());
+                // Other bytes over a recorded chunk come after its `DropChunk`: no record or
+                // place keeps the old CRC.
+                debug_assert!(
+                    old.is_none_or(|o| o == crc),
+                    "chunk {idx} of {id} rewritten"
+                );
+                if old.is_none() {
                     tot.used += len;
                     if self.pinned.get(id)?.is_some() {
                         tot.pinned_bytes += len;
@@ -799,7 +809,9 @@ impl<'t> Tables<'t> {
                         let v = self.encode(&rec)?;
                         self.files.insert(key.as_str(), v.as_slice())?;
                     }
-                    self.replace(key, &rec)?;
+                    if rec.layout().count() == 1 {
+                        self.replace(key, &rec)?;
+                    }
                 }
             }
             Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, key, value)?,
@@ -870,7 +882,7 @@ impl Index {
         };
         match layout {
             Some(LAYOUT) => {}
-            Some(4) => set_layout(&db)?,
+            Some(4 | 5) => set_layout(&db)?,
             Some(3) => compact_places(&db)?,
             Some(2) => add_places(&db)?,
             None => convert(&db, data_dir)?,
@@ -1258,6 +1270,30 @@ impl Index {
         Ok(out)
     }
 
+    /// Test hook: every place written again without its CRC, as layout 5 kept places.
+    #[cfg(test)]
+    pub fn places_as_layout_5(&self) {
+        let db = self.db().expect("open");
+        let w = begin_write(&db).unwrap();
+        {
+            let mut t = w.open_table(PLACES).unwrap();
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|row| {
+                    let (at, v) = row.unwrap();
+                    let (place, _, key) = Place::decode(v.value()).unwrap();
+                    let key = decode_key(key).unwrap();
+                    (at.value().to_vec(), place.encode(&key, None))
+                })
+                .collect();
+            for (at, v) in rows {
+                t.insert(at.as_slice(), v.as_slice()).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+
     /// Test hook: the CRC the place of `uri` keeps, if the place is `key`'s and keeps one.
     #[cfg(test)]
     pub fn place_crc(&self, uri: &str, key: &str) -> Option<u32> {
@@ -1577,10 +1613,11 @@ fn add_places(db: &Database) -> Result<(), StoreError> {
                 continue;
             };
             if !rec.uri.is_empty() {
+                let crc = t.one_crc(&rec).map_err(idx_err)?;
                 t.places
                     .insert(
                         place_key(&rec.uri).as_slice(),
-                        Place::of(&rec).encode(k.value(), rec.crc).as_slice(),
+                        Place::of(&rec).encode(k.value(), crc).as_slice(),
                     )
                     .map_err(idx_err)?;
             }

@@ -124,8 +124,9 @@ fn an_open_cache_file_keeps_its_length_and_bytes_through_eviction_and_a_new_copy
     assert_eq!(s.cached_fraction("a"), 0.0);
     assert!(!first.exists(), "the evicted file is unlinked");
     assert_eq!(seen(&held), (4, vec![1; 4]));
+    // (Other bytes than the first copy's, so that a write into the held file would show.)
     let h = s.register(&file("a", 4), 4).unwrap();
-    put(&h, 0, 1);
+    put(&h, 0, 9);
     assert_ne!(h.path(), first.as_path());
     drop(h);
     assert!(matches!(s.evict("a"), Evicted::Freed(_)));
@@ -775,7 +776,7 @@ fn a_cache_of_the_second_layout_gets_its_places_once() {
     s.check_counts();
     drop(s);
     // Once: the next start finds this version's layout.
-    assert_eq!(layout_of(dir.path()), Some(5));
+    assert_eq!(layout_of(dir.path()), Some(6));
 }
 
 #[test]
@@ -843,7 +844,49 @@ fn a_cache_of_the_fourth_layout_keeps_its_json_records_until_they_are_written() 
         s.check_counts();
     }
     assert_eq!(stored("a")[0], 1);
-    assert_eq!(layout_of(dir.path()), Some(5));
+    assert_eq!(layout_of(dir.path()), Some(6));
+}
+
+#[test]
+fn a_cache_of_the_fifth_layout_keeps_its_places_and_a_new_one_has_its_crc() {
+    const HEADER: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("header");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (file("a", 4), file("b", 4));
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let h = s.register(&a, 4).unwrap();
+        put(&h, 0, 1);
+        h.mark_verified();
+        s.flush();
+        // As layout 5 left it: places without CRCs.
+        s.index.places_as_layout_5();
+        assert_eq!(s.index.place_crc(&a.uri, "a"), None);
+    }
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(HEADER).unwrap().insert("layout", 5).unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    // Taken as it is (no walk at open): the place still says where the file is, and its CRC
+    // comes from the chunks.
+    assert_eq!(s.index.place_crc(&a.uri, "a"), None);
+    let held = s.holdings(&[(a.uri.as_str(), "a")]).remove(0);
+    let crc = crc32c::crc32c(&[1; 4]);
+    assert_eq!(held.complete.map(|c| c.2), Some(vec![crc]));
+    // A file cached now has its CRC in its place.
+    let h = s.register(&b, 4).unwrap();
+    put(&h, 0, 2);
+    h.mark_verified();
+    s.flush();
+    assert_eq!(
+        s.index.place_crc(&b.uri, "b"),
+        Some(crc32c::crc32c(&[2; 4]))
+    );
+    s.check_counts();
+    drop((h, s));
+    assert_eq!(layout_of(dir.path()), Some(6));
 }
 
 fn layout_of(dir: &std::path::Path) -> Option<u64> {
@@ -938,7 +981,7 @@ fn a_cache_of_the_third_layout_has_its_places_made_compact_once() {
     // Checks too that every place names its record, and that the old table is gone.
     s.check_counts();
     drop(s);
-    assert_eq!(layout_of(dir.path()), Some(5));
+    assert_eq!(layout_of(dir.path()), Some(6));
     // An older version opening the cache (and refusing its layout) leaves an empty table of
     // its own places: the next start drops it.
     {
