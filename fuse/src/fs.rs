@@ -676,12 +676,14 @@ impl<B: Backend> Core<B> {
             files
                 .entry(ino)
                 .or_insert_with(|| {
-                    Arc::new(FileState::new(
-                        uri.clone(),
-                        key.clone(),
-                        *size,
-                        cached.clone(),
-                    ))
+                    // The cache file is opened here: how long that took says whether the disk
+                    // is cold.
+                    let t = std::time::Instant::now();
+                    let st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
+                    if let (Some(a), Some(_)) = (&self.ahead, cached) {
+                        a.opened(t.elapsed());
+                    }
+                    Arc::new(st)
                 })
                 .clone(),
         )

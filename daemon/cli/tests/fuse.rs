@@ -349,6 +349,10 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
             got
         });
         std::thread::sleep(Duration::from_millis(500));
+        // Looked up before anything is opened: each is opened ahead (below).
+        for (p, _) in &small {
+            assert!(m.dir.join(p).is_file());
+        }
         // One thread reads the mount's requests; the uncached read waits on the pool.
         for (p, b) in &small {
             assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
@@ -389,8 +393,8 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
         "{text}"
     );
     // Each small file the node held whole when listed was opened ahead when the kernel first
-    // looked it up (by a helper, which may finish after the read); the big one, not cached,
-    // was not.
+    // looked it up, before the first open (by a helper, which may finish after the read); the
+    // big one, not cached, was not.
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let ahead = loop {
         let n = metric(&addr, "locus_fuse_opened_ahead_total", "");
