@@ -676,12 +676,12 @@ impl<B: Backend> Core<B> {
             files
                 .entry(ino)
                 .or_insert_with(|| {
-                    // The cache file is opened here: how long that took says whether the disk
-                    // is cold.
-                    let t = std::time::Instant::now();
+                    // The cache file is opened here: whether that read the disk says whether
+                    // it is cold.
+                    let before = crate::ahead::disk_reads();
                     let st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
                     if let (Some(a), Some(_)) = (&self.ahead, cached) {
-                        a.opened(t.elapsed());
+                        a.opened(crate::ahead::disk_reads() - before);
                     }
                     Arc::new(st)
                 })
