@@ -220,6 +220,7 @@ fn a_corrupt_index_is_set_aside_and_nothing_unchecked_is_served() {
     let mut d = env.daemon("n", &[], &[]);
     d.ok(&["warm", &format!("hf://{REPO}")]);
     d.signal(Signal::SIGTERM);
+    assert!(!data_files(&d.cache).is_empty());
     let index = d.cache.join("index.redb");
     let mut bytes = std::fs::read(&index).unwrap();
     for b in bytes.iter_mut().take(4096) {
@@ -233,6 +234,9 @@ fn a_corrupt_index_is_set_aside_and_nothing_unchecked_is_served() {
         d.log_text()
     );
     assert!(d.cache.join("index.redb.broken").exists());
+    // The data files the lost records described are gone with them: no manual clean-up, and
+    // no disk space held by files nothing names.
+    assert_eq!(data_files(&d.cache), Vec::new());
     let origin = env.sim.stats().data_requests();
     check_all(&d, &files);
     assert!(
