@@ -7,9 +7,11 @@
 //!
 //! Where cache files are in memory already, the helpers are only cost (a 2,000-file read of
 //! files in the page cache ran 10–14% slower): files are asked for until the request reader's
-//! first open reads nothing from the disk, then only while opens (the reader's or the
-//! helpers' own) do. An open's reads are the thread's block reads (`ru_inblock`), not its
-//! time, which a busy machine stretches.
+//! first open reads nothing from the disk, then while opens (the reader's or the helpers' own)
+//! do, and one file in 16 otherwise, so that the helpers find a disk gone cold again (the
+//! reader opens a cache file once an inode, and its pages may be cold where its inode is not).
+//! An open's reads are the thread's block reads (`ru_inblock`), not its time, which a busy
+//! machine stretches.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -26,10 +28,14 @@ const THREADS: usize = 4;
 const QUEUE: usize = 1024;
 /// How long files are asked for after an open found the disk cold.
 const COLD_FOR: Duration = Duration::from_secs(2);
+/// While the disk is warm, one file in this many is asked for all the same.
+const SAMPLE: u64 = 16;
 
 pub(crate) struct Ahead {
     tx: SyncSender<(PathBuf, u64)>,
     cold: Arc<Cold>,
+    /// Files not asked for while the disk was warm.
+    skipped: AtomicU64,
 }
 
 /// Until when (ms after `since`) opens are taken to find the disk cold; `UNKNOWN` before the
@@ -87,13 +93,20 @@ impl Ahead {
                 return None;
             }
         }
-        Some(Ahead { tx, cold })
+        Some(Ahead {
+            tx,
+            cold,
+            skipped: AtomicU64::new(0),
+        })
     }
 
-    /// Opens the cache file at `path` (`len` bytes) ahead while opens find the disk cold,
-    /// unless too many wait already (the request reader never waits here).
+    /// Opens the cache file at `path` (`len` bytes) ahead while opens find the disk cold (one
+    /// in [`SAMPLE`] otherwise), unless too many wait already (the request reader never waits
+    /// here).
     pub(crate) fn ask(&self, path: PathBuf, len: u64) {
-        if self.cold.is_cold() {
+        let go = self.cold.is_cold()
+            || self.skipped.fetch_add(1, Ordering::Relaxed) % SAMPLE == SAMPLE - 1;
+        if go {
             let _ = self.tx.try_send((path, len));
         }
     }
@@ -111,7 +124,7 @@ pub(crate) fn disk_reads() -> i64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a whole `rusage` for the call to fill.
     match unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) } {
-        0 => u.ru_inblock,
+        0 => i64::from(u.ru_inblock),
         _ => 0,
     }
 }

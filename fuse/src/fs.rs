@@ -680,8 +680,11 @@ impl<B: Backend> Core<B> {
                     // it is cold.
                     let before = crate::ahead::disk_reads();
                     let st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
-                    if let (Some(a), Some(_)) = (&self.ahead, cached) {
-                        a.opened(crate::ahead::disk_reads() - before);
+                    // (Not an open that failed: an evicted file tells nothing of the disk.)
+                    if let Some(a) = &self.ahead {
+                        if lock(&st.inner).file.is_some() {
+                            a.opened(crate::ahead::disk_reads() - before);
+                        }
                     }
                     Arc::new(st)
                 })

@@ -316,16 +316,18 @@ fn mount_pid(uri: &str, dir: &Path) -> nix::unistd::Pid {
 #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
     let env = Env::new();
-    let small = random_files(3, 50_000, 31);
+    let mut small = random_files(4, 50_000, 31);
+    let late = small.pop().unwrap();
     let big = (
         "big/shard.bin".to_string(),
         locus_testorigin::model::random_bytes(32, 4 << 20),
     );
     let mut files = small.clone();
     files.push(big.clone());
+    files.push(late.clone());
     env.sim.commit("model", "acme/m", files);
     let d = env.daemon("n", &[], &[]);
-    for (p, _) in &small {
+    for (p, _) in small.iter().chain([&late]) {
         d.ok(&["warm", &format!("hf://acme/m/{p}")]);
     }
     let addr = format!("127.0.0.1:{}", free_port());
@@ -361,6 +363,9 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
                 b.len() as u64
             );
         }
+        // Those opens read nothing from the disk (the warm just wrote the files): a file looked
+        // up now is not opened ahead.
+        assert_eq!(std::fs::read(m.dir.join(&late.0)).unwrap(), late.1.to_vec());
         assert!(
             !done.load(std::sync::atomic::Ordering::SeqCst),
             "the cached files were read only after the uncached one"
@@ -396,13 +401,13 @@ fn a_read_waiting_on_the_origin_does_not_hold_up_other_files() {
     // looked it up, before the first open (by a helper, which may finish after the read); the
     // big one, not cached, was not.
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    let ahead = loop {
-        let n = metric(&addr, "locus_fuse_opened_ahead_total", "");
-        if n >= small.len() as f64 || std::time::Instant::now() > until {
-            break n;
-        }
+    while metric(&addr, "locus_fuse_opened_ahead_total", "") < small.len() as f64
+        && std::time::Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ahead = metric(&addr, "locus_fuse_opened_ahead_total", "");
     assert_eq!(ahead, small.len() as f64, "{text}");
 }
 
