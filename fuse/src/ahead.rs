@@ -124,6 +124,8 @@ pub(crate) fn disk_reads() -> i64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a whole `rusage` for the call to fill.
     match unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) } {
+        // (`c_long` is 32 bits on 32-bit targets.)
+        #[allow(clippy::useless_conversion)]
         0 => i64::from(u.ru_inblock),
         _ => 0,
     }
