@@ -345,6 +345,15 @@ fn bytes_that_do_not_match_the_published_digest_are_never_served() {
         assert_eq!(out.status.code(), Some(1), "{path} must not be served");
         assert!(out.stdout.is_empty(), "no byte of {path} reached stdout");
     }
+    // A client of the API is told what kind of failure it is: DATA_LOSS, not a retryable one.
+    let uri = format!("hf://acme/model/{}", files[0].0);
+    let status = env2.rt.block_on(async {
+        let mut c = locus_grpc::connect_local(&d2.socket).await.unwrap();
+        c.open(locus_grpc::v1::OpenRequest { uri })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
 }
 
 #[test]
