@@ -147,11 +147,7 @@ impl FileRecord {
         at += 1;
         let crc = match flags & 4 {
             0 => None,
-            _ => {
-                let b = v.get(at..at + 4)?;
-                at += 4;
-                Some(u32::from_le_bytes(b.try_into().ok()?))
-            }
+            _ => Some(get_u32_le(v, &mut at)?),
         };
         fn text(v: &[u8], at: &mut usize, len: usize) -> Option<String> {
             let b = v.get(*at..at.checked_add(len)?)?;
@@ -250,11 +246,7 @@ impl Place {
         }
         let crc = match flags & 2 {
             0 => None,
-            _ => {
-                let b = v.get(at..at + 4)?;
-                at += 4;
-                Some(u32::from_le_bytes(b.try_into().ok()?))
-            }
+            _ => Some(get_u32_le(v, &mut at)?),
         };
         let place = Place {
             id,
@@ -375,6 +367,13 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// A little-endian u32 at `at` (then past it).
+fn get_u32_le(v: &[u8], at: &mut usize) -> Option<u32> {
+    let b = v.get(*at..at.checked_add(4)?)?;
+    *at += 4;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
 }
 
 fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
@@ -674,13 +673,30 @@ impl<'t> Tables<'t> {
         if rec.uri.is_empty() {
             return Ok(());
         }
-        let at = place_key(&rec.uri);
         if add {
-            let v = Place::of(rec).encode(key, self.one_crc(rec)?);
-            self.places.insert(at.as_slice(), v.as_slice())?;
-        } else if self.names(&at, key, rec.id)? {
+            let crc = self.one_crc(rec)?;
+            return self.put_place(key, rec, crc);
+        }
+        let at = place_key(&rec.uri);
+        if self.names(&at, key, rec.id)? {
             self.places.remove(at.as_slice())?;
         }
+        Ok(())
+    }
+
+    /// Puts `rec`'s place with `crc`, its one chunk's CRC as `CHUNKS` has it now.
+    fn put_place(
+        &mut self,
+        key: &str,
+        rec: &FileRecord,
+        crc: Option<u32>,
+    ) -> Result<(), redb::StorageError> {
+        if rec.uri.is_empty() {
+            return Ok(());
+        }
+        let v = Place::of(rec).encode(key, crc);
+        self.places
+            .insert(place_key(&rec.uri).as_slice(), v.as_slice())?;
         Ok(())
     }
 
@@ -743,10 +759,10 @@ impl<'t> Tables<'t> {
                     }
                     Some(o) if o.uri != rec.uri => {
                         self.place(key, o, false)?;
-                        self.place(key, rec, true)?;
+                        self.put_place(key, rec, crc)?;
                     }
                     // New, or changed in place (verified): one write, over the old.
-                    _ => self.place(key, rec, true)?,
+                    _ => self.put_place(key, rec, crc)?,
                 }
                 tot.max_id = tot.max_id.max(rec.id);
                 tot.id_mark = tot.id_mark.max(rec.id + 1);
