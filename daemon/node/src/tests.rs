@@ -24,6 +24,8 @@ struct MemOrigin {
     hold: Option<Arc<tokio::sync::Semaphore>>,
     /// Each resolve takes a permit for good here, when set.
     resolve_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// The digests listed, by path (none for the rest).
+    digests: HashMap<String, locus_core::Digest>,
 }
 
 #[async_trait]
@@ -47,7 +49,7 @@ impl Origin for MemOrigin {
                 size: b.len() as u64,
                 key: format!("mem:{p}"),
                 locator: p.clone(),
-                digest: None,
+                digest: self.digests.get(p).cloned(),
                 listed: None,
             })
             .collect::<locus_core::Listing>())
@@ -87,6 +89,7 @@ fn gated_node(
             gate,
             hold: None,
             resolve_gate: None,
+            digests: HashMap::new(),
         },
         fail,
     )
@@ -451,6 +454,7 @@ async fn a_peer_that_sends_wrong_bytes_is_passed_over_and_nothing_wrong_is_store
         gate: None,
         hold: None,
         resolve_gate: None,
+        digests: HashMap::new(),
     });
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     let cluster = locus_cluster::Cluster::new(locus_cluster::ClusterConfig::solo("me:1"));
@@ -510,6 +514,7 @@ async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_wait
             gate: None,
             hold: Some(hold.clone()),
             resolve_gate: None,
+            digests: HashMap::new(),
         },
         2,
     );
@@ -556,4 +561,73 @@ async fn a_warm_report_counts_a_chunk_still_arriving_and_names_the_retry_it_wait
             .done_bytes,
         0
     );
+}
+
+/// Polls `done` every 10 ms for up to 20 s.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..2000 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_chunk_by_chunk_is_checked_whole_in_the_background() {
+    use sha2::Digest as _;
+    let right = locus_core::Digest::Sha256(hex::encode(sha2::Sha256::digest(data())));
+    let wrong = locus_core::Digest::Sha256("0".repeat(64));
+    let (node, origin, _dir) = origin_node(
+        MemOrigin {
+            files: [
+                ("w.bin".to_string(), data()),
+                ("bad.bin".to_string(), data()),
+            ]
+            .into(),
+            digests: [("w.bin".to_string(), right), ("bad.bin".to_string(), wrong)].into(),
+            ..Default::default()
+        },
+        0,
+    );
+    let read = |name: &str| {
+        let (node, uri) = (
+            node.clone(),
+            LocusUri::parse(&format!("hf://o/n/{name}")).unwrap(),
+        );
+        async move {
+            let file = node.resolve_file(&uri).await.unwrap();
+            // Two readers' ranges, as a mount asks: neither is the whole file.
+            let h = node.ensure_chunks(&file, 0..8).await.unwrap();
+            assert!(!h.verified(), "half the chunks cannot be checked whole");
+            let count = h.layout().count();
+            let h = node.ensure_chunks(&file, 8..count).await.unwrap();
+            assert!(h.missing().is_empty());
+            h
+        }
+    };
+    let good = read("w.bin").await;
+    assert!(
+        eventually(|| good.verified()).await,
+        "the complete file is checked against its digest in the background"
+    );
+    let count = good.layout().count() as u64;
+    assert_eq!(
+        origin.reads.load(Ordering::SeqCst),
+        count,
+        "read back, not fetched again"
+    );
+
+    // A file whose bytes do not match the digest: the check fetches it again from the origin,
+    // fails again, and leaves nothing of it stored to be taken for checked.
+    let bad = read("bad.bin").await;
+    let reads = || origin.reads.load(Ordering::SeqCst);
+    assert!(
+        eventually(|| reads() == 3 * count && bad.missing().len() as u64 == count).await,
+        "a file that fails its digest is fetched once more, then dropped: {} reads, {} missing",
+        reads(),
+        bad.missing().len()
+    );
+    assert!(!bad.verified());
 }
