@@ -946,6 +946,9 @@ fn ctrl_c_cancels_a_warm_and_says_so_unless_it_was_detached() {
         stopped < total,
         "{stopped} of {total}: nothing was cancelled"
     );
+    // What the cancelled warm cached stays, and is not asked of the origin again.
+    assert!(stopped > 0, "the cancelled warm kept nothing");
+    env.sim.reset_stats();
 
     // Detached: the command returns at once, the daemon finishes the warm.
     let started = std::time::Instant::now();
@@ -963,4 +966,9 @@ fn ctrl_c_cancels_a_warm_and_says_so_unless_it_was_detached() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    assert_eq!(
+        env.sim.stats().data_bytes,
+        total - stopped,
+        "the detached warm fetched only what the cancelled one had not cached"
+    );
 }
