@@ -245,6 +245,26 @@ fn a_corrupt_index_is_set_aside_and_nothing_unchecked_is_served() {
     );
 }
 
+/// What a warm reported done is committed: a kill the moment it answers loses no record, so
+/// nothing is fetched again.
+#[test]
+fn a_warm_that_answered_loses_nothing_to_a_kill_at_once() {
+    let (env, files) = model_env();
+    let mut d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    d.signal(Signal::SIGKILL);
+    d.restart();
+    env.sim.reset_stats();
+    d.ok(&["warm", &format!("hf://{REPO}")]);
+    assert_eq!(
+        env.sim.stats().data_requests(),
+        0,
+        "records the first warm reported done were lost to the kill: {}",
+        d.log_text()
+    );
+    check_all(&d, &files);
+}
+
 #[test]
 fn power_loss_never_serves_bytes_that_did_not_reach_the_disk() {
     let (env, files) = model_env();
