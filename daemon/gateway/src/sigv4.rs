@@ -321,7 +321,8 @@ fn from_query(pairs: &[(String, String)]) -> Result<Found, AuthError> {
     })
 }
 
-/// The query's pairs, decoded (`+` stays `+`: SigV4 clients encode a space as `%20`).
+/// The query's pairs, decoded as S3 decodes them: `+` is a space (object_store sends a space
+/// in a value as `+` and signs it as `%20`); a `+` itself comes as `%2B`.
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
@@ -329,7 +330,7 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let dec = |s: &str| {
-                percent_encoding::percent_decode_str(s)
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
                     .decode_utf8_lossy()
                     .into_owned()
             };
@@ -404,6 +405,18 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_plus_in_the_query_is_a_space_and_an_encoded_one_a_plus() {
+        assert_eq!(
+            query_pairs("start-after=ds%2F0000%2F00499+x.txt&prefix=a%2Bb&list-type=2"),
+            [
+                ("start-after".into(), "ds/0000/00499 x.txt".into()),
+                ("prefix".into(), "a+b".into()),
+                ("list-type".into(), "2".into())
+            ]
+        );
+    }
 
     /// AWS's published example (the S3 documentation's "GET Object" example of header
     /// signing): key AKIAIOSFODNN7EXAMPLE, bucket examplebucket, 2013-05-24.

@@ -488,3 +488,52 @@ async fn many_clients_at_once_over_kept_alive_connections() {
     }
     assert_eq!(seen.matches("HTTP/1.1 200 OK").count(), 2, "{seen}");
 }
+
+/// A file checked whole stops being so during a response (chunk 5 rots on disk, fails its
+/// check and comes again from an origin that flips a byte): nothing more leaves until the
+/// whole file is checked again, so the response is the origin's to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_unchecked_mid_response_sends_nothing_more_until_checked_whole() {
+    use std::os::unix::fs::FileExt;
+    let s = setup().await;
+    let c = reqwest::Client::new();
+    let data = model::random_bytes(13, 8 << 20);
+    s.sim
+        .commit("model", "acme/rot", vec![("w.bin".into(), data.clone())]);
+    let uri = locus_core::LocusUri::parse("hf://acme/rot/w.bin").unwrap();
+    let file = s.node.resolve_file(&uri).await.unwrap();
+    // Checked whole before the response, which is therefore not hashed as it is sent.
+    drop(
+        s.node
+            .ensure_file(&file, &locus_node::WarmProgress::default())
+            .await
+            .unwrap(),
+    );
+    let (path, ..) = s
+        .node
+        .store()
+        .complete_file(&file.key)
+        .expect("cached and checked");
+    // Rot in chunk 5, on a later change time than the last check (so no chunk is trusted).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let at = (5u64 << 20) + 1234;
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[data[at as usize] ^ 0xFF], at).unwrap();
+    drop(f);
+    // Chunks 0-4 leave; chunk 5 fails its check, the file stops being checked whole, and the
+    // chunk comes again with its middle byte flipped (its CRC is of those bytes: only the
+    // whole-file digest can tell).
+    s.sim.set_faults(Faults {
+        corrupt: 1,
+        ..s.sim.faults()
+    });
+    let r = c
+        .get(format!("{}/acme/rot/resolve/main/w.bin", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().await.expect("the response ends");
+    assert_eq!(s.sim.faults().corrupt, 0, "chunk 5 was fetched again");
+    assert!(got == data, "no byte that failed the digest left");
+}
