@@ -316,7 +316,8 @@ impl MetaCache {
 
     /// Whether `ns` was listed here as a prefix (its keys are looked up in its listing).
     fn is_prefix(&self, ns: &Namespace) -> bool {
-        self.prefixes.contains_key(ns)
+        // `get`, not `contains_key`: a prefix in use must count as used, or it goes first.
+        self.prefixes.get(ns).is_some()
     }
 }
 
@@ -726,6 +727,95 @@ fn immutable(ns: &Namespace, rev: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_revisions_are_bounded_and_one_in_use_outlives_a_flood_of_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaCache::new(
+            Duration::from_secs(60),
+            Store::open(dir.path(), 1 << 30).unwrap(),
+        );
+        let ns = |i: usize| {
+            LocusUri::parse(&format!("hf://acme/m{i}"))
+                .unwrap()
+                .namespace
+        };
+        let put = |i: usize| {
+            meta.put_revision(&ns(i), "main", "c".repeat(40), Duration::ZERO, Duration::ZERO)
+        };
+        let held = |i: usize| {
+            meta.revision(&ns(i), "main", Duration::from_secs(60))
+                .is_some()
+        };
+        // A cache in its steady state first (quick_cache keeps the first entries of an empty
+        // one in its hot part, whatever their use).
+        for i in 0..2 * MAX_REVISIONS {
+            put(10_000_000 + i);
+        }
+        put(0);
+        put(1);
+        for i in 2..2 * MAX_REVISIONS {
+            if i % 10 == 0 {
+                assert!(held(0), "dropped while in use ({i})");
+            }
+            put(i);
+        }
+        assert!(
+            meta.revisions.len() <= MAX_REVISIONS,
+            "{}",
+            meta.revisions.len()
+        );
+        assert_eq!((held(0), held(1), held(2 * MAX_REVISIONS - 1)), (true, false, true));
+    }
+
+    #[test]
+    fn s3_prefixes_are_bounded_and_one_in_use_outlives_a_flood_of_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaCache::new(
+            Duration::from_secs(60),
+            Store::open(dir.path(), 1 << 30).unwrap(),
+        );
+        let ns = |i: usize| {
+            LocusUri::parse(&format!("s3://bucket/p{i}"))
+                .unwrap()
+                .namespace
+        };
+        let list = |i: usize| {
+            let two: Listing = (0..2)
+                .map(|j| RemoteFile {
+                    uri: format!("s3://bucket/p{i}/k{j}"),
+                    path: format!("k{j}"),
+                    size: 1,
+                    key: format!("s3:bucket/p{i}/k{j}:1"),
+                    locator: format!("p{i}/k{j}"),
+                    digest: None,
+                    listed: None,
+                })
+                .collect();
+            meta.put_listing(&ns(i), "v1", two);
+        };
+        // A cache in its steady state first (see above).
+        for i in 0..2 * MAX_LISTINGS {
+            list(10_000_000 + i);
+        }
+        list(0);
+        list(1);
+        for i in 2..2 * MAX_LISTINGS {
+            if i % 10 == 0 {
+                assert!(meta.is_prefix(&ns(0)), "dropped while in use ({i})");
+            }
+            list(i);
+        }
+        assert!(
+            meta.prefixes.len() <= MAX_LISTINGS,
+            "{}",
+            meta.prefixes.len()
+        );
+        assert_eq!(
+            (meta.is_prefix(&ns(0)), meta.is_prefix(&ns(1))),
+            (true, false)
+        );
+    }
 
     /// `n` files of a Hub dataset, each URI `pad` bytes longer than it needs, in a form no other
     /// file shares (a listing that weighs more per file).

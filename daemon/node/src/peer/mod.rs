@@ -620,6 +620,43 @@ pub fn file_from_pb(p: pb::PeerFile) -> Result<RemoteFile, String> {
 mod tests {
     use super::*;
 
+    // `connect_lazy` needs a runtime; nothing connects.
+    #[tokio::test]
+    async fn peer_channels_are_bounded_and_one_in_use_outlives_a_stream_of_addresses() {
+        let peers = GrpcPeers::new(&PeerSecurity {
+            token: None,
+            tls: None,
+            wire: false,
+        })
+        .unwrap();
+        let addr = |i: usize| format!("10.{}.{}.{}:7070", i >> 16, (i >> 8) & 255, i & 255);
+        // A cache in its steady state first (quick_cache keeps the first entries of an empty
+        // one in its hot part, whatever their use).
+        for i in 0..2 * MAX_CHANNELS {
+            peers.client(&addr(100_000 + i)).unwrap();
+        }
+        peers.client(&addr(0)).unwrap();
+        peers.client(&addr(1)).unwrap();
+        for i in 2..2 * MAX_CHANNELS {
+            if i % 10 == 0 {
+                peers.client(&addr(0)).unwrap();
+            }
+            peers.client(&addr(i)).unwrap();
+        }
+        assert!(
+            peers.channels.len() <= MAX_CHANNELS,
+            "{}",
+            peers.channels.len()
+        );
+        assert_eq!(
+            (
+                peers.channels.contains_key(&addr(0)),
+                peers.channels.contains_key(&addr(1))
+            ),
+            (true, false)
+        );
+    }
+
     fn good() -> pb::PeerFile {
         let hex = "ab".repeat(32);
         pb::PeerFile {
