@@ -639,6 +639,11 @@ mod tests {
         peers.client(&addr(1)).unwrap();
         for i in 2..2 * MAX_CHANNELS {
             if i % 10 == 0 {
+                // Present before it is used again (a use of a dropped one would make a new one).
+                assert!(
+                    peers.channels.contains_key(&addr(0)),
+                    "dropped while in use ({i})"
+                );
                 peers.client(&addr(0)).unwrap();
             }
             peers.client(&addr(i)).unwrap();
