@@ -607,6 +607,44 @@ impl Origin for HfOrigin {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn cdn_urls_are_bounded_and_one_in_use_outlives_a_stream_of_files() {
+        let o = HfOrigin::new(HfConfig {
+            endpoint: "http://127.0.0.1:1".into(),
+            token: None,
+            ..HfConfig::from_env()
+        })
+        .unwrap();
+        let resolve = |i: usize| format!("http://127.0.0.1:1/acme/m/resolve/{i}/w.bin");
+        let learn = |i: usize| {
+            o.cdn_urls.insert(
+                resolve(i),
+                (format!("https://cdn.example/{i}").into(), Instant::now()),
+            )
+        };
+        // A cache in its steady state first (quick_cache keeps the first entries of an empty
+        // one in its hot part, whatever their use).
+        for i in 0..2 * MAX_CDN_URLS {
+            learn(10_000_000 + i);
+        }
+        learn(0);
+        learn(1);
+        for i in 2..2 * MAX_CDN_URLS {
+            if i % 10 == 0 {
+                assert!(o.cdn_url(&resolve(0)).is_some(), "dropped while in use ({i})");
+            }
+            learn(i);
+        }
+        assert!(o.cdn_urls.len() <= MAX_CDN_URLS, "{}", o.cdn_urls.len());
+        assert_eq!(
+            (
+                o.cdn_url(&resolve(0)).is_some(),
+                o.cdn_url(&resolve(1)).is_some()
+            ),
+            (true, false)
+        );
+    }
+
     #[test]
     fn encodes_paths() {
         assert_eq!(encode_path("a b/c+d.bin"), "a%20b/c%2Bd.bin");

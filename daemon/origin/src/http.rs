@@ -74,8 +74,10 @@ pub trait SpoolSpace: Send + Sync {
 }
 
 /// The longest a whole-file fetch may take: a minute, and a second per MiB.
-fn spool_time_limit(size: u64) -> Duration {
-    Duration::from_secs(60 + size / (1 << 20))
+const SPOOL_BASE: Duration = Duration::from_secs(60);
+
+fn spool_time_limit(base: Duration, size: u64) -> Duration {
+    base + Duration::from_secs(size / (1 << 20))
 }
 
 type SpoolCell = Arc<OnceCell<Arc<Spool>>>;
@@ -346,6 +348,8 @@ pub struct HttpOrigin {
     spools: DashMap<String, SpoolCell>,
     space: Option<Arc<dyn SpoolSpace>>,
     snapshots: Snapshots,
+    /// [`SPOOL_BASE`] (shorter in tests).
+    spool_base: Duration,
 }
 
 fn header(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
@@ -441,6 +445,7 @@ impl HttpOrigin {
             spools: DashMap::new(),
             space,
             snapshots: Snapshots::default(),
+            spool_base: SPOOL_BASE,
         })
     }
 
@@ -542,7 +547,7 @@ impl HttpOrigin {
                         })?,
                     None => Box::new(()),
                 };
-                let limit = spool_time_limit(file.size);
+                let limit = spool_time_limit(self.spool_base, file.size);
                 let fetch = self.fetch_whole(file, v);
                 let tmp = tokio::time::timeout(limit, fetch).await.map_err(|_| {
                     OriginError::Unavailable {
@@ -762,6 +767,61 @@ mod tests {
 
     fn http(url: &str) -> Namespace {
         Namespace::Http { url: url.into() }
+    }
+
+    #[tokio::test]
+    async fn a_whole_file_spool_stops_at_its_time_limit_and_is_not_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A minute, plus a second per whole MiB.
+        assert_eq!(spool_time_limit(SPOOL_BASE, 0), Duration::from_secs(60));
+        assert_eq!(
+            spool_time_limit(SPOOL_BASE, (5 << 20) + 1),
+            Duration::from_secs(65)
+        );
+        // No Range; each GET sends 100 of 1,000 bytes, then stalls.
+        let gets = Arc::new(AtomicU64::new(0));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/m.bin", l.local_addr().unwrap());
+        let g = gets.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n";
+                    let _ = c.write_all(head.as_bytes()).await;
+                    if buf[..n].starts_with(b"GET") {
+                        g.fetch_add(1, Ordering::SeqCst);
+                        let _ = c.write_all(&[7u8; 100]).await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        let mut o = origin(&["127.0.0.1/32"], &[]);
+        o.spool_base = Duration::from_millis(500);
+        let ns = http(&url);
+        let id = o.resolve(&ns, locus_core::LATEST).await.unwrap();
+        let file = o.list(&ns, &id).await.unwrap().get(0).unwrap();
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), o.read(&file, 0..1000))
+            .await
+            .expect("the spool's time limit ends the read");
+        match r {
+            Err(OriginError::Unavailable { detail, .. }) => {
+                assert!(detail.contains("took longer than"), "{detail}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a stalled spool was read"),
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert_eq!(
+            gets.load(Ordering::SeqCst),
+            1,
+            "a spool past its limit is not retried"
+        );
     }
 
     #[test]
