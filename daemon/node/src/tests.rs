@@ -631,3 +631,224 @@ async fn a_file_read_chunk_by_chunk_is_checked_whole_in_the_background() {
     );
     assert!(!bad.verified());
 }
+
+/// A member that owns chunks (answers header-only asks, and sends them right but slowly) and
+/// whose own full copy fails at once.
+struct NoRoomPeer {
+    data: Bytes,
+}
+
+#[async_trait]
+impl crate::peer::PeerTransport for NoRoomPeer {
+    async fn get_chunk(
+        &self,
+        _addr: &str,
+        req: locus_grpc::v1::ChunkRequest,
+    ) -> Result<crate::peer::PieceStream, crate::peer::PeerError> {
+        use locus_grpc::v1::{ChunkPiece, ChunkSource};
+        let cs = req.chunk_size as usize;
+        let start = req.index as usize * cs;
+        let right = self.data.slice(start..(start + cs).min(self.data.len()));
+        let header = ChunkPiece {
+            header: true,
+            length: right.len() as u64,
+            crc32c: crc32c::crc32c(&right),
+            source: ChunkSource::Origin as i32,
+            ..Default::default()
+        };
+        if req.header_only {
+            return Ok(futures::stream::iter([Ok(header)]).boxed());
+        }
+        // Slow: this node's own copy is still under way when the member's copy has failed.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let body = ChunkPiece {
+            data: right,
+            ..Default::default()
+        };
+        Ok(futures::stream::iter([Ok(header), Ok(body)]).boxed())
+    }
+
+    async fn resolve(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::ResolveRequest,
+    ) -> Result<locus_grpc::v1::ResolveResponse, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn list(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::PeerListRequest,
+    ) -> Result<locus_core::Listing, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn warm(
+        &self,
+        addr: &str,
+        _req: locus_grpc::v1::PeerWarmRequest,
+    ) -> Result<crate::peer::ProgressStream, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::Status {
+            addr: addr.into(),
+            code: tonic::Code::ResourceExhausted,
+            message: "no room: the cache is smaller".into(),
+        })
+    }
+
+    async fn health(
+        &self,
+        addr: &str,
+    ) -> Result<locus_grpc::v1::HealthResponse, crate::peer::PeerError> {
+        Err(crate::peer::PeerError::unreachable(addr, "test double"))
+    }
+
+    async fn holds(
+        &self,
+        _addr: &str,
+        req: locus_grpc::v1::HoldsRequest,
+    ) -> Result<locus_grpc::v1::HoldsResponse, crate::peer::PeerError> {
+        Ok(locus_grpc::v1::HoldsResponse {
+            chunks: req.keys.iter().map(|_| Vec::new()).collect(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_nodes_warm_runs_every_copy_to_its_end_and_names_the_member_whose_copy_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Arc::new(MemOrigin {
+        files: [("w.bin".to_string(), data())].into(),
+        ..Default::default()
+    });
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let cluster = locus_cluster::Cluster::new(locus_cluster::ClusterConfig::solo("me:1"));
+    cluster.set_members(["me:1".to_string(), "small:1".to_string()]);
+    let cfg = NodeConfig {
+        chunk_size: 64 << 10,
+        ..NodeConfig::default()
+    };
+    let node = Node::with_cluster(
+        origin,
+        store,
+        cfg,
+        cluster.clone(),
+        Some(Arc::new(NoRoomPeer { data: data() })),
+    );
+    let file = node
+        .resolve_file(&LocusUri::parse("hf://o/n/w.bin").unwrap())
+        .await
+        .unwrap();
+    // The metadata ask above marked it down; it answers again.
+    cluster.mark_up("small:1", 0.0);
+    let progress = Arc::new(WarmProgress::default());
+    let r = node
+        .warm_all_nodes(vec![file.clone()], false, progress.clone())
+        .await;
+    // This node's copy ran to its end although the other member's failed at once.
+    assert_eq!(node.store().cached_fraction(&file.key), 1.0, "{r:?}");
+    match &r {
+        Err(crate::NodeError::MembersFailed(v)) => {
+            let names: Vec<&str> = v.iter().map(|(m, _)| m.as_str()).collect();
+            assert_eq!(names, ["small:1"], "{r:?}");
+        }
+        other => panic!("not a members' failure: {other:?}"),
+    }
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("small:1") && msg.contains("no room"), "{msg}");
+    let rep = node.report(&progress);
+    let row = |a: &str| {
+        rep.nodes
+            .iter()
+            .find(|n| n.addr == a)
+            .cloned()
+            .unwrap_or_else(|| panic!("{a}: {rep:?}"))
+    };
+    assert!(row("small:1").error.contains("no room"), "{rep:?}");
+    assert!(row("me:1").error.is_empty(), "{rep:?}");
+}
+
+/// A member from before `ListPages`: the node's peer API less that method, answered as tonic
+/// answers a method it does not know. Records the paths asked.
+#[derive(Clone)]
+struct NoPages {
+    inner: locus_grpc::v1::peer_server::PeerServer<crate::peer::server::PeerService>,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl tonic::server::NamedService for NoPages {
+    const NAME: &'static str = "locus.v1.Peer";
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for NoPages {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        self.asked.lock().unwrap().push(path.clone());
+        if path == "/locus.v1.Peer/ListPages" {
+            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+        }
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_pages_is_asked_for_one_message() {
+    use crate::peer::PeerTransport;
+    let files: HashMap<String, Bytes> = (0..50usize)
+        .map(|i| (format!("d/{i:03}.bin"), Bytes::from(vec![i as u8; 100 + i])))
+        .collect();
+    let (owner, _origin, _dir) = origin_node(
+        MemOrigin {
+            files: files.clone(),
+            ..Default::default()
+        },
+        0,
+    );
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let svc = NoPages {
+        inner: locus_grpc::v1::peer_server::PeerServer::new(
+            crate::peer::server::PeerService::new(owner.clone()),
+        ),
+        asked: asked.clone(),
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let peers = crate::peer::GrpcPeers::new(&Default::default()).unwrap();
+    let rev = "c".repeat(40);
+    let req = locus_grpc::v1::PeerListRequest {
+        namespace: "hf://o/n".into(),
+        revision_id: rev.clone(),
+    };
+    let got = peers
+        .list(&addr, req)
+        .await
+        .expect("listed in one message");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["/locus.v1.Peer/ListPages", "/locus.v1.Peer/List"]
+    );
+    let ns = LocusUri::parse("hf://o/n").unwrap().namespace;
+    let want = owner.listing(&ns, &rev, true).await.unwrap();
+    assert_eq!(got.len(), files.len());
+    let key = |f: locus_core::RemoteFile| (f.path, f.size, f.key);
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        want.iter().map(key).collect::<Vec<_>>()
+    );
+}
