@@ -741,7 +741,13 @@ mod tests {
                 .namespace
         };
         let put = |i: usize| {
-            meta.put_revision(&ns(i), "main", "c".repeat(40), Duration::ZERO, Duration::ZERO)
+            meta.put_revision(
+                &ns(i),
+                "main",
+                "c".repeat(40),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
         };
         let held = |i: usize| {
             meta.revision(&ns(i), "main", Duration::from_secs(60))
@@ -765,7 +771,10 @@ mod tests {
             "{}",
             meta.revisions.len()
         );
-        assert_eq!((held(0), held(1), held(2 * MAX_REVISIONS - 1)), (true, false, true));
+        assert_eq!(
+            (held(0), held(1), held(2 * MAX_REVISIONS - 1)),
+            (true, false, true)
+        );
     }
 
     #[test]

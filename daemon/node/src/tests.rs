@@ -817,9 +817,9 @@ async fn a_member_without_pages_is_asked_for_one_message() {
     );
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let svc = NoPages {
-        inner: locus_grpc::v1::peer_server::PeerServer::new(
-            crate::peer::server::PeerService::new(owner.clone()),
-        ),
+        inner: locus_grpc::v1::peer_server::PeerServer::new(crate::peer::server::PeerService::new(
+            owner.clone(),
+        )),
         asked: asked.clone(),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -835,10 +835,7 @@ async fn a_member_without_pages_is_asked_for_one_message() {
         namespace: "hf://o/n".into(),
         revision_id: rev.clone(),
     };
-    let got = peers
-        .list(&addr, req)
-        .await
-        .expect("listed in one message");
+    let got = peers.list(&addr, req).await.expect("listed in one message");
     assert_eq!(
         *asked.lock().unwrap(),
         ["/locus.v1.Peer/ListPages", "/locus.v1.Peer/List"]

@@ -631,7 +631,10 @@ mod tests {
         learn(1);
         for i in 2..2 * MAX_CDN_URLS {
             if i % 10 == 0 {
-                assert!(o.cdn_url(&resolve(0)).is_some(), "dropped while in use ({i})");
+                assert!(
+                    o.cdn_url(&resolve(0)).is_some(),
+                    "dropped while in use ({i})"
+                );
             }
             learn(i);
         }
