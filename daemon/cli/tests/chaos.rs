@@ -645,3 +645,68 @@ fn a_full_disk_fails_the_request_clearly_and_keeps_the_cache_sound() {
     );
     assert_eq!(env.sim.stats().data_requests(), before.data_requests());
 }
+
+/// Metadata calls and whole-file spools are retried inside the origin alone: an origin whose
+/// API always fails costs one call's attempts per command, and a server without Range that
+/// always fails costs one spool's attempts, not a retry of each by the node above.
+#[test]
+fn metadata_calls_and_whole_file_spools_are_retried_by_the_origin_alone() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    env.sim.commit("model", REPO, random_files(1, 1000, 3));
+    // An HTTP server without Range: HEAD gives a size and an ETag, every GET a 503 that asks
+    // for no wait (Retry-After: 0). Counts GETs.
+    let gets = Arc::new(AtomicU64::new(0));
+    let l = env
+        .rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let www = format!("http://{}/m.bin", l.local_addr().unwrap());
+    let g = gets.clone();
+    env.rt.spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let answer = if buf[..n].starts_with(b"GET") {
+                    g.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"v1\"\r\n"
+                };
+                let _ = c
+                    .write_all(format!("{answer}Connection: close\r\n\r\n").as_bytes())
+                    .await;
+            });
+        }
+    });
+    let d = env.daemon("n", &["--http-allow-private", "127.0.0.1/32"], &[]);
+    env.sim.set_faults(Faults {
+        fail: vec![FailRule {
+            kind: "api".into(),
+            status: 503,
+            count: u32::MAX,
+            retry_after: Some(0),
+        }],
+        ..Faults::default()
+    });
+    env.sim.reset_stats();
+    for cmd in ["ls", "warm"] {
+        let out = d.locus(&[cmd, &format!("hf://{REPO}")]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        let s = env.sim.stats();
+        // One revision call, retried by the origin alone (8, the default), by nothing above.
+        assert_eq!(s.get("api_revision"), 8, "{cmd}: {s:?}");
+        assert_eq!(s.get("api_tree"), 0, "{cmd}: {s:?}");
+        env.sim.reset_stats();
+    }
+    // A whole-file spool that always fails (one chunk, one spool): the origin's 8 GETs.
+    let out = d.locus(&["cat", &www]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(gets.load(Ordering::SeqCst), 8, "{}", d.log_text());
+}
