@@ -573,3 +573,158 @@ fn volumes_mounted_by_a_mounter_outlive_the_daemons_container() {
     let _ = mounter.kill();
     let _ = mounter.wait();
 }
+
+/// A second call on a target while one works on it is ABORTED (kubelet asks again); another
+/// target is not held up; once the first call ends, the same request is OK.
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_call_on_a_busy_target_is_aborted_and_other_targets_go_on() {
+    let env = Env::new();
+    let big = locus_testorigin::model::random_bytes(21, 1 << 20);
+    env.sim
+        .commit("model", "acme/slow", vec![("w.bin".into(), big.clone())]);
+    env.sim.commit("model", "acme/m", random_files(1, 1000, 3));
+    let (_d, sock) = start(&env, "n");
+    let pod = env.path("pods/uid-2");
+    std::fs::create_dir_all(&pod).unwrap();
+    let (busy, other) = (pod.join("slow"), pod.join("other"));
+    let _guard = Unmount(vec![busy.clone(), other.clone()]);
+    // 64 KiB/s a response: each 256 KiB chunk takes 4 s, so the warm holds the first call.
+    env.sim.set_faults(locus_testorigin::Faults {
+        throttle_bps: 64 << 10,
+        ..Default::default()
+    });
+    let ctx = [
+        ("uri", "hf://acme/slow"),
+        ("warm", "true"),
+        ("warmTimeout", "60"),
+    ];
+    let first = {
+        let (sock, busy) = (sock.clone(), busy.clone());
+        std::thread::spawn(move || Csi::connect(&sock).publish(publish_req("v-slow", &busy, &ctx)))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.sim.stats().data_requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first publish never warmed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut c = Csi::connect(&sock);
+    let e = c.publish(publish_req("v-slow", &busy, &ctx)).unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    let e = c.unpublish("v-slow", busy.to_str().unwrap()).unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    // Another target is not held up.
+    c.publish(publish_req("v-other", &other, &[("uri", "hf://acme/m")]))
+        .unwrap();
+    assert!(mounted(&other));
+    assert!(
+        !first.is_finished(),
+        "the checks above ran while the first call worked"
+    );
+    env.sim.set_faults(locus_testorigin::Faults::default());
+    first.join().unwrap().expect("the first call ends well");
+    assert!(files_under(&busy) == vec![("w.bin".to_string(), big.to_vec())]);
+    // Its claim went with it: the same request is OK now.
+    c.publish(publish_req("v-slow", &busy, &ctx)).unwrap();
+    c.unpublish("v-slow", busy.to_str().unwrap()).unwrap();
+    c.unpublish("v-other", other.to_str().unwrap()).unwrap();
+}
+
+/// `warmTimeout` bounds how long a publish waits for its warm; the warm goes on after it.
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_warm_longer_than_warm_timeout_answers_the_publish_and_goes_on() {
+    let env = Env::new();
+    let size = 1usize << 20;
+    let big = locus_testorigin::model::random_bytes(22, size);
+    env.sim
+        .commit("model", "acme/slow", vec![("w.bin".into(), big.clone())]);
+    let (_d, sock) = start(&env, "n");
+    let mut c = Csi::connect(&sock);
+    let target = env.path("pods/uid-3/slow");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let _guard = Unmount(vec![target.clone()]);
+    // The warm needs 4 s at least (a 256 KiB chunk at 64 KiB/s); warmTimeout is 1 s.
+    env.sim.set_faults(locus_testorigin::Faults {
+        throttle_bps: 64 << 10,
+        ..Default::default()
+    });
+    let ctx = [
+        ("uri", "hf://acme/slow"),
+        ("warm", "true"),
+        ("warmTimeout", "1"),
+    ];
+    c.publish(publish_req("v-slow", &target, &ctx)).unwrap();
+    let sent = env.sim.stats().data_bytes;
+    assert!(
+        sent < size as u64,
+        "the publish waited for the whole warm ({sent} B sent)"
+    );
+    assert!(mounted(&target));
+    // The warm goes on in the background (nothing reads) and fills the cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.sim.stats().data_bytes < size as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm stopped at warmTimeout"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    env.sim.set_faults(locus_testorigin::Faults::default());
+    let before = env.sim.stats().data_bytes;
+    assert!(files_under(&target) == vec![("w.bin".to_string(), big.to_vec())]);
+    assert_eq!(
+        env.sim.stats().data_bytes,
+        before,
+        "read from the warmed cache"
+    );
+}
+
+/// A restarted plugin mounts again, from its state file and without a call, a volume whose
+/// mount process died while the daemon was down.
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_restarted_plugin_mounts_again_a_volume_whose_process_died() {
+    let env = Env::new();
+    let files = random_files(2, 100_000, 31);
+    env.sim.commit("model", "acme/m", files.clone());
+    let (mut d, sock) = start(&env, "n");
+    let mut c = Csi::connect(&sock);
+    let target = env.path("pods/uid-4/vol");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.publish(publish_req("v4", &target, &[("uri", "hf://acme/m")]))
+        .unwrap();
+    let _guard = Unmount(vec![target.clone()]);
+    let mut want: Vec<(String, Vec<u8>)> =
+        files.iter().map(|(p, b)| (p.clone(), b.to_vec())).collect();
+    want.sort();
+    assert!(files_under(&target) == want);
+    // The daemon goes down, and the volume's mount process dies meanwhile.
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    let pids = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} --foreground", target.display())])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    assert!(
+        !pids.trim().is_empty(),
+        "the volume has a mount process of its own"
+    );
+    for pid in pids.split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(std::fs::read_dir(&target).is_err(), "its mount is dead");
+    // `restart` returns once the daemon is ready, after the plugin's start.
+    d.restart();
+    assert!(
+        files_under(&target) == want,
+        "mounted again from the state file, with no call"
+    );
+}
