@@ -1663,3 +1663,61 @@ fn a_listing_over_one_messages_cap_is_listed_once_for_the_cluster() {
         );
     }
 }
+
+/// An origin outage costs the origin one node's attempts per call, however many members ask:
+/// a member whose metadata owner or chunk primary failed every attempt does not try again.
+#[test]
+fn an_origin_outage_costs_one_nodes_attempts_for_the_cluster() {
+    let env = Env::new();
+    // 1 MiB: four chunks, each with its primary.
+    let files = random_files(1, 1 << 20, 9);
+    env.sim.commit("model", REPO, files.clone());
+    let (ds, _) = static_cluster(&env, 2, &[]);
+    let fail = |kind: &str| Faults {
+        fail: vec![locus_testorigin::FailRule {
+            kind: kind.into(),
+            status: 503,
+            count: u32::MAX,
+            retry_after: Some(0),
+        }],
+        ..Faults::default()
+    };
+    // Metadata: the revision is asked of the origin by the namespace's owner alone.
+    env.sim.set_faults(fail("api"));
+    for d in &ds {
+        env.sim.reset_stats();
+        let out = d.locus(&["ls", &format!("hf://{REPO}")]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let s = env.sim.stats();
+        assert_eq!(s.get("api_revision"), 8, "one node's attempts: {s:?}");
+    }
+    env.sim.set_faults(Faults::default());
+    for d in &ds {
+        d.ok(&["ls", &format!("hf://{REPO}")]);
+    }
+    // Chunks: each is asked of the origin by its primary alone, whichever member reads it
+    // (both do: some chunks' primary is the other member).
+    env.sim.set_faults(fail("cdn"));
+    for d in &ds {
+        env.sim.reset_stats();
+        let out = d.locus(&["cat", &format!("hf://{REPO}/{}", files[0].0)]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        // The read fails with the first chunk that gives up; the others go on: count once
+        // nothing has moved for a while.
+        let mut last = (u64::MAX, Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = env.sim.stats().get("cdn");
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} CDN requests and counting");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(last.0 >= 4, "{}", last.0);
+        assert!(last.0 <= 4 * 8, "{} CDN requests for 4 chunks", last.0);
+    }
+}
