@@ -183,7 +183,10 @@ pub const ORIGIN_FAILED: &str = "locus-origin-failed";
 /// gets it does not ask the origin again ([`PeerError::settles`]).
 pub fn origin_failed(msg: String) -> tonic::Status {
     let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(ORIGIN_FAILED, tonic::metadata::MetadataValue::from_static("1"));
+    md.insert(
+        ORIGIN_FAILED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     tonic::Status::with_metadata(tonic::Code::Unavailable, msg, md)
 }
 

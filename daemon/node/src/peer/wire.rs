@@ -365,7 +365,10 @@ fn error_frame(c: &mut impl Read, addr: &str) -> NodeError {
     match read_payload(c, addr, MAX_ERROR) {
         Ok(p) if p.len() >= 4 => {
             let code = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-            let (addr, message) = (addr.to_string(), String::from_utf8_lossy(&p[4..]).into_owned());
+            let (addr, message) = (
+                addr.to_string(),
+                String::from_utf8_lossy(&p[4..]).into_owned(),
+            );
             NodeError::Peer(match code & ORIGIN_FAILED_BIT != 0 {
                 true => PeerError::OriginFailed { addr, message },
                 false => PeerError::Status {
@@ -886,6 +889,18 @@ mod tests {
         match fetch(&addr, &t).unwrap_err() {
             NodeError::Peer(PeerError::Status { code, message, .. }) => {
                 assert_eq!((code, message.as_str()), (tonic::Code::NotFound, "gone"))
+            }
+            e => panic!("{e:?}"),
+        }
+        // One with the origin-failed bit: the origin failed the server's every attempt.
+        let mut err = vec![ERROR, 0, 0, 0, 8];
+        err.extend_from_slice(&(tonic::Code::Unavailable as i32 | ORIGIN_FAILED_BIT).to_be_bytes());
+        err.extend_from_slice(b"down");
+        let addr = serve(move |c| hello_then(c, &[&err]));
+        match fetch(&addr, &t).unwrap_err() {
+            NodeError::Peer(e @ PeerError::OriginFailed { .. }) => {
+                assert!(e.settles() && !e.marks_down(), "{e:?}");
+                assert!(e.to_string().ends_with(": down"), "{e}");
             }
             e => panic!("{e:?}"),
         }
