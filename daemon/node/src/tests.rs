@@ -290,6 +290,61 @@ async fn a_revision_in_use_is_asked_again_before_its_ttl_and_no_reader_waits_for
     assert_eq!(resolves(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_fails_is_not_tried_again_before_the_ttl_and_the_next_reader_asks() {
+    use std::time::Duration;
+    use tokio::time::{sleep_until, timeout, Instant};
+    let (origin, dir) = (
+        FaultyOrigin::new(MemOrigin {
+            files: [("w.bin".to_string(), data())].into(),
+            ..Default::default()
+        }),
+        tempfile::tempdir().unwrap(),
+    );
+    // Long enough that a loaded machine's pauses do not move a step out of its window.
+    let ttl = Duration::from_secs(20);
+    let cfg = NodeConfig {
+        metadata_ttl: ttl,
+        ..NodeConfig::default()
+    };
+    let node = Node::new(
+        origin.clone(),
+        Store::open(dir.path(), 1 << 30).unwrap(),
+        cfg,
+    );
+    let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
+    let resolves = || origin.resolves.load(Ordering::SeqCst);
+    let read = || async {
+        timeout(Duration::from_secs(2), node.resolve_file(&uri))
+            .await
+            .expect("a reader within the TTL does not wait on the origin")
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    read().await;
+    assert_eq!(resolves(), 1);
+    // In the TTL's last tenth: the refresh asks the origin, which fails it.
+    origin.fail_resolves.store(1, Ordering::SeqCst);
+    sleep_until(t0 + ttl - Duration::from_millis(1500)).await;
+    read().await;
+    let asked = Instant::now() + Duration::from_secs(1);
+    while resolves() < 2 {
+        assert!(Instant::now() < asked, "no refresh was asked for");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Readers before the TTL ends keep the answer and ask nothing more.
+    for before_end in [1000, 500] {
+        sleep_until(t0 + ttl - Duration::from_millis(before_end)).await;
+        read().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(resolves(), 2, "a failed refresh was tried again before the TTL");
+    }
+    // Past it, the next reader asks (the origin is back).
+    sleep_until(t0 + ttl + Duration::from_millis(400)).await;
+    read().await;
+    assert_eq!(resolves(), 3);
+}
+
 /// A "local only" request for chunk `index` of `file`, as a less loaded candidate (hops 1).
 fn ask_req(file: &RemoteFile, index: u32) -> locus_grpc::v1::ChunkRequest {
     locus_grpc::v1::ChunkRequest {

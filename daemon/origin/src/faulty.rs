@@ -16,8 +16,10 @@ pub struct FaultyOrigin<O> {
     pub fail_reads: AtomicU32,
     /// Reads attempted (failed ones included).
     pub reads: AtomicU64,
-    /// Revisions resolved.
+    /// Revisions resolved (failed ones included).
     pub resolves: AtomicU64,
+    /// Resolves still to fail, as an origin that is down fails them.
+    pub fail_resolves: AtomicU32,
 }
 
 impl<O: Origin> FaultyOrigin<O> {
@@ -28,6 +30,7 @@ impl<O: Origin> FaultyOrigin<O> {
             fail_reads: AtomicU32::new(0),
             reads: AtomicU64::new(0),
             resolves: AtomicU64::new(0),
+            fail_resolves: AtomicU32::new(0),
         })
     }
 }
@@ -35,8 +38,14 @@ impl<O: Origin> FaultyOrigin<O> {
 #[async_trait]
 impl<O: Origin> Origin for FaultyOrigin<O> {
     async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
-        self.resolves
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.resolves.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.fail_resolves) {
+            return Err(OriginError::Unavailable {
+                what: ns.to_string(),
+                attempts: 1,
+                detail: "injected fault".into(),
+            });
+        }
         self.inner.resolve(ns, revision).await
     }
 
@@ -46,11 +55,7 @@ impl<O: Origin> Origin for FaultyOrigin<O> {
 
     async fn read(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, OriginError> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let armed = self
-            .fail_reads
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if armed {
+        if take_one(&self.fail_reads) {
             return Err(OriginError::Transient {
                 what: file.uri.clone(),
                 detail: "injected fault".into(),
@@ -59,4 +64,10 @@ impl<O: Origin> Origin for FaultyOrigin<O> {
         }
         self.inner.read(file, range).await
     }
+}
+
+/// Takes one armed fault, if any is left.
+fn take_one(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
