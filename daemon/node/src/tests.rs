@@ -337,7 +337,11 @@ async fn a_refresh_that_fails_is_not_tried_again_before_the_ttl_and_the_next_rea
         sleep_until(t0 + ttl - Duration::from_millis(before_end)).await;
         read().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(resolves(), 2, "a failed refresh was tried again before the TTL");
+        assert_eq!(
+            resolves(),
+            2,
+            "a failed refresh was tried again before the TTL"
+        );
     }
     // Past it, the next reader asks (the origin is back).
     sleep_until(t0 + ttl + Duration::from_millis(400)).await;
