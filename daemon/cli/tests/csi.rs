@@ -387,23 +387,7 @@ fn a_published_volume_reads_the_origins_bytes_survives_a_restart_and_goes_away()
     );
     c.unpublish("csi-big", t3.to_str().unwrap()).unwrap();
     // The volume's mount process dies: publishing again mounts it again (at its commit).
-    let pids = std::process::Command::new("pgrep")
-        .args(["-f", &format!("{} --foreground", target.display())])
-        .output()
-        .unwrap();
-    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
-    assert!(
-        !pids.trim().is_empty(),
-        "the volume has a mount process of its own"
-    );
-    for pid in pids.split_whitespace() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(std::fs::read_dir(&target).is_err(), "its mount is dead");
+    kill_mount_process(&target);
     c.publish(publish_req("csi-abc", &target, &ctx)).unwrap();
     assert!(
         files_under(&target) == want,
@@ -431,6 +415,28 @@ fn a_published_volume_reads_the_origins_bytes_survives_a_restart_and_goes_away()
 }
 
 /// Unmounts what a test left mounted, should it fail half way.
+/// Kills the mount process of the volume at `target` (each has its own), and waits until its
+/// mount answers ENOTCONN.
+fn kill_mount_process(target: &Path) {
+    let pids = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} --foreground", target.display())])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    assert!(
+        !pids.trim().is_empty(),
+        "the volume has a mount process of its own"
+    );
+    for pid in pids.split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(std::fs::read_dir(target).is_err(), "its mount is dead");
+}
+
 struct Unmount(Vec<PathBuf>);
 
 impl Drop for Unmount {
@@ -704,23 +710,7 @@ fn a_restarted_plugin_mounts_again_a_volume_whose_process_died() {
     assert!(files_under(&target) == want);
     // The daemon goes down, and the volume's mount process dies meanwhile.
     d.signal(nix::sys::signal::Signal::SIGKILL);
-    let pids = std::process::Command::new("pgrep")
-        .args(["-f", &format!("{} --foreground", target.display())])
-        .output()
-        .unwrap();
-    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
-    assert!(
-        !pids.trim().is_empty(),
-        "the volume has a mount process of its own"
-    );
-    for pid in pids.split_whitespace() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(std::fs::read_dir(&target).is_err(), "its mount is dead");
+    kill_mount_process(&target);
     // `restart` returns once the daemon is ready, after the plugin's start.
     d.restart();
     assert!(

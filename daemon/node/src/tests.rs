@@ -115,6 +115,20 @@ fn origin_node(
     (Node::new(origin.clone(), store, cfg), origin, dir)
 }
 
+/// A node over `origin` whose metadata TTL is `ttl`.
+fn ttl_node(
+    origin: Arc<FaultyOrigin<MemOrigin>>,
+    ttl: std::time::Duration,
+) -> (Arc<Node>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NodeConfig {
+        metadata_ttl: ttl,
+        ..NodeConfig::default()
+    };
+    let node = Node::new(origin, Store::open(dir.path(), 1 << 30).unwrap(), cfg);
+    (node, dir)
+}
+
 fn data() -> Bytes {
     Bytes::from(
         (0..1_000_000u32)
@@ -247,18 +261,9 @@ async fn a_revision_in_use_is_asked_again_before_its_ttl_and_no_reader_waits_for
         resolve_gate: Some(gate.clone()),
         ..Default::default()
     });
-    let dir = tempfile::tempdir().unwrap();
     // Long enough that a loaded machine's pauses do not move a step out of its window.
     let ttl = Duration::from_secs(20);
-    let cfg = NodeConfig {
-        metadata_ttl: ttl,
-        ..NodeConfig::default()
-    };
-    let node = Node::new(
-        origin.clone(),
-        Store::open(dir.path(), 1 << 30).unwrap(),
-        cfg,
-    );
+    let (node, _dir) = ttl_node(origin.clone(), ttl);
     let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
     let resolves = || origin.resolves.load(Ordering::SeqCst);
     let t0 = Instant::now();
@@ -294,24 +299,13 @@ async fn a_revision_in_use_is_asked_again_before_its_ttl_and_no_reader_waits_for
 async fn a_refresh_that_fails_is_not_tried_again_before_the_ttl_and_the_next_reader_asks() {
     use std::time::Duration;
     use tokio::time::{sleep_until, timeout, Instant};
-    let (origin, dir) = (
-        FaultyOrigin::new(MemOrigin {
-            files: [("w.bin".to_string(), data())].into(),
-            ..Default::default()
-        }),
-        tempfile::tempdir().unwrap(),
-    );
+    let origin = FaultyOrigin::new(MemOrigin {
+        files: [("w.bin".to_string(), data())].into(),
+        ..Default::default()
+    });
     // Long enough that a loaded machine's pauses do not move a step out of its window.
     let ttl = Duration::from_secs(20);
-    let cfg = NodeConfig {
-        metadata_ttl: ttl,
-        ..NodeConfig::default()
-    };
-    let node = Node::new(
-        origin.clone(),
-        Store::open(dir.path(), 1 << 30).unwrap(),
-        cfg,
-    );
+    let (node, _dir) = ttl_node(origin.clone(), ttl);
     let uri = LocusUri::parse("hf://o/n/w.bin").unwrap();
     let resolves = || origin.resolves.load(Ordering::SeqCst);
     let read = || async {
