@@ -932,6 +932,85 @@ def check_docs(repo, defaults):
     print(f"    the values table documents all {len(keys)} values of values.yaml")
 
 
+class FakeKubeApi:
+    """The few Kubernetes API paths `helm template --dry-run=server` reads for `lookup "v1"
+    "Secret"`: discovery of v1 and GET of a namespaced Secret, from `secrets`. Counts the GETs."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.secrets, self.gets = {}, []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def answer(self, code, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                parts = path.strip("/").split("/")
+                if path == "/version":
+                    return self.answer(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0"})
+                if path == "/api":
+                    return self.answer(200, {"kind": "APIVersions", "versions": ["v1"]})
+                if path == "/apis":
+                    return self.answer(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+                if path == "/api/v1":
+                    return self.answer(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
+                         "verbs": ["get"]}]})
+                if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
+                    api.gets.append((parts[3], parts[5]))
+                    found = api.secrets.get((parts[3], parts[5]))
+                    if found:
+                        return self.answer(200, found)
+                self.answer(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                  "code": 404})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def check_token_kept_across_upgrades(chart):
+    """The generated peer token is made once and read back at every upgrade (`lookup`): helm
+    renders against a stand-in API server, first with no Secret (an install), then with the one
+    it made (an upgrade)."""
+    api = FakeKubeApi()
+    try:
+        extra = ["--dry-run=server", "--kube-apiserver", api.url, "--show-only", "templates/secret-peer-token.yaml"]
+        env_off = {"KUBECONFIG": os.devnull}
+        tokens = []
+        for step in ("install", "upgrade"):
+            p = run([chart.helm, "template", RELEASE, chart.chart, "--namespace", NAMESPACE, *extra],
+                    env={**os.environ, **env_off})
+            if not check(p.returncode == 0, f"peer token {step}: helm template against the API ({p.stderr[-300:]})"):
+                return
+            secret = next(d for d in yaml.safe_load_all(p.stdout) if d)
+            tokens.append(secret["data"]["token"])
+            api.secrets[(NAMESPACE, secret["metadata"]["name"])] = secret
+        name = f"{RELEASE}-locus-peer-token"
+        check(api.gets == [(NAMESPACE, name)] * 2, f"peer token: looked up at each render ({api.gets})")
+        check(re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(tokens[0]).decode(errors="replace")) is not None,
+              "peer token: the install makes a 48-character random token")
+        if check(tokens[1] == tokens[0], "peer token: an upgrade keeps the installed token"):
+            print("    the generated peer token is kept across an upgrade (lookup against a stand-in API server)")
+    finally:
+        api.close()
+
+
 defaults_app_version = None
 
 
@@ -954,6 +1033,7 @@ def main():
         for label, f in sets:
             check_value_set(chart, os.path.abspath(a.locus), a.kubernetes_version, label, f, workdir, defaults)
         check_refusals(chart)
+        check_token_kept_across_upgrades(chart)
         check_docs(repo, defaults)
         check_image(repo, os.path.abspath(a.locus))
     print()
