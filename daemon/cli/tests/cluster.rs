@@ -1664,10 +1664,12 @@ fn a_listing_over_one_messages_cap_is_listed_once_for_the_cluster() {
     }
 }
 
-/// An origin outage costs the origin one node's attempts per call, however many members ask:
-/// a member whose metadata owner or chunk primary failed every attempt does not try again.
+/// An origin outage costs a member at most twice the attempts per call: its metadata owner or
+/// chunk primary spends its attempts, and the member, so that a fault of one node (its egress,
+/// a rate limit on its address) does not fail the cluster, asks the origin itself once more,
+/// with its own attempts; never more.
 #[test]
-fn an_origin_outage_costs_one_nodes_attempts_for_the_cluster() {
+fn an_origin_outage_costs_a_member_at_most_twice_the_attempts() {
     let env = Env::new();
     // 1 MiB: four chunks, each with its primary.
     let files = random_files(1, 1 << 20, 9);
@@ -1682,21 +1684,22 @@ fn an_origin_outage_costs_one_nodes_attempts_for_the_cluster() {
         }],
         ..Faults::default()
     };
-    // Metadata: the revision is asked of the origin by the namespace's owner alone.
+    // Metadata: the owner's 8 attempts, and the other member's own 8.
     env.sim.set_faults(fail("api"));
+    let mut calls = Vec::new();
     for d in &ds {
         env.sim.reset_stats();
         let out = d.locus(&["ls", &format!("hf://{REPO}")]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let s = env.sim.stats();
-        assert_eq!(s.get("api_revision"), 8, "one node's attempts: {s:?}");
+        calls.push(env.sim.stats().get("api_revision"));
     }
+    calls.sort();
+    assert_eq!(calls, [8, 16], "revision calls per ls (owner, member)");
     env.sim.set_faults(Faults::default());
     for d in &ds {
         d.ok(&["ls", &format!("hf://{REPO}")]);
     }
-    // Chunks: each is asked of the origin by its primary alone, whichever member reads it
-    // (both do: some chunks' primary is the other member).
+    // Chunks: each member reads all four (some chunks' primary is the other member).
     env.sim.set_faults(fail("cdn"));
     for d in &ds {
         env.sim.reset_stats();
@@ -1717,7 +1720,10 @@ fn an_origin_outage_costs_one_nodes_attempts_for_the_cluster() {
             assert!(Instant::now() < deadline, "{n} CDN requests and counting");
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(last.0 >= 4, "{}", last.0);
-        assert!(last.0 <= 4 * 8, "{} CDN requests for 4 chunks", last.0);
+        assert!(
+            (4 * 8..=2 * 4 * 8).contains(&last.0),
+            "{} CDN requests for 4 chunks",
+            last.0
+        );
     }
 }

@@ -350,26 +350,11 @@ impl Node {
             self.refresh_ahead(ns, rev);
             return Ok(id);
         }
-        match self.revision_from_owner(ns, rev, max_age).await {
-            Ok(Some(a)) => {
-                let id = a.id.clone();
-                self.meta
-                    .put_revision(ns, rev, a.id, a.at.elapsed(), a.took);
-                return Ok(id);
-            }
-            Ok(None) => {}
-            // The owner spent the origin's attempts for the cluster: this node's last known
-            // revision, as the owner would have answered with its own.
-            Err(NodeError::Peer(e @ peer::PeerError::OriginFailed { .. })) => {
-                return match self.meta.last_revision(ns, rev) {
-                    Some(id) => {
-                        tracing::warn!(%ns, rev, id, error = %e, "origin unreachable from the metadata owner; using the last known revision");
-                        Ok(id)
-                    }
-                    None => Err(NodeError::Peer(e)),
-                };
-            }
-            Err(e) => return Err(e),
+        if let Some(a) = self.revision_from_owner(ns, rev, max_age).await? {
+            let id = a.id.clone();
+            self.meta
+                .put_revision(ns, rev, a.id, a.at.elapsed(), a.took);
+            return Ok(id);
         }
         self.revision_local(ns, rev, max_age)
             .await

@@ -44,11 +44,8 @@ impl From<NodeError> for Status {
             NodeError::Origin(OriginError::NotConfigured { .. }) => {
                 Status::failed_precondition(msg)
             }
-            // The origin failed this node's every attempt: a member that asked for it does not
-            // try again.
             NodeError::Origin(OriginError::Unavailable { .. } | OriginError::Transient { .. })
-            | NodeError::Peer(PeerError::OriginFailed { .. }) => crate::peer::origin_failed(msg),
-            NodeError::WrongLength { .. } => Status::unavailable(msg),
+            | NodeError::WrongLength { .. } => Status::unavailable(msg),
             NodeError::Origin(OriginError::Protocol { .. }) => Status::unavailable(msg),
             NodeError::Store(s)
                 if matches!(

@@ -76,15 +76,6 @@ pub enum PeerError {
         /// What was wrong.
         detail: String,
     },
-    /// The peer tried the origin for this node, with all its attempts, and the origin failed:
-    /// asking the origin again here would multiply the requests an outage costs it.
-    #[error("peer {addr}: {message}")]
-    OriginFailed {
-        /// The peer.
-        addr: String,
-        /// Its message.
-        message: String,
-    },
     /// The peer answered with an error status.
     #[error("peer {addr}: {message}")]
     Status {
@@ -119,7 +110,6 @@ impl PeerError {
     pub fn marks_down(&self) -> bool {
         match self {
             PeerError::Unreachable { .. } | PeerError::Garbled { .. } => true,
-            PeerError::OriginFailed { .. } => false,
             PeerError::Status { code, .. } => matches!(
                 code,
                 tonic::Code::Unauthenticated
@@ -133,16 +123,14 @@ impl PeerError {
     }
 
     /// Whether the error answers for the origin too (the file is missing there, access is
-    /// denied, or the origin failed the peer's every attempt): no point asking the origin
-    /// ourselves.
+    /// denied): no point asking the origin ourselves.
     pub fn settles(&self) -> bool {
         matches!(
             self,
-            PeerError::OriginFailed { .. }
-                | PeerError::Status {
-                    code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
-                    ..
-                }
+            PeerError::Status {
+                code: tonic::Code::NotFound | tonic::Code::PermissionDenied,
+                ..
+            }
         )
     }
 
@@ -160,11 +148,6 @@ impl PeerError {
                 addr: addr.to_string(),
                 detail: s.message().to_string(),
             }
-        } else if s.metadata().contains_key(ORIGIN_FAILED) {
-            PeerError::OriginFailed {
-                addr: addr.to_string(),
-                message: s.message().to_string(),
-            }
         } else {
             PeerError::Status {
                 addr: addr.to_string(),
@@ -173,21 +156,6 @@ impl PeerError {
             }
         }
     }
-}
-
-/// The metadata key of a status that says the origin failed the server's every attempt
-/// ([`PeerError::OriginFailed`]).
-pub const ORIGIN_FAILED: &str = "locus-origin-failed";
-
-/// An UNAVAILABLE status that says the origin failed this node's every attempt: a member that
-/// gets it does not ask the origin again ([`PeerError::settles`]).
-pub fn origin_failed(msg: String) -> tonic::Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        ORIGIN_FAILED,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    tonic::Status::with_metadata(tonic::Code::Unavailable, msg, md)
 }
 
 /// A stream of chunk pieces.

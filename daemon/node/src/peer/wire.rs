@@ -17,8 +17,7 @@
 //! - server → reader: [`HELLO`], or an error frame and the end of the connection;
 //! - reader → server, per request: a u32 length, a `ChunkRequest` (protobuf);
 //! - server → reader, per request: heartbeat frames (`.`) while the chunk is being fetched,
-//!   then an error frame (`E`, u32 length, i32 gRPC code (plus [`ORIGIN_FAILED_BIT`] when
-//!   the origin failed the server's every attempt), message) or a header frame (`H`,
+//!   then an error frame (`E`, u32 length, i32 gRPC code, message) or a header frame (`H`,
 //!   u32 length, a `ChunkPiece` with `header` set) followed by exactly `length` chunk bytes.
 //!
 //! Every length is bounded before anything is allocated, and the reader checks the chunk's
@@ -59,8 +58,6 @@ const ERROR: u8 = b'E';
 const MAX_REQUEST: u32 = 64 << 10;
 const MAX_HEADER: u32 = 1024;
 const MAX_ERROR: u32 = 8 << 10;
-/// Set in an error frame's code: [`PeerError::OriginFailed`] (no gRPC code has this bit).
-const ORIGIN_FAILED_BIT: i32 = 0x100;
 /// How long a new connection may take to send its first eight bytes.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle wire connections are closed by the server after this long...
@@ -257,11 +254,7 @@ async fn write_within(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
 async fn send_error(s: &mut TcpStream, st: &Status) -> std::io::Result<()> {
     let msg = st.message().as_bytes();
     let msg = &msg[..msg.len().min(MAX_ERROR as usize - 4)];
-    let mut code = st.code() as i32;
-    if st.metadata().contains_key(super::ORIGIN_FAILED) {
-        code |= ORIGIN_FAILED_BIT;
-    }
-    write_within(s, &frame(ERROR, &[&code.to_be_bytes(), msg])).await
+    write_within(s, &frame(ERROR, &[&(st.code() as i32).to_be_bytes(), msg])).await
 }
 
 /// A frame: its kind, the length of its body (u32, big-endian), then the body's parts.
@@ -363,21 +356,11 @@ fn read_payload(c: &mut impl Read, addr: &str, max: u32) -> Result<Vec<u8>, Node
 /// An error frame's status.
 fn error_frame(c: &mut impl Read, addr: &str) -> NodeError {
     match read_payload(c, addr, MAX_ERROR) {
-        Ok(p) if p.len() >= 4 => {
-            let code = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-            let (addr, message) = (
-                addr.to_string(),
-                String::from_utf8_lossy(&p[4..]).into_owned(),
-            );
-            NodeError::Peer(match code & ORIGIN_FAILED_BIT != 0 {
-                true => PeerError::OriginFailed { addr, message },
-                false => PeerError::Status {
-                    addr,
-                    code: tonic::Code::from_i32(code),
-                    message,
-                },
-            })
-        }
+        Ok(p) if p.len() >= 4 => NodeError::Peer(PeerError::Status {
+            addr: addr.to_string(),
+            code: tonic::Code::from_i32(i32::from_be_bytes([p[0], p[1], p[2], p[3]])),
+            message: String::from_utf8_lossy(&p[4..]).into_owned(),
+        }),
         Ok(_) => garbled(addr, "a short error frame"),
         Err(e) => e,
     }
@@ -889,18 +872,6 @@ mod tests {
         match fetch(&addr, &t).unwrap_err() {
             NodeError::Peer(PeerError::Status { code, message, .. }) => {
                 assert_eq!((code, message.as_str()), (tonic::Code::NotFound, "gone"))
-            }
-            e => panic!("{e:?}"),
-        }
-        // One with the origin-failed bit: the origin failed the server's every attempt.
-        let mut err = vec![ERROR, 0, 0, 0, 8];
-        err.extend_from_slice(&(tonic::Code::Unavailable as i32 | ORIGIN_FAILED_BIT).to_be_bytes());
-        err.extend_from_slice(b"down");
-        let addr = serve(move |c| hello_then(c, &[&err]));
-        match fetch(&addr, &t).unwrap_err() {
-            NodeError::Peer(e @ PeerError::OriginFailed { .. }) => {
-                assert!(e.settles() && !e.marks_down(), "{e:?}");
-                assert!(e.to_string().ends_with(": down"), "{e}");
             }
             e => panic!("{e:?}"),
         }
