@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use locus_cluster::key_hash;
 use locus_core::uri::LocusUri;
 use locus_core::{Files, Listing, Namespace, RemoteFile};
+use locus_origin::OriginError;
 use locus_store::Store;
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,7 @@ pub(crate) struct MetaCache {
     /// whose refresh failed: none again before the time kept (the answer's TTL end).
     refreshing: DashMap<(Namespace, String), Option<Instant>>,
     /// One lock per metadata key being fetched.
-    flights: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    flights: DashMap<String, Arc<tokio::sync::Mutex<Flight>>>,
     /// S3 prefixes and folders listed here: a key under one is looked up in its listing.
     prefixes: Cache<Namespace, ()>,
     /// Namespaces whose listing an object changed under: listed again on their next use.
@@ -109,6 +110,52 @@ fn listings_cache() -> Cache<(Namespace, String), Arc<Listing>, ListingWeight> {
     }
 }
 
+/// A metadata key's flight: the origin failure of its last request, and when it came.
+#[derive(Default)]
+struct Flight {
+    failed: Option<(Instant, OriginError)>,
+}
+
+/// One caller's turn in a flight.
+struct FlightGuard {
+    guard: tokio::sync::OwnedMutexGuard<Flight>,
+    /// When the caller began to wait for its turn.
+    waited: Instant,
+}
+
+impl FlightGuard {
+    /// The origin's answer to the request this caller waited behind, when it failed: waiters
+    /// share a failure as they share a success (an outage costs one request's attempts, not
+    /// one per waiter); a caller that came later asks again.
+    fn shared_failure(&self) -> Option<OriginError> {
+        self.guard
+            .failed
+            .as_ref()
+            .filter(|(at, _)| *at >= self.waited)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Records the origin's failure for those waiting behind this caller.
+    fn failed(&mut self, e: &OriginError) {
+        self.guard.failed = Some((Instant::now(), e.clone()));
+    }
+
+    /// Asks the origin with `ask`, unless the request this caller waited behind failed.
+    async fn ask<T>(
+        &mut self,
+        ask: impl std::future::Future<Output = Result<T, OriginError>>,
+    ) -> Result<T, OriginError> {
+        if let Some(e) = self.shared_failure() {
+            return Err(e);
+        }
+        let r = ask.await;
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
+    }
+}
+
 fn revision_key(ns: &Namespace, rev: &str) -> String {
     format!("rev:{ns}@{rev}")
 }
@@ -132,12 +179,16 @@ impl MetaCache {
     }
 
     /// Serializes fetches of one metadata key, so that concurrent misses make one request.
-    async fn flight(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn flight(&self, key: &str) -> FlightGuard {
         if self.flights.len() > MAX_LISTINGS {
             self.flights.retain(|_, m| Arc::strong_count(m) > 1);
         }
         let m = self.flights.entry(key.to_string()).or_default().clone();
-        m.lock_owned().await
+        let waited = Instant::now();
+        FlightGuard {
+            guard: m.lock_owned().await,
+            waited,
+        }
     }
 
     /// The revision `rev` of `ns` resolved to less than `max_age` ago (and within the TTL),
@@ -487,12 +538,12 @@ impl Node {
             return Ok(hit);
         }
         // Concurrent misses (a burst of peers asking the owner) make one origin call.
-        let _flight = self.meta.flight(&revision_key(ns, rev)).await;
+        let mut flight = self.meta.flight(&revision_key(ns, rev)).await;
         if let Some(hit) = self.meta.revision(ns, rev, max_age) {
             return Ok(hit);
         }
         let asked = Instant::now();
-        match self.origin.resolve(ns, rev).await {
+        match flight.ask(self.origin.resolve(ns, rev)).await {
             Ok(id) => {
                 self.meta.record_revision(ns, rev, &id, asked.elapsed());
                 Ok((id, Duration::ZERO))
@@ -527,7 +578,7 @@ impl Node {
             true => format!("local:{key}"),
             false => key,
         };
-        let _flight = self.meta.flight(&flight).await;
+        let mut flight = self.meta.flight(&flight).await;
         if let Some(l) = self.meta.listing(ns, rev_id) {
             return Ok(l);
         }
@@ -540,7 +591,7 @@ impl Node {
         let files = match stored.or(from_owner) {
             Some(f) => f,
             None => {
-                let f = self.origin.list(ns, rev_id).await?;
+                let f = flight.ask(self.origin.list(ns, rev_id)).await?;
                 self.meta.store_listing(ns, rev_id, &f);
                 f
             }

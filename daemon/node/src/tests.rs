@@ -343,6 +343,39 @@ async fn a_refresh_that_fails_is_not_tried_again_before_the_ttl_and_the_next_rea
     assert_eq!(resolves(), 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_behind_a_failed_origin_request_share_its_failure() {
+    use std::time::Duration;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = FaultyOrigin::new(MemOrigin {
+        files: [("w.bin".to_string(), data())].into(),
+        resolve_gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    origin.fail_resolves.store(u32::MAX, Ordering::SeqCst);
+    let ttl = Duration::from_secs(60);
+    let (node, _dir) = ttl_node(origin.clone(), ttl);
+    let ns = LocusUri::parse("hf://o/n").unwrap().namespace;
+    let resolves = || origin.resolves.load(Ordering::SeqCst);
+    let asks: Vec<_> = (0..5)
+        .map(|_| {
+            let (node, ns) = (node.clone(), ns.clone());
+            tokio::spawn(async move { node.revision_local(&ns, "main", ttl).await })
+        })
+        .collect();
+    // One asks the origin (which holds its answer); the other four wait behind it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(resolves(), 1);
+    gate.add_permits(100);
+    for a in asks {
+        assert!(a.await.unwrap().is_err());
+    }
+    assert_eq!(resolves(), 1, "the waiters shared the one failure");
+    // A caller that comes after it asks again.
+    assert!(node.revision_local(&ns, "main", ttl).await.is_err());
+    assert_eq!(resolves(), 2);
+}
+
 /// A "local only" request for chunk `index` of `file`, as a less loaded candidate (hops 1).
 fn ask_req(file: &RemoteFile, index: u32) -> locus_grpc::v1::ChunkRequest {
     locus_grpc::v1::ChunkRequest {

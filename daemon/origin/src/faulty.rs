@@ -39,6 +39,8 @@ impl<O: Origin> FaultyOrigin<O> {
 impl<O: Origin> Origin for FaultyOrigin<O> {
     async fn resolve(&self, ns: &Namespace, revision: &str) -> Result<String, OriginError> {
         self.resolves.fetch_add(1, Ordering::SeqCst);
+        // After the inner origin's answer, so that a slow one holds a failure back too.
+        let r = self.inner.resolve(ns, revision).await;
         if take_one(&self.fail_resolves) {
             return Err(OriginError::Unavailable {
                 what: ns.to_string(),
@@ -46,7 +48,7 @@ impl<O: Origin> Origin for FaultyOrigin<O> {
                 detail: "injected fault".into(),
             });
         }
-        self.inner.resolve(ns, revision).await
+        r
     }
 
     async fn list(&self, ns: &Namespace, rev_id: &str) -> Result<Listing, OriginError> {
