@@ -24,7 +24,9 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::http::{AddressPolicy, Filtered};
-use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry, RetryPolicy};
+use crate::retry::{
+    build_client, describe_reqwest, send_once, send_with_retry, send_with_retry_then, RetryPolicy,
+};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -227,15 +229,6 @@ impl HfOrigin {
         }
     }
 
-    async fn send(
-        &self,
-        what: &str,
-        kind: &'static str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, OriginError> {
-        send_with_retry(self.cfg.retry, what, kind, build).await
-    }
-
     async fn get_json<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
@@ -243,16 +236,25 @@ impl HfOrigin {
         kind: &'static str,
         missing: &'static str,
     ) -> Result<(T, HeaderMap), OriginError> {
-        let resp = self
-            .send(what, kind, || self.auth(self.client.get(url)))
-            .await?;
-        let resp = check_status(resp, what, missing, self.cfg.token.is_some())?;
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| OriginError::Transient {
-            what: what.to_string(),
-            detail: describe_reqwest(&e),
-            retry_after: None,
-        })?;
+        // The body is read inside the attempt: one cut short is retried like a failed request.
+        let has_token = self.cfg.token.is_some();
+        let (body, headers) = send_with_retry_then(
+            self.cfg.retry,
+            what,
+            kind,
+            || self.auth(self.client.get(url)),
+            |resp| async move {
+                let resp = check_status(resp, what, missing, has_token)?;
+                let headers = resp.headers().clone();
+                let body = resp.bytes().await.map_err(|e| OriginError::Transient {
+                    what: what.to_string(),
+                    detail: describe_reqwest(&e),
+                    retry_after: None,
+                })?;
+                Ok((body, headers))
+            },
+        )
+        .await?;
         let value = serde_json::from_slice(&body).map_err(|e| OriginError::Protocol {
             what: what.to_string(),
             detail: format!("bad JSON: {e}"),
@@ -606,6 +608,51 @@ impl Origin for HfOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metadata answer whose body is cut short is a failed attempt, retried like a failed
+    /// request (the retries are the origin's: nobody above retries metadata).
+    #[tokio::test]
+    async fn a_metadata_body_cut_short_is_retried() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let asked = Arc::new(AtomicU64::new(0));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", l.local_addr().unwrap());
+        let n = asked.clone();
+        let sha = "a".repeat(40);
+        let json = format!("{{\"sha\":\"{sha}\"}}");
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                // The first answer promises 500 bytes and sends 7; the next is whole.
+                let answer = match n.fetch_add(1, Ordering::SeqCst) {
+                    0 => "HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"sha\":".to_string(),
+                    _ => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                        json.len()
+                    ),
+                };
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+        let o = HfOrigin::new(HfConfig {
+            endpoint,
+            token: None,
+            retry: RetryPolicy {
+                attempts: 3,
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(2),
+            },
+            ..HfConfig::from_env()
+        })
+        .unwrap();
+        let ns = locus_core::LocusUri::parse("hf://acme/m")
+            .unwrap()
+            .namespace;
+        assert_eq!(o.resolve(&ns, "main").await.unwrap(), sha);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
 
     #[tokio::test]
     async fn cdn_urls_are_bounded_and_one_in_use_outlives_a_stream_of_files() {

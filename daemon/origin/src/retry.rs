@@ -138,9 +138,28 @@ pub(crate) async fn send_with_retry(
     kind: &'static str,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, crate::OriginError> {
+    send_with_retry_then(policy, what, kind, build, |resp| async { Ok(resp) }).await
+}
+
+/// [`send_with_retry`], where each attempt is the request and `then` on its response (reading
+/// a metadata body): a body cut short is a failed attempt, retried in the same loop.
+pub(crate) async fn send_with_retry_then<T, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    kind: &'static str,
+    build: impl Fn() -> reqwest::RequestBuilder,
+    then: impl Fn(reqwest::Response) -> Fut,
+) -> Result<T, crate::OriginError>
+where
+    Fut: Future<Output = Result<T, crate::OriginError>>,
+{
     retry(
         policy,
-        || send_once(what, kind, build()),
+        || {
+            let sent = send_once(what, kind, build());
+            let then = &then;
+            async move { then(sent.await?).await }
+        },
         |attempt, e, wait| {
             metrics::counter!(locus_core::metric::ORIGIN_RETRIES, "kind" => kind).increment(1);
             tracing::warn!(what, attempt, ?wait, error = %e, "origin request failed; retrying");
