@@ -24,9 +24,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::http::{AddressPolicy, Filtered};
-use crate::retry::{
-    build_client, describe_reqwest, send_once, send_with_retry, send_with_retry_then, RetryPolicy,
-};
+use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry_then, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -291,23 +289,35 @@ impl HfOrigin {
             Some(_) => format!("{base}/auth-check"),
             None => base,
         };
-        let resp = send_with_retry(self.cfg.retry, &what, "auth", || {
-            let req = self.client.get(&url);
-            match token {
-                Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
-                None => req,
-            }
-        })
-        .await?;
-        let status = resp.status();
-        match status.as_u16() {
-            200..=299 if token.is_some() => Ok(()),
-            200..=299 => {
+        // The repo's info is read inside the attempt: a body cut short is retried.
+        let (status, body) = send_with_retry_then(
+            self.cfg.retry,
+            &what,
+            "auth",
+            || {
+                let req = self.client.get(&url);
+                match token {
+                    Some(t) => req.header(AUTHORIZATION, format!("Bearer {}", t.expose())),
+                    None => req,
+                }
+            },
+            |resp| async {
+                let status = resp.status();
+                if !status.is_success() || token.is_some() {
+                    return Ok((status, bytes::Bytes::new()));
+                }
                 let body = resp.bytes().await.map_err(|e| OriginError::Transient {
                     what: what.clone(),
                     detail: describe_reqwest(&e),
                     retry_after: None,
                 })?;
+                Ok((status, body))
+            },
+        )
+        .await?;
+        match status.as_u16() {
+            200..=299 if token.is_some() => Ok(()),
+            200..=299 => {
                 let info: Info =
                     serde_json::from_slice(&body).map_err(|e| OriginError::Protocol {
                         what: what.clone(),
