@@ -935,3 +935,42 @@ async fn a_member_without_pages_is_asked_for_one_message() {
         want.iter().map(key).collect::<Vec<_>>()
     );
 }
+
+/// An owner that is still asking a slow origin when a member's metadata deadline passes is not
+/// taken for down (health checks find an owner that is gone): the member asks the origin itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_slower_than_the_metadata_deadline_is_not_marked_down() {
+    use crate::peer::PeerTransport;
+    // Every resolve at the owner's origin waits (for good).
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (owner, _origin, _dir) = origin_node(
+        MemOrigin {
+            files: [("w.bin".to_string(), data())].into(),
+            resolve_gate: Some(gate),
+            ..Default::default()
+        },
+        0,
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(locus_grpc::v1::peer_server::PeerServer::new(
+                crate::peer::server::PeerService::new(owner.clone()),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let peers =
+        crate::peer::GrpcPeers::with_metadata_timeout(std::time::Duration::from_millis(300));
+    let req = locus_grpc::v1::ResolveRequest {
+        namespace: "hf://o/n".into(),
+        revision: "main".into(),
+        max_age_ms: 0,
+    };
+    let e = peers
+        .resolve(&addr, req)
+        .await
+        .expect_err("no answer in time");
+    assert!(!e.marks_down() && !e.settles(), "{e:?}");
+    assert!(e.to_string().contains("deadline"), "{e}");
+}

@@ -336,6 +336,30 @@ pub struct GrpcPeers {
     token: TokenInterceptor,
     wire: Option<Arc<wire::WireClient>>,
     wire_slots: tokio::sync::Semaphore,
+    /// [`METADATA_TIMEOUT`] (shorter in tests).
+    metadata_timeout: Duration,
+}
+
+/// An owner that gave no metadata answer within the deadline: it may still be asking an origin
+/// that is slow or down (with its retries, longer than the deadline), so it is not marked down
+/// for it (health checks find an owner that is gone); the member asks the origin itself.
+fn no_answer_in_time(addr: &str) -> PeerError {
+    PeerError::Status {
+        addr: addr.to_string(),
+        code: tonic::Code::DeadlineExceeded,
+        message:
+            "no metadata answer within the deadline (the owner may still be asking the origin)"
+                .into(),
+    }
+}
+
+/// A metadata call's failure: past its deadline (tonic says CANCELLED, "Timeout expired"; a
+/// server says DEADLINE_EXCEEDED), [`no_answer_in_time`].
+fn metadata_error(addr: &str, s: tonic::Status) -> PeerError {
+    match s.code() {
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => no_answer_in_time(addr),
+        _ => PeerError::from_status(addr, s),
+    }
 }
 
 impl GrpcPeers {
@@ -359,7 +383,16 @@ impl GrpcPeers {
             token: TokenInterceptor(token),
             wire,
             wire_slots: tokio::sync::Semaphore::new(WIRE_FETCHES),
+            metadata_timeout: METADATA_TIMEOUT,
         }))
+    }
+
+    /// A transport whose metadata calls give up after `d`.
+    #[cfg(test)]
+    pub(crate) fn with_metadata_timeout(d: Duration) -> Arc<GrpcPeers> {
+        let mut p = Self::new(&PeerSecurity::default()).expect("no token");
+        Arc::get_mut(&mut p).expect("just made").metadata_timeout = d;
+        p
     }
 
     /// Uses `tls` for connections made from now on; the ones open finish their requests.
@@ -452,10 +485,10 @@ impl PeerTransport for GrpcPeers {
         req: pb::ResolveRequest,
     ) -> Result<pb::ResolveResponse, PeerError> {
         let mut c = self.client(addr)?;
-        c.resolve(deadline(METADATA_TIMEOUT, req))
+        c.resolve(deadline(self.metadata_timeout, req))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| PeerError::from_status(addr, s))
+            .map_err(|s| metadata_error(addr, s))
     }
 
     /// The owner's listing in pages (`ListPages`), each checked and compacted as it comes; one
@@ -463,7 +496,7 @@ impl PeerTransport for GrpcPeers {
     /// first: the first page, and each next one, within [`METADATA_TIMEOUT`].
     async fn list(&self, addr: &str, req: pb::PeerListRequest) -> Result<Listing, PeerError> {
         let mut c = self.client(addr)?;
-        let late = || PeerError::unreachable(addr, "no listing page within the metadata deadline");
+        let late = || no_answer_in_time(addr);
         let mut files = ListingBuilder::default();
         let mut take = |page: Vec<pb::PeerFile>| -> Result<(), PeerError> {
             if files.len() + page.len() > MAX_FILES {
@@ -475,23 +508,23 @@ impl PeerTransport for GrpcPeers {
             Ok(())
         };
         let mut pages =
-            match tokio::time::timeout(METADATA_TIMEOUT, c.list_pages(req.clone())).await {
+            match tokio::time::timeout(self.metadata_timeout, c.list_pages(req.clone())).await {
                 Err(_) => return Err(late()),
                 Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
                     let r = c
-                        .list(deadline(METADATA_TIMEOUT, req))
+                        .list(deadline(self.metadata_timeout, req))
                         .await
-                        .map_err(|s| PeerError::from_status(addr, s))?;
+                        .map_err(|s| metadata_error(addr, s))?;
                     take(r.into_inner().files)?;
                     return Ok(files.finish());
                 }
-                Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
+                Ok(Err(s)) => return Err(metadata_error(addr, s)),
                 Ok(Ok(r)) => r.into_inner(),
             };
         loop {
-            let page = match tokio::time::timeout(METADATA_TIMEOUT, pages.message()).await {
+            let page = match tokio::time::timeout(self.metadata_timeout, pages.message()).await {
                 Err(_) => return Err(late()),
-                Ok(Err(s)) => return Err(PeerError::from_status(addr, s)),
+                Ok(Err(s)) => return Err(metadata_error(addr, s)),
                 Ok(Ok(None)) => return Ok(files.finish()),
                 Ok(Ok(Some(p))) => p,
             };
