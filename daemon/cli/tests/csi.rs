@@ -595,9 +595,10 @@ fn a_call_on_a_busy_target_is_aborted_and_other_targets_go_on() {
     std::fs::create_dir_all(&pod).unwrap();
     let (busy, other) = (pod.join("slow"), pod.join("other"));
     let _guard = Unmount(vec![busy.clone(), other.clone()]);
-    // 64 KiB/s a response: each 256 KiB chunk takes 4 s, so the warm holds the first call.
+    // 32 KiB/s a response: each 256 KiB chunk takes 8 s, so the warm holds the first call
+    // while the checks below run.
     env.sim.set_faults(locus_testorigin::Faults {
-        throttle_bps: 64 << 10,
+        throttle_bps: 32 << 10,
         ..Default::default()
     });
     let ctx = [
