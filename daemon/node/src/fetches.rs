@@ -128,15 +128,19 @@ impl Fetches {
     }
 
     /// Runs `op` against the origin: one connection permit per attempt (none held while
-    /// waiting to retry), transient failures retried per the node's policy. The error comes
-    /// back with the attempts made.
+    /// waiting to retry), transient failures retried per the node's policy, up to `attempts`
+    /// in all (at most the policy's). The error comes back with the attempts made.
     pub(crate) async fn origin<T, Fut: Future<Output = Result<T, NodeError>>>(
         &self,
+        attempts: u32,
         mut op: impl FnMut() -> Fut,
         on_retry: impl FnMut(u32, &NodeError, std::time::Duration),
     ) -> Result<T, (NodeError, u32)> {
         locus_origin::retry::retry(
-            self.retry,
+            locus_origin::RetryPolicy {
+                attempts: attempts.clamp(1, self.retry.attempts),
+                ..self.retry
+            },
             || {
                 let attempt = op();
                 async {

@@ -92,6 +92,16 @@ impl Drop for Finish {
     }
 }
 
+/// What a chunk's peers did for a reader ([`Node::fetch_via_peers`]).
+enum Via {
+    /// The chunk, from a peer.
+    Got(Source),
+    /// The primary answered that the origin was unavailable: it spent its attempts.
+    OriginUnavailable,
+    /// No peer could help (none up, or one that failed otherwise).
+    NoHelp,
+}
+
 impl Node {
     /// Registers `file` in the store (or finds it). A file in memory is found at once; one
     /// that is not is looked up off the runtime's threads, its disk reads (index, inode) done
@@ -399,6 +409,7 @@ impl Node {
         range: Range<u64>,
         underway: &Underway,
     ) -> Result<Source, NodeError> {
+        let mut attempts = self.fetches.attempts();
         let plan = match route {
             Route::Peers(hops) => self
                 .peers
@@ -430,11 +441,16 @@ impl Node {
                 }
             }
             Some((peers, plan, hops)) => {
-                if let Some(r) = self
+                match self
                     .fetch_via_peers(peers, plan, file, h, idx, range.clone(), hops)
                     .await?
                 {
-                    return Ok(r);
+                    Via::Got(r) => return Ok(r),
+                    // The primary spent its attempts on the origin: one more from here, in
+                    // case the fault is the primary's own (its egress, a limit on its
+                    // address), not an outage's share of requests again.
+                    Via::OriginUnavailable => attempts = 1,
+                    Via::NoHelp => {}
                 }
             }
             None => {}
@@ -445,6 +461,7 @@ impl Node {
         let fetched = self
             .fetches
             .origin(
+                attempts,
                 || {
                     underway.attempt();
                     self.fetch_once(file, h, range.clone(), underway)
@@ -452,7 +469,7 @@ impl Node {
             |attempt, e, wait| {
                 metrics::counter!(crate::metrics_defs::ORIGIN_RETRIES, "kind" => "get")
                     .increment(1);
-                underway.retrying(format!("origin: retry {attempt}/{}, {e}", self.fetches.attempts()));
+                underway.retrying(format!("origin: retry {attempt}/{attempts}, {e}"));
                 tracing::warn!(uri = file.uri, chunk = idx, attempt, error = %e, ?wait, "chunk fetch failed; retrying");
             },
         )
@@ -478,7 +495,6 @@ impl Node {
     /// already holds it (bounded loads spread hot chunks; a candidate that misses copies the
     /// chunk in the background for next time), then from the primary, which alone fetches from
     /// the origin. Only the primary is ever waited on, so requests never wait in a cycle.
-    /// `None`: no peer could help (the caller goes to the origin).
     #[allow(clippy::too_many_arguments)]
     async fn fetch_via_peers(
         self: &Arc<Self>,
@@ -489,14 +505,14 @@ impl Node {
         idx: u32,
         range: Range<u64>,
         hops: u32,
-    ) -> Result<Option<Source>, NodeError> {
+    ) -> Result<Via, NodeError> {
         let hash = chunk_hash(&file.key, self.cfg.chunk_size, idx);
         let mut first = Some(plan);
         for attempt in 0..PEER_TRIES {
             // The caller's plan first; again after a failure marked a member down.
             let plan = first.take().unwrap_or_else(|| self.cluster.plan(hash));
             if plan.is_primary(self.cluster.me()) {
-                return Ok(None);
+                return Ok(Via::NoHelp);
             }
             let mut targets = Vec::with_capacity(2);
             if attempt == 0 && hops >= READER_HOPS {
@@ -526,7 +542,7 @@ impl Node {
                         h.commit_chunk(idx, crc);
                         metrics::histogram!(locus_core::metric::FETCH_SECONDS, "source" => "peer")
                             .record(started.elapsed().as_secs_f64());
-                        return Ok(Some(Source::Peer));
+                        return Ok(Via::Got(Source::Peer));
                     }
                     Err(NodeError::Peer(e)) => {
                         self.peer_failed(&addr, &e);
@@ -539,14 +555,20 @@ impl Node {
                         tracing::warn!(uri = file.uri, chunk = idx, error = %e, "chunk from a peer failed; trying the next source");
                         if !e.marks_down() {
                             // The primary answers but cannot get the chunk: try the origin.
-                            return Ok(None);
+                            return Ok(match e {
+                                PeerError::Status {
+                                    code: tonic::Code::Unavailable,
+                                    ..
+                                } => Via::OriginUnavailable,
+                                _ => Via::NoHelp,
+                            });
                         }
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(None)
+        Ok(Via::NoHelp)
     }
 
     /// Streams one chunk from `addr` into the cache file; returns its CRC once the bytes match
