@@ -351,6 +351,23 @@ async fn get_object(
     let h = resp.headers_mut();
     h.insert("etag", value(&etag));
     h.insert("last-modified", value(&http_date));
+    // A client that names the version it read before (s3transfer's and s3fs's ranged reads
+    // send If-Match) never gets another version's bytes.
+    match preconditions(headers, &etag, &http_date) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            return Ok(resp);
+        }
+        Precondition::Failed(which) => {
+            return Err(S3Error::new(
+                412,
+                "PreconditionFailed",
+                format!("At least one of the pre-conditions you specified did not hold ({which})"),
+            )
+            .on(key))
+        }
+    }
     h.insert("accept-ranges", HeaderValue::from_static("bytes"));
     h.insert(
         "content-type",
@@ -384,6 +401,55 @@ async fn get_object(
         *resp.body_mut() = crate::body::verified(gw.node.clone(), h, file, range, "s3.get_object");
     }
     Ok(resp)
+}
+
+/// What a GET or HEAD's conditional headers ask for ([`preconditions`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    Proceed,
+    /// 304: the client's copy is this version.
+    NotModified,
+    /// 412, naming the header that did not hold.
+    Failed(&'static str),
+}
+
+/// RFC 9110's order, as S3 applies it: If-Match (else If-Unmodified-Since) fails with 412;
+/// then If-None-Match (else If-Modified-Since) answers 304. `etag` is quoted; `modified` is
+/// the HTTP date sent as Last-Modified (whole seconds, as the headers compare).
+fn preconditions(headers: &HeaderMap, etag: &str, modified: &str) -> Precondition {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // A list of entity tags, or `*`; weak tags (`W/`) compare by their opaque part.
+    let names_etag = |list: &str| {
+        let bare = etag.trim_matches('"');
+        list.split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/").trim_matches('"') == bare)
+    };
+    let date = |s: &str| {
+        chrono::DateTime::parse_from_rfc2822(s)
+            .ok()
+            .map(|d| d.timestamp())
+    };
+    let last = date(modified);
+    match get("if-match") {
+        Some(list) if !names_etag(list) => return Precondition::Failed("If-Match"),
+        Some(_) => {}
+        None => {
+            if let (Some(since), Some(last)) = (get("if-unmodified-since").and_then(date), last) {
+                if last > since {
+                    return Precondition::Failed("If-Unmodified-Since");
+                }
+            }
+        }
+    }
+    match get("if-none-match") {
+        Some(list) if names_etag(list) => Precondition::NotModified,
+        Some(_) => Precondition::Proceed,
+        None => match (get("if-modified-since").and_then(date), last) {
+            (Some(since), Some(last)) if last <= since => Precondition::NotModified,
+            _ => Precondition::Proceed,
+        },
+    }
 }
 
 /// Where a listing continues: after a key, or after every key under a common prefix.

@@ -280,3 +280,88 @@ async fn start_after_lists_what_the_origin_lists_after_it() {
         }
     }
 }
+
+/// Conditional reads answer as S3 does: a version the client did not name is never sent
+/// (If-Match, If-Unmodified-Since: 412), and the client's own copy is not sent again
+/// (If-None-Match, If-Modified-Since: 304). s3transfer and s3fs send If-Match with every
+/// ranged read of a file they are downloading.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_reads_never_send_a_version_the_client_did_not_name() {
+    use object_store::{GetOptions, GetRange};
+    let s = setup(keyed()).await;
+    let ours = client(&s.url, KEY, SECRET);
+    let big = Path::from("ds/big.bin");
+    let h = ours.head(&big).await.unwrap();
+    let (etag, modified) = (h.e_tag.clone().unwrap(), h.last_modified);
+    let day = chrono::Duration::days(1);
+    let get = |o: GetOptions| {
+        let (ours, big) = (ours.clone(), big.clone());
+        async move {
+            match ours.get_opts(&big, o).await {
+                Ok(r) => Ok(r.bytes().await.unwrap().len()),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let part = |o: GetOptions| GetOptions {
+        range: Some(GetRange::Bounded(1000..2000)),
+        ..o
+    };
+    // Named right: the bytes.
+    for o in [
+        GetOptions {
+            if_match: Some(etag.clone()),
+            ..Default::default()
+        },
+        GetOptions {
+            if_match: Some("*".into()),
+            ..Default::default()
+        },
+        GetOptions {
+            if_none_match: Some("\"another\"".into()),
+            ..Default::default()
+        },
+        GetOptions {
+            if_unmodified_since: Some(modified),
+            ..Default::default()
+        },
+        GetOptions {
+            if_modified_since: Some(modified - day),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(get(part(o.clone())).await.unwrap(), 1000, "{o:?}");
+    }
+    // Another version named: 412, no byte.
+    for o in [
+        GetOptions {
+            if_match: Some("\"another\"".into()),
+            ..Default::default()
+        },
+        GetOptions {
+            if_unmodified_since: Some(modified - day),
+            ..Default::default()
+        },
+    ] {
+        match get(part(o.clone())).await {
+            Err(object_store::Error::Precondition { .. }) => {}
+            other => panic!("{o:?}: {other:?}"),
+        }
+    }
+    // The client's own copy: 304.
+    for o in [
+        GetOptions {
+            if_none_match: Some(etag.clone()),
+            ..Default::default()
+        },
+        GetOptions {
+            if_modified_since: Some(modified),
+            ..Default::default()
+        },
+    ] {
+        match get(o.clone()).await {
+            Err(object_store::Error::NotModified { .. }) => {}
+            other => panic!("{o:?}: {other:?}"),
+        }
+    }
+}
