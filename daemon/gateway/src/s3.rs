@@ -268,7 +268,7 @@ async fn answer(gw: &Arc<S3Gateway>, method: &Method, uri: &Uri, headers: &Heade
         true => "s3.head_object",
         false => "s3.get_object",
     };
-    get_object(gw, method, bucket, key, headers)
+    get_object(gw, method, bucket, key, headers, get("partNumber"))
         .await
         .map(|r| (label, r))
         .map_err(|e| (label, e))
@@ -327,6 +327,7 @@ async fn get_object(
     bucket: &str,
     key: &str,
     headers: &HeaderMap,
+    part: Option<&str>,
 ) -> Result<Response<Body>, S3Error> {
     if key.ends_with('/') {
         // A folder marker's name: the gateway serves objects, which it names without one.
@@ -373,7 +374,49 @@ async fn get_object(
         "content-type",
         HeaderValue::from_static("binary/octet-stream"),
     );
-    let range = match parse_range(headers.get("range").and_then(|v| v.to_str().ok()), size) {
+    let asked = headers.get("range").and_then(|v| v.to_str().ok());
+    let asked = match part {
+        None => asked,
+        Some(_) if asked.is_some() => {
+            return Err(S3Error::new(
+                400,
+                "InvalidRequest",
+                "Cannot specify both Range header and partNumber query parameter",
+            )
+            .on(key))
+        }
+        // Part 1 of an object uploaded whole is the object (its ETag says so: no `-N`); the
+        // parts of one uploaded in parts are not known here. Never the wrong bytes.
+        Some(n) => match (n.parse::<u32>(), etag.contains('-')) {
+            (Ok(1), false) if size > 0 => Some("bytes=0-"),
+            (Ok(1), false) => None,
+            (Ok(2..=10_000), false) => {
+                return Err(S3Error::new(
+                    416,
+                    "InvalidPartNumber",
+                    "The requested partnumber is not satisfiable",
+                )
+                .on(key))
+            }
+            (Ok(1..=10_000), true) => {
+                return Err(S3Error::new(
+                    501,
+                    "NotImplemented",
+                    "the parts of an object uploaded in parts are not served here: read ranges",
+                )
+                .on(key))
+            }
+            _ => {
+                return Err(S3Error::new(
+                    400,
+                    "InvalidArgument",
+                    "Part number must be an integer between 1 and 10000, inclusive",
+                )
+                .on(key))
+            }
+        },
+    };
+    let range = match parse_range(asked, size) {
         ByteRange::Whole => 0..size,
         ByteRange::Part(r) => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;

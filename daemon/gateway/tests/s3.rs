@@ -365,3 +365,36 @@ async fn conditional_reads_never_send_a_version_the_client_did_not_name() {
         }
     }
 }
+
+/// `partNumber` never yields another part's bytes: part 1 of an object uploaded whole is the
+/// object (206), any other part is refused as S3 refuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_number_reads_the_part_or_is_refused() {
+    let open = setup(S3Auth::Anonymous).await;
+    let c = reqwest::Client::new();
+    let url = |q: &str| format!("{}/acme/ds/big.bin?{q}", open.url);
+    let whole = c.get(url("x-id=GetObject")).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    let whole = whole.bytes().await.unwrap();
+    let n = whole.len();
+    let r = c.get(url("partNumber=1")).send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 0-{}/{n}", n - 1)
+    );
+    assert!(r.bytes().await.unwrap() == whole);
+    for (q, range, status) in [
+        ("partNumber=2", None, 416),
+        ("partNumber=0", None, 400),
+        ("partNumber=x", None, 400),
+        ("partNumber=1", Some("bytes=0-9"), 400),
+    ] {
+        let mut req = c.get(url(q));
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status, "{q} {range:?}");
+    }
+}
