@@ -310,15 +310,10 @@ fn object_meta(f: &locus_core::RemoteFile) -> (String, String, String) {
     )
 }
 
-fn node_uri(bucket: &str, key: &str) -> Result<LocusUri, S3Error> {
-    LocusUri::parse(&format!("s3://{bucket}/{key}")).map_err(|e| {
-        S3Error::new(
-            400,
-            "InvalidArgument",
-            format!("this gateway cannot name that key: {e}"),
-        )
-        .on(key)
-    })
+/// The node's name for `key`; `None` for a key the node cannot name (`//`, `.` or `..`, a
+/// backslash, control characters), which its origin listings leave out: it serves none.
+fn node_uri(bucket: &str, key: &str) -> Option<LocusUri> {
+    LocusUri::parse(&format!("s3://{bucket}/{key}")).ok()
 }
 
 async fn get_object(
@@ -333,7 +328,10 @@ async fn get_object(
         // A folder marker's name: the gateway serves objects, which it names without one.
         return Err(S3Error::new(404, "NoSuchKey", "The specified key does not exist.").on(key));
     }
-    let uri = node_uri(bucket, key)?;
+    // A key the node cannot name is not one it serves (its listings leave such keys out).
+    let uri = node_uri(bucket, key).ok_or_else(|| {
+        S3Error::new(404, "NoSuchKey", "The specified key does not exist.").on(key)
+    })?;
     let r = gw
         .node
         .resolve(&uri)
@@ -549,19 +547,19 @@ async fn list_objects(
         true => String::new(),
         false => format!("{folder}/"),
     };
-    let files = if prefix.contains("//") || folder.split('/').any(|s| s == "." || s == "..") {
-        // Keys the node cannot name hold nothing it serves.
-        None
-    } else {
-        let uri = node_uri(bucket, &folder)?;
-        match gw.node.resolve(&uri).await {
+    // Keys the node cannot name (`//`, `.` or `..`, a backslash, control characters) hold
+    // nothing it serves: its origin listings leave them out too.
+    let files = match node_uri(bucket, &folder) {
+        None => None,
+        Some(_) if prefix.contains("//") => None,
+        Some(uri) => match gw.node.resolve(&uri).await {
             Ok(r) if !r.is_file || folder.is_empty() => Some(r.files),
             Ok(_) => None,
             Err(NodeError::NotFound(_)) | Err(NodeError::Origin(OriginError::NotFound { .. })) => {
                 None
             }
             Err(e) => return Err(S3Error::from_node(e, bucket)),
-        }
+        },
     };
     let mut contents = String::new();
     let mut prefixes = String::new();

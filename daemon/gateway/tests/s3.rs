@@ -398,3 +398,33 @@ async fn a_part_number_reads_the_part_or_is_refused() {
         assert_eq!(r.status(), status, "{q} {range:?}");
     }
 }
+
+/// A key the node cannot name (a backslash, `..`, control characters: its origin listings
+/// leave such keys out) is a missing key, and a prefix of them lists nothing, as for any key
+/// the gateway does not serve; never a 400 a client takes for its own mistake.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_the_node_cannot_name_are_missing_not_errors() {
+    let open = setup(S3Auth::Anonymous).await;
+    let c = reqwest::Client::new();
+    for key in ["ds/a%5Cb.txt", "ds/%2E%2E/x", "ds/a%01b"] {
+        for head in [false, true] {
+            let url = format!("{}/acme/{key}", open.url);
+            let r = match head {
+                true => c.head(url),
+                false => c.get(url),
+            };
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 404, "{key} (HEAD {head})");
+        }
+    }
+    for prefix in ["ds%5Cx%2F", "ds%2F..%2Fx%2F"] {
+        let r = c
+            .get(format!("{}/acme?list-type=2&prefix={prefix}", open.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{prefix}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("<KeyCount>0</KeyCount>"), "{prefix}: {body}");
+    }
+}
