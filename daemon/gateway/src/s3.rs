@@ -268,7 +268,7 @@ async fn answer(gw: &Arc<S3Gateway>, method: &Method, uri: &Uri, headers: &Heade
         true => "s3.head_object",
         false => "s3.get_object",
     };
-    get_object(gw, method, bucket, key, headers, get("partNumber"))
+    get_object(gw, method, bucket, key, headers, &pairs)
         .await
         .map(|r| (label, r))
         .map_err(|e| (label, e))
@@ -322,8 +322,12 @@ async fn get_object(
     bucket: &str,
     key: &str,
     headers: &HeaderMap,
-    part: Option<&str>,
+    query: &[(String, String)],
 ) -> Result<Response<Body>, S3Error> {
+    let part = query
+        .iter()
+        .find(|(k, _)| k == "partNumber")
+        .map(|(_, v)| v.as_str());
     if key.ends_with('/') {
         // A folder marker's name: the gateway serves objects, which it names without one.
         return Err(S3Error::new(404, "NoSuchKey", "The specified key does not exist.").on(key));
@@ -435,6 +439,26 @@ async fn get_object(
     };
     resp.headers_mut()
         .insert("content-length", HeaderValue::from(range.end - range.start));
+    // The response headers a (presigned) request names, as S3 sets them: a download link that
+    // saves under a name of its own.
+    for (k, v) in query {
+        let Some(name) = k.strip_prefix("response-") else {
+            continue;
+        };
+        let name: &'static str = match name {
+            "content-type" => "content-type",
+            "content-language" => "content-language",
+            "expires" => "expires",
+            "cache-control" => "cache-control",
+            "content-disposition" => "content-disposition",
+            "content-encoding" => "content-encoding",
+            _ => continue,
+        };
+        let v = HeaderValue::from_str(v).map_err(|_| {
+            S3Error::new(400, "InvalidArgument", format!("{k}: not a header value")).on(key)
+        })?;
+        resp.headers_mut().insert(name, v);
+    }
     if *method == Method::GET {
         let h = crate::body::register(&gw.node, &file)
             .await

@@ -428,3 +428,25 @@ async fn keys_the_node_cannot_name_are_missing_not_errors() {
         assert!(body.contains("<KeyCount>0</KeyCount>"), "{prefix}: {body}");
     }
 }
+
+/// `response-*` parameters set the response's headers, as S3 sets them: a presigned download
+/// link saves under a name and type of its own; the bytes are the object's.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_parameters_set_the_headers_they_name() {
+    let open = setup(S3Auth::Anonymous).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!(
+            "{}/acme/ds/0000/00000%20x.txt?response-content-disposition=attachment%3B%20filename%3D%22row.txt%22&response-content-type=text%2Fplain&response-cache-control=no-cache",
+            open.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["content-disposition"], "attachment; filename=\"row.txt\"");
+    assert_eq!(h["content-type"], "text/plain");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(r.text().await.unwrap(), "row 0\n");
+}
