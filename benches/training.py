@@ -322,7 +322,9 @@ def main():
                          "file_descriptor)")
     ap.add_argument("--mount-args", default="", help="more arguments for `locus mount` (e.g. "
                     "'--linger-us 0')")
-    ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory")
+    ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory",
+                    help="comma-separated; a locus run may name more mount arguments after a colon "
+                         "(e.g. 'mount+warm:--no-open')")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.sharing_strategy:
@@ -346,11 +348,13 @@ def main():
         files = listing(url)
         assert len(files) == args.files, len(files)
         step = args.step_ms / 1000
-        for run in args.runs.split(","):
-            print(f"{run}:", flush=True)
+        for named in args.runs.split(","):
+            # `RUN:ARGS`: a locus run whose mount takes ARGS too (e.g. `mount+warm:--no-open`).
+            run, _, extra = named.partition(":")
+            print(f"{named}:", flush=True)
             proxy.reset()
             if run == "memory":
-                results[run] = train(MemoryFiles(files), args.epochs, step, args.batch, args.workers, 1)
+                results[named] = train(MemoryFiles(files), args.epochs, step, args.batch, args.workers, 1)
             elif run == "local":
                 local = work / "local"
                 blob = os.urandom(200_000)
@@ -358,17 +362,18 @@ def main():
                     p = local / key[len(PREFIX) + 1:]
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_bytes(blob[:n])
-                results[run] = train(MountFiles(str(local), files), args.epochs, step, args.batch,
-                                     args.workers, 1)
+                results[named] = train(MountFiles(str(local), files), args.epochs, step, args.batch,
+                                       args.workers, 1)
             elif run == "warm":
-                results[run] = warm_alone(work, url, args)
+                results[named] = warm_alone(work, url, args)
             elif run == "direct":
-                results[run] = train(S3Files(url, files), args.epochs, step, args.batch, args.workers, 1)
+                results[named] = train(S3Files(url, files), args.epochs, step, args.batch, args.workers, 1)
             else:
-                d = Daemon(work, f"node-{run.replace('+', '-')}",
+                tag = "".join(c if c.isalnum() else "-" for c in named)
+                d = Daemon(work, f"node-{tag}",
                            extra=["--s3-endpoint", url, "--cache-size", "64GiB",
                                   "--concurrency", str(args.concurrency), *args.daemon_args.split()])
-                mnt = work / f"mnt-{run.replace('+', '-')}"
+                mnt = work / f"mnt-{tag}"
                 mnt.mkdir()
                 uri = f"s3://{BUCKET}/{PREFIX}"
                 warm = None
@@ -376,13 +381,14 @@ def main():
                     with socket.socket() as s:
                         s.bind(("127.0.0.1", 0))
                         metrics = f"127.0.0.1:{s.getsockname()[1]}"
-                    d.run("mount", "--metrics", metrics, *args.mount_args.split(), uri, str(mnt))
+                    d.run("mount", "--metrics", metrics, *args.mount_args.split(), *extra.split(), uri,
+                          str(mnt))
                     cost = LocusCost(d.proc.pid, mnt, f"http://{metrics}/metrics")
                     if run == "mount+warm":
                         warm = subprocess.Popen([binary("locus"), "--socket", d.socket, "warm", uri],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=d.env)
-                    results[run] = train(MountFiles(str(mnt), files), args.epochs, step, args.batch,
-                                         args.workers, 1, cost)
+                    results[named] = train(MountFiles(str(mnt), files), args.epochs, step, args.batch,
+                                           args.workers, 1, cost)
                 finally:
                     if warm is not None:
                         warm.wait(timeout=3600)
@@ -390,7 +396,7 @@ def main():
                                    stderr=subprocess.DEVNULL)
                     d.close()
             print(f"    origin requests: {dict(sorted(proxy.requests.items()))}", flush=True)
-            results[run + " requests"] = dict(proxy.requests)
+            results[named + " requests"] = dict(proxy.requests)
         proxy.close()
     finally:
         if moto:
@@ -403,7 +409,7 @@ def main():
     if base:
         print("\nratios against direct (data wait share, lower is better; GPU util, higher is better):")
         for run in args.runs.split(","):
-            if run in ("direct", "warm") or run not in results:
+            if run.partition(":")[0] in ("direct", "warm") or run not in results:
                 continue
             for e, (b, r) in enumerate(zip(base, results[run])):
                 print(f"  {run:11s} epoch {e + 1}: wait {100 * r['wait_share']:5.1f}% vs {100 * b['wait_share']:5.1f}% "

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
@@ -20,6 +21,11 @@ pub(crate) struct FileState {
     pub(crate) key: String,
     pub(crate) size: u64,
     pub(crate) inner: Mutex<Inner>,
+    /// The kernel opens and closes the file without telling this mount (a mount without
+    /// opens): a read that reaches the end closes the cache file, as a last close would.
+    pub(crate) unopened: bool,
+    /// Among the cache files a mount without opens holds for reads that did not reach the end.
+    pub(crate) held: AtomicBool,
 }
 
 #[derive(Default)]
@@ -110,6 +116,8 @@ impl FileState {
             key,
             size,
             inner: Mutex::new(inner),
+            unopened: false,
+            held: AtomicBool::new(false),
         }
     }
 
@@ -231,6 +239,9 @@ impl FileState {
                     if let Some(slot) = inner.checked.get_mut(first as usize) {
                         *slot = true;
                     }
+                    if self.unopened && end == self.size {
+                        inner.close_file();
+                    }
                     out.truncate((end - chunk_start) as usize);
                     out.drain(..(offset - chunk_start) as usize);
                     return Ok(stale);
@@ -267,6 +278,9 @@ impl FileState {
             .file
             .clone()
             .ok_or_else(|| FsError::Io(format!("{}: no cache file", self.uri)))?;
+        if self.unopened && end == self.size {
+            inner.close_file();
+        }
         drop(inner);
         out.resize((end - offset) as usize, 0);
         f.read_exact_at(out, offset)

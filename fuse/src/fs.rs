@@ -1,6 +1,6 @@
 //! The file system: the tree's requests (names, attributes, listings), and the chunked read path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -31,6 +31,10 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// How long a request reader waits for the next request before it sleeps (zero: never).
     pub linger: Duration,
+    /// Answer no file open: the kernel then opens and closes files without asking (no OPEN
+    /// or RELEASE round trip), for datasets of many small files. No file is then read by
+    /// passthrough, and cache files are held by reads (see [`HELD_MAX`]), not opens.
+    pub no_open: bool,
 }
 
 impl Default for MountOptions {
@@ -40,6 +44,7 @@ impl Default for MountOptions {
             max_inodes: 1_000_000,
             passthrough: true,
             linger: Duration::from_micros(50),
+            no_open: false,
         }
     }
 }
@@ -169,7 +174,13 @@ struct Core<B: Backend> {
     cached: Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
     /// Opens small cached files ahead of the kernel's open and read (none without threads).
     ahead: Option<crate::ahead::Ahead>,
+    /// Without opens: files whose cache file a read left open (it did not reach the end),
+    /// longest held first; past [`HELD_MAX`] the first is closed.
+    held: Mutex<VecDeque<u64>>,
 }
+
+/// Cache files a mount without opens holds for reads that stopped short of a file's end.
+pub const HELD_MAX: usize = 256;
 
 /// `NAME` when `name` is `NAME@main` (the Hub's default revision spelled out).
 fn default_revision_of(name: &str) -> Option<&str> {
@@ -269,6 +280,7 @@ impl<B: Backend> Core<B> {
             lingering: AtomicBool::new(false),
             cached: Mutex::new(None),
             ahead: crate::ahead::Ahead::start(),
+            held: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -679,7 +691,8 @@ impl<B: Backend> Core<B> {
                     // The cache file is opened here: whether that read the disk says whether
                     // it is cold.
                     let before = crate::ahead::disk_reads();
-                    let st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
+                    let mut st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
+                    st.unopened = self.opts.no_open;
                     // (Not an open that failed: an evicted file tells nothing of the disk.)
                     if let Some(a) = &self.ahead {
                         if lock(&st.inner).file.is_some() {
@@ -961,6 +974,9 @@ impl<B: Backend> Core<B> {
                     if s {
                         ::metrics::counter!(metrics::STALE_READS).increment(1);
                     }
+                    if st.unopened && offset + u64::from(size) < st.size {
+                        self.hold(ino, st);
+                    }
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
@@ -979,6 +995,28 @@ impl<B: Backend> Core<B> {
             self.stale_read(ino);
         }
         rest
+    }
+
+    /// Counts file `ino`'s cache file as held by a read (without opens no close says when it
+    /// is done with); past [`HELD_MAX`], closes the one held longest unless a read holds its
+    /// state right now (it goes to the back).
+    fn hold(&self, ino: u64, st: &FileState) {
+        if st.held.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut held = lock(&self.held);
+        held.push_back(ino);
+        for _ in HELD_MAX..held.len() {
+            let Some(old) = held.pop_front() else { break };
+            let Some(old_st) = lock(&self.files).get(&old).cloned() else {
+                continue;
+            };
+            let closed = try_lock(&old_st.inner).map(|mut inner| inner.close_file());
+            match closed {
+                Some(()) => old_st.held.store(false, Ordering::Relaxed),
+                None => held.push_back(old),
+            }
+        }
     }
 
     /// A first read of file `ino` found the node holding it though its listing did not say
@@ -1066,6 +1104,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
             .set_congestion_threshold(96)
             .or_else(|max| config.set_congestion_threshold(max));
         if self.core.opts.passthrough
+            && !self.core.opts.no_open
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
             let _ = config.set_max_stack_depth(2);
@@ -1121,6 +1160,12 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        if self.core.opts.no_open {
+            // ENOSYS: the kernel takes every open and close of a file as done without asking
+            // again (its first open goes on with no handle); reads come by inode.
+            metrics::request("open", "reader");
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(st) = self.core.state(ino.0) else {
             return reply.error(Errno::EISDIR);
         };
@@ -1149,7 +1194,13 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: ReplyData,
     ) {
         let _linger = Linger(self);
-        let Some((st, _)) = lock(&self.core.handles).get(&fh.0).cloned() else {
+        let st = match self.core.opts.no_open {
+            true => self.core.state(ino.0),
+            false => lock(&self.core.handles)
+                .get(&fh.0)
+                .map(|(st, _)| st.clone()),
+        };
+        let Some(st) = st else {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(offset, size, "read");
@@ -1171,7 +1222,9 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
     ) {
         let _linger = Linger(self);
         metrics::request("flush", "reader");
-        reply.ok();
+        // Nothing is ever written: ENOSYS tells the kernel to send no more FLUSH (opens say
+        // so too, FOPEN_NOFLUSH, where there are opens).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -25,6 +25,13 @@
 //! process. The kernel keeps an inode in one mode while it is open, so a file already open
 //! through this process is opened the same way again until every such open is closed.
 //!
+//! # Without opens
+//! With [`MountOptions::no_open`] the first OPEN is answered ENOSYS, and the kernel then opens
+//! and closes files without asking: a small file costs a LOOKUP and a READ, not also an OPEN
+//! and a RELEASE (a 48-thread first pass over 1M cached files: 0.81x native instead of 0.69x).
+//! Reads come by inode, nothing is read by passthrough, and with no close to go by a read that
+//! reaches a file's end closes its cache file; at most [`HELD_MAX`] others stay open.
+//!
 //! # Threads
 //! One request reader per four cores (`locus mount --threads`) answers what needs nothing
 //! but memory and the page cache (names, attributes, listings with attributes (READDIRPLUS),
@@ -47,7 +54,7 @@ mod open;
 mod test_backend;
 mod tree;
 
-pub use fs::{LocusFs, MountOptions};
+pub use fs::{LocusFs, MountOptions, HELD_MAX};
 
 use std::path::PathBuf;
 use std::time::Duration;

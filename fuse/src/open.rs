@@ -57,9 +57,15 @@ impl Inner {
             self.cached_opens = self.cached_opens.saturating_sub(1);
         }
         if self.passthrough_opens == 0 && self.cached_opens == 0 {
-            if let Some((p, f)) = self.file.take() {
-                self.closed = stamp(&f).ok().map(|s| (p, s));
-            }
+            self.close_file();
+        }
+    }
+
+    /// Closes the cache file, keeping what `fstat` says of it so that a later read opens it
+    /// again as it is (its checked chunks staying checked) if it is still that file.
+    pub(crate) fn close_file(&mut self) {
+        if let Some((p, f)) = self.file.take() {
+            self.closed = stamp(&f).ok().map(|s| (p, s));
         }
     }
 }

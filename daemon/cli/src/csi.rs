@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use locus_csi::Mounter;
+use locus_csi::{MountWith, Mounter};
 
 use crate::mount::is_mounted;
 
@@ -18,13 +18,7 @@ pub struct ProcessMounter {
 
 #[async_trait::async_trait]
 impl Mounter for ProcessMounter {
-    async fn mount(
-        &self,
-        uri: &str,
-        target: &Path,
-        include: &[String],
-        exclude: &[String],
-    ) -> Result<(), String> {
+    async fn mount(&self, uri: &str, target: &Path, with: &MountWith) -> Result<(), String> {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("mount")
             .arg(uri)
@@ -33,11 +27,14 @@ impl Mounter for ProcessMounter {
             .arg(&self.socket)
             // Pods read it as whatever user their containers run as.
             .arg("--allow-other");
-        for g in include {
+        for g in &with.include {
             cmd.arg("--include").arg(g);
         }
-        for g in exclude {
+        for g in &with.exclude {
             cmd.arg("--exclude").arg(g);
+        }
+        if with.no_open {
+            cmd.arg("--no-open");
         }
         std::fs::create_dir_all(&self.logs).map_err(|e| format!("{}: {e}", self.logs.display()))?;
         let out = cmd
@@ -89,8 +86,8 @@ enum Ask {
     Mount {
         uri: String,
         target: PathBuf,
-        include: Vec<String>,
-        exclude: Vec<String>,
+        #[serde(flatten)]
+        with: MountWith,
     },
     Unmount {
         target: PathBuf,
@@ -133,18 +130,11 @@ impl RemoteMounter {
 
 #[async_trait::async_trait]
 impl Mounter for RemoteMounter {
-    async fn mount(
-        &self,
-        uri: &str,
-        target: &Path,
-        include: &[String],
-        exclude: &[String],
-    ) -> Result<(), String> {
+    async fn mount(&self, uri: &str, target: &Path, with: &MountWith) -> Result<(), String> {
         self.ask(&Ask::Mount {
             uri: uri.to_string(),
             target: target.to_path_buf(),
-            include: include.to_vec(),
-            exclude: exclude.to_vec(),
+            with: with.clone(),
         })
         .await
     }
@@ -201,14 +191,9 @@ pub async fn serve_mounter(
                             root.display()
                         ))
                     }
-                    Ok(Ask::Mount {
-                        uri,
-                        target,
-                        include,
-                        exclude,
-                    }) => {
+                    Ok(Ask::Mount { uri, target, with }) => {
                         tracing::info!(uri, target = %target.display(), "mount");
-                        mounter.mount(&uri, &target, &include, &exclude).await
+                        mounter.mount(&uri, &target, &with).await
                     }
                     Ok(Ask::Unmount { target }) => {
                         tracing::info!(target = %target.display(), "unmount");

@@ -34,6 +34,11 @@ pub struct MountArgs {
     /// Never hand complete files to the kernel (FUSE passthrough, Linux 6.9+, root).
     #[arg(long)]
     no_passthrough: bool,
+    /// Let the kernel open and close files without asking this mount: two fewer FUSE round
+    /// trips per file (OPEN and RELEASE), for datasets of many small files. No file is then
+    /// read by passthrough (model files read faster with it).
+    #[arg(long)]
+    no_open: bool,
     /// Microseconds a request reader waits for the next request before it sleeps; 0 never
     /// waits. During a storm of small requests this keeps up to one core busy.
     #[arg(long, default_value_t = 50)]
@@ -183,6 +188,7 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         MountOptions {
             passthrough: !a.no_passthrough,
             linger: Duration::from_micros(a.linger_us),
+            no_open: a.no_open,
             ..MountOptions::default()
         },
     )
@@ -243,6 +249,9 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
         .stderr(log);
     if a.no_passthrough {
         cmd.arg("--no-passthrough");
+    }
+    if a.no_open {
+        cmd.arg("--no-open");
     }
     if a.allow_non_empty {
         cmd.arg("--allow-non-empty");

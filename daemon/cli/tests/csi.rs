@@ -417,17 +417,25 @@ fn a_published_volume_reads_the_origins_bytes_survives_a_restart_and_goes_away()
 /// Unmounts what a test left mounted, should it fail half way.
 /// Kills the mount process of the volume at `target` (each has its own), and waits until its
 /// mount answers ENOTCONN.
-fn kill_mount_process(target: &Path) {
+/// The PIDs of the mount processes serving `target`.
+fn mount_processes(target: &Path) -> Vec<String> {
     let pids = std::process::Command::new("pgrep")
         .args(["-f", &format!("{} --foreground", target.display())])
         .output()
         .unwrap();
-    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     assert!(
-        !pids.trim().is_empty(),
+        !pids.is_empty(),
         "the volume has a mount process of its own"
     );
-    for pid in pids.split_whitespace() {
+    pids
+}
+
+fn kill_mount_process(target: &Path) {
+    for pid in mount_processes(target) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid.parse().unwrap()),
             nix::sys::signal::Signal::SIGKILL,
@@ -547,10 +555,23 @@ fn volumes_mounted_by_a_mounter_outlive_the_daemons_container() {
     let mut c = Csi::connect(&csock);
     let target = pods.join("uid-9/vol");
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    c.publish(publish_req("v9", &target, &[("uri", "hf://acme/big")]))
-        .unwrap();
+    c.publish(publish_req(
+        "v9",
+        &target,
+        &[("uri", "hf://acme/big"), ("noOpen", "true")],
+    ))
+    .unwrap();
     let _guard = Unmount(vec![target.clone()]);
     assert!(mounted(&target));
+    // The volume's attributes reach its mount process through the mounter.
+    for pid in mount_processes(&target) {
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            args.split(|b| *b == 0).any(|a| a == b"--no-open"),
+            "noOpen: {}",
+            String::from_utf8_lossy(&args)
+        );
+    }
     // Outside kubelet's folder: refused by the mounter.
     let e = c
         .publish(publish_req(

@@ -606,6 +606,23 @@ fn fds_under(pid: nix::unistd::Pid, dir: &Path) -> usize {
         .count()
 }
 
+/// Waits until the mount process `pid` holds `n` files under `dir` (the helpers that open
+/// cache files ahead hold theirs for moments), failing after 10 s with what it holds.
+fn fds_settle_at(pid: nix::unistd::Pid, dir: &Path, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = fds_under(pid, dir);
+        if held == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {held} cache files open, not {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_mount_holds_cache_files_only_while_they_are_open() {
@@ -636,15 +653,7 @@ fn a_mount_holds_cache_files_only_while_they_are_open() {
     }
     // Every file was read twice and closed: the mount holds none of their cache files (it
     // held one per file ever read), so an evicted one gives its space back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fds_under(pid, &data) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} cache files still open after every file was closed",
-            fds_under(pid, &data)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    fds_settle_at(pid, &data, 0, "after every file was closed");
     // While a file is open its cache file is too, and it reads right after a reopen.
     let open = std::fs::File::open(m.dir.join("small/3.bin")).unwrap();
     // Out of the kernel's page cache, so that the read reaches the mount.
@@ -658,11 +667,104 @@ fn a_mount_holds_cache_files_only_while_they_are_open() {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut &open, &mut got).unwrap();
     assert_eq!(got, files[3].1.to_vec());
-    assert_eq!(fds_under(pid, &data), 1, "the open file's cache file");
+    fds_settle_at(pid, &data, 1, "the open file's cache file");
     drop(open);
     for (p, b) in &files {
         assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
     }
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_mount_without_opens_reads_the_origins_bytes_with_no_open_or_release_round_trips() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    let mut files: Vec<(String, bytes::Bytes)> = (0..40)
+        .map(|i| {
+            (
+                format!("small/{i}.bin"),
+                locus_testorigin::model::random_bytes(i, 10_000 + i as usize),
+            )
+        })
+        .collect();
+    files.push((
+        "big.bin".into(),
+        locus_testorigin::model::random_bytes(99, 3 << 20),
+    ));
+    // One more than the cache files such a mount holds for reads that stop short.
+    let part: Vec<(String, bytes::Bytes)> = (0..locus_fuse::HELD_MAX as u64 + 1)
+        .map(|i| {
+            (
+                format!("part/{i}.bin"),
+                locus_testorigin::model::random_bytes(1000 + i, 8192 + i as usize),
+            )
+        })
+        .collect();
+    env.sim.commit(
+        "model",
+        "acme/many",
+        files.iter().chain(&part).cloned().collect(),
+    );
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/many"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(
+        &d,
+        &env,
+        "hf://acme/many",
+        "mnt",
+        &["--no-open", "--metrics", &addr],
+    );
+    let pid = mount_pid("hf://acme/many", &m.dir);
+    let data = d.cache.join("data");
+    for _ in 0..2 {
+        for (p, b) in &files {
+            assert_eq!(std::fs::read(m.dir.join(p)).unwrap(), b.to_vec(), "{p}");
+        }
+    }
+    let requests = |op: &str| metric(&addr, "locus_fuse_requests_total", &format!(r#"op="{op}""#));
+    // The first open was answered ENOSYS; the kernel asked for no other open, and for no
+    // release or flush at all.
+    assert_eq!(requests("open"), 1.0, "opens asked of the mount");
+    assert_eq!(requests("release"), 0.0);
+    assert!(requests("flush") <= 1.0);
+    assert!(
+        requests("read") >= files.len() as f64,
+        "reads come by inode"
+    );
+    assert_eq!(metric(&addr, "locus_fuse_passthrough_opens_total", ""), 0.0);
+    // No close says when a cache file is done with: a read to a file's end closed it.
+    fds_settle_at(pid, &data, 0, "after whole reads");
+    // Reads that stop short hold their cache files, HELD_MAX at most.
+    let first_page = |p: &str| {
+        let f = std::fs::File::open(m.dir.join(p)).unwrap();
+        // No read-ahead: the kernel asks for the first page only.
+        nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM)
+            .unwrap();
+        let mut page = vec![0u8; 4096];
+        f.read_exact_at(&mut page, 0).unwrap();
+        page
+    };
+    for (p, b) in &part[..2] {
+        assert_eq!(first_page(p), b[..4096].to_vec(), "{p}");
+    }
+    fds_settle_at(pid, &data, 2, "two files read in part");
+    for (p, b) in &part[2..] {
+        assert_eq!(first_page(p), b[..4096].to_vec(), "{p}");
+    }
+    fds_settle_at(pid, &data, locus_fuse::HELD_MAX, "more files read in part");
+    // Read to the end, each closes again, and the bytes are whole.
+    for (p, b) in &part {
+        let mut got = Vec::new();
+        std::fs::File::open(m.dir.join(p))
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, b.to_vec(), "{p}");
+    }
+    fds_settle_at(pid, &data, 0, "after whole reads");
+    assert_eq!(requests("open"), 1.0, "opens asked of the mount");
 }
 
 /// A daemon serving `file://` names under `root`, with a metadata TTL of 1 s and 64 KiB chunks.

@@ -17,10 +17,8 @@ pub const WARM_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Attrs {
     /// The repo, folder or prefix (with `@REV` if one is named there).
     pub uri: LocusUri,
-    /// Files shown: globs on paths from the volume's root (none: all).
-    pub include: Vec<String>,
-    /// Files hidden.
-    pub exclude: Vec<String>,
+    /// Which files the mount shows, and how it is mounted.
+    pub mount: crate::MountWith,
     /// Fill the node's cache before the volume is published.
     pub warm: bool,
     /// How long that may take before the volume is mounted anyway.
@@ -30,13 +28,14 @@ pub struct Attrs {
 }
 
 /// The attributes this plugin reads.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 7] = [
     "uri",
     "revision",
     "include",
     "exclude",
     "warm",
     "warmTimeout",
+    "noOpen",
 ];
 
 fn list(v: Option<&String>) -> Vec<String> {
@@ -50,10 +49,23 @@ fn list(v: Option<&String>) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// A `"true"`/`"false"` attribute (absent: false).
+fn flag(given: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
+    match given.get(key).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(o) => Err(format!(
+            "volume attribute {key}: {o:?} is not \"true\" or \"false\""
+        )),
+    }
+}
+
 impl Attrs {
     /// Reads `ctx`: `uri` (required), `revision`, `include`/`exclude` (comma-separated globs),
-    /// `warm` (`"true"`/`"false"`), `warmTimeout` (seconds). Any other key, but kubelet's, is
-    /// an error naming the keys there are (a typo must not pass unnoticed).
+    /// `warm` (`"true"`/`"false"`), `warmTimeout` (seconds), `noOpen` (`"true"`: the mount
+    /// is told of no open or close, for datasets of many small files; `locus mount
+    /// --no-open`). Any other key, but kubelet's, is an error naming the keys there are (a
+    /// typo must not pass unnoticed).
     pub fn parse(ctx: &HashMap<String, String>) -> Result<Attrs, String> {
         let given: BTreeMap<String, String> = ctx
             .iter()
@@ -100,15 +112,7 @@ impl Attrs {
                 }
             }
         }
-        let warm = match given.get("warm").map(String::as_str) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(o) => {
-                return Err(format!(
-                    "volume attribute warm: {o:?} is not \"true\" or \"false\""
-                ))
-            }
-        };
+        let warm = flag(&given, "warm")?;
         let warm_timeout = match given.get("warmTimeout") {
             None => WARM_TIMEOUT,
             Some(s) => match s.parse::<u64>() {
@@ -128,8 +132,11 @@ impl Attrs {
         }
         Ok(Attrs {
             uri,
-            include,
-            exclude,
+            mount: crate::MountWith {
+                no_open: flag(&given, "noOpen")?,
+                include,
+                exclude,
+            },
             warm,
             warm_timeout,
             given,
@@ -154,14 +161,21 @@ mod tests {
             ("revision", "refs/pr/1"),
             ("include", "*.safetensors, *.json"),
             ("warm", "true"),
+            ("noOpen", "true"),
             ("csi.storage.k8s.io/pod.name", "p"),
             ("csi.storage.k8s.io/ephemeral", "true"),
         ]))
         .unwrap();
         assert_eq!(a.uri.revision.as_deref(), Some("refs/pr/1"));
-        assert_eq!(a.include, vec!["*.safetensors", "*.json"]);
-        assert!(a.warm && a.exclude.is_empty());
-        assert_eq!(a.given.len(), 4, "kubelet's keys are not the user's");
+        assert_eq!(a.mount.include, vec!["*.safetensors", "*.json"]);
+        assert!(a.warm && a.mount.exclude.is_empty() && a.mount.no_open);
+        assert_eq!(a.given.len(), 5, "kubelet's keys are not the user's");
+        assert!(
+            !Attrs::parse(&ctx(&[("uri", "hf://a/b")]))
+                .unwrap()
+                .mount
+                .no_open
+        );
         for (bad, want) in [
             (ctx(&[]), "required"),
             (ctx(&[("uri", "ftp://x")]), "uri"),
@@ -171,6 +185,7 @@ mod tests {
                 "unknown volume attribute \"revison\"",
             ),
             (ctx(&[("uri", "hf://a/b"), ("warm", "yes")]), "warm"),
+            (ctx(&[("uri", "hf://a/b"), ("noOpen", "1")]), "noOpen"),
             (
                 ctx(&[("uri", "hf://a/b@main"), ("revision", "dev")]),
                 "revision",

@@ -28,15 +28,9 @@ pub const DRIVER: &str = "csi.locus.dev";
 /// Mounts and unmounts volumes.
 #[async_trait::async_trait]
 pub trait Mounter: Send + Sync + 'static {
-    /// Mounts `uri` read-only at the existing folder `target`, showing the files `include` and
-    /// `exclude` select; returns once the mount answers.
-    async fn mount(
-        &self,
-        uri: &str,
-        target: &Path,
-        include: &[String],
-        exclude: &[String],
-    ) -> Result<(), String>;
+    /// Mounts `uri` read-only at the existing folder `target` as `with` says; returns once
+    /// the mount answers.
+    async fn mount(&self, uri: &str, target: &Path, with: &MountWith) -> Result<(), String>;
     /// Unmounts `target` (nothing to do if it is not mounted).
     async fn unmount(&self, target: &Path) -> Result<(), String>;
     /// Whether a live mount is at `target`.
@@ -52,6 +46,18 @@ type Work = Box<
         + Send,
 >;
 
+/// Which files a volume's mount shows, and how it is mounted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountWith {
+    /// Files shown: globs on paths from the volume's root (none: all).
+    pub include: Vec<String>,
+    /// Files hidden.
+    pub exclude: Vec<String>,
+    /// The kernel opens and closes files without asking the mount (`locus mount --no-open`).
+    #[serde(default)]
+    pub no_open: bool,
+}
+
 /// A published volume, as the state file keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Published {
@@ -61,10 +67,9 @@ pub struct Published {
     pub given: BTreeMap<String, String>,
     /// What is mounted: the URI at the revision it resolved to when published.
     pub pinned: String,
-    /// Globs.
-    pub include: Vec<String>,
-    /// Globs.
-    pub exclude: Vec<String>,
+    /// How (the state files of earlier versions hold `include` and `exclude` at this level).
+    #[serde(flatten)]
+    pub mount: MountWith,
 }
 
 /// The node plugin.
@@ -116,7 +121,7 @@ impl Plugin {
                 continue;
             }
             let _ = mounter.unmount(t).await;
-            match mounter.mount(&v.pinned, t, &v.include, &v.exclude).await {
+            match mounter.mount(&v.pinned, t, &v.mount).await {
                 Ok(()) => tracing::info!(target, uri = v.pinned, "published volume mounted again"),
                 Err(e) => {
                     tracing::error!(target, uri = v.pinned, error = %e, "could not mount a published volume again")
@@ -237,7 +242,7 @@ impl Plugin {
         std::fs::create_dir_all(&target)
             .map_err(|e| Status::internal(format!("{}: {e}", target.display())))?;
         self.mounter
-            .mount(&pinned, &target, &attrs.include, &attrs.exclude)
+            .mount(&pinned, &target, &attrs.mount)
             .await
             .map_err(|e| {
                 Status::internal(format!("mounting {pinned} at {}: {e}", target.display()))
@@ -248,8 +253,7 @@ impl Plugin {
                 volume_id: r.volume_id,
                 given: attrs.given,
                 pinned,
-                include: attrs.include,
-                exclude: attrs.exclude,
+                mount: attrs.mount,
             }),
         )
     }
@@ -284,8 +288,9 @@ impl Plugin {
     async fn warm(&self, pinned: &str, attrs: &Attrs) -> Result<(), Status> {
         let uri =
             locus_core::LocusUri::parse(pinned).map_err(|e| Status::internal(e.to_string()))?;
-        let selection = locus_core::select::Selection::new(&attrs.include, &attrs.exclude)
-            .map_err(|e| Status::invalid_argument(format!("bad glob {e}")))?;
+        let selection =
+            locus_core::select::Selection::new(&attrs.mount.include, &attrs.mount.exclude)
+                .map_err(|e| Status::invalid_argument(format!("bad glob {e}")))?;
         let node = self.node.clone();
         let warm = tokio::spawn(async move {
             let r = node.resolve(&uri).await?;
