@@ -17,7 +17,9 @@ Run as root from the repository root after `cargo build --release --workspace`:
         [--against '--no-open'] [--skip-warm]
 (`--keep DIR`: the cache and native copies stay in DIR, and a later run with the same DIR
 reuses them: its warm then finds every file cached; `--skip-warm` leaves the warm out.
-`--against ARGS`: each run also mounts with ARGS added, the two alternating.)
+`--against ARGS`: each run also mounts with ARGS added, the two alternating. Each mount also
+times `--latency` files of the sample read by one thread, pages dropped and then again: run
+with `--files 10000 --sample 5000` for the baseline of a small cache.)
 """
 
 import argparse
@@ -52,6 +54,22 @@ def read_all(paths, threads=48):
     return time.perf_counter() - t0, n
 
 
+def latencies(paths):
+    """Seconds each file takes to open, read whole and close, one after the other."""
+    out = []
+    for p in paths:
+        t0 = time.perf_counter()
+        with open(p, "rb") as f:
+            f.read()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
 def locus(sock, *args, **kw):
     return subprocess.run([str(BIN / "locus"), "--socket", str(sock), *args], check=True, **kw)
 
@@ -75,10 +93,10 @@ def mount_pid(mnt):
     sys.exit(f"no mount process for {mnt}")
 
 
-def drop_caches():
-    """Neither side starts with the other's pages or names cached."""
+def drop_caches(what=3):
+    """Neither side starts with the other's pages or names cached (1: pages only)."""
     subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    Path("/proc/sys/vm/drop_caches").write_text(f"{what}\n")
 
 
 def main():
@@ -92,6 +110,8 @@ def main():
     ap.add_argument("--against", default=None,
                     help="also measure mounts with these arguments added, alternating with the plain "
                          "ones in each run (e.g. '--no-open')")
+    ap.add_argument("--latency", type=int, default=2000,
+                    help="files of the sample read one at a time after the passes, for p50/p99")
     ap.add_argument("--skip-warm", action="store_true",
                     help="with --keep: the kept cache holds the dataset already; no warm first")
     a = ap.parse_args()
@@ -143,6 +163,7 @@ def main():
             variants.append(a.mount_args.split() + a.against.split())
         fuse1 = [[] for _ in variants]
         fuse2 = [[] for _ in variants]
+        lat = [[] for _ in variants]
         nat, nat2 = [], []
         for r in range(a.runs):
             # Alternate which variant goes first: a later pass may find the disk warmer.
@@ -161,11 +182,19 @@ def main():
                 cpu = (cpu_seconds(d.pid) - c0[0], cpu_seconds(m) - c0[1])
                 assert got == a.sample * SIZE, got
                 t2, _ = read_all([mnt / p for p in sample])
+                # One reader, names known, pages dropped: each file's open, READ (its cache
+                # file from the disk) and close; then again from the page cache.
+                drop_caches(1)
+                cold = latencies([mnt / p for p in sample[:a.latency]])
+                warm = latencies([mnt / p for p in sample[:a.latency]])
+                lat[v].append((pct(cold, 0.5), pct(cold, 0.99), pct(warm, 0.5), pct(warm, 0.99)))
                 subprocess.run([str(BIN / "locus"), "unmount", str(mnt)], check=False)
                 fuse1[v].append(t1)
                 fuse2[v].append(t2)
                 print(f"run {r}: mount {' '.join(variants[v]) or '(default)'}: {t1:.2f} s "
-                      f"(CPU: daemon {cpu[0]:.2f} s, mount {cpu[1]:.2f} s), again {t2:.2f} s", flush=True)
+                      f"(CPU: daemon {cpu[0]:.2f} s, mount {cpu[1]:.2f} s), again {t2:.2f} s; one reader "
+                      + "p50/p99 {:.0f}/{:.0f} µs from the disk, {:.0f}/{:.0f} µs again".format(
+                          *(x * 1e6 for x in lat[v][-1])), flush=True)
             drop_caches()
             tn, got = read_all([native / p for p in sample])
             assert got == a.sample * SIZE, got
@@ -183,6 +212,8 @@ def main():
                   f"{med(x / y for x, y in zip(nat, fuse1[v])):.2f} (goal >= 0.7)")
             print(f"  again       median {med(fuse2[v]):.2f} s ({a.sample / med(fuse2[v]):.0f} files/s); rate ratio "
                   f"{med(x / y for x, y in zip(nat2, fuse2[v])):.2f} against native again")
+            print("  one reader  p50/p99 {:.0f}/{:.0f} µs from the disk, {:.0f}/{:.0f} µs from the page cache "
+                  "(medians of the runs')".format(*(med(x[i] for x in lat[v]) * 1e6 for i in range(4))))
     finally:
         if d is not None:
             d.terminate()
