@@ -177,9 +177,11 @@ impl FileState {
         let last = ((end - 1) / cs) as u32;
         // Closed with its last open and not the same file any more: the daemon says again
         // where the cache file is.
-        if inner.file.is_none() {
-            inner.reopen();
-        }
+        let reopened = inner.file.is_none() && inner.reopen();
+        // Without opens, a file closed by a read to its end (or by the held bound) is closed
+        // again after a read that reopened it: a read that arrives after the last (a
+        // read-ahead READ finished late) must not leave it open.
+        let close_after = self.unopened && (end == self.size || reopened);
         let missing = inner.file.is_none()
             || (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
         // A reader answers only from stored chunks, checked or small enough to check on the
@@ -239,7 +241,7 @@ impl FileState {
                     if let Some(slot) = inner.checked.get_mut(first as usize) {
                         *slot = true;
                     }
-                    if self.unopened && end == self.size {
+                    if close_after {
                         inner.close_file();
                     }
                     out.truncate((end - chunk_start) as usize);
@@ -278,7 +280,7 @@ impl FileState {
             .file
             .clone()
             .ok_or_else(|| FsError::Io(format!("{}: no cache file", self.uri)))?;
-        if self.unopened && end == self.size {
+        if close_after {
             inner.close_file();
         }
         drop(inner);
@@ -451,6 +453,30 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn without_opens_a_read_to_the_end_or_one_that_reopened_closes_the_cache_file() {
+        let b = TestBackend::new(data(3), CS, true);
+        let mut st = FileState::new("u".into(), "k".into(), 3 * CS, Some(b.info()));
+        st.unopened = true;
+        let open = |st: &FileState| lock(&st.inner).file.is_some();
+        assert!(read(&st, &b, 0, CS as u32).unwrap() == b.data[b.range(0)]);
+        assert!(open(&st), "a read that stopped short holds it");
+        assert!(read(&st, &b, 2 * CS, CS as u32).unwrap() == b.data[b.range(2)]);
+        assert!(!open(&st), "a read to the end closed it");
+        // A read-ahead READ that finished after the last: reopened, read, closed again.
+        assert!(read(&st, &b, CS, CS as u32).unwrap() == b.data[b.range(1)]);
+        assert!(!open(&st), "a read that reopened it closed it");
+        assert_eq!(
+            chunk_calls(&b),
+            vec![],
+            "reopened as it was: no daemon call"
+        );
+        // With opens, the cache file stays until the last close.
+        let st = FileState::new("u".into(), "k".into(), 3 * CS, Some(b.info()));
+        read(&st, &b, 2 * CS, CS as u32).unwrap();
+        assert!(open(&st));
     }
 
     #[test]

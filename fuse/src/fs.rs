@@ -157,6 +157,8 @@ struct Core<B: Backend> {
     uid: u32,
     gid: u32,
     passthrough_on: AtomicBool,
+    /// Opens answered ENOSYS ([`MountOptions::no_open`], where the kernel supports it).
+    no_open: AtomicBool,
     /// Listings of open folders, by handle.
     dir_handles: Mutex<HashMap<u64, DirEntries>>,
     /// Listings of listed folders, with the folder's version they show.
@@ -241,6 +243,7 @@ fn cached_child(lazy: &Lazy, uri: &str) -> Option<(String, Lazy)> {
 impl<B: Backend> Core<B> {
     fn with_tree(backend: Arc<B>, tree: Tree, opts: MountOptions) -> Self {
         let linger = opts.linger;
+        let no_open = opts.no_open;
         let notifier = Arc::new(OnceLock::<fuser::Notifier>::new());
         let (tx, rx) = std::sync::mpsc::channel::<Vec<(u64, String)>>();
         let slot = notifier.clone();
@@ -271,6 +274,7 @@ impl<B: Backend> Core<B> {
             // SAFETY: as above.
             gid: unsafe { libc::getgid() },
             passthrough_on: AtomicBool::new(false),
+            no_open: AtomicBool::new(no_open),
             dir_handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
@@ -692,7 +696,7 @@ impl<B: Backend> Core<B> {
                     // it is cold.
                     let before = crate::ahead::disk_reads();
                     let mut st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
-                    st.unopened = self.opts.no_open;
+                    st.unopened = self.no_open.load(Ordering::Relaxed);
                     // (Not an open that failed: an evicted file tells nothing of the disk.)
                     if let Some(a) = &self.ahead {
                         if lock(&st.inner).file.is_some() {
@@ -966,7 +970,7 @@ impl<B: Backend> Core<B> {
         reply: ReplyData,
         may_wait: bool,
     ) -> Option<ReplyData> {
-        let mut stale = false;
+        let (mut stale, mut hold) = (false, false);
         let rest = READ_BUF.with_borrow_mut(|buf| {
             match st.read_range(&*self.backend, offset, size, buf, may_wait) {
                 Ok(s) => {
@@ -974,9 +978,7 @@ impl<B: Backend> Core<B> {
                     if s {
                         ::metrics::counter!(metrics::STALE_READS).increment(1);
                     }
-                    if st.unopened && offset + u64::from(size) < st.size {
-                        self.hold(ino, st);
-                    }
+                    hold = st.unopened && offset + u64::from(size) < st.size;
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
@@ -990,7 +992,10 @@ impl<B: Backend> Core<B> {
                 }
             }
         });
-        // After the reply: the reader does not wait for it.
+        // After the reply: the reader does not wait for them.
+        if hold {
+            self.hold(ino, st);
+        }
         if stale {
             self.stale_read(ino);
         }
@@ -1011,10 +1016,14 @@ impl<B: Backend> Core<B> {
             let Some(old_st) = lock(&self.files).get(&old).cloned() else {
                 continue;
             };
-            let closed = try_lock(&old_st.inner).map(|mut inner| inner.close_file());
-            match closed {
-                Some(()) => old_st.held.store(false, Ordering::Relaxed),
-                None => held.push_back(old),
+            // The flag is cleared under the state's lock: a read that reopens the file after
+            // this sees it cleared and queues the file again.
+            let closed = try_lock(&old_st.inner).map(|mut inner| {
+                inner.close_file();
+                old_st.held.store(false, Ordering::Relaxed);
+            });
+            if closed.is_none() {
+                held.push_back(old);
             }
         }
     }
@@ -1103,8 +1112,19 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let _ = config
             .set_congestion_threshold(96)
             .or_else(|max| config.set_congestion_threshold(max));
+        if self.core.opts.no_open
+            && !config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
+        {
+            // An older kernel would fail every open answered ENOSYS: opens are answered.
+            tracing::warn!(
+                "this kernel cannot open files without asking the mount: --no-open is off"
+            );
+            self.core.no_open.store(false, Ordering::Relaxed);
+        }
         if self.core.opts.passthrough
-            && !self.core.opts.no_open
+            && !self.core.no_open.load(Ordering::Relaxed)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
             let _ = config.set_max_stack_depth(2);
@@ -1160,7 +1180,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        if self.core.opts.no_open {
+        if self.core.no_open.load(Ordering::Relaxed) {
             // ENOSYS: the kernel takes every open and close of a file as done without asking
             // again (its first open goes on with no handle); reads come by inode.
             metrics::request("open", "reader");
@@ -1194,7 +1214,7 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: ReplyData,
     ) {
         let _linger = Linger(self);
-        let st = match self.core.opts.no_open {
+        let st = match self.core.no_open.load(Ordering::Relaxed) {
             true => self.core.state(ino.0),
             false => lock(&self.core.handles)
                 .get(&fh.0)

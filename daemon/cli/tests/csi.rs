@@ -414,9 +414,6 @@ fn a_published_volume_reads_the_origins_bytes_survives_a_restart_and_goes_away()
     assert!(e.is_ok() || e.unwrap_err().code() == Code::NotFound);
 }
 
-/// Unmounts what a test left mounted, should it fail half way.
-/// Kills the mount process of the volume at `target` (each has its own), and waits until its
-/// mount answers ENOTCONN.
 /// The PIDs of the mount processes serving `target`.
 fn mount_processes(target: &Path) -> Vec<String> {
     let pids = std::process::Command::new("pgrep")
@@ -434,6 +431,8 @@ fn mount_processes(target: &Path) -> Vec<String> {
     pids
 }
 
+/// Kills the mount process of the volume at `target` (each has its own), and waits until its
+/// mount answers ENOTCONN.
 fn kill_mount_process(target: &Path) {
     for pid in mount_processes(target) {
         let _ = nix::sys::signal::kill(
@@ -445,6 +444,7 @@ fn kill_mount_process(target: &Path) {
     assert!(std::fs::read_dir(target).is_err(), "its mount is dead");
 }
 
+/// Unmounts what a test left mounted, should it fail half way.
 struct Unmount(Vec<PathBuf>);
 
 impl Drop for Unmount {
