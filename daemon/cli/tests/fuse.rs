@@ -623,11 +623,8 @@ fn fds_settle_at(pid: nix::unistd::Pid, dir: &Path, n: usize, what: &str) {
     }
 }
 
-#[test]
-#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
-fn a_mount_holds_cache_files_only_while_they_are_open() {
-    let env = Env::new();
-    // Many small files (read through the mount, not passthrough) and a large one (passthrough).
+/// 40 files of about 10 KB under `small/` and `big.bin` of 3 MiB.
+fn small_files_and_a_big_one() -> Vec<(String, bytes::Bytes)> {
     let mut files: Vec<(String, bytes::Bytes)> = (0..40)
         .map(|i| {
             (
@@ -640,6 +637,15 @@ fn a_mount_holds_cache_files_only_while_they_are_open() {
         "big.bin".into(),
         locus_testorigin::model::random_bytes(99, 3 << 20),
     ));
+    files
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_mount_holds_cache_files_only_while_they_are_open() {
+    let env = Env::new();
+    // Many small files (read through the mount, not passthrough) and a large one (passthrough).
+    let files = small_files_and_a_big_one();
     env.sim.commit("model", "acme/many", files.clone());
     let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
     d.ok(&["warm", "hf://acme/many"]);
@@ -680,18 +686,7 @@ fn a_mount_without_opens_reads_the_origins_bytes_with_no_open_or_release_round_t
     use std::io::Read;
     use std::os::unix::fs::FileExt;
     let env = Env::new();
-    let mut files: Vec<(String, bytes::Bytes)> = (0..40)
-        .map(|i| {
-            (
-                format!("small/{i}.bin"),
-                locus_testorigin::model::random_bytes(i, 10_000 + i as usize),
-            )
-        })
-        .collect();
-    files.push((
-        "big.bin".into(),
-        locus_testorigin::model::random_bytes(99, 3 << 20),
-    ));
+    let files = small_files_and_a_big_one();
     // One more than the cache files such a mount holds for reads that stop short.
     let part: Vec<(String, bytes::Bytes)> = (0..locus_fuse::HELD_MAX as u64 + 1)
         .map(|i| {
