@@ -80,6 +80,8 @@ def test_the_readme_using_it_section_runs_as_written(tmp_path):
     s3_objects = {f"datasets/shards/shard-{i}.tar": os.urandom(50_000 + i) for i in range(3)}
     s3_objects["datasets/shards/index.txt"] = b"not a tar"
     s3_objects["checkpoints/run-42/step-100/model.safetensors"] = os.urandom(70_000)
+    for i in range(20):
+        s3_objects[f"datasets/imagenet/train/n01440764/{i:04d}.JPEG"] = os.urandom(10_000 + 97 * i)
     for k, v in s3_objects.items():
         s3.put_object(Bucket="my-bucket", Key=k, Body=v)
     web = tmp_path / "web"
@@ -98,11 +100,12 @@ def test_the_readme_using_it_section_runs_as_written(tmp_path):
         "0.0.0.0:9100": metrics,
         "/models/llama": str(tmp_path / "models" / "llama"),
         "/ckpt": str(tmp_path / "ckpt"),
+        "/mnt/imagenet": str(tmp_path / "data"),
         "https://example.com": http.url,
         "file:///nfs": f"file://{tmp_path}/nfs",
     }
     ORIGINS = ["--s3-endpoint", moto.url, "--file-root", str(tmp_path / "nfs"), "--http-allow-private", "127.0.0.1"]
-    for d in ("models/llama", "ckpt"):
+    for d in ("models/llama", "ckpt", "data"):
         (tmp_path / d).mkdir(parents=True)
     env = dict(os.environ)
     for k in ("HF_TOKEN", "HF_TOKEN_PATH", "AWS_PROFILE", "AWS_ENDPOINT_URL", "LOCUS_CONFIG"):
@@ -168,6 +171,11 @@ def test_the_readme_using_it_section_runs_as_written(tmp_path):
                 assert mounted(m)
                 assert (m / "config.json").read_bytes() == files["config.json"]
                 assert (m / "model-00001-of-00002.safetensors").read_bytes() == files["model-00001-of-00002.safetensors"]
+            elif verb == "mount" and "--no-open" in args:
+                data = Path(PLACES["/mnt/imagenet"])
+                for key, body in s3_objects.items():
+                    if key.startswith("datasets/imagenet/"):
+                        assert (data / key[len("datasets/imagenet/"):]).read_bytes() == body, key
             elif verb == "mount":
                 c = Path(PLACES["/ckpt"])
                 key = "checkpoints/run-42/step-100/model.safetensors"
@@ -185,7 +193,7 @@ def test_the_readme_using_it_section_runs_as_written(tmp_path):
                 assert sorted(f["cached_fraction"] for f in ls["files"]) == [1.0, 1.0], ls
         assert ran == [
             "daemon", "warm hf:", "ls hf:", "cat hf:", "status ", "mount hf:", "unmount ", "unpin hf:",
-            "warm s3:", "mount s3:", "cat http:", "warm file:",
+            "warm s3:", "mount s3:", "mount s3:", "cat http:", "warm file:",
         ], ran
 
         # The Python block, in a folder holding the `model.safetensors` it opens.
@@ -211,7 +219,7 @@ print("checked", len(tensors))
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout.decode().strip() == "checked 4"
     finally:
-        for m in (PLACES["/models/llama"], PLACES["/ckpt"]):
+        for m in (PLACES["/models/llama"], PLACES["/ckpt"], PLACES["/mnt/imagenet"]):
             if mounted(Path(m)):
                 subprocess.run([binary("locus"), "unmount", m], env=env, capture_output=True)
         if daemon and daemon.poll() is None:
