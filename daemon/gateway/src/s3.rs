@@ -495,13 +495,14 @@ fn preconditions(headers: &HeaderMap, etag: &str, modified: &str) -> Preconditio
             .ok()
             .map(|d| d.timestamp())
     };
-    let last = date(modified);
+    // Parsed only when a date is compared (most requests send none).
+    let last = || date(modified);
     match get("if-match") {
         Some(list) if !names_etag(list) => return Precondition::Failed("If-Match"),
         Some(_) => {}
         None => {
-            if let (Some(since), Some(last)) = (get("if-unmodified-since").and_then(date), last) {
-                if last > since {
+            if let Some(since) = get("if-unmodified-since").and_then(date) {
+                if last().is_some_and(|last| last > since) {
                     return Precondition::Failed("If-Unmodified-Since");
                 }
             }
@@ -510,8 +511,8 @@ fn preconditions(headers: &HeaderMap, etag: &str, modified: &str) -> Preconditio
     match get("if-none-match") {
         Some(list) if names_etag(list) => Precondition::NotModified,
         Some(_) => Precondition::Proceed,
-        None => match (get("if-modified-since").and_then(date), last) {
-            (Some(since), Some(last)) if last <= since => Precondition::NotModified,
+        None => match get("if-modified-since").and_then(date) {
+            Some(since) if last().is_some_and(|last| last <= since) => Precondition::NotModified,
             _ => Precondition::Proceed,
         },
     }

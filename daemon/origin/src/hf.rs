@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::http::{AddressPolicy, Filtered};
-use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry_then, RetryPolicy};
+use crate::retry::{build_client, cut_short, send_once, send_with_retry_then, RetryPolicy};
 use crate::{ByteStream, Origin, OriginError};
 
 /// How long a CDN URL from a redirect is reused before asking the Hub again.
@@ -244,11 +244,7 @@ impl HfOrigin {
             |resp| async move {
                 let resp = check_status(resp, what, missing, has_token)?;
                 let headers = resp.headers().clone();
-                let body = resp.bytes().await.map_err(|e| OriginError::Transient {
-                    what: what.to_string(),
-                    detail: describe_reqwest(&e),
-                    retry_after: None,
-                })?;
+                let body = resp.bytes().await.map_err(|e| cut_short(what, &e))?;
                 Ok((body, headers))
             },
         )
@@ -306,11 +302,7 @@ impl HfOrigin {
                 if !status.is_success() || token.is_some() {
                     return Ok((status, bytes::Bytes::new()));
                 }
-                let body = resp.bytes().await.map_err(|e| OriginError::Transient {
-                    what: what.clone(),
-                    detail: describe_reqwest(&e),
-                    retry_after: None,
-                })?;
+                let body = resp.bytes().await.map_err(|e| cut_short(&what, &e))?;
                 Ok((status, body))
             },
         )
@@ -597,13 +589,7 @@ impl Origin for HfOrigin {
                 });
             }
             let w = what.clone();
-            let stream = resp
-                .bytes_stream()
-                .map_err(move |e| OriginError::Transient {
-                    what: w.clone(),
-                    detail: describe_reqwest(&e),
-                    retry_after: None,
-                });
+            let stream = resp.bytes_stream().map_err(move |e| cut_short(&w, &e));
             return Ok(stream.boxed());
         }
         // Concurrent refreshes can use the rounds up without the Hub misbehaving: try again.

@@ -39,7 +39,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::retry::{build_client, describe_reqwest, send_once, send_with_retry};
+use crate::retry::{build_client, cut_short, send_once, send_with_retry};
 use crate::snapshot::{identity_key, Snapshots};
 use crate::{ByteStream, Origin, OriginError, RetryPolicy};
 
@@ -593,11 +593,7 @@ impl HttpOrigin {
         let mut body = resp.bytes_stream();
         let mut got = 0u64;
         while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| OriginError::Transient {
-                what: what.to_string(),
-                detail: describe_reqwest(&e),
-                retry_after: None,
-            })?;
+            let piece = piece.map_err(|e| cut_short(what, &e))?;
             got += piece.len() as u64;
             if got > file.size {
                 break;
@@ -705,11 +701,7 @@ impl Origin for HttpOrigin {
                 let w = what.to_string();
                 Ok(resp
                     .bytes_stream()
-                    .map_err(move |e| OriginError::Transient {
-                        what: w.clone(),
-                        detail: describe_reqwest(&e),
-                        retry_after: None,
-                    })
+                    .map_err(move |e| cut_short(&w, &e))
                     .boxed())
             }
             // A server that ignores Range: this read and the rest come from one whole fetch.

@@ -196,6 +196,15 @@ pub(crate) fn build_client(
     })
 }
 
+/// A response body that failed part way (a connection cut, a timeout): transient.
+pub(crate) fn cut_short(what: &str, e: &reqwest::Error) -> crate::OriginError {
+    crate::OriginError::Transient {
+        what: what.to_string(),
+        detail: describe_reqwest(e),
+        retry_after: None,
+    }
+}
+
 /// A reqwest error with its causes, on one line.
 pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error as _;
