@@ -17,6 +17,10 @@ Run as root from the repository root after `cargo build --release --workspace`:
         [--against '--no-open'] [--skip-warm]
 (`--keep DIR`: the cache and native copies stay in DIR, and a later run with the same DIR
 reuses them: its warm then finds every file cached; `--skip-warm` leaves the warm out.
+`--linked`: no warm and no native copies; the cache is filled by the store's scale bench
+(`--listed`) with the files the Hub lists, their data files hard links to 100,000 real ones, so
+that ten million cached files fit this disk: their bytes are not the origin's, only the times
+and the origin's request count (which must stay 0) are reported.
 `--against ARGS`: each run also mounts with ARGS added, the two alternating. Each mount also
 times `--latency` files of the sample read by one thread, pages dropped and then again: run
 with `--files 10000 --sample 5000` for the baseline of a small cache.)
@@ -24,6 +28,7 @@ with `--files 10000 --sample 5000` for the baseline of a small cache.)
 
 import argparse
 import concurrent.futures
+import json
 import os
 import random
 import shutil
@@ -32,9 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import peak_rss_mib  # noqa: E402
 from single_node import BIN, start_origin  # noqa: E402
 
 SIZE = 10_000
@@ -68,6 +75,42 @@ def latencies(paths):
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def list_hub(url, repo, out):
+    """Writes `uri, path, size, key` of each file of `repo` at the Hub at `url` to `out` (as a
+    daemon lists it: a file's key is its git blob id and size), page by page; returns the count."""
+    with urllib.request.urlopen(f"{url}/api/{repo}/revision/main") as r:
+        sha = json.load(r)["sha"]
+    nxt, n = f"{url}/api/{repo}/tree/{sha}?recursive=true", 0
+    with open(out, "w") as f:
+        while nxt:
+            with urllib.request.urlopen(nxt) as r:
+                page, link = json.load(r), r.headers.get("Link", "")
+            for e in page:
+                if e["type"] == "file" and "lfs" not in e:
+                    f.write(f"hf://{repo}@{sha}/{e['path']}\t{e['path']}\t{e['size']}\t"
+                            f"gitblob:{e['oid']}:{e['size']}\n")
+                    n += 1
+            nxt = link.split(">", 1)[0].lstrip("<") if 'rel="next"' in link else None
+    return n
+
+
+def fill_linked(url, work):
+    """A cache holding every file of the dataset, filled without its bytes (see --linked)."""
+    t = time.time()
+    n = list_hub(url, "datasets/bench/small", work / "listed.tsv")
+    print(f"listed {n} files at the Hub: {time.time() - t:.0f} s", flush=True)
+    t = time.time()
+    subprocess.run(["cargo", "bench", "-q", "-p", "locus-store", "--bench", "scale", "--", "--listed",
+                    str(work / "listed.tsv"), str(work / "cache")], check=True)
+    print(f"linked fill of {n} files: {time.time() - t:.0f} s", flush=True)
+
+
+def origin_data_bytes(url):
+    """File bytes the test Hub has sent so far."""
+    with urllib.request.urlopen(f"{url}/_sim/stats") as r:
+        return json.load(r)["data_bytes"]
 
 
 def locus(sock, *args, **kw):
@@ -112,6 +155,8 @@ def main():
                          "ones in each run (e.g. '--no-open')")
     ap.add_argument("--latency", type=int, default=2000,
                     help="files of the sample read one at a time after the passes, for p50/p99")
+    ap.add_argument("--linked", action="store_true",
+                    help="fill the cache with links instead of a warm; no native copies (see above)")
     ap.add_argument("--skip-warm", action="store_true",
                     help="with --keep: the kept cache holds the dataset already; no warm first")
     a = ap.parse_args()
@@ -132,6 +177,8 @@ def main():
         log = open(work / "daemon.log", "w")
         env = dict(os.environ, HF_ENDPOINT=url, HF_TOKEN_PATH=str(work / "none"))
         env.pop("HF_TOKEN", None)
+        if a.linked and not (a.keep and a.skip_warm):
+            fill_linked(url, work)
         cache_gib = max(8, n * 12_288 // (1 << 30) + 4)
         d = subprocess.Popen([str(BIN / "locus"), "daemon", "--cache-dir", str(work / "cache"),
                               "--cache-size", f"{cache_gib}GiB", "--socket", str(sock)],
@@ -141,7 +188,7 @@ def main():
             if d.poll() is not None or time.time() > deadline:
                 sys.exit("daemon failed: " + (work / "daemon.log").read_text())
             time.sleep(0.02)
-        if not (a.keep and a.skip_warm):
+        if not (a.keep and a.skip_warm or a.linked):
             t = time.time()
             locus(sock, "warm", "hf://datasets/bench/small", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             print(f"warm of {n} files: {time.time() - t:.0f} s")
@@ -149,14 +196,15 @@ def main():
         t = time.time()
         body = os.urandom(SIZE)
         written = work / "native.done"
-        for i in range(0 if written.exists() and written.read_text() == str(n) else n):
+        for i in range(0 if a.linked or written.exists() and written.read_text() == str(n) else n):
             p = native / name(i)
             if i % 1000 == 0:
                 p.parent.mkdir(parents=True, exist_ok=True)
             with open(p, "wb") as f:
                 f.write(body)
-        written.write_text(str(n))
-        print(f"native copies written: {time.time() - t:.0f} s")
+        if not a.linked:
+            written.write_text(str(n))
+            print(f"native copies written: {time.time() - t:.0f} s")
         sample = [name(i) for i in random.Random(7).sample(range(n), a.sample)]
         variants = [a.mount_args.split()]
         if a.against is not None:
@@ -195,6 +243,8 @@ def main():
                       f"(CPU: daemon {cpu[0]:.2f} s, mount {cpu[1]:.2f} s), again {t2:.2f} s; one reader "
                       + "p50/p99 {:.0f}/{:.0f} µs from the disk, {:.0f}/{:.0f} µs again".format(
                           *(x * 1e6 for x in lat[v][-1])), flush=True)
+            if a.linked:
+                continue
             drop_caches()
             tn, got = read_all([native / p for p in sample])
             assert got == a.sample * SIZE, got
@@ -204,14 +254,20 @@ def main():
             print(f"run {r}: native {tn:.2f} s, again {tn2:.2f} s", flush=True)
         med = statistics.median
         print(f"\n## 48 threads reading {a.sample} of {n} cached 10 KB files (fresh mount, caches dropped)")
-        print(f"native        median {med(nat):.2f} s ({a.sample / med(nat):.0f} files/s); again (page cache) "
-              f"{med(nat2):.2f} s")
+        if a.linked:
+            sent = origin_data_bytes(url)
+            print(f"linked cache: the origin sent {sent} file bytes; daemon peak RSS "
+                  f"{peak_rss_mib(d.pid):.0f} MiB")
+            assert sent == 0, "a file was read from the origin: the linked fill missed it"
+        else:
+            print(f"native        median {med(nat):.2f} s ({a.sample / med(nat):.0f} files/s); again (page "
+                  f"cache) {med(nat2):.2f} s")
         for v, args in enumerate(variants):
             print(f"mount {' '.join(args) or '(default)'}")
-            print(f"  first pass  median {med(fuse1[v]):.2f} s ({a.sample / med(fuse1[v]):.0f} files/s); rate ratio "
-                  f"{med(x / y for x, y in zip(nat, fuse1[v])):.2f} (goal >= 0.7)")
-            print(f"  again       median {med(fuse2[v]):.2f} s ({a.sample / med(fuse2[v]):.0f} files/s); rate ratio "
-                  f"{med(x / y for x, y in zip(nat2, fuse2[v])):.2f} against native again")
+            ratio = "" if a.linked else f"; rate ratio {med(x / y for x, y in zip(nat, fuse1[v])):.2f} (goal >= 0.7)"
+            print(f"  first pass  median {med(fuse1[v]):.2f} s ({a.sample / med(fuse1[v]):.0f} files/s){ratio}")
+            ratio = "" if a.linked else f"; rate ratio {med(x / y for x, y in zip(nat2, fuse2[v])):.2f} against native again"
+            print(f"  again       median {med(fuse2[v]):.2f} s ({a.sample / med(fuse2[v]):.0f} files/s){ratio}")
             print("  one reader  p50/p99 {:.0f}/{:.0f} µs from the disk, {:.0f}/{:.0f} µs from the page cache "
                   "(medians of the runs')".format(*(med(x[i] for x in lat[v]) * 1e6 for i in range(4))))
     finally:

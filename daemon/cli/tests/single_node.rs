@@ -527,6 +527,36 @@ fn a_moved_branch_never_serves_stale_bytes() {
     );
 }
 
+/// A branch is resolved to its commit without the repo's file list (`expand=sha`): for a
+/// dataset of 100,000 files each of the Hub's revision answers stays under 1 KB, where the
+/// whole answer names every file (3.4 MB here, hundreds of MB for millions of files), and a
+/// branch is resolved again at every metadata TTL.
+#[test]
+fn a_branch_is_resolved_without_the_repos_file_list() {
+    let env = Env::new();
+    env.sim
+        .commit_generated("dataset", "bench/wide", 100_000, 10..=10, 3);
+    let d = env.daemon("n", &["--metadata-ttl", "1"], &[]);
+    let name = locus_testorigin::generated_name(4_242);
+    let want = env
+        .sim
+        .file("dataset", "bench/wide", "main", &name)
+        .unwrap();
+    let uri = format!("hf://datasets/bench/wide/{name}");
+    assert!(d.ok(&["cat", &uri]) == want.to_vec());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(d.ok(&["cat", &uri]) == want.to_vec());
+    let s = env.sim.stats();
+    let asked = s.get("api_revision");
+    assert!(
+        asked >= 2,
+        "a branch is resolved once a TTL: {:?}",
+        s.requests
+    );
+    let per = s.api_bytes.get("api_revision").copied().unwrap_or(0) / asked;
+    assert!(per > 0 && per < 1024, "{per} bytes a revision answer");
+}
+
 #[test]
 fn lru_eviction_above_capacity_spares_pinned_files() {
     let env = Env::new();

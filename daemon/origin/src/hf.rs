@@ -1,6 +1,6 @@
 //! The Hugging Face Hub origin.
 //!
-//! - Revisions: `GET /api/{models|datasets}/{repo}/revision/{rev}` → `sha` (a 40-hex commit needs
+//! - Revisions: `GET /api/{models|datasets}/{repo}/revision/{rev}?expand=sha` → `sha` (a 40-hex commit needs
 //!   no request).
 //! - Listings: `GET /api/{..}/{repo}/tree/{commit}?recursive=true`, following `Link: rel="next"`.
 //! - Bytes: `GET /{repo}/resolve/{commit}/{path}` with `Range`. LFS files answer with a redirect
@@ -457,8 +457,10 @@ impl Origin for HfOrigin {
             return Ok(revision.to_ascii_lowercase());
         }
         let (rt, repo) = hf_parts(ns)?;
+        // `expand=sha`: the commit only. Without it the Hub answers with every file's name too
+        // (`siblings`), hundreds of megabytes for a repo of millions of files, at every TTL.
         let url = format!(
-            "{}/api/{}/{repo}/revision/{}",
+            "{}/api/{}/{repo}/revision/{}?expand=sha",
             self.cfg.endpoint,
             rt.api_plural(),
             encode_segment(revision)

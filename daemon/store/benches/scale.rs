@@ -17,6 +17,12 @@
 //! `cargo bench -p locus-store --bench scale -- [--dir DIR] [--real] [--keep] [N ...]` (default 10000
 //! 100000 1000000); `--keep` leaves each filled store for `--probe DIR N` to measure again
 //! (`LOCUS_BENCH_SEED=K` reads another sample of files).
+//!
+//! `--listed FILE CACHE [SOURCES]` fills a daemon's cache folder CACHE the same way with the
+//! files a listing named (FILE: one `uri<TAB>path<TAB>size<TAB>key` line a file, as a daemon
+//! lists them), their data files linked to SOURCES real files (default 100,000), so that a
+//! daemon started on CACHE finds a dataset of millions of files cached: what
+//! `benches/fuse_scale.py --linked` measures a mount over.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,10 +215,72 @@ fn fill_linked(store: &Store, f: &RemoteFile, src: &Path, crc: u32) {
     store.fill_linked(f, CHUNK, src, &[crc]).expect("fill");
 }
 
+/// Fills cache folder `cache` with the files listed in `list` (see the module's comment),
+/// linked to `sources` real files of each listed size.
+fn fill_listed(list: &Path, cache: &Path, sources: usize) {
+    use std::io::BufRead;
+    let store = Store::open(cache, u64::MAX / 2).expect("open");
+    let src_dir = cache.with_extension("sources");
+    std::fs::create_dir_all(&src_dir).expect("sources");
+    let mut made: std::collections::HashMap<u64, (Vec<u8>, u32)> = Default::default();
+    let mut written = std::collections::HashSet::new();
+    let t = Instant::now();
+    let mut n = 0usize;
+    for line in std::io::BufReader::new(std::fs::File::open(list).expect("listing")).lines() {
+        let line = line.expect("line");
+        let mut f = line.split('\t');
+        let (Some(uri), Some(path), Some(size), Some(key)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            panic!("not uri, path, size, key: {line:?}");
+        };
+        let size: u64 = size.parse().expect("size");
+        let (data, crc) = made.entry(size).or_insert_with(|| {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let crc = crc32c::crc32c(&data);
+            (data, crc)
+        });
+        let src = src_dir.join(format!("{size}-{}", n % sources));
+        if written.insert((size, n % sources)) {
+            std::fs::write(&src, &data).expect("source");
+        }
+        let file = RemoteFile {
+            uri: uri.to_string(),
+            path: path.to_string(),
+            size,
+            key: key.to_string(),
+            locator: String::new(),
+            digest: None,
+            listed: None,
+        };
+        store
+            .fill_linked(&file, CHUNK, &src, &[*crc])
+            .expect("fill");
+        n += 1;
+        if n.is_multiple_of(1_000_000) {
+            eprintln!("  filled {n} files in {:.0} s", t.elapsed().as_secs_f64());
+        }
+    }
+    store.flush();
+    eprintln!(
+        "  filled {n} listed files in {:.1} s, linked to {} sources",
+        t.elapsed().as_secs_f64(),
+        sources.min(n)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--probe") {
         probe(Path::new(&args[1]), args[2].parse().expect("n"));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--listed") {
+        let sources = args
+            .get(at + 3)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100_000);
+        fill_listed(Path::new(&args[at + 1]), Path::new(&args[at + 2]), sources);
         return;
     }
     let mut base: Option<PathBuf> = None;

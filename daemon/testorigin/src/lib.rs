@@ -172,6 +172,10 @@ pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     /// Body bytes sent by `resolve` and `cdn` GETs.
     pub data_bytes: u64,
+    /// Body bytes of API answers, by kind (`api_info`, `api_revision`, `api_tree`, ...): what
+    /// metadata costs the Hub.
+    #[serde(default)]
+    pub api_bytes: BTreeMap<String, u64>,
     /// Requests to the CDN that carried an `Authorization` header (must stay 0).
     pub cdn_authorized: u64,
     /// Requests that presented the right token.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use axum::Router;
@@ -215,9 +215,16 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    Query(query): Query<BTreeMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response<Body> {
+    // `expand` may be repeated (`expand=sha&expand=siblings`, as huggingface_hub sends a list).
+    let expand: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "expand" || k == "expand[]")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let query: BTreeMap<String, String> = pairs.iter().cloned().collect();
     let delay = st.faults.lock().unwrap_or_else(|p| p.into_inner()).delay_ms;
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -294,16 +301,21 @@ async fn handle(
                     "Access to this repo is restricted; you must be authenticated",
                 );
             }
-            match rest {
+            let r = match rest {
                 ["auth-check"] => match lookup(&st, kind, &repo_id, "main") {
                     Ok(_) => json_response(json!({})),
                     Err(r) => r,
                 },
-                [] => repo_info(&st, kind, &repo_id, "main"),
-                ["revision", rev @ ..] => repo_info(&st, kind, &repo_id, &rev.join("/")),
+                [] => repo_info(&st, kind, &repo_id, "main", &expand),
+                ["revision", rev @ ..] => repo_info(&st, kind, &repo_id, &rev.join("/"), &expand),
                 ["tree", rev, path @ ..] => tree(&st, kind, &repo_id, rev, &path.join("/"), &query),
                 _ => error(StatusCode::NOT_FOUND, "", "unknown API path"),
+            };
+            if let Some(n) = r.body().size_hint().exact() {
+                let mut s = st.stats.lock().unwrap_or_else(|p| p.into_inner());
+                *s.api_bytes.entry(what.to_string()).or_default() += n;
             }
+            r
         }
         ["datasets", org, name, "resolve", rev, path @ ..] => resolve(
             &st,
@@ -364,12 +376,13 @@ fn lookup(
     }
 }
 
-fn repo_info(st: &State, kind: &str, repo_id: &str, rev: &str) -> Response<Body> {
+/// A repo's info at `rev`. With `expand`, as the Hub: `_id`, `id` and the properties named only
+/// (`expand=sha` is a revision's commit without the list of every file).
+fn repo_info(st: &State, kind: &str, repo_id: &str, rev: &str, expand: &[&str]) -> Response<Body> {
     let (sha, tree) = match lookup(st, kind, repo_id, rev) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let siblings: Vec<_> = tree.keys().map(|p| json!({ "rfilename": p })).collect();
     let mut v = json!({
         "_id": format!("{:x}", repo_id.len()),
         "id": repo_id,
@@ -385,10 +398,23 @@ fn repo_info(st: &State, kind: &str, repo_id: &str, rev: &str) -> Response<Body>
         "tags": [],
         "lastModified": "2026-01-01T00:00:00.000Z",
         "createdAt": "2026-01-01T00:00:00.000Z",
-        "siblings": siblings,
     });
     if kind == "model" {
         v["modelId"] = json!(repo_id);
+    }
+    if expand.is_empty() || expand.contains(&"siblings") {
+        let siblings: Vec<_> = tree.keys().map(|p| json!({ "rfilename": p })).collect();
+        v["siblings"] = json!(siblings);
+    }
+    if let (false, Some(all)) = (expand.is_empty(), v.as_object_mut()) {
+        if let Some(p) = expand.iter().find(|p| !all.contains_key(**p)) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "",
+                &format!("\"expand\" does not accept {p:?}"),
+            );
+        }
+        all.retain(|k, _| k == "_id" || k == "id" || expand.contains(&k.as_str()));
     }
     json_response(v)
 }
@@ -413,7 +439,15 @@ fn tree(
     } else {
         format!("{path}/")
     };
-    if !path.is_empty() && !tree.keys().any(|p| p.starts_with(&prefix)) {
+    // Paths in order: the folder holds a file if the first path from it on starts with it.
+    let held = tree
+        .range::<str, _>((
+            std::ops::Bound::Included(prefix.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .next()
+        .is_some_and(|(p, _)| p.starts_with(&prefix));
+    if !path.is_empty() && !held {
         return error(
             StatusCode::NOT_FOUND,
             "EntryNotFound",
