@@ -3,7 +3,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `GET /api/{models,datasets}/ORG/NAME[/revision/REV]` | `id`, `sha` (the commit), `siblings` (with `?blobs=true`: sizes, blob ids, LFS) |
+//! | `GET /api/{models,datasets}/ORG/NAME[/revision/REV]` | `id`, `sha` (the commit), `siblings` (with `?blobs=true`: sizes, blob ids, LFS; with `?expand=P`: those properties only) |
 //! | `GET /api/{..}/ORG/NAME/tree/REV[/PATH]?recursive=&cursor=` | the Hub's tree entries, 1,000 a page, `Link: rel="next"` naming the commit |
 //! | `GET /api/{..}/ORG/NAME/auth-check` | 200 when the client may read the repo |
 //! | `HEAD`/`GET /[datasets/]ORG/NAME/resolve/REV/PATH` | the bytes (with `Range`), `ETag`, `X-Repo-Commit`, `X-Linked-Etag`, `X-Linked-Size` |
@@ -435,6 +435,26 @@ async fn info(
     let mut head = json!({ "_id": id, "id": id, "sha": sha });
     if repo.kind == RepoType::Model {
         head["modelId"] = json!(id);
+    }
+    // `expand=sha` (repeated for more): as the Hub, `_id`, `id` and the properties named only;
+    // without `siblings` no file is named (a client resolving a branch of millions of files).
+    let expand: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| matches!(*k, "expand" | "expand[]" | "expand%5B%5D"))
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    if !expand.is_empty() {
+        if let Some(all) = head.as_object_mut() {
+            all.retain(|k, _| k == "_id" || k == "id" || expand.contains(k));
+        }
+        if !expand.iter().any(|e| e == "siblings") {
+            return Ok(json_response(Body::from(head.to_string())));
+        }
     }
     // `{…head…, "siblings": [` … `]}`, the siblings streamed a thousand at a time.
     let mut open = head.to_string();

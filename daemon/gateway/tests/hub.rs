@@ -214,6 +214,26 @@ async fn trees_and_infos_read_as_the_hubs_and_bytes_obey_ranges() {
         .unwrap();
     assert_eq!(info["sha"], sha);
     assert_eq!(info["siblings"].as_array().unwrap().len(), ds.len());
+    // `expand`: the properties named only, as the Hub answers them.
+    for q in ["expand=sha", "expand=sha&expand=siblings"] {
+        let mut answers = Vec::new();
+        for base in [&s.url, &s.sim.url()] {
+            let v: serde_json::Value = c
+                .get(format!("{base}/api/datasets/acme/ds/revision/main?{q}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answers.push(v);
+        }
+        assert_eq!(answers[0]["sha"], sha, "{q}");
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&answers[0]), keys(&answers[1]), "{q}");
+        assert_eq!(answers[0]["siblings"], answers[1]["siblings"], "{q}");
+    }
     let missing = c
         .get(format!("{}/api/datasets/acme/ds/tree/main/nope", s.url))
         .send()

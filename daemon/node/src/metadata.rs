@@ -3,7 +3,7 @@
 //! immutable revisions for good, revisions for use while the origin is down), asked of the
 //! namespace's owner on the ring, else of the origin.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -14,6 +14,7 @@ use locus_core::{Files, Listing, Namespace, RemoteFile};
 use locus_origin::OriginError;
 use locus_store::Store;
 use quick_cache::sync::Cache;
+use quick_cache::Weighter as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{peer, Node, NodeError};
@@ -24,8 +25,8 @@ pub(crate) const RELIST_AGE: Duration = Duration::from_secs(1);
 
 /// Listings, prefixes and namespaces marked stale kept in memory at most.
 const MAX_LISTINGS: usize = 4096;
-/// Bytes of all the listings kept in memory at most (a compact listing takes 50-100 bytes a
-/// file: some 5M files).
+/// Bytes of all the listings kept in memory at most (a compact listing takes 10-60 bytes a
+/// file: 10-50M files), but for the one last used that is heavier than that alone.
 const MAX_LISTED_BYTES: u64 = 512 << 20;
 /// Resolved revisions kept in memory at most.
 const MAX_REVISIONS: usize = 65_536;
@@ -89,6 +90,12 @@ pub(crate) struct MetaCache {
     stale: Cache<Namespace, ()>,
     /// Listings in memory, bounded by their bytes in all.
     listings: Cache<(Namespace, String), Arc<Listing>, ListingWeight>,
+    /// The last listing used that is heavier than the bound (a Hub dataset of 10M files, each
+    /// with its own blob id: about 600 MB). The cache keeps no such item, and reading it from
+    /// the index at every folder a mount opens costs seconds each.
+    large: Mutex<Option<((Namespace, String), Arc<Listing>)>>,
+    /// The bound on `listings`' bytes.
+    max_listed: u64,
     /// The durable layer (the store's index).
     store: Arc<Store>,
 }
@@ -97,16 +104,16 @@ pub(crate) struct MetaCache {
 /// no item heavier than one shard's share, so with its default (4 per core) a large listing
 /// was never kept and every resolution read it again. Listings are few and looked up under a
 /// read lock.
-fn listings_cache() -> Cache<(Namespace, String), Arc<Listing>, ListingWeight> {
+fn listings_cache(bound: u64) -> Cache<(Namespace, String), Arc<Listing>, ListingWeight> {
     let options = quick_cache::OptionsBuilder::new()
         .estimated_items_capacity(MAX_LISTINGS)
-        .weight_capacity(MAX_LISTED_BYTES)
+        .weight_capacity(bound)
         .shards(1)
         .build();
     match options {
         Ok(o) => Cache::with_options(o, ListingWeight, Default::default(), Default::default()),
         // Not reachable with the fields above; the default still bounds memory.
-        Err(_) => Cache::with_weighter(MAX_LISTINGS, MAX_LISTED_BYTES, ListingWeight),
+        Err(_) => Cache::with_weighter(MAX_LISTINGS, bound, ListingWeight),
     }
 }
 
@@ -166,6 +173,11 @@ fn listing_key(ns: &Namespace, rev_id: &str) -> String {
 
 impl MetaCache {
     pub(crate) fn new(ttl: Duration, store: Arc<Store>) -> Self {
+        Self::bounded(ttl, store, MAX_LISTED_BYTES)
+    }
+
+    /// With `max_listed` bytes of listings in memory (and one heavier one).
+    fn bounded(ttl: Duration, store: Arc<Store>, max_listed: u64) -> Self {
         Self {
             ttl,
             revisions: Cache::new(MAX_REVISIONS),
@@ -173,9 +185,15 @@ impl MetaCache {
             flights: DashMap::new(),
             prefixes: Cache::new(MAX_LISTINGS),
             stale: Cache::new(MAX_LISTINGS),
-            listings: listings_cache(),
+            listings: listings_cache(max_listed),
+            large: Mutex::new(None),
+            max_listed,
             store,
         }
+    }
+
+    fn large(&self) -> std::sync::MutexGuard<'_, Option<((Namespace, String), Arc<Listing>)>> {
+        self.large.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Serializes fetches of one metadata key, so that concurrent misses make one request.
@@ -322,7 +340,13 @@ impl MetaCache {
 
     /// A listing in memory.
     fn listing(&self, ns: &Namespace, rev_id: &str) -> Option<Arc<Listing>> {
-        self.listings.get(&(ns.clone(), rev_id.to_string()))
+        let key = (ns.clone(), rev_id.to_string());
+        self.listings.get(&key).or_else(|| {
+            self.large()
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, l)| l.clone())
+        })
     }
 
     /// A listing the index kept (one of an older format is listed again).
@@ -347,6 +371,11 @@ impl MetaCache {
     fn put_listing(&self, ns: &Namespace, rev_id: &str, mut files: Listing) -> Arc<Listing> {
         if !ns.has_revisions() {
             self.listings.retain(|(n, _), _| n != ns);
+            let mut large = self.large();
+            if large.as_ref().is_some_and(|((n, _), _)| n == ns) {
+                *large = None;
+            }
+            drop(large);
             // Prefixes whose keys are worth a re-list instead of a HEAD each: not a whole
             // bucket or file system, and not more than a few LIST pages.
             let root = matches!(ns, Namespace::S3 { prefix, .. } if prefix.is_empty())
@@ -360,8 +389,12 @@ impl MetaCache {
             });
         }
         let files = Arc::new(files);
-        self.listings
-            .insert((ns.clone(), rev_id.to_string()), files.clone());
+        let key = (ns.clone(), rev_id.to_string());
+        if ListingWeight.weight(&key, &files) > self.max_listed {
+            *self.large() = Some((key, files.clone()));
+        } else {
+            self.listings.insert(key, files.clone());
+        }
         files
     }
 
@@ -932,5 +965,44 @@ mod tests {
         meta.put_listing(&b, &rev, files(n, pad));
         let both = meta.listing(&a, &rev).is_some() && meta.listing(&b, &rev).is_some();
         assert!(!both, "over the bound");
+    }
+
+    /// A listing heavier than the whole bound (a 10M-file Hub dataset's) stays in memory while
+    /// it is the last such one used, beside the listings within the bound; the next heavy one
+    /// takes its place.
+    #[test]
+    fn the_last_listing_heavier_than_the_bound_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let meta = MetaCache::bounded(Duration::from_secs(60), store, 1 << 20);
+        let rev = "c".repeat(40);
+        let ns = |n: &str| {
+            LocusUri::parse(&format!("hf://acme/{n}"))
+                .unwrap()
+                .namespace
+        };
+        let heavy = files(100, 16 << 10);
+        assert!(heavy.weight() > 1 << 20);
+        meta.put_listing(&ns("big"), &rev, heavy);
+        meta.put_listing(&ns("small"), &rev, files(10, 0));
+        let kept = meta
+            .listing(&ns("big"), &rev)
+            .expect("the heavy listing is kept");
+        assert_eq!(kept.len(), 100);
+        assert!(meta.listing(&ns("small"), &rev).is_some());
+        assert!(
+            meta.listing(&ns("big"), &"d".repeat(40)).is_none(),
+            "another revision"
+        );
+        meta.put_listing(&ns("bigger"), &rev, files(120, 16 << 10));
+        assert_eq!(
+            meta.listing(&ns("bigger"), &rev).map(|l| l.len()),
+            Some(120)
+        );
+        assert!(
+            meta.listing(&ns("big"), &rev).is_none(),
+            "one heavy listing at a time"
+        );
+        assert!(meta.listing(&ns("small"), &rev).is_some());
     }
 }
