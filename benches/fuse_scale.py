@@ -80,7 +80,8 @@ def pct(xs, q):
 def list_hub(url, repo, out):
     """Writes `uri, path, size, key` of each file of `repo` at the Hub at `url` to `out` (as a
     daemon lists it: a file's key is its git blob id and size), page by page; returns the count."""
-    with urllib.request.urlopen(f"{url}/api/{repo}/revision/main") as r:
+    # `expand=sha`: the commit alone, not every file's name (gigabytes at the Hub for 10M files).
+    with urllib.request.urlopen(f"{url}/api/{repo}/revision/main?expand=sha") as r:
         sha = json.load(r)["sha"]
     nxt, n = f"{url}/api/{repo}/tree/{sha}?recursive=true", 0
     with open(out, "w") as f:

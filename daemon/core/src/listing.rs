@@ -432,8 +432,9 @@ impl Listing {
         r.at
     }
 
-    /// A listing from [`Listing::to_bytes`]; every record is checked, and their order.
-    pub fn from_bytes(b: &[u8]) -> Result<Listing, BadListing> {
+    /// A listing from [`Listing::to_bytes`]; every record is checked, and their order. The
+    /// records stay where they are in `b` (a listing of millions of files is hundreds of MB).
+    pub fn from_bytes(mut b: Vec<u8>) -> Result<Listing, BadListing> {
         let body = b
             .strip_prefix(b"LST1")
             .ok_or(BadListing("unknown format"))?;
@@ -459,7 +460,9 @@ impl Listing {
             _ => return Err(BadListing("unknown listed")),
         };
         let n = r.varint()?;
-        let arena = body[r.at..].to_vec();
+        let head = b"LST1".len() + r.at;
+        b.drain(..head);
+        let arena = b;
         let mut starts = Vec::with_capacity(usize::try_from(n.min(1 << 26)).unwrap_or(0));
         let mut a = Reader { b: &arena, at: 0 };
         let mut last: Option<&str> = None;
@@ -825,7 +828,7 @@ mod tests {
             );
         }
         assert!(l.brief(want.len()).is_none());
-        let back = Listing::from_bytes(&l.to_bytes()).unwrap();
+        let back = Listing::from_bytes(l.to_bytes()).unwrap();
         assert_eq!(back.iter().collect::<Vec<_>>(), want);
         assert_eq!(back, l);
         // Compact: well under a tenth of the strings' bytes.
@@ -958,19 +961,22 @@ mod tests {
     #[test]
     fn malformed_bytes_are_refused_without_a_panic() {
         let good = Listing::new((0..50).map(hub)).to_bytes();
-        assert!(Listing::from_bytes(b"").is_err());
-        assert!(Listing::from_bytes(b"LST1").is_err());
+        assert!(Listing::from_bytes(Vec::new()).is_err());
+        assert!(Listing::from_bytes(b"LST1".to_vec()).is_err());
         for cut in [5, 20, good.len() / 2, good.len() - 1] {
-            assert!(Listing::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Listing::from_bytes(good[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut extra = good.clone();
         extra.push(0);
-        assert!(Listing::from_bytes(&extra).is_err());
+        assert!(Listing::from_bytes(extra).is_err());
         // Every single-byte change: refused or read as some listing, never a panic.
         for i in 0..good.len() {
             let mut b = good.clone();
             b[i] ^= 0x5a;
-            let _ = Listing::from_bytes(&b).map(|l| l.iter().count());
+            let _ = Listing::from_bytes(b).map(|l| l.iter().count());
         }
     }
 }

@@ -28,6 +28,9 @@ const MAX_LISTINGS: usize = 4096;
 /// Bytes of all the listings kept in memory at most (a compact listing takes 10-60 bytes a
 /// file: 10-50M files), but for the one last used that is heavier than that alone.
 const MAX_LISTED_BYTES: u64 = 512 << 20;
+
+/// A listing's name: its namespace and revision id.
+type ListingKey = (Namespace, String);
 /// Resolved revisions kept in memory at most.
 const MAX_REVISIONS: usize = 65_536;
 
@@ -93,7 +96,7 @@ pub(crate) struct MetaCache {
     /// The last listing used that is heavier than the bound (a Hub dataset of 10M files, each
     /// with its own blob id: about 600 MB). The cache keeps no such item, and reading it from
     /// the index at every folder a mount opens costs seconds each.
-    large: Mutex<Option<((Namespace, String), Arc<Listing>)>>,
+    large: Mutex<Option<(ListingKey, Arc<Listing>)>>,
     /// The bound on `listings`' bytes.
     max_listed: u64,
     /// The durable layer (the store's index).
@@ -192,7 +195,7 @@ impl MetaCache {
         }
     }
 
-    fn large(&self) -> std::sync::MutexGuard<'_, Option<((Namespace, String), Arc<Listing>)>> {
+    fn large(&self) -> std::sync::MutexGuard<'_, Option<(ListingKey, Arc<Listing>)>> {
         self.large.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -352,7 +355,7 @@ impl MetaCache {
     /// A listing the index kept (one of an older format is listed again).
     fn stored_listing(&self, ns: &Namespace, rev_id: &str) -> Option<Listing> {
         let b = self.store.meta_get(&listing_key(ns, rev_id))?;
-        Listing::from_bytes(&b)
+        Listing::from_bytes(b)
             .inspect_err(|e| tracing::debug!(%ns, rev_id, error = %e, "listing again"))
             .ok()
     }

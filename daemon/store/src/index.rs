@@ -52,6 +52,16 @@ const HEADER: TableDefinition<&str, u64> = TableDefinition::new("header");
 /// Cached metadata (listings at immutable revisions, resolved branches): key → the entry's
 /// sequence number (8 bytes, big-endian), then its value.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v2");
+/// The pieces of a metadata value longer than [`META_PIECE`]: (key, index) → bytes. redb gives a
+/// value one page, its size rounded up to a power of two and held whole in memory until the
+/// commit: a 10M-file listing (600 MB) took a 1 GiB page and the daemon peaked at 3.3 GiB. In
+/// pieces it takes its own size, written out as redb's write cache fills.
+const META_PIECES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("meta_pieces");
+/// Bytes a piece, at most: a page of 4 MiB with room for the key.
+const META_PIECE: usize = (4 << 20) - 4096;
+/// Set in a [`META`] entry's sequence number when its value is in [`META_PIECES`] (the entry then
+/// holds the value's length, 8 bytes big-endian). Sequence numbers never reach it.
+const PIECED: u64 = 1 << 63;
 /// Sequence number → metadata key, oldest first: what goes when there are too many.
 const META_ORDER: TableDefinition<u64, &str> = TableDefinition::new("meta_order");
 /// The table of an older layout (values without sequence numbers), dropped at open.
@@ -594,6 +604,7 @@ struct Tables<'t> {
     garbage: redb::Table<'t, u64, ()>,
     header: redb::Table<'t, &'static str, u64>,
     meta: redb::Table<'t, &'static str, &'static [u8]>,
+    pieces: redb::Table<'t, (&'static str, u32), &'static [u8]>,
     order: redb::Table<'t, u64, &'static str>,
 }
 
@@ -609,6 +620,7 @@ impl<'t> Tables<'t> {
             garbage: w.open_table(GARBAGE)?,
             header: w.open_table(HEADER)?,
             meta: w.open_table(META)?,
+            pieces: w.open_table(META_PIECES)?,
             order: w.open_table(META_ORDER)?,
         })
     }
@@ -830,7 +842,7 @@ impl<'t> Tables<'t> {
                     }
                 }
             }
-            Op::PutMeta { key, value } => put_meta(&mut self.meta, &mut self.order, key, value)?,
+            Op::PutMeta { key, value } => put_meta(self, key, value)?,
             &Op::IdMark(m) => tot.id_mark = tot.id_mark.max(m),
             &Op::Header(name, v) => {
                 self.header.insert(name, v)?;
@@ -1034,7 +1046,20 @@ impl Index {
         let r = db.begin_read().ok()?;
         let t = r.open_table(META).ok()?;
         let v = t.get(key).ok()??;
-        v.value().get(8..).map(|b| b.to_vec())
+        let v = v.value();
+        if meta_seq(v)? & PIECED == 0 {
+            return v.get(8..).map(|b| b.to_vec());
+        }
+        // One allocation of the value's length, filled piece by piece: a read of a listing of
+        // millions of files holds it once.
+        let len = usize::try_from(meta_seq(&v[8..])?).ok()?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).ok()?;
+        let p = r.open_table(META_PIECES).ok()?;
+        for piece in p.range((key, 0)..=(key, u32::MAX)).ok()? {
+            out.extend_from_slice(piece.ok()?.1.value());
+        }
+        (out.len() == len).then_some(out)
     }
 
     /// The committed record of `key` and its stored chunks (index, CRC).
@@ -1731,33 +1756,51 @@ fn reopen(slot: &Slot, path: &Path) {
 
 /// Stores a metadata entry as the newest, and drops the oldest while there are too many.
 #[allow(clippy::result_large_err)]
-fn put_meta(
-    meta: &mut redb::Table<&str, &[u8]>,
-    order: &mut redb::Table<u64, &str>,
-    key: &str,
-    value: &[u8],
-) -> Result<(), redb::Error> {
-    let seq_of = |v: &[u8]| {
-        v.get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
-    if let Some(old) = meta.get(key)?.and_then(|v| seq_of(v.value())) {
-        order.remove(old)?;
+fn put_meta(t: &mut Tables, key: &str, value: &[u8]) -> Result<(), redb::Error> {
+    if let Some(old) = t.meta.get(key)?.and_then(|v| meta_seq(v.value())) {
+        t.order.remove(old & !PIECED)?;
+        if old & PIECED != 0 {
+            remove_pieces(&mut t.pieces, key)?;
+        }
     }
-    let seq = order.last()?.map_or(0, |(k, _)| k.value() + 1);
-    let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&seq.to_be_bytes());
-    v.extend_from_slice(value);
-    meta.insert(key, v.as_slice())?;
-    order.insert(seq, key)?;
-    while order.len()? > MAX_META {
-        let Some((_, k)) = order.pop_first()? else {
+    let seq = t.order.last()?.map_or(0, |(k, _)| k.value() + 1);
+    let mut v = Vec::with_capacity(8 + value.len().min(8));
+    if value.len() > META_PIECE {
+        v.extend_from_slice(&(seq | PIECED).to_be_bytes());
+        v.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        for (i, piece) in (0..).zip(value.chunks(META_PIECE)) {
+            t.pieces.insert((key, i), piece)?;
+        }
+    } else {
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(value);
+    }
+    t.meta.insert(key, v.as_slice())?;
+    t.order.insert(seq, key)?;
+    while t.order.len()? > MAX_META {
+        let Some((_, k)) = t.order.pop_first()? else {
             break;
         };
-        meta.remove(k.value())?;
+        let gone = t.meta.remove(k.value())?.and_then(|v| meta_seq(v.value()));
+        if gone.is_some_and(|s| s & PIECED != 0) {
+            remove_pieces(&mut t.pieces, k.value())?;
+        }
     }
     Ok(())
+}
+
+/// The first 8 bytes of a [`META`] entry, big-endian: its sequence number (and [`PIECED`]).
+fn meta_seq(v: &[u8]) -> Option<u64> {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn remove_pieces(
+    pieces: &mut redb::Table<(&str, u32), &[u8]>,
+    key: &str,
+) -> Result<(), redb::StorageError> {
+    pieces.retain_in((key, 0)..=(key, u32::MAX), |_, _| false)
 }
 
 /// The writer thread: commits what was sent in groups, in the order sent.

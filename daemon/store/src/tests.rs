@@ -408,6 +408,46 @@ fn metadata_is_bounded_and_the_oldest_goes_first() {
 }
 
 #[test]
+fn a_large_metadata_value_is_kept_in_pieces_and_they_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 100).unwrap();
+    // Over two pieces, each byte telling where it is: a piece lost, repeated or out of order
+    // reads back differently.
+    let big: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.meta_put("big", big.clone());
+    s.meta_put("small", vec![7; 3]);
+    s.flush();
+    let piece_bytes = |s: &Store| {
+        s.index
+            .table_sizes()
+            .into_iter()
+            .find(|(name, _, _)| name == "meta_pieces")
+            .map_or(0, |(_, _, bytes)| bytes)
+    };
+    assert!(s.meta_get("big") == Some(big.clone()));
+    assert!(piece_bytes(&s) >= big.len() as u64);
+    drop(s);
+    let s = Store::open(dir.path(), 100).unwrap();
+    assert!(s.meta_get("big") == Some(big.clone()), "after a restart");
+    // Written again small, its pieces go.
+    s.meta_put("big", b"now small".to_vec());
+    s.flush();
+    assert_eq!(s.meta_get("big").as_deref(), Some(&b"now small"[..]));
+    assert_eq!(piece_bytes(&s), 0);
+    // Pushed out by newer entries, so do they.
+    s.meta_put("big", big.clone());
+    s.flush();
+    assert!(piece_bytes(&s) > 0);
+    for i in 0..100 {
+        s.meta_put(&format!("k{i}"), vec![1]);
+    }
+    s.flush();
+    assert!(s.meta_get("big").is_none());
+    assert_eq!(piece_bytes(&s), 0);
+    assert!(s.meta_get("small").is_none() && s.meta_get("k99").is_some());
+}
+
+#[test]
 fn a_small_files_record_holds_its_crc_until_its_chunk_goes() {
     let dir = tempfile::tempdir().unwrap();
     let crc = crc32c::crc32c(&[5, 5, 5]);
