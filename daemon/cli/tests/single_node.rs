@@ -558,6 +558,26 @@ fn a_branch_is_resolved_without_the_repos_file_list() {
 }
 
 #[test]
+fn a_listing_at_a_commit_is_read_back_from_the_index_after_a_restart() {
+    let env = Env::new();
+    // 100,000 files: a listing of about 6 MB, which the index keeps in pieces.
+    let sha = env
+        .sim
+        .commit_generated("dataset", "bench/kept", 100_000, 10..=10, 5);
+    let mut d = env.daemon("n", &[], &[]);
+    let uri = format!("hf://datasets/bench/kept@{sha}");
+    let cold = d.ok(&["ls", &uri]);
+    assert_eq!(String::from_utf8_lossy(&cold).lines().count(), 100_000);
+    assert!(d.signal(Signal::SIGTERM).success());
+    env.sim.reset_stats();
+    d.restart();
+    let again = d.ok(&["ls", &uri]);
+    assert!(again == cold, "the listing read back differs");
+    let s = env.sim.stats();
+    assert_eq!(s.get("api_tree"), 0, "listed again: {:?}", s.requests);
+}
+
+#[test]
 fn lru_eviction_above_capacity_spares_pinned_files() {
     let env = Env::new();
     let a = random_files(1, 2 << 20, 1);

@@ -396,7 +396,26 @@ impl Listing {
 
     /// The bytes the index keeps: the forms, then the records in path order.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.arena.len() + 256);
+        let mut out = self.head();
+        out.extend_from_slice(&self.arena);
+        out
+    }
+
+    /// The bytes of [`Listing::to_bytes`], handed to `out` without copying the records:
+    /// the head, then the arena as it lies.
+    pub fn write_bytes(&self, out: &mut dyn FnMut(&[u8])) {
+        out(&self.head());
+        out(&self.arena);
+    }
+
+    /// The length of [`Listing::to_bytes`].
+    pub fn bytes_len(&self) -> usize {
+        self.head().len() + self.arena.len()
+    }
+
+    /// What [`Listing::to_bytes`] puts before the records.
+    fn head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"LST1");
         for t in [&self.uri, &self.key, &self.locator] {
             match t {
@@ -417,8 +436,6 @@ impl Listing {
             }
         }
         put_varint(&mut out, self.len() as u64);
-        // The arena holds the records in path order ([`ListingBuilder::finish`]).
-        out.extend_from_slice(&self.arena);
         out
     }
 
@@ -830,6 +847,10 @@ mod tests {
         assert!(l.brief(want.len()).is_none());
         let back = Listing::from_bytes(l.to_bytes()).unwrap();
         assert_eq!(back.iter().collect::<Vec<_>>(), want);
+        // Handed over in parts (the index writes them in pieces), the same bytes.
+        let mut parts = Vec::new();
+        l.write_bytes(&mut |b| parts.extend_from_slice(b));
+        assert_eq!((parts.len(), &parts), (l.bytes_len(), &l.to_bytes()));
         assert_eq!(back, l);
         // Compact: well under a tenth of the strings' bytes.
         let strings: usize = want

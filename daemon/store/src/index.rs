@@ -26,7 +26,7 @@ use locus_core::{ChunkLayout, Digest};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::StoreError;
+use crate::{MetaValue, StoreError};
 
 /// Key → [`FileRecord`] (binary; JSON in records an older layout wrote).
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
@@ -509,7 +509,7 @@ pub(crate) enum Op {
     },
     PutMeta {
         key: String,
-        value: Vec<u8>,
+        value: Arc<dyn MetaValue>,
     },
     /// Ids up to this one may be handed out.
     IdMark(u64),
@@ -842,7 +842,7 @@ impl<'t> Tables<'t> {
                     }
                 }
             }
-            Op::PutMeta { key, value } => put_meta(self, key, value)?,
+            Op::PutMeta { key, value } => put_meta(self, key, &**value)?,
             &Op::IdMark(m) => tot.id_mark = tot.id_mark.max(m),
             &Op::Header(name, v) => {
                 self.header.insert(name, v)?;
@@ -1756,7 +1756,7 @@ fn reopen(slot: &Slot, path: &Path) {
 
 /// Stores a metadata entry as the newest, and drops the oldest while there are too many.
 #[allow(clippy::result_large_err)]
-fn put_meta(t: &mut Tables, key: &str, value: &[u8]) -> Result<(), redb::Error> {
+fn put_meta(t: &mut Tables, key: &str, value: &dyn MetaValue) -> Result<(), redb::Error> {
     if let Some(old) = t.meta.get(key)?.and_then(|v| meta_seq(v.value())) {
         t.order.remove(old & !PIECED)?;
         if old & PIECED != 0 {
@@ -1764,16 +1764,39 @@ fn put_meta(t: &mut Tables, key: &str, value: &[u8]) -> Result<(), redb::Error> 
         }
     }
     let seq = t.order.last()?.map_or(0, |(k, _)| k.value() + 1);
-    let mut v = Vec::with_capacity(8 + value.len().min(8));
-    if value.len() > META_PIECE {
+    let len = value.byte_len();
+    let mut v = Vec::with_capacity(16 + len.min(META_PIECE));
+    if len > META_PIECE {
         v.extend_from_slice(&(seq | PIECED).to_be_bytes());
-        v.extend_from_slice(&(value.len() as u64).to_be_bytes());
-        for (i, piece) in (0..).zip(value.chunks(META_PIECE)) {
-            t.pieces.insert((key, i), piece)?;
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+        // One piece's buffer at a time, however long the value.
+        let (mut piece, mut i, mut failed) = (Vec::with_capacity(META_PIECE), 0u32, None);
+        let mut put = |piece: &mut Vec<u8>| {
+            if failed.is_none() {
+                failed = t.pieces.insert((key, i), piece.as_slice()).err();
+            }
+            i += 1;
+            piece.clear();
+        };
+        value.write_to(&mut |mut b: &[u8]| {
+            while !b.is_empty() {
+                let take = (META_PIECE - piece.len()).min(b.len());
+                piece.extend_from_slice(&b[..take]);
+                b = &b[take..];
+                if piece.len() == META_PIECE {
+                    put(&mut piece);
+                }
+            }
+        });
+        if !piece.is_empty() {
+            put(&mut piece);
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
     } else {
         v.extend_from_slice(&seq.to_be_bytes());
-        v.extend_from_slice(value);
+        value.write_to(&mut |b| v.extend_from_slice(b));
     }
     t.meta.insert(key, v.as_slice())?;
     t.order.insert(seq, key)?;

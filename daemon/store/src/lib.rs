@@ -258,6 +258,24 @@ pub enum ChunkCheck {
 /// Trust a chunk found right at any time since this process started (or wrote it).
 pub const SINCE_START: std::time::Duration = std::time::Duration::MAX;
 
+/// A metadata value ([`Store::meta_put_shared`]): its bytes, handed over in order.
+pub trait MetaValue: Send + Sync {
+    /// Its length in bytes: what [`MetaValue::write_to`] hands over in all.
+    fn byte_len(&self) -> usize;
+    /// Hands its bytes to `out`, in order.
+    fn write_to(&self, out: &mut dyn FnMut(&[u8]));
+}
+
+impl MetaValue for Vec<u8> {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+
+    fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
+        out(self);
+    }
+}
+
 /// The node-local cache.
 pub struct Store {
     /// Held (`flock`, exclusive) for the store's lifetime: one daemon per cache directory.
@@ -891,6 +909,12 @@ impl Store {
 
     /// Stores metadata by key (asynchronously durable).
     pub fn meta_put(&self, key: &str, value: Vec<u8>) {
+        self.meta_put_shared(key, Arc::new(value));
+    }
+
+    /// Stores metadata by key from a value the index writer reads where it lies (a listing of
+    /// millions of files is hundreds of MB: written in pieces, never copied whole).
+    pub fn meta_put_shared(&self, key: &str, value: Arc<dyn MetaValue>) {
         self.index.send(Op::PutMeta {
             key: key.to_string(),
             value,
