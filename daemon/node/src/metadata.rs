@@ -37,10 +37,6 @@ type ListingKey = (Namespace, String);
 struct Stored(Arc<Listing>);
 
 impl locus_store::MetaValue for Stored {
-    fn byte_len(&self) -> usize {
-        self.0.bytes_len()
-    }
-
     fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
         self.0.write_bytes(out);
     }
@@ -407,10 +403,13 @@ impl MetaCache {
         }
         let files = Arc::new(files);
         let key = (ns.clone(), rev_id.to_string());
-        if ListingWeight.weight(&key, &files) > self.max_listed {
+        // The cache refuses what is heavier than its hot share (a little under the bound), so
+        // what it did not take is kept here.
+        if ListingWeight.weight(&key, &files) <= self.max_listed {
+            self.listings.insert(key.clone(), files.clone());
+        }
+        if !self.listings.contains_key(&key) {
             *self.large() = Some((key, files.clone()));
-        } else {
-            self.listings.insert(key, files.clone());
         }
         files
     }
@@ -1019,5 +1018,14 @@ mod tests {
             "one heavy listing at a time"
         );
         assert!(meta.listing(&ns("small"), &rev).is_some());
+        // Under the bound but over the cache's hot share of it (97%): the cache refuses it,
+        // so it is kept here.
+        let near = (1..100)
+            .map(|n| files(n, 16 << 10))
+            .find(|l| (((1 << 20) * 97 / 100)..=(1 << 20)).contains(&(l.weight() + 64)))
+            .expect("a listing between the hot share and the bound");
+        let n = near.len();
+        meta.put_listing(&ns("near"), &rev, near);
+        assert_eq!(meta.listing(&ns("near"), &rev).map(|l| l.len()), Some(n));
     }
 }

@@ -1057,7 +1057,11 @@ impl Index {
         out.try_reserve_exact(len).ok()?;
         let p = r.open_table(META_PIECES).ok()?;
         for piece in p.range((key, 0)..=(key, u32::MAX)).ok()? {
-            out.extend_from_slice(piece.ok()?.1.value());
+            let piece = piece.ok()?.1;
+            if out.len() + piece.value().len() > len {
+                return None;
+            }
+            out.extend_from_slice(piece.value());
         }
         (out.len() == len).then_some(out)
     }
@@ -1754,49 +1758,47 @@ fn reopen(slot: &Slot, path: &Path) {
     }
 }
 
-/// Stores a metadata entry as the newest, and drops the oldest while there are too many.
+/// Stores a metadata entry as the newest, and drops the oldest while there are too many. A
+/// value is pieced when it fills a piece, whatever it said of its length. Pieces of a key go
+/// whenever the key is written or dropped, flagged or not: an older version (which does not
+/// know the pieces) may have written over a pieced entry, and its pieces stay until then.
 #[allow(clippy::result_large_err)]
 fn put_meta(t: &mut Tables, key: &str, value: &dyn MetaValue) -> Result<(), redb::Error> {
     if let Some(old) = t.meta.get(key)?.and_then(|v| meta_seq(v.value())) {
         t.order.remove(old & !PIECED)?;
-        if old & PIECED != 0 {
-            remove_pieces(&mut t.pieces, key)?;
-        }
     }
+    remove_pieces(&mut t.pieces, key)?;
     let seq = t.order.last()?.map_or(0, |(k, _)| k.value() + 1);
-    let len = value.byte_len();
-    let mut v = Vec::with_capacity(16 + len.min(META_PIECE));
-    if len > META_PIECE {
-        v.extend_from_slice(&(seq | PIECED).to_be_bytes());
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-        // One piece's buffer at a time, however long the value.
-        let (mut piece, mut i, mut failed) = (Vec::with_capacity(META_PIECE), 0u32, None);
-        let mut put = |piece: &mut Vec<u8>| {
-            if failed.is_none() {
-                failed = t.pieces.insert((key, i), piece.as_slice()).err();
-            }
-            i += 1;
-            piece.clear();
-        };
-        value.write_to(&mut |mut b: &[u8]| {
-            while !b.is_empty() {
-                let take = (META_PIECE - piece.len()).min(b.len());
-                piece.extend_from_slice(&b[..take]);
-                b = &b[take..];
-                if piece.len() == META_PIECE {
-                    put(&mut piece);
+    // One piece's buffer at a time, however long the value.
+    let (mut piece, mut n, mut len, mut failed) = (Vec::new(), 0u32, 0u64, None);
+    value.write_to(&mut |mut b: &[u8]| {
+        len += b.len() as u64;
+        while !b.is_empty() {
+            let take = (META_PIECE - piece.len()).min(b.len());
+            piece.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if piece.len() == META_PIECE {
+                if failed.is_none() {
+                    failed = t.pieces.insert((key, n), piece.as_slice()).err();
                 }
+                n += 1;
+                piece.clear();
             }
-        });
-        if !piece.is_empty() {
-            put(&mut piece);
+        }
+    });
+    let mut v = Vec::with_capacity(16);
+    if n == 0 {
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(&piece);
+    } else {
+        if !piece.is_empty() && failed.is_none() {
+            failed = t.pieces.insert((key, n), piece.as_slice()).err();
         }
         if let Some(e) = failed {
             return Err(e.into());
         }
-    } else {
-        v.extend_from_slice(&seq.to_be_bytes());
-        value.write_to(&mut |b| v.extend_from_slice(b));
+        v.extend_from_slice(&(seq | PIECED).to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
     }
     t.meta.insert(key, v.as_slice())?;
     t.order.insert(seq, key)?;
@@ -1804,10 +1806,8 @@ fn put_meta(t: &mut Tables, key: &str, value: &dyn MetaValue) -> Result<(), redb
         let Some((_, k)) = t.order.pop_first()? else {
             break;
         };
-        let gone = t.meta.remove(k.value())?.and_then(|v| meta_seq(v.value()));
-        if gone.is_some_and(|s| s & PIECED != 0) {
-            remove_pieces(&mut t.pieces, k.value())?;
-        }
+        t.meta.remove(k.value())?;
+        remove_pieces(&mut t.pieces, k.value())?;
     }
     Ok(())
 }

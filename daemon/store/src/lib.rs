@@ -260,17 +260,11 @@ pub const SINCE_START: std::time::Duration = std::time::Duration::MAX;
 
 /// A metadata value ([`Store::meta_put_shared`]): its bytes, handed over in order.
 pub trait MetaValue: Send + Sync {
-    /// Its length in bytes: what [`MetaValue::write_to`] hands over in all.
-    fn byte_len(&self) -> usize;
     /// Hands its bytes to `out`, in order.
     fn write_to(&self, out: &mut dyn FnMut(&[u8]));
 }
 
 impl MetaValue for Vec<u8> {
-    fn byte_len(&self) -> usize {
-        self.len()
-    }
-
     fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
         out(self);
     }

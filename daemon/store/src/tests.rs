@@ -418,9 +418,6 @@ fn a_large_metadata_value_is_kept_in_pieces_and_they_go_with_it() {
     // and then its records.
     struct Parts(Vec<u8>);
     impl crate::MetaValue for Parts {
-        fn byte_len(&self) -> usize {
-            self.0.len()
-        }
         fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
             self.0.chunks(777_777).for_each(out);
         }
@@ -445,6 +442,12 @@ fn a_large_metadata_value_is_kept_in_pieces_and_they_go_with_it() {
     s.flush();
     assert_eq!(s.meta_get("big").as_deref(), Some(&b"now small"[..]));
     assert_eq!(piece_bytes(&s), 0);
+    // Its place in the eviction order moved with it: 100 entries now, none dropped.
+    for i in 0..98 {
+        s.meta_put(&format!("f{i}"), vec![2]);
+    }
+    s.flush();
+    assert!(s.meta_get("big").is_some() && s.meta_get("small").is_some());
     // Pushed out by newer entries, so do they.
     s.meta_put("big", big.clone());
     s.flush();
