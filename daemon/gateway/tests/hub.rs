@@ -142,6 +142,10 @@ async fn the_hf_hub_crate_downloads_through_the_gateway_and_a_second_download_co
 }
 
 /// Every page of a tree, following `Link: rel="next"`.
+async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn tree_pages(client: &reqwest::Client, first: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let mut next = Some(first.to_string());
@@ -204,29 +208,20 @@ async fn trees_and_infos_read_as_the_hubs_and_bytes_obey_ranges() {
         assert_eq!(ours.len(), hubs.len(), "{q}");
         assert_eq!(ours, hubs, "{q}");
     }
-    let info: serde_json::Value = c
-        .get(format!("{}/api/datasets/acme/ds/revision/main", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&c, &format!("{}/api/datasets/acme/ds/revision/main", s.url)).await;
     assert_eq!(info["sha"], sha);
     assert_eq!(info["siblings"].as_array().unwrap().len(), ds.len());
     // `expand`: the properties named only, as the Hub answers them.
     for q in ["expand=sha", "expand=sha&expand=siblings"] {
         let mut answers = Vec::new();
         for base in [&s.url, &s.sim.url()] {
-            let v: serde_json::Value = c
-                .get(format!("{base}/api/datasets/acme/ds/revision/main?{q}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answers.push(v);
+            answers.push(
+                get_json(
+                    &c,
+                    &format!("{base}/api/datasets/acme/ds/revision/main?{q}"),
+                )
+                .await,
+            );
         }
         assert_eq!(answers[0]["sha"], sha, "{q}");
         let keys =
