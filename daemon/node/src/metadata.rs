@@ -32,15 +32,6 @@ const MAX_LISTED_BYTES: u64 = 512 << 20;
 /// A listing's name: its namespace and revision id.
 type ListingKey = (Namespace, String);
 
-/// A listing as the index keeps it, written from where it lies (a 10M-file listing is 600 MB:
-/// a copy of it for the index writer was half the daemon's peak while listing it).
-struct Stored(Arc<Listing>);
-
-impl locus_store::MetaValue for Stored {
-    fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
-        self.0.write_bytes(out);
-    }
-}
 /// Resolved revisions kept in memory at most.
 const MAX_REVISIONS: usize = 65_536;
 
@@ -65,9 +56,19 @@ struct CachedRevision {
 #[derive(Clone)]
 struct ListingWeight;
 
-impl quick_cache::Weighter<(Namespace, String), Arc<Listing>> for ListingWeight {
-    fn weight(&self, _: &(Namespace, String), v: &Arc<Listing>) -> u64 {
+impl quick_cache::Weighter<ListingKey, Arc<Listing>> for ListingWeight {
+    fn weight(&self, _: &ListingKey, v: &Arc<Listing>) -> u64 {
         v.weight() + 64
+    }
+}
+
+/// A listing as the index keeps it, written from where it lies (a 10M-file listing is 600 MB:
+/// a copy of it for the index writer was half the daemon's peak while listing it).
+struct Stored(Arc<Listing>);
+
+impl locus_store::MetaValue for Stored {
+    fn write_to(&self, out: &mut dyn FnMut(&[u8])) {
+        self.0.write_bytes(out);
     }
 }
 
@@ -102,7 +103,7 @@ pub(crate) struct MetaCache {
     /// Namespaces whose listing an object changed under: listed again on their next use.
     stale: Cache<Namespace, ()>,
     /// Listings in memory, bounded by their bytes in all.
-    listings: Cache<(Namespace, String), Arc<Listing>, ListingWeight>,
+    listings: Cache<ListingKey, Arc<Listing>, ListingWeight>,
     /// The last listing used that is heavier than the bound (a Hub dataset of 10M files, each
     /// with its own blob id: about 600 MB). The cache keeps no such item, and reading it from
     /// the index at every folder a mount opens costs seconds each.
@@ -117,7 +118,7 @@ pub(crate) struct MetaCache {
 /// no item heavier than one shard's share, so with its default (4 per core) a large listing
 /// was never kept and every resolution read it again. Listings are few and looked up under a
 /// read lock.
-fn listings_cache(bound: u64) -> Cache<(Namespace, String), Arc<Listing>, ListingWeight> {
+fn listings_cache(bound: u64) -> Cache<ListingKey, Arc<Listing>, ListingWeight> {
     let options = quick_cache::OptionsBuilder::new()
         .estimated_items_capacity(MAX_LISTINGS)
         .weight_capacity(bound)
