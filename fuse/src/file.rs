@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
@@ -22,8 +22,11 @@ pub(crate) struct FileState {
     pub(crate) size: u64,
     pub(crate) inner: Mutex<Inner>,
     /// The kernel opens and closes the file without telling this mount (a mount without
-    /// opens): a read that reaches the end closes the cache file, as a last close would.
-    pub(crate) unopened: bool,
+    /// opens, or one whose opens were turned off since): a read that reaches the end closes
+    /// the cache file, as a last close would.
+    pub(crate) unopened: AtomicBool,
+    /// Counted among the distinct small files an [`crate::Opens::Auto`] mount has opened.
+    pub(crate) counted: AtomicBool,
     /// Among the cache files a mount without opens holds for reads that did not reach the end.
     pub(crate) held: AtomicBool,
 }
@@ -116,7 +119,8 @@ impl FileState {
             key,
             size,
             inner: Mutex::new(inner),
-            unopened: false,
+            unopened: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
             held: AtomicBool::new(false),
         }
     }
@@ -181,7 +185,7 @@ impl FileState {
         // Without opens, a file closed by a read to its end (or by the held bound) is closed
         // again after a read that reopened it: a read that arrives after the last (a
         // read-ahead READ finished late) must not leave it open.
-        let close_after = self.unopened && (end == self.size || reopened);
+        let close_after = self.unopened.load(Ordering::Relaxed) && (end == self.size || reopened);
         let missing = inner.file.is_none()
             || (first..=last).any(|c| inner.crcs.get(c as usize).copied().flatten().is_none());
         // A reader answers only from stored chunks, checked or small enough to check on the
@@ -459,7 +463,7 @@ mod tests {
     fn without_opens_a_read_to_the_end_or_one_that_reopened_closes_the_cache_file() {
         let b = TestBackend::new(data(3), CS, true);
         let mut st = FileState::new("u".into(), "k".into(), 3 * CS, Some(b.info()));
-        st.unopened = true;
+        st.unopened = AtomicBool::new(true);
         let open = |st: &FileState| lock(&st.inner).file.is_some();
         assert!(read(&st, &b, 0, CS as u32).unwrap() == b.data[b.range(0)]);
         assert!(open(&st), "a read that stopped short holds it");

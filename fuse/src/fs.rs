@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -31,11 +31,35 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// How long a request reader waits for the next request before it sleeps (zero: never).
     pub linger: Duration,
-    /// Answer no file open: the kernel then opens and closes files without asking (no OPEN
-    /// or RELEASE round trip), for datasets of many small files. No file is then read by
-    /// passthrough, and cache files are held by reads (see [`HELD_MAX`]), not opens.
-    pub no_open: bool,
+    /// Whether the kernel asks this mount to open and close files (see [`Opens`]).
+    pub opens: Opens,
 }
+
+/// Whether file opens reach the mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Opens {
+    /// Opens are answered until the mount knows what it serves: the first opens of
+    /// [`AUTO_SMALL_OPENS`] distinct files all under 1 MiB (a dataset of small files) turn
+    /// them off as [`Opens::Never`] would; a large file opened first (a model, read by
+    /// passthrough) keeps them as [`Opens::Always`] does.
+    #[default]
+    Auto,
+    /// Every open and close reaches the mount: large complete files are read by passthrough.
+    Always,
+    /// The first OPEN is answered ENOSYS: the kernel then opens and closes files without
+    /// asking (no OPEN or RELEASE round trip), for datasets of many small files. No file is
+    /// then read by passthrough, and cache files are held by reads (see [`HELD_MAX`]), not
+    /// opens.
+    Never,
+}
+
+/// Distinct small files whose opens turn an [`Opens::Auto`] mount's opens off.
+pub const AUTO_SMALL_OPENS: u32 = 64;
+
+/// The mount's open mode, in [`Core::opens`]: still counting, or settled.
+const OPENS_COUNTING: u8 = 0;
+const OPENS_ALWAYS: u8 = 1;
+const OPENS_NONE: u8 = 2;
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -44,7 +68,7 @@ impl Default for MountOptions {
             max_inodes: 1_000_000,
             passthrough: true,
             linger: Duration::from_micros(50),
-            no_open: false,
+            opens: Opens::Auto,
         }
     }
 }
@@ -157,8 +181,12 @@ struct Core<B: Backend> {
     uid: u32,
     gid: u32,
     passthrough_on: AtomicBool,
-    /// Opens answered ENOSYS ([`MountOptions::no_open`], where the kernel supports it).
-    no_open: AtomicBool,
+    /// Whether opens are answered: `OPENS_COUNTING` (an [`Opens::Auto`] mount that has not
+    /// settled), `OPENS_ALWAYS`, or `OPENS_NONE` (answered ENOSYS, where the kernel supports
+    /// it).
+    opens: AtomicU8,
+    /// Distinct small files opened while counting.
+    small_opens: AtomicU32,
     /// Listings of open folders, by handle.
     dir_handles: Mutex<HashMap<u64, DirEntries>>,
     /// Listings of listed folders, with the folder's version they show.
@@ -243,7 +271,11 @@ fn cached_child(lazy: &Lazy, uri: &str) -> Option<(String, Lazy)> {
 impl<B: Backend> Core<B> {
     fn with_tree(backend: Arc<B>, tree: Tree, opts: MountOptions) -> Self {
         let linger = opts.linger;
-        let no_open = opts.no_open;
+        let opens = match opts.opens {
+            Opens::Auto => OPENS_COUNTING,
+            Opens::Always => OPENS_ALWAYS,
+            Opens::Never => OPENS_NONE,
+        };
         let notifier = Arc::new(OnceLock::<fuser::Notifier>::new());
         let (tx, rx) = std::sync::mpsc::channel::<Vec<(u64, String)>>();
         let slot = notifier.clone();
@@ -274,7 +306,8 @@ impl<B: Backend> Core<B> {
             // SAFETY: as above.
             gid: unsafe { libc::getgid() },
             passthrough_on: AtomicBool::new(false),
-            no_open: AtomicBool::new(no_open),
+            opens: AtomicU8::new(opens),
+            small_opens: AtomicU32::new(0),
             dir_handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             device: Arc::new(OnceLock::new()),
@@ -696,7 +729,9 @@ impl<B: Backend> Core<B> {
                     // it is cold.
                     let before = crate::ahead::disk_reads();
                     let mut st = FileState::new(uri.clone(), key.clone(), *size, cached.clone());
-                    st.unopened = self.no_open.load(Ordering::Relaxed);
+                    // Read under the map's lock: a switch to no opens, which walks the map
+                    // after it, cannot miss this state.
+                    st.unopened = AtomicBool::new(self.opens.load(Ordering::SeqCst) == OPENS_NONE);
                     // (Not an open that failed: an evicted file tells nothing of the disk.)
                     if let Some(a) = &self.ahead {
                         if lock(&st.inner).file.is_some() {
@@ -909,6 +944,82 @@ impl<B: Backend> Core<B> {
         None
     }
 
+    /// Whether an open of `st` is answered ENOSYS (no opens), settling an [`Opens::Auto`]
+    /// mount's mode: a large file opened first keeps opens (where passthrough reads it); the
+    /// [`AUTO_SMALL_OPENS`]th distinct small file turns them off. `Some(true)`: this call
+    /// turned them off, and [`Core::stop_opens`] is to run.
+    fn settle_opens(&self, st: &FileState) -> Option<bool> {
+        match self.opens.load(Ordering::Relaxed) {
+            OPENS_NONE => return Some(false),
+            OPENS_ALWAYS => return None,
+            _ => {}
+        }
+        if st.size >= PASSTHROUGH_MIN {
+            if self.passthrough_on.load(Ordering::Relaxed)
+                && self
+                    .opens
+                    .compare_exchange(
+                        OPENS_COUNTING,
+                        OPENS_ALWAYS,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+            {
+                ::metrics::counter!(metrics::OPENS_SETTLED, "to" => "always").increment(1);
+                tracing::info!(uri = st.uri, "a large file opened first: opens stay on");
+            }
+            return (self.opens.load(Ordering::Relaxed) == OPENS_NONE).then_some(false);
+        }
+        if st.counted.swap(true, Ordering::Relaxed)
+            || self.small_opens.fetch_add(1, Ordering::Relaxed) + 1 < AUTO_SMALL_OPENS
+        {
+            return None;
+        }
+        let switched = self
+            .opens
+            .compare_exchange(
+                OPENS_COUNTING,
+                OPENS_NONE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if switched {
+            ::metrics::counter!(metrics::OPENS_SETTLED, "to" => "none").increment(1);
+            tracing::info!(
+                files = AUTO_SMALL_OPENS,
+                "only small files opened: opens off (the kernel opens and closes files itself)"
+            );
+            // Before the reply: from the kernel's next read on, a read to a file's end
+            // closes its cache file (states made from now on are made unopened).
+            for st in lock(&self.files).values() {
+                st.unopened.store(true, Ordering::SeqCst);
+            }
+        }
+        (self.opens.load(Ordering::Relaxed) == OPENS_NONE).then_some(switched)
+    }
+
+    /// After a switch to no opens (on the pool: it takes each file's lock): every cache file
+    /// open now is held under [`HELD_MAX`]. The kernel sends no RELEASE for the files open at
+    /// the switch (it ends each itself once it stops asking for opens).
+    fn stop_opens(&self) {
+        let known: Vec<(u64, Arc<FileState>)> = lock(&self.files)
+            .iter()
+            .map(|(ino, st)| (*ino, st.clone()))
+            .collect();
+        for (ino, st) in known {
+            let open = {
+                let mut inner = lock(&st.inner);
+                inner.cached_opens = 0;
+                inner.file.is_some()
+            };
+            if open {
+                self.hold(ino, &st);
+            }
+        }
+    }
+
     /// Whether an open is answered at once: no passthrough to set up (which may ask the daemon
     /// and checks the whole file).
     fn open_is_inline(&self, st: &FileState) -> bool {
@@ -978,7 +1089,8 @@ impl<B: Backend> Core<B> {
                     if s {
                         ::metrics::counter!(metrics::STALE_READS).increment(1);
                     }
-                    hold = st.unopened && offset + u64::from(size) < st.size;
+                    hold =
+                        st.unopened.load(Ordering::Relaxed) && offset + u64::from(size) < st.size;
                     ::metrics::counter!(metrics::READ_BYTES).increment(buf.len() as u64);
                     reply.data(buf);
                     None
@@ -1112,26 +1224,33 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         let _ = config
             .set_congestion_threshold(96)
             .or_else(|max| config.set_congestion_threshold(max));
-        if self.core.opts.no_open
+        if self.core.opts.opens != Opens::Always
             && !config
                 .capabilities()
                 .contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
         {
             // An older kernel would fail every open answered ENOSYS: opens are answered.
-            tracing::warn!(
-                "this kernel cannot open files without asking the mount: --no-open is off"
-            );
-            self.core.no_open.store(false, Ordering::Relaxed);
+            if self.core.opts.opens == Opens::Never {
+                tracing::warn!(
+                    "this kernel cannot open files without asking the mount: --no-open is off"
+                );
+            }
+            self.core.opens.store(OPENS_ALWAYS, Ordering::Relaxed);
         }
         if self.core.opts.passthrough
-            && !self.core.no_open.load(Ordering::Relaxed)
+            && self.core.opens.load(Ordering::Relaxed) != OPENS_NONE
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
             let _ = config.set_max_stack_depth(2);
             self.core.passthrough_on.store(true, Ordering::Relaxed);
         }
         let passthrough = self.core.passthrough_on.load(Ordering::Relaxed);
-        tracing::info!(passthrough, "mounted");
+        let opens = match self.core.opens.load(Ordering::Relaxed) {
+            OPENS_COUNTING => "auto",
+            OPENS_ALWAYS => "always",
+            _ => "never",
+        };
+        tracing::info!(passthrough, opens, "mounted");
         Ok(())
     }
 
@@ -1180,15 +1299,26 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        if self.core.no_open.load(Ordering::Relaxed) {
-            // ENOSYS: the kernel takes every open and close of a file as done without asking
-            // again (its first open goes on with no handle); reads come by inode.
+        // ENOSYS: the kernel takes every open and close of a file as done without asking
+        // again (its first open goes on with no handle); reads come by inode.
+        let mode = self.core.opens.load(Ordering::Relaxed);
+        if mode == OPENS_NONE {
             metrics::request("open", "reader");
             return reply.error(Errno::ENOSYS);
         }
         let Some(st) = self.core.state(ino.0) else {
             return reply.error(Errno::EISDIR);
         };
+        if mode == OPENS_COUNTING {
+            if let Some(switched) = self.core.settle_opens(&st) {
+                if switched {
+                    self.offload("open", |core| core.stop_opens());
+                } else {
+                    metrics::request("open", "reader");
+                }
+                return reply.error(Errno::ENOSYS);
+            }
+        }
         let reply = if self.core.open_is_inline(&st) {
             self.core.open_file(st.clone(), reply, false)
         } else {
@@ -1214,9 +1344,10 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: ReplyData,
     ) {
         let _linger = Linger(self);
-        let st = match self.core.no_open.load(Ordering::Relaxed) {
-            true => self.core.state(ino.0),
-            false => lock(&self.core.handles)
+        // No handle: opened by the kernel alone (no opens, or opens turned off since).
+        let st = match fh.0 {
+            0 if self.core.opens.load(Ordering::Relaxed) == OPENS_NONE => self.core.state(ino.0),
+            _ => lock(&self.core.handles)
                 .get(&fh.0)
                 .map(|(st, _)| st.clone()),
         };

@@ -26,11 +26,15 @@
 //! through this process is opened the same way again until every such open is closed.
 //!
 //! # Without opens
-//! With [`MountOptions::no_open`] the first OPEN is answered ENOSYS, and the kernel then opens
-//! and closes files without asking: a small file costs a LOOKUP and a READ, not also an OPEN
-//! and a RELEASE (a 48-thread first pass over 1M cached files: 2–27% faster in ten paired runs).
-//! Reads come by inode, nothing is read by passthrough, and with no close to go by a read that
-//! reaches a file's end closes its cache file; at most [`HELD_MAX`] others stay open.
+//! With [`Opens::Never`] the first OPEN is answered ENOSYS, and the kernel then opens and
+//! closes files without asking: a small file costs a LOOKUP and a READ, not also an OPEN and a
+//! RELEASE. Reads come by inode, nothing is read by passthrough, and with no close to go by a
+//! read that reaches a file's end closes its cache file; at most [`HELD_MAX`] others stay open.
+//! The default, [`Opens::Auto`], answers opens until it knows what it serves: once
+//! [`AUTO_SMALL_OPENS`] distinct files under 1 MiB were opened and no larger one first (a
+//! dataset of small files), it answers ENOSYS from then on; a large file opened first (a
+//! model, read by passthrough) keeps opens on. The kernel sends no RELEASE for the files open
+//! at that switch, so their cache files are held under the same bound.
 //!
 //! # Threads
 //! One request reader per four cores (`locus mount --threads`) answers what needs nothing
@@ -54,7 +58,7 @@ mod open;
 mod test_backend;
 mod tree;
 
-pub use fs::{LocusFs, MountOptions, HELD_MAX};
+pub use fs::{LocusFs, MountOptions, Opens, AUTO_SMALL_OPENS, HELD_MAX};
 
 use std::path::PathBuf;
 use std::time::Duration;

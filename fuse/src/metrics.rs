@@ -12,6 +12,10 @@ pub const FAILURES: &str = "locus_fuse_failures_total";
 /// Opens handed to the kernel (FUSE passthrough: its reads never reach the mount).
 pub const PASSTHROUGH_OPENS: &str = "locus_fuse_passthrough_opens_total";
 
+/// An auto mount that settled whether it answers opens, by `to`: `none` (only small files
+/// were opened: the kernel opens and closes files itself from then on) or `always`.
+pub const OPENS_SETTLED: &str = "locus_fuse_opens_settled_total";
+
 /// Small cached files whose cache file a helper opened, and whose pages it asked for, when
 /// the kernel looked them up (ahead of its open and read).
 pub const OPENED_AHEAD: &str = "locus_fuse_opened_ahead_total";
@@ -48,6 +52,10 @@ pub fn describe() {
         "Opens handed to the kernel (passthrough)"
     );
     metrics::describe_counter!(
+        OPENS_SETTLED,
+        "Auto mounts that settled whether they answer opens, by the mode they settled on"
+    );
+    metrics::describe_counter!(
         OPENED_AHEAD,
         "Small cached files opened ahead by a helper when the kernel looked them up"
     );
@@ -80,6 +88,9 @@ pub fn describe() {
         VERSIONS_REPLACED,
     ] {
         metrics::counter!(c).absolute(0);
+    }
+    for to in ["none", "always"] {
+        metrics::counter!(OPENS_SETTLED, "to" => to).absolute(0);
     }
 }
 

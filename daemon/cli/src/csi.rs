@@ -35,6 +35,8 @@ impl Mounter for ProcessMounter {
         }
         if with.no_open {
             cmd.arg("--no-open");
+        } else if with.open {
+            cmd.arg("--open");
         }
         std::fs::create_dir_all(&self.logs).map_err(|e| format!("{}: {e}", self.logs.display()))?;
         let out = cmd

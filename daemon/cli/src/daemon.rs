@@ -609,6 +609,8 @@ async fn mount_namespace(
                 locus_fuse::MountOptions {
                     ttl,
                     max_inodes,
+                    // Every repo and bucket shares it: no one kind of file settles it.
+                    opens: locus_fuse::Opens::Always,
                     ..locus_fuse::MountOptions::default()
                 },
             )?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use locus_fuse::daemon::DaemonBackend;
-use locus_fuse::{LocusFs, MountOptions};
+use locus_fuse::{LocusFs, MountOptions, Opens};
 
 use crate::Failure;
 
@@ -34,11 +34,15 @@ pub struct MountArgs {
     /// Never hand complete files to the kernel (FUSE passthrough, Linux 6.9+, root).
     #[arg(long)]
     no_passthrough: bool,
-    /// Let the kernel open and close files without asking this mount: two fewer FUSE round
-    /// trips per file (OPEN and RELEASE), for datasets of many small files. No file is then
-    /// read by passthrough (model files read faster with it).
-    #[arg(long)]
+    /// Let the kernel open and close files without asking this mount from the start: two
+    /// fewer FUSE round trips per file (OPEN and RELEASE), for datasets of many small files.
+    /// No file is then read by passthrough (model files read faster with it). Without this
+    /// or --open, opens are turned off once the first 64 files opened were all under 1 MiB.
+    #[arg(long, conflicts_with = "open")]
     no_open: bool,
+    /// Answer every open, whatever files are read (large files are read by passthrough).
+    #[arg(long)]
+    open: bool,
     /// Microseconds a request reader waits for the next request before it sleeps; 0 never
     /// waits. During a storm of small requests this keeps up to one core busy.
     #[arg(long, default_value_t = 50)]
@@ -188,7 +192,11 @@ fn run_foreground(socket: &Path, a: MountArgs) -> Result<(), Failure> {
         MountOptions {
             passthrough: !a.no_passthrough,
             linger: Duration::from_micros(a.linger_us),
-            no_open: a.no_open,
+            opens: match (a.no_open, a.open) {
+                (true, _) => Opens::Never,
+                (_, true) => Opens::Always,
+                _ => Opens::Auto,
+            },
             ..MountOptions::default()
         },
     )
@@ -252,6 +260,9 @@ async fn spawn_background(socket: &Path, a: &MountArgs) -> Result<(), Failure> {
     }
     if a.no_open {
         cmd.arg("--no-open");
+    }
+    if a.open {
+        cmd.arg("--open");
     }
     if a.allow_non_empty {
         cmd.arg("--allow-non-empty");

@@ -723,8 +723,12 @@ fn a_restarted_plugin_mounts_again_a_volume_whose_process_died() {
     let mut c = Csi::connect(&sock);
     let target = env.path("pods/uid-4/vol");
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    c.publish(publish_req("v4", &target, &[("uri", "hf://acme/m")]))
-        .unwrap();
+    c.publish(publish_req(
+        "v4",
+        &target,
+        &[("uri", "hf://acme/m"), ("noOpen", "false")],
+    ))
+    .unwrap();
     let _guard = Unmount(vec![target.clone()]);
     let mut want: Vec<(String, Vec<u8>)> =
         files.iter().map(|(p, b)| (p.clone(), b.to_vec())).collect();
@@ -733,10 +737,30 @@ fn a_restarted_plugin_mounts_again_a_volume_whose_process_died() {
     // The daemon goes down, and the volume's mount process dies meanwhile.
     d.signal(nix::sys::signal::Signal::SIGKILL);
     kill_mount_process(&target);
+    // The state file as a version before auto mounts wrote it: `noOpen: "false"` (then the
+    // default) and no `open`.
+    let state = d.cache.join("csi-volumes.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let vol = v
+        .as_object_mut()
+        .and_then(|m| m.values_mut().next())
+        .and_then(|v| v.as_object_mut())
+        .unwrap();
+    assert_eq!(vol.remove("open"), Some(serde_json::Value::Bool(true)));
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
     // `restart` returns once the daemon is ready, after the plugin's start.
     d.restart();
     assert!(
         files_under(&target) == want,
         "mounted again from the state file, with no call"
     );
+    // Mounted as it was then: with opens, not left to settle.
+    for pid in mount_processes(&target) {
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            args.split(|b| *b == 0).any(|a| a == b"--open"),
+            "noOpen: \"false\": {}",
+            String::from_utf8_lossy(&args)
+        );
+    }
 }

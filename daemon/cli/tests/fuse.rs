@@ -606,21 +606,40 @@ fn fds_under(pid: nix::unistd::Pid, dir: &Path) -> usize {
         .count()
 }
 
-/// Waits until the mount process `pid` holds `n` files under `dir` (the helpers that open
-/// cache files ahead hold theirs for moments), failing after 10 s with what it holds.
-fn fds_settle_at(pid: nix::unistd::Pid, dir: &Path, n: usize, what: &str) {
+/// Waits until `read` gives `want`, failing after 10 s with what it gives.
+fn settles_at<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T, want: T, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let held = fds_under(pid, dir);
-        if held == n {
+        let got = read();
+        if got == want {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{what}: {held} cache files open, not {n}"
+            "{what}: {got:?}, not {want:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until the mount process `pid` holds `n` files under `dir` (the helpers that open
+/// cache files ahead hold theirs for moments).
+fn fds_settle_at(pid: nix::unistd::Pid, dir: &Path, n: usize, what: &str) {
+    settles_at(
+        || fds_under(pid, dir),
+        n,
+        &format!("{what}: cache files open"),
+    );
+}
+
+/// Waits until metric `name` (samples whose labels contain `labels`, summed) is `want`: the
+/// kernel sends a RELEASE after the close has returned.
+fn metric_settles_at(addr: &str, name: &str, labels: &str, want: f64) {
+    settles_at(
+        || metric(addr, name, labels),
+        want,
+        &format!("{name}{{{labels}}}"),
+    );
 }
 
 /// 40 files of about 10 KB under `small/` and `big.bin` of 3 MiB.
@@ -760,6 +779,171 @@ fn a_mount_without_opens_reads_the_origins_bytes_with_no_open_or_release_round_t
     }
     fds_settle_at(pid, &data, 0, "after whole reads");
     assert_eq!(requests("open"), 1.0, "opens asked of the mount");
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_mount_stops_answering_opens_once_it_has_opened_only_small_files() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    let n = locus_fuse::AUTO_SMALL_OPENS as u64;
+    let mut files: Vec<(String, bytes::Bytes)> = (0..n + 6)
+        .map(|i| {
+            (
+                format!("small/{i}.bin"),
+                locus_testorigin::model::random_bytes(2000 + i, 10_000 + i as usize),
+            )
+        })
+        .collect();
+    files.push((
+        "big.bin".into(),
+        locus_testorigin::model::random_bytes(99, 3 << 20),
+    ));
+    // As many as a mount without opens holds for reads that stop short.
+    let part: Vec<(String, bytes::Bytes)> = (0..locus_fuse::HELD_MAX as u64)
+        .map(|i| {
+            (
+                format!("part/{i}.bin"),
+                locus_testorigin::model::random_bytes(1000 + i, 8192 + i as usize),
+            )
+        })
+        .collect();
+    env.sim.commit(
+        "model",
+        "acme/many",
+        files.iter().chain(&part).cloned().collect(),
+    );
+    let d = env.daemon("n", &["--chunk-size", "256KiB"], &[]);
+    d.ok(&["warm", "hf://acme/many"]);
+    let data = d.cache.join("data");
+    let (small, big) = files.split_at(n as usize + 6);
+    let read_all = |dir: &Path, files: &[(String, bytes::Bytes)]| {
+        for (p, b) in files {
+            assert_eq!(std::fs::read(dir.join(p)).unwrap(), b.to_vec(), "{p}");
+        }
+    };
+
+    // Small files only: the default mount answers opens until the 64th distinct one.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(&d, &env, "hf://acme/many", "mnt", &["--metrics", &addr]);
+    let pid = mount_pid("hf://acme/many", &m.dir);
+    let requests = |op: &str| metric(&addr, "locus_fuse_requests_total", &format!(r#"op="{op}""#));
+    let settled = |to: &str| {
+        metric(
+            &addr,
+            "locus_fuse_opens_settled_total",
+            &format!(r#"to="{to}""#),
+        )
+    };
+    // The first file stays open, its first page read: open at the switch.
+    let first = std::fs::File::open(m.dir.join(&small[0].0)).unwrap();
+    nix::fcntl::posix_fadvise(
+        &first,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+    )
+    .unwrap();
+    let mut page = vec![0u8; 4096];
+    first.read_exact_at(&mut page, 0).unwrap();
+    assert!(page[..] == small[0].1[..4096]);
+    // Opened again and again: one file counted once.
+    for _ in 0..3 {
+        read_all(&m.dir, &small[1..2]);
+    }
+    read_all(&m.dir, &small[1..n as usize - 1]);
+    assert_eq!(settled("none"), 0.0, "{} small files opened", n - 1);
+    assert_eq!(requests("open"), (n + 2) as f64);
+    // The 64th: answered ENOSYS, and the kernel asks for no open or release from then on.
+    read_all(&m.dir, &small[n as usize - 1..]);
+    read_all(&m.dir, big);
+    read_all(&m.dir, &small[1..]);
+    assert_eq!(settled("none"), 1.0);
+    assert_eq!(settled("always"), 0.0);
+    assert_eq!(requests("open"), (n + 3) as f64, "opens asked of the mount");
+    // Releases of the whole reads before the switch (the first file is still open).
+    let released = (n + 1) as f64;
+    metric_settles_at(
+        &addr,
+        "locus_fuse_requests_total",
+        r#"op="release""#,
+        released,
+    );
+    assert_eq!(metric(&addr, "locus_fuse_passthrough_opens_total", ""), 0.0);
+    // The file open at the switch: its cache file is held (no RELEASE will say when it is
+    // done with), the first to go once reads that stop short hold more.
+    fds_settle_at(pid, &data, 1, "the file open at the switch");
+    for (p, b) in &part {
+        let f = std::fs::File::open(m.dir.join(p)).unwrap();
+        nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM)
+            .unwrap();
+        f.read_exact_at(&mut page, 0).unwrap();
+        assert!(page[..] == b[..4096], "{p}");
+    }
+    fds_settle_at(pid, &data, locus_fuse::HELD_MAX, "held at most");
+    // Reads through its handle still answer; one that reaches the end closes it again.
+    let mut rest = vec![0u8; small[0].1.len() - 4096];
+    first.read_exact_at(&mut rest, 4096).unwrap();
+    assert!(rest[..] == small[0].1[4096..]);
+    fds_settle_at(
+        pid,
+        &data,
+        locus_fuse::HELD_MAX,
+        "after its read to the end",
+    );
+    drop(first);
+    let mut got = Vec::new();
+    std::fs::File::open(m.dir.join(&small[0].0))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert!(got[..] == small[0].1[..]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(requests("release"), released, "no RELEASE after the switch");
+    assert_eq!(requests("open"), (n + 3) as f64);
+    drop(m);
+
+    // A large file opened first: opens stay (where the kernel reads it by passthrough).
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(&d, &env, "hf://acme/many", "mnt2", &["--metrics", &addr]);
+    read_all(&m.dir, big);
+    let passthrough = metric(&addr, "locus_fuse_passthrough_opens_total", "") > 0.0;
+    read_all(&m.dir, small);
+    read_all(&m.dir, small);
+    let settled = |to: &str| {
+        metric(
+            &addr,
+            "locus_fuse_opens_settled_total",
+            &format!(r#"to="{to}""#),
+        )
+    };
+    let opens = metric(&addr, "locus_fuse_requests_total", r#"op="open""#);
+    if passthrough {
+        assert_eq!((settled("always"), settled("none")), (1.0, 0.0));
+        assert_eq!(opens, (2 * small.len() + 1) as f64, "every open asked");
+    } else {
+        // No passthrough here: the large file read through the mount settles nothing.
+        assert_eq!((settled("always"), settled("none")), (0.0, 1.0));
+        assert_eq!(opens, (n + 1) as f64);
+    }
+
+    // `--open`: every open reaches the mount, whatever is read.
+    drop(m);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(
+        &d,
+        &env,
+        "hf://acme/many",
+        "mnt3",
+        &["--open", "--metrics", &addr],
+    );
+    read_all(&m.dir, small);
+    assert_eq!(
+        metric(&addr, "locus_fuse_requests_total", r#"op="open""#),
+        small.len() as f64
+    );
+    assert_eq!(metric(&addr, "locus_fuse_opens_settled_total", ""), 0.0);
 }
 
 /// A daemon serving `file://` names under `root`, with a metadata TTL of 1 s and 64 KiB chunks.

@@ -63,8 +63,9 @@ fn flag(given: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
 impl Attrs {
     /// Reads `ctx`: `uri` (required), `revision`, `include`/`exclude` (comma-separated globs),
     /// `warm` (`"true"`/`"false"`), `warmTimeout` (seconds), `noOpen` (`"true"`: the mount
-    /// is told of no open or close, for datasets of many small files; `locus mount
-    /// --no-open`). Any other key, but kubelet's, is an error naming the keys there are (a
+    /// is told of no open or close, for datasets of many small files, `locus mount
+    /// --no-open`; `"false"`: of every one, `--open`; absent: the mount settles it by the
+    /// first files opened). Any other key, but kubelet's, is an error naming the keys there are (a
     /// typo must not pass unnoticed).
     pub fn parse(ctx: &HashMap<String, String>) -> Result<Attrs, String> {
         let given: BTreeMap<String, String> = ctx
@@ -134,6 +135,7 @@ impl Attrs {
             uri,
             mount: crate::MountWith {
                 no_open: flag(&given, "noOpen")?,
+                open: given.get("noOpen").map(String::as_str) == Some("false"),
                 include,
                 exclude,
             },
@@ -168,14 +170,14 @@ mod tests {
         .unwrap();
         assert_eq!(a.uri.revision.as_deref(), Some("refs/pr/1"));
         assert_eq!(a.mount.include, vec!["*.safetensors", "*.json"]);
-        assert!(a.warm && a.mount.exclude.is_empty() && a.mount.no_open);
+        assert!(a.warm && a.mount.exclude.is_empty() && a.mount.no_open && !a.mount.open);
         assert_eq!(a.given.len(), 5, "kubelet's keys are not the user's");
-        assert!(
-            !Attrs::parse(&ctx(&[("uri", "hf://a/b")]))
-                .unwrap()
-                .mount
-                .no_open
-        );
+        let auto = Attrs::parse(&ctx(&[("uri", "hf://a/b")])).unwrap().mount;
+        assert!(!auto.no_open && !auto.open, "absent: the mount settles it");
+        let open = Attrs::parse(&ctx(&[("uri", "hf://a/b"), ("noOpen", "false")]))
+            .unwrap()
+            .mount;
+        assert!(!open.no_open && open.open);
         for (bad, want) in [
             (ctx(&[]), "required"),
             (ctx(&[("uri", "ftp://x")]), "uri"),

@@ -56,6 +56,10 @@ pub struct MountWith {
     /// The kernel opens and closes files without asking the mount (`locus mount --no-open`).
     #[serde(default)]
     pub no_open: bool,
+    /// Every open is answered (`locus mount --open`). Neither: the mount settles it by the
+    /// first files opened.
+    #[serde(default)]
+    pub open: bool,
 }
 
 /// A published volume, as the state file keeps it.
@@ -121,7 +125,10 @@ impl Plugin {
                 continue;
             }
             let _ = mounter.unmount(t).await;
-            match mounter.mount(&v.pinned, t, &v.mount).await {
+            // A state file from before auto mounts holds `noOpen: "false"` without `open`.
+            let mut with = v.mount.clone();
+            with.open |= v.given.get("noOpen").map(String::as_str) == Some("false");
+            match mounter.mount(&v.pinned, t, &with).await {
                 Ok(()) => tracing::info!(target, uri = v.pinned, "published volume mounted again"),
                 Err(e) => {
                     tracing::error!(target, uri = v.pinned, error = %e, "could not mount a published volume again")
