@@ -14,7 +14,7 @@ Each run also reports the CPU seconds the daemon and the mount process spent in 
 
 Run as root from the repository root after `cargo build --release --workspace`:
     python3 benches/fuse_scale.py [--files 1000000] [--sample 50000] [--runs 3] [--keep DIR]
-        [--against '--no-open'] [--skip-warm]
+        [--against '--open'] [--skip-warm]
 (`--keep DIR`: the cache and native copies stay in DIR, and a later run with the same DIR
 reuses them: its warm then finds every file cached; `--skip-warm` leaves the warm out.
 `--linked`: no warm and no native copies; the cache is filled by the store's scale bench
@@ -153,7 +153,7 @@ def main():
     ap.add_argument("--mount-args", default="", help="more arguments for `locus mount` (e.g. '--threads 4')")
     ap.add_argument("--against", default=None,
                     help="also measure mounts with these arguments added, alternating with the plain "
-                         "ones in each run (e.g. '--no-open')")
+                         "ones in each run (e.g. '--open')")
     ap.add_argument("--latency", type=int, default=2000,
                     help="files of the sample read one at a time after the passes, for p50/p99")
     ap.add_argument("--linked", action="store_true",

@@ -324,7 +324,7 @@ def main():
                     "'--linger-us 0')")
     ap.add_argument("--runs", default="direct,mount,mount+warm,local,memory",
                     help="comma-separated; a locus run may name more mount arguments after a colon "
-                         "(e.g. 'mount+warm:--no-open')")
+                         "(e.g. 'mount+warm:--open')")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.sharing_strategy:
@@ -349,7 +349,7 @@ def main():
         assert len(files) == args.files, len(files)
         step = args.step_ms / 1000
         for named in args.runs.split(","):
-            # `RUN:ARGS`: a locus run whose mount takes ARGS too (e.g. `mount+warm:--no-open`).
+            # `RUN:ARGS`: a locus run whose mount takes ARGS too (e.g. `mount+warm:--open`).
             run, _, extra = named.partition(":")
             print(f"{named}:", flush=True)
             proxy.reset()
