@@ -205,8 +205,9 @@ struct Core<B: Backend> {
     /// Opens small cached files ahead of the kernel's open and read (none without threads).
     ahead: Option<crate::ahead::Ahead>,
     /// Without opens: files whose cache file a read left open (it did not reach the end),
-    /// longest held first; past [`HELD_MAX`] the first is closed.
-    held: Mutex<VecDeque<u64>>,
+    /// longest held first; past [`HELD_MAX`] the first is closed. The states themselves: one
+    /// the mount has forgotten meanwhile is still closed here.
+    held: Mutex<VecDeque<Arc<FileState>>>,
 }
 
 /// Cache files a mount without opens holds for reads that stopped short of a file's end.
@@ -1001,22 +1002,27 @@ impl<B: Backend> Core<B> {
     }
 
     /// After a switch to no opens (on the pool: it takes each file's lock): every cache file
-    /// open now is held under [`HELD_MAX`]. The kernel sends no RELEASE for the files open at
-    /// the switch (it ends each itself once it stops asking for opens).
+    /// open now is held under [`HELD_MAX`], and the handles are dropped (reads come by inode
+    /// from now on). Whether the kernel still sends RELEASE for a handle open at the switch
+    /// depends on its version; either way nothing is left open past the bound.
     fn stop_opens(&self) {
-        let known: Vec<(u64, Arc<FileState>)> = lock(&self.files)
-            .iter()
-            .map(|(ino, st)| (*ino, st.clone()))
-            .collect();
-        for (ino, st) in known {
-            let open = {
-                let mut inner = lock(&st.inner);
-                inner.cached_opens = 0;
-                inner.file.is_some()
-            };
-            if open {
-                self.hold(ino, &st);
-            }
+        lock(&self.handles).retain(|_, (_, passthrough)| *passthrough);
+        let known: Vec<Arc<FileState>> = lock(&self.files).values().cloned().collect();
+        for st in known {
+            self.hold_if_open(&st);
+        }
+    }
+
+    /// Holds `st`'s cache file under [`HELD_MAX`] if it is open, its opens no longer counted
+    /// (no RELEASE need come for them).
+    fn hold_if_open(&self, st: &Arc<FileState>) {
+        let open = {
+            let mut inner = lock(&st.inner);
+            inner.cached_opens = 0;
+            inner.file.is_some()
+        };
+        if open {
+            self.hold(st);
         }
     }
 
@@ -1075,7 +1081,7 @@ impl<B: Backend> Core<B> {
     fn read_reply(
         &self,
         ino: u64,
-        st: &FileState,
+        st: &Arc<FileState>,
         offset: u64,
         size: u32,
         reply: ReplyData,
@@ -1106,7 +1112,7 @@ impl<B: Backend> Core<B> {
         });
         // After the reply: the reader does not wait for them.
         if hold {
-            self.hold(ino, st);
+            self.hold(st);
         }
         if stale {
             self.stale_read(ino);
@@ -1117,22 +1123,19 @@ impl<B: Backend> Core<B> {
     /// Counts file `ino`'s cache file as held by a read (without opens no close says when it
     /// is done with); past [`HELD_MAX`], closes the one held longest unless a read holds its
     /// state right now (it goes to the back).
-    fn hold(&self, ino: u64, st: &FileState) {
+    fn hold(&self, st: &Arc<FileState>) {
         if st.held.swap(true, Ordering::Relaxed) {
             return;
         }
         let mut held = lock(&self.held);
-        held.push_back(ino);
+        held.push_back(st.clone());
         for _ in HELD_MAX..held.len() {
             let Some(old) = held.pop_front() else { break };
-            let Some(old_st) = lock(&self.files).get(&old).cloned() else {
-                continue;
-            };
             // The flag is cleared under the state's lock: a read that reopens the file after
             // this sees it cleared and queues the file again.
-            let closed = try_lock(&old_st.inner).map(|mut inner| {
+            let closed = try_lock(&old.inner).map(|mut inner| {
                 inner.close_file();
-                old_st.held.store(false, Ordering::Relaxed);
+                old.held.store(false, Ordering::Relaxed);
             });
             if closed.is_none() {
                 held.push_back(old);
@@ -1314,7 +1317,8 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
                 if switched {
                     self.offload("open", |core| core.stop_opens());
                 } else {
-                    metrics::request("open", "reader");
+                    // Made by an open that raced the switch: no read need come to close it.
+                    self.offload("open", move |core| core.hold_if_open(&st));
                 }
                 return reply.error(Errno::ENOSYS);
             }
@@ -1344,12 +1348,15 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
         reply: ReplyData,
     ) {
         let _linger = Linger(self);
-        // No handle: opened by the kernel alone (no opens, or opens turned off since).
-        let st = match fh.0 {
-            0 if self.core.opens.load(Ordering::Relaxed) == OPENS_NONE => self.core.state(ino.0),
-            _ => lock(&self.core.handles)
-                .get(&fh.0)
-                .map(|(st, _)| st.clone()),
+        // No handle: opened by the kernel alone (no opens), or opens turned off since (the
+        // handles are dropped then).
+        let handle = match fh.0 {
+            0 => None,
+            fh => lock(&self.core.handles).get(&fh).map(|(st, _)| st.clone()),
+        };
+        let st = match handle {
+            None if self.core.opens.load(Ordering::Relaxed) == OPENS_NONE => self.core.state(ino.0),
+            st => st,
         };
         let Some(st) = st else {
             return reply.error(Errno::EBADF);

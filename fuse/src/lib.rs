@@ -33,8 +33,9 @@
 //! The default, [`Opens::Auto`], answers opens until it knows what it serves: once
 //! [`AUTO_SMALL_OPENS`] distinct files under 1 MiB were opened and no larger one first (a
 //! dataset of small files), it answers ENOSYS from then on; a large file opened first (a
-//! model, read by passthrough) keeps opens on. The kernel sends no RELEASE for the files open
-//! at that switch, so their cache files are held under the same bound.
+//! model, read by passthrough) keeps opens on. The files open at that switch are read by inode
+//! from then on and their cache files held under the same bound (some kernels send their
+//! RELEASE still, others not).
 //!
 //! # Threads
 //! One request reader per four cores (`locus mount --threads`) answers what needs nothing

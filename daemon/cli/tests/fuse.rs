@@ -900,7 +900,13 @@ fn a_mount_stops_answering_opens_once_it_has_opened_only_small_files() {
         .unwrap();
     assert!(got[..] == small[0].1[..]);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(requests("release"), released, "no RELEASE after the switch");
+    // The handle open at the switch may still see its RELEASE (kernels differ: some decide
+    // at open, some at close); no other comes.
+    let after = requests("release");
+    assert!(
+        after == released || after == released + 1.0,
+        "RELEASEs after the switch: {after}, {released} before"
+    );
     assert_eq!(requests("open"), (n + 3) as f64);
     drop(m);
 
