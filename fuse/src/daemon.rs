@@ -164,12 +164,18 @@ impl<A: LocalApi> DaemonBackend<A> {
 
 impl<A: LocalApi> Backend for DaemonBackend<A> {
     fn list(&self, uri: &str) -> Result<Listing, FsError> {
+        self.list_within(uri, std::time::Duration::ZERO)
+    }
+
+    fn list_within(&self, uri: &str, max_age: std::time::Duration) -> Result<Listing, FsError> {
         let r = self
             .call(|| {
                 self.api.list(pb::ListRequest {
                     uri: uri.to_string(),
                     cluster: false,
                     one_level: true,
+                    // Zero: the daemon's metadata TTL.
+                    max_age_ms: max_age.as_millis() as u64,
                 })
             })
             .map_err(status_error)?;

@@ -32,11 +32,9 @@ impl<B: Backend> Filtered<B> {
     fn keep(&self, path: &str) -> bool {
         self.selection.keep(path)
     }
-}
 
-impl<B: Backend> Backend for Filtered<B> {
-    fn list(&self, uri: &str) -> Result<Listing, FsError> {
-        let mut l = self.inner.list(uri)?;
+    /// Keeps the entries of `uri`'s listing `l` that the globs select.
+    fn filter(&self, uri: &str, mut l: Listing) -> Result<Listing, FsError> {
         // Entries' paths are from the folder listed; the globs see them from the root.
         let folder = uri
             .trim_end_matches('/')
@@ -48,6 +46,16 @@ impl<B: Backend> Backend for Filtered<B> {
             false => self.keep(&format!("{folder}/{}", e.path)),
         });
         Ok(l)
+    }
+}
+
+impl<B: Backend> Backend for Filtered<B> {
+    fn list(&self, uri: &str) -> Result<Listing, FsError> {
+        self.filter(uri, self.inner.list(uri)?)
+    }
+
+    fn list_within(&self, uri: &str, max_age: std::time::Duration) -> Result<Listing, FsError> {
+        self.filter(uri, self.inner.list_within(uri, max_age)?)
     }
 
     fn chunks(
@@ -80,6 +88,10 @@ mod tests {
     struct Repo;
 
     impl Backend for Repo {
+        fn list_within(&self, uri: &str, _: std::time::Duration) -> Result<Listing, FsError> {
+            self.list(uri)
+        }
+
         fn list(&self, uri: &str) -> Result<Listing, FsError> {
             let names: &[&str] = match uri {
                 "hf://a/b@c" => &["a.json", "w.safetensors"],

@@ -494,21 +494,43 @@ impl<B: Backend> Core<B> {
     /// Lists root `root` again if its TTL has passed (one thread at a time lists it; the rest
     /// wait for that answer).
     fn refresh(&self, root: u64) {
+        self.relist(root, false)
+    }
+
+    /// Lists root `root` again: once its TTL has passed, or with `ahead` (on the pool, found
+    /// [`Tree::due_root`] by a reader that did not wait) before, from an answer younger than
+    /// the margin, unless a refresh is under way.
+    fn relist(&self, root: u64, ahead: bool) {
         let gate = self.tree().roots.get(&root).map(|r| r.refreshing.clone());
         let Some(gate) = gate else {
             return;
         };
-        let _one = lock(&gate);
-        let uri = {
-            let tree = self.tree();
-            tree.stale_root(root)
-                .and_then(|r| tree.roots.get(&r))
-                .map(|r| r.uri.clone())
+        let _one = match ahead {
+            true => match try_lock(&gate) {
+                Some(g) => g,
+                None => return,
+            },
+            false => lock(&gate),
         };
-        let Some(uri) = uri else {
+        let asked = {
+            let tree = self.tree();
+            let root = match ahead {
+                true => Some(root),
+                false => tree.stale_root(root),
+            };
+            root.and_then(|r| tree.roots.get(&r))
+                .and_then(|r| Some((r.uri.clone(), r.ttl?)))
+        };
+        let Some((uri, ttl)) = asked else {
             return;
         };
-        let listing = match self.backend.list(&uri) {
+        let answer = match ahead {
+            true => self
+                .backend
+                .list_within(&uri, crate::tree::ahead_margin(ttl)),
+            false => self.backend.list(&uri),
+        };
+        let listing = match answer {
             Ok(l) => l,
             // The whole prefix or folder is gone: so are its names.
             Err(FsError::NotFound(_)) => {
@@ -519,13 +541,20 @@ impl<B: Backend> Core<B> {
                 }
             }
             Err(e) => {
-                tracing::warn!(uri, error = %e, "listing again failed; the names listed before stay");
+                tracing::warn!(uri, ahead, error = %e, "listing again failed; the names listed before stay");
                 metrics::failure("relist");
-                self.tree_mut().retry_after(root, RELIST_RETRY);
+                // Ahead of the TTL: the listing is still current; the first reader past the
+                // TTL asks again.
+                if !ahead {
+                    self.tree_mut().retry_after(root, RELIST_RETRY);
+                }
                 return;
             }
         };
         ::metrics::counter!(metrics::RELISTS).increment(1);
+        if ahead {
+            ::metrics::counter!(metrics::RELISTS_AHEAD).increment(1);
+        }
         // Made ready before the tree is locked: a big listing stalls no other request.
         let listing = Prepared::new(listing);
         // The same names (the common case): only where the node holds them may be news.
@@ -1271,6 +1300,13 @@ impl<B: Backend> fuser::Filesystem for LocusFs<B> {
                 });
             }
         }
+        // A listing in use near its TTL is asked for again now, in the background, so that
+        // the readers at the TTL do not all wait for it.
+        let due = self.core.tree().due_root(parent.0);
+        if let Some(root) = due {
+            let core = self.core.clone();
+            self.pool.spawn_blocking(move || core.relist(root, true));
+        }
     }
 
     // BATCH_FORGET comes here too (fuser's default; its `ForgetOne` is not public).
@@ -1543,6 +1579,10 @@ mod tests {
     }
 
     impl Backend for OldListing {
+        fn list_within(&self, uri: &str, _: std::time::Duration) -> Result<Listing, FsError> {
+            self.list(uri)
+        }
+
         fn list(&self, _uri: &str) -> Result<Listing, FsError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(Listing {
@@ -1664,5 +1704,101 @@ mod tests {
         // The mount's own listing, and one more: then not before RELIST_RETRY.
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
         assert!(core.tree().stale_root(ROOT).is_none());
+    }
+    /// A backend whose plain listing is as old as `age_ms` and whose listing asked for within
+    /// an age is fresh (as the daemon answers), recording the ages asked for.
+    struct Aging {
+        age_ms: AtomicU64,
+        within: Mutex<Vec<Duration>>,
+        fail: AtomicBool,
+    }
+
+    impl Backend for Aging {
+        fn list(&self, _uri: &str) -> Result<Listing, FsError> {
+            let mut l = OldListing {
+                calls: AtomicUsize::new(0),
+            }
+            .list("")?;
+            l.age = Duration::from_millis(self.age_ms.load(Ordering::SeqCst));
+            Ok(l)
+        }
+        fn list_within(&self, uri: &str, max_age: Duration) -> Result<Listing, FsError> {
+            lock(&self.within).push(max_age);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(FsError::Io("origin down".into()));
+            }
+            let mut l = self.list(uri)?;
+            l.age = Duration::ZERO;
+            Ok(l)
+        }
+        fn chunks(
+            &self,
+            _: &str,
+            _: &str,
+            _: u32,
+            _: u32,
+            _: bool,
+        ) -> Result<(ChunkInfo, bool), FsError> {
+            Err(FsError::Io("no chunks here".into()))
+        }
+        fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}
+        fn cached(&self) -> Result<Vec<String>, FsError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_listing_in_use_is_asked_for_again_ahead_of_its_ttl_once() {
+        let backend = Arc::new(Aging {
+            age_ms: AtomicU64::new(40_000),
+            within: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+        });
+        let listed_as_old_as = |age_s: u64| {
+            backend.age_ms.store(age_s * 1000, Ordering::SeqCst);
+            let listing = Prepared::new(backend.list("s3://b").unwrap());
+            Core::with_tree(
+                backend.clone(),
+                Tree::listed("s3://b", listing),
+                MountOptions::default(),
+            )
+        };
+        // 40 s of 60: not yet within the margin (15 s).
+        assert_eq!(
+            crate::tree::ahead_margin(Duration::from_secs(60)).as_secs(),
+            15
+        );
+        assert_eq!(listed_as_old_as(40).tree().due_root(ROOT), None);
+        // 50 s of 60: due, once.
+        let core = listed_as_old_as(50);
+        assert!(core.tree().stale_root(ROOT).is_none());
+        assert_eq!(core.tree().due_root(ROOT), Some(ROOT));
+        assert_eq!(
+            core.tree().due_root(ROOT),
+            None,
+            "one refresh ahead at a time"
+        );
+        // A failed one leaves the listing as it was (still current) and is not tried again
+        // before the TTL.
+        backend.fail.store(true, Ordering::SeqCst);
+        core.relist(ROOT, true);
+        assert_eq!(lock(&backend.within).len(), 1);
+        assert!(core.tree().stale_root(ROOT).is_none());
+        assert_eq!(core.tree().due_root(ROOT), None);
+        // One that comes back: asked within the margin, and current for a whole TTL again.
+        backend.fail.store(false, Ordering::SeqCst);
+        core.relist(ROOT, true);
+        assert_eq!(*lock(&backend.within), [Duration::from_secs(15); 2]);
+        let listed_at = core.tree().roots[&ROOT].listed_at;
+        assert!(listed_at.elapsed() < Duration::from_secs(5));
+        assert_eq!(core.tree().due_root(ROOT), None);
+        assert!(core.tree().stale_root(ROOT).is_none());
+        // An answer as old as the one it replaces (a node that did not ask again): not asked
+        // for ahead again; the first reader past the TTL asks.
+        let core = listed_as_old_as(50);
+        assert_eq!(core.tree().due_root(ROOT), Some(ROOT));
+        let old = Prepared::new(backend.list("s3://b").unwrap());
+        let _ = core.tree_mut().sync_root(ROOT, old);
+        assert_eq!(core.tree().due_root(ROOT), None);
     }
 }

@@ -137,6 +137,10 @@ impl FsError {
 pub trait Backend: Send + Sync + 'static {
     /// Files under `uri` (a repo, folder or file), each at an immutable version.
     fn list(&self, uri: &str) -> Result<Listing, FsError>;
+    /// [`Backend::list`] from an answer younger than `max_age`: a listing asked for again
+    /// ahead of its TTL must not come back as old as the one it replaces (no default: a
+    /// wrapper that forgot it would pass the old answer on).
+    fn list_within(&self, uri: &str, max_age: Duration) -> Result<Listing, FsError>;
     /// Makes chunks `first..first + count` of `uri`, the version with identity `key`, present
     /// and says where the file is, and whether every chunk asked for (at least one) was
     /// stored before the call; fails rather than answer about another version. With

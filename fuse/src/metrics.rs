@@ -22,6 +22,9 @@ pub const OPENED_AHEAD: &str = "locus_fuse_opened_ahead_total";
 
 /// Listings asked for again because their metadata TTL had passed.
 pub const RELISTS: &str = "locus_fuse_relists_total";
+/// Of those, the ones asked for ahead of the TTL (in the background, while the listing was in
+/// use), so that no reader waited at the TTL.
+pub const RELISTS_AHEAD: &str = "locus_fuse_relists_ahead_total";
 /// First reads of files that the node already held though the listing they came from did
 /// not show them cached (cached since: a warm running beside the readers).
 pub const STALE_READS: &str = "locus_fuse_stale_reads_total";
@@ -61,6 +64,10 @@ pub fn describe() {
     );
     metrics::describe_counter!(RELISTS, "Listings asked for again after their TTL");
     metrics::describe_counter!(
+        RELISTS_AHEAD,
+        "Listings asked for again ahead of their TTL, in the background, while in use"
+    );
+    metrics::describe_counter!(
         STALE_READS,
         "First reads of files the node held though their listing did not show them cached"
     );
@@ -82,6 +89,7 @@ pub fn describe() {
         PASSTHROUGH_OPENS,
         OPENED_AHEAD,
         RELISTS,
+        RELISTS_AHEAD,
         STALE_READS,
         LEARNS,
         LEARNED_FILES,

@@ -87,6 +87,10 @@ impl TestBackend {
 }
 
 impl Backend for TestBackend {
+    fn list_within(&self, uri: &str, _: std::time::Duration) -> Result<Listing, FsError> {
+        self.list(uri)
+    }
+
     fn list(&self, _uri: &str) -> Result<Listing, FsError> {
         Err(FsError::Io("not listed here".into()))
     }

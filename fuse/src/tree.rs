@@ -15,7 +15,7 @@
 //! of organisations left without repos) are unlinked, and listed again when named again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +94,8 @@ pub(crate) struct Root {
     pub used: AtomicU64,
     /// Held while the listing is refreshed: one refresh at a time.
     pub refreshing: Arc<Mutex<()>>,
+    /// A refresh ahead of the TTL was started for the listing shown ([`Tree::due_root`]).
+    ahead: AtomicBool,
     /// The digest of the listing shown.
     digest: Option<u64>,
     /// Files in the listing shown.
@@ -251,6 +253,13 @@ pub(crate) const ROOT: u64 = 1;
 
 /// A listing is not asked for again sooner than this.
 const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// How long before its TTL a listing in use is asked for again, in the background: a quarter
+/// of the TTL (an S3 prefix of 100,000 keys is 100 LIST pages, seconds), so that the readers
+/// at the TTL find it current instead of waiting for it. The answer must be younger than this.
+pub fn ahead_margin(ttl: Duration) -> Duration {
+    ttl / 4
+}
 
 /// An organisation's folder is not dropped this soon after it was made: a path walk
 /// (`hf/ORG/NAME`) looks up its repo right after it.
@@ -449,6 +458,17 @@ impl Tree {
         let r = self.roots.get(&root)?;
         let ttl = r.ttl?;
         (r.listed_at.elapsed() >= ttl).then_some(root)
+    }
+
+    /// The root whose listing `ino` came from, if that listing is within [`ahead_margin`] of
+    /// its TTL and no refresh ahead of it was started since it was listed (marks one started).
+    pub fn due_root(&self, ino: u64) -> Option<u64> {
+        let root = self.nodes.get(&ino)?.root;
+        let r = self.roots.get(&root)?;
+        let ttl = r.ttl?;
+        let age = r.listed_at.elapsed();
+        (age >= ttl - ahead_margin(ttl) && age < ttl && !r.ahead.swap(true, Ordering::Relaxed))
+            .then_some(root)
     }
 
     /// How long the kernel may keep names in folder `dir`: its listing's TTL, at most `max`.
@@ -716,6 +736,7 @@ impl Tree {
                 listed_at: Instant::now(),
                 used: AtomicU64::new(self.started.elapsed().as_millis() as u64),
                 refreshing: Arc::new(Mutex::new(())),
+                ahead: AtomicBool::new(false),
                 digest: None,
                 files: 0,
                 learning: Arc::default(),
@@ -744,6 +765,13 @@ impl Tree {
         };
         r.ttl = listing.ttl;
         r.listed_at = now.checked_sub(listing.age).unwrap_or(now);
+        // Cleared by a listing not due yet: one that came back as old (the node's answer, not
+        // a fresh one) is not asked for ahead again; the first reader past the TTL asks.
+        if r.ttl
+            .is_none_or(|t| r.listed_at.elapsed() < t - ahead_margin(t))
+        {
+            r.ahead.store(false, Ordering::Relaxed);
+        }
         r.files = listing.files;
         if r.digest.replace(listing.digest) == Some(listing.digest) {
             return ch;

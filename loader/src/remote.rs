@@ -51,6 +51,7 @@ pub(crate) fn make_local(uri: &str, opts: &OpenOptions) -> Result<Vec<Shard>, Lo
                 uri: uri.to_string(),
                 cluster: false,
                 one_level: false,
+                max_age_ms: 0,
             })
             .await
             .map_err(status_error)?

@@ -393,6 +393,7 @@ pub async fn ls(socket: &Path, uri: &str, cluster: bool, json: bool) -> Result<(
             uri: uri.to_string(),
             cluster,
             one_level: false,
+            max_age_ms: 0,
         })
         .await
         .map_err(status_failure)?

@@ -1017,6 +1017,56 @@ fn metric(addr: &str, name: &str, labels: &str) -> f64 {
 
 #[test]
 #[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
+fn a_listing_in_use_is_listed_again_before_its_ttl_and_no_reader_waits_for_it() {
+    let env = Env::new();
+    let root = env.path("shared");
+    std::fs::create_dir_all(&root).unwrap();
+    let files = 400;
+    for i in 0..files {
+        std::fs::write(root.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    // A TTL of 6 s: the mount asks again from 4.5 s on (a quarter ahead), the node's own
+    // refresh ahead would start at 5.4 s (a tenth), and an answer as old as the node's
+    // would be due again at once.
+    let d = env.daemon(
+        "n",
+        &["--file-root", root.to_str().unwrap(), "--metadata-ttl", "6"],
+        &[],
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mount::with_args(
+        &d,
+        &env,
+        &format!("file://{}", root.display()),
+        "mnt",
+        &["--metrics", &addr],
+    );
+    // Readers look up a new name every 40 ms for two and a half TTLs.
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        let name = format!("f{}", i % files);
+        assert_eq!(
+            std::fs::read_to_string(m.dir.join(&name)).unwrap(),
+            format!("file {}", i % files)
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let relists = metric(&addr, "locus_fuse_relists_total", "");
+    let ahead = metric(&addr, "locus_fuse_relists_ahead_total", "");
+    assert!(
+        (2.0..=3.0).contains(&ahead),
+        "listed again ahead of the TTL {ahead} times (once a TTL)"
+    );
+    assert_eq!(
+        relists, ahead,
+        "every listing again was ahead of the TTL: no reader waited for one"
+    );
+}
+
+#[test]
+#[ignore = "needs root (a mount, another user or a tmpfs): tests/run runs it"]
 fn a_later_open_sees_the_new_version_once_the_ttl_passes() {
     use std::io::Read;
     let env = Env::new();

@@ -437,15 +437,21 @@ impl Node {
 
     /// Resolves a revision to an immutable id: cached for the metadata TTL; past it, a fresh
     /// answer is asked for, and an old one is used only if the origin cannot be reached.
-    async fn revision(&self, ns: &Namespace, rev: &str) -> Result<String, NodeError> {
+    /// `max_age`: an answer younger than this (at most the TTL).
+    async fn revision_within(
+        &self,
+        ns: &Namespace,
+        rev: &str,
+        max_age: Duration,
+    ) -> Result<String, NodeError> {
         // A full commit id is immutable: nothing to ask.
         if immutable(ns, rev) {
             return Ok(rev.to_string());
         }
         // After an object changed under this namespace's listing: a fresh one, also from its owner.
         let max_age = match self.meta.take_stale(ns) {
-            true => RELIST_AGE,
-            false => self.cfg.metadata_ttl,
+            true => RELIST_AGE.min(max_age),
+            false => max_age,
         };
         if let Some((id, _)) = self.meta.revision(ns, rev, max_age) {
             self.refresh_ahead(ns, rev);
@@ -691,12 +697,9 @@ impl Node {
 
     /// What a fresh listing of an enclosing prefix or folder already says of `ns` (an S3 key
     /// or prefix, a file or folder): the HEAD or LIST it would cost is answered from memory.
-    fn known_from_enclosing(&self, ns: &Namespace) -> Option<Resolved> {
+    fn known_from_enclosing(&self, ns: &Namespace, max_age: Duration) -> Option<Resolved> {
         for (parent, rel) in ns.ancestors() {
-            let Some((rev, _)) =
-                self.meta
-                    .revision(&parent, locus_core::LATEST, self.cfg.metadata_ttl)
-            else {
+            let Some((rev, _)) = self.meta.revision(&parent, locus_core::LATEST, max_age) else {
                 continue;
             };
             let Some(all) = self.meta.listing(&parent, &rev) else {
@@ -731,7 +734,19 @@ impl Node {
 
     /// Resolves `uri` to the files it names at an immutable revision.
     pub async fn resolve(&self, uri: &LocusUri) -> Result<Resolved, NodeError> {
-        if let Some(r) = self.known_from_enclosing(&uri.namespace) {
+        self.resolve_within(uri, None).await
+    }
+
+    /// [`Node::resolve`] from a revision younger than `max_age` (between a second and the
+    /// metadata TTL; `None`: the TTL): a mount lists again ahead of its listing's TTL with it.
+    pub async fn resolve_within(
+        &self,
+        uri: &LocusUri,
+        max_age: Option<Duration>,
+    ) -> Result<Resolved, NodeError> {
+        let ttl = self.cfg.metadata_ttl;
+        let max_age = max_age.map_or(ttl, |a| a.clamp(RELIST_AGE.min(ttl), ttl));
+        if let Some(r) = self.known_from_enclosing(&uri.namespace, max_age) {
             return Ok(r);
         }
         // A prefix listed before, whose TTL ran out: list it again (one call for all its keys,
@@ -743,16 +758,19 @@ impl Node {
             .map(|(p, _)| p)
             .find(|p| self.meta.is_prefix(p));
         if let Some(parent) = parent {
-            if let Ok(rev) = self.revision(&parent, locus_core::LATEST).await {
+            if let Ok(rev) = self
+                .revision_within(&parent, locus_core::LATEST, max_age)
+                .await
+            {
                 if self.listing(&parent, &rev, false).await.is_ok() {
-                    if let Some(r) = self.known_from_enclosing(&uri.namespace) {
+                    if let Some(r) = self.known_from_enclosing(&uri.namespace, max_age) {
                         return Ok(r);
                     }
                 }
             }
         }
         let revision = self
-            .revision(&uri.namespace, uri.revision_or_default())
+            .revision_within(&uri.namespace, uri.revision_or_default(), max_age)
             .await?;
         let all = self.listing(&uri.namespace, &revision, false).await?;
         if uri.path.is_empty() {

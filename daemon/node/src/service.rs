@@ -236,7 +236,8 @@ impl LocalService {
     /// Resolves what a `List` request names (and, when asked, what the cluster holds of it).
     async fn listed(&self, req: pb::ListRequest) -> Result<Listed, Status> {
         let uri = parse_uri(&req.uri)?;
-        let mut r = self.node.resolve(&uri).await?;
+        let max_age = (req.max_age_ms > 0).then(|| Duration::from_millis(req.max_age_ms));
+        let mut r = self.node.resolve_within(&uri, max_age).await?;
         let (ttl, age) = self.node.freshness(&uri, &r);
         let mut folders = Vec::new();
         if req.one_level && !r.is_file {
