@@ -1572,15 +1572,36 @@ mod tests {
     use crate::{ChunkInfo, Entry, Listing};
     use std::sync::atomic::AtomicUsize;
 
-    /// A backend whose listing is as old as its TTL (a node whose origin is down answers
-    /// with the last listing it had), counting the calls.
+    /// A backend whose listing is as old as `age_ms` (its TTL, 60 s, by default: a node whose
+    /// origin is down answers with the last listing it had), counting the calls; asked for
+    /// one within an age, it answers a fresh one (as the daemon does) unless `fail`.
     struct OldListing {
         calls: AtomicUsize,
+        age_ms: AtomicU64,
+        within: Mutex<Vec<Duration>>,
+        fail: AtomicBool,
+    }
+
+    impl OldListing {
+        fn new(age_s: u64) -> Self {
+            OldListing {
+                calls: AtomicUsize::new(0),
+                age_ms: AtomicU64::new(age_s * 1000),
+                within: Mutex::new(Vec::new()),
+                fail: AtomicBool::new(false),
+            }
+        }
     }
 
     impl Backend for OldListing {
-        fn list_within(&self, uri: &str, _: std::time::Duration) -> Result<Listing, FsError> {
-            self.list(uri)
+        fn list_within(&self, uri: &str, max_age: Duration) -> Result<Listing, FsError> {
+            lock(&self.within).push(max_age);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(FsError::Io("origin down".into()));
+            }
+            let mut l = self.list(uri)?;
+            l.age = Duration::ZERO;
+            Ok(l)
         }
 
         fn list(&self, _uri: &str) -> Result<Listing, FsError> {
@@ -1595,7 +1616,7 @@ mod tests {
                 }],
                 folders: Vec::new(),
                 ttl: Some(Duration::from_secs(60)),
-                age: Duration::from_secs(60),
+                age: Duration::from_millis(self.age_ms.load(Ordering::SeqCst)),
             })
         }
         fn chunks(
@@ -1623,9 +1644,7 @@ mod tests {
 
     #[test]
     fn the_namespace_view_shows_what_the_node_caches_and_a_repo_once() {
-        let backend = Arc::new(OldListing {
-            calls: AtomicUsize::new(0),
-        });
+        let backend = Arc::new(OldListing::new(60));
         let core = Core::with_tree(
             backend.clone(),
             Tree::namespace(1000),
@@ -1685,9 +1704,7 @@ mod tests {
 
     #[test]
     fn a_listing_that_comes_back_old_is_asked_for_again_later_not_at_every_lookup() {
-        let backend = Arc::new(OldListing {
-            calls: AtomicUsize::new(0),
-        });
+        let backend = Arc::new(OldListing::new(60));
         let listing = Prepared::new(backend.list("s3://b").unwrap());
         let core = Core::with_tree(
             backend.clone(),
@@ -1705,55 +1722,9 @@ mod tests {
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
         assert!(core.tree().stale_root(ROOT).is_none());
     }
-    /// A backend whose plain listing is as old as `age_ms` and whose listing asked for within
-    /// an age is fresh (as the daemon answers), recording the ages asked for.
-    struct Aging {
-        age_ms: AtomicU64,
-        within: Mutex<Vec<Duration>>,
-        fail: AtomicBool,
-    }
-
-    impl Backend for Aging {
-        fn list(&self, _uri: &str) -> Result<Listing, FsError> {
-            let mut l = OldListing {
-                calls: AtomicUsize::new(0),
-            }
-            .list("")?;
-            l.age = Duration::from_millis(self.age_ms.load(Ordering::SeqCst));
-            Ok(l)
-        }
-        fn list_within(&self, uri: &str, max_age: Duration) -> Result<Listing, FsError> {
-            lock(&self.within).push(max_age);
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(FsError::Io("origin down".into()));
-            }
-            let mut l = self.list(uri)?;
-            l.age = Duration::ZERO;
-            Ok(l)
-        }
-        fn chunks(
-            &self,
-            _: &str,
-            _: &str,
-            _: u32,
-            _: u32,
-            _: bool,
-        ) -> Result<(ChunkInfo, bool), FsError> {
-            Err(FsError::Io("no chunks here".into()))
-        }
-        fn prefetch(&self, _: &str, _: &str, _: u32, _: u32) {}
-        fn cached(&self) -> Result<Vec<String>, FsError> {
-            Ok(Vec::new())
-        }
-    }
-
     #[test]
     fn a_listing_in_use_is_asked_for_again_ahead_of_its_ttl_once() {
-        let backend = Arc::new(Aging {
-            age_ms: AtomicU64::new(40_000),
-            within: Mutex::new(Vec::new()),
-            fail: AtomicBool::new(false),
-        });
+        let backend = Arc::new(OldListing::new(40));
         let listed_as_old_as = |age_s: u64| {
             backend.age_ms.store(age_s * 1000, Ordering::SeqCst);
             let listing = Prepared::new(backend.list("s3://b").unwrap());

@@ -954,13 +954,18 @@ fn a_mount_stops_answering_opens_once_it_has_opened_only_small_files() {
 
 /// A daemon serving `file://` names under `root`, with a metadata TTL of 1 s and 64 KiB chunks.
 fn file_daemon(env: &Env, root: &Path) -> Daemon {
+    file_daemon_ttl(env, root, "1")
+}
+
+/// A daemon of a `file://` origin under `root` whose metadata TTL is `ttl` seconds.
+fn file_daemon_ttl(env: &Env, root: &Path, ttl: &str) -> Daemon {
     env.daemon(
         "n",
         &[
             "--file-root",
             root.to_str().unwrap(),
             "--metadata-ttl",
-            "1",
+            ttl,
             "--chunk-size",
             "64KiB",
         ],
@@ -1028,11 +1033,7 @@ fn a_listing_in_use_is_listed_again_before_its_ttl_and_no_reader_waits_for_it() 
     // A TTL of 6 s: the mount asks again from 4.5 s on (a quarter ahead), the node's own
     // refresh ahead would start at 5.4 s (a tenth), and an answer as old as the node's
     // would be due again at once.
-    let d = env.daemon(
-        "n",
-        &["--file-root", root.to_str().unwrap(), "--metadata-ttl", "6"],
-        &[],
-    );
+    let d = file_daemon_ttl(&env, &root, "6");
     let addr = format!("127.0.0.1:{}", free_port());
     let m = Mount::with_args(
         &d,
